@@ -1,0 +1,5 @@
+//! tchap-visio: sovereign video meetings for Matrix rooms, as one application service.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod store;

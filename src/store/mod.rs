@@ -1,0 +1,254 @@
+//! Persistence (sqlx): SQLite by default, PostgreSQL as an option, one set of queries
+//! over `sqlx::Any` and embedded, numbered migrations per dialect. Owns the schema;
+//! knows nothing of HTTP, Matrix semantics or media.
+
+pub mod inbox;
+pub mod outbound;
+pub mod rooms;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+pub use sqlx::AnyConnection as Connection;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URI could not be used (bad syntax, unreachable server, no file access).
+    #[error("cannot open the database {uri}: {source}")]
+    Open {
+        uri: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying the embedded migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A stored row could not be decoded (written by an incompatible version?).
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+/// Which SQL dialect the pool speaks; only migrations differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool plus the knowledge of its dialect.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// Milliseconds since the Unix epoch: the one time format in the database.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (and for SQLite creates) the database. Does not migrate.
+    pub async fn connect(uri: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let open_err = |source| StoreError::Open {
+            uri: redact_uri(uri),
+            source,
+        };
+        let (dialect, uri) = if let Some(rest) = uri.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = Path::new(file).parent()
+                && !parent.as_os_str().is_empty()
+                && file != ":memory:"
+            {
+                std::fs::create_dir_all(parent).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+            }
+            let uri = if path.contains("mode=") {
+                format!("sqlite://{path}")
+            } else if path.contains('?') {
+                format!("sqlite://{path}&mode=rwc")
+            } else {
+                format!("sqlite://{path}?mode=rwc")
+            };
+            (Dialect::Sqlite, uri)
+        } else {
+            (Dialect::Postgres, uri.to_owned())
+        };
+        let options = AnyConnectOptions::from_str(&uri).map_err(open_err)?;
+        // SQLite has one writer; a single connection avoids SQLITE_BUSY on lock upgrades
+        // and costs nothing since writes are serialised anyway.
+        let max = match dialect {
+            Dialect::Sqlite => 1,
+            Dialect::Postgres => max_connections.max(1),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        Ok(Self { pool, dialect })
+    }
+
+    /// Opens the database and applies pending migrations.
+    pub async fn open(uri: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::connect(uri, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations of this dialect; returns how many were new.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let before = self.applied_migrations().await.unwrap_or(0);
+        migrator.run(&self.pool).await?;
+        let after = self.applied_migrations().await?;
+        Ok(after.saturating_sub(before))
+    }
+
+    async fn applied_migrations(&self) -> Result<usize, sqlx::Error> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = $1")
+            .bind(true)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as usize)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Starts a database transaction; effects that must happen together go through it.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The URI without its password, for error messages and logs.
+pub fn redact_uri(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Opens a fresh database of each dialect so every store test runs against both.
+    use super::*;
+
+    /// Env var holding a PostgreSQL URL with the right to create databases; set by
+    /// `scripts/test.sh`, which starts a throwaway cluster.
+    pub const POSTGRES_ENV: &str = "TCHAP_VISIO_TEST_POSTGRES_URL";
+
+    pub struct TestDb {
+        pub store: Store,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let uri = format!("sqlite://{}/test.db", dir.path().display());
+        let store = Store::open(&uri, 5).await.expect("open sqlite");
+        TestDb {
+            store,
+            _dir: Some(dir),
+        }
+    }
+
+    pub async fn postgres() -> TestDb {
+        let admin_url = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+            panic!("{POSTGRES_ENV} is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
+        });
+        sqlx::any::install_default_drivers();
+        let name = format!("tv_test_{}", rand::random::<u64>());
+        let admin = AnyPool::connect(&admin_url).await.expect("connect to test PostgreSQL");
+        // The name is ours (random digits), not outside input.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let mut url = url::Url::parse(&admin_url).expect("valid URL");
+        url.set_path(&name);
+        let store = Store::open(url.as_str(), 5).await.expect("open postgres");
+        TestDb { store, _dir: None }
+    }
+
+    /// Runs the same test body against SQLite and PostgreSQL.
+    macro_rules! both_dialects {
+        ($name:ident, $body:expr) => {
+            mod $name {
+                use super::*;
+                #[tokio::test]
+                async fn sqlite() {
+                    let db = $crate::store::testing::sqlite().await;
+                    ($body)(db.store.clone()).await;
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    let db = $crate::store::testing::postgres().await;
+                    ($body)(db.store.clone()).await;
+                }
+            }
+        };
+    }
+    pub(crate) use both_dialects;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::both_dialects;
+    use super::*;
+
+    both_dialects!(migrations_are_idempotent, |store: Store| async move {
+        assert_eq!(store.migrate().await.expect("migrate again"), 0);
+    });
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_uri("postgres://visio:secret@db/visio"),
+            "postgres://visio:***@db/visio"
+        );
+        assert_eq!(redact_uri("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}

@@ -2,4 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod i18n;
 pub mod store;
+pub mod matrix;

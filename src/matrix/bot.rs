@@ -1,0 +1,354 @@
+//! The bot: joins rooms it is invited to by permitted users (and refuses the others with
+//! a reason), warns once in encrypted rooms, and answers commands from the table in
+//! [`super::commands`]. Every reaction is queued in the event's database transaction.
+
+use std::collections::BTreeMap;
+
+use ruma::events::Mentions;
+use ruma::events::relation::{InReplyTo, Reply, Thread};
+use ruma::events::room::member::{MembershipState, RoomMemberEventContent};
+use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
+use serde::Deserialize;
+
+use super::commands::{self, CommandAction, Parsed};
+use super::inbox::EventHandler;
+use super::permissions::level_for;
+use super::queue::{self, OutboundRequest};
+use crate::config::{Config, Language, PermissionLevel};
+use crate::i18n;
+use crate::store::inbox::InboxEvent;
+use crate::store::{Connection, StoreError, rooms};
+
+/// What the bot needs to know from the configuration.
+#[derive(Debug, Clone)]
+pub struct Bot {
+    pub user_id: OwnedUserId,
+    /// `@` + the ghost template's part before `{id}`: every ghost's ID starts with it.
+    pub ghost_prefix: String,
+    pub domain: String,
+    pub permissions: BTreeMap<String, PermissionLevel>,
+    pub lang: Language,
+}
+
+/// The fields every event has, with the content left for the handler to type.
+#[derive(Debug, Deserialize)]
+struct EventEnvelope {
+    #[serde(rename = "type")]
+    kind: String,
+    event_id: OwnedEventId,
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    state_key: Option<String>,
+    #[serde(default)]
+    content: serde_json::Value,
+    #[serde(default)]
+    unsigned: serde_json::Value,
+}
+
+impl Bot {
+    pub fn from_config(config: &Config) -> Self {
+        let prefix = config
+            .appservice
+            .username_template
+            .split("{id}")
+            .next()
+            .unwrap_or_default();
+        Self {
+            user_id: config.bot_user_id(),
+            ghost_prefix: format!("@{prefix}"),
+            domain: config.homeserver.domain.clone(),
+            permissions: config.effective_permissions(),
+            lang: config.language,
+        }
+    }
+
+    /// Whether a user is the bot or one of our ghosts (never answered, never mirrored).
+    pub fn is_ours(&self, user: &UserId) -> bool {
+        user == self.user_id
+            || (user.as_str().starts_with(&self.ghost_prefix) && user.server_name() == self.domain.as_str())
+    }
+
+    async fn on_event(&self, event: EventEnvelope, conn: &mut Connection) -> Result<(), StoreError> {
+        match event.kind.as_str() {
+            "m.room.member" if event.state_key.as_deref() == Some(self.user_id.as_str()) => {
+                self.on_own_membership(event, conn).await
+            }
+            "m.room.encryption" => self.on_encrypted(&event.room_id, conn).await,
+            "m.room.encrypted" if !self.is_ours(&event.sender) => self.on_encrypted(&event.room_id, conn).await,
+            "m.room.message" if !self.is_ours(&event.sender) => self.on_message(event, conn).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn on_own_membership(&self, event: EventEnvelope, conn: &mut Connection) -> Result<(), StoreError> {
+        let Ok(member) = serde_json::from_value::<RoomMemberEventContent>(event.content) else {
+            return Ok(());
+        };
+        match member.membership {
+            MembershipState::Invite => {
+                let level = level_for(&event.sender, &self.permissions);
+                if level >= PermissionLevel::User {
+                    tracing::info!(room = %event.room_id, inviter = %event.sender, "invited; joining");
+                    if invite_state_is_encrypted(&event.unsigned) {
+                        let mut info = rooms::get(conn, event.room_id.as_str()).await?;
+                        info.encrypted = true;
+                        rooms::put(conn, event.room_id.as_str(), &info).await?;
+                    }
+                    queue::enqueue(conn, &OutboundRequest::Join { room_id: event.room_id, as_user: None })
+                        .await?;
+                } else {
+                    tracing::info!(room = %event.room_id, inviter = %event.sender, "invite from a user without permission; refusing");
+                    let reason = Some(i18n::INVITE_REFUSED.get(self.lang).to_owned());
+                    queue::enqueue(
+                        conn,
+                        &OutboundRequest::Leave { room_id: event.room_id, as_user: None, reason },
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            MembershipState::Join => {
+                let info = rooms::get(conn, event.room_id.as_str()).await?;
+                if info.encrypted && !info.encryption_notice_sent {
+                    self.send_encryption_notice(&event.room_id, conn).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn on_encrypted(&self, room_id: &OwnedRoomId, conn: &mut Connection) -> Result<(), StoreError> {
+        let info = rooms::get(conn, room_id.as_str()).await?;
+        if !info.encryption_notice_sent {
+            self.send_encryption_notice(room_id, conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_encryption_notice(&self, room_id: &OwnedRoomId, conn: &mut Connection) -> Result<(), StoreError> {
+        let text = i18n::ENCRYPTED_ROOM.get(self.lang);
+        let content = RoomMessageEventContent::notice_plain(text);
+        self.send(room_id, content, conn).await?;
+        let info = rooms::RoomInfo {
+            encrypted: true,
+            encryption_notice_sent: true,
+        };
+        rooms::put(conn, room_id.as_str(), &info).await
+    }
+
+    async fn on_message(&self, event: EventEnvelope, conn: &mut Connection) -> Result<(), StoreError> {
+        let Ok(message) = serde_json::from_value::<RoomMessageEventContent>(event.content) else {
+            return Ok(());
+        };
+        let MessageType::Text(text) = &message.msgtype else {
+            return Ok(());
+        };
+        let parsed = commands::parse(&text.body);
+        if parsed == Parsed::NotACommand {
+            return Ok(());
+        }
+        let level = level_for(&event.sender, &self.permissions);
+        let (plain, html) = match parsed {
+            Parsed::NotACommand => return Ok(()),
+            Parsed::Command { spec, .. } if level < spec.permission => not_permitted(self.lang),
+            _ if level < PermissionLevel::User => not_permitted(self.lang),
+            Parsed::Command { spec, .. } => match spec.action {
+                CommandAction::Help => commands::help(self.lang),
+            },
+            Parsed::Bare => commands::help(self.lang),
+            Parsed::Unknown { word } => {
+                let plain = i18n::UNKNOWN_COMMAND.get(self.lang).replace("{word}", word);
+                let html = i18n::html_escape(&plain);
+                (plain, html)
+            }
+        };
+        tracing::debug!(room = %event.room_id, sender = %event.sender, "answering a command");
+        let mut reply = RoomMessageEventContent::notice_html(plain, html);
+        reply.relates_to = Some(reply_relation(message.relates_to, event.event_id));
+        self.send(&event.room_id, reply, conn).await
+    }
+
+    async fn send(
+        &self,
+        room_id: &OwnedRoomId,
+        mut content: RoomMessageEventContent,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
+        // The bot's notices never ping anyone.
+        content.mentions = Some(Mentions::new());
+        let content = serde_json::to_value(&content).expect("message content always serialises");
+        queue::enqueue(
+            conn,
+            &OutboundRequest::Send {
+                room_id: room_id.clone(),
+                as_user: None,
+                event_type: "m.room.message".into(),
+                content,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn not_permitted(lang: Language) -> (String, String) {
+    let text = i18n::NOT_PERMITTED.get(lang);
+    (text.to_owned(), i18n::html_escape(text))
+}
+
+/// A reply stays in the thread the command was typed in.
+fn reply_relation(
+    original: Option<Relation<ruma::events::room::message::RoomMessageEventContentWithoutRelation>>,
+    event_id: OwnedEventId,
+) -> Relation<ruma::events::room::message::RoomMessageEventContentWithoutRelation> {
+    match original {
+        Some(Relation::Thread(thread)) => Relation::Thread(Thread::reply(thread.event_id, event_id)),
+        _ => Relation::Reply(Reply::new(InReplyTo::new(event_id))),
+    }
+}
+
+/// Whether an invite's stripped room state says the room is encrypted.
+fn invite_state_is_encrypted(unsigned: &serde_json::Value) -> bool {
+    unsigned
+        .get("invite_room_state")
+        .and_then(|s| s.as_array())
+        .is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e.get("type").and_then(|t| t.as_str()) == Some("m.room.encryption"))
+        })
+}
+
+impl EventHandler for Bot {
+    async fn handle(&self, event: &InboxEvent, conn: &mut Connection) -> Result<(), StoreError> {
+        match serde_json::from_str::<EventEnvelope>(&event.json) {
+            Ok(envelope) => self.on_event(envelope, conn).await,
+            Err(e) => {
+                // A malformed event can never become valid: skip it rather than block the inbox.
+                tracing::warn!(event_id = %event.event_id, error = %e, "skipping an event we cannot read");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::testing::both_dialects;
+
+    fn bot() -> Bot {
+        Bot {
+            user_id: UserId::parse("@visio:localhost").expect("id"),
+            ghost_prefix: "@visio_".into(),
+            domain: "localhost".into(),
+            permissions: BTreeMap::from([("localhost".to_owned(), PermissionLevel::User)]),
+            lang: Language::Fr,
+        }
+    }
+
+    fn inbox(json: serde_json::Value) -> InboxEvent {
+        InboxEvent {
+            seq: 1,
+            event_id: json["event_id"].as_str().unwrap_or("$x").to_owned(),
+            json: json.to_string(),
+        }
+    }
+
+    async fn queued(store: &Store) -> Vec<OutboundRequest> {
+        let mut out = Vec::new();
+        let now = crate::store::now_ms();
+        while let Some(row) = store.next_due_outbound(now).await.expect("next") {
+            out.push(serde_json::from_str(&row.request_json).expect("request"));
+            store.mark_outbound_sent(row.id, "{}").await.expect("sent");
+        }
+        out
+    }
+
+    async fn feed(store: &Store, json: serde_json::Value) {
+        let mut tx = store.begin().await.expect("begin");
+        bot().handle(&inbox(json), &mut tx).await.expect("handle");
+        tx.commit().await.expect("commit");
+    }
+
+    fn invite(sender: &str, encrypted: bool) -> serde_json::Value {
+        let state = if encrypted {
+            serde_json::json!([{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}, "sender": sender}])
+        } else {
+            serde_json::json!([])
+        };
+        serde_json::json!({
+            "type": "m.room.member", "event_id": "$inv", "room_id": "!r:localhost", "sender": sender,
+            "state_key": "@visio:localhost", "origin_server_ts": 1, "content": {"membership": "invite"},
+            "unsigned": {"invite_room_state": state}
+        })
+    }
+
+    fn message(sender: &str, body: &str) -> serde_json::Value {
+        serde_json::json!({
+            "type": "m.room.message", "event_id": "$msg", "room_id": "!r:localhost", "sender": sender,
+            "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": body}
+        })
+    }
+
+    both_dialects!(permitted_invites_are_joined_others_refused, |store: Store| async move {
+        feed(&store, invite("@alice:localhost", false)).await;
+        feed(&store, invite("@mallory:elsewhere.org", false)).await;
+        let requests = queued(&store).await;
+        assert!(matches!(&requests[0], OutboundRequest::Join { as_user: None, .. }), "{requests:?}");
+        match &requests[1] {
+            OutboundRequest::Leave { reason: Some(reason), .. } => assert!(reason.contains("autorisée"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(requests.len(), 2);
+    });
+
+    both_dialects!(encrypted_rooms_get_one_notice, |store: Store| async move {
+        feed(&store, invite("@alice:localhost", true)).await;
+        let mut join = invite("@visio:localhost", false);
+        join["content"]["membership"] = "join".into();
+        join["sender"] = "@visio:localhost".into();
+        feed(&store, join.clone()).await;
+        feed(&store, join).await;
+        let encrypted = serde_json::json!({"type": "m.room.encrypted", "event_id": "$e", "room_id": "!r:localhost",
+            "sender": "@alice:localhost", "origin_server_ts": 1, "content": {"algorithm": "m.megolm.v1.aes-sha2"}});
+        feed(&store, encrypted).await;
+        let requests = queued(&store).await;
+        let notices: Vec<_> = requests
+            .iter()
+            .filter_map(|r| match r {
+                OutboundRequest::Send { content, .. } => content["body"].as_str().map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notices.len(), 1, "{requests:?}");
+        assert!(notices[0].contains("chiffré"), "{}", notices[0]);
+    });
+
+    both_dialects!(commands_get_replies_and_ours_are_ignored, |store: Store| async move {
+        feed(&store, message("@alice:localhost", "!visio aide")).await;
+        feed(&store, message("@visio:localhost", "!visio aide")).await;
+        feed(&store, message("@visio_guest:localhost", "!visio aide")).await;
+        feed(&store, message("@alice:localhost", "bonjour")).await;
+        feed(&store, message("@alice:localhost", "!visio <x1>")).await;
+        feed(&store, message("@eve:elsewhere.org", "!visio aide")).await;
+        let requests = queued(&store).await;
+        let bodies: Vec<_> = requests
+            .iter()
+            .map(|r| match r {
+                OutboundRequest::Send { content, .. } => content.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(bodies.len(), 3, "{bodies:?}");
+        assert!(bodies[0]["body"].as_str().expect("body").starts_with("Commandes"));
+        assert_eq!(bodies[0]["m.relates_to"]["m.in_reply_to"]["event_id"], "$msg");
+        assert_eq!(bodies[0]["msgtype"], "m.notice");
+        assert!(bodies[1]["body"].as_str().expect("body").contains("« <x1> »"));
+        assert!(bodies[1]["formatted_body"].as_str().expect("html").contains("&lt;x1&gt;"));
+        assert!(bodies[2]["body"].as_str().expect("body").contains("pas le droit"));
+    });
+}

@@ -1,0 +1,209 @@
+//! Outbound calls to the homeserver's client-server API as the application service:
+//! the `as_token`, a `user_id` assertion for ghosts, ruma's request/response types,
+//! and one error type that tells a retry apart from a final refusal.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ruma::UserId;
+use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
+use ruma::api::path_builder::VersionHistory;
+use ruma::api::{
+    AppserviceUserIdentity, IncomingResponseExt, MatrixVersion, OutgoingRequest,
+    OutgoingRequestAppserviceExt, SupportedVersions,
+};
+
+/// Why a call to the homeserver did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The homeserver could not be reached or did not answer in time.
+    #[error("homeserver unreachable: {0}")]
+    Unreachable(String),
+    /// The homeserver answered with an error.
+    #[error("homeserver answered {status} {errcode}: {error}")]
+    Matrix {
+        status: u16,
+        errcode: String,
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// The answer could not be understood.
+    #[error("unexpected answer from the homeserver: {0}")]
+    BadResponse(String),
+    /// The request could not be built (an invalid identifier: a bug on our side).
+    #[error("cannot build the request: {0}")]
+    Build(String),
+}
+
+impl CallError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable(_) => true,
+            Self::Matrix { status, errcode, .. } => {
+                *status >= 500 || *status == 429 || errcode == "M_LIMIT_EXCEEDED"
+            }
+            Self::BadResponse(_) | Self::Build(_) => false,
+        }
+    }
+
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            Self::Matrix { errcode, .. } => Some(errcode),
+            _ => None,
+        }
+    }
+
+    /// The wait the homeserver asked for, if it did (`retry_after_ms` or `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Matrix { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The application service's client for the homeserver.
+#[derive(Clone, Debug)]
+pub struct MatrixClient {
+    http: reqwest::Client,
+    base_url: String,
+    as_token: String,
+    versions: SupportedVersions,
+}
+
+impl MatrixClient {
+    pub fn new(base_url: &str, as_token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("tchap-visio/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a client with static settings always builds");
+        let versions = SupportedVersions {
+            versions: BTreeSet::from([MatrixVersion::V1_11]),
+            features: BTreeSet::new(),
+        };
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            as_token: as_token.to_owned(),
+            versions,
+        }
+    }
+
+    /// Makes one client-server API call, as the bot (`as_user: None`) or as a ghost.
+    pub async fn call<R>(
+        &self,
+        request: R,
+        as_user: Option<&UserId>,
+    ) -> Result<R::IncomingResponse, CallError>
+    where
+        R: OutgoingRequest<PathBuilder = VersionHistory>,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        let identity = match as_user {
+            Some(user) => AppserviceUserIdentity::new(user),
+            None => AppserviceUserIdentity::default(),
+        };
+        let http_request = request
+            .try_into_http_request_with_identity::<Vec<u8>>(
+                &self.base_url,
+                SendAccessToken::Appservice(&self.as_token),
+                identity,
+                Cow::Borrowed(&self.versions),
+            )
+            .map_err(|e| CallError::Build(e.to_string()))?;
+        let (parts, body) = http_request.into_parts();
+        let response = self
+            .http
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(without_url(e)))?;
+        let status = response.status();
+        let retry_after_header = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::Unreachable(without_url(e)))?;
+        if !status.is_success() {
+            return Err(matrix_error(status.as_u16(), &bytes, retry_after_header));
+        }
+        let http_response = http::Response::builder()
+            .status(status)
+            .body(bytes.as_ref())
+            .map_err(|e| CallError::BadResponse(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_response)
+            .map_err(|e| CallError::BadResponse(e.to_string()))
+    }
+}
+
+/// reqwest's errors print the URL, which for appservice calls can carry `user_id`; keep
+/// the kind of failure only.
+fn without_url(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+fn matrix_error(status: u16, body: &[u8], retry_after_header: Option<Duration>) -> CallError {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        errcode: Option<String>,
+        error: Option<String>,
+        retry_after_ms: Option<u64>,
+    }
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let (errcode, error, retry_after_ms) = match parsed {
+        Some(b) => (b.errcode, b.error, b.retry_after_ms),
+        None => (None, None, None),
+    };
+    CallError::Matrix {
+        status,
+        errcode: errcode.unwrap_or_else(|| "M_UNKNOWN".into()),
+        error: error.unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()),
+        retry_after: retry_after_ms.map(Duration::from_millis).or(retry_after_header),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_are_transient_and_carry_their_wait() {
+        let err = matrix_error(
+            429,
+            br#"{"errcode":"M_LIMIT_EXCEEDED","error":"slow down","retry_after_ms":1500}"#,
+            None,
+        );
+        assert!(err.is_transient());
+        assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+        let err = matrix_error(429, b"", Some(Duration::from_secs(3)));
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn refusals_are_final_and_outages_are_not() {
+        let err = matrix_error(403, br#"{"errcode":"M_FORBIDDEN","error":"no"}"#, None);
+        assert!(!err.is_transient());
+        assert_eq!(err.errcode(), Some("M_FORBIDDEN"));
+        assert!(matrix_error(502, b"<html>bad gateway</html>", None).is_transient());
+        assert!(CallError::Unreachable("refused".into()).is_transient());
+    }
+}

@@ -1,0 +1,76 @@
+//! The inbox worker: takes stored events in arrival order and hands each to the event
+//! handler inside a database transaction that also marks it processed, so an event's
+//! effects (rows, queued requests) are recorded exactly once, even across a crash.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::inbox::{InboxEvent, mark_processed};
+use crate::store::{Connection, Store, StoreError};
+
+/// Decides what an event means. Effects go through `conn` (the event's database
+/// transaction); requests to the homeserver go through [`super::queue::enqueue`].
+pub trait EventHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        event: &InboxEvent,
+        conn: &mut Connection,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+pub struct InboxWorker<H> {
+    pub store: Store,
+    pub handler: H,
+    /// Woken by the intake when events arrive.
+    pub wake: Arc<Notify>,
+    /// Woken when handling queued requests for the homeserver.
+    pub outbound_wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+}
+
+impl<H: EventHandler> InboxWorker<H> {
+    pub async fn run(self) {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            match self.process_batch().await {
+                Ok(0) => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        // A safety net: the intake's wake-up is the normal path.
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "inbox processing failed; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Processes up to one batch; returns how many events were handled.
+    pub async fn process_batch(&self) -> Result<usize, StoreError> {
+        let batch = self.store.pending_inbox(100).await?;
+        for event in &batch {
+            let mut tx = self.store.begin().await?;
+            self.handler.handle(event, &mut tx).await?;
+            mark_processed(&mut tx, event.seq).await?;
+            tx.commit().await?;
+            metrics::counter!("tchap_visio_events_processed_total").increment(1);
+            metrics::gauge!("tchap_visio_inbox_pending").decrement(1.0);
+            self.outbound_wake.notify_one();
+        }
+        Ok(batch.len())
+    }
+}

@@ -1,0 +1,266 @@
+//! The persistent outbound queue: every request that changes something on the homeserver
+//! (join, leave, send, profile, ghost registration) is stored first, in the same database
+//! transaction as the decision that caused it, then sent by one worker that retries with
+//! backoff, honours `M_LIMIT_EXCEEDED`, keeps each room's order, and reuses the request's
+//! transaction id so a retried send is de-duplicated by the homeserver.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ruma::api::client::{account, membership, message, profile};
+use ruma::events::MessageLikeEventType;
+use ruma::serde::Raw;
+use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId, TransactionId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{CallError, MatrixClient};
+use crate::store::{self, Store, StoreError, now_ms};
+
+/// A change to make on the homeserver, as stored in the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutboundRequest {
+    /// Join a room (the bot, or a ghost when `as_user` is set).
+    Join {
+        room_id: OwnedRoomId,
+        as_user: Option<OwnedUserId>,
+    },
+    /// Leave a room, or refuse an invite, with an optional reason shown to the room.
+    Leave {
+        room_id: OwnedRoomId,
+        as_user: Option<OwnedUserId>,
+        reason: Option<String>,
+    },
+    /// Send a message-like event.
+    Send {
+        room_id: OwnedRoomId,
+        as_user: Option<OwnedUserId>,
+        event_type: String,
+        content: serde_json::Value,
+    },
+    /// Set a user's display name.
+    SetDisplayName {
+        user_id: OwnedUserId,
+        displayname: String,
+    },
+    /// Set a user's avatar.
+    SetAvatar {
+        user_id: OwnedUserId,
+        avatar_url: OwnedMxcUri,
+    },
+    /// Register a ghost user in our namespace (`inhibit_login`, as MSC4190 requires).
+    RegisterGhost { localpart: String },
+}
+
+impl OutboundRequest {
+    /// The room whose order this request must keep, if any.
+    pub fn room(&self) -> Option<&OwnedRoomId> {
+        match self {
+            Self::Join { room_id, .. } | Self::Leave { room_id, .. } | Self::Send { room_id, .. } => {
+                Some(room_id)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Stores a request for sending, inside the caller's database transaction.
+/// The transaction id is random, so it is unique across all ghosts and restarts.
+pub async fn enqueue(conn: &mut store::Connection, request: &OutboundRequest) -> Result<i64, StoreError> {
+    let txn_id = format!("tv{}", TransactionId::new());
+    let json = serde_json::to_string(request).expect("OutboundRequest always serialises");
+    store::outbound::enqueue(conn, request.room().map(|r| r.as_str()), &txn_id, &json).await
+}
+
+/// Sends queued requests, one at a time, until cancelled.
+pub struct OutboundWorker {
+    pub store: Store,
+    pub client: MatrixClient,
+    /// Woken whenever something is enqueued.
+    pub wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+}
+
+/// Longest wait between two attempts of one request.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Wait before attempt `attempts + 1`: 0.5 s doubling up to [`MAX_BACKOFF`].
+pub fn backoff(attempts: i64) -> Duration {
+    let exp = attempts.clamp(0, 10) as u32;
+    Duration::from_millis(500u64.saturating_mul(1 << exp)).min(MAX_BACKOFF)
+}
+
+impl OutboundWorker {
+    pub async fn run(self) {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            if let Ok(depth) = self.store.outbound_pending_count().await {
+                metrics::gauge!("tchap_visio_outbound_queue_depth").set(depth as f64);
+            }
+            match self.store.next_due_outbound(now_ms()).await {
+                Ok(Some(row)) => self.attempt(row).await,
+                Ok(None) => {
+                    let wait = match self.store.next_outbound_due_at().await {
+                        Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(0, 60_000) as u64),
+                        _ => Duration::from_secs(60),
+                    };
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbound queue; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, row: store::outbound::OutboundRow) {
+        let request: OutboundRequest = match serde_json::from_str(&row.request_json) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(id = row.id, error = %e, "unreadable queued request; dropping it");
+                let _ = self.store.mark_outbound_failed(row.id, &format!("unreadable: {e}")).await;
+                return;
+            }
+        };
+        let started = Instant::now();
+        let result = execute(&self.client, &request, &row.txn_id).await;
+        metrics::histogram!("tchap_visio_outbound_send_seconds").record(started.elapsed().as_secs_f64());
+        let recorded = match result {
+            Ok(result_json) => {
+                tracing::debug!(id = row.id, kind = kind(&request), "sent");
+                self.store.mark_outbound_sent(row.id, &result_json.to_string()).await
+            }
+            Err(error) if error.is_transient() => {
+                metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
+                let wait = error.retry_after().unwrap_or_else(|| backoff(row.attempts));
+                tracing::warn!(id = row.id, kind = kind(&request), attempts = row.attempts + 1,
+                    retry_in_ms = wait.as_millis() as u64, error = %error, "send failed; will retry");
+                self.store
+                    .reschedule_outbound(row.id, now_ms() + wait.as_millis() as i64, &error.to_string())
+                    .await
+            }
+            Err(error) => {
+                metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
+                tracing::warn!(id = row.id, kind = kind(&request), error = %error, "send refused; giving up");
+                self.store.mark_outbound_failed(row.id, &error.to_string()).await
+            }
+        };
+        if let Err(e) = recorded {
+            // The request stays pending and is retried with the same transaction id.
+            tracing::error!(id = row.id, error = %e, "cannot record the send result");
+        }
+    }
+}
+
+fn kind(request: &OutboundRequest) -> &'static str {
+    match request {
+        OutboundRequest::Join { .. } => "join",
+        OutboundRequest::Leave { .. } => "leave",
+        OutboundRequest::Send { .. } => "send",
+        OutboundRequest::SetDisplayName { .. } => "set_displayname",
+        OutboundRequest::SetAvatar { .. } => "set_avatar",
+        OutboundRequest::RegisterGhost { .. } => "register_ghost",
+    }
+}
+
+/// Makes one attempt; returns a small JSON record of the result (e.g. the event id).
+pub async fn execute(
+    client: &MatrixClient,
+    request: &OutboundRequest,
+    txn_id: &str,
+) -> Result<serde_json::Value, CallError> {
+    match request {
+        OutboundRequest::Join { room_id, as_user } => {
+            let req = membership::join_room_by_id::v3::Request::new(room_id.clone());
+            let res = client.call(req, as_user.as_deref()).await?;
+            Ok(serde_json::json!({ "room_id": res.room_id }))
+        }
+        OutboundRequest::Leave { room_id, as_user, reason } => {
+            let mut req = membership::leave_room::v3::Request::new(room_id.clone());
+            req.reason = reason.clone();
+            match client.call(req, as_user.as_deref()).await {
+                Ok(_) => Ok(serde_json::json!({})),
+                // Leaving a room we are not in is already done.
+                Err(CallError::Matrix { status: 403, .. }) | Err(CallError::Matrix { status: 404, .. }) => {
+                    Ok(serde_json::json!({ "already_left": true }))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        OutboundRequest::Send { room_id, as_user, event_type, content } => {
+            let raw = Raw::new(content).map_err(|e| CallError::Build(e.to_string()))?.cast_unchecked();
+            let req = message::send_message_event::v3::Request::new_raw(
+                room_id.clone(),
+                ruma::OwnedTransactionId::from(txn_id.to_owned()),
+                MessageLikeEventType::from(event_type.as_str()),
+                raw,
+            );
+            let res = client.call(req, as_user.as_deref()).await?;
+            Ok(serde_json::json!({ "event_id": res.event_id }))
+        }
+        // The per-field endpoints are deprecated in favour of `set_profile_field`, which
+        // older homeservers lack; these two paths work everywhere.
+        #[allow(deprecated)]
+        OutboundRequest::SetDisplayName { user_id, displayname } => {
+            let req = profile::set_display_name::v3::Request::new(user_id.clone(), Some(displayname.clone()));
+            client.call(req, Some(user_id)).await?;
+            Ok(serde_json::json!({}))
+        }
+        #[allow(deprecated)]
+        OutboundRequest::SetAvatar { user_id, avatar_url } => {
+            let req = profile::set_avatar_url::v3::Request::new(user_id.clone(), Some(avatar_url.clone()));
+            client.call(req, Some(user_id)).await?;
+            Ok(serde_json::json!({}))
+        }
+        OutboundRequest::RegisterGhost { localpart } => {
+            let mut req = account::register::v3::Request::new();
+            req.username = Some(localpart.clone());
+            req.inhibit_login = true;
+            req.login_type = Some(account::register::LoginType::ApplicationService);
+            match client.call(req, None).await {
+                Ok(res) => Ok(serde_json::json!({ "user_id": res.user_id })),
+                Err(e) if e.errcode() == Some("M_USER_IN_USE") => Ok(serde_json::json!({ "existed": true })),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(50), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        let request = OutboundRequest::Send {
+            room_id: "!room:localhost".try_into().expect("room id"),
+            as_user: None,
+            event_type: "m.room.message".into(),
+            content: serde_json::json!({"msgtype": "m.notice", "body": "bonjour"}),
+        };
+        let json = serde_json::to_string(&request).expect("serialise");
+        assert!(json.contains(r#""kind":"send""#), "{json}");
+        assert_eq!(serde_json::from_str::<OutboundRequest>(&json).expect("parse"), request);
+        assert_eq!(request.room().map(|r| r.as_str()), Some("!room:localhost"));
+    }
+}

@@ -13,6 +13,18 @@ use serde::{Deserialize, Serialize};
 /// Prefix of environment variables that override config keys (`TCHAP_VISIO_DATABASE__URI`).
 pub const ENV_PREFIX: &str = "TCHAP_VISIO_";
 
+/// Top-level keys; other `TCHAP_VISIO_*` variables (a test harness's, say) are not config.
+const SECTIONS: &[&str] = &[
+    "homeserver",
+    "appservice",
+    "database",
+    "permissions",
+    "sfu",
+    "meetings",
+    "language",
+    "logging",
+];
+
 /// Value the example config holds until `generate-registration` writes real tokens.
 pub const TOKEN_PLACEHOLDER: &str = "This value is generated when generating the registration";
 
@@ -280,7 +292,14 @@ impl Config {
         }
         Figment::new()
             .merge(Yaml::file_exact(path))
-            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| {
+                        let section = key.as_str().split("__").next().unwrap_or_default();
+                        SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+                    })
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Load(e.to_string()))
     }
@@ -354,7 +373,10 @@ impl Config {
             ));
         }
         if appservice.port == 0 {
-            return Err(invalid("appservice.port", "must be a port between 1 and 65535"));
+            return Err(invalid(
+                "appservice.port",
+                "must be a port between 1 and 65535",
+            ));
         }
         if !appservice.username_template.contains("{id}") {
             return Err(invalid(
@@ -407,7 +429,10 @@ impl Config {
             ));
         }
         let uri = &self.database.uri;
-        if !(uri.starts_with("sqlite:") || uri.starts_with("postgres://") || uri.starts_with("postgresql://")) {
+        if !(uri.starts_with("sqlite:")
+            || uri.starts_with("postgres://")
+            || uri.starts_with("postgresql://"))
+        {
             return Err(invalid(
                 "database.uri",
                 "must start with sqlite:// (e.g. sqlite://data/tchap-visio.db) or postgres://",
@@ -423,25 +448,32 @@ impl Config {
             if !ok {
                 return Err(invalid(
                     "permissions",
-                    format!("`{key}` is neither `*`, a server name nor a user ID like @alice:example.org"),
+                    format!(
+                        "`{key}` is neither `*`, a server name nor a user ID like @alice:example.org"
+                    ),
                 ));
             }
         }
         if !self.sfu.advertised_ip.is_empty() && self.sfu.advertised_ip.parse::<IpAddr>().is_err() {
             return Err(invalid(
                 "sfu.advertised_ip",
-                format!("`{}` is not an IP address; leave it empty or give the public IP", self.sfu.advertised_ip),
+                format!(
+                    "`{}` is not an IP address; leave it empty or give the public IP",
+                    self.sfu.advertised_ip
+                ),
             ));
         }
         if self.sfu.udp_port == 0 || self.sfu.tcp_port == 0 {
-            return Err(invalid("sfu.udp_port", "sfu.udp_port and sfu.tcp_port must be between 1 and 65535"));
+            return Err(invalid(
+                "sfu.udp_port",
+                "sfu.udp_port and sfu.tcp_port must be between 1 and 65535",
+            ));
         }
         for server in &self.sfu.ice_servers {
             if server.urls.is_empty()
-                || server
-                    .urls
-                    .iter()
-                    .any(|u| !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:")))
+                || server.urls.iter().any(|u| {
+                    !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:"))
+                })
             {
                 return Err(invalid(
                     "sfu.ice_servers",
@@ -453,7 +485,9 @@ impl Config {
             if secret.len() < 32 {
                 return Err(invalid(
                     "sfu.keys",
-                    format!("the secret of key `{name}` is shorter than 32 characters; use e.g. `openssl rand -hex 32`"),
+                    format!(
+                        "the secret of key `{name}` is shorter than 32 characters; use e.g. `openssl rand -hex 32`"
+                    ),
                 ));
             }
         }
@@ -463,7 +497,10 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(invalid(
                 "logging.level",
-                format!("`{}` is not a level; use error, warn, info, debug or trace", self.logging.level),
+                format!(
+                    "`{}` is not a level; use error, warn, info, debug or trace",
+                    self.logging.level
+                ),
             ));
         }
         Ok(())
@@ -522,7 +559,10 @@ mod tests {
         let config = example();
         config.validate_except_tokens().expect("valid");
         let err = config.validate().expect_err("placeholders refused");
-        assert!(err.to_string().contains("run generate-registration first"), "{err}");
+        assert!(
+            err.to_string().contains("run generate-registration first"),
+            "{err}"
+        );
         with_tokens(config).validate().expect("valid with tokens");
     }
 
@@ -535,15 +575,35 @@ mod tests {
 
         let mut config = with_tokens(example());
         config.database.uri = "mysql://x".into();
-        assert!(config.validate().expect_err("bad db").to_string().contains("database.uri"));
+        assert!(
+            config
+                .validate()
+                .expect_err("bad db")
+                .to_string()
+                .contains("database.uri")
+        );
 
         let mut config = with_tokens(example());
         config.appservice.username_template = "visio".into();
-        assert!(config.validate().expect_err("no id").to_string().contains("{id}"));
+        assert!(
+            config
+                .validate()
+                .expect_err("no id")
+                .to_string()
+                .contains("{id}")
+        );
 
         let mut config = with_tokens(example());
-        config.permissions.insert("not a server!".into(), PermissionLevel::User);
-        assert!(config.validate().expect_err("bad key").to_string().contains("permissions"));
+        config
+            .permissions
+            .insert("not a server!".into(), PermissionLevel::User);
+        assert!(
+            config
+                .validate()
+                .expect_err("bad key")
+                .to_string()
+                .contains("permissions")
+        );
     }
 
     #[test]

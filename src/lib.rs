@@ -1,7 +1,11 @@
 //! tchap-visio: sovereign video meetings for Matrix rooms, as one application service.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod auth;
 pub mod config;
+pub mod http;
 pub mod i18n;
-pub mod store;
 pub mod matrix;
+pub mod observability;
+pub mod store;

@@ -66,22 +66,33 @@ impl Bot {
     /// Whether a user is the bot or one of our ghosts (never answered, never mirrored).
     pub fn is_ours(&self, user: &UserId) -> bool {
         user == self.user_id
-            || (user.as_str().starts_with(&self.ghost_prefix) && user.server_name() == self.domain.as_str())
+            || (user.as_str().starts_with(&self.ghost_prefix)
+                && user.server_name() == self.domain.as_str())
     }
 
-    async fn on_event(&self, event: EventEnvelope, conn: &mut Connection) -> Result<(), StoreError> {
+    async fn on_event(
+        &self,
+        event: EventEnvelope,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
         match event.kind.as_str() {
             "m.room.member" if event.state_key.as_deref() == Some(self.user_id.as_str()) => {
                 self.on_own_membership(event, conn).await
             }
             "m.room.encryption" => self.on_encrypted(&event.room_id, conn).await,
-            "m.room.encrypted" if !self.is_ours(&event.sender) => self.on_encrypted(&event.room_id, conn).await,
+            "m.room.encrypted" if !self.is_ours(&event.sender) => {
+                self.on_encrypted(&event.room_id, conn).await
+            }
             "m.room.message" if !self.is_ours(&event.sender) => self.on_message(event, conn).await,
             _ => Ok(()),
         }
     }
 
-    async fn on_own_membership(&self, event: EventEnvelope, conn: &mut Connection) -> Result<(), StoreError> {
+    async fn on_own_membership(
+        &self,
+        event: EventEnvelope,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
         let Ok(member) = serde_json::from_value::<RoomMemberEventContent>(event.content) else {
             return Ok(());
         };
@@ -95,14 +106,24 @@ impl Bot {
                         info.encrypted = true;
                         rooms::put(conn, event.room_id.as_str(), &info).await?;
                     }
-                    queue::enqueue(conn, &OutboundRequest::Join { room_id: event.room_id, as_user: None })
-                        .await?;
+                    queue::enqueue(
+                        conn,
+                        &OutboundRequest::Join {
+                            room_id: event.room_id,
+                            as_user: None,
+                        },
+                    )
+                    .await?;
                 } else {
                     tracing::info!(room = %event.room_id, inviter = %event.sender, "invite from a user without permission; refusing");
                     let reason = Some(i18n::INVITE_REFUSED.get(self.lang).to_owned());
                     queue::enqueue(
                         conn,
-                        &OutboundRequest::Leave { room_id: event.room_id, as_user: None, reason },
+                        &OutboundRequest::Leave {
+                            room_id: event.room_id,
+                            as_user: None,
+                            reason,
+                        },
                     )
                     .await?;
                 }
@@ -119,7 +140,11 @@ impl Bot {
         }
     }
 
-    async fn on_encrypted(&self, room_id: &OwnedRoomId, conn: &mut Connection) -> Result<(), StoreError> {
+    async fn on_encrypted(
+        &self,
+        room_id: &OwnedRoomId,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
         let info = rooms::get(conn, room_id.as_str()).await?;
         if !info.encryption_notice_sent {
             self.send_encryption_notice(room_id, conn).await?;
@@ -127,7 +152,11 @@ impl Bot {
         Ok(())
     }
 
-    async fn send_encryption_notice(&self, room_id: &OwnedRoomId, conn: &mut Connection) -> Result<(), StoreError> {
+    async fn send_encryption_notice(
+        &self,
+        room_id: &OwnedRoomId,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
         let text = i18n::ENCRYPTED_ROOM.get(self.lang);
         let content = RoomMessageEventContent::notice_plain(text);
         self.send(room_id, content, conn).await?;
@@ -138,7 +167,11 @@ impl Bot {
         rooms::put(conn, room_id.as_str(), &info).await
     }
 
-    async fn on_message(&self, event: EventEnvelope, conn: &mut Connection) -> Result<(), StoreError> {
+    async fn on_message(
+        &self,
+        event: EventEnvelope,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
         let Ok(message) = serde_json::from_value::<RoomMessageEventContent>(event.content) else {
             return Ok(());
         };
@@ -204,7 +237,9 @@ fn reply_relation(
     event_id: OwnedEventId,
 ) -> Relation<ruma::events::room::message::RoomMessageEventContentWithoutRelation> {
     match original {
-        Some(Relation::Thread(thread)) => Relation::Thread(Thread::reply(thread.event_id, event_id)),
+        Some(Relation::Thread(thread)) => {
+            Relation::Thread(Thread::reply(thread.event_id, event_id))
+        }
         _ => Relation::Reply(Reply::new(InReplyTo::new(event_id))),
     }
 }
@@ -294,17 +329,26 @@ mod tests {
         })
     }
 
-    both_dialects!(permitted_invites_are_joined_others_refused, |store: Store| async move {
-        feed(&store, invite("@alice:localhost", false)).await;
-        feed(&store, invite("@mallory:elsewhere.org", false)).await;
-        let requests = queued(&store).await;
-        assert!(matches!(&requests[0], OutboundRequest::Join { as_user: None, .. }), "{requests:?}");
-        match &requests[1] {
-            OutboundRequest::Leave { reason: Some(reason), .. } => assert!(reason.contains("autorisée"), "{reason}"),
-            other => panic!("expected a refusal, got {other:?}"),
+    both_dialects!(
+        permitted_invites_are_joined_others_refused,
+        |store: Store| async move {
+            feed(&store, invite("@alice:localhost", false)).await;
+            feed(&store, invite("@mallory:elsewhere.org", false)).await;
+            let requests = queued(&store).await;
+            assert!(
+                matches!(&requests[0], OutboundRequest::Join { as_user: None, .. }),
+                "{requests:?}"
+            );
+            match &requests[1] {
+                OutboundRequest::Leave {
+                    reason: Some(reason),
+                    ..
+                } => assert!(reason.contains("autorisée"), "{reason}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+            assert_eq!(requests.len(), 2);
         }
-        assert_eq!(requests.len(), 2);
-    });
+    );
 
     both_dialects!(encrypted_rooms_get_one_notice, |store: Store| async move {
         feed(&store, invite("@alice:localhost", true)).await;
@@ -320,7 +364,9 @@ mod tests {
         let notices: Vec<_> = requests
             .iter()
             .filter_map(|r| match r {
-                OutboundRequest::Send { content, .. } => content["body"].as_str().map(str::to_owned),
+                OutboundRequest::Send { content, .. } => {
+                    content["body"].as_str().map(str::to_owned)
+                }
                 _ => None,
             })
             .collect();
@@ -328,27 +374,53 @@ mod tests {
         assert!(notices[0].contains("chiffré"), "{}", notices[0]);
     });
 
-    both_dialects!(commands_get_replies_and_ours_are_ignored, |store: Store| async move {
-        feed(&store, message("@alice:localhost", "!visio aide")).await;
-        feed(&store, message("@visio:localhost", "!visio aide")).await;
-        feed(&store, message("@visio_guest:localhost", "!visio aide")).await;
-        feed(&store, message("@alice:localhost", "bonjour")).await;
-        feed(&store, message("@alice:localhost", "!visio <x1>")).await;
-        feed(&store, message("@eve:elsewhere.org", "!visio aide")).await;
-        let requests = queued(&store).await;
-        let bodies: Vec<_> = requests
-            .iter()
-            .map(|r| match r {
-                OutboundRequest::Send { content, .. } => content.clone(),
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(bodies.len(), 3, "{bodies:?}");
-        assert!(bodies[0]["body"].as_str().expect("body").starts_with("Commandes"));
-        assert_eq!(bodies[0]["m.relates_to"]["m.in_reply_to"]["event_id"], "$msg");
-        assert_eq!(bodies[0]["msgtype"], "m.notice");
-        assert!(bodies[1]["body"].as_str().expect("body").contains("« <x1> »"));
-        assert!(bodies[1]["formatted_body"].as_str().expect("html").contains("&lt;x1&gt;"));
-        assert!(bodies[2]["body"].as_str().expect("body").contains("pas le droit"));
-    });
+    both_dialects!(
+        commands_get_replies_and_ours_are_ignored,
+        |store: Store| async move {
+            feed(&store, message("@alice:localhost", "!visio aide")).await;
+            feed(&store, message("@visio:localhost", "!visio aide")).await;
+            feed(&store, message("@visio_guest:localhost", "!visio aide")).await;
+            feed(&store, message("@alice:localhost", "bonjour")).await;
+            feed(&store, message("@alice:localhost", "!visio <x1>")).await;
+            feed(&store, message("@eve:elsewhere.org", "!visio aide")).await;
+            let requests = queued(&store).await;
+            let bodies: Vec<_> = requests
+                .iter()
+                .map(|r| match r {
+                    OutboundRequest::Send { content, .. } => content.clone(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect();
+            assert_eq!(bodies.len(), 3, "{bodies:?}");
+            assert!(
+                bodies[0]["body"]
+                    .as_str()
+                    .expect("body")
+                    .starts_with("Commandes")
+            );
+            assert_eq!(
+                bodies[0]["m.relates_to"]["m.in_reply_to"]["event_id"],
+                "$msg"
+            );
+            assert_eq!(bodies[0]["msgtype"], "m.notice");
+            assert!(
+                bodies[1]["body"]
+                    .as_str()
+                    .expect("body")
+                    .contains("« <x1> »")
+            );
+            assert!(
+                bodies[1]["formatted_body"]
+                    .as_str()
+                    .expect("html")
+                    .contains("&lt;x1&gt;")
+            );
+            assert!(
+                bodies[2]["body"]
+                    .as_str()
+                    .expect("body")
+                    .contains("pas le droit")
+            );
+        }
+    );
 }

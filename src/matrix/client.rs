@@ -41,9 +41,9 @@ impl CallError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable(_) => true,
-            Self::Matrix { status, errcode, .. } => {
-                *status >= 500 || *status == 429 || errcode == "M_LIMIT_EXCEEDED"
-            }
+            Self::Matrix {
+                status, errcode, ..
+            } => *status >= 500 || *status == 429 || errcode == "M_LIMIT_EXCEEDED",
             Self::BadResponse(_) | Self::Build(_) => false,
         }
     }
@@ -176,8 +176,11 @@ fn matrix_error(status: u16, body: &[u8], retry_after_header: Option<Duration>) 
     CallError::Matrix {
         status,
         errcode: errcode.unwrap_or_else(|| "M_UNKNOWN".into()),
-        error: error.unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()),
-        retry_after: retry_after_ms.map(Duration::from_millis).or(retry_after_header),
+        error: error
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()),
+        retry_after: retry_after_ms
+            .map(Duration::from_millis)
+            .or(retry_after_header),
     }
 }
 

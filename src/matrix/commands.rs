@@ -128,9 +128,16 @@ mod tests {
 
     #[test]
     fn recognises_commands_and_aliases() {
-        for body in ["!visio aide", "!VISIO help", "  !visio Aide  ", "!visio aide\nplus"] {
+        for body in [
+            "!visio aide",
+            "!VISIO help",
+            "  !visio Aide  ",
+            "!visio aide\nplus",
+        ] {
             match parse(body) {
-                Parsed::Command { spec, .. } => assert_eq!(spec.action, CommandAction::Help, "{body}"),
+                Parsed::Command { spec, .. } => {
+                    assert_eq!(spec.action, CommandAction::Help, "{body}")
+                }
                 other => panic!("{body}: {other:?}"),
             }
         }
@@ -138,7 +145,14 @@ mod tests {
 
     #[test]
     fn ignores_what_is_not_addressed_to_the_bot() {
-        for body in ["", "bonjour", "!visioconf", "visio aide", "a !visio aide", "!vis"] {
+        for body in [
+            "",
+            "bonjour",
+            "!visioconf",
+            "visio aide",
+            "a !visio aide",
+            "!vis",
+        ] {
             assert_eq!(parse(body), Parsed::NotACommand, "{body}");
         }
         assert_eq!(parse("!visio"), Parsed::Bare);
@@ -148,10 +162,16 @@ mod tests {
     #[test]
     fn help_lists_every_command_in_both_languages() {
         let (plain, html) = help(Language::Fr);
-        assert!(plain.contains("!visio aide") && plain.starts_with("Commandes"), "{plain}");
+        assert!(
+            plain.contains("!visio aide") && plain.starts_with("Commandes"),
+            "{plain}"
+        );
         assert!(html.contains("<code>!visio aide</code>"), "{html}");
         let (plain, _) = help(Language::En);
-        assert!(plain.contains("!visio help") && plain.starts_with("Visio commands"), "{plain}");
+        assert!(
+            plain.contains("!visio help") && plain.starts_with("Visio commands"),
+            "{plain}"
+        );
         for spec in COMMANDS {
             assert!(help(Language::Fr).0.contains(spec.name));
         }

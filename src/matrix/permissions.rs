@@ -7,7 +7,10 @@ use ruma::UserId;
 
 use crate::config::PermissionLevel;
 
-pub fn level_for(user: &UserId, permissions: &BTreeMap<String, PermissionLevel>) -> PermissionLevel {
+pub fn level_for(
+    user: &UserId,
+    permissions: &BTreeMap<String, PermissionLevel>,
+) -> PermissionLevel {
     permissions
         .get(user.as_str())
         .or_else(|| permissions.get(user.server_name().as_str()))
@@ -32,9 +35,18 @@ mod tests {
             ("@chef:tchap.gouv.fr".to_owned(), PermissionLevel::Admin),
             ("@exclu:tchap.gouv.fr".to_owned(), PermissionLevel::None),
         ]);
-        assert_eq!(level_for(&user("@agent:tchap.gouv.fr"), &map), PermissionLevel::User);
-        assert_eq!(level_for(&user("@chef:tchap.gouv.fr"), &map), PermissionLevel::Admin);
-        assert_eq!(level_for(&user("@exclu:tchap.gouv.fr"), &map), PermissionLevel::None);
+        assert_eq!(
+            level_for(&user("@agent:tchap.gouv.fr"), &map),
+            PermissionLevel::User
+        );
+        assert_eq!(
+            level_for(&user("@chef:tchap.gouv.fr"), &map),
+            PermissionLevel::Admin
+        );
+        assert_eq!(
+            level_for(&user("@exclu:tchap.gouv.fr"), &map),
+            PermissionLevel::None
+        );
         assert_eq!(
             level_for(&user("@x:agent.externe.tchap.gouv.fr"), &map),
             PermissionLevel::None
@@ -44,6 +56,9 @@ mod tests {
     #[test]
     fn unlisted_users_have_no_permission() {
         let map = BTreeMap::from([("@alice:localhost".to_owned(), PermissionLevel::User)]);
-        assert_eq!(level_for(&user("@bob:localhost"), &map), PermissionLevel::None);
+        assert_eq!(
+            level_for(&user("@bob:localhost"), &map),
+            PermissionLevel::None
+        );
     }
 }

@@ -58,9 +58,9 @@ impl OutboundRequest {
     /// The room whose order this request must keep, if any.
     pub fn room(&self) -> Option<&OwnedRoomId> {
         match self {
-            Self::Join { room_id, .. } | Self::Leave { room_id, .. } | Self::Send { room_id, .. } => {
-                Some(room_id)
-            }
+            Self::Join { room_id, .. }
+            | Self::Leave { room_id, .. }
+            | Self::Send { room_id, .. } => Some(room_id),
             _ => None,
         }
     }
@@ -68,7 +68,10 @@ impl OutboundRequest {
 
 /// Stores a request for sending, inside the caller's database transaction.
 /// The transaction id is random, so it is unique across all ghosts and restarts.
-pub async fn enqueue(conn: &mut store::Connection, request: &OutboundRequest) -> Result<i64, StoreError> {
+pub async fn enqueue(
+    conn: &mut store::Connection,
+    request: &OutboundRequest,
+) -> Result<i64, StoreError> {
     let txn_id = format!("tv{}", TransactionId::new());
     let json = serde_json::to_string(request).expect("OutboundRequest always serialises");
     store::outbound::enqueue(conn, request.room().map(|r| r.as_str()), &txn_id, &json).await
@@ -105,7 +108,9 @@ impl OutboundWorker {
                 Ok(Some(row)) => self.attempt(row).await,
                 Ok(None) => {
                     let wait = match self.store.next_outbound_due_at().await {
-                        Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(0, 60_000) as u64),
+                        Ok(Some(due)) => {
+                            Duration::from_millis((due - now_ms()).clamp(0, 60_000) as u64)
+                        }
                         _ => Duration::from_secs(60),
                     };
                     tokio::select! {
@@ -130,17 +135,23 @@ impl OutboundWorker {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(id = row.id, error = %e, "unreadable queued request; dropping it");
-                let _ = self.store.mark_outbound_failed(row.id, &format!("unreadable: {e}")).await;
+                let _ = self
+                    .store
+                    .mark_outbound_failed(row.id, &format!("unreadable: {e}"))
+                    .await;
                 return;
             }
         };
         let started = Instant::now();
         let result = execute(&self.client, &request, &row.txn_id).await;
-        metrics::histogram!("tchap_visio_outbound_send_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tchap_visio_outbound_send_seconds")
+            .record(started.elapsed().as_secs_f64());
         let recorded = match result {
             Ok(result_json) => {
                 tracing::debug!(id = row.id, kind = kind(&request), "sent");
-                self.store.mark_outbound_sent(row.id, &result_json.to_string()).await
+                self.store
+                    .mark_outbound_sent(row.id, &result_json.to_string())
+                    .await
             }
             Err(error) if error.is_transient() => {
                 metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
@@ -148,13 +159,19 @@ impl OutboundWorker {
                 tracing::warn!(id = row.id, kind = kind(&request), attempts = row.attempts + 1,
                     retry_in_ms = wait.as_millis() as u64, error = %error, "send failed; will retry");
                 self.store
-                    .reschedule_outbound(row.id, now_ms() + wait.as_millis() as i64, &error.to_string())
+                    .reschedule_outbound(
+                        row.id,
+                        now_ms() + wait.as_millis() as i64,
+                        &error.to_string(),
+                    )
                     .await
             }
             Err(error) => {
                 metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
                 tracing::warn!(id = row.id, kind = kind(&request), error = %error, "send refused; giving up");
-                self.store.mark_outbound_failed(row.id, &error.to_string()).await
+                self.store
+                    .mark_outbound_failed(row.id, &error.to_string())
+                    .await
             }
         };
         if let Err(e) = recorded {
@@ -187,20 +204,32 @@ pub async fn execute(
             let res = client.call(req, as_user.as_deref()).await?;
             Ok(serde_json::json!({ "room_id": res.room_id }))
         }
-        OutboundRequest::Leave { room_id, as_user, reason } => {
+        OutboundRequest::Leave {
+            room_id,
+            as_user,
+            reason,
+        } => {
             let mut req = membership::leave_room::v3::Request::new(room_id.clone());
             req.reason = reason.clone();
             match client.call(req, as_user.as_deref()).await {
                 Ok(_) => Ok(serde_json::json!({})),
                 // Leaving a room we are not in is already done.
-                Err(CallError::Matrix { status: 403, .. }) | Err(CallError::Matrix { status: 404, .. }) => {
+                Err(CallError::Matrix { status: 403, .. })
+                | Err(CallError::Matrix { status: 404, .. }) => {
                     Ok(serde_json::json!({ "already_left": true }))
                 }
                 Err(e) => Err(e),
             }
         }
-        OutboundRequest::Send { room_id, as_user, event_type, content } => {
-            let raw = Raw::new(content).map_err(|e| CallError::Build(e.to_string()))?.cast_unchecked();
+        OutboundRequest::Send {
+            room_id,
+            as_user,
+            event_type,
+            content,
+        } => {
+            let raw = Raw::new(content)
+                .map_err(|e| CallError::Build(e.to_string()))?
+                .cast_unchecked();
             let req = message::send_message_event::v3::Request::new_raw(
                 room_id.clone(),
                 ruma::OwnedTransactionId::from(txn_id.to_owned()),
@@ -213,14 +242,26 @@ pub async fn execute(
         // The per-field endpoints are deprecated in favour of `set_profile_field`, which
         // older homeservers lack; these two paths work everywhere.
         #[allow(deprecated)]
-        OutboundRequest::SetDisplayName { user_id, displayname } => {
-            let req = profile::set_display_name::v3::Request::new(user_id.clone(), Some(displayname.clone()));
+        OutboundRequest::SetDisplayName {
+            user_id,
+            displayname,
+        } => {
+            let req = profile::set_display_name::v3::Request::new(
+                user_id.clone(),
+                Some(displayname.clone()),
+            );
             client.call(req, Some(user_id)).await?;
             Ok(serde_json::json!({}))
         }
         #[allow(deprecated)]
-        OutboundRequest::SetAvatar { user_id, avatar_url } => {
-            let req = profile::set_avatar_url::v3::Request::new(user_id.clone(), Some(avatar_url.clone()));
+        OutboundRequest::SetAvatar {
+            user_id,
+            avatar_url,
+        } => {
+            let req = profile::set_avatar_url::v3::Request::new(
+                user_id.clone(),
+                Some(avatar_url.clone()),
+            );
             client.call(req, Some(user_id)).await?;
             Ok(serde_json::json!({}))
         }
@@ -231,7 +272,9 @@ pub async fn execute(
             req.login_type = Some(account::register::LoginType::ApplicationService);
             match client.call(req, None).await {
                 Ok(res) => Ok(serde_json::json!({ "user_id": res.user_id })),
-                Err(e) if e.errcode() == Some("M_USER_IN_USE") => Ok(serde_json::json!({ "existed": true })),
+                Err(e) if e.errcode() == Some("M_USER_IN_USE") => {
+                    Ok(serde_json::json!({ "existed": true }))
+                }
                 Err(e) => Err(e),
             }
         }
@@ -260,7 +303,10 @@ mod tests {
         };
         let json = serde_json::to_string(&request).expect("serialise");
         assert!(json.contains(r#""kind":"send""#), "{json}");
-        assert_eq!(serde_json::from_str::<OutboundRequest>(&json).expect("parse"), request);
+        assert_eq!(
+            serde_json::from_str::<OutboundRequest>(&json).expect("parse"),
+            request
+        );
         assert_eq!(request.room().map(|r| r.as_str()), Some("!room:localhost"));
     }
 }

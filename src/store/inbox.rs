@@ -5,7 +5,7 @@ use sqlx::Row;
 use super::{Connection, Store, StoreError, now_ms};
 
 /// One event of a transaction, ready to be stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewInboxEvent {
     pub event_id: String,
     pub room_id: Option<String>,
@@ -103,12 +103,13 @@ impl Store {
 /// Marks an event processed; called in the same database transaction as its effects,
 /// so an event's effects are recorded exactly once even across a crash.
 pub async fn mark_processed(conn: &mut Connection, seq: i64) -> Result<bool, StoreError> {
-    let changed = sqlx::query("UPDATE inbox SET processed_at = $1 WHERE seq = $2 AND processed_at IS NULL")
-        .bind(now_ms())
-        .bind(seq)
-        .execute(conn)
-        .await?
-        .rows_affected();
+    let changed =
+        sqlx::query("UPDATE inbox SET processed_at = $1 WHERE seq = $2 AND processed_at IS NULL")
+            .bind(now_ms())
+            .bind(seq)
+            .execute(conn)
+            .await?
+            .rows_affected();
     Ok(changed == 1)
 }
 
@@ -125,34 +126,50 @@ mod tests {
         }
     }
 
-    both_dialects!(replayed_transactions_store_nothing, |store: Store| async move {
-        let events = [event("$a"), event("$b")];
-        assert_eq!(
-            store.store_transaction("t1", &events).await.expect("store"),
-            TransactionOutcome::Stored { new_events: 2 }
-        );
-        for _ in 0..5 {
+    both_dialects!(
+        replayed_transactions_store_nothing,
+        |store: Store| async move {
+            let events = [event("$a"), event("$b")];
             assert_eq!(
-                store.store_transaction("t1", &events).await.expect("replay"),
-                TransactionOutcome::Replay
+                store.store_transaction("t1", &events).await.expect("store"),
+                TransactionOutcome::Stored { new_events: 2 }
             );
+            for _ in 0..5 {
+                assert_eq!(
+                    store
+                        .store_transaction("t1", &events)
+                        .await
+                        .expect("replay"),
+                    TransactionOutcome::Replay
+                );
+            }
+            // The same event in a new transaction is not stored twice either.
+            assert_eq!(
+                store
+                    .store_transaction("t2", &[event("$b"), event("$c")])
+                    .await
+                    .expect("store"),
+                TransactionOutcome::Stored { new_events: 1 }
+            );
+            let pending = store.pending_inbox(10).await.expect("pending");
+            let ids: Vec<_> = pending.iter().map(|e| e.event_id.as_str()).collect();
+            assert_eq!(ids, ["$a", "$b", "$c"]);
         }
-        // The same event in a new transaction is not stored twice either.
-        assert_eq!(
-            store.store_transaction("t2", &[event("$b"), event("$c")]).await.expect("store"),
-            TransactionOutcome::Stored { new_events: 1 }
-        );
-        let pending = store.pending_inbox(10).await.expect("pending");
-        let ids: Vec<_> = pending.iter().map(|e| e.event_id.as_str()).collect();
-        assert_eq!(ids, ["$a", "$b", "$c"]);
-    });
+    );
 
     both_dialects!(processing_is_once, |store: Store| async move {
-        store.store_transaction("t", &[event("$x"), event("$y")]).await.expect("store");
+        store
+            .store_transaction("t", &[event("$x"), event("$y")])
+            .await
+            .expect("store");
         let pending = store.pending_inbox(10).await.expect("pending");
         let mut tx = store.begin().await.expect("begin");
         assert!(mark_processed(&mut tx, pending[0].seq).await.expect("mark"));
-        assert!(!mark_processed(&mut tx, pending[0].seq).await.expect("mark again"));
+        assert!(
+            !mark_processed(&mut tx, pending[0].seq)
+                .await
+                .expect("mark again")
+        );
         tx.commit().await.expect("commit");
         // A rolled-back mark leaves the event pending.
         let mut tx = store.begin().await.expect("begin");

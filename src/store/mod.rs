@@ -134,10 +134,11 @@ impl Store {
     }
 
     async fn applied_migrations(&self) -> Result<usize, sqlx::Error> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = $1")
-            .bind(true)
-            .fetch_one(&self.pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = $1")
+                .bind(true)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(count as usize)
     }
 
@@ -200,7 +201,9 @@ pub(crate) mod testing {
         });
         sqlx::any::install_default_drivers();
         let name = format!("tv_test_{}", rand::random::<u64>());
-        let admin = AnyPool::connect(&admin_url).await.expect("connect to test PostgreSQL");
+        let admin = AnyPool::connect(&admin_url)
+            .await
+            .expect("connect to test PostgreSQL");
         // The name is ours (random digits), not outside input.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)

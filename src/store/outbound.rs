@@ -85,7 +85,8 @@ impl Store {
     }
 
     pub async fn mark_outbound_sent(&self, id: i64, result_json: &str) -> Result<(), StoreError> {
-        self.finish_outbound(id, "sent", None, Some(result_json)).await
+        self.finish_outbound(id, "sent", None, Some(result_json))
+            .await
     }
 
     pub async fn mark_outbound_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
@@ -150,19 +151,53 @@ mod tests {
         let a2 = add(&store, Some("!a"), "t2").await;
         let b1 = add(&store, Some("!b"), "t3").await;
         let now = now_ms();
-        assert_eq!(store.next_due_outbound(now).await.expect("next").map(|r| r.id), Some(a1));
+        assert_eq!(
+            store
+                .next_due_outbound(now)
+                .await
+                .expect("next")
+                .map(|r| r.id),
+            Some(a1)
+        );
         // a1 backs off: room !a waits, room !b goes ahead.
-        store.reschedule_outbound(a1, now + 60_000, "down").await.expect("reschedule");
-        assert_eq!(store.next_due_outbound(now).await.expect("next").map(|r| r.id), Some(b1));
+        store
+            .reschedule_outbound(a1, now + 60_000, "down")
+            .await
+            .expect("reschedule");
+        assert_eq!(
+            store
+                .next_due_outbound(now)
+                .await
+                .expect("next")
+                .map(|r| r.id),
+            Some(b1)
+        );
         store.mark_outbound_sent(b1, "{}").await.expect("sent");
         assert!(store.next_due_outbound(now).await.expect("next").is_none());
-        assert_eq!(store.next_outbound_due_at().await.expect("due"), Some(now + 60_000));
+        assert_eq!(
+            store.next_outbound_due_at().await.expect("due"),
+            Some(now + 60_000)
+        );
         // Once a1 is due again it goes first, then a2.
         let later = now + 60_000;
-        let row = store.next_due_outbound(later).await.expect("next").expect("a1 due");
+        let row = store
+            .next_due_outbound(later)
+            .await
+            .expect("next")
+            .expect("a1 due");
         assert_eq!((row.id, row.attempts, row.txn_id.as_str()), (a1, 1, "t1"));
-        store.mark_outbound_failed(a1, "forbidden").await.expect("failed");
-        assert_eq!(store.next_due_outbound(later).await.expect("next").map(|r| r.id), Some(a2));
+        store
+            .mark_outbound_failed(a1, "forbidden")
+            .await
+            .expect("failed");
+        assert_eq!(
+            store
+                .next_due_outbound(later)
+                .await
+                .expect("next")
+                .map(|r| r.id),
+            Some(a2)
+        );
         assert_eq!(store.outbound_pending_count().await.expect("count"), 1);
     });
 

@@ -47,11 +47,20 @@ mod tests {
 
     both_dialects!(room_info_round_trips, |store: Store| async move {
         let mut conn = store.pool().acquire().await.expect("conn");
-        assert_eq!(get(&mut conn, "!r").await.expect("get"), RoomInfo::default());
-        let info = RoomInfo { encrypted: true, encryption_notice_sent: false };
+        assert_eq!(
+            get(&mut conn, "!r").await.expect("get"),
+            RoomInfo::default()
+        );
+        let info = RoomInfo {
+            encrypted: true,
+            encryption_notice_sent: false,
+        };
         put(&mut conn, "!r", &info).await.expect("put");
         assert_eq!(get(&mut conn, "!r").await.expect("get"), info);
-        let info = RoomInfo { encrypted: true, encryption_notice_sent: true };
+        let info = RoomInfo {
+            encrypted: true,
+            encryption_notice_sent: true,
+        };
         put(&mut conn, "!r", &info).await.expect("put");
         assert_eq!(get(&mut conn, "!r").await.expect("get"), info);
     });

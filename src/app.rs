@@ -1,0 +1,291 @@
+//! Composition root: builds the store, the Matrix client, the workers and the HTTP server,
+//! runs them, and shuts them down in order. Also the bodies of the `check-config` and
+//! `migrate` commands, which need the same parts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ruma::api::client::appservice::request_ping;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::SecretToken;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::matrix::bot::Bot;
+use crate::matrix::client::{CallError, MatrixClient};
+use crate::matrix::inbox::InboxWorker;
+use crate::matrix::queue::{self, OutboundRequest, OutboundWorker};
+use crate::observability;
+use crate::store::{Store, redact_uri};
+
+/// Switches of `run` that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Store transactions but do not process them (maintenance, crash tests).
+    pub hold_inbox: bool,
+}
+
+fn listen_addr(config: &Config) -> anyhow::Result<SocketAddr> {
+    let host = if config.appservice.hostname == "localhost" {
+        "127.0.0.1"
+    } else {
+        &config.appservice.hostname
+    };
+    format!("{host}:{}", config.appservice.port)
+        .parse()
+        .with_context(|| {
+            format!(
+                "appservice.hostname `{}` is not an IP address",
+                config.appservice.hostname
+            )
+        })
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.database.uri, config.database.max_connections)
+        .await
+        .with_context(|| format!("database.uri {}", redact_uri(&config.database.uri)))
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = open_store(&config).await?;
+    let metrics = observability::metrics_handle();
+    let client = MatrixClient::new(&config.homeserver.address, &config.appservice.as_token);
+    let bot = Bot::from_config(&config);
+    let shutdown = CancellationToken::new();
+    let inbox_wake = Arc::new(Notify::new());
+    let outbound_wake = Arc::new(Notify::new());
+
+    metrics::gauge!("tchap_visio_inbox_pending").set(store.inbox_pending_count().await? as f64);
+    queue_bot_profile(&store, &config).await?;
+
+    let addr = listen_addr(&config)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (appservice.hostname / appservice.port): is another instance running?")
+    })?;
+
+    let mut workers = tokio::task::JoinSet::new();
+    workers.spawn(
+        OutboundWorker {
+            store: store.clone(),
+            client,
+            wake: outbound_wake.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+    if options.hold_inbox {
+        tracing::warn!("--hold-inbox: transactions are stored but not processed");
+    } else {
+        workers.spawn(
+            InboxWorker {
+                store: store.clone(),
+                handler: bot.clone(),
+                wake: inbox_wake.clone(),
+                outbound_wake,
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+    }
+
+    let state = AppState {
+        store: store.clone(),
+        hs_token: SecretToken::new(&config.appservice.hs_token),
+        bot_user_id: bot.user_id.clone(),
+        max_body_bytes: config.appservice.max_body_bytes,
+        inbox_wake,
+        metrics: Some(metrics),
+        pings: None,
+    };
+    tracing::info!(
+        %addr,
+        bot = %bot.user_id,
+        homeserver = %config.homeserver.address,
+        database = %redact_uri(&config.database.uri),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "tchap-visio is running"
+    );
+    let server_shutdown = shutdown.clone();
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        wait_for_signal().await;
+        server_shutdown.cancel();
+    });
+    server.await.context("HTTP server failed")?;
+    shutdown.cancel();
+    // Workers stop between two steps; anything unfinished is still in the database.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler only fails outside a runtime");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Queues the bot's display name and avatar from the config.
+async fn queue_bot_profile(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let bot = config.bot_user_id();
+    let mut tx = store.begin().await?;
+    if !config.appservice.bot.displayname.is_empty() {
+        let request = OutboundRequest::SetDisplayName {
+            user_id: bot.clone(),
+            displayname: config.appservice.bot.displayname.clone(),
+        };
+        queue::enqueue(&mut tx, &request).await?;
+    }
+    if !config.appservice.bot.avatar.is_empty() {
+        let request = OutboundRequest::SetAvatar {
+            user_id: bot,
+            avatar_url: config.appservice.bot.avatar.as_str().into(),
+        };
+        queue::enqueue(&mut tx, &request).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Applies pending migrations and reports how many were applied.
+pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
+    let store = Store::connect(&config.database.uri, config.database.max_connections)
+        .await
+        .with_context(|| format!("database.uri {}", redact_uri(&config.database.uri)))?;
+    let applied = store.migrate().await?;
+    store.close().await;
+    Ok(applied)
+}
+
+/// `check-config`: the config is valid, the database opens, and the homeserver and this
+/// service reach each other (the homeserver's appservice ping). Returns a report.
+pub async fn check_config(config: &Config) -> anyhow::Result<String> {
+    let mut report = vec!["configuration: valid".to_owned()];
+    let store = Store::connect(&config.database.uri, 1)
+        .await
+        .with_context(|| format!("database.uri {}", redact_uri(&config.database.uri)))?;
+    store.close().await;
+    report.push(format!(
+        "database: reachable ({})",
+        redact_uri(&config.database.uri)
+    ));
+
+    // When the service is not running, answer the homeserver's ping ourselves.
+    let addr = listen_addr(config)?;
+    let shutdown = CancellationToken::new();
+    let (ping_tx, mut ping_rx) = mpsc::unbounded_channel();
+    let serving_ourselves = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            let store = Store::connect("sqlite::memory:", 1).await?;
+            let state = AppState {
+                store,
+                hs_token: SecretToken::new(&config.appservice.hs_token),
+                bot_user_id: config.bot_user_id(),
+                max_body_bytes: config.appservice.max_body_bytes,
+                inbox_wake: Arc::new(Notify::new()),
+                metrics: None,
+                pings: Some(ping_tx),
+            };
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, http::ping_only_router(state))
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            });
+            true
+        }
+        Err(_) => false,
+    };
+    report.push(if serving_ourselves {
+        format!("service: not running; answering the ping on {addr} for this check")
+    } else {
+        format!("service: something already listens on {addr} (the running service, presumably)")
+    });
+
+    let client = MatrixClient::new(&config.homeserver.address, &config.appservice.as_token);
+    let txn_id = format!("check-{}", ruma::TransactionId::new());
+    let mut request = request_ping::v1::Request::new(config.appservice.id.clone());
+    request.transaction_id = Some(txn_id.as_str().into());
+    let result = client.call(request, None).await;
+    shutdown.cancel();
+    match result {
+        Ok(response) => {
+            report.push(format!(
+                "homeserver ↔ service: ok, round trip {} ms",
+                response.duration.as_millis()
+            ));
+            if serving_ourselves {
+                match ping_rx.try_recv() {
+                    Ok(seen) if seen == txn_id => {
+                        report.push("ping received with the right hs_token".into())
+                    }
+                    _ => report
+                        .push("warning: the homeserver's ping did not reach this check".into()),
+                }
+            }
+            Ok(report.join("\n"))
+        }
+        Err(error) => bail!(
+            "{}\n{}",
+            report.join("\n"),
+            explain_ping_error(config, &error)
+        ),
+    }
+}
+
+fn explain_ping_error(config: &Config, error: &CallError) -> String {
+    let hs = &config.homeserver.address;
+    let us = &config.appservice.address;
+    match error {
+        CallError::Unreachable(detail) => format!(
+            "cannot reach the homeserver at {hs} ({detail}). Check homeserver.address and that the homeserver runs."
+        ),
+        CallError::Matrix { errcode, error, .. } => {
+            let hint = match errcode.as_str() {
+                "M_UNKNOWN_TOKEN" | "M_MISSING_TOKEN" => String::from(
+                    "the homeserver does not know appservice.as_token. Add the registration file to its \
+                     app_service_config_files and restart it (after every generate-registration).",
+                ),
+                "M_FORBIDDEN" => format!(
+                    "the homeserver refused the ping: appservice.id `{}` must equal the registration's `id`.",
+                    config.appservice.id
+                ),
+                "M_URL_NOT_SET" => {
+                    "the registration has no `url`; set appservice.address and regenerate it."
+                        .into()
+                }
+                "M_BAD_STATUS" => format!(
+                    "the homeserver reached {us} but got an error: most often the registration's hs_token \
+                     differs from appservice.hs_token (regenerate and restart the homeserver)."
+                ),
+                "M_CONNECTION_FAILED" => format!(
+                    "the homeserver cannot connect to appservice.address {us}; it must be reachable from the homeserver."
+                ),
+                "M_CONNECTION_TIMEOUT" => {
+                    format!("the homeserver timed out reaching appservice.address {us}.")
+                }
+                "M_UNRECOGNIZED" => {
+                    "this homeserver does not support the appservice ping (Synapse ≥ 1.84 does)."
+                        .into()
+                }
+                _ => "unexpected answer.".into(),
+            };
+            format!("ping failed: {errcode}: {error}\n{hint}")
+        }
+        other => format!("ping failed: {other}"),
+    }
+}

@@ -1,0 +1,158 @@
+//! The application service API the homeserver calls: transactions, user and room
+//! queries, ping. Every route checks the `hs_token` first.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::MatrixError;
+use crate::matrix::intake::{IntakeError, parse_transaction};
+use crate::store::inbox::TransactionOutcome;
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    access_token: Option<String>,
+}
+
+/// Accepts `Authorization: Bearer <hs_token>` or the legacy `access_token` query
+/// parameter; when both are sent both must match.
+pub async fn require_hs_token(
+    State(state): State<AppState>,
+    Query(query): Query<TokenQuery>,
+    request: Request,
+    next: Next,
+) -> Result<Response, MatrixError> {
+    let header = bearer(request.headers());
+    let presented: Vec<&str> = header
+        .iter()
+        .chain(query.access_token.as_ref())
+        .map(String::as_str)
+        .collect();
+    if presented.is_empty() {
+        return Err(MatrixError::missing_token());
+    }
+    // Check every presented token (no short-circuit), so timing does not tell which failed.
+    let all_match = presented
+        .iter()
+        .fold(true, |ok, token| state.hs_token.matches(token) & ok);
+    if !all_match {
+        return Err(MatrixError::forbidden());
+    }
+    Ok(next.run(request).await)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Reads a body up to `limit` bytes; over it, 413 `M_TOO_LARGE` without reading the rest.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, MatrixError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(MatrixError::too_large(limit));
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| MatrixError::too_large(limit))
+}
+
+pub async fn put_transaction(
+    State(state): State<AppState>,
+    Path(txn_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, MatrixError> {
+    let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+    let events = parse_transaction(&txn_id, &bytes).map_err(|e| match e {
+        IntakeError::NotJson => {
+            MatrixError::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", e.to_string())
+        }
+        IntakeError::BadJson(_) => {
+            MatrixError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", e.to_string())
+        }
+    })?;
+    let outcome = state
+        .store
+        .store_transaction(&txn_id, &events)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    match outcome {
+        TransactionOutcome::Stored { new_events } => {
+            metrics::counter!("tchap_visio_transactions_received_total").increment(1);
+            metrics::counter!("tchap_visio_events_received_total").increment(new_events as u64);
+            metrics::gauge!("tchap_visio_inbox_pending").increment(new_events as f64);
+            tracing::debug!(
+                txn_id,
+                events = events.len(),
+                new_events,
+                "transaction stored"
+            );
+            state.inbox_wake.notify_one();
+        }
+        TransactionOutcome::Replay => {
+            metrics::counter!("tchap_visio_transactions_replayed_total").increment(1);
+            tracing::debug!(txn_id, "transaction replayed; nothing to do");
+        }
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+pub async fn query_user(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<Json<serde_json::Value>, MatrixError> {
+    // Ghosts are registered by us before they are used, so the homeserver never needs
+    // us to create one on demand; only the bot is known here.
+    if user_id == state.bot_user_id.as_str() {
+        Ok(Json(serde_json::json!({})))
+    } else {
+        Err(MatrixError::not_found("User"))
+    }
+}
+
+pub async fn query_room(
+    Path(_alias): Path<String>,
+) -> Result<Json<serde_json::Value>, MatrixError> {
+    Err(MatrixError::not_found("Room alias"))
+}
+
+pub async fn ping(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, MatrixError> {
+    let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+    if !bytes.is_empty() {
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+            MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_NOT_JSON",
+                "the body is not valid JSON",
+            )
+        })?;
+        if let Some(txn) = value.get("transaction_id").and_then(|t| t.as_str()) {
+            tracing::info!(transaction_id = txn, "ping from the homeserver");
+            if let Some(pings) = &state.pings {
+                let _ = pings.send(txn.to_owned());
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({})))
+}

@@ -1,0 +1,288 @@
+//! `generate-registration`: random `as_token`/`hs_token` written into the config (in
+//! place, keeping its comments) and into a registration file for the homeserver.
+
+use std::path::Path;
+
+use rand::distr::{Alphanumeric, SampleString};
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, is_placeholder_token};
+
+/// Why the registration could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Tokens exist already; replacing them breaks the running registration.
+    #[error(
+        "{0} already holds tokens; replacing them means re-registering with the homeserver. \
+         Run again with --force to do so"
+    )]
+    TokensExist(String),
+    #[error("{0} has no `appservice:` section")]
+    NoAppserviceSection(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct Registration {
+    pub id: String,
+    pub url: String,
+    pub as_token: String,
+    pub hs_token: String,
+    pub sender_localpart: String,
+    pub rate_limited: bool,
+    pub namespaces: Namespaces,
+    pub receive_ephemeral: bool,
+    #[serde(rename = "de.sorunome.msc2409.push_ephemeral")]
+    pub push_ephemeral_unstable: bool,
+    /// Appservice users get devices without logging in (needed with MAS).
+    #[serde(rename = "io.element.msc4190")]
+    pub msc4190: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Namespaces {
+    pub users: Vec<Namespace>,
+    pub aliases: Vec<Namespace>,
+    pub rooms: Vec<Namespace>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Namespace {
+    pub regex: String,
+    pub exclusive: bool,
+}
+
+/// The registration for a config and a pair of tokens.
+pub fn registration(config: &Config, as_token: &str, hs_token: &str) -> Registration {
+    let domain = regex_escape(&config.homeserver.domain);
+    let (before, after) = config
+        .appservice
+        .username_template
+        .split_once("{id}")
+        .expect("validate() checked that the template contains {id}");
+    Registration {
+        id: config.appservice.id.clone(),
+        url: config.appservice.address.clone(),
+        as_token: as_token.to_owned(),
+        hs_token: hs_token.to_owned(),
+        sender_localpart: config.appservice.bot.username.clone(),
+        rate_limited: false,
+        namespaces: Namespaces {
+            users: vec![
+                Namespace {
+                    regex: format!(
+                        "@{}.*{}:{domain}",
+                        regex_escape(before),
+                        regex_escape(after)
+                    ),
+                    exclusive: true,
+                },
+                Namespace {
+                    regex: format!(
+                        "@{}:{domain}",
+                        regex_escape(&config.appservice.bot.username)
+                    ),
+                    exclusive: true,
+                },
+            ],
+            aliases: vec![],
+            rooms: vec![],
+        },
+        receive_ephemeral: true,
+        push_ephemeral_unstable: true,
+        msc4190: true,
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A random token for `as_token`/`hs_token`: 64 alphanumerics, about 380 bits.
+pub fn random_token() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 64)
+}
+
+/// Writes fresh tokens into the config file and the registration file.
+pub fn generate(
+    config_path: &Path,
+    registration_path: &Path,
+    force: bool,
+) -> Result<Registration, RegistrationError> {
+    let io_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| RegistrationError::Io { path, source }
+    };
+    let text = std::fs::read_to_string(config_path).map_err(io_err(config_path))?;
+    let config = Config::load(config_path)?;
+    config.validate_except_tokens()?;
+    if !force {
+        let file_has_tokens = ["as_token", "hs_token"]
+            .iter()
+            .any(|key| token_in_text(&text, key).is_some_and(|t| !is_placeholder_token(&t)));
+        if file_has_tokens {
+            return Err(RegistrationError::TokensExist(
+                config_path.display().to_string(),
+            ));
+        }
+        if registration_path.exists() {
+            let existing =
+                std::fs::read_to_string(registration_path).map_err(io_err(registration_path))?;
+            if token_in_text(&existing, "as_token").is_some_and(|t| !is_placeholder_token(&t)) {
+                return Err(RegistrationError::TokensExist(
+                    registration_path.display().to_string(),
+                ));
+            }
+        }
+    }
+    let (as_token, hs_token) = (random_token(), random_token());
+    let mut updated = set_token_in_text(&text, "as_token", &as_token)
+        .ok_or_else(|| RegistrationError::NoAppserviceSection(config_path.display().to_string()))?;
+    updated = set_token_in_text(&updated, "hs_token", &hs_token)
+        .ok_or_else(|| RegistrationError::NoAppserviceSection(config_path.display().to_string()))?;
+    let registration = registration(&config, &as_token, &hs_token);
+    let yaml = serde_yaml_ng::to_string(&registration).expect("registration always serialises");
+    let header = "# Generated by `tchap-visio generate-registration`; add this file to the homeserver's\n\
+                  # app_service_config_files and restart it. Keep it secret: it holds both tokens.\n";
+    write_private(registration_path, &format!("{header}{yaml}"))
+        .map_err(io_err(registration_path))?;
+    write_private(config_path, &updated).map_err(io_err(config_path))?;
+    Ok(registration)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The value of the first `key:` line in the `appservice:` section, if any.
+fn token_in_text(text: &str, key: &str) -> Option<String> {
+    let (_, index) = find_key_line(text, key)?;
+    let line = text.lines().nth(index)?;
+    let value = line.split_once(':')?.1.trim();
+    Some(value.trim_matches(|c| c == '"' || c == '\'').to_owned())
+}
+
+/// Index of the `appservice:` line and of its `key:` line (direct child).
+fn find_key_line(text: &str, key: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.trim_end() == "appservice:")?;
+    for (i, line) in lines.iter().enumerate().skip(start + 1) {
+        let trimmed = line.trim_start();
+        if !line.is_empty() && !line.starts_with(char::is_whitespace) && !trimmed.starts_with('#') {
+            break; // next top-level section
+        }
+        if trimmed
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with(':'))
+        {
+            return Some((start, i));
+        }
+    }
+    None
+}
+
+/// Replaces (or adds) `key: "value"` in the `appservice:` section, keeping everything else.
+fn set_token_in_text(text: &str, key: &str, value: &str) -> Option<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    match find_key_line(text, key) {
+        Some((_, index)) => {
+            let indent: String = lines[index]
+                .chars()
+                .take_while(|c| c.is_whitespace())
+                .collect();
+            lines[index] = format!("{indent}{key}: \"{value}\"");
+        }
+        None => {
+            let start = lines.iter().position(|l| l.trim_end() == "appservice:")?;
+            lines.insert(start + 1, format!("  {key}: \"{value}\""));
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/example-config.yaml");
+
+    #[test]
+    fn writes_tokens_into_both_files_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config_path = dir.path().join("config.yaml");
+        let registration_path = dir.path().join("registration.yaml");
+        std::fs::write(&config_path, EXAMPLE).expect("write");
+        let reg = generate(&config_path, &registration_path, false).expect("generate");
+        let config = Config::load(&config_path).expect("load");
+        config.validate().expect("valid after generation");
+        assert_eq!(config.appservice.as_token, reg.as_token);
+        assert_eq!(config.appservice.hs_token, reg.hs_token);
+        let written = std::fs::read_to_string(&config_path).expect("read");
+        // Comments survive.
+        assert_eq!(
+            written
+                .lines()
+                .filter(|l| l.trim_start().starts_with('#'))
+                .count(),
+            EXAMPLE
+                .lines()
+                .filter(|l| l.trim_start().starts_with('#'))
+                .count()
+        );
+        let registration: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&registration_path).expect("read"))
+                .expect("yaml");
+        assert_eq!(
+            registration["as_token"].as_str(),
+            Some(reg.as_token.as_str())
+        );
+        assert_eq!(registration["sender_localpart"].as_str(), Some("visio"));
+        assert_eq!(registration["rate_limited"].as_bool(), Some(false));
+        assert_eq!(registration["io.element.msc4190"].as_bool(), Some(true));
+        assert_eq!(
+            registration["namespaces"]["users"][0]["regex"].as_str(),
+            Some("@visio_.*:localhost")
+        );
+
+        let err = generate(&config_path, &registration_path, false).expect_err("tokens exist");
+        assert!(err.to_string().contains("--force"), "{err}");
+        let again = generate(&config_path, &registration_path, true).expect("forced");
+        assert_ne!(again.as_token, reg.as_token);
+    }
+
+    #[test]
+    fn ghost_namespace_regex_matches_template_users_only() {
+        let mut config: Config = serde_yaml_ng::from_str(EXAMPLE).expect("example");
+        config.homeserver.domain = "tchap.gouv.fr".into();
+        let reg = registration(&config, "a", "b");
+        assert_eq!(reg.namespaces.users[0].regex, r"@visio_.*:tchap\.gouv\.fr");
+        assert_eq!(reg.namespaces.users[1].regex, r"@visio:tchap\.gouv\.fr");
+    }
+}

@@ -52,9 +52,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .expect("no other TLS provider is installed before main");
+    tchap_visio::matrix::client::install_tls_provider();
     let runtime = tokio::runtime::Runtime::new().expect("the Tokio runtime starts");
     match runtime.block_on(execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -75,6 +75,7 @@ pub struct MatrixClient {
 
 impl MatrixClient {
     pub fn new(base_url: &str, as_token: &str) -> Self {
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -145,6 +146,12 @@ impl MatrixClient {
         R::IncomingResponse::try_from_http_response(http_response)
             .map_err(|e| CallError::BadResponse(e.to_string()))
     }
+}
+
+/// Makes ring rustls's process-wide crypto provider (reqwest is built without one, to
+/// avoid compiling a second crypto library); later calls are no-ops.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// reqwest's errors print the URL, which for appservice calls can carry `user_id`; keep

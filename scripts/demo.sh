@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# A local demo: Synapse on http://127.0.0.1:8008 (server name "localhost"), tchap-visio
+# on port 29330, a user demo/demo and a room "Démo Visio" with the bot in it.
+# State lives in data/demo/ and is kept between runs (delete it to start over).
+# Runs in the foreground; Ctrl-C stops both processes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DEMO=data/demo
+HS_PORT=8008
+AS_PORT=29330
+HS_URL="http://127.0.0.1:$HS_PORT"
+BOT="@visio:localhost"
+PY=.venv/bin/python
+BIN=target/debug/tchap-visio
+
+bash scripts/setup-venv.sh
+cargo build
+mkdir -p "$DEMO"
+
+for port in "$HS_PORT" "$AS_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is already in use on 127.0.0.1: is a demo already running?" >&2
+        exit 1
+    fi
+done
+
+if [[ ! -f "$DEMO/config.yaml" ]]; then
+    "$PY" scripts/demo_helper.py write-config --example config/example-config.yaml --out "$DEMO/config.yaml" \
+        --homeserver "$HS_URL" --port "$AS_PORT" --database "sqlite://$DEMO/tchap-visio.db"
+fi
+if [[ ! -f "$DEMO/registration.yaml" ]]; then
+    "$BIN" generate-registration -c "$DEMO/config.yaml" -r "$DEMO/registration.yaml"
+fi
+"$PY" scripts/demo_helper.py synapse-config --dir "$DEMO/synapse" --port "$HS_PORT" \
+    --registration "$DEMO/registration.yaml"
+
+SYNAPSE_PID=""
+SERVICE_PID=""
+stop_all() {
+    trap - EXIT INT TERM
+    echo
+    echo "Stopping..."
+    for pid in $SERVICE_PID $SYNAPSE_PID; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in $SERVICE_PID $SYNAPSE_PID; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$PY" -m synapse.app.homeserver -c "$DEMO/synapse/homeserver.yaml" >"$DEMO/synapse/stdout.log" 2>&1 &
+SYNAPSE_PID=$!
+"$PY" scripts/demo_helper.py wait-health --url "$HS_URL/health" --pid "$SYNAPSE_PID" --timeout 60 || {
+    tail -n 30 "$DEMO/synapse/stdout.log" "$DEMO/synapse/homeserver.log" >&2
+    exit 1
+}
+
+"$BIN" run -c "$DEMO/config.yaml" >>"$DEMO/tchap-visio.log" 2>&1 &
+SERVICE_PID=$!
+"$PY" scripts/demo_helper.py wait-health --url "http://127.0.0.1:$AS_PORT/health" --pid "$SERVICE_PID" --timeout 60 || {
+    tail -n 30 "$DEMO/tchap-visio.log" >&2
+    exit 1
+}
+
+ROOM_ID="$("$PY" scripts/demo_helper.py setup-room --homeserver "$HS_URL" --synapse-dir "$DEMO/synapse" \
+    --user demo --password demo --room-name "Démo Visio" --room-file "$DEMO/room_id" --bot "$BOT")"
+
+cat <<EOF
+
+The demo is running.
+  Homeserver : $HS_URL   (server name: localhost)
+  User       : demo   password: demo   (@demo:localhost)
+  Room       : Démo Visio   $ROOM_ID   (the bot $BOT is in it)
+
+Log in with any Matrix client (Element desktop: "Edit" the homeserver, enter $HS_URL),
+open the room "Démo Visio" and type:   !visio aide   -> the bot answers with its help.
+
+Logs: $DEMO/tchap-visio.log, $DEMO/synapse/homeserver.log
+Ctrl-C stops Synapse and tchap-visio.
+EOF
+
+# Foreground until Ctrl-C (or TERM), or until one of the two stops by itself.
+STOPPING=0
+trap 'STOPPING=1' INT TERM
+set +e
+wait -n "$SYNAPSE_PID" "$SERVICE_PID"
+rc=$?
+set -e
+if [[ "$STOPPING" == 1 ]]; then
+    exit 0
+fi
+if kill -0 "$SYNAPSE_PID" 2>/dev/null; then
+    echo "tchap-visio stopped by itself (exit $rc); see $DEMO/tchap-visio.log" >&2
+else
+    echo "Synapse stopped by itself (exit $rc); see $DEMO/synapse/homeserver.log" >&2
+fi
+exit 1

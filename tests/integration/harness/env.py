@@ -1,0 +1,59 @@
+"""A Synapse + tchap-visio pair with users: what most tests run against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .matrix import MatrixUser
+from .service import Service
+from .synapse import Synapse
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+class Env:
+    """Synapse and tchap-visio started in that order, sharing `workdir`.
+
+    service_kwargs go to Service (database_uri, permissions, language, overrides);
+    service_env is the environment the service starts with (TCHAP_VISIO_* overrides).
+    """
+
+    def __init__(self, workdir: Path, *, service_env: dict[str, str] | None = None, **service_kwargs):
+        self.dir = Path(workdir)
+        self.synapse = Synapse(self.dir / "synapse")
+        self.service: Service | None = None
+        self.users: dict[str, MatrixUser] = {}
+        try:
+            self.service = Service(self.dir / "service", self.synapse, **service_kwargs)
+            self.synapse.start()
+            self.service.start(env=service_env)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def bot(self) -> str:
+        return self.service.bot_user_id
+
+    def user(self, localpart: str) -> MatrixUser:
+        """A registered, logged-in client for @localpart:localhost (one per name)."""
+        if localpart not in self.users:
+            user_id = self.synapse.register_user(localpart, PASSWORD)
+            self.users[localpart] = MatrixUser(self.synapse.url, user_id, PASSWORD)
+        return self.users[localpart]
+
+    def room_with_bot(self, owner: str = "alice", **kwargs) -> tuple[MatrixUser, str]:
+        """`owner` creates a room and invites the bot; returns once the bot has joined."""
+        user = self.user(owner)
+        room_id = user.create_room(**kwargs)
+        user.invite(room_id, self.bot)
+        user.wait_membership(room_id, self.bot, "join")
+        return user, room_id
+
+    def close(self) -> None:
+        for u in self.users.values():
+            u.close()
+        self.users.clear()
+        if self.service is not None:
+            self.service.close()
+        self.synapse.close()

@@ -1,0 +1,123 @@
+"""matrix-nio clients driven synchronously from tests (each owns an event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, Callable
+
+import nio
+
+from .util import wait_for
+
+# Sync filter: a timeline long enough that no test room's sync is ever "limited".
+_SYNC_FILTER = {"room": {"timeline": {"limit": 1000}}, "presence": {"not_types": ["*"]}}
+
+
+def quoted(word: str) -> re.Pattern:
+    """Matches `word` between quotes: « word » (any spaces), “word”, "word", 'word'."""
+    return re.compile(r"[«“\"'‘`]\s*" + re.escape(word) + r"\s*[»”\"'’`]")
+
+
+class MatrixUser:
+    """A logged-in user on the test Synapse, through matrix-nio's AsyncClient."""
+
+    def __init__(self, homeserver_url: str, user_id: str, password: str):
+        self.user_id = user_id
+        self.loop = asyncio.new_event_loop()
+        self.client = nio.AsyncClient(
+            homeserver_url,
+            user_id,
+            config=nio.AsyncClientConfig(encryption_enabled=False, max_timeouts=5, request_timeout=30),
+        )
+        resp = self._run(self.client.login(password, device_name="integration-test"))
+        assert isinstance(resp, nio.LoginResponse), f"login of {user_id} failed: {resp}"
+        # Timeline events seen by sync, per joined room, oldest first (raw dicts).
+        self.timelines: dict[str, list[dict[str, Any]]] = {}
+        self.sync(0)
+
+    def _run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        try:
+            self._run(self.client.close())
+        finally:
+            self.loop.close()
+
+    # -- rooms -------------------------------------------------------------
+
+    def create_room(self, name: str | None = None, encrypted: bool = False, invite: list[str] = ()) -> str:
+        state = []
+        if encrypted:
+            state.append({"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
+        resp = self._run(self.client.room_create(name=name, initial_state=state, invite=list(invite)))
+        assert isinstance(resp, nio.RoomCreateResponse), f"room creation failed: {resp}"
+        return resp.room_id
+
+    def invite(self, room_id: str, user_id: str) -> None:
+        resp = self._run(self.client.room_invite(room_id, user_id))
+        assert isinstance(resp, nio.RoomInviteResponse), f"invite of {user_id} failed: {resp}"
+
+    def send_text(self, room_id: str, body: str, msgtype: str = "m.text") -> str:
+        resp = self._run(self.client.room_send(room_id, "m.room.message", {"msgtype": msgtype, "body": body}))
+        assert isinstance(resp, nio.RoomSendResponse), f"send failed: {resp}"
+        return resp.event_id
+
+    def member(self, room_id: str, user_id: str) -> dict[str, Any] | None:
+        """Content of `user_id`'s m.room.member event in the room, None if there is none."""
+        resp = self._run(self.client.room_get_state_event(room_id, "m.room.member", user_id))
+        if isinstance(resp, nio.RoomGetStateEventResponse):
+            return resp.content
+        return None
+
+    def wait_membership(self, room_id: str, user_id: str, membership: str, timeout: float = 20) -> dict[str, Any]:
+        """Wait until `user_id`'s membership is `membership`; returns the member content."""
+        return wait_for(
+            lambda: (c := self.member(room_id, user_id)) is not None and c.get("membership") == membership and c,
+            timeout,
+            f"{user_id} membership {membership!r} in {room_id}",
+            interval=0.1,
+        )
+
+    # -- timeline ------------------------------------------------------------
+
+    def sync(self, timeout_ms: int = 0) -> None:
+        """One sync (long-polls up to timeout_ms); appends new timeline events."""
+        resp = self._run(self.client.sync(timeout=timeout_ms, sync_filter=_SYNC_FILTER))
+        assert isinstance(resp, nio.SyncResponse), f"sync failed: {resp}"
+        for room_id, room in resp.rooms.join.items():
+            assert not (room.timeline.limited and room_id in self.timelines), f"sync of {room_id} was limited"
+            self.timelines.setdefault(room_id, []).extend(e.source for e in room.timeline.events)
+
+    def notices(self, room_id: str, sender: str) -> list[str]:
+        """Bodies of the m.notice messages from `sender` in the room, in timeline order."""
+        return [
+            e["content"].get("body", "")
+            for e in self.timelines.get(room_id, [])
+            if e.get("type") == "m.room.message"
+            and e.get("sender") == sender
+            and e.get("content", {}).get("msgtype") == "m.notice"
+        ]
+
+    def wait_notices(
+        self, room_id: str, sender: str, done: Callable[[list[str]], bool], timeout: float, what: str
+    ) -> list[str]:
+        """Sync until done(notices) holds; returns the notices then."""
+
+        def check() -> bool:
+            if done(self.notices(room_id, sender)):
+                return True
+            self.sync(500)
+            return done(self.notices(room_id, sender))
+
+        wait_for(check, timeout, what, interval=0)
+        return self.notices(room_id, sender)
+
+    def wait_notice_matching(self, room_id: str, sender: str, pattern: str | re.Pattern, timeout: float = 20) -> str:
+        """Wait for a notice whose body matches `pattern`; returns that body."""
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        notices = self.wait_notices(
+            room_id, sender, lambda ns: any(rx.search(n) for n in ns), timeout, f"a notice from {sender} matching {rx.pattern!r}"
+        )
+        return next(n for n in notices if rx.search(n))

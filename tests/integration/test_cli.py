@@ -1,0 +1,63 @@
+"""The command line: generate-registration, migrate, refusing placeholder tokens."""
+
+import re
+
+import yaml
+
+from harness import Service
+from harness.service import EXAMPLE_CONFIG
+from harness.synapse import Synapse
+
+
+def make_service(tmp_path) -> Service:
+    # Synapse is only named (its URL goes into the config); it is never started here.
+    return Service(tmp_path / "service", Synapse(tmp_path / "synapse"))
+
+
+def test_generate_registration_matches_config(tmp_path):
+    svc = make_service(tmp_path)
+    reg, asv = svc.generated_registration, svc.config["appservice"]
+    assert reg["id"] == asv["id"]
+    assert reg["url"] == asv["address"]
+    assert reg["as_token"] == asv["as_token"] and reg["hs_token"] == asv["hs_token"]
+    assert reg["as_token"] != reg["hs_token"]
+    placeholder = yaml.safe_load(EXAMPLE_CONFIG.read_text())["appservice"]["as_token"]
+    for token in (reg["as_token"], reg["hs_token"]):
+        assert token != placeholder and len(token) >= 32, token
+    assert reg["sender_localpart"] == asv["bot"]["username"] == "visio"
+    assert reg["rate_limited"] is False
+    assert reg["io.element.msc4190"] is True
+    assert reg["receive_ephemeral"] is True
+
+    users = reg["namespaces"]["users"]
+    assert all(ns["exclusive"] for ns in users), users
+
+    def claimed(user_id):
+        return any(re.fullmatch(ns["regex"], user_id) for ns in users)
+
+    assert claimed("@visio:localhost")
+    assert claimed("@visio_abc123:localhost")
+    assert not claimed("@alice:localhost")
+    assert not claimed("@visio_abc:elsewhere.example")
+
+
+def test_generate_registration_tokens_differ_between_services(tmp_path):
+    a, b = make_service(tmp_path / "a"), make_service(tmp_path / "b")
+    assert a.as_token != b.as_token and a.hs_token != b.hs_token
+
+
+def test_migrate_is_idempotent(tmp_path):
+    svc = make_service(tmp_path)
+    for attempt in (1, 2):
+        r = svc.cli("migrate", "-c", str(svc.config_path))
+        assert r.returncode == 0, f"migrate #{attempt}: {r.stdout}"
+    assert (svc.dir / "tchap-visio.db").is_file()
+
+
+def test_placeholder_tokens_stop_the_start(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text())
+    svc = make_service(tmp_path)  # only for its binary
+    r = svc.cli("run", "-c", str(config), timeout=30)
+    assert r.returncode != 0, r.stdout
+    assert "registration" in r.stdout.lower(), f"no hint to generate the registration: {r.stdout}"

@@ -1,0 +1,62 @@
+"""Nothing lost, nothing doubled: a crash after the ack, a homeserver outage."""
+
+import time
+import uuid
+
+from harness import wait_for
+from harness.matrix import quoted
+from harness.scenarios import fake_message, is_help, marker, wait_help
+
+PENDING = "tchap_visio_inbox_pending"
+
+
+def test_crash_after_ack_replies_exactly_once(fresh_env):
+    env, svc = fresh_env, fresh_env.service
+    alice, room = env.room_with_bot("alice", name="Crash")
+    # Invite and the bot's own join have reached the service and been handled: from
+    # here on the only event on its way is the command below.
+    wait_for(
+        lambda: svc.metric("tchap_visio_events_received_total") >= 2 and svc.metric(PENDING) == 0,
+        20,
+        "the invite and the join handled",
+    )
+
+    svc.stop()
+    svc.start(["--hold-inbox"])
+    alice.send_text(room, "!visio aide")
+    wait_for(lambda: svc.metric(PENDING) == 1, 20, "the command stored in the inbox, unprocessed")
+    alice.sync(0)
+    assert not any(is_help(n) for n in alice.notices(room, env.bot)), "--hold-inbox still answered"
+
+    svc.kill()
+    svc.start()
+    wait_help(alice, room, env.bot, timeout=30)
+    notices = marker(alice, room, env.bot)
+    helps = [n for n in notices if is_help(n)]
+    assert len(helps) == 1, f"{len(helps)} answers to one command across a crash: {notices}"
+    wait_for(lambda: svc.metric(PENDING) == 0, 10, "an empty inbox")
+
+
+def test_homeserver_outage_delivers_every_reply_once_in_order(fresh_env):
+    env, svc = fresh_env, fresh_env.service
+    alice, room = env.room_with_bot("alice", name="Outage")
+    words = [f"x{i}" for i in range(1, 6)]
+
+    env.synapse.stop()
+    stopped = time.monotonic()
+    # Acting as the homeserver: the transaction arrives, the replies cannot leave.
+    body = {"events": [fake_message(room, alice.user_id, f"!visio {w}") for w in words]}
+    r = svc.put_transaction(f"outage-{uuid.uuid4().hex}", body)
+    assert r.status_code == 200, r.text
+    wait_for(lambda: svc.metric("tchap_visio_outbound_send_failures_total") >= 3, 60, "three failed sends")
+    assert svc.metric("tchap_visio_outbound_queue_depth") >= 1, "nothing queued while the homeserver is down"
+    wait_for(lambda: time.monotonic() - stopped >= 30, 40, "a 30 s outage", interval=0.5)
+
+    env.synapse.start()
+    alice.wait_notices(
+        room, env.bot, lambda ns: all(any(quoted(w).search(n) for n in ns) for w in words), 120, "the five hints"
+    )
+    notices = marker(alice, room, env.bot, timeout=60)
+    order = [w for n in notices for w in words if quoted(w).search(n)]
+    assert order == words, f"hints lost, doubled or out of order after the outage: {notices}"
+    wait_for(lambda: svc.metric("tchap_visio_outbound_queue_depth") == 0, 20, "an empty outbound queue")

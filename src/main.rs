@@ -78,7 +78,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let reg = registration::generate(&config, &registration_path, force)?;
             println!(
                 "Wrote new tokens to {} and {}.\nAdd {} to the homeserver's app_service_config_files, \
-                 restart it, then run: tchap-visio check-config -c {}\nBot: @{} — ghost namespace: {}",
+                 restart it, then run: tchap-visio check-config -c {}\nBot localpart: {} — ghost users: {}",
                 config.display(),
                 registration_path.display(),
                 registration_path.display(),

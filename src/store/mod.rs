@@ -79,7 +79,9 @@ impl Store {
             {
                 std::fs::create_dir_all(parent).map_err(|e| open_err(sqlx::Error::Io(e)))?;
             }
-            let uri = if path.contains("mode=") {
+            let uri = if file == ":memory:" {
+                "sqlite::memory:".to_owned()
+            } else if path.contains("mode=") {
                 format!("sqlite://{path}")
             } else if path.contains('?') {
                 format!("sqlite://{path}&mode=rwc")
@@ -245,6 +247,14 @@ mod tests {
     both_dialects!(migrations_are_idempotent, |store: Store| async move {
         assert_eq!(store.migrate().await.expect("migrate again"), 0);
     });
+
+    #[tokio::test]
+    async fn in_memory_sqlite_opens() {
+        let store = Store::open("sqlite::memory:", 1)
+            .await
+            .expect("in-memory database");
+        assert_eq!(store.dialect(), Dialect::Sqlite);
+    }
 
     #[test]
     fn passwords_are_redacted() {

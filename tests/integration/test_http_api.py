@@ -122,3 +122,14 @@ def test_check_config_with_wrong_as_token_fails(env):
     )
     assert r.returncode != 0, r.stdout
     assert "token" in r.stdout.lower(), f"no explanation: {r.stdout}"
+
+
+def test_check_config_answers_the_ping_itself_when_the_service_is_stopped(env):
+    env.service.stop()
+    try:
+        r = env.service.cli("check-config", "-c", str(env.service.config_path))
+        assert r.returncode == 0, r.stdout
+        assert "not running" in r.stdout, r.stdout
+        assert "ping received with the right hs_token" in r.stdout, r.stdout
+    finally:
+        env.service.start()

@@ -1,0 +1,246 @@
+//! LiveKit data packets on the data channels: the server stamps the sender's identity
+//! (a client cannot speak as someone else) and recognises chat in its three shapes
+//! (`lk.chat` text streams, the legacy `lk-chat-topic` packet, `ChatMessage`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use livekit_protocol::{DataPacket, data_packet};
+use prost::Message;
+
+/// Topic of chat text streams.
+pub const CHAT_TOPIC: &str = "lk.chat";
+/// Topic of the legacy chat packet that older clients (and current ones, to old servers) send.
+pub const LEGACY_CHAT_TOPIC: &str = "lk-chat-topic";
+
+/// Longest chat message kept, in bytes; longer streams are forwarded but not recorded.
+const MAX_CHAT_BYTES: usize = 64 * 1024;
+/// Open text streams tracked per participant.
+const MAX_OPEN_STREAMS: usize = 32;
+/// Message ids remembered per room for de-duplication.
+const SEEN_IDS: usize = 512;
+
+/// A chat message as the engine emits it, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chat {
+    pub id: String,
+    pub text: String,
+    pub timestamp_ms: i64,
+}
+
+/// Text streams on the chat topic, being received from one participant.
+#[derive(Debug, Default)]
+pub struct TextStreams {
+    open: HashMap<String, String>,
+}
+
+/// Ids of chat messages already emitted in a room.
+#[derive(Debug, Default)]
+pub struct SeenChat {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl SeenChat {
+    /// Records an id; false if it was seen already.
+    pub fn insert(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() == SEEN_IDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.order.push_back(id.to_owned());
+        self.ids.insert(id.to_owned());
+        true
+    }
+}
+
+/// Decodes a packet from a participant and stamps it with their identity.
+pub fn decode_and_stamp(
+    bytes: &[u8],
+    sid: &str,
+    identity: &str,
+) -> Result<DataPacket, prost::DecodeError> {
+    let mut packet = DataPacket::decode(bytes)?;
+    packet.participant_sid = sid.to_owned();
+    packet.participant_identity = identity.to_owned();
+    // Older clients read the identity inside the user packet: stamp it there too.
+    #[allow(deprecated)]
+    if let Some(data_packet::Value::User(user)) = &mut packet.value {
+        user.participant_sid = sid.to_owned();
+        user.participant_identity = identity.to_owned();
+    }
+    Ok(packet)
+}
+
+/// The chat message a packet completes, if any.
+pub fn chat_in(packet: &DataPacket, streams: &mut TextStreams) -> Option<Chat> {
+    match packet.value.as_ref()? {
+        data_packet::Value::StreamHeader(header) if header.topic == CHAT_TOPIC => {
+            if streams.open.len() >= MAX_OPEN_STREAMS {
+                return None;
+            }
+            let text = header
+                .inline_content
+                .as_ref()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .unwrap_or_default();
+            streams.open.insert(header.stream_id.clone(), text);
+            None
+        }
+        data_packet::Value::StreamChunk(chunk) => {
+            let text = streams.open.get_mut(&chunk.stream_id)?;
+            if text.len() + chunk.content.len() <= MAX_CHAT_BYTES {
+                text.push_str(&String::from_utf8_lossy(&chunk.content));
+            }
+            None
+        }
+        data_packet::Value::StreamTrailer(trailer) => {
+            let text = streams.open.remove(&trailer.stream_id)?;
+            Some(Chat {
+                id: trailer.stream_id.clone(),
+                text,
+                timestamp_ms: crate::sfu::unix_ms(),
+            })
+        }
+        data_packet::Value::User(user) if user.topic.as_deref() == Some(LEGACY_CHAT_TOPIC) => {
+            #[derive(serde::Deserialize)]
+            struct Legacy {
+                id: String,
+                message: String,
+                #[serde(default)]
+                timestamp: i64,
+            }
+            let legacy: Legacy = serde_json::from_slice(&user.payload).ok()?;
+            Some(Chat {
+                id: legacy.id,
+                text: legacy.message,
+                timestamp_ms: legacy.timestamp,
+            })
+        }
+        data_packet::Value::ChatMessage(message) => Some(Chat {
+            id: message.id.clone(),
+            text: message.message.clone(),
+            timestamp_ms: message.timestamp,
+        }),
+        _ => None,
+    }
+}
+
+/// The three packets of a server-sent `lk.chat` text stream.
+pub fn server_chat_packets(
+    sender_sid: &str,
+    sender_identity: &str,
+    stream_id: &str,
+    text: &str,
+    attributes: HashMap<String, String>,
+) -> [Vec<u8>; 3] {
+    use livekit_protocol::data_stream;
+    #[allow(deprecated)] // older clients still read the kind field
+    let packet = |value| DataPacket {
+        kind: data_packet::Kind::Reliable as i32,
+        participant_identity: sender_identity.to_owned(),
+        participant_sid: sender_sid.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let header = data_stream::Header {
+        stream_id: stream_id.to_owned(),
+        timestamp: crate::sfu::unix_ms(),
+        topic: CHAT_TOPIC.to_owned(),
+        mime_type: "text/plain".to_owned(),
+        total_length: Some(text.len() as u64),
+        attributes,
+        content_header: Some(data_stream::header::ContentHeader::TextHeader(
+            data_stream::TextHeader {
+                operation_type: data_stream::OperationType::Create as i32,
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let chunk = data_stream::Chunk {
+        stream_id: stream_id.to_owned(),
+        chunk_index: 0,
+        content: text.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let trailer = data_stream::Trailer {
+        stream_id: stream_id.to_owned(),
+        ..Default::default()
+    };
+    [
+        packet(data_packet::Value::StreamHeader(header)).encode_to_vec(),
+        packet(data_packet::Value::StreamChunk(chunk)).encode_to_vec(),
+        packet(data_packet::Value::StreamTrailer(trailer)).encode_to_vec(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livekit_protocol::UserPacket;
+
+    #[test]
+    fn identity_is_stamped_over_whatever_the_client_claimed() {
+        let forged = DataPacket {
+            participant_identity: "someone-else".into(),
+            value: Some(data_packet::Value::User(UserPacket {
+                participant_identity: "someone-else".into(),
+                payload: b"hi".to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let packet = decode_and_stamp(&forged.encode_to_vec(), "PA_1", "alice").expect("decodes");
+        assert_eq!(packet.participant_identity, "alice");
+        assert_eq!(packet.participant_sid, "PA_1");
+        match packet.value {
+            #[allow(deprecated)]
+            Some(data_packet::Value::User(user)) => assert_eq!(user.participant_identity, "alice"),
+            other => panic!("{other:?}"),
+        }
+        assert!(decode_and_stamp(&[0xff, 0xff, 0xff], "PA_1", "alice").is_err());
+    }
+
+    #[test]
+    fn a_text_stream_and_its_legacy_twin_make_one_chat() {
+        let [header, chunk, trailer] =
+            server_chat_packets("PA_1", "alice", "msg-1", "bonjour", HashMap::new());
+        let mut streams = TextStreams::default();
+        let mut seen = SeenChat::default();
+        let mut chats = Vec::new();
+        let legacy = DataPacket {
+            value: Some(data_packet::Value::User(UserPacket {
+                topic: Some(LEGACY_CHAT_TOPIC.into()),
+                payload: br#"{"id":"msg-1","timestamp":5,"message":"bonjour"}"#.to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        for bytes in [header, chunk, trailer, legacy] {
+            let packet = decode_and_stamp(&bytes, "PA_1", "alice").expect("decodes");
+            if let Some(chat) = chat_in(&packet, &mut streams)
+                && seen.insert(&chat.id)
+            {
+                chats.push(chat);
+            }
+        }
+        assert_eq!(chats.len(), 1, "{chats:?}");
+        assert_eq!(chats[0].text, "bonjour");
+        assert_eq!(chats[0].id, "msg-1");
+    }
+
+    #[test]
+    fn seen_ids_are_bounded() {
+        let mut seen = SeenChat::default();
+        for i in 0..(SEEN_IDS + 10) {
+            assert!(seen.insert(&i.to_string()));
+        }
+        assert_eq!(seen.ids.len(), SEEN_IDS);
+        assert!(!seen.insert(&(SEEN_IDS + 5).to_string()));
+    }
+}

@@ -1,0 +1,287 @@
+//! The driver: one task that owns the media socket and the engine's clock, and carries
+//! commands from signalling sessions in and signalling, packets and events out. The
+//! engine itself is never shared, so nothing on the forwarding path takes a lock.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use livekit_protocol::{signal_request, signal_response};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Engine, EngineConfig, JoinError, JoinRequest, Output};
+use super::{EngineEvent, ParticipantKey};
+
+/// Where a participant's signalling responses go (its WebSocket task).
+pub type SignalSink = mpsc::UnboundedSender<signal_response::Message>;
+
+enum Command {
+    Join {
+        request: JoinRequest,
+        sink: SignalSink,
+        session: u64,
+        reply: oneshot::Sender<Result<ParticipantKey, JoinError>>,
+    },
+    Resume {
+        sid: String,
+        identity: String,
+        sink: SignalSink,
+        session: u64,
+        reply: oneshot::Sender<Result<ParticipantKey, JoinError>>,
+    },
+    Signal {
+        key: ParticipantKey,
+        message: signal_request::Message,
+    },
+    SignalLost {
+        key: ParticipantKey,
+        session: u64,
+    },
+    InjectChat {
+        room: String,
+        author: String,
+        text: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Stats {
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// A cloneable handle to the running SFU.
+#[derive(Clone)]
+pub struct SfuHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    events: broadcast::Sender<EngineEvent>,
+}
+
+/// Why the SFU could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot bind the media UDP port {addr} (sfu.udp_port): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SfuHandle {
+    /// Binds the media socket and starts the driver task.
+    pub async fn start(
+        bind: SocketAddr,
+        config: EngineConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), DriverError> {
+        let socket = UdpSocket::bind(bind)
+            .await
+            .map_err(|source| DriverError::Bind { addr: bind, source })?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(1024);
+        let handle = Self {
+            commands,
+            events: events.clone(),
+        };
+        let task = tokio::spawn(run(socket, config, rx, events, shutdown));
+        Ok((handle, task))
+    }
+
+    /// Joins a room; the participant's signalling arrives on `sink`. `session` names the
+    /// WebSocket, so that a late close of a replaced socket is not taken for the current one.
+    pub async fn join(
+        &self,
+        request: JoinRequest,
+        sink: SignalSink,
+        session: u64,
+    ) -> Result<ParticipantKey, JoinError> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::Join {
+            request,
+            sink,
+            session,
+            reply,
+        });
+        answer.await.unwrap_or(Err(JoinError::ServerFull))
+    }
+
+    /// Reattaches signalling to a participant whose WebSocket dropped.
+    pub async fn resume(
+        &self,
+        sid: String,
+        identity: String,
+        sink: SignalSink,
+        session: u64,
+    ) -> Result<ParticipantKey, JoinError> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::Resume {
+            sid,
+            identity,
+            sink,
+            session,
+            reply,
+        });
+        answer.await.unwrap_or(Err(JoinError::UnknownSession))
+    }
+
+    pub fn signal(&self, key: ParticipantKey, message: signal_request::Message) {
+        let _ = self.commands.send(Command::Signal { key, message });
+    }
+
+    /// The WebSocket `session` closed.
+    pub fn signal_lost(&self, key: ParticipantKey, session: u64) {
+        let _ = self.commands.send(Command::SignalLost { key, session });
+    }
+
+    /// Sends chat into a room as the server participant; false if the room is empty.
+    pub async fn inject_chat(&self, room: String, author: String, text: String) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::InjectChat {
+            room,
+            author,
+            text,
+            reply,
+        });
+        answer.await.unwrap_or(false)
+    }
+
+    pub async fn participant_count(&self) -> usize {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::Stats { reply });
+        answer.await.unwrap_or(0)
+    }
+
+    /// Room events: joins, leaves, chat.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+}
+
+async fn run(
+    socket: UdpSocket,
+    config: EngineConfig,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: broadcast::Sender<EngineEvent>,
+    shutdown: CancellationToken,
+) {
+    let local = config.candidate_addr;
+    let mut engine = Engine::new(config, Instant::now());
+    let mut sinks: HashMap<ParticipantKey, (SignalSink, u64)> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let deadline = tokio::time::Instant::from_std(engine.next_timeout());
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, source)) => engine.handle_packet(Instant::now(), source, local, &buf[..n]),
+                Err(e) => tracing::debug!(error = %e, "media socket receive error"),
+            },
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                handle_command(&mut engine, &mut sinks, command);
+            }
+            _ = tokio::time::sleep_until(deadline) => engine.handle_timeout(Instant::now()),
+            _ = shutdown.cancelled() => return,
+        }
+        while let Some(output) = engine.poll_output() {
+            match output {
+                Output::Transmit {
+                    destination,
+                    contents,
+                } => {
+                    // A full socket buffer drops the packet, as the network would.
+                    if let Err(e) = socket.try_send_to(&contents, destination) {
+                        tracing::trace!(error = %e, "media send dropped");
+                    }
+                }
+                Output::Signal { key, message } => {
+                    if let Some((sink, _)) = sinks.get(&key) {
+                        let _ = sink.send(message);
+                    }
+                }
+                Output::CloseSignal { key } => {
+                    sinks.remove(&key);
+                }
+                Output::Event(event) => {
+                    record(&event);
+                    let _ = events.send(event);
+                }
+            }
+        }
+        metrics::gauge!("tchap_visio_sfu_participants").set(engine.participant_count() as f64);
+    }
+}
+
+fn handle_command(
+    engine: &mut Engine,
+    sinks: &mut HashMap<ParticipantKey, (SignalSink, u64)>,
+    command: Command,
+) {
+    let now = Instant::now();
+    match command {
+        Command::Join {
+            request,
+            sink,
+            session,
+            reply,
+        } => {
+            // Outputs stay queued in the engine until this returns, so registering the
+            // sink afterwards still delivers the join response to it.
+            let result = engine.join(now, request);
+            if let Ok(key) = result {
+                sinks.insert(key, (sink, session));
+            }
+            let _ = reply.send(result);
+        }
+        Command::Resume {
+            sid,
+            identity,
+            sink,
+            session,
+            reply,
+        } => {
+            let result = engine.resume(now, &sid, &identity);
+            if let Ok(key) = result {
+                sinks.insert(key, (sink, session));
+            }
+            let _ = reply.send(result);
+        }
+        Command::Signal { key, message } => engine.signal(now, key, message),
+        Command::SignalLost { key, session } => {
+            // Only if the closing socket is still the participant's current one.
+            if sinks
+                .get(&key)
+                .is_some_and(|(_, current)| *current == session)
+            {
+                sinks.remove(&key);
+                engine.signal_lost(key);
+            }
+        }
+        Command::InjectChat {
+            room,
+            author,
+            text,
+            reply,
+        } => {
+            let _ = reply.send(engine.inject_chat(now, &room, &author, &text));
+        }
+        Command::Stats { reply } => {
+            let _ = reply.send(engine.participant_count());
+        }
+    }
+}
+
+fn record(event: &EngineEvent) {
+    match event {
+        EngineEvent::Chat { .. } => {
+            metrics::counter!("tchap_visio_chat_messages_total").increment(1)
+        }
+        EngineEvent::ParticipantJoined { .. } => {
+            metrics::counter!("tchap_visio_sfu_joins_total").increment(1)
+        }
+        EngineEvent::ParticipantLeft { .. } => {
+            metrics::counter!("tchap_visio_sfu_leaves_total").increment(1)
+        }
+        EngineEvent::RoomEmpty { .. } => {}
+    }
+}

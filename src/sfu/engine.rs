@@ -1,0 +1,1415 @@
+//! The SFU engine: a sans-IO state machine that owns rooms, participants, their two
+//! peer connections (str0m `Rtc`s: a publisher the client offers on, a subscriber only
+//! the server offers on), published tracks and subscriptions. It is fed packets,
+//! signalling and time, and returns packets to send, signalling to deliver, events and
+//! its next timeout. One driver ([`super::driver`]) owns the socket and the clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use livekit_protocol::{signal_request, signal_response};
+use prost::Message;
+use slab::Slab;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc, RtcConfig};
+
+use super::data::{self, SeenChat, TextStreams};
+use super::{EngineEvent, ParticipantKey, Pc, random_id};
+
+/// Version reported to clients: at least 1.9.0 so current SDKs use text streams for
+/// chat and enable RPC (both gated on the server version).
+pub const SERVER_VERSION: &str = "1.9.0";
+/// Protocol version reported in `ServerInfo`.
+pub const PROTOCOL_VERSION: i32 = 16;
+/// Seconds between client pings, and without any message before the client gives up.
+pub const PING_INTERVAL_SECS: i32 = 5;
+pub const PING_TIMEOUT_SECS: i32 = 15;
+/// A participant with neither media nor signalling for this long is removed.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(7);
+/// Identity of the media-less participant that speaks for the server (chat from Matrix).
+pub const SERVER_IDENTITY: &str = "tchap";
+pub const SERVER_NAME: &str = "Tchap";
+/// Stream attribute carrying the original author of server-injected chat.
+pub const AUTHOR_ATTRIBUTE: &str = "tchap.author_name";
+
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(500);
+const QUALITY_PERIOD: Duration = Duration::from_secs(5);
+/// Audio level (dBov, 0 loudest, -127 silence) above which a participant is speaking.
+const SPEAKING_DBOV: i8 = -50;
+const SPEAKING_HOLD: Duration = Duration::from_millis(1000);
+const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+
+/// Engine limits and addresses, from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The address clients send media to (the advertised IP and the UDP port).
+    pub candidate_addr: SocketAddr,
+    pub max_participants_per_room: usize,
+    pub max_participants: usize,
+    pub ice_servers: Vec<lk::IceServer>,
+}
+
+/// A verified request to join a room.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: String,
+    pub identity: String,
+    pub name: String,
+    pub metadata: String,
+    pub attributes: HashMap<String, String>,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub can_publish_data: bool,
+    pub auto_subscribe: bool,
+}
+
+/// Why a join or resume was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("the meeting is full ({0} participants)")]
+    RoomFull(usize),
+    #[error("the server is at its participant limit")]
+    ServerFull,
+    #[error("no such session to resume")]
+    UnknownSession,
+    #[error("the identity `{0}` is reserved")]
+    ReservedIdentity(String),
+}
+
+/// What the engine wants done.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a datagram.
+    Transmit {
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    },
+    /// Deliver a signalling message to a participant's WebSocket.
+    Signal {
+        key: ParticipantKey,
+        message: signal_response::Message,
+    },
+    /// Close a participant's signalling connection (left, replaced, or removed).
+    CloseSignal { key: ParticipantKey },
+    /// Something the rest of the service may want to know.
+    Event(EngineEvent),
+}
+
+#[derive(Debug)]
+struct Peer {
+    rtc: Rtc,
+    ufrag: String,
+    /// Data channels by label role.
+    reliable: Option<ChannelId>,
+    lossy: Option<ChannelId>,
+    pending_offer: Option<SdpPendingOffer>,
+    offer_id: u32,
+    timeout: Instant,
+    /// Set when the subscriber needs a new offer once the pending one is answered.
+    renegotiate: bool,
+}
+
+#[derive(Debug)]
+struct Track {
+    sid: String,
+    cid: String,
+    kind: MediaKind,
+    info: lk::TrackInfo,
+    mid: Option<Mid>,
+    last_keyframe_request: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DownState {
+    ToOpen,
+    Negotiating(Mid),
+    Open(Mid),
+}
+
+#[derive(Debug)]
+struct DownTrack {
+    publisher: ParticipantKey,
+    track_sid: String,
+    kind: MediaKind,
+    state: DownState,
+    /// Subscribed and not disabled by `UpdateTrackSettings`.
+    enabled: bool,
+}
+
+#[derive(Debug)]
+struct Participant {
+    sid: String,
+    identity: String,
+    name: String,
+    metadata: String,
+    attributes: HashMap<String, String>,
+    room: String,
+    joined_at_ms: i64,
+    permission: lk::ParticipantPermission,
+    auto_subscribe: bool,
+    publisher: Peer,
+    subscriber: Peer,
+    tracks: Vec<Track>,
+    downtracks: Vec<DownTrack>,
+    text_streams: TextStreams,
+    signal_connected: bool,
+    last_seen: Instant,
+    speaking_until: Option<Instant>,
+    audio_level: f32,
+    version: u32,
+}
+
+#[derive(Debug)]
+struct Room {
+    sid: String,
+    name: String,
+    created_ms: i64,
+    members: Vec<ParticipantKey>,
+    seen_chat: SeenChat,
+    /// Sid of the server participant, once it has spoken in this room.
+    server_participant: Option<String>,
+    speakers: Vec<String>,
+}
+
+/// The engine. See the module documentation.
+pub struct Engine {
+    config: EngineConfig,
+    participants: Slab<Participant>,
+    rooms: HashMap<String, Room>,
+    /// Established 5-tuples (one socket, so the remote address) to their peer.
+    routes: HashMap<SocketAddr, (ParticipantKey, Pc)>,
+    /// Local ICE ufrags to their peer, for a peer's first packet.
+    ufrags: HashMap<String, (ParticipantKey, Pc)>,
+    outputs: VecDeque<Output>,
+    /// Peers to poll after an input, and str0m events waiting to be handled.
+    dirty: Vec<(ParticipantKey, Pc)>,
+    events: VecDeque<(ParticipantKey, Pc, Event)>,
+    /// Reused buffer for forwarding targets (no allocation per packet in steady state).
+    targets: Vec<(ParticipantKey, Mid)>,
+    next_housekeeping: Instant,
+    next_quality: Instant,
+}
+
+fn new_peer(config: &EngineConfig, now: Instant) -> Peer {
+    let ufrag = random_id("", 16);
+    let creds = str0m::IceCreds {
+        ufrag: ufrag.clone(),
+        pass: random_id("", 32),
+    };
+    let mut rtc = RtcConfig::new()
+        .set_ice_lite(true)
+        .set_local_ice_credentials(creds)
+        .build(now);
+    let candidate = Candidate::host(config.candidate_addr, "udp")
+        .expect("a host candidate from a socket address is valid");
+    rtc.add_local_candidate(candidate);
+    Peer {
+        rtc,
+        ufrag,
+        reliable: None,
+        lossy: None,
+        pending_offer: None,
+        offer_id: 0,
+        timeout: now,
+        renegotiate: false,
+    }
+}
+
+fn track_type(kind: MediaKind) -> lk::TrackType {
+    match kind {
+        MediaKind::Audio => lk::TrackType::Audio,
+        MediaKind::Video => lk::TrackType::Video,
+    }
+}
+
+/// The `a=ice-ufrag` of an SDP we produced (it changes on ICE restarts).
+fn sdp_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_owned())
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, now: Instant) -> Self {
+        Self {
+            config,
+            participants: Slab::new(),
+            rooms: HashMap::new(),
+            routes: HashMap::new(),
+            ufrags: HashMap::new(),
+            outputs: VecDeque::new(),
+            dirty: Vec::new(),
+            events: VecDeque::new(),
+            targets: Vec::new(),
+            next_housekeeping: now + HOUSEKEEPING_PERIOD,
+            next_quality: now + QUALITY_PERIOD,
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the engine next needs [`Engine::handle_timeout`].
+    pub fn next_timeout(&self) -> Instant {
+        let mut next = self.next_housekeeping.min(self.next_quality);
+        for (_, p) in &self.participants {
+            next = next.min(p.publisher.timeout).min(p.subscriber.timeout);
+        }
+        next
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn room_of(&self, key: ParticipantKey) -> Option<&str> {
+        self.participants.get(key).map(|p| p.room.as_str())
+    }
+
+    pub fn sid_of(&self, key: ParticipantKey) -> Option<&str> {
+        self.participants.get(key).map(|p| p.sid.as_str())
+    }
+
+    // ----- joining and leaving -------------------------------------------------------
+
+    /// Adds a participant; the join response and the first subscriber offer are queued.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        request: JoinRequest,
+    ) -> Result<ParticipantKey, JoinError> {
+        if request.identity == SERVER_IDENTITY {
+            return Err(JoinError::ReservedIdentity(request.identity));
+        }
+        // A second session with the same identity replaces the first, as LiveKit does;
+        // the old one is removed after the new one exists, so its key is not reused
+        // while the driver still routes the old session's last messages.
+        let replaced = self.find_identity(&request.room, &request.identity);
+        let staying = usize::from(replaced.is_none());
+        if self.participants.len() + 1 - (1 - staying) > self.config.max_participants {
+            return Err(JoinError::ServerFull);
+        }
+        let members = self.rooms.get(&request.room).map_or(0, |r| r.members.len()) - (1 - staying);
+        if members >= self.config.max_participants_per_room {
+            return Err(JoinError::RoomFull(self.config.max_participants_per_room));
+        }
+        let room = self
+            .rooms
+            .entry(request.room.clone())
+            .or_insert_with(|| Room {
+                sid: random_id("RM_", 12),
+                name: request.room.clone(),
+                created_ms: super::unix_ms(),
+                members: Vec::new(),
+                seen_chat: SeenChat::default(),
+                server_participant: None,
+                speakers: Vec::new(),
+            });
+        let participant = Participant {
+            sid: random_id("PA_", 12),
+            identity: request.identity,
+            name: request.name,
+            metadata: request.metadata,
+            attributes: request.attributes,
+            room: request.room.clone(),
+            joined_at_ms: super::unix_ms(),
+            permission: lk::ParticipantPermission {
+                can_subscribe: request.can_subscribe,
+                can_publish: request.can_publish,
+                can_publish_data: request.can_publish_data,
+                ..Default::default()
+            },
+            auto_subscribe: request.auto_subscribe,
+            publisher: new_peer(&self.config, now),
+            subscriber: new_peer(&self.config, now),
+            tracks: Vec::new(),
+            downtracks: Vec::new(),
+            text_streams: TextStreams::default(),
+            signal_connected: true,
+            last_seen: now,
+            speaking_until: None,
+            audio_level: 0.0,
+            version: 1,
+        };
+        let key = self.participants.insert(participant);
+        room.members.push(key);
+        if let Some(old) = replaced {
+            self.send(
+                old,
+                signal_response::Message::Leave(lk::LeaveRequest {
+                    reason: lk::DisconnectReason::DuplicateIdentity as i32,
+                    action: lk::leave_request::Action::Disconnect as i32,
+                    ..Default::default()
+                }),
+            );
+            self.remove(old, "replaced by a new session");
+        }
+        let p = &self.participants[key];
+        self.ufrags
+            .insert(p.publisher.ufrag.clone(), (key, Pc::Publisher));
+        self.ufrags
+            .insert(p.subscriber.ufrag.clone(), (key, Pc::Subscriber));
+
+        let room = &self.rooms[&request.room];
+        let mut others: Vec<lk::ParticipantInfo> = room
+            .members
+            .iter()
+            .filter(|&&k| k != key)
+            .map(|&k| self.info(k))
+            .collect();
+        if let Some(server_sid) = &room.server_participant {
+            others.push(server_participant_info(server_sid));
+        }
+        let join = lk::JoinResponse {
+            room: Some(self.room_info(&request.room)),
+            participant: Some(self.info(key)),
+            other_participants: others,
+            server_version: SERVER_VERSION.into(),
+            ice_servers: self.config.ice_servers.clone(),
+            subscriber_primary: true,
+            ping_interval: PING_INTERVAL_SECS,
+            ping_timeout: PING_TIMEOUT_SECS,
+            server_info: Some(server_info()),
+            ..Default::default()
+        };
+        self.send(key, signal_response::Message::Join(join));
+        let info = self.info(key);
+        self.broadcast_update(&request.room, key, vec![info]);
+
+        let auto = self.participants[key].auto_subscribe
+            && self.participants[key].permission.can_subscribe;
+        if auto {
+            let members = self.rooms[&request.room].members.clone();
+            for other in members.into_iter().filter(|&k| k != key) {
+                let published: Vec<(String, MediaKind)> = self.participants[other]
+                    .tracks
+                    .iter()
+                    .filter(|t| t.mid.is_some())
+                    .map(|t| (t.sid.clone(), t.kind))
+                    .collect();
+                for (track_sid, kind) in published {
+                    self.participants[key].downtracks.push(DownTrack {
+                        publisher: other,
+                        track_sid,
+                        kind,
+                        state: DownState::ToOpen,
+                        enabled: true,
+                    });
+                }
+            }
+        }
+        self.negotiate_subscriber(key);
+        self.drain(now);
+        let p = &self.participants[key];
+        tracing::info!(room = %p.room, sid = %p.sid, identity = %p.identity, "participant joined");
+        self.outputs
+            .push_back(Output::Event(EngineEvent::ParticipantJoined {
+                room: p.room.clone(),
+                sid: p.sid.clone(),
+                identity: p.identity.clone(),
+                name: p.name.clone(),
+            }));
+        Ok(key)
+    }
+
+    /// A participant's signalling came back (`reconnect=1`): media was never torn down.
+    pub fn resume(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        identity: &str,
+    ) -> Result<ParticipantKey, JoinError> {
+        let key = self
+            .participants
+            .iter()
+            .find(|(_, p)| p.sid == sid && p.identity == identity)
+            .map(|(k, _)| k)
+            .ok_or(JoinError::UnknownSession)?;
+        let p = &mut self.participants[key];
+        p.signal_connected = true;
+        p.last_seen = now;
+        tracing::info!(sid, identity, "signalling resumed");
+        self.send(
+            key,
+            signal_response::Message::Reconnect(lk::ReconnectResponse {
+                ice_servers: self.config.ice_servers.clone(),
+                server_info: Some(server_info()),
+                ..Default::default()
+            }),
+        );
+        Ok(key)
+    }
+
+    /// The participant's WebSocket closed without a leave; media goes on until it resumes
+    /// or falls silent.
+    pub fn signal_lost(&mut self, key: ParticipantKey) {
+        if let Some(p) = self.participants.get_mut(key) {
+            p.signal_connected = false;
+        }
+    }
+
+    fn find_identity(&self, room: &str, identity: &str) -> Option<ParticipantKey> {
+        self.rooms
+            .get(room)?
+            .members
+            .iter()
+            .copied()
+            .find(|&k| self.participants[k].identity == identity)
+    }
+
+    /// Removes a participant and tells the room.
+    fn remove(&mut self, key: ParticipantKey, why: &str) {
+        if !self.participants.contains(key) {
+            return;
+        }
+        let mut p = self.participants.remove(key);
+        p.publisher.rtc.disconnect();
+        p.subscriber.rtc.disconnect();
+        self.ufrags.retain(|_, (k, _)| *k != key);
+        self.routes.retain(|_, (k, _)| *k != key);
+        self.dirty.retain(|(k, _)| *k != key);
+        self.events.retain(|(k, _, _)| *k != key);
+        let mut gone = Vec::new();
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.members.retain(|&k| k != key);
+            room.speakers.retain(|s| *s != p.sid);
+            gone = p.tracks.iter().map(|t| t.sid.clone()).collect::<Vec<_>>();
+        }
+        // Subscribers drop the departed participant's tracks (their m-lines stay, idle).
+        let members = self
+            .rooms
+            .get(&p.room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for &other in &members {
+            self.participants[other]
+                .downtracks
+                .retain(|d| d.publisher != key && !gone.contains(&d.track_sid));
+        }
+        let mut info = participant_info(&p);
+        info.state = lk::participant_info::State::Disconnected as i32;
+        info.version = p.version + 1;
+        for &other in &members {
+            self.send(
+                other,
+                signal_response::Message::Update(lk::ParticipantUpdate {
+                    participants: vec![info.clone()],
+                }),
+            );
+        }
+        self.outputs.push_back(Output::CloseSignal { key });
+        tracing::info!(room = %p.room, sid = %p.sid, identity = %p.identity, why, "participant left");
+        self.outputs
+            .push_back(Output::Event(EngineEvent::ParticipantLeft {
+                room: p.room.clone(),
+                sid: p.sid,
+                identity: p.identity,
+            }));
+        if members.is_empty() {
+            self.rooms.remove(&p.room);
+            self.outputs
+                .push_back(Output::Event(EngineEvent::RoomEmpty { room: p.room }));
+        }
+    }
+
+    // ----- signalling ------------------------------------------------------------------
+
+    /// A signalling request from a participant. Pings are answered by the signalling
+    /// layer; everything else lands here.
+    pub fn signal(&mut self, now: Instant, key: ParticipantKey, message: signal_request::Message) {
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
+        p.last_seen = now;
+        match message {
+            signal_request::Message::Offer(offer) => self.on_publisher_offer(key, offer),
+            signal_request::Message::Answer(answer) => self.on_subscriber_answer(now, key, answer),
+            signal_request::Message::Trickle(trickle) => self.on_trickle(key, trickle),
+            signal_request::Message::AddTrack(request) => self.on_add_track(key, request),
+            signal_request::Message::Mute(mute) => self.on_mute(key, mute),
+            signal_request::Message::Subscription(update) => {
+                self.set_enabled(key, &update.track_sids, update.subscribe);
+                for pt in &update.participant_tracks {
+                    self.set_enabled(key, &pt.track_sids, update.subscribe);
+                }
+            }
+            signal_request::Message::TrackSetting(settings) => {
+                self.set_enabled(key, &settings.track_sids, !settings.disabled);
+            }
+            signal_request::Message::Leave(_) => self.remove(key, "left"),
+            signal_request::Message::UpdateMetadata(update) => {
+                let p = &mut self.participants[key];
+                if !update.name.is_empty() {
+                    p.name = update.name;
+                }
+                p.metadata = update.metadata;
+                p.attributes.extend(update.attributes);
+                p.version += 1;
+                let room = p.room.clone();
+                let info = self.info(key);
+                self.broadcast_update(&room, usize::MAX, vec![info]);
+            }
+            // Not supported yet (docs/signalling.md); ignored without harm.
+            _ => {}
+        }
+        self.drain(now);
+    }
+
+    fn on_publisher_offer(&mut self, key: ParticipantKey, offer: lk::SessionDescription) {
+        let p = &mut self.participants[key];
+        let parsed = match SdpOffer::from_sdp_string(&offer.sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(sid = %p.sid, error = %e, "unreadable publisher offer; ignored");
+                return;
+            }
+        };
+        match p.publisher.rtc.sdp_api().accept_offer(parsed) {
+            Ok(answer) => {
+                let sdp = answer.to_sdp_string();
+                if let Some(ufrag) = sdp_ufrag(&sdp) {
+                    self.ufrags.insert(ufrag.clone(), (key, Pc::Publisher));
+                    self.participants[key].publisher.ufrag = ufrag;
+                }
+                self.dirty.push((key, Pc::Publisher));
+                self.send(
+                    key,
+                    signal_response::Message::Answer(lk::SessionDescription {
+                        r#type: "answer".into(),
+                        sdp,
+                        id: offer.id,
+                        ..Default::default()
+                    }),
+                );
+            }
+            Err(e) => tracing::warn!(sid = %p.sid, error = %e, "publisher offer refused"),
+        }
+    }
+
+    fn on_subscriber_answer(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        answer: lk::SessionDescription,
+    ) {
+        let p = &mut self.participants[key];
+        let Some(pending) = p.subscriber.pending_offer.take() else {
+            tracing::debug!(sid = %p.sid, "answer without a pending offer; ignored");
+            return;
+        };
+        let parsed = match SdpAnswer::from_sdp_string(&answer.sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(sid = %p.sid, error = %e, "unreadable subscriber answer");
+                p.subscriber.renegotiate = true;
+                return;
+            }
+        };
+        if let Err(e) = p.subscriber.rtc.sdp_api().accept_answer(pending, parsed) {
+            tracing::warn!(sid = %p.sid, error = %e, "subscriber answer refused");
+            return;
+        }
+        let mut opened = Vec::new();
+        for down in &mut p.downtracks {
+            if let DownState::Negotiating(mid) = down.state {
+                down.state = DownState::Open(mid);
+                if down.kind == MediaKind::Video {
+                    opened.push((down.publisher, down.track_sid.clone()));
+                }
+            }
+        }
+        self.dirty.push((key, Pc::Subscriber));
+        for (publisher, track_sid) in opened {
+            self.request_keyframe(now, publisher, &track_sid);
+        }
+        let p = &mut self.participants[key];
+        if p.subscriber.renegotiate || p.downtracks.iter().any(|d| d.state == DownState::ToOpen) {
+            p.subscriber.renegotiate = false;
+            self.negotiate_subscriber(key);
+        }
+    }
+
+    fn on_trickle(&mut self, key: ParticipantKey, trickle: lk::TrickleRequest) {
+        #[derive(serde::Deserialize)]
+        struct CandidateInit {
+            candidate: String,
+        }
+        let Ok(init) = serde_json::from_str::<CandidateInit>(&trickle.candidate_init) else {
+            return;
+        };
+        if init.candidate.is_empty() {
+            return; // end-of-candidates
+        }
+        let line = init.candidate.strip_prefix("a=").unwrap_or(&init.candidate);
+        // mDNS (.local) candidates cannot be resolved here; ice-lite learns the real
+        // address from the client's checks anyway.
+        let Ok(candidate) = Candidate::from_sdp_string(line) else {
+            return;
+        };
+        let p = &mut self.participants[key];
+        let peer = if trickle.target == lk::SignalTarget::Subscriber as i32 {
+            &mut p.subscriber
+        } else {
+            &mut p.publisher
+        };
+        peer.rtc.add_remote_candidate(candidate);
+    }
+
+    fn on_add_track(&mut self, key: ParticipantKey, request: lk::AddTrackRequest) {
+        let p = &mut self.participants[key];
+        if !p.permission.can_publish {
+            tracing::info!(sid = %p.sid, "add track without permission to publish; ignored");
+            return;
+        }
+        if p.tracks.iter().any(|t| t.cid == request.cid) || p.tracks.len() >= 16 {
+            return;
+        }
+        let kind = if request.r#type == lk::TrackType::Audio as i32 {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
+        };
+        let sid = random_id("TR_", 12);
+        let info = lk::TrackInfo {
+            sid: sid.clone(),
+            r#type: track_type(kind) as i32,
+            name: request.name.clone(),
+            muted: request.muted,
+            width: request.width,
+            height: request.height,
+            source: request.source,
+            disable_red: request.disable_red,
+            stream: request.stream.clone(),
+            ..Default::default()
+        };
+        p.tracks.push(Track {
+            sid,
+            cid: request.cid.clone(),
+            kind,
+            info: info.clone(),
+            mid: None,
+            last_keyframe_request: None,
+        });
+        self.send(
+            key,
+            signal_response::Message::TrackPublished(lk::TrackPublishedResponse {
+                cid: request.cid,
+                track: Some(info),
+            }),
+        );
+    }
+
+    fn on_mute(&mut self, key: ParticipantKey, mute: lk::MuteTrackRequest) {
+        let p = &mut self.participants[key];
+        let Some(track) = p.tracks.iter_mut().find(|t| t.sid == mute.sid) else {
+            return;
+        };
+        track.info.muted = mute.muted;
+        p.version += 1;
+        let room = p.room.clone();
+        let info = self.info(key);
+        self.broadcast_update(&room, key, vec![info]);
+    }
+
+    fn set_enabled(&mut self, key: ParticipantKey, track_sids: &[String], enabled: bool) {
+        let mut wake = Vec::new();
+        for down in &mut self.participants[key].downtracks {
+            if track_sids.contains(&down.track_sid) && down.enabled != enabled {
+                down.enabled = enabled;
+                if enabled && down.kind == MediaKind::Video {
+                    wake.push((down.publisher, down.track_sid.clone()));
+                }
+            }
+        }
+        let now = Instant::now();
+        for (publisher, track_sid) in wake {
+            self.request_keyframe(now, publisher, &track_sid);
+        }
+    }
+
+    /// Queues a new subscriber offer with every track still to open, unless one is pending.
+    fn negotiate_subscriber(&mut self, key: ParticipantKey) {
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
+        if p.subscriber.pending_offer.is_some() {
+            p.subscriber.renegotiate = true;
+            return;
+        }
+        let first = p.subscriber.reliable.is_none();
+        let p = &self.participants[key];
+        let publishers: HashMap<ParticipantKey, String> = p
+            .downtracks
+            .iter()
+            .filter(|d| d.state == DownState::ToOpen)
+            .filter_map(|d| {
+                self.participants_sid(d.publisher)
+                    .map(|sid| (d.publisher, sid))
+            })
+            .collect();
+        let p = &mut self.participants[key];
+        let mut api = p.subscriber.rtc.sdp_api();
+        if first {
+            let reliable = api.add_channel_with_config(ChannelConfig {
+                label: "_reliable".into(),
+                ordered: true,
+                reliability: Reliability::Reliable,
+                ..Default::default()
+            });
+            let lossy = api.add_channel_with_config(ChannelConfig {
+                label: "_lossy".into(),
+                ordered: false,
+                reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                ..Default::default()
+            });
+            p.subscriber.reliable = Some(reliable);
+            p.subscriber.lossy = Some(lossy);
+        }
+        for down in p
+            .downtracks
+            .iter_mut()
+            .filter(|d| d.state == DownState::ToOpen)
+        {
+            let Some(publisher_sid) = publishers.get(&down.publisher) else {
+                continue;
+            };
+            // livekit clients read `<participant sid>|<track sid>` from the msid stream id.
+            let mid = api.add_media(
+                down.kind,
+                Direction::SendOnly,
+                Some(format!("{publisher_sid}|{}", down.track_sid)),
+                Some(down.track_sid.clone()),
+                None,
+            );
+            down.state = DownState::Negotiating(mid);
+        }
+        if !api.has_changes() {
+            return;
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        p.subscriber.pending_offer = Some(pending);
+        p.subscriber.offer_id += 1;
+        let id = p.subscriber.offer_id;
+        let sdp = offer.to_sdp_string();
+        if let Some(ufrag) = sdp_ufrag(&sdp)
+            && ufrag != p.subscriber.ufrag
+        {
+            p.subscriber.ufrag = ufrag.clone();
+            self.ufrags.insert(ufrag, (key, Pc::Subscriber));
+        }
+        self.dirty.push((key, Pc::Subscriber));
+        self.send(
+            key,
+            signal_response::Message::Offer(lk::SessionDescription {
+                r#type: "offer".into(),
+                sdp,
+                id,
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn participants_sid(&self, key: ParticipantKey) -> Option<String> {
+        self.participants.get(key).map(|p| p.sid.clone())
+    }
+
+    // ----- media and data ---------------------------------------------------------------
+
+    /// A datagram arrived on the media socket.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        packet: &[u8],
+    ) {
+        let route = match self.routes.get(&source) {
+            Some(&route) => Some(route),
+            None => {
+                super::stun::local_ufrag(packet).and_then(|ufrag| self.ufrags.get(ufrag).copied())
+            }
+        };
+        let Some((key, pc)) = route else {
+            metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "unroutable")
+                .increment(1);
+            return;
+        };
+        let Ok(contents) = packet.try_into() else {
+            metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "not_webrtc")
+                .increment(1);
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
+        let peer = match pc {
+            Pc::Publisher => &mut p.publisher,
+            Pc::Subscriber => &mut p.subscriber,
+        };
+        if !peer.rtc.accepts(&input) {
+            metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "not_accepted")
+                .increment(1);
+            return;
+        }
+        p.last_seen = now;
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!(sid = %p.sid, error = %e, "input refused by the peer connection");
+            return;
+        }
+        self.routes.insert(source, (key, pc));
+        self.dirty.push((key, pc));
+        self.drain(now);
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(ParticipantKey, Pc)> = self
+            .participants
+            .iter()
+            .flat_map(|(k, p)| {
+                let mut v = Vec::new();
+                if p.publisher.timeout <= now {
+                    v.push((k, Pc::Publisher));
+                }
+                if p.subscriber.timeout <= now {
+                    v.push((k, Pc::Subscriber));
+                }
+                v
+            })
+            .collect();
+        for (key, pc) in due {
+            let p = &mut self.participants[key];
+            let peer = match pc {
+                Pc::Publisher => &mut p.publisher,
+                Pc::Subscriber => &mut p.subscriber,
+            };
+            let _ = peer.rtc.handle_input(Input::Timeout(now));
+            self.dirty.push((key, pc));
+        }
+        self.drain(now);
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_PERIOD;
+            self.housekeeping(now);
+        }
+        if now >= self.next_quality {
+            self.next_quality = now + QUALITY_PERIOD;
+            self.send_quality();
+        }
+    }
+
+    /// Polls dirty peers and handles their events until nothing is left to do.
+    fn drain(&mut self, now: Instant) {
+        loop {
+            while let Some((key, pc)) = self.dirty.pop() {
+                self.poll_peer(key, pc);
+            }
+            let Some((key, pc, event)) = self.events.pop_front() else {
+                break;
+            };
+            self.on_rtc_event(now, key, pc, event);
+        }
+    }
+
+    fn poll_peer(&mut self, key: ParticipantKey, pc: Pc) {
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
+        let peer = match pc {
+            Pc::Publisher => &mut p.publisher,
+            Pc::Subscriber => &mut p.subscriber,
+        };
+        loop {
+            match peer.rtc.poll_output() {
+                Ok(RtcOutput::Transmit(t)) => self.outputs.push_back(Output::Transmit {
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }),
+                Ok(RtcOutput::Timeout(t)) => {
+                    peer.timeout = t;
+                    break;
+                }
+                Ok(RtcOutput::Event(e)) => self.events.push_back((key, pc, e)),
+                Err(e) => {
+                    tracing::debug!(sid = %p.sid, error = %e, "peer connection failed");
+                    peer.rtc.disconnect();
+                    peer.timeout = Instant::now() + Duration::from_secs(3600);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_rtc_event(&mut self, now: Instant, key: ParticipantKey, pc: Pc, event: Event) {
+        if !self.participants.contains(key) {
+            return;
+        }
+        match (pc, event) {
+            (_, Event::IceConnectionStateChange(state)) => {
+                tracing::debug!(sid = %self.participants[key].sid, ?pc, ?state, "ICE state");
+                if state == IceConnectionState::Disconnected {
+                    // Silence handling removes the participant if it does not come back.
+                }
+            }
+            (Pc::Publisher, Event::MediaAdded(added)) => {
+                self.on_media_added(key, added.mid, added.kind)
+            }
+            (Pc::Publisher, Event::MediaData(data)) => self.forward(now, key, data),
+            (Pc::Subscriber, Event::KeyframeRequest(request)) => {
+                let down = self.participants[key]
+                    .downtracks
+                    .iter()
+                    .find(|d| d.state == DownState::Open(request.mid))
+                    .map(|d| (d.publisher, d.track_sid.clone()));
+                if let Some((publisher, track_sid)) = down {
+                    self.request_keyframe(now, publisher, &track_sid);
+                }
+            }
+            (Pc::Publisher, Event::ChannelOpen(id, label)) => {
+                let peer = &mut self.participants[key].publisher;
+                match label.as_str() {
+                    "_reliable" => peer.reliable = Some(id),
+                    "_lossy" => peer.lossy = Some(id),
+                    _ => {}
+                }
+            }
+            (Pc::Publisher, Event::ChannelData(data)) => {
+                let lossy = self.participants[key].publisher.lossy == Some(data.id);
+                self.on_data(key, &data.data, lossy);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_media_added(&mut self, key: ParticipantKey, mid: Mid, kind: MediaKind) {
+        let p = &mut self.participants[key];
+        let track_id = p.publisher.rtc.media(mid).map(|m| m.track_id().to_owned());
+        // Bind the m-line to the announced track: by msid track id (= the client's cid),
+        // else the first unbound track of the same kind (LiveKit falls back the same way).
+        let index = p
+            .tracks
+            .iter()
+            .position(|t| t.mid.is_none() && Some(&t.cid) == track_id.as_ref())
+            .or_else(|| {
+                p.tracks
+                    .iter()
+                    .position(|t| t.mid.is_none() && t.kind == kind)
+            });
+        let Some(index) = index else {
+            tracing::debug!(sid = %p.sid, ?mid, "media without a matching AddTrack; not forwarded");
+            return;
+        };
+        p.tracks[index].mid = Some(mid);
+        p.tracks[index].info.mid = mid.to_string();
+        p.version += 1;
+        let track_sid = p.tracks[index].sid.clone();
+        let room = p.room.clone();
+        tracing::info!(sid = %p.sid, track = %track_sid, ?kind, "track published");
+        let info = self.info(key);
+        self.broadcast_update(&room, key, vec![info]);
+        let members = self.rooms[&room].members.clone();
+        for other in members.into_iter().filter(|&k| k != key) {
+            let s = &mut self.participants[other];
+            if s.auto_subscribe && s.permission.can_subscribe {
+                s.downtracks.push(DownTrack {
+                    publisher: key,
+                    track_sid: track_sid.clone(),
+                    kind,
+                    state: DownState::ToOpen,
+                    enabled: true,
+                });
+                self.negotiate_subscriber(other);
+            }
+        }
+    }
+
+    /// Forwards a publisher's media to every subscriber of the track.
+    fn forward(&mut self, now: Instant, key: ParticipantKey, data: str0m::media::MediaData) {
+        let p = &mut self.participants[key];
+        let Some(index) = p.tracks.iter().position(|t| t.mid == Some(data.mid)) else {
+            return;
+        };
+        let (kind, muted) = (p.tracks[index].kind, p.tracks[index].info.muted);
+        if kind == MediaKind::Audio
+            && !muted
+            && let Some(level) = data.ext_vals.audio_level
+            && level > SPEAKING_DBOV
+        {
+            p.speaking_until = Some(now + SPEAKING_HOLD);
+            p.audio_level = (1.0 + f32::from(level) / 127.0).clamp(0.0, 1.0);
+        }
+        if muted {
+            return;
+        }
+        // Disjoint field borrows: read rooms/participants, fill the reused target buffer.
+        self.targets.clear();
+        let publisher = &self.participants[key];
+        let track_sid = publisher.tracks[index].sid.as_str();
+        if let Some(room) = self.rooms.get(&publisher.room) {
+            for &member in room.members.iter().filter(|&&m| m != key) {
+                for down in &self.participants[member].downtracks {
+                    if let DownState::Open(mid) = down.state
+                        && down.enabled
+                        && down.publisher == key
+                        && down.track_sid == track_sid
+                    {
+                        self.targets.push((member, mid));
+                    }
+                }
+            }
+        }
+        for i in 0..self.targets.len() {
+            let (member, mid) = self.targets[i];
+            let s = &mut self.participants[member];
+            let Some(writer) = s.subscriber.rtc.writer(mid) else {
+                continue;
+            };
+            let Some(pt) = writer.match_params(data.params) else {
+                continue;
+            };
+            if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
+                tracing::debug!(sid = %s.sid, error = %e, "write to subscriber failed");
+                continue;
+            }
+            self.dirty.push((member, Pc::Subscriber));
+        }
+        if !data.contiguous {
+            let track_sid = self.participants[key].tracks[index].sid.clone();
+            self.request_keyframe(now, key, &track_sid);
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, publisher: ParticipantKey, track_sid: &str) {
+        let Some(p) = self.participants.get_mut(publisher) else {
+            return;
+        };
+        let Some(track) = p.tracks.iter_mut().find(|t| t.sid == track_sid) else {
+            return;
+        };
+        let Some(mid) = track.mid else {
+            return;
+        };
+        if track.kind != MediaKind::Video
+            || track
+                .last_keyframe_request
+                .is_some_and(|t| now.duration_since(t) < KEYFRAME_THROTTLE)
+        {
+            return;
+        }
+        track.last_keyframe_request = Some(now);
+        if let Some(mut writer) = p.publisher.rtc.writer(mid) {
+            let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+            self.dirty.push((publisher, Pc::Publisher));
+        }
+    }
+
+    fn on_data(&mut self, key: ParticipantKey, bytes: &[u8], lossy: bool) {
+        let p = &mut self.participants[key];
+        if !p.permission.can_publish_data {
+            return;
+        }
+        let mut packet = match data::decode_and_stamp(bytes, &p.sid, &p.identity) {
+            Ok(packet) => packet,
+            Err(_) => {
+                metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "bad_data_packet").increment(1);
+                return;
+            }
+        };
+        set_kind(&mut packet, lossy);
+        let chat = data::chat_in(&packet, &mut p.text_streams);
+        let (sender_sid, identity, name, room_name) = (
+            p.sid.clone(),
+            p.identity.clone(),
+            p.name.clone(),
+            p.room.clone(),
+        );
+        let destinations = packet.destination_identities.clone();
+        let encoded = packet.encode_to_vec();
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return;
+        };
+        if let Some(chat) = chat
+            && room.seen_chat.insert(&chat.id)
+        {
+            self.outputs.push_back(Output::Event(EngineEvent::Chat {
+                room: room_name.clone(),
+                id: chat.id,
+                sender_sid,
+                sender_identity: identity,
+                sender_name: name,
+                text: chat.text,
+                timestamp_ms: chat.timestamp_ms,
+            }));
+        }
+        let members = room.members.clone();
+        for member in members.into_iter().filter(|&k| k != key) {
+            if !destinations.is_empty()
+                && !destinations.contains(&self.participants[member].identity)
+            {
+                continue;
+            }
+            self.write_data(member, &encoded, lossy);
+        }
+    }
+
+    fn write_data(&mut self, key: ParticipantKey, bytes: &[u8], lossy: bool) {
+        let s = &mut self.participants[key];
+        let channel = if lossy {
+            s.subscriber.lossy
+        } else {
+            s.subscriber.reliable
+        };
+        if let Some(mut channel) = channel.and_then(|id| s.subscriber.rtc.channel(id)) {
+            let _ = channel.write(true, bytes);
+            self.dirty.push((key, Pc::Subscriber));
+        }
+    }
+
+    /// Chat from the server side (the Matrix room), as the media-less server participant,
+    /// with the original author in the stream's attributes.
+    pub fn inject_chat(&mut self, now: Instant, room_name: &str, author: &str, text: &str) -> bool {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return false;
+        };
+        let first = room.server_participant.is_none();
+        let server_sid = room
+            .server_participant
+            .get_or_insert_with(|| random_id("PA_", 12))
+            .clone();
+        let stream_id = random_id("", 20);
+        room.seen_chat.insert(&stream_id);
+        let members = room.members.clone();
+        if first {
+            for &member in &members {
+                self.send(
+                    member,
+                    signal_response::Message::Update(lk::ParticipantUpdate {
+                        participants: vec![server_participant_info(&server_sid)],
+                    }),
+                );
+            }
+        }
+        let attributes = HashMap::from([(AUTHOR_ATTRIBUTE.to_owned(), author.to_owned())]);
+        let packets =
+            data::server_chat_packets(&server_sid, SERVER_IDENTITY, &stream_id, text, attributes);
+        for &member in &members {
+            for packet in &packets {
+                self.write_data(member, packet, false);
+            }
+        }
+        self.drain(now);
+        true
+    }
+
+    // ----- periodic work --------------------------------------------------------------
+
+    fn housekeeping(&mut self, now: Instant) {
+        let silent: Vec<ParticipantKey> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_seen) > SILENCE_LIMIT)
+            .map(|(k, _)| k)
+            .collect();
+        for key in silent {
+            self.remove(key, "silent");
+        }
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in rooms {
+            let room = &self.rooms[&name];
+            let mut speakers: Vec<(String, f32)> = room
+                .members
+                .iter()
+                .map(|&k| &self.participants[k])
+                .filter(|p| p.speaking_until.is_some_and(|t| t > now))
+                .map(|p| (p.sid.clone(), p.audio_level))
+                .collect();
+            speakers.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let sids: Vec<String> = speakers.iter().map(|(s, _)| s.clone()).collect();
+            if sids == room.speakers {
+                continue;
+            }
+            let mut changed: Vec<lk::SpeakerInfo> = speakers
+                .iter()
+                .map(|(sid, level)| lk::SpeakerInfo {
+                    sid: sid.clone(),
+                    level: *level,
+                    active: true,
+                })
+                .collect();
+            for old in &room.speakers {
+                if !sids.contains(old) {
+                    changed.push(lk::SpeakerInfo {
+                        sid: old.clone(),
+                        level: 0.0,
+                        active: false,
+                    });
+                }
+            }
+            let members = room.members.clone();
+            self.rooms
+                .get_mut(&name)
+                .expect("iterating existing rooms")
+                .speakers = sids;
+            for member in members {
+                self.send(
+                    member,
+                    signal_response::Message::SpeakersChanged(lk::SpeakersChanged {
+                        speakers: changed.clone(),
+                    }),
+                );
+            }
+        }
+    }
+
+    fn send_quality(&mut self) {
+        for room in self.rooms.values() {
+            let updates: Vec<lk::ConnectionQualityInfo> = room
+                .members
+                .iter()
+                .map(|&k| lk::ConnectionQualityInfo {
+                    participant_sid: self.participants[k].sid.clone(),
+                    quality: lk::ConnectionQuality::Excellent as i32,
+                    score: 4.5,
+                })
+                .collect();
+            for &member in &room.members {
+                if self.participants[member].signal_connected {
+                    self.outputs.push_back(Output::Signal {
+                        key: member,
+                        message: signal_response::Message::ConnectionQuality(
+                            lk::ConnectionQualityUpdate {
+                                updates: updates.clone(),
+                            },
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    // ----- helpers --------------------------------------------------------------------
+
+    fn send(&mut self, key: ParticipantKey, message: signal_response::Message) {
+        self.outputs.push_back(Output::Signal { key, message });
+    }
+
+    /// Sends a participant update to every member of a room except `except`.
+    fn broadcast_update(
+        &mut self,
+        room: &str,
+        except: ParticipantKey,
+        participants: Vec<lk::ParticipantInfo>,
+    ) {
+        let Some(room) = self.rooms.get(room) else {
+            return;
+        };
+        let members: Vec<ParticipantKey> = room
+            .members
+            .iter()
+            .copied()
+            .filter(|&k| k != except)
+            .collect();
+        for member in members {
+            self.send(
+                member,
+                signal_response::Message::Update(lk::ParticipantUpdate {
+                    participants: participants.clone(),
+                }),
+            );
+        }
+    }
+
+    fn info(&self, key: ParticipantKey) -> lk::ParticipantInfo {
+        participant_info(&self.participants[key])
+    }
+
+    fn room_info(&self, name: &str) -> lk::Room {
+        let room = &self.rooms[name];
+        lk::Room {
+            sid: room.sid.clone(),
+            name: room.name.clone(),
+            creation_time: room.created_ms / 1000,
+            creation_time_ms: room.created_ms,
+            max_participants: self.config.max_participants_per_room as u32,
+            num_participants: room.members.len() as u32,
+            ..Default::default()
+        }
+    }
+
+    /// Decodes a signalling frame; malformed input is an error, never a panic.
+    pub fn decode_request(
+        bytes: &[u8],
+    ) -> Result<Option<signal_request::Message>, prost::DecodeError> {
+        Ok(lk::SignalRequest::decode(bytes)?.message)
+    }
+}
+
+/// Records the channel a packet came on; older clients still read this field.
+#[allow(deprecated)]
+fn set_kind(packet: &mut lk::DataPacket, lossy: bool) {
+    packet.kind = if lossy {
+        lk::data_packet::Kind::Lossy as i32
+    } else {
+        lk::data_packet::Kind::Reliable as i32
+    };
+}
+
+fn participant_info(p: &Participant) -> lk::ParticipantInfo {
+    lk::ParticipantInfo {
+        sid: p.sid.clone(),
+        identity: p.identity.clone(),
+        name: p.name.clone(),
+        state: lk::participant_info::State::Active as i32,
+        tracks: p
+            .tracks
+            .iter()
+            .filter(|t| t.mid.is_some())
+            .map(|t| t.info.clone())
+            .collect(),
+        metadata: p.metadata.clone(),
+        attributes: p.attributes.clone(),
+        joined_at: p.joined_at_ms / 1000,
+        joined_at_ms: p.joined_at_ms,
+        version: p.version,
+        permission: Some(p.permission.clone()),
+        is_publisher: p.tracks.iter().any(|t| t.mid.is_some()),
+        ..Default::default()
+    }
+}
+
+fn server_participant_info(sid: &str) -> lk::ParticipantInfo {
+    lk::ParticipantInfo {
+        sid: sid.to_owned(),
+        identity: SERVER_IDENTITY.into(),
+        name: SERVER_NAME.into(),
+        state: lk::participant_info::State::Active as i32,
+        version: 1,
+        ..Default::default()
+    }
+}
+
+fn server_info() -> lk::ServerInfo {
+    lk::ServerInfo {
+        edition: lk::server_info::Edition::Standard as i32,
+        version: SERVER_VERSION.into(),
+        protocol: PROTOCOL_VERSION,
+        node_id: "tchap-visio".into(),
+        ..Default::default()
+    }
+}

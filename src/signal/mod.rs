@@ -1,0 +1,270 @@
+//! LiveKit's client signalling over WebSocket (`/rtc`, dual peer-connection mode):
+//! token checks, protobuf framing, pings, and resume after a dropped socket, mapped onto
+//! the SFU's commands. `/rtc/v1` (single peer connection) is not served yet: it answers
+//! 404, which makes current SDKs fall back to `/rtc`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{SinkExt, StreamExt};
+use livekit_protocol as lk;
+use livekit_protocol::{signal_request, signal_response};
+use prost::Message;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::auth::token::{Claims, SfuKeys, TokenError};
+use crate::sfu::{Engine, JoinError, JoinRequest, ParticipantKey, SfuHandle};
+
+/// Largest signalling frame accepted (an SDP with many m-lines fits easily).
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
+/// What the signalling routes need.
+#[derive(Clone)]
+pub struct SignalState {
+    pub sfu: SfuHandle,
+    pub keys: Arc<SfuKeys>,
+}
+
+/// `/rtc` and `/rtc/validate`, with their state applied.
+pub fn routes(state: SignalState) -> Router {
+    Router::new()
+        .route("/rtc", get(rtc))
+        .route("/rtc/validate", get(validate))
+        .with_state(state)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RtcParams {
+    access_token: Option<String>,
+    #[serde(default)]
+    reconnect: Option<String>,
+    sid: Option<String>,
+    auto_subscribe: Option<String>,
+}
+
+fn flag(value: &Option<String>) -> Option<bool> {
+    value
+        .as_deref()
+        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// A refusal in LiveKit's plain-text style, with the status its SDKs understand.
+fn refuse(status: StatusCode, text: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        text.into(),
+    )
+        .into_response()
+}
+
+fn token_from(headers: &HeaderMap, params: &RtcParams) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    bearer.or_else(|| params.access_token.clone())
+}
+
+/// Checks the token and the grant to join its room.
+fn authorize(
+    state: &SignalState,
+    headers: &HeaderMap,
+    params: &RtcParams,
+) -> Result<Claims, Response> {
+    let Some(token) = token_from(headers, params) else {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "missing access token"));
+    };
+    let claims = state
+        .keys
+        .verify(&token, crate::sfu::unix_ms())
+        .map_err(|e: TokenError| {
+            metrics::counter!("tchap_visio_signal_refused_total", "reason" => "token").increment(1);
+            refuse(StatusCode::UNAUTHORIZED, e.to_string())
+        })?;
+    if !claims.video.room_join || claims.video.room.is_empty() {
+        metrics::counter!("tchap_visio_signal_refused_total", "reason" => "grant").increment(1);
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "the access token does not grant roomJoin",
+        ));
+    }
+    Ok(claims)
+}
+
+async fn validate(
+    State(state): State<SignalState>,
+    Query(params): Query<RtcParams>,
+    headers: HeaderMap,
+) -> Response {
+    match authorize(&state, &headers, &params) {
+        Ok(_) => refuse(StatusCode::OK, "success"),
+        Err(response) => response,
+    }
+}
+
+async fn rtc(
+    State(state): State<SignalState>,
+    Query(params): Query<RtcParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let claims = match authorize(&state, &headers, &params) {
+        Ok(claims) => claims,
+        Err(response) => return response,
+    };
+    metrics::counter!("tchap_visio_signal_connections_total", "path" => "/rtc").increment(1);
+    let (sink, outgoing) = mpsc::unbounded_channel();
+    let session_id: u64 = rand::random();
+    let resume_sid = params
+        .sid
+        .clone()
+        .filter(|_| flag(&params.reconnect) == Some(true));
+    let joined = match resume_sid {
+        Some(sid) => {
+            let result = state
+                .sfu
+                .resume(sid, claims.sub.clone(), sink, session_id)
+                .await;
+            if result.is_ok() {
+                metrics::counter!("tchap_visio_sfu_resumes_total").increment(1);
+            }
+            result
+        }
+        None => {
+            state
+                .sfu
+                .join(join_request(&claims, &params), sink, session_id)
+                .await
+        }
+    };
+    let key = match joined {
+        Ok(key) => Some(key),
+        Err(JoinError::UnknownSession) => None,
+        Err(e @ (JoinError::RoomFull(_) | JoinError::ServerFull)) => {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+        Err(e) => return refuse(StatusCode::FORBIDDEN, e.to_string()),
+    };
+    upgrade
+        .max_message_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| session(socket, state.sfu, key, session_id, outgoing))
+}
+
+fn join_request(claims: &Claims, params: &RtcParams) -> JoinRequest {
+    let name = if claims.name.is_empty() {
+        claims.sub.clone()
+    } else {
+        claims.name.clone()
+    };
+    JoinRequest {
+        room: claims.video.room.clone(),
+        identity: claims.sub.clone(),
+        name,
+        metadata: claims.metadata.clone(),
+        attributes: claims.attributes.clone().into_iter().collect(),
+        can_publish: claims.video.publish_allowed(),
+        can_subscribe: claims.video.subscribe_allowed(),
+        can_publish_data: claims.video.publish_data_allowed(),
+        auto_subscribe: flag(&params.auto_subscribe).unwrap_or(true),
+    }
+}
+
+/// One participant's WebSocket. `key` is `None` when a resume found no session: the
+/// client is told to reconnect from scratch.
+async fn session(
+    socket: WebSocket,
+    sfu: SfuHandle,
+    key: Option<ParticipantKey>,
+    session_id: u64,
+    mut outgoing: mpsc::UnboundedReceiver<signal_response::Message>,
+) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let Some(key) = key else {
+        let leave = signal_response::Message::Leave(lk::LeaveRequest {
+            can_reconnect: true,
+            reason: lk::DisconnectReason::StateMismatch as i32,
+            action: lk::leave_request::Action::Reconnect as i32,
+            ..Default::default()
+        });
+        let _ = ws_tx.send(encode(leave)).await;
+        let _ = ws_tx.close().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            incoming = tokio::time::timeout(Duration::from_secs(60), ws_rx.next()) => {
+                let frame = match incoming {
+                    Ok(Some(Ok(frame))) => frame,
+                    // Closed, broken, or silent for a minute: media may go on; the client resumes.
+                    _ => break,
+                };
+                let bytes = match frame {
+                    WsMessage::Binary(bytes) => bytes,
+                    WsMessage::Close(_) => break,
+                    // Text frames (JSON signalling) are not supported; pings are answered by axum.
+                    _ => continue,
+                };
+                let message = match Engine::decode_request(&bytes) {
+                    Ok(Some(message)) => message,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        metrics::counter!("tchap_visio_signal_bad_frames_total").increment(1);
+                        continue;
+                    }
+                };
+                match message {
+                    // Pings are answered here, without a trip through the engine.
+                    signal_request::Message::Ping(timestamp) => {
+                        let pong = signal_response::Message::Pong(crate::sfu::unix_ms().max(timestamp));
+                        if ws_tx.send(encode(pong)).await.is_err() {
+                            break;
+                        }
+                    }
+                    signal_request::Message::PingReq(ping) => {
+                        let pong = signal_response::Message::PongResp(lk::Pong {
+                            last_ping_timestamp: ping.timestamp,
+                            timestamp: crate::sfu::unix_ms(),
+                        });
+                        if ws_tx.send(encode(pong)).await.is_err() {
+                            break;
+                        }
+                    }
+                    signal_request::Message::Leave(leave) => {
+                        sfu.signal(key, signal_request::Message::Leave(leave));
+                        let _ = ws_tx.close().await;
+                        return;
+                    }
+                    other => sfu.signal(key, other),
+                }
+            }
+            message = outgoing.recv() => {
+                let Some(message) = message else {
+                    // The engine closed this session (left, replaced or removed).
+                    let _ = ws_tx.close().await;
+                    return;
+                };
+                if ws_tx.send(encode(message)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    sfu.signal_lost(key, session_id);
+}
+
+fn encode(message: signal_response::Message) -> WsMessage {
+    let response = lk::SignalResponse {
+        message: Some(message),
+    };
+    WsMessage::Binary(response.encode_to_vec().into())
+}

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod i18n;
+pub mod ids;
 pub mod matrix;
+pub mod meeting;
 pub mod observability;
 pub mod store;

@@ -1,5 +1,8 @@
-//! Secrets presented to us: the homeserver's `hs_token` now; join tokens and OpenID
-//! verification later. Comparisons are constant-time and never log the secret.
+//! Secrets presented to us: the homeserver's `hs_token`, and LiveKit-format access
+//! tokens (`token`); Matrix OpenID verification later. Comparisons are constant-time
+//! and never log the secret.
+
+pub mod token;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

@@ -3,6 +3,7 @@
 //! knows nothing of HTTP, Matrix semantics or media.
 
 pub mod inbox;
+pub mod meetings;
 pub mod outbound;
 pub mod rooms;
 

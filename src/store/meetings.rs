@@ -1,0 +1,288 @@
+//! Meetings: created by the bot or an admin, looked up by public id or by the secret
+//! slug of their link, and moved forward through their states.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Connection, StoreError};
+use crate::ids::{MeetingId, MeetingSlug};
+use crate::meeting::{Meeting, MeetingState};
+
+/// `SELECT <every column> FROM meetings <rest>`, as a `&'static str`.
+macro_rules! select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, slug, title, matrix_room_id, creator, state, created_at, started_at, \
+             ended_at FROM meetings ",
+            $rest
+        )
+    };
+}
+
+fn corrupt(detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table: "meetings",
+        detail: detail.into(),
+    }
+}
+
+fn from_row(row: &AnyRow) -> Result<Meeting, StoreError> {
+    let id: String = row.try_get("id")?;
+    let slug: String = row.try_get("slug")?;
+    let state: String = row.try_get("state")?;
+    Ok(Meeting {
+        id: MeetingId::parse(&id).map_err(|e| corrupt(format!("id `{id}`: {e}")))?,
+        slug: MeetingSlug::parse(&slug).map_err(|e| corrupt(format!("slug of {id}: {e}")))?,
+        title: row.try_get("title")?,
+        matrix_room_id: row.try_get("matrix_room_id")?,
+        creator: row.try_get("creator")?,
+        state: MeetingState::parse(&state)
+            .ok_or_else(|| corrupt(format!("state `{state}` of {id}")))?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+    })
+}
+
+/// Stores a new meeting. Id and slug are random; a collision is a query error.
+pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO meetings (id, slug, title, matrix_room_id, creator, state, created_at, \
+         started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(meeting.id.as_str())
+    .bind(meeting.slug.expose())
+    .bind(&meeting.title)
+    .bind(meeting.matrix_room_id.as_deref())
+    .bind(meeting.creator.as_deref())
+    .bind(meeting.state.as_str())
+    .bind(meeting.created_at)
+    .bind(meeting.started_at)
+    .bind(meeting.ended_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_by_id(
+    conn: &mut Connection,
+    id: &MeetingId,
+) -> Result<Option<Meeting>, StoreError> {
+    let row = sqlx::query(select!("WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The meeting a join link points to. The lookup goes through a unique index, so its
+/// time says nothing useful about how close a guess was.
+pub async fn get_by_slug(
+    conn: &mut Connection,
+    slug: &MeetingSlug,
+) -> Result<Option<Meeting>, StoreError> {
+    let row = sqlx::query(select!("WHERE slug = $1"))
+        .bind(slug.expose())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Every meeting started from a Matrix room, newest first.
+pub async fn list_by_room(
+    conn: &mut Connection,
+    matrix_room_id: &str,
+) -> Result<Vec<Meeting>, StoreError> {
+    let rows = sqlx::query(select!(
+        "WHERE matrix_room_id = $1 ORDER BY created_at DESC, id"
+    ))
+    .bind(matrix_room_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Moves a meeting to `state` if that is a step forward from where it is
+/// (see [`MeetingState::predecessors`]), stamping `started_at` or `ended_at` with
+/// `now_ms`. Returns whether it moved: `false` for an unknown id, a repeated step, or a
+/// step back. The check and the change are one statement, so two callers racing to end
+/// a meeting see exactly one `true`.
+pub async fn set_state(
+    conn: &mut Connection,
+    id: &MeetingId,
+    state: MeetingState,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let sql = match state {
+        MeetingState::Scheduled => return Ok(false),
+        MeetingState::Running => {
+            "UPDATE meetings SET state = 'running', started_at = $2 \
+             WHERE id = $1 AND state = 'scheduled'"
+        }
+        MeetingState::Ended => {
+            "UPDATE meetings SET state = 'ended', ended_at = $2 \
+             WHERE id = $1 AND state IN ('scheduled', 'running')"
+        }
+    };
+    let changed = sqlx::query(sql)
+        .bind(id.as_str())
+        .bind(now_ms)
+        .execute(conn)
+        .await?
+        .rows_affected();
+    Ok(changed == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::both_dialects;
+    use crate::store::{Store, now_ms};
+
+    fn meeting(title: &str, room: Option<&str>, created_at: i64) -> Meeting {
+        Meeting::new(
+            title,
+            room.map(str::to_owned),
+            Some("@alice:localhost".into()),
+            created_at,
+        )
+        .expect("valid title")
+    }
+
+    both_dialects!(meetings_round_trip, |store: Store| async move {
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let m = meeting("Point hebdo", Some("!r:localhost"), now_ms());
+        create(&mut conn, &m).await.expect("create");
+        assert_eq!(
+            get_by_id(&mut conn, &m.id).await.expect("get"),
+            Some(m.clone())
+        );
+        assert_eq!(
+            get_by_slug(&mut conn, &m.slug).await.expect("get"),
+            Some(m.clone())
+        );
+        assert_eq!(
+            get_by_id(&mut conn, &MeetingId::generate())
+                .await
+                .expect("get"),
+            None
+        );
+        assert_eq!(
+            get_by_slug(&mut conn, &MeetingSlug::generate())
+                .await
+                .expect("get"),
+            None
+        );
+        let admin = Meeting::new("Admin", None, None, 1).expect("valid");
+        create(&mut conn, &admin).await.expect("create");
+        assert_eq!(
+            get_by_id(&mut conn, &admin.id).await.expect("get"),
+            Some(admin)
+        );
+    });
+
+    both_dialects!(slugs_and_ids_are_unique, |store: Store| async move {
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let first = meeting("a", None, 1);
+        create(&mut conn, &first).await.expect("create");
+        let mut same_slug = meeting("b", None, 2);
+        same_slug.slug = first.slug.clone();
+        assert!(create(&mut conn, &same_slug).await.is_err());
+        let mut same_id = meeting("c", None, 3);
+        same_id.id = first.id.clone();
+        assert!(create(&mut conn, &same_id).await.is_err());
+    });
+
+    both_dialects!(listed_by_room_newest_first, |store: Store| async move {
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let old = meeting("old", Some("!r:localhost"), 100);
+        let new = meeting("new", Some("!r:localhost"), 200);
+        let elsewhere = meeting("other", Some("!s:localhost"), 150);
+        for m in [&old, &new, &elsewhere] {
+            create(&mut conn, m).await.expect("create");
+        }
+        let listed = list_by_room(&mut conn, "!r:localhost").await.expect("list");
+        assert_eq!(listed, vec![new, old]);
+        assert!(
+            list_by_room(&mut conn, "!none:localhost")
+                .await
+                .expect("list")
+                .is_empty()
+        );
+    });
+
+    both_dialects!(states_only_move_forward, |store: Store| async move {
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let m = meeting("t", None, 1);
+        create(&mut conn, &m).await.expect("create");
+        let steps = [
+            (
+                MeetingState::Scheduled,
+                5,
+                false,
+                "nothing moves back to scheduled",
+            ),
+            (MeetingState::Running, 10, true, "starts"),
+            (MeetingState::Running, 11, false, "already running"),
+            (MeetingState::Ended, 20, true, "ends"),
+            (MeetingState::Ended, 21, false, "already ended"),
+            (MeetingState::Running, 22, false, "no way back"),
+        ];
+        for (state, at, moved, why) in steps {
+            assert_eq!(
+                set_state(&mut conn, &m.id, state, at).await.expect("set"),
+                moved,
+                "{why}"
+            );
+        }
+        let stored = get_by_id(&mut conn, &m.id)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(
+            (stored.state, stored.started_at, stored.ended_at),
+            (MeetingState::Ended, Some(10), Some(20))
+        );
+
+        // Nobody came: scheduled straight to ended, never started.
+        let empty = meeting("empty", None, 1);
+        create(&mut conn, &empty).await.expect("create");
+        assert!(
+            set_state(&mut conn, &empty.id, MeetingState::Ended, 30)
+                .await
+                .expect("set")
+        );
+        let stored = get_by_id(&mut conn, &empty.id)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!((stored.started_at, stored.ended_at), (None, Some(30)));
+        assert!(
+            !set_state(&mut conn, &MeetingId::generate(), MeetingState::Ended, 1)
+                .await
+                .expect("set")
+        );
+    });
+
+    both_dialects!(corrupt_rows_are_reported, |store: Store| async move {
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let m = meeting("t", None, 1);
+        create(&mut conn, &m).await.expect("create");
+        sqlx::query("UPDATE meetings SET slug = 'short' WHERE id = $1")
+            .bind(m.id.as_str())
+            .execute(&mut *conn)
+            .await
+            .expect("update");
+        let err = get_by_id(&mut conn, &m.id).await.expect_err("corrupt");
+        assert!(
+            matches!(
+                err,
+                StoreError::Corrupt {
+                    table: "meetings",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    });
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tchap_visio::auth::SecretToken;
+use tchap_visio::auth::token::SfuKeys;
 use tchap_visio::config::{Language, PermissionLevel};
 use tchap_visio::http::{AppState, router};
 use tchap_visio::matrix::bot::Bot;
@@ -85,6 +86,8 @@ async fn run(label: &str, uri: &str) {
         inbox_wake,
         metrics: None,
         pings: None,
+        sfu_keys: Arc::new(SfuKeys::generate()),
+        public_ws_url: "ws://127.0.0.1".into(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -12,6 +12,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::SecretToken;
+use crate::auth::token::SfuKeys;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::matrix::bot::Bot;
@@ -94,6 +95,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         );
     }
 
+    // One set of keys: the join endpoint signs with it, the SFU's /rtc checks with it.
+    let sfu_keys = Arc::new(SfuKeys::from_config(&config.sfu.keys));
+    if sfu_keys.is_generated() {
+        tracing::info!("sfu.keys is empty: join tokens are signed with a key made for this run");
+    }
     let state = AppState {
         store: store.clone(),
         hs_token: SecretToken::new(&config.appservice.hs_token),
@@ -102,6 +108,8 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         inbox_wake,
         metrics: Some(metrics),
         pings: None,
+        sfu_keys: sfu_keys.clone(),
+        public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
     };
     tracing::info!(
         %addr,
@@ -199,6 +207,8 @@ pub async fn check_config(config: &Config) -> anyhow::Result<String> {
                 inbox_wake: Arc::new(Notify::new()),
                 metrics: None,
                 pings: Some(ping_tx),
+                sfu_keys: Arc::new(SfuKeys::generate()),
+                public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
             };
             let stop = shutdown.clone();
             tokio::spawn(async move {

@@ -1,9 +1,10 @@
-//! The HTTP server (axum): the appservice API, health and metrics. Later the meeting
-//! page, the bot API and LiveKit signalling. `router()` is a plain function so handlers
-//! are tested without a socket.
+//! The HTTP server (axum): the appservice API, the meeting join endpoint, health and
+//! metrics. Later the meeting page, the bot API and LiveKit signalling. `router()` is a
+//! plain function so handlers are tested without a socket.
 
 pub mod appservice;
 pub mod error;
+pub mod join;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use ruma::OwnedUserId;
 use tokio::sync::{Notify, mpsc};
 
 use crate::auth::SecretToken;
+use crate::auth::token::SfuKeys;
 use crate::store::Store;
 use error::MatrixError;
 
@@ -32,11 +34,17 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Receives the transaction ids of pings (used by `check-config`).
     pub pings: Option<mpsc::UnboundedSender<String>>,
+    /// Keys that sign the access tokens we issue (and that the SFU checks).
+    pub sfu_keys: Arc<SfuKeys>,
+    /// Base `ws(s)://` URL of the SFU handed to joining clients
+    /// (see [`join::ws_base_url`]).
+    pub public_ws_url: String,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(appservice_routes(state.clone()))
+        .route("/api/v1/meetings/{slug}/join", post(join::join))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { MatrixError::unrecognized() })

@@ -13,8 +13,21 @@ use super::*;
 use crate::store::testing::both_dialects;
 
 const TOKEN: &str = "hs-token-for-tests-0123456789abcdef";
+/// The SFU key of the test state, and the URL it hands out.
+pub(super) const TEST_SFU_KEY: &str = "test-key";
+pub(super) const TEST_WS_URL: &str = "ws://127.0.0.1:29330";
 
-fn state(store: Store) -> AppState {
+pub(super) fn sfu_keys() -> SfuKeys {
+    SfuKeys::from_config(
+        &[(
+            TEST_SFU_KEY.to_owned(),
+            "test-secret-0123456789abcdef0123".to_owned(),
+        )]
+        .into(),
+    )
+}
+
+pub(super) fn state(store: Store) -> AppState {
     AppState {
         store,
         hs_token: SecretToken::new(TOKEN),
@@ -23,10 +36,12 @@ fn state(store: Store) -> AppState {
         inbox_wake: Arc::new(Notify::new()),
         metrics: None,
         pings: None,
+        sfu_keys: Arc::new(sfu_keys()),
+        public_ws_url: TEST_WS_URL.into(),
     }
 }
 
-async fn call(store: &Store, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+pub(super) async fn call(store: &Store, request: Request<Body>) -> (StatusCode, serde_json::Value) {
     let response = router(state(store.clone()))
         .oneshot(request)
         .await

@@ -5,6 +5,8 @@ use crate::ids::{MeetingId, MeetingSlug};
 
 /// Longest title, in characters (it appears in notices and in the page header).
 pub const TITLE_MAX_CHARS: usize = 200;
+/// Longest participant display name, in characters.
+pub const DISPLAY_NAME_MAX_CHARS: usize = 64;
 
 /// Why a meeting could not be made as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,6 +14,9 @@ pub enum MeetingError {
     /// The title is empty, too long or holds control characters (line breaks included).
     #[error("a meeting title is 1 to {TITLE_MAX_CHARS} characters on one line")]
     BadTitle,
+    /// The display name is empty, too long or holds control characters.
+    #[error("a display name is 1 to {DISPLAY_NAME_MAX_CHARS} characters on one line")]
+    BadDisplayName,
 }
 
 /// Where a meeting is in its life. It only moves forward:
@@ -122,6 +127,17 @@ pub fn validate_title(title: &str) -> Result<String, MeetingError> {
     Ok(title.to_owned())
 }
 
+/// A participant's display name trimmed, if it is 1 to 64 characters without control
+/// characters.
+pub fn validate_display_name(name: &str) -> Result<String, MeetingError> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > DISPLAY_NAME_MAX_CHARS || name.chars().any(char::is_control) {
+        return Err(MeetingError::BadDisplayName);
+    }
+    Ok(name.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +180,19 @@ mod tests {
             assert_eq!(validate_title(bad), Err(MeetingError::BadTitle), "{bad:?}");
         }
         assert!(validate_title(&"é".repeat(200)).is_ok());
+    }
+
+    #[test]
+    fn display_names_are_trimmed_and_bounded() {
+        assert_eq!(validate_display_name("  Zoé  ").as_deref(), Ok("Zoé"));
+        assert!(validate_display_name(&"é".repeat(64)).is_ok());
+        for bad in ["", "  ", "a\tb", "a\u{0}", &"é".repeat(65)] {
+            assert_eq!(
+                validate_display_name(bad),
+                Err(MeetingError::BadDisplayName),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

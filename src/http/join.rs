@@ -1,0 +1,309 @@
+//! `POST /api/v1/meetings/{slug}/join`: the meeting page trades the secret slug of its
+//! link and a display name for the SFU's base URL and a LiveKit access token for the
+//! meeting's room. Anyone holding the link may join (the `public` access level); Matrix
+//! OpenID checks for the other levels come later.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::appservice::read_body;
+use super::error::MatrixError;
+use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
+use crate::ids::{BrowserId, MeetingSlug, ParticipantIdentity};
+use crate::meeting::validate_display_name;
+use crate::store::{self, meetings};
+
+/// Largest join request body: a name and an id, with room to spare.
+pub const JOIN_BODY_LIMIT: usize = 4096;
+
+/// What the page sends.
+#[derive(Debug, Deserialize)]
+pub struct JoinRequest {
+    /// Display name shown to the others, 1 to 64 characters.
+    pub name: String,
+    /// A stable id the browser keeps, so that attendance merges its rejoins.
+    #[serde(default)]
+    pub browser_id: Option<String>,
+}
+
+/// What the page gets back: enough for `room.connect(url, token)` in livekit-client.
+#[derive(Debug, Serialize)]
+pub struct JoinResponse {
+    /// Base `ws(s)://` URL of the SFU; LiveKit's SDKs append `/rtc` themselves.
+    pub url: String,
+    /// LiveKit-format access token for the meeting's room.
+    pub token: String,
+    /// The identity inside the token (unique to this join).
+    pub identity: String,
+    pub meeting: MeetingSummary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MeetingSummary {
+    pub id: String,
+    pub title: String,
+}
+
+/// The WebSocket base URL the SFU is reached at, from `appservice.public_address`:
+/// `http` becomes `ws`, `https` becomes `wss`, the path is kept without a final `/`.
+pub fn ws_base_url(public_address: &str) -> String {
+    let address = public_address.trim_end_matches('/');
+    if let Some(rest) = address.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = address.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        // validate() only lets http(s) URLs through; keep anything else as given.
+        address.to_owned()
+    }
+}
+
+fn bad_json(error: impl Into<String>) -> MatrixError {
+    MatrixError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", error)
+}
+
+pub async fn join(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<JoinResponse>, MatrixError> {
+    // A slug of the wrong shape is as unknown as a well-formed one nobody issued.
+    let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
+    let bytes = read_body(&headers, body, JOIN_BODY_LIMIT).await?;
+    let request: JoinRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            bad_json(format!("the body does not fit {{name, browser_id}}: {e}"))
+        } else {
+            MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_NOT_JSON",
+                "the body is not valid JSON",
+            )
+        }
+    })?;
+    let name = validate_display_name(&request.name).map_err(|e| bad_json(e.to_string()))?;
+    let browser_id = request
+        .browser_id
+        .as_deref()
+        .map(BrowserId::parse)
+        .transpose()
+        .map_err(|e| bad_json(e.to_string()))?;
+
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    let meeting = meetings::get_by_slug(&mut conn, &slug)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?
+        .filter(|meeting| meeting.is_joinable())
+        .ok_or_else(|| MatrixError::not_found("Meeting"))?;
+    drop(conn);
+
+    let identity = ParticipantIdentity::for_join(browser_id.as_ref());
+    let claims = Claims::participant(
+        &identity,
+        &name,
+        meeting.id.as_str(),
+        store::now_ms(),
+        JOIN_TOKEN_TTL_SECS,
+    );
+    let token = state.sfu_keys.issue(&claims);
+    metrics::counter!("tchap_visio_join_tokens_issued_total").increment(1);
+    tracing::info!(meeting = %meeting.id, %identity, "join token issued");
+    Ok(Json(JoinResponse {
+        url: state.public_ws_url.clone(),
+        token,
+        identity: identity.as_str().to_owned(),
+        meeting: MeetingSummary {
+            id: meeting.id.as_str().to_owned(),
+            title: meeting.title,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+
+    use super::super::tests::{TEST_SFU_KEY, TEST_WS_URL, call, sfu_keys};
+    use super::*;
+    use crate::auth::token::can_join;
+    use crate::meeting::{Meeting, MeetingState};
+    use crate::store::Store;
+    use crate::store::testing::both_dialects;
+
+    async fn stored_meeting(store: &Store) -> Meeting {
+        let meeting = Meeting::new("Point hebdo", None, None, store::now_ms()).expect("valid");
+        let mut conn = store.pool().acquire().await.expect("conn");
+        meetings::create(&mut conn, &meeting).await.expect("create");
+        meeting
+    }
+
+    fn join_request(slug: &str, body: impl Into<Body>) -> Request<Body> {
+        Request::post(format!("/api/v1/meetings/{slug}/join"))
+            .header("content-type", "application/json")
+            .body(body.into())
+            .expect("request")
+    }
+
+    #[test]
+    fn ws_urls_follow_the_public_address() {
+        assert_eq!(
+            ws_base_url("http://127.0.0.1:29330"),
+            "ws://127.0.0.1:29330"
+        );
+        assert_eq!(ws_base_url("https://visio.example/"), "wss://visio.example");
+        assert_eq!(
+            ws_base_url("https://example.org/visio/"),
+            "wss://example.org/visio"
+        );
+    }
+
+    both_dialects!(
+        a_join_returns_a_token_for_the_meeting_room,
+        |store: Store| async move {
+            let meeting = stored_meeting(&store).await;
+            let body = r#"{"name": "  Zoé  ", "browser_id": "b-7f3a"}"#;
+            let (status, json) = call(&store, join_request(meeting.slug.expose(), body)).await;
+            assert_eq!(status, StatusCode::OK, "{json}");
+            assert_eq!(json["url"], TEST_WS_URL);
+            assert_eq!(json["meeting"]["id"], meeting.id.as_str());
+            assert_eq!(json["meeting"]["title"], "Point hebdo");
+
+            let token = json["token"].as_str().expect("token");
+            let claims = sfu_keys()
+                .verify(token, store::now_ms())
+                .expect("a valid token");
+            assert_eq!(claims.iss, TEST_SFU_KEY);
+            assert_eq!(claims.name, "Zoé");
+            assert_eq!(claims.sub, json["identity"].as_str().expect("identity"));
+            assert!(can_join(&claims, meeting.id.as_str()));
+            let grant = &claims.video;
+            assert_eq!(
+                (
+                    grant.can_publish,
+                    grant.can_subscribe,
+                    grant.can_publish_data
+                ),
+                (Some(true), Some(true), Some(true))
+            );
+            assert!(!grant.room_admin && !grant.room_create);
+            let lifetime = claims.exp - claims.nbf;
+            assert_eq!(lifetime, JOIN_TOKEN_TTL_SECS);
+            let identity = claims.identity().expect("identity");
+            assert_eq!(identity.stable_part(), "b-7f3a");
+
+            // A rejoin from the same browser: same stable part, new identity.
+            let (_, again) = call(&store, join_request(meeting.slug.expose(), body)).await;
+            assert_ne!(again["identity"], json["identity"]);
+            let again =
+                ParticipantIdentity::parse(again["identity"].as_str().expect("id")).expect("valid");
+            assert_eq!(again.stable_part(), "b-7f3a");
+
+            // Without a browser id: a random stable part.
+            let (status, anonymous) = call(
+                &store,
+                join_request(meeting.slug.expose(), r#"{"name":"Bob"}"#),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            let anonymous = ParticipantIdentity::parse(anonymous["identity"].as_str().expect("id"))
+                .expect("valid");
+            assert_ne!(anonymous.stable_part(), "b-7f3a");
+        }
+    );
+
+    both_dialects!(
+        unknown_or_ended_meetings_are_not_found,
+        |store: Store| async move {
+            let body = r#"{"name":"Zoé"}"#;
+            let unknown = MeetingSlug::generate();
+            for slug in [unknown.expose(), "not-a-slug", "AAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+                let (status, json) = call(&store, join_request(slug, body)).await;
+                assert_eq!(
+                    (status, json["errcode"].as_str()),
+                    (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")),
+                    "{slug}"
+                );
+            }
+            let meeting = stored_meeting(&store).await;
+            let mut conn = store.pool().acquire().await.expect("conn");
+            meetings::set_state(&mut conn, &meeting.id, MeetingState::Running, 1)
+                .await
+                .expect("start");
+            drop(conn);
+            let (status, _) = call(&store, join_request(meeting.slug.expose(), body)).await;
+            assert_eq!(status, StatusCode::OK, "a running meeting can be joined");
+            let mut conn = store.pool().acquire().await.expect("conn");
+            meetings::set_state(&mut conn, &meeting.id, MeetingState::Ended, 2)
+                .await
+                .expect("end");
+            drop(conn);
+            let (status, json) = call(&store, join_request(meeting.slug.expose(), body)).await;
+            assert_eq!(
+                (status, json["errcode"].as_str()),
+                (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
+            );
+            // The id is not a slug: knowing it does not let anyone in.
+            let (status, _) = call(&store, join_request(meeting.id.as_str(), body)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        }
+    );
+
+    both_dialects!(bad_bodies_are_refused, |store: Store| async move {
+        let meeting = stored_meeting(&store).await;
+        let slug = meeting.slug.expose();
+        let long_name = format!(r#"{{"name":"{}"}}"#, "x".repeat(65));
+        let oversize = format!(r#"{{"name":"a","pad":"{}"}}"#, "x".repeat(5000));
+        let cases: [(String, StatusCode, &str); 9] = [
+            ("{nope".into(), StatusCode::BAD_REQUEST, "M_NOT_JSON"),
+            ("".into(), StatusCode::BAD_REQUEST, "M_NOT_JSON"),
+            ("{}".into(), StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+            (
+                r#"{"name": 5}"#.into(),
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+            ),
+            (
+                r#"{"name": "   "}"#.into(),
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+            ),
+            (
+                r#"{"name": "a\nb"}"#.into(),
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+            ),
+            (long_name, StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+            (
+                r#"{"name": "a", "browser_id": "no spaces"}"#.into(),
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+            ),
+            (oversize, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+        ];
+        for (body, status, errcode) in cases {
+            let (got, json) = call(&store, join_request(slug, body.clone())).await;
+            assert_eq!(
+                (got, json["errcode"].as_str()),
+                (status, Some(errcode)),
+                "{body:.60}"
+            );
+            assert!(json["error"].is_string());
+        }
+        let get = Request::get(format!("/api/v1/meetings/{slug}/join"))
+            .body(Body::empty())
+            .expect("request");
+        let (status, _) = call(&store, get).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    });
+}

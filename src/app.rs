@@ -299,3 +299,107 @@ fn explain_ping_error(config: &Config, error: &CallError) -> String {
         other => format!("ping failed: {other}"),
     }
 }
+
+/// What `meeting create` made.
+#[derive(Debug, Clone)]
+pub struct CreatedMeeting {
+    pub id: crate::ids::MeetingId,
+    pub title: String,
+    /// The join link, `<appservice.public_address>/m/<slug>`.
+    pub link: String,
+}
+
+/// `meeting create`: stores a new scheduled meeting, tied to a Matrix room when one is
+/// given, and returns its id and join link.
+pub async fn create_meeting(
+    config: &Config,
+    title: &str,
+    matrix_room: Option<&str>,
+) -> anyhow::Result<CreatedMeeting> {
+    let room = matrix_room
+        .map(|room| {
+            ruma::RoomId::parse(room)
+                .map(|room| room.to_string())
+                .with_context(|| format!("`{room}` is not a room id like !abc:example.org"))
+        })
+        .transpose()?;
+    let meeting = crate::meeting::Meeting::new(title, room, None, crate::store::now_ms())
+        .context("--title")?;
+    let store = open_store(config).await?;
+    let mut conn = store.pool().acquire().await?;
+    crate::store::meetings::create(&mut conn, &meeting).await?;
+    drop(conn);
+    store.close().await;
+    tracing::info!(meeting = %meeting.id, "meeting created from the command line");
+    Ok(CreatedMeeting {
+        link: meeting.link(&config.appservice.public_address),
+        id: meeting.id,
+        title: meeting.title,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format, Yaml};
+
+    use super::*;
+    use crate::ids::MeetingSlug;
+    use crate::meeting::MeetingState;
+    use crate::store::meetings;
+
+    fn config(database_uri: &str) -> Config {
+        let mut config: Config = Figment::new()
+            .merge(Yaml::string(include_str!("../config/example-config.yaml")))
+            .extract()
+            .expect("the example config parses");
+        config.database.uri = database_uri.to_owned();
+        config.appservice.public_address = "https://visio.example/".into();
+        config
+    }
+
+    #[tokio::test]
+    async fn meeting_create_stores_the_meeting_and_returns_its_link() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config(&format!("sqlite://{}/cli.db", dir.path().display()));
+        let created = create_meeting(&config, " Comité ", Some("!room:localhost"))
+            .await
+            .expect("created");
+        assert_eq!(created.title, "Comité");
+        let slug = created
+            .link
+            .strip_prefix("https://visio.example/m/")
+            .expect("link under the public address");
+        let slug = MeetingSlug::parse(slug).expect("a slug");
+
+        let store = open_store(&config).await.expect("store");
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let stored = meetings::get_by_slug(&mut conn, &slug)
+            .await
+            .expect("query")
+            .expect("stored");
+        assert_eq!(stored.id, created.id);
+        assert_eq!(stored.matrix_room_id.as_deref(), Some("!room:localhost"));
+        assert_eq!(
+            (stored.state, stored.creator),
+            (MeetingState::Scheduled, None)
+        );
+
+        let without_room = create_meeting(&config, "Sans salon", None)
+            .await
+            .expect("created");
+        assert_ne!(without_room.id, created.id);
+        assert_ne!(without_room.link, created.link);
+
+        for (title, room) in [
+            ("", None),
+            ("ok", Some("#alias:localhost")),
+            ("ok", Some("room")),
+        ] {
+            assert!(
+                create_meeting(&config, title, room).await.is_err(),
+                "{title:?} {room:?}"
+            );
+        }
+    }
+}

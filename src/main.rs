@@ -48,6 +48,26 @@ enum Command {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
     },
+    /// Manage meetings (for admins, and for tests before the bot makes them).
+    Meeting {
+        #[command(subcommand)]
+        command: MeetingCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MeetingCommand {
+    /// Create a meeting and print its join link and id.
+    Create {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// Title shown on the meeting page.
+        #[arg(long)]
+        title: String,
+        /// Matrix room the meeting belongs to (`!id:server`).
+        #[arg(long)]
+        room: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +117,24 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let config = Config::load_valid(&config)?;
             let applied = app::migrate(&config).await?;
             println!("{applied} migration(s) applied");
+            Ok(())
+        }
+        Command::Meeting {
+            command:
+                MeetingCommand::Create {
+                    config,
+                    title,
+                    room,
+                },
+        } => {
+            // The appservice tokens play no part here: the config need not be registered yet.
+            let config = Config::load(&config)?;
+            config.validate_except_tokens()?;
+            let created = app::create_meeting(&config, &title, room.as_deref()).await?;
+            println!(
+                "Meeting created: {}\nlink: {}\nid: {}",
+                created.title, created.link, created.id
+            );
             Ok(())
         }
     }

@@ -20,6 +20,8 @@ use crate::matrix::client::{CallError, MatrixClient};
 use crate::matrix::inbox::InboxWorker;
 use crate::matrix::queue::{self, OutboundRequest, OutboundWorker};
 use crate::observability;
+use crate::sfu::{EngineConfig, SfuHandle};
+use crate::signal::{self, SignalState};
 use crate::store::{Store, redact_uri};
 
 /// Switches of `run` that are not configuration.
@@ -120,7 +122,15 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         "tchap-visio is running"
     );
     let server_shutdown = shutdown.clone();
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+    let (sfu, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
+    workers.spawn(async move {
+        let _ = sfu_task.await;
+    });
+    let router = http::router(state).merge(signal::routes(SignalState {
+        sfu,
+        keys: sfu_keys,
+    }));
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         wait_for_signal().await;
         server_shutdown.cancel();
     });
@@ -135,6 +145,64 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The addresses media may be sent to: the advertised IP when set (NAT, a public
+/// address); otherwise this machine's primary IPv4 address and loopback, so that both
+/// local browsers (which may use loopback) and native SDKs (whose WebRTC ignores
+/// loopback) reach it.
+pub fn media_candidates(config: &Config) -> Vec<SocketAddr> {
+    let port = config.sfu.udp_port;
+    if let Ok(ip) = config.sfu.advertised_ip.parse::<std::net::IpAddr>() {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    let mut candidates = Vec::new();
+    if let Some(ip) = primary_ipv4() {
+        candidates.push(SocketAddr::new(ip, port));
+    }
+    candidates.push(SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port));
+    candidates
+}
+
+/// The address the default route leaves from (a UDP `connect` sends nothing).
+fn primary_ipv4() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("198.51.100.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
+/// Binds the media port and starts the SFU driver.
+async fn start_sfu(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SfuHandle, tokio::task::JoinHandle<()>)> {
+    let engine_config = EngineConfig {
+        candidates: media_candidates(config),
+        max_participants_per_room: config.meetings.max_participants as usize,
+        max_participants: MAX_PARTICIPANTS_PER_NODE,
+        ice_servers: config
+            .sfu
+            .ice_servers
+            .iter()
+            .map(|s| livekit_protocol::IceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect(),
+    };
+    let bind = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        config.sfu.udp_port,
+    );
+    let candidates = format!("{:?}", engine_config.candidates);
+    let (handle, task) = SfuHandle::start(bind, engine_config, shutdown).await?;
+    tracing::info!(%bind, %candidates, "media server listening");
+    Ok((handle, task))
+}
+
+/// Participants one node accepts in all its meetings.
+const MAX_PARTICIPANTS_PER_NODE: usize = 1000;
 
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -10,4 +10,6 @@ pub mod ids;
 pub mod matrix;
 pub mod meeting;
 pub mod observability;
+pub mod sfu;
+pub mod signal;
 pub mod store;

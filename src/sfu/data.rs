@@ -184,6 +184,7 @@ mod tests {
     use livekit_protocol::UserPacket;
 
     #[test]
+    #[allow(deprecated)]
     fn identity_is_stamped_over_whatever_the_client_claimed() {
         let forged = DataPacket {
             participant_identity: "someone-else".into(),
@@ -198,7 +199,6 @@ mod tests {
         assert_eq!(packet.participant_identity, "alice");
         assert_eq!(packet.participant_sid, "PA_1");
         match packet.value {
-            #[allow(deprecated)]
             Some(data_packet::Value::User(user)) => assert_eq!(user.participant_identity, "alice"),
             other => panic!("{other:?}"),
         }

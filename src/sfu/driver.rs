@@ -19,7 +19,7 @@ pub type SignalSink = mpsc::UnboundedSender<signal_response::Message>;
 
 enum Command {
     Join {
-        request: JoinRequest,
+        request: Box<JoinRequest>,
         sink: SignalSink,
         session: u64,
         reply: oneshot::Sender<Result<ParticipantKey, JoinError>>,
@@ -33,7 +33,7 @@ enum Command {
     },
     Signal {
         key: ParticipantKey,
-        message: signal_request::Message,
+        message: Box<signal_request::Message>,
     },
     SignalLost {
         key: ParticipantKey,
@@ -98,7 +98,7 @@ impl SfuHandle {
     ) -> Result<ParticipantKey, JoinError> {
         let (reply, answer) = oneshot::channel();
         let _ = self.commands.send(Command::Join {
-            request,
+            request: Box::new(request),
             sink,
             session,
             reply,
@@ -126,7 +126,10 @@ impl SfuHandle {
     }
 
     pub fn signal(&self, key: ParticipantKey, message: signal_request::Message) {
-        let _ = self.commands.send(Command::Signal { key, message });
+        let _ = self.commands.send(Command::Signal {
+            key,
+            message: Box::new(message),
+        });
     }
 
     /// The WebSocket `session` closed.
@@ -165,7 +168,6 @@ async fn run(
     events: broadcast::Sender<EngineEvent>,
     shutdown: CancellationToken,
 ) {
-    let local = config.candidate_addr;
     let mut engine = Engine::new(config, Instant::now());
     let mut sinks: HashMap<ParticipantKey, (SignalSink, u64)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
@@ -173,7 +175,10 @@ async fn run(
         let deadline = tokio::time::Instant::from_std(engine.next_timeout());
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
-                Ok((n, source)) => engine.handle_packet(Instant::now(), source, local, &buf[..n]),
+                Ok((n, source)) => {
+                    let destination = engine.destination_for(source);
+                    engine.handle_packet(Instant::now(), source, destination, &buf[..n]);
+                }
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
             },
             command = commands.recv() => {
@@ -196,7 +201,7 @@ async fn run(
                 }
                 Output::Signal { key, message } => {
                     if let Some((sink, _)) = sinks.get(&key) {
-                        let _ = sink.send(message);
+                        let _ = sink.send(*message);
                     }
                 }
                 Output::CloseSignal { key } => {
@@ -227,7 +232,7 @@ fn handle_command(
         } => {
             // Outputs stay queued in the engine until this returns, so registering the
             // sink afterwards still delivers the join response to it.
-            let result = engine.join(now, request);
+            let result = engine.join(now, *request);
             if let Ok(key) = result {
                 sinks.insert(key, (sink, session));
             }
@@ -246,7 +251,7 @@ fn handle_command(
             }
             let _ = reply.send(result);
         }
-        Command::Signal { key, message } => engine.signal(now, key, message),
+        Command::Signal { key, message } => engine.signal(now, key, *message),
         Command::SignalLost { key, session } => {
             // Only if the closing socket is still the participant's current one.
             if sinks

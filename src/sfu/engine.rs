@@ -47,8 +47,8 @@ const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 /// Engine limits and addresses, from the configuration.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// The address clients send media to (the advertised IP and the UDP port).
-    pub candidate_addr: SocketAddr,
+    /// The addresses clients may send media to (host candidates), all on the one UDP port.
+    pub candidates: Vec<SocketAddr>,
     pub max_participants_per_room: usize,
     pub max_participants: usize,
     pub ice_servers: Vec<lk::IceServer>,
@@ -92,7 +92,8 @@ pub enum Output {
     /// Deliver a signalling message to a participant's WebSocket.
     Signal {
         key: ParticipantKey,
-        message: signal_response::Message,
+        /// Boxed: signalling is rare next to `Transmit`, which stays small.
+        message: Box<signal_response::Message>,
     },
     /// Close a participant's signalling connection (left, replaced, or removed).
     CloseSignal { key: ParticipantKey },
@@ -205,9 +206,11 @@ fn new_peer(config: &EngineConfig, now: Instant) -> Peer {
         .set_ice_lite(true)
         .set_local_ice_credentials(creds)
         .build(now);
-    let candidate = Candidate::host(config.candidate_addr, "udp")
-        .expect("a host candidate from a socket address is valid");
-    rtc.add_local_candidate(candidate);
+    for &addr in &config.candidates {
+        let candidate =
+            Candidate::host(addr, "udp").expect("a host candidate from a socket address is valid");
+        rtc.add_local_candidate(candidate);
+    }
     Peer {
         rtc,
         ufrag,
@@ -235,7 +238,24 @@ fn sdp_ufrag(sdp: &str) -> Option<String> {
 }
 
 impl Engine {
+    /// The local candidate a datagram from `source` was sent to: the socket listens on
+    /// every address, so pick the candidate on the same side of loopback as the sender.
+    pub fn destination_for(&self, source: SocketAddr) -> SocketAddr {
+        let loopback = source.ip().is_loopback();
+        self.config
+            .candidates
+            .iter()
+            .copied()
+            .find(|c| c.ip().is_loopback() == loopback && c.is_ipv4() == source.is_ipv4())
+            .or_else(|| self.config.candidates.first().copied())
+            .expect("the engine is configured with at least one candidate")
+    }
+
     pub fn new(config: EngineConfig, now: Instant) -> Self {
+        assert!(
+            !config.candidates.is_empty(),
+            "the SFU needs at least one host candidate"
+        );
         Self {
             config,
             participants: Slab::new(),
@@ -1292,11 +1312,11 @@ impl Engine {
                 if self.participants[member].signal_connected {
                     self.outputs.push_back(Output::Signal {
                         key: member,
-                        message: signal_response::Message::ConnectionQuality(
+                        message: Box::new(signal_response::Message::ConnectionQuality(
                             lk::ConnectionQualityUpdate {
                                 updates: updates.clone(),
                             },
-                        ),
+                        )),
                     });
                 }
             }
@@ -1306,7 +1326,10 @@ impl Engine {
     // ----- helpers --------------------------------------------------------------------
 
     fn send(&mut self, key: ParticipantKey, message: signal_response::Message) {
-        self.outputs.push_back(Output::Signal { key, message });
+        self.outputs.push_back(Output::Signal {
+            key,
+            message: Box::new(message),
+        });
     }
 
     /// Sends a participant update to every member of a room except `except`.

@@ -37,6 +37,10 @@ pub fn routes(state: SignalState) -> Router {
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
+        .route(
+            "/api/v1/rooms/{room}/chat",
+            axum::routing::post(server_chat),
+        )
         .with_state(state)
 }
 
@@ -80,25 +84,75 @@ fn authorize(
     state: &SignalState,
     headers: &HeaderMap,
     params: &RtcParams,
-) -> Result<Claims, Response> {
+) -> Result<Claims, (StatusCode, String)> {
     let Some(token) = token_from(headers, params) else {
-        return Err(refuse(StatusCode::UNAUTHORIZED, "missing access token"));
+        return Err((StatusCode::UNAUTHORIZED, "missing access token".into()));
     };
     let claims = state
         .keys
         .verify(&token, crate::sfu::unix_ms())
         .map_err(|e: TokenError| {
             metrics::counter!("tchap_visio_signal_refused_total", "reason" => "token").increment(1);
-            refuse(StatusCode::UNAUTHORIZED, e.to_string())
+            (StatusCode::UNAUTHORIZED, e.to_string())
         })?;
     if !claims.video.room_join || claims.video.room.is_empty() {
         metrics::counter!("tchap_visio_signal_refused_total", "reason" => "grant").increment(1);
-        return Err(refuse(
+        return Err((
             StatusCode::UNAUTHORIZED,
-            "the access token does not grant roomJoin",
+            "the access token does not grant roomJoin".into(),
         ));
     }
     Ok(claims)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ServerChat {
+    /// Display name of the original author (a Matrix user, say).
+    name: String,
+    text: String,
+}
+
+/// `POST /api/v1/rooms/{room}/chat`: chat into a room as the server participant, with a
+/// LiveKit token granting `roomAdmin` on that room.
+async fn server_chat(
+    State(state): State<SignalState>,
+    axum::extract::Path(room): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(token) = token_from(&headers, &RtcParams::default()) else {
+        return refuse(StatusCode::UNAUTHORIZED, "missing access token");
+    };
+    let claims = match state.keys.verify(&token, crate::sfu::unix_ms()) {
+        Ok(claims) => claims,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
+    if !claims.video.room_admin || claims.video.room != room {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the access token does not grant roomAdmin on this room",
+        );
+    }
+    let chat: ServerChat = match serde_json::from_slice(&body) {
+        Ok(chat) => chat,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"name\", \"text\"}}: {e}"),
+            );
+        }
+    };
+    if chat.text.is_empty() || chat.text.len() > 16 * 1024 || chat.name.chars().count() > 128 {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "text must be 1 to 16384 bytes and name at most 128 characters",
+        );
+    }
+    if state.sfu.inject_chat(room, chat.name, chat.text).await {
+        refuse(StatusCode::OK, "sent")
+    } else {
+        refuse(StatusCode::NOT_FOUND, "nobody is in this room")
+    }
 }
 
 async fn validate(
@@ -108,7 +162,7 @@ async fn validate(
 ) -> Response {
     match authorize(&state, &headers, &params) {
         Ok(_) => refuse(StatusCode::OK, "success"),
-        Err(response) => response,
+        Err((status, text)) => refuse(status, text),
     }
 }
 
@@ -120,7 +174,7 @@ async fn rtc(
 ) -> Response {
     let claims = match authorize(&state, &headers, &params) {
         Ok(claims) => claims,
-        Err(response) => return response,
+        Err((status, text)) => return refuse(status, text),
     };
     metrics::counter!("tchap_visio_signal_connections_total", "path" => "/rtc").increment(1);
     let (sink, outgoing) = mpsc::unbounded_channel();

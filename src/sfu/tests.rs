@@ -1,0 +1,506 @@
+//! Engine tests with virtual time and no sockets: str0m peers play the clients, and the
+//! test carries datagrams and signalling between them and the engine.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+use livekit_protocol::{signal_request, signal_response};
+use prost::Message;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
+
+use super::engine::{Engine, EngineConfig, JoinRequest, Output};
+use super::{EngineEvent, ParticipantKey};
+
+const SERVER: &str = "10.0.0.1:7882";
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        candidates: vec![SERVER.parse().expect("addr")],
+        max_participants_per_room: 3,
+        max_participants: 100,
+        ice_servers: vec![],
+    }
+}
+
+fn join_request(identity: &str) -> JoinRequest {
+    JoinRequest {
+        room: "room".into(),
+        identity: identity.into(),
+        name: identity.to_uppercase(),
+        metadata: String::new(),
+        attributes: HashMap::new(),
+        can_publish: true,
+        can_subscribe: true,
+        can_publish_data: true,
+        auto_subscribe: true,
+    }
+}
+
+/// One simulated client: two str0m peer connections on their own addresses.
+struct Client {
+    key: ParticipantKey,
+    publisher: Rtc,
+    publisher_addr: SocketAddr,
+    subscriber: Rtc,
+    subscriber_addr: SocketAddr,
+    pending: Option<SdpPendingOffer>,
+    signals: Vec<signal_response::Message>,
+    video_mid: Option<Mid>,
+    channel: Option<str0m::channel::ChannelId>,
+    frames_received: usize,
+    data_received: Vec<lk::DataPacket>,
+}
+
+fn client_rtc(addr: SocketAddr, now: Instant) -> Rtc {
+    let mut rtc = Rtc::builder().build(now);
+    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+    rtc
+}
+
+struct World {
+    now: Instant,
+    engine: Engine,
+    clients: Vec<Client>,
+    events: Vec<EngineEvent>,
+}
+
+impl World {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            now,
+            engine: Engine::new(config(), now),
+            clients: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn join(&mut self, identity: &str) -> usize {
+        let n = self.clients.len() as u8 + 2;
+        let key = self
+            .engine
+            .join(self.now, join_request(identity))
+            .expect("join");
+        self.clients.push(Client {
+            key,
+            publisher: client_rtc(format!("10.0.0.{n}:5000").parse().expect("addr"), self.now),
+            publisher_addr: format!("10.0.0.{n}:5000").parse().expect("addr"),
+            subscriber: client_rtc(format!("10.0.0.{n}:6000").parse().expect("addr"), self.now),
+            subscriber_addr: format!("10.0.0.{n}:6000").parse().expect("addr"),
+            pending: None,
+            signals: Vec::new(),
+            video_mid: None,
+            channel: None,
+            frames_received: 0,
+            data_received: Vec::new(),
+        });
+        self.clients.len() - 1
+    }
+
+    /// Announces a video track and a data channel, and offers them.
+    fn publish(&mut self, index: usize) {
+        let key = self.clients[index].key;
+        self.engine.signal(
+            self.now,
+            key,
+            signal_request::Message::AddTrack(lk::AddTrackRequest {
+                cid: "camera-cid".into(),
+                r#type: lk::TrackType::Video as i32,
+                source: lk::TrackSource::Camera as i32,
+                width: 320,
+                height: 180,
+                ..Default::default()
+            }),
+        );
+        let client = &mut self.clients[index];
+        let mut api = client.publisher.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some("stream".into()),
+            Some("camera-cid".into()),
+            None,
+        );
+        let channel = api.add_channel("_reliable".into());
+        let (offer, pending) = api.apply().expect("changes to offer");
+        client.pending = Some(pending);
+        client.video_mid = Some(mid);
+        client.channel = Some(channel);
+        self.engine.signal(
+            self.now,
+            key,
+            signal_request::Message::Offer(lk::SessionDescription {
+                r#type: "offer".into(),
+                sdp: offer.to_sdp_string(),
+                id: 1,
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// Runs the world for `duration` of virtual time in 2 ms steps.
+    fn run(&mut self, duration: Duration, mut each_step: impl FnMut(&mut Self)) {
+        let end = self.now + duration;
+        while self.now < end {
+            each_step(self);
+            self.exchange();
+            self.now += Duration::from_millis(2);
+            if self.engine.next_timeout() <= self.now {
+                self.engine.handle_timeout(self.now);
+            }
+            for client in &mut self.clients {
+                let _ = client.publisher.handle_input(Input::Timeout(self.now));
+                let _ = client.subscriber.handle_input(Input::Timeout(self.now));
+            }
+        }
+    }
+
+    /// Carries everything pending until nothing moves.
+    fn exchange(&mut self) {
+        for _ in 0..100 {
+            let mut moved = false;
+            // Clients → engine.
+            for i in 0..self.clients.len() {
+                for pc in 0..2 {
+                    loop {
+                        let client = &mut self.clients[i];
+                        let (rtc, source) = if pc == 0 {
+                            (&mut client.publisher, client.publisher_addr)
+                        } else {
+                            (&mut client.subscriber, client.subscriber_addr)
+                        };
+                        match rtc.poll_output() {
+                            Ok(RtcOutput::Transmit(t)) => {
+                                moved = true;
+                                self.engine.handle_packet(
+                                    self.now,
+                                    source,
+                                    t.destination,
+                                    &t.contents,
+                                );
+                            }
+                            Ok(RtcOutput::Event(event)) => {
+                                if let Event::MediaData(_) = event {
+                                    client.frames_received += 1;
+                                }
+                                if let Event::ChannelData(data) = event
+                                    && let Ok(packet) = lk::DataPacket::decode(data.data.as_slice())
+                                {
+                                    client.data_received.push(packet);
+                                }
+                            }
+                            Ok(RtcOutput::Timeout(_)) | Err(_) => break,
+                        }
+                    }
+                }
+            }
+            // Engine → clients.
+            while let Some(output) = self.engine.poll_output() {
+                moved = true;
+                match output {
+                    Output::Transmit {
+                        destination,
+                        contents,
+                    } => {
+                        for client in &mut self.clients {
+                            let rtc = if destination == client.publisher_addr {
+                                &mut client.publisher
+                            } else if destination == client.subscriber_addr {
+                                &mut client.subscriber
+                            } else {
+                                continue;
+                            };
+                            let input = Input::Receive(
+                                self.now,
+                                Receive {
+                                    proto: Protocol::Udp,
+                                    source: SERVER.parse().expect("addr"),
+                                    destination,
+                                    contents: contents.as_slice().try_into().expect("datagram"),
+                                },
+                            );
+                            let _ = rtc.handle_input(input);
+                        }
+                    }
+                    Output::Signal { key, message } => self.deliver(key, *message),
+                    Output::CloseSignal { .. } => {}
+                    Output::Event(event) => self.events.push(event),
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self, key: ParticipantKey, message: signal_response::Message) {
+        let Some(index) = self.clients.iter().position(|c| c.key == key) else {
+            return;
+        };
+        let now = self.now;
+        let client = &mut self.clients[index];
+        match &message {
+            signal_response::Message::Offer(offer) => {
+                let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("engine offers valid SDP");
+                let answer = client
+                    .subscriber
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .expect("accept offer");
+                let key = client.key;
+                self.engine.signal(
+                    now,
+                    key,
+                    signal_request::Message::Answer(lk::SessionDescription {
+                        r#type: "answer".into(),
+                        sdp: answer.to_sdp_string(),
+                        ..Default::default()
+                    }),
+                );
+            }
+            signal_response::Message::Answer(answer) => {
+                let answer =
+                    SdpAnswer::from_sdp_string(&answer.sdp).expect("engine answers valid SDP");
+                let pending = client.pending.take().expect("an offer was pending");
+                client
+                    .publisher
+                    .sdp_api()
+                    .accept_answer(pending, answer)
+                    .expect("accept answer");
+            }
+            _ => {}
+        }
+        self.clients[index].signals.push(message);
+    }
+
+    fn send_frame(&mut self, index: usize, frame: u32) {
+        let now = self.now;
+        let client = &mut self.clients[index];
+        let Some(mid) = client.video_mid else { return };
+        let Some(writer) = client.publisher.writer(mid) else {
+            return;
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+            .map(|p| p.pt())
+        else {
+            return;
+        };
+        // A VP8 keyframe header (the P bit clear) then filler.
+        let mut data = vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xb4, 0x00];
+        data.extend(std::iter::repeat_n((frame % 251) as u8, 800));
+        let _ = writer.write(
+            pt,
+            now,
+            MediaTime::from_90khz(u64::from(frame) * 6000),
+            data,
+        );
+    }
+}
+
+#[test]
+fn join_response_carries_what_clients_need() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    world.exchange();
+    let join = world.clients[alice]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::Join(join) => Some(join.clone()),
+            _ => None,
+        })
+        .expect("a join response");
+    let participant = join.participant.expect("participant");
+    assert!(participant.sid.starts_with("PA_"), "{}", participant.sid);
+    assert!(join.room.expect("room").sid.starts_with("RM_"));
+    assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
+    assert!(join.subscriber_primary);
+    assert!(
+        join.ice_servers.is_empty(),
+        "no ICE server unless configured"
+    );
+    let version = join.server_info.expect("server info").version;
+    assert!(version.as_str() >= "1.9.0", "{version}");
+    // The first subscriber offer follows the join, with the two data channels.
+    assert!(world.clients[alice].signals.iter().any(
+        |m| matches!(m, signal_response::Message::Offer(o) if o.sdp.contains("m=application"))
+    ));
+}
+
+#[test]
+fn media_and_data_flow_between_two_clients_in_virtual_time() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    world.publish(alice);
+    let mut frame = 0;
+    world.run(Duration::from_secs(3), |w| {
+        if w.now.elapsed() >= Duration::ZERO {
+            frame += 1;
+            if frame % 30 == 0 {
+                w.send_frame(alice, frame / 30);
+            }
+        }
+    });
+    let published = world.clients[alice]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::TrackPublished(p) => p.track.clone(),
+            _ => None,
+        })
+        .expect("track published");
+    assert!(published.sid.starts_with("TR_"));
+    assert!(
+        world.clients[bob].signals.iter().any(|m| matches!(m,
+            signal_response::Message::Update(u) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == published.sid)))),
+        "bob was told about alice's track"
+    );
+    assert!(
+        world.clients[bob].frames_received > 10,
+        "bob received {} frames",
+        world.clients[bob].frames_received
+    );
+
+    // Chat from alice, forging bob's identity, reaches bob stamped as alice, and the
+    // engine emits it once even when the legacy twin follows.
+    let chat = lk::DataPacket {
+        participant_identity: "bob".into(),
+        value: Some(lk::data_packet::Value::ChatMessage(lk::ChatMessage {
+            id: "m1".into(),
+            message: "bonjour".into(),
+            timestamp: 1,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let channel = world.clients[alice].channel.expect("channel");
+    for _ in 0..2 {
+        if let Some(mut ch) = world.clients[alice].publisher.channel(channel) {
+            ch.write(true, &chat).expect("write");
+        }
+    }
+    world.run(Duration::from_millis(500), |_| {});
+    let received: Vec<_> = world.clients[bob]
+        .data_received
+        .iter()
+        .filter(|p| matches!(p.value, Some(lk::data_packet::Value::ChatMessage(_))))
+        .collect();
+    assert!(!received.is_empty(), "bob received the chat");
+    assert!(received.iter().all(|p| p.participant_identity == "alice"));
+    let chats: Vec<_> = world
+        .events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Chat { .. }))
+        .collect();
+    assert_eq!(chats.len(), 1, "{chats:?}");
+}
+
+#[test]
+fn a_silent_participant_is_removed_and_the_room_told() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let _bob = world.join("bob");
+    world.exchange();
+    // Nobody sends anything: after the silence limit both are gone.
+    let start = world.now;
+    let alice_key = world.clients[alice].key;
+    world.clients.clear(); // the clients vanish: no more packets, no more signalling
+    world.run(Duration::from_secs(10), |_| {});
+    let left: Vec<_> = world
+        .events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::ParticipantLeft { .. }))
+        .collect();
+    assert_eq!(left.len(), 2, "{:?}", world.events);
+    assert_eq!(world.engine.participant_count(), 0);
+    assert!(world.engine.sid_of(alice_key).is_none());
+    assert!(world.now.duration_since(start) <= Duration::from_secs(10));
+}
+
+#[test]
+fn rooms_have_a_limit_and_identities_are_unique() {
+    let mut world = World::new();
+    for name in ["a", "b", "c"] {
+        world.join(name);
+    }
+    assert!(matches!(
+        world.engine.join(world.now, join_request("d")),
+        Err(super::JoinError::RoomFull(3))
+    ));
+    // Same identity again: replaces the first session instead of counting twice.
+    let again = world
+        .engine
+        .join(world.now, join_request("a"))
+        .expect("rejoin");
+    assert_eq!(world.engine.participant_count(), 3);
+    assert!(world.engine.sid_of(again).is_some());
+    assert!(matches!(
+        world
+            .engine
+            .join(world.now, join_request(super::engine::SERVER_IDENTITY)),
+        Err(super::JoinError::ReservedIdentity(_))
+    ));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let key = world.clients[alice].key;
+    let now = world.now;
+    let source: SocketAddr = "10.9.9.9:1".parse().expect("addr");
+    let server: SocketAddr = SERVER.parse().expect("addr");
+    for packet in [
+        &[][..],
+        &[0u8; 1][..],
+        &[0xff; 1500][..],
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        world.engine.handle_packet(now, source, server, packet);
+    }
+    // A STUN-looking packet with a known ufrag but garbage after it.
+    let mut stun = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+    stun.extend([0u8; 12]);
+    stun.extend([0x00, 0x06, 0x00, 0x04, b'a', b'b', b'c', b'd']);
+    world.engine.handle_packet(now, source, server, &stun);
+    for sdp in ["", "v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"] {
+        world.engine.signal(
+            now,
+            key,
+            signal_request::Message::Offer(lk::SessionDescription {
+                r#type: "offer".into(),
+                sdp: sdp.into(),
+                ..Default::default()
+            }),
+        );
+        world.engine.signal(
+            now,
+            key,
+            signal_request::Message::Answer(lk::SessionDescription {
+                r#type: "answer".into(),
+                sdp: sdp.into(),
+                ..Default::default()
+            }),
+        );
+    }
+    world.engine.signal(
+        now,
+        key,
+        signal_request::Message::Trickle(lk::TrickleRequest {
+            candidate_init: "{not json".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(Engine::decode_request(&[0xff, 0x01, 0x02]).is_err());
+    assert_eq!(world.engine.participant_count(), 1);
+}

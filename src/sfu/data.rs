@@ -79,15 +79,18 @@ pub fn decode_and_stamp(
 pub fn chat_in(packet: &DataPacket, streams: &mut TextStreams) -> Option<Chat> {
     match packet.value.as_ref()? {
         data_packet::Value::StreamHeader(header) if header.topic == CHAT_TOPIC => {
+            // Short messages come whole inside the header (no chunk, no trailer).
+            if let Some(content) = &header.inline_content {
+                return Some(Chat {
+                    id: header.stream_id.clone(),
+                    text: String::from_utf8_lossy(content).into_owned(),
+                    timestamp_ms: header.timestamp,
+                });
+            }
             if streams.open.len() >= MAX_OPEN_STREAMS {
                 return None;
             }
-            let text = header
-                .inline_content
-                .as_ref()
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-                .unwrap_or_default();
-            streams.open.insert(header.stream_id.clone(), text);
+            streams.open.insert(header.stream_id.clone(), String::new());
             None
         }
         data_packet::Value::StreamChunk(chunk) => {
@@ -232,6 +235,27 @@ mod tests {
         assert_eq!(chats.len(), 1, "{chats:?}");
         assert_eq!(chats[0].text, "bonjour");
         assert_eq!(chats[0].id, "msg-1");
+    }
+
+    #[test]
+    fn a_header_with_inline_content_is_a_whole_message() {
+        let packet = DataPacket {
+            value: Some(data_packet::Value::StreamHeader(
+                livekit_protocol::data_stream::Header {
+                    stream_id: "s1".into(),
+                    topic: CHAT_TOPIC.into(),
+                    timestamp: 42,
+                    inline_content: Some(b"salut".to_vec()),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let chat = chat_in(&packet, &mut TextStreams::default()).expect("a chat");
+        assert_eq!(
+            (chat.id.as_str(), chat.text.as_str(), chat.timestamp_ms),
+            ("s1", "salut", 42)
+        );
     }
 
     #[test]

@@ -200,6 +200,7 @@ async fn run(
                     }
                 }
                 Output::Signal { key, message } => {
+                    tracing::trace!(key, message = ?message, "signal out");
                     if let Some((sink, _)) = sinks.get(&key) {
                         let _ = sink.send(*message);
                     }

@@ -1153,6 +1153,7 @@ impl Engine {
         };
         set_kind(&mut packet, lossy);
         let chat = data::chat_in(&packet, &mut p.text_streams);
+        tracing::trace!(sid = %p.sid, value = ?packet.value.as_ref().map(std::mem::discriminant), chat = chat.is_some(), "data packet");
         let (sender_sid, identity, name, room_name) = (
             p.sid.clone(),
             p.identity.clone(),

@@ -179,7 +179,7 @@ async fn start_sfu(
     let engine_config = EngineConfig {
         candidates: media_candidates(config),
         max_participants_per_room: config.meetings.max_participants as usize,
-        max_participants: MAX_PARTICIPANTS_PER_NODE,
+        max_participants: config.sfu.max_participants as usize,
         ice_servers: config
             .sfu
             .ice_servers
@@ -200,9 +200,6 @@ async fn start_sfu(
     tracing::info!(%bind, %candidates, "media server listening");
     Ok((handle, task))
 }
-
-/// Participants one node accepts in all its meetings.
-const MAX_PARTICIPANTS_PER_NODE: usize = 1000;
 
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -172,6 +172,8 @@ pub struct SfuConfig {
     pub ice_servers: Vec<IceServer>,
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    #[serde(default = "default_node_participants")]
+    pub max_participants: u32,
 }
 
 impl Default for SfuConfig {
@@ -182,6 +184,7 @@ impl Default for SfuConfig {
             advertised_ip: String::new(),
             ice_servers: Vec::new(),
             keys: BTreeMap::new(),
+            max_participants: default_node_participants(),
         }
     }
 }
@@ -263,6 +266,9 @@ fn default_udp_port() -> u16 {
 }
 fn default_tcp_port() -> u16 {
     7881
+}
+fn default_node_participants() -> u32 {
+    1000
 }
 fn default_grace_period_secs() -> u64 {
     120
@@ -490,6 +496,9 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.sfu.max_participants == 0 {
+            return Err(invalid("sfu.max_participants", "must be at least 1"));
         }
         if self.meetings.max_participants == 0 {
             return Err(invalid("meetings.max_participants", "must be at least 1"));

@@ -851,12 +851,11 @@ impl Engine {
         destination: SocketAddr,
         packet: &[u8],
     ) {
-        let route = match self.routes.get(&source) {
-            Some(&route) => Some(route),
-            None => {
-                super::stun::local_ufrag(packet).and_then(|ufrag| self.ufrags.get(ufrag).copied())
-            }
-        };
+        let known = self.routes.get(&source).copied();
+        let route_is_new = known.is_none();
+        let route = known.or_else(|| {
+            super::stun::local_ufrag(packet).and_then(|ufrag| self.ufrags.get(ufrag).copied())
+        });
         let Some((key, pc)) = route else {
             metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "unroutable")
                 .increment(1);
@@ -893,35 +892,26 @@ impl Engine {
             tracing::debug!(sid = %p.sid, error = %e, "input refused by the peer connection");
             return;
         }
-        self.routes.insert(source, (key, pc));
+        if route_is_new {
+            self.routes.insert(source, (key, pc));
+        }
         self.dirty.push((key, pc));
         self.drain(now);
     }
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<(ParticipantKey, Pc)> = self
-            .participants
-            .iter()
-            .flat_map(|(k, p)| {
-                let mut v = Vec::new();
-                if p.publisher.timeout <= now {
-                    v.push((k, Pc::Publisher));
+        // Peers whose timer is due go straight to the dirty list (reused, no allocation).
+        for (key, p) in &mut self.participants {
+            for (pc, peer) in [
+                (Pc::Publisher, &mut p.publisher),
+                (Pc::Subscriber, &mut p.subscriber),
+            ] {
+                if peer.timeout <= now {
+                    let _ = peer.rtc.handle_input(Input::Timeout(now));
+                    self.dirty.push((key, pc));
                 }
-                if p.subscriber.timeout <= now {
-                    v.push((k, Pc::Subscriber));
-                }
-                v
-            })
-            .collect();
-        for (key, pc) in due {
-            let p = &mut self.participants[key];
-            let peer = match pc {
-                Pc::Publisher => &mut p.publisher,
-                Pc::Subscriber => &mut p.subscriber,
-            };
-            let _ = peer.rtc.handle_input(Input::Timeout(now));
-            self.dirty.push((key, pc));
+            }
         }
         self.drain(now);
         if now >= self.next_housekeeping {

@@ -113,6 +113,10 @@ struct Peer {
     timeout: Instant,
     /// Set when the subscriber needs a new offer once the pending one is answered.
     renegotiate: bool,
+    /// The next subscriber offer restarts ICE (after a resume).
+    ice_restart: bool,
+    /// The last offer sent, to send again if the socket that carried it dropped.
+    last_offer: Option<lk::SessionDescription>,
 }
 
 #[derive(Debug)]
@@ -220,6 +224,8 @@ fn new_peer(config: &EngineConfig, now: Instant) -> Peer {
         offer_id: 0,
         timeout: now,
         renegotiate: false,
+        ice_restart: false,
+        last_offer: None,
     }
 }
 
@@ -463,6 +469,41 @@ impl Engine {
                 ..Default::default()
             }),
         );
+        // As LiveKit does after a resume: the room's full state again (updates sent while
+        // the socket was down are lost), the room, then a subscriber ICE restart.
+        let room_name = self.participants[key].room.clone();
+        let room = &self.rooms[&room_name];
+        let mut everyone: Vec<lk::ParticipantInfo> =
+            room.members.iter().map(|&k| self.info(k)).collect();
+        if let Some(server_sid) = &room.server_participant {
+            everyone.push(server_participant_info(server_sid));
+        }
+        self.send(
+            key,
+            signal_response::Message::Update(lk::ParticipantUpdate {
+                participants: everyone,
+            }),
+        );
+        let room_info = self.room_info(&room_name);
+        self.send(
+            key,
+            signal_response::Message::RoomUpdate(lk::RoomUpdate {
+                room: Some(room_info),
+            }),
+        );
+        let subscriber = &mut self.participants[key].subscriber;
+        subscriber.ice_restart = true;
+        if subscriber.pending_offer.is_some() {
+            // The pending offer may have been lost with the old socket: send it again; the
+            // ICE restart follows its answer.
+            subscriber.renegotiate = true;
+            if let Some(offer) = subscriber.last_offer.clone() {
+                self.send(key, signal_response::Message::Offer(offer));
+            }
+        } else {
+            self.negotiate_subscriber(key);
+        }
+        self.drain(now);
         Ok(key)
     }
 
@@ -649,7 +690,10 @@ impl Engine {
             self.request_keyframe(now, publisher, &track_sid);
         }
         let p = &mut self.participants[key];
-        if p.subscriber.renegotiate || p.downtracks.iter().any(|d| d.state == DownState::ToOpen) {
+        if p.subscriber.renegotiate
+            || p.subscriber.ice_restart
+            || p.downtracks.iter().any(|d| d.state == DownState::ToOpen)
+        {
             p.subscriber.renegotiate = false;
             self.negotiate_subscriber(key);
         }
@@ -809,6 +853,10 @@ impl Engine {
             );
             down.state = DownState::Negotiating(mid);
         }
+        if p.subscriber.ice_restart {
+            p.subscriber.ice_restart = false;
+            api.ice_restart(true);
+        }
         if !api.has_changes() {
             return;
         }
@@ -826,15 +874,14 @@ impl Engine {
             self.ufrags.insert(ufrag, (key, Pc::Subscriber));
         }
         self.dirty.push((key, Pc::Subscriber));
-        self.send(
-            key,
-            signal_response::Message::Offer(lk::SessionDescription {
-                r#type: "offer".into(),
-                sdp,
-                id,
-                ..Default::default()
-            }),
-        );
+        let offer = lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp,
+            id,
+            ..Default::default()
+        };
+        p.subscriber.last_offer = Some(offer.clone());
+        self.send(key, signal_response::Message::Offer(offer));
     }
 
     fn participants_sid(&self, key: ParticipantKey) -> Option<String> {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -98,6 +99,12 @@ class Service:
         if "sfu" in cfg:
             cfg["sfu"]["udp_port"] = free_port(socket.SOCK_DGRAM)
             cfg["sfu"]["tcp_port"] = free_port()
+            # No advertised IP: the SFU offers this host's primary address and loopback
+            # (traffic never leaves the host). Native WebRTC (the Python SDK) ignores
+            # loopback candidates, so 127.0.0.1 alone would not connect. One known
+            # LiveKit API key whose secret the tests use to mint access tokens.
+            cfg["sfu"]["advertised_ip"] = ""
+            cfg["sfu"]["keys"] = {"devkey": secrets.token_urlsafe(36)}  # 48 characters
         cfg["logging"]["level"] = "info,tchap_visio=debug"
         for section, values in (overrides or {}).items():
             if isinstance(values, dict):
@@ -119,6 +126,14 @@ class Service:
         self.as_token = self.registration["as_token"]
         assert self.config["appservice"]["hs_token"] == self.hs_token, "config and registration disagree on hs_token"
         self.bot_user_id = f"@{self.registration['sender_localpart']}:{synapse.server_name}"
+
+        # The embedded SFU: LiveKit's SDKs take this base URL and append /rtc themselves.
+        sfu = self.config.get("sfu") or {}
+        self.livekit_url = f"ws://127.0.0.1:{self.port}"
+        self.sfu_udp_port = sfu.get("udp_port")
+        keys = sfu.get("keys") or {}
+        # The first configured key (the harness writes exactly one, "devkey").
+        self.sfu_key, self.sfu_secret = next(iter(keys.items())) if keys else (None, None)
 
     # -- processes ---------------------------------------------------------
 

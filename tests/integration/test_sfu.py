@@ -114,6 +114,10 @@ def test_three_publishers_each_decode_the_other_two(env, peers):
 
     wait_full_mesh(group, video=30, audio_loud=25, timeout=FIRST_MEDIA_S)
     wait_media_grows(group, video=15, audio_loud=25, timeout=MORE_MEDIA_S)
+    # Everyone publishes a sine: the server's audio-level speaker detection names the others.
+    for me, p in group.items():
+        others = set(group) - {me}
+        wait_for(lambda p=p, others=others: others <= set(p.state()["speakers"]), 15, f"{me} told the others speak")
 
     for me, peer in group.items():
         for other in group:

@@ -116,6 +116,7 @@ class PeerState:
             "chat": [],  # [{from, text, attributes, topic, stream_id, t}]
             "data": [],  # [{from, topic, payload, t}] (data packets, e.g. legacy chat)
             "room_events": [],  # [{event, detail, sid, t}]: reconnecting, reconnected, disconnected...
+            "speakers": [],  # identities ever reported by active_speakers_changed
             "acks": {},  # command id -> {ok, result|error, t}
         }
 
@@ -341,6 +342,11 @@ class PeerProcess:
 
         for event in ("reconnecting", "reconnected"):
             room.on(event, self._room_event(event))
+
+        @room.on("active_speakers_changed")
+        def _(speakers):
+            known = set(st["speakers"])
+            st.set(speakers=sorted(known | {sp.identity for sp in speakers}))
 
         @room.on("connection_state_changed")
         def _(state):

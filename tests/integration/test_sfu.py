@@ -352,3 +352,30 @@ def test_signal_reconnect_resumes_without_losing_media(env, peers):
     # A full reconnect makes the SDK drop every remote participant locally first.
     assert not st1["participant_disconnected"], f"alice's SDK dropped participants: {st1['participant_disconnected']}"
     assert st1["phase"] == "connected"
+
+
+def test_meeting_link_to_media(env, peers):
+    """`meeting create` → the join endpoint → LiveKit's SDK with the returned URL and token."""
+    svc = env.service
+    created = svc.cli("meeting", "create", "--title", "Point hebdo", "-c", str(svc.config_path))
+    assert created.returncode == 0, created.stdout
+    link = next(line.split()[-1] for line in created.stdout.splitlines() if "/m/" in line)
+    slug = link.rsplit("/m/", 1)[1]
+    meeting_id = next(line.split()[-1] for line in created.stdout.splitlines() if line.strip().startswith("id:"))
+
+    joins = []
+    for name in ("Agathe", "Bruno"):
+        r = requests.post(f"{svc.url}/api/v1/meetings/{slug}/join", json={"name": name}, timeout=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["url"].startswith("ws://") and body["meeting"]["id"] == meeting_id, body
+        claims = jwt.decode(body["token"], options={"verify_signature": False})
+        assert claims["video"]["room"] == meeting_id and claims["name"] == name, claims
+        joins.append(body)
+    assert joins[0]["identity"] != joins[1]["identity"], "identities are unique per join"
+
+    a = peers("agathe", meeting_id, tok=joins[0]["token"])
+    b = peers("bruno", meeting_id, tok=joins[1]["token"])
+    a.wait_media_from(joins[1]["identity"], video=5, timeout=FIRST_MEDIA_S)
+    b.wait_media_from(joins[0]["identity"], video=5, timeout=FIRST_MEDIA_S)
+    assert requests.post(f"{svc.url}/api/v1/meetings/not-a-slug/join", json={"name": "X"}, timeout=10).status_code == 404

@@ -317,11 +317,12 @@ impl Engine {
         // the old one is removed after the new one exists, so its key is not reused
         // while the driver still routes the old session's last messages.
         let replaced = self.find_identity(&request.room, &request.identity);
-        let staying = usize::from(replaced.is_none());
-        if self.participants.len() + 1 - (1 - staying) > self.config.max_participants {
+        // The session being replaced does not count against the limits.
+        let leaving = usize::from(replaced.is_some());
+        if self.participants.len() - leaving >= self.config.max_participants {
             return Err(JoinError::ServerFull);
         }
-        let members = self.rooms.get(&request.room).map_or(0, |r| r.members.len()) - (1 - staying);
+        let members = self.rooms.get(&request.room).map_or(0, |r| r.members.len()) - leaving;
         if members >= self.config.max_participants_per_room {
             return Err(JoinError::RoomFull(self.config.max_participants_per_room));
         }

@@ -129,6 +129,39 @@ pub async fn join(
     }))
 }
 
+/// What the pre-join page shows about a meeting.
+#[derive(Debug, Serialize)]
+pub struct MeetingInfo {
+    pub id: String,
+    pub title: String,
+    pub state: &'static str,
+}
+
+/// `GET /api/v1/meetings/{slug}`: the meeting's title for the pre-join page; 404 when the
+/// slug is unknown or the meeting has ended.
+pub async fn info(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<MeetingInfo>, MatrixError> {
+    let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    let meeting = meetings::get_by_slug(&mut conn, &slug)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?
+        .filter(|meeting| meeting.is_joinable())
+        .ok_or_else(|| MatrixError::not_found("Meeting"))?;
+    Ok(Json(MeetingInfo {
+        id: meeting.id.as_str().to_owned(),
+        title: meeting.title,
+        state: meeting.state.as_str(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -154,6 +187,68 @@ mod tests {
             .body(body.into())
             .expect("request")
     }
+
+    both_dialects!(
+        meeting_info_for_the_pre_join_page,
+        |store: Store| async move {
+            let meeting = stored_meeting(&store).await;
+            let get = |slug: &str| {
+                Request::get(format!("/api/v1/meetings/{slug}"))
+                    .body(Body::empty())
+                    .expect("request")
+            };
+            let (status, body) = call(&store, get(meeting.slug.expose())).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["title"], "Point hebdo");
+            assert_eq!(body["id"], meeting.id.as_str());
+            assert_eq!(body["state"], "scheduled");
+            // Neither the id nor an unknown slug opens the meeting.
+            for slug in [meeting.id.as_str(), "aaaaaaaaaaaaaaaaaaaaaaaaaa", "x"] {
+                let (status, body) = call(&store, get(slug)).await;
+                assert_eq!(
+                    (status, body["errcode"].as_str()),
+                    (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")),
+                    "{slug}"
+                );
+            }
+        }
+    );
+
+    both_dialects!(
+        the_page_is_served_with_a_strict_policy,
+        |store: Store| async move {
+            use tower::ServiceExt;
+            let response = crate::http::router(crate::http::tests::state(store.clone()))
+                .oneshot(
+                    Request::get("/m/anything")
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("infallible");
+            // 200 with the built page, 503 with the "build it" placeholder in a debug build.
+            assert!(matches!(
+                response.status(),
+                StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE
+            ));
+            let csp = response.headers()["content-security-policy"]
+                .to_str()
+                .expect("ascii");
+            assert!(
+                csp.contains("default-src 'self'") && csp.contains(TEST_WS_URL),
+                "{csp}"
+            );
+            let missing = crate::http::router(crate::http::tests::state(store.clone()))
+                .oneshot(
+                    Request::get("/assets/nope.js")
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("infallible");
+            assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        }
+    );
 
     #[test]
     fn ws_urls_follow_the_public_address() {

@@ -5,6 +5,7 @@
 pub mod appservice;
 pub mod error;
 pub mod join;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -45,6 +46,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(appservice_routes(state.clone()))
         .route("/api/v1/meetings/{slug}/join", post(join::join))
+        .route("/api/v1/meetings/{slug}", get(join::info))
+        .route("/m/{slug}", get(web::page))
+        .route("/assets/{*path}", get(web::asset))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { MatrixError::unrecognized() })

@@ -14,7 +14,7 @@ use prost::Message;
 use slab::Slab;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc, RtcConfig};
 
@@ -43,6 +43,10 @@ const QUALITY_PERIOD: Duration = Duration::from_secs(5);
 const SPEAKING_DBOV: i8 = -50;
 const SPEAKING_HOLD: Duration = Duration::from_millis(1000);
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// A simulcast layer that sent nothing for this long is taken as paused by the publisher.
+const LAYER_STALE: Duration = Duration::from_millis(1500);
+/// LiveKit's simulcast layer names, lowest first.
+const LAYER_RIDS: [&str; 3] = ["q", "h", "f"];
 
 /// Engine limits and addresses, from the configuration.
 #[derive(Debug, Clone)]
@@ -127,6 +131,9 @@ struct Track {
     info: lk::TrackInfo,
     mid: Option<Mid>,
     last_keyframe_request: Option<Instant>,
+    /// Simulcast: when each layer (q, h, f) last carried media, and the one forwarded.
+    layers_seen: [Option<Instant>; 3],
+    chosen_rid: Option<Rid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -760,6 +767,8 @@ impl Engine {
             info: info.clone(),
             mid: None,
             last_keyframe_request: None,
+            layers_seen: [None; 3],
+            chosen_rid: None,
         });
         self.send(
             key,
@@ -1115,6 +1124,30 @@ impl Engine {
         if muted {
             return;
         }
+        // Simulcast (until per-subscriber layer choice lands): forward the best layer the
+        // publisher currently sends, switching at a keyframe it is asked for.
+        if let Some(rid) = data.rid {
+            let track = &mut p.tracks[index];
+            if let Some(layer) = LAYER_RIDS.iter().position(|r| **r == *rid) {
+                track.layers_seen[layer] = Some(now);
+            }
+            let best = (0..LAYER_RIDS.len())
+                .rev()
+                .find(|&l| {
+                    track.layers_seen[l].is_some_and(|t| now.duration_since(t) < LAYER_STALE)
+                })
+                .map(|l| Rid::from(LAYER_RIDS[l]));
+            let best = best.or(Some(rid));
+            if track.chosen_rid != best {
+                track.chosen_rid = best;
+                track.last_keyframe_request = None;
+                let track_sid = track.sid.clone();
+                self.request_keyframe(now, key, &track_sid);
+            }
+            if self.participants[key].tracks[index].chosen_rid != Some(rid) {
+                return;
+            }
+        }
         // Disjoint field borrows: read rooms/participants, fill the reused target buffer.
         self.targets.clear();
         let publisher = &self.participants[key];
@@ -1171,8 +1204,9 @@ impl Engine {
             return;
         }
         track.last_keyframe_request = Some(now);
+        let rid = track.chosen_rid;
         if let Some(mut writer) = p.publisher.rtc.writer(mid) {
-            let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+            let _ = writer.request_keyframe(rid, KeyframeRequestKind::Pli);
             self.dirty.push((publisher, Pc::Publisher));
         }
     }

@@ -3,12 +3,17 @@
 #   docker run -v "$PWD/data:/data" -e TCHAP_VISIO_APPSERVICE__HOSTNAME=0.0.0.0 \
 #     -p 29330:29330 -p 7881:7881 -p 7882:7882/udp tchap-visio
 # docker-compose.yml runs it next to Synapse and PostgreSQL; docs/admin.md explains both.
-#
-# The meeting page (web/, TypeScript built with npm) arrives with the meeting page
-# work; it will get its own `node:20-bookworm` stage here, running
-# `npm ci && npm run build` in web/, whose output the Rust stage embeds.
 
-# ---- Build the release binary ----
+# ---- Build the meeting page (web/, TypeScript on livekit-client) ----
+FROM node:20-bookworm AS web
+WORKDIR /src
+COPY web/package.json web/package-lock.json web/
+RUN npm --prefix web ci
+COPY web web
+COPY scripts/build-web.sh scripts/
+RUN npm --prefix web run build
+
+# ---- Build the release binary (it embeds web/dist and refuses to build without it) ----
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # sqlx's compile-time checked queries, if any, read .sqlx/ instead of a database.
@@ -16,6 +21,7 @@ ENV SQLX_OFFLINE=true
 # The whole context (minus .dockerignore): sqlx::migrate! embeds the migrations
 # and other files may be embedded at compile time.
 COPY . .
+COPY --from=web /src/web/dist web/dist
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \

@@ -121,6 +121,8 @@ struct Peer {
     ice_restart: bool,
     /// The last offer sent, to send again if the socket that carried it dropped.
     last_offer: Option<lk::SessionDescription>,
+    /// Subscriber m-lines whose track went away, to stop in the next offer.
+    to_stop: Vec<Mid>,
 }
 
 #[derive(Debug)]
@@ -233,6 +235,7 @@ fn new_peer(config: &EngineConfig, now: Instant) -> Peer {
         renegotiate: false,
         ice_restart: false,
         last_offer: None,
+        to_stop: Vec::new(),
     }
 }
 
@@ -550,16 +553,14 @@ impl Engine {
             room.speakers.retain(|s| *s != p.sid);
             gone = p.tracks.iter().map(|t| t.sid.clone()).collect::<Vec<_>>();
         }
-        // Subscribers drop the departed participant's tracks (their m-lines stay, idle).
+        // Subscribers drop the departed participant's tracks and stop their m-lines.
         let members = self
             .rooms
             .get(&p.room)
             .map(|r| r.members.clone())
             .unwrap_or_default();
         for &other in &members {
-            self.participants[other]
-                .downtracks
-                .retain(|d| d.publisher != key && !gone.contains(&d.track_sid));
+            self.drop_downtracks(other, |d| d.publisher == key || gone.contains(&d.track_sid));
         }
         let mut info = participant_info(&p);
         info.state = lk::participant_info::State::Disconnected as i32;
@@ -700,6 +701,7 @@ impl Engine {
         let p = &mut self.participants[key];
         if p.subscriber.renegotiate
             || p.subscriber.ice_restart
+            || !p.subscriber.to_stop.is_empty()
             || p.downtracks.iter().any(|d| d.state == DownState::ToOpen)
         {
             p.subscriber.renegotiate = false;
@@ -862,6 +864,9 @@ impl Engine {
                 None,
             );
             down.state = DownState::Negotiating(mid);
+        }
+        for mid in p.subscriber.to_stop.drain(..) {
+            api.stop_media(mid);
         }
         if p.subscriber.ice_restart {
             p.subscriber.ice_restart = false;
@@ -1034,6 +1039,12 @@ impl Engine {
                     // Silence handling removes the participant if it does not come back.
                 }
             }
+            (Pc::Publisher, Event::MediaChanged(changed))
+                if !matches!(changed.direction, Direction::RecvOnly | Direction::SendRecv) =>
+            {
+                // The client stopped sending on this m-line: the track is unpublished.
+                self.unpublish(key, changed.mid);
+            }
             (Pc::Publisher, Event::MediaAdded(added)) => {
                 self.on_media_added(key, added.mid, added.kind)
             }
@@ -1183,6 +1194,55 @@ impl Engine {
         if !data.contiguous {
             let track_sid = self.participants[key].tracks[index].sid.clone();
             self.request_keyframe(now, key, &track_sid);
+        }
+    }
+
+    /// Removes a participant's downtracks matching `gone`, stopping their m-lines.
+    fn drop_downtracks(&mut self, key: ParticipantKey, gone: impl Fn(&DownTrack) -> bool) {
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
+        let mut stopped = false;
+        p.downtracks.retain(|d| {
+            if !gone(d) {
+                return true;
+            }
+            if let DownState::Negotiating(mid) | DownState::Open(mid) = d.state {
+                p.subscriber.to_stop.push(mid);
+                stopped = true;
+            }
+            false
+        });
+        if stopped {
+            self.negotiate_subscriber(key);
+        }
+    }
+
+    /// A published track went away (its m-line stopped sending).
+    fn unpublish(&mut self, key: ParticipantKey, mid: Mid) {
+        let p = &mut self.participants[key];
+        let Some(index) = p.tracks.iter().position(|t| t.mid == Some(mid)) else {
+            return;
+        };
+        let track = p.tracks.remove(index);
+        p.version += 1;
+        let room = p.room.clone();
+        tracing::info!(sid = %p.sid, track = %track.sid, "track unpublished");
+        self.send(
+            key,
+            signal_response::Message::TrackUnpublished(lk::TrackUnpublishedResponse {
+                track_sid: track.sid.clone(),
+            }),
+        );
+        let info = self.info(key);
+        self.broadcast_update(&room, key, vec![info]);
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for other in members.into_iter().filter(|&k| k != key) {
+            self.drop_downtracks(other, |d| d.track_sid == track.sid);
         }
     }
 

@@ -504,3 +504,71 @@ fn garbage_never_panics() {
     assert!(Engine::decode_request(&[0xff, 0x01, 0x02]).is_err());
     assert_eq!(world.engine.participant_count(), 1);
 }
+
+#[test]
+fn an_unpublished_track_leaves_the_subscribers() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    world.publish(alice);
+    let mut frame = 0;
+    world.run(Duration::from_secs(2), |w| {
+        frame += 1;
+        if frame % 30 == 0 {
+            w.send_frame(alice, frame / 30);
+        }
+    });
+    assert!(world.clients[bob].frames_received > 0, "media flowed first");
+    // Alice stops sending on the m-line (what a client does when it unpublishes).
+    let mid = world.clients[alice].video_mid.expect("mid");
+    let key = world.clients[alice].key;
+    let mut api = world.clients[alice].publisher.sdp_api();
+    api.set_direction(mid, Direction::Inactive);
+    let (offer, pending) = api.apply().expect("a change to offer");
+    world.clients[alice].pending = Some(pending);
+    world.engine.signal(
+        world.now,
+        key,
+        signal_request::Message::Offer(lk::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.to_sdp_string(),
+            id: 2,
+            ..Default::default()
+        }),
+    );
+    world.run(Duration::from_millis(500), |_| {});
+    assert!(
+        world.clients[alice]
+            .signals
+            .iter()
+            .any(|m| matches!(m, signal_response::Message::TrackUnpublished(_))),
+        "alice is told her track is unpublished"
+    );
+    let last_update = world.clients[bob]
+        .signals
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            signal_response::Message::Update(u) => u
+                .participants
+                .iter()
+                .find(|p| p.identity == "alice")
+                .cloned(),
+            _ => None,
+        })
+        .expect("an update about alice");
+    assert!(
+        last_update.tracks.is_empty(),
+        "bob's view of alice lost the track: {last_update:?}"
+    );
+    let offers = world.clients[bob]
+        .signals
+        .iter()
+        .filter(|m| matches!(m, signal_response::Message::Offer(_)))
+        .count();
+    assert!(
+        offers >= 3,
+        "bob got an offer stopping the m-line ({offers} offers)"
+    );
+}

@@ -14,6 +14,7 @@ use super::appservice::read_body;
 use super::error::MatrixError;
 use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
 use crate::ids::{BrowserId, MeetingSlug, ParticipantIdentity};
+use crate::meeting::Meeting;
 use crate::meeting::validate_display_name;
 use crate::store::{self, meetings};
 
@@ -94,18 +95,7 @@ pub async fn join(
         .transpose()
         .map_err(|e| bad_json(e.to_string()))?;
 
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
-    let meeting = meetings::get_by_slug(&mut conn, &slug)
-        .await
-        .map_err(|e| MatrixError::internal(&e))?
-        .filter(|meeting| meeting.is_joinable())
-        .ok_or_else(|| MatrixError::not_found("Meeting"))?;
-    drop(conn);
+    let meeting = joinable_meeting(&state, &slug).await?;
 
     let identity = ParticipantIdentity::for_join(browser_id.as_ref());
     let claims = Claims::participant(
@@ -129,6 +119,21 @@ pub async fn join(
     }))
 }
 
+/// The meeting a slug opens, if it can still be joined; 404 otherwise.
+async fn joinable_meeting(state: &AppState, slug: &MeetingSlug) -> Result<Meeting, MatrixError> {
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    meetings::get_by_slug(&mut conn, slug)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?
+        .filter(|meeting| meeting.is_joinable())
+        .ok_or_else(|| MatrixError::not_found("Meeting"))
+}
+
 /// What the pre-join page shows about a meeting.
 #[derive(Debug, Serialize)]
 pub struct MeetingInfo {
@@ -144,17 +149,7 @@ pub async fn info(
     Path(slug): Path<String>,
 ) -> Result<Json<MeetingInfo>, MatrixError> {
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
-    let meeting = meetings::get_by_slug(&mut conn, &slug)
-        .await
-        .map_err(|e| MatrixError::internal(&e))?
-        .filter(|meeting| meeting.is_joinable())
-        .ok_or_else(|| MatrixError::not_found("Meeting"))?;
+    let meeting = joinable_meeting(&state, &slug).await?;
     Ok(Json(MeetingInfo {
         id: meeting.id.as_str().to_owned(),
         title: meeting.title,

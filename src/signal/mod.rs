@@ -37,6 +37,10 @@ pub fn routes(state: SignalState) -> Router {
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
+        // Single peer connection is part 2: a 404 (with CORS, so that pages served from
+        // elsewhere can read it) makes livekit-client and the Rust SDK fall back to /rtc.
+        .route("/rtc/v1", get(not_yet))
+        .route("/rtc/v1/validate", get(not_yet))
         .route(
             "/api/v1/rooms/{room}/chat",
             axum::routing::post(server_chat),
@@ -153,6 +157,13 @@ async fn server_chat(
     } else {
         refuse(StatusCode::NOT_FOUND, "nobody is in this room")
     }
+}
+
+async fn not_yet() -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "single peer connection is not supported yet: use /rtc",
+    )
 }
 
 async fn validate(

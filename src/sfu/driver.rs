@@ -48,6 +48,11 @@ enum Command {
     Stats {
         reply: oneshot::Sender<usize>,
     },
+    Admit {
+        room: String,
+        identity: String,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
 }
 
 /// A cloneable handle to the running SFU.
@@ -147,6 +152,17 @@ impl SfuHandle {
             reply,
         });
         answer.await.unwrap_or(false)
+    }
+
+    /// Whether a join would be admitted now (room and server limits), without joining.
+    pub async fn admit(&self, room: String, identity: String) -> Result<(), JoinError> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::Admit {
+            room,
+            identity,
+            reply,
+        });
+        answer.await.unwrap_or(Err(JoinError::ServerFull))
     }
 
     pub async fn participant_count(&self) -> usize {
@@ -270,6 +286,13 @@ fn handle_command(
             reply,
         } => {
             let _ = reply.send(engine.inject_chat(now, &room, &author, &text));
+        }
+        Command::Admit {
+            room,
+            identity,
+            reply,
+        } => {
+            let _ = reply.send(engine.admit(&room, &identity).map(|_| ()));
         }
         Command::Stats { reply } => {
             let _ = reply.send(engine.participant_count());

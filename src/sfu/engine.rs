@@ -314,28 +314,34 @@ impl Engine {
 
     // ----- joining and leaving -------------------------------------------------------
 
+    /// Whether `identity` may join `room` now; `Some(key)` names the session it replaces.
+    pub fn admit(&self, room: &str, identity: &str) -> Result<Option<ParticipantKey>, JoinError> {
+        if identity == SERVER_IDENTITY {
+            return Err(JoinError::ReservedIdentity(identity.to_owned()));
+        }
+        let replaced = self.find_identity(room, identity);
+        // The session being replaced does not count against the limits.
+        let leaving = usize::from(replaced.is_some());
+        if self.participants.len() - leaving >= self.config.max_participants {
+            return Err(JoinError::ServerFull);
+        }
+        let members = self.rooms.get(room).map_or(0, |r| r.members.len()) - leaving;
+        if members >= self.config.max_participants_per_room {
+            return Err(JoinError::RoomFull(self.config.max_participants_per_room));
+        }
+        Ok(replaced)
+    }
+
     /// Adds a participant; the join response and the first subscriber offer are queued.
     pub fn join(
         &mut self,
         now: Instant,
         request: JoinRequest,
     ) -> Result<ParticipantKey, JoinError> {
-        if request.identity == SERVER_IDENTITY {
-            return Err(JoinError::ReservedIdentity(request.identity));
-        }
         // A second session with the same identity replaces the first, as LiveKit does;
         // the old one is removed after the new one exists, so its key is not reused
         // while the driver still routes the old session's last messages.
-        let replaced = self.find_identity(&request.room, &request.identity);
-        // The session being replaced does not count against the limits.
-        let leaving = usize::from(replaced.is_some());
-        if self.participants.len() - leaving >= self.config.max_participants {
-            return Err(JoinError::ServerFull);
-        }
-        let members = self.rooms.get(&request.room).map_or(0, |r| r.members.len()) - leaving;
-        if members >= self.config.max_participants_per_room {
-            return Err(JoinError::RoomFull(self.config.max_participants_per_room));
-        }
+        let replaced = self.admit(&request.room, &request.identity)?;
         let room = self
             .rooms
             .entry(request.room.clone())

@@ -171,9 +171,17 @@ async fn validate(
     Query(params): Query<RtcParams>,
     headers: HeaderMap,
 ) -> Response {
-    match authorize(&state, &headers, &params) {
-        Ok(_) => refuse(StatusCode::OK, "success"),
-        Err((status, text)) => refuse(status, text),
+    let claims = match authorize(&state, &headers, &params) {
+        Ok(claims) => claims,
+        Err((status, text)) => return refuse(status, text),
+    };
+    // Clients ask here why a WebSocket was refused: say when the meeting is full.
+    match state.sfu.admit(claims.video.room, claims.sub).await {
+        Ok(()) => refuse(StatusCode::OK, "success"),
+        Err(e @ (JoinError::RoomFull(_) | JoinError::ServerFull)) => {
+            refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e) => refuse(StatusCode::FORBIDDEN, e.to_string()),
     }
 }
 

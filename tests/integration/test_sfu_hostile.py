@@ -130,3 +130,34 @@ def test_signalling_paths_and_tokens(env):
         timeout=5,
     )
     assert r.status_code == 401
+
+
+def test_a_full_meeting_says_so(env):
+    svc = env.service
+    svc.stop()
+    svc.start(env={"TCHAP_VISIO_MEETINGS__MAX_PARTICIPANTS": "2"})
+    try:
+        name = room()
+
+        async def scenario():
+            first = await open_session(svc, "one", name)
+            second = await open_session(svc, "two", name)
+            third = token(svc.sfu_key, svc.sfu_secret, "three", name)
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(f"{svc.livekit_url}/rtc", headers={"Authorization": f"Bearer {third}"})
+                assert refused.value.status == 503
+                # livekit-client asks /rtc/validate why: the answer names the cause.
+                async with session.get(f"{svc.url}/rtc/validate", params={"access_token": third}) as r:
+                    assert r.status == 503 and "full" in await r.text()
+                # Rejoining with an identity already inside replaces it, so it is admitted.
+                async with session.get(f"{svc.url}/rtc/validate", params={"access_token": token(svc.sfu_key, svc.sfu_secret, "one", name)}) as r:
+                    assert r.status == 200
+            for s, ws, _ in (first, second):
+                await ws.close()
+                await s.close()
+
+        asyncio.run(scenario())
+    finally:
+        svc.stop()
+        svc.start()

@@ -1,0 +1,90 @@
+// The two HTTP calls the page makes to its own server.
+
+export interface MeetingInfo {
+  id: string;
+  title: string;
+  state?: string;
+}
+
+export interface JoinResponse {
+  url: string;
+  token: string;
+  identity: string;
+  meeting: { id: string; title: string };
+}
+
+/** An answer other than 2xx; status 0 when the server could not be reached. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly errcode: string,
+    message: string,
+    /** The answer was a Matrix-style JSON error (not some proxy's page). */
+    readonly isJson = false,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+  let response: Response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: body === undefined ? { Accept: 'application/json' } : { Accept: 'application/json', 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'same-origin',
+      cache: 'no-store',
+    });
+  } catch (error) {
+    throw new ApiError(0, 'NETWORK', error instanceof Error ? error.message : String(error));
+  }
+  let json: unknown = null;
+  const text = await response.text();
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    json = null;
+  }
+  if (!response.ok) {
+    const err = (json ?? {}) as { errcode?: unknown; error?: unknown };
+    const isJson = typeof err.errcode === 'string';
+    throw new ApiError(
+      response.status,
+      isJson ? (err.errcode as string) : '',
+      typeof err.error === 'string' ? err.error : response.statusText,
+      isJson,
+    );
+  }
+  return json as T;
+}
+
+const enc = encodeURIComponent;
+
+export function getMeeting(slug: string): Promise<MeetingInfo> {
+  return call<MeetingInfo>('GET', `/api/v1/meetings/${enc(slug)}`);
+}
+
+export function joinMeeting(slug: string, name: string, browserId: string): Promise<JoinResponse> {
+  return call<JoinResponse>('POST', `/api/v1/meetings/${enc(slug)}/join`, { name, browser_id: browserId });
+}
+
+/**
+ * Asks the SFU why a WebSocket could not be opened. Browsers hide the status of a failed
+ * upgrade, so after a failure the page asks `/rtc/validate` with the same token (what
+ * livekit-client does too): 503 means the meeting is full.
+ */
+export async function probeSignal(wsUrl: string, token: string): Promise<{ status: number; text: string } | null> {
+  try {
+    const url = new URL(wsUrl);
+    url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+    url.pathname = url.pathname.replace(/\/$/, '') + '/rtc/validate';
+    url.search = '';
+    url.searchParams.set('access_token', token);
+    const response = await fetch(url.toString(), { cache: 'no-store', signal: AbortSignal.timeout(3000) });
+    return { status: response.status, text: await response.text() };
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,150 @@
+// Error screens and the classification of failures into them.
+
+import { ConnectionError, ConnectionErrorReason, DisconnectReason, MediaDeviceFailure } from 'livekit-client';
+import { ApiError } from './api';
+import { h, clear } from './dom';
+import { icon } from './icons';
+import { t, type Key } from './i18n';
+
+/**
+ * What went wrong. The first five are the test contract (`data-error`); the others are
+ * rarer cases that still deserve their own words.
+ */
+export type ErrorKind =
+  | 'not-found'
+  | 'ended'
+  | 'media-denied'
+  | 'no-media-connection'
+  | 'full'
+  | 'connection' // the server (HTTP or signalling WebSocket) could not be reached
+  | 'connection-lost' // connected, then lost for good
+  | 'duplicate' // the same identity joined elsewhere
+  | 'removed' // removed by a moderator
+  | 'forbidden' // the server refused the join (access level)
+  | 'unsupported' // browser without WebRTC
+  | 'generic';
+
+const TEXTS: Record<ErrorKind, { title: Key; body: Key; hint?: Key }> = {
+  'not-found': { title: 'err.notFound.title', body: 'err.notFound.body' },
+  ended: { title: 'err.ended.title', body: 'err.ended.body' },
+  'media-denied': { title: 'err.mediaDenied.title', body: 'err.mediaDenied.body', hint: 'err.mediaDenied.hint' },
+  'no-media-connection': { title: 'err.noMedia.title', body: 'err.noMedia.body', hint: 'err.noMedia.hint' },
+  full: { title: 'err.full.title', body: 'err.full.body' },
+  connection: { title: 'err.connection.title', body: 'err.connection.body', hint: 'err.connection.hint' },
+  'connection-lost': { title: 'err.lost.title', body: 'err.lost.body', hint: 'err.noMedia.hint' },
+  duplicate: { title: 'err.duplicate.title', body: 'err.duplicate.body' },
+  removed: { title: 'err.removed.title', body: 'err.removed.body' },
+  forbidden: { title: 'err.forbidden.title', body: 'err.forbidden.body' },
+  unsupported: { title: 'err.unsupported.title', body: 'err.unsupported.body' },
+  generic: { title: 'err.generic.title', body: 'err.generic.body' },
+};
+
+/** Kinds after which trying again may help. */
+const RETRYABLE = new Set<ErrorKind>(['no-media-connection', 'full', 'connection', 'connection-lost', 'duplicate', 'generic']);
+
+export interface ErrorOptions {
+  detail?: string;
+  /** "Try again" action; defaults to reloading the page. */
+  onRetry?: () => void;
+}
+
+/** Replaces the page with a full-screen error. */
+export function showErrorScreen(root: HTMLElement, kind: ErrorKind, options: ErrorOptions = {}): void {
+  clear(root);
+  const main = h('main', { class: 'screen error-screen', id: 'main' });
+  main.appendChild(errorBox(kind, options, true));
+  root.appendChild(main);
+  const heading = main.querySelector('h1');
+  heading?.focus();
+  document.title = `${t(TEXTS[kind].title)} – ${t('app.name')}`;
+}
+
+/** The error block itself (`[data-testid=error][data-error=kind]`), full screen or inline. */
+export function errorBox(kind: ErrorKind, options: ErrorOptions = {}, fullScreen = false): HTMLElement {
+  const texts = TEXTS[kind];
+  const heading = fullScreen
+    ? h('h1', { tabindex: '-1' }, t(texts.title))
+    : h('h2', { class: 'error-title' }, t(texts.title));
+  const box = h(
+    'section',
+    {
+      class: fullScreen ? 'error-card' : 'error-inline',
+      'data-testid': 'error',
+      'data-error': kind,
+      role: fullScreen ? null : 'alert',
+      'aria-labelledby': null,
+    },
+    h('div', { class: 'error-icon' }, icon('warning')),
+    heading,
+    h('p', {}, t(texts.body)),
+    texts.hint ? h('p', { class: 'hint' }, t(texts.hint)) : null,
+    options.detail ? h('details', { class: 'error-detail' }, h('summary', {}, t('err.details')), h('code', {}, options.detail)) : null,
+  );
+  if (fullScreen) {
+    const actions = h('div', { class: 'actions' });
+    if (RETRYABLE.has(kind)) {
+      actions.appendChild(
+        h('button', { type: 'button', class: 'btn primary', onclick: options.onRetry ?? (() => window.location.reload()) }, t('err.retry')),
+      );
+    }
+    box.appendChild(actions);
+  }
+  return box;
+}
+
+/** The join endpoint's refusal, as an error kind (null: not an error screen, e.g. a bad name). */
+export function kindOfApiError(error: ApiError): ErrorKind | null {
+  if (error.status === 0) return 'connection';
+  if (error.status === 410) return 'ended';
+  if (error.status === 404) return /\bended\b|terminée/i.test(error.message) ? 'ended' : 'not-found';
+  if (error.status === 400) return null;
+  if (error.status === 403 || error.status === 401) return 'forbidden';
+  if (error.status === 503 || /full|complète|M_RESOURCE_LIMIT_EXCEEDED/i.test(`${error.errcode} ${error.message}`)) return 'full';
+  if (error.status >= 500) return 'connection';
+  return 'generic';
+}
+
+/** A media failure (getUserMedia) as an error kind, or null when it is not a refusal. */
+export function isMediaDenied(error: unknown): boolean {
+  const failure = MediaDeviceFailure.getFailure(error);
+  return failure === MediaDeviceFailure.PermissionDenied;
+}
+
+/**
+ * A failed `room.connect`, as an error kind. `signalConnected`: whether the signalling
+ * WebSocket had been answered (then the failure is on the media path: ICE/UDP).
+ */
+export function kindOfConnectError(error: unknown, signalConnected: boolean): ErrorKind {
+  const message = error instanceof Error ? error.message : String(error);
+  if (/meeting is full|\bfull\b/i.test(message)) return 'full';
+  if (error instanceof ConnectionError) {
+    if (error.reason === ConnectionErrorReason.LeaveRequest) {
+      const reason = error.context as DisconnectReason | undefined;
+      if (reason === DisconnectReason.ROOM_DELETED || reason === DisconnectReason.ROOM_CLOSED) return 'ended';
+      if (reason === DisconnectReason.DUPLICATE_IDENTITY) return 'duplicate';
+      if (reason === DisconnectReason.PARTICIPANT_REMOVED) return 'removed';
+    }
+    if (error.reason === ConnectionErrorReason.NotAllowed) {
+      return error.status === 404 ? 'not-found' : 'forbidden';
+    }
+    if (error.status === 503) return 'full';
+  }
+  if (signalConnected || /pc connection|peer ?connection|publisher|subscriber|\bice\b/i.test(message)) return 'no-media-connection';
+  if (error instanceof ConnectionError) return 'connection';
+  return 'generic';
+}
+
+/** The kind of screen for a room that disconnected on its own. */
+export function kindOfDisconnect(reason: DisconnectReason | undefined): ErrorKind {
+  switch (reason) {
+    case DisconnectReason.ROOM_DELETED:
+    case DisconnectReason.ROOM_CLOSED:
+      return 'ended';
+    case DisconnectReason.DUPLICATE_IDENTITY:
+      return 'duplicate';
+    case DisconnectReason.PARTICIPANT_REMOVED:
+      return 'removed';
+    default:
+      return 'connection-lost';
+  }
+}

@@ -56,13 +56,13 @@ function isHidden(participant: Participant): boolean {
   return participant.identity === SERVER_IDENTITY || participant.permissions?.hidden === true;
 }
 
-/** The tile width that fits `n` 16:9 tiles in a `width`×`height` box. */
-function fitTiles(n: number, width: number, height: number): number {
+/** The tile width that fits `n` tiles of aspect `ratio` (width/height) in a `width`×`height` box. */
+function fitTiles(n: number, width: number, height: number, ratio: number): number {
   let best = 0;
   for (let cols = 1; cols <= Math.max(1, n); cols++) {
     const rows = Math.ceil(n / cols);
     const byWidth = (width - GAP * (cols - 1)) / cols;
-    const byHeight = ((height - GAP * (rows - 1)) / rows) * (16 / 9);
+    const byHeight = ((height - GAP * (rows - 1)) / rows) * ratio;
     best = Math.max(best, Math.min(byWidth, byHeight));
   }
   return Math.max(80, Math.floor(best));
@@ -521,7 +521,7 @@ export class Meeting {
         const shareKey = this.ensureTile(identity, 'screen_share', isLocal);
         wanted.add(shareKey);
         const shareTrack = !sharePub.isMuted ? (sharePub.videoTrack as VideoTrack | undefined) : undefined;
-        this.tiles.get(shareKey)!.update({ ...common, speaking: false, pinned: this.pinned === shareKey, track: shareTrack });
+        this.tiles.get(shareKey)!.update({ ...common, hand: false, speaking: false, pinned: this.pinned === shareKey, track: shareTrack });
       }
     }
     for (const [key, tile] of this.tiles) {
@@ -614,8 +614,13 @@ export class Meeting {
     const visible = keys.slice(this.page * size, (this.page + 1) * size);
     replaceIfChanged(this.grid, visible.map(el));
     const pagerHeight = pages > 1 ? 48 : 0;
-    const tileWidth = fitTiles(visible.length, width - 2 * GAP, height - 2 * GAP - pagerHeight);
+    const boxWidth = width - 2 * GAP;
+    const boxHeight = height - 2 * GAP - pagerHeight;
+    // Portrait screens (phones) get square tiles, which fill the height far better.
+    const ratio = boxWidth < boxHeight ? 1 : 16 / 9;
+    const tileWidth = fitTiles(visible.length, boxWidth, boxHeight, ratio);
     this.grid.style.setProperty('--tile-w', `${tileWidth}px`);
+    this.grid.style.setProperty('--tile-ratio', String(ratio));
     this.renderPager(pages);
   }
 

@@ -1,6 +1,6 @@
 // Entry point: /m/{slug} shows the pre-join screen, then the meeting.
 
-import { isBrowserSupported } from 'livekit-client';
+import { isBrowserSupported, LogLevel, setLogLevel } from 'livekit-client';
 import './diagnostics';
 import { showErrorScreen } from './errors';
 import { currentLang } from './i18n';
@@ -17,6 +17,8 @@ function slugFromLocation(): string | null {
 
 function main(): void {
   document.documentElement.lang = currentLang();
+  // ?debug=1: livekit-client's debug logs in the console (for bug reports).
+  setLogLevel(new URLSearchParams(window.location.search).get('debug') ? LogLevel.debug : LogLevel.warn);
   const root = document.getElementById('app');
   if (!root) return;
   const slug = slugFromLocation();

@@ -24,7 +24,7 @@ import { clear, h, hueOf, initials, isTypingTarget } from './dom';
 import { isMediaDenied, kindOfConnectError, kindOfDisconnect, showErrorScreen, type ErrorKind } from './errors';
 import { icon, signalBars, type IconName } from './icons';
 import { t, type Key } from './i18n';
-import { audioCaptureOptions, fillDeviceSelect, videoCaptureOptions, type Joined } from './prejoin';
+import { audioCaptureOptions, fillDeviceSelect, videoCaptureOptions, type Joined, type LocalMedia } from './prejoin';
 import { load, loadBool, save, saveBool } from './storage';
 import { participantName, qualityLabel, Tile, type TileSource } from './tile';
 
@@ -83,11 +83,15 @@ export class Meeting {
   private phase: 'connecting' | 'connected' | 'done' = 'connecting';
   private signalConnected = false;
   private pendingVideo: LocalVideoTrack | undefined;
+  /** The pre-join tracks, once they are ready (see Joined.media). */
+  private media: LocalMedia = {};
   private publishing: Promise<unknown> = Promise.resolve();
   private renderQueued = false;
   private shortcutsOn = loadBool('shortcuts', true);
   private lastReactionAt = 0;
   private readonly audioElements = new Map<string, HTMLMediaElement[]>();
+  private readonly droppedWhileReconnecting = new Set<string>();
+  private readonly names = new Map<string, string>();
   private readonly devices: Joined['devices'];
   private readonly identity: string;
   private readonly resizeObserver: ResizeObserver;
@@ -127,7 +131,16 @@ export class Meeting {
   ) {
     this.devices = { ...joined.devices };
     this.identity = joined.join.identity;
-    this.pendingVideo = joined.video;
+    void joined.media.then((media) => {
+      this.media = media;
+      if (this.phase === 'done') {
+        media.video?.stop();
+        media.audio?.stop();
+        return;
+      }
+      this.pendingVideo = media.video;
+      this.scheduleRender();
+    });
     this.room = new Room({
       adaptiveStream: true,
       dynacast: true,
@@ -199,7 +212,8 @@ export class Meeting {
 
   private async publishInitial(): Promise<void> {
     const lp = this.room.localParticipant;
-    const { video, audio } = this.joined;
+    const { video, audio } = await this.joined.media;
+    if (this.phase !== 'connected') return;
     const tasks: Promise<unknown>[] = [];
     if (video) {
       tasks.push(lp.publishTrack(video, { source: Track.Source.Camera, simulcast: true }).finally(() => {
@@ -340,8 +354,8 @@ export class Meeting {
     this.resizeObserver.disconnect();
     for (const tile of this.tiles.values()) tile.destroy();
     this.tiles.clear();
-    this.joined.video?.stop();
-    this.joined.audio?.stop();
+    this.media.video?.stop();
+    this.media.audio?.stop();
     for (const pub of this.room.localParticipant.trackPublications.values()) pub.track?.stop();
     void this.room.disconnect(true);
     if (kind === 'left') this.showLeftScreen();
@@ -375,13 +389,14 @@ export class Meeting {
     room
       .on(RoomEvent.SignalConnected, () => { this.signalConnected = true; })
       .on(RoomEvent.ParticipantConnected, (p: RemoteParticipant) => {
-        if (isHidden(p)) return;
-        this.toast(t('meeting.participantJoined', { name: participantName(p) }));
+        // A full reconnect drops every participant locally and adds them back: no news.
+        const back = this.droppedWhileReconnecting.delete(p.identity);
+        if (!isHidden(p) && !back) this.toast(t('meeting.participantJoined', { name: participantName(p) }));
         rerender();
       })
       .on(RoomEvent.ParticipantDisconnected, (p: RemoteParticipant) => {
-        if (isHidden(p)) return;
-        this.toast(t('meeting.participantLeft', { name: participantName(p) }));
+        if (room.state !== ConnectionState.Connected) this.droppedWhileReconnecting.add(p.identity);
+        else if (!isHidden(p)) this.toast(t('meeting.participantLeft', { name: participantName(p) }));
         rerender();
       })
       .on(RoomEvent.TrackSubscribed, (track: RemoteTrack, pub: RemoteTrackPublication, p: RemoteParticipant) => {
@@ -425,7 +440,19 @@ export class Meeting {
       })
       .on(RoomEvent.Reconnecting, () => this.setReconnecting(true))
       .on(RoomEvent.SignalReconnecting, () => this.setReconnecting(true))
-      .on(RoomEvent.Reconnected, () => { this.setReconnecting(false); rerender(); })
+      .on(RoomEvent.Reconnected, () => {
+        this.setReconnecting(false);
+        // Whoever has not come back a few seconds after the reconnection really left.
+        window.setTimeout(() => {
+          for (const identity of this.droppedWhileReconnecting) {
+            if (!room.remoteParticipants.has(identity) && identity !== SERVER_IDENTITY) {
+              this.toast(t('meeting.participantLeft', { name: this.names.get(identity) ?? identity }));
+            }
+          }
+          this.droppedWhileReconnecting.clear();
+        }, 5000);
+        rerender();
+      })
       .on(RoomEvent.ConnectionStateChanged, (state: ConnectionState) => {
         if (state === ConnectionState.Connected) this.setReconnecting(false);
       })
@@ -501,6 +528,7 @@ export class Meeting {
     for (const p of this.participants()) {
       const isLocal = p === local;
       const identity = this.identityOf(p);
+      if (!isLocal) this.names.set(identity, this.nameOf(p));
       const micPub = p.getTrackPublication(Track.Source.Microphone);
       const common = {
         name: isLocal ? t('tile.you', { name: this.nameOf(p) }) : this.nameOf(p),
@@ -700,7 +728,7 @@ export class Meeting {
         else button.prepend(next);
       }
     };
-    const micOn = lp.isMicrophoneEnabled || (this.phase === 'connecting' && !!this.joined.audio);
+    const micOn = lp.isMicrophoneEnabled || (!!this.media.audio && !lp.getTrackPublication(Track.Source.Microphone));
     const camOn = lp.isCameraEnabled || !!this.pendingVideo;
     set('toggle-mic', micOn, 'mic', 'micOff');
     set('toggle-camera', camOn, 'cam', 'camOff');

@@ -28,11 +28,20 @@ export interface DeviceChoice {
   audiooutput?: string;
 }
 
+export interface LocalMedia {
+  video?: LocalVideoTrack;
+  audio?: LocalAudioTrack;
+}
+
 export interface Joined {
   name: string;
   join: JoinResponse;
-  video?: LocalVideoTrack;
-  audio?: LocalAudioTrack;
+  /**
+   * The tracks opened on the pre-join screen. A promise: the camera or microphone may
+   * still be opening (or its permission prompt still open) when Join is clicked, and
+   * the meeting connects meanwhile.
+   */
+  media: Promise<LocalMedia>;
   devices: DeviceChoice;
 }
 
@@ -148,7 +157,11 @@ export class PreJoin {
     audiooutput: load('device.audiooutput') ?? undefined,
   };
   private gone = false;
+  /** Set once the tracks belong to the meeting: nothing here may stop them any more. */
+  private handedOver = false;
   private joining = false;
+  /** Camera and microphone operations, one after the other. */
+  private mediaTask: Promise<void> = Promise.resolve();
   private busy = false;
 
   private readonly previewVideo = h('video', {
@@ -199,18 +212,18 @@ export class PreJoin {
   start(): void {
     this.render();
     void this.loadTitle();
-    void this.acquireInitial();
+    void this.queueMedia(() => this.acquireInitial());
     navigator.mediaDevices?.addEventListener?.('devicechange', this.onDeviceChange);
   }
 
   private render(): void {
     clear(this.root);
     this.nameInput.value = load('name') ?? '';
-    this.cameraToggle.addEventListener('click', () => void this.toggleCamera());
-    this.micToggle.addEventListener('click', () => void this.toggleMic());
-    this.cameraSelect.addEventListener('change', () => void this.chooseDevice('videoinput', this.cameraSelect.value));
-    this.micSelect.addEventListener('change', () => void this.chooseDevice('audioinput', this.micSelect.value));
-    this.speakerSelect.addEventListener('change', () => void this.chooseDevice('audiooutput', this.speakerSelect.value));
+    this.cameraToggle.addEventListener('click', () => void this.queueMedia(() => this.toggleCamera()));
+    this.micToggle.addEventListener('click', () => void this.queueMedia(() => this.toggleMic()));
+    this.cameraSelect.addEventListener('change', () => void this.queueMedia(() => this.chooseDevice('videoinput', this.cameraSelect.value)));
+    this.micSelect.addEventListener('change', () => void this.queueMedia(() => this.chooseDevice('audioinput', this.micSelect.value)));
+    this.speakerSelect.addEventListener('change', () => void this.queueMedia(() => this.chooseDevice('audiooutput', this.speakerSelect.value)));
     this.nameInput.addEventListener('input', () => this.setNameError(null));
 
     const form = h(
@@ -291,6 +304,25 @@ export class PreJoin {
     showErrorScreen(this.root, kind, { detail });
   }
 
+  private queueMedia(op: () => Promise<void>): Promise<void> {
+    const run = async () => {
+      try {
+        await op();
+      } catch (error) {
+        console.warn('media operation failed', error);
+      }
+      // The screen went away (an error screen) while a device was opening: close it.
+      if (this.gone && !this.handedOver) {
+        this.video?.stop();
+        this.audio?.stop();
+        this.video = undefined;
+        this.audio = undefined;
+      }
+    };
+    this.mediaTask = this.mediaTask.then(run);
+    return this.mediaTask;
+  }
+
   private async acquireInitial(): Promise<void> {
     if (!navigator.mediaDevices?.getUserMedia) {
       this.cameraOn = false;
@@ -325,8 +357,10 @@ export class PreJoin {
       this.busy = false;
     }
     if (this.gone) {
-      this.video?.stop();
-      this.audio?.stop();
+      if (!this.handedOver) {
+        this.video?.stop();
+        this.audio?.stop();
+      }
       return;
     }
     this.attachPreview();
@@ -373,6 +407,7 @@ export class PreJoin {
   }
 
   private attachPreview(): void {
+    if (this.gone) return;
     if (this.video) {
       this.video.attach(this.previewVideo);
       this.previewVideo.hidden = false;
@@ -517,10 +552,16 @@ export class PreJoin {
       this.fail('generic', String(error));
       return;
     }
-    const video = this.video;
-    const audio = this.audio;
+    // Tracks still opening go to the meeting when ready; nothing here stops them now.
+    this.handedOver = true;
+    const media = this.mediaTask.then((): LocalMedia => {
+      const handed = { video: this.video, audio: this.audio };
+      this.video = undefined;
+      this.audio = undefined;
+      return handed;
+    });
     this.destroy(false);
-    this.onJoined({ name, join, video, audio, devices: { ...this.devices } });
+    this.onJoined({ name, join, media, devices: { ...this.devices } });
   }
 
   /** Leaves the screen; `stopTracks` false hands the open tracks to the meeting. */
@@ -532,9 +573,9 @@ export class PreJoin {
     if (stopTracks) {
       this.video?.stop();
       this.audio?.stop();
+      this.video = undefined;
+      this.audio = undefined;
     }
-    this.video = undefined;
-    this.audio = undefined;
   }
 }
 

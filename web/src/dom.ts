@@ -16,6 +16,9 @@ export function h<K extends keyof HTMLElementTagNameMap>(
       el.addEventListener(key.replace(/^on/, ''), value as EventListener);
     } else if (key === 'class') {
       el.className = String(value);
+    } else if (key === 'style') {
+      // Through the CSSOM, which a Content-Security-Policy without 'unsafe-inline' allows.
+      el.style.cssText = String(value);
     } else if (value === true) {
       el.setAttribute(key, '');
     } else {

@@ -202,6 +202,11 @@ export class Meeting {
       this.finish(kind, error instanceof Error ? error.message : String(error));
       return;
     }
+    if (this.phase === 'done') {
+      // Left while connecting.
+      void this.room.disconnect(true);
+      return;
+    }
     this.phase = 'connected';
     diagnostics.timings.connected = performance.now();
     this.connectingOverlay.hidden = true;

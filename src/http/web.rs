@@ -24,7 +24,7 @@ const NOT_BUILT: &str = "<!doctype html><html lang=\"fr\"><meta charset=\"utf-8\
 /// the SFU address the join endpoint hands out.
 fn content_security_policy(ws_origin: &str) -> String {
     format!(
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+        "default-src 'self'; script-src 'self'; style-src 'self'; \
          img-src 'self' data: blob:; media-src 'self' blob: mediastream:; \
          connect-src 'self' {ws_origin}; worker-src 'self' blob:; font-src 'self'; \
          object-src 'none'; base-uri 'none'; frame-ancestors 'self'"

@@ -17,6 +17,7 @@ PY=.venv/bin/python
 BIN=target/debug/tchap-visio
 
 bash scripts/setup-venv.sh
+bash scripts/build-web.sh
 cargo build
 mkdir -p "$DEMO"
 
@@ -68,6 +69,8 @@ SERVICE_PID=$!
     exit 1
 }
 
+MEETING_LINK="$("$BIN" meeting create --title "Démo" -c "$DEMO/config.yaml" | sed -n 's/^link: //p')"
+
 ROOM_ID="$("$PY" scripts/demo_helper.py setup-room --homeserver "$HS_URL" --synapse-dir "$DEMO/synapse" \
     --user demo --password demo --room-name "Démo Visio" --room-file "$DEMO/room_id" --bot "$BOT")"
 
@@ -80,6 +83,9 @@ The demo is running.
 
 Log in with any Matrix client (Element desktop: "Edit" the homeserver, enter $HS_URL),
 open the room "Démo Visio" and type:   !visio aide   -> the bot answers with its help.
+
+A meeting is ready too; open it in a browser (two tabs make two participants):
+  $MEETING_LINK
 
 Logs: $DEMO/tchap-visio.log, $DEMO/synapse/homeserver.log
 Ctrl-C stops Synapse and tchap-visio.

@@ -5,6 +5,7 @@
 #   scripts/test.sh -k outage       only the integration tests, arguments go to pytest
 #   TEST_ONLY=rust scripts/test.sh  fmt, clippy, build, Rust tests (cargo nextest)
 #   TEST_ONLY=pytest scripts/test.sh [pytest args]
+#   TEST_ONLY=browser scripts/test.sh   the meeting page in headless Chromium
 #
 # Needs nothing running: it makes the Python venv (.venv), starts a throwaway
 # PostgreSQL 15 cluster for the tests that use one (TCHAP_VISIO_TEST_POSTGRES_URL),
@@ -20,8 +21,8 @@ if [[ $# -gt 0 ]]; then
 fi
 TEST_ONLY="${TEST_ONLY:-all}"
 case "$TEST_ONLY" in
-    all | rust | pytest) ;;
-    *) echo "TEST_ONLY must be all, rust or pytest (got '$TEST_ONLY')" >&2; exit 2 ;;
+    all | rust | pytest | browser) ;;
+    *) echo "TEST_ONLY must be all, rust, pytest or browser (got '$TEST_ONLY')" >&2; exit 2 ;;
 esac
 want() { [[ "$TEST_ONLY" == all || "$TEST_ONLY" == "$1" ]]; }
 
@@ -116,5 +117,16 @@ if want pytest; then
     phase_start pytest
     export TCHAP_VISIO_BIN="$ROOT/target/debug/tchap-visio"
     .venv/bin/pytest tests/integration -x -q --basetemp="$TMP/pytest" "$@"
+    phase_end
+fi
+
+if want browser; then
+    phase_start web
+    bash scripts/build-web.sh
+    phase_end
+
+    phase_start browser
+    export TCHAP_VISIO_BIN="$ROOT/target/debug/tchap-visio"
+    bash scripts/test-browser.sh
     phase_end
 fi

@@ -56,6 +56,16 @@ struct Client {
     data_received: Vec<lk::DataPacket>,
 }
 
+/// A LiveKit session description as a client sends it.
+fn description(kind: &str, sdp: impl Into<String>, id: u32) -> lk::SessionDescription {
+    lk::SessionDescription {
+        r#type: kind.into(),
+        sdp: sdp.into(),
+        id,
+        ..Default::default()
+    }
+}
+
 fn client_rtc(addr: SocketAddr, now: Instant) -> Rtc {
     let mut rtc = Rtc::builder().build(now);
     rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
@@ -134,12 +144,7 @@ impl World {
         self.engine.signal(
             self.now,
             key,
-            signal_request::Message::Offer(lk::SessionDescription {
-                r#type: "offer".into(),
-                sdp: offer.to_sdp_string(),
-                id: 1,
-                ..Default::default()
-            }),
+            signal_request::Message::Offer(description("offer", offer.to_sdp_string(), 1)),
         );
     }
 
@@ -256,11 +261,11 @@ impl World {
                 self.engine.signal(
                     now,
                     key,
-                    signal_request::Message::Answer(lk::SessionDescription {
-                        r#type: "answer".into(),
-                        sdp: answer.to_sdp_string(),
-                        ..Default::default()
-                    }),
+                    signal_request::Message::Answer(description(
+                        "answer",
+                        answer.to_sdp_string(),
+                        0,
+                    )),
                 );
             }
             signal_response::Message::Answer(answer) => {
@@ -477,20 +482,12 @@ fn garbage_never_panics() {
         world.engine.signal(
             now,
             key,
-            signal_request::Message::Offer(lk::SessionDescription {
-                r#type: "offer".into(),
-                sdp: sdp.into(),
-                ..Default::default()
-            }),
+            signal_request::Message::Offer(description("offer", sdp, 0)),
         );
         world.engine.signal(
             now,
             key,
-            signal_request::Message::Answer(lk::SessionDescription {
-                r#type: "answer".into(),
-                sdp: sdp.into(),
-                ..Default::default()
-            }),
+            signal_request::Message::Answer(description("answer", sdp, 0)),
         );
     }
     world.engine.signal(
@@ -530,12 +527,7 @@ fn an_unpublished_track_leaves_the_subscribers() {
     world.engine.signal(
         world.now,
         key,
-        signal_request::Message::Offer(lk::SessionDescription {
-            r#type: "offer".into(),
-            sdp: offer.to_sdp_string(),
-            id: 2,
-            ..Default::default()
-        }),
+        signal_request::Message::Offer(description("offer", offer.to_sdp_string(), 2)),
     );
     world.run(Duration::from_millis(500), |_| {});
     assert!(

@@ -216,7 +216,8 @@ async fn run(
                     }
                 }
                 Output::Signal { key, message } => {
-                    tracing::trace!(key, message = ?message, "signal out");
+                    // Only the kind: SDPs carry ICE passwords, which stay out of logs.
+                    tracing::trace!(key, kind = signal_kind(&message), "signal out");
                     if let Some((sink, _)) = sinks.get(&key) {
                         let _ = sink.send(*message);
                     }
@@ -297,6 +298,24 @@ fn handle_command(
         Command::Stats { reply } => {
             let _ = reply.send(engine.participant_count());
         }
+    }
+}
+
+fn signal_kind(message: &signal_response::Message) -> &'static str {
+    use signal_response::Message as M;
+    match message {
+        M::Join(_) => "join",
+        M::Offer(_) => "offer",
+        M::Answer(_) => "answer",
+        M::Update(_) => "participant_update",
+        M::TrackPublished(_) => "track_published",
+        M::TrackUnpublished(_) => "track_unpublished",
+        M::Leave(_) => "leave",
+        M::Reconnect(_) => "reconnect",
+        M::SpeakersChanged(_) => "speakers_changed",
+        M::ConnectionQuality(_) => "connection_quality",
+        M::RoomUpdate(_) => "room_update",
+        _ => "other",
     }
 }
 

@@ -1291,7 +1291,7 @@ impl Engine {
         };
         set_kind(&mut packet, lossy);
         let chat = data::chat_in(&packet, &mut p.text_streams);
-        tracing::trace!(sid = %p.sid, value = ?packet.value.as_ref().map(std::mem::discriminant), chat = chat.is_some(), "data packet");
+        tracing::trace!(sid = %p.sid, chat = chat.is_some(), "data packet");
         let (sender_sid, identity, name, room_name) = (
             p.sid.clone(),
             p.identity.clone(),

@@ -439,20 +439,13 @@ export class PreJoin {
     this.level.classList.toggle('off', !mic);
   }
 
-  private async toggleCamera(): Promise<void> {
+  /** Runs one camera/microphone switch with the toggles disabled, then refreshes the preview. */
+  private async switchDevice(change: () => Promise<void>): Promise<void> {
     if (this.busy) return;
     this.busy = true;
     this.updateToggles();
     try {
-      if (this.cameraOn) {
-        this.cameraOn = false;
-        this.video?.stop();
-        this.video = undefined;
-      } else {
-        this.cameraOn = true;
-        this.video = await this.openVideo();
-      }
-      saveBool('camera-on', this.cameraOn);
+      await change();
     } finally {
       this.busy = false;
     }
@@ -462,11 +455,22 @@ export class PreJoin {
     void this.refreshDevices();
   }
 
-  private async toggleMic(): Promise<void> {
-    if (this.busy) return;
-    this.busy = true;
-    this.updateToggles();
-    try {
+  private toggleCamera(): Promise<void> {
+    return this.switchDevice(async () => {
+      if (this.cameraOn) {
+        this.cameraOn = false;
+        this.video?.stop();
+        this.video = undefined;
+      } else {
+        this.cameraOn = true;
+        this.video = await this.openVideo();
+      }
+      saveBool('camera-on', this.cameraOn);
+    });
+  }
+
+  private toggleMic(): Promise<void> {
+    return this.switchDevice(async () => {
       if (this.micOn) {
         this.micOn = false;
         this.audio?.stop();
@@ -476,13 +480,7 @@ export class PreJoin {
         this.audio = await this.openAudio();
       }
       saveBool('mic-on', this.micOn);
-    } finally {
-      this.busy = false;
-    }
-    if (this.gone) return;
-    this.attachPreview();
-    this.updateToggles();
-    void this.refreshDevices();
+    });
   }
 
   private async chooseDevice(kind: DeviceKind, deviceId: string): Promise<void> {

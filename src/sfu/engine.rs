@@ -4,7 +4,7 @@
 //! signalling and time, and returns packets to send, signalling to deliver, events and
 //! its next timeout. One driver ([`super::driver`]) owns the socket and the clock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ pub enum JoinError {
     UnknownSession,
     #[error("the identity `{0}` is reserved")]
     ReservedIdentity(String),
+    #[error("the meeting has ended")]
+    RoomClosed,
 }
 
 /// What the engine wants done.
@@ -207,7 +209,13 @@ pub struct Engine {
     targets: Vec<(ParticipantKey, Mid)>,
     next_housekeeping: Instant,
     next_quality: Instant,
+    /// Rooms ended by the service: a token issued before the end cannot reopen them.
+    closed_rooms: HashSet<String>,
 }
+
+/// Ended rooms remembered; beyond this the oldest are forgotten (their tokens have
+/// long expired by then).
+const CLOSED_ROOMS_KEPT: usize = 10_000;
 
 fn new_peer(config: &EngineConfig, now: Instant) -> Peer {
     let ufrag = random_id("", 16);
@@ -284,6 +292,7 @@ impl Engine {
             targets: Vec::new(),
             next_housekeeping: now + HOUSEKEEPING_PERIOD,
             next_quality: now + QUALITY_PERIOD,
+            closed_rooms: HashSet::new(),
         }
     }
 
@@ -318,6 +327,9 @@ impl Engine {
     pub fn admit(&self, room: &str, identity: &str) -> Result<Option<ParticipantKey>, JoinError> {
         if identity == SERVER_IDENTITY {
             return Err(JoinError::ReservedIdentity(identity.to_owned()));
+        }
+        if self.closed_rooms.contains(room) {
+            return Err(JoinError::RoomClosed);
         }
         let replaced = self.find_identity(room, identity);
         // The session being replaced does not count against the limits.
@@ -1374,6 +1386,34 @@ impl Engine {
         }
         self.drain(now);
         true
+    }
+
+    /// Ends a room for good: every participant is told the room was deleted (the page
+    /// shows its "meeting ended" screen) and removed, and later joins are refused.
+    /// Returns how many participants were in it.
+    pub fn close_room(&mut self, now: Instant, room_name: &str) -> usize {
+        if self.closed_rooms.len() >= CLOSED_ROOMS_KEPT {
+            self.closed_rooms.clear();
+        }
+        self.closed_rooms.insert(room_name.to_owned());
+        let members = self
+            .rooms
+            .get(room_name)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for &key in &members {
+            self.send(
+                key,
+                signal_response::Message::Leave(lk::LeaveRequest {
+                    reason: lk::DisconnectReason::RoomDeleted as i32,
+                    action: lk::leave_request::Action::Disconnect as i32,
+                    ..Default::default()
+                }),
+            );
+            self.remove(key, "meeting ended");
+        }
+        self.drain(now);
+        members.len()
     }
 
     // ----- periodic work --------------------------------------------------------------

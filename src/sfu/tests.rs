@@ -564,3 +564,35 @@ fn an_unpublished_track_leaves_the_subscribers() {
         "bob got an offer stopping the m-line ({offers} offers)"
     );
 }
+
+#[test]
+fn a_closed_room_tells_everyone_it_ended_and_stays_closed() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    assert_eq!(world.engine.close_room(world.now, "room"), 2);
+    world.exchange();
+    for index in [alice, bob] {
+        let told = world.clients[index].signals.iter().any(|s| {
+            matches!(s, signal_response::Message::Leave(leave)
+                if leave.reason == lk::DisconnectReason::RoomDeleted as i32)
+        });
+        assert!(told, "client {index} was not told the room ended");
+    }
+    let left = world
+        .events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::ParticipantLeft { .. }))
+        .count();
+    assert_eq!(left, 2, "{:?}", world.events);
+    assert!(world.events.contains(&EngineEvent::RoomEmpty {
+        room: "room".into()
+    }));
+    assert_eq!(world.engine.participant_count(), 0);
+    assert!(matches!(
+        world.engine.join(world.now, join_request("carol")),
+        Err(super::JoinError::RoomClosed)
+    ));
+    assert_eq!(world.engine.close_room(world.now, "never-opened"), 0);
+}

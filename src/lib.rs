@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod i18n;
 pub mod ids;
+pub mod markdown;
 pub mod matrix;
 pub mod meeting;
 pub mod observability;

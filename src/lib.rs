@@ -14,3 +14,4 @@ pub mod observability;
 pub mod sfu;
 pub mod signal;
 pub mod store;
+pub mod webhooks;

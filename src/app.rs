@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::SecretToken;
 use crate::auth::token::SfuKeys;
 use crate::config::Config;
+use crate::http::api::BotApiContext;
 use crate::http::{self, AppState};
 use crate::matrix::bot::Bot;
 use crate::matrix::client::{CallError, MatrixClient};
@@ -23,6 +24,7 @@ use crate::observability;
 use crate::sfu::{EngineConfig, SfuHandle};
 use crate::signal::{self, SignalState};
 use crate::store::{Store, redact_uri};
+use crate::webhooks::Webhooks;
 
 /// Switches of `run` that are not configuration.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +75,13 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let mut workers = tokio::task::JoinSet::new();
+    // Webhook deliveries have their own worker: a slow receiver delays nothing else.
+    let webhooks = Webhooks::from_config(&config.webhooks);
+    workers.spawn(webhooks.worker(store.clone(), shutdown.clone()).run());
+    let bot_api = BotApiContext {
+        outbound_wake: outbound_wake.clone(),
+        language: config.language,
+    };
     workers.spawn(
         OutboundWorker {
             store: store.clone(),
@@ -112,6 +121,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         pings: None,
         sfu_keys: sfu_keys.clone(),
         public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
+        bot_api,
     };
     tracing::info!(
         %addr,
@@ -274,6 +284,10 @@ pub async fn check_config(config: &Config) -> anyhow::Result<String> {
                 pings: Some(ping_tx),
                 sfu_keys: Arc::new(SfuKeys::generate()),
                 public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
+                bot_api: BotApiContext {
+                    outbound_wake: Arc::new(Notify::new()),
+                    language: config.language,
+                },
             };
             let stop = shutdown.clone();
             tokio::spawn(async move {

@@ -107,6 +107,15 @@ static TEXT_ONLY: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
     builder
 });
 
+/// Whether a link target is absolute with one of [`URL_SCHEMES`].
+fn has_allowed_scheme(url: &str) -> bool {
+    url.split_once(':').is_some_and(|(scheme, _)| {
+        URL_SCHEMES
+            .iter()
+            .any(|allowed| scheme.eq_ignore_ascii_case(allowed))
+    })
+}
+
 /// `language-xyz` tokens only, as Markdown code fences produce.
 fn is_language_class(value: &str) -> bool {
     let mut tokens = value.split_whitespace().peekable();
@@ -242,7 +251,9 @@ pub fn to_plain(markdown: &str) -> String {
                 if let Some((url, start)) = links.pop() {
                     let text = out[start..].trim();
                     let bare = url.strip_prefix("mailto:").unwrap_or(&url);
-                    if text.is_empty() {
+                    if !has_allowed_scheme(&url) {
+                        // As in the HTML: the text stays, the target goes.
+                    } else if text.is_empty() {
                         out.push_str(&url);
                     } else if text != bare {
                         out.push_str(&format!(" ({url})"));
@@ -414,6 +425,10 @@ mod tests {
         );
         assert_eq!(to_plain("| a | b |\n|-|-|\n| 1 | 2 |"), "a | b\n1 | 2");
         assert_eq!(to_plain(""), "");
+        assert_eq!(
+            to_plain("[piège](javascript:alert(1)) [rel](/x)"),
+            "piège rel"
+        );
         assert_eq!(to_plain("<iframe src=x></iframe>texte"), "texte");
     }
 }

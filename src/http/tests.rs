@@ -38,6 +38,10 @@ pub(super) fn state(store: Store) -> AppState {
         pings: None,
         sfu_keys: Arc::new(sfu_keys()),
         public_ws_url: TEST_WS_URL.into(),
+        bot_api: api::BotApiContext {
+            outbound_wake: Arc::new(Notify::new()),
+            language: crate::config::Language::Fr,
+        },
     }
 }
 

@@ -88,6 +88,10 @@ async fn run(label: &str, uri: &str) {
         pings: None,
         sfu_keys: Arc::new(SfuKeys::generate()),
         public_ws_url: "ws://127.0.0.1".into(),
+        bot_api: tchap_visio::http::api::BotApiContext {
+            outbound_wake: Arc::new(Notify::new()),
+            language: tchap_visio::config::Language::Fr,
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -184,6 +184,7 @@ impl OutboundWorker {
             return;
         }
         let started = Instant::now();
+        tracing::trace!(id = row.id, kind = kind(&request), "sending");
         let result = execute(&self.client, &request, &row.txn_id).await;
         if let (
             Ok(result),

@@ -240,3 +240,60 @@ def test_restart_mid_meeting_keeps_attendance_chat_and_posts_once(tmp_path_facto
         assert sum(1 for e in bot_events if "terminée" in body(e) and not in_thread(e, root)) == 1, "more than one end line"
     finally:
         env.close()
+
+
+def test_meeting_page_in_chromium_chats_with_the_thread_and_shows_the_end(env, tmp_path):
+    """The meeting page itself (livekit-client in Debian's Chromium): its chat reaches the
+    thread, a thread reply reaches the page with the Matrix author's name, and ending the
+    meeting from the room shows the page's "meeting ended" screen."""
+    import json
+    import shutil
+    import subprocess
+    import threading
+
+    from harness.util import ROOT
+
+    if not (shutil.which("node") and os.path.exists("/usr/bin/chromium") and (ROOT / "tests/browser/node_modules").is_dir()):
+        if os.environ.get("CI"):
+            pytest.fail("Chromium, node or tests/browser/node_modules missing (scripts/test.sh prepares them)")
+        pytest.skip("Chromium, node or tests/browser/node_modules missing: run scripts/test-browser.sh once")
+    alice, room = env.room_with_bot("alice", name="Navigateur")
+    notice, slug = start_meeting(env, alice, room, "!visio Navigateur", "Navigateur")
+    root = notice["event_id"]
+    link = LINK.search(body(notice)).group(0)
+
+    proc = subprocess.Popen(
+        ["node", str(ROOT / "tests/browser/bridge-page.mjs"), "--link", link, "--name", "Chloé",
+         "--say", "Bonjour depuis Chromium", "--expect", "Bienvenue Chloé"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TCHAP_VISIO_BIN": str(env.service.bin)},
+    )
+    pidfile = os.environ.get("TCHAP_VISIO_TEST_PIDFILE")
+    if pidfile:
+        with open(pidfile, "a") as f:
+            f.write(f"{proc.pid}\n")
+    progress: list[dict] = []
+    reader = threading.Thread(target=lambda: progress.extend(json.loads(line) for line in proc.stdout), daemon=True)
+    reader.start()
+
+    def reached(event: str):
+        if proc.poll() not in (None, 0):
+            raise AssertionError(f"the page script failed:\n{proc.stderr.read()}")
+        return next((p for p in progress if p["event"] == event), None)
+
+    try:
+        wait_for(lambda: reached("joined"), 60, "Chromium to join the meeting")
+        mirrored = wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "Bonjour depuis Chromium", "the page's chat in the thread")
+        assert alice.member(room, mirrored["sender"]).get("displayname") == "Chloé (invité·e)"
+        send_in_thread(alice, room, root, "Bienvenue Chloé")
+        got = wait_for(lambda: reached("received"), 30, "the thread reply on the page")
+        assert got["author"] == "alice", got
+        alice.send_text(room, "!visio fin")
+        wait_for(lambda: reached("ended"), 30, "the page's 'meeting ended' screen")
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    summary = wait_event(alice, room, lambda e: in_thread(e, root) and "Compte rendu de la visio" in body(e), "the summary")
+    assert "Chloé (invité·e)" in body(summary) and "Messages dans la discussion : 2" in body(summary), body(summary)

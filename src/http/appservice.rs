@@ -121,11 +121,20 @@ pub async fn query_user(
     Path(user_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
     // Ghosts are registered by us before they are used, so the homeserver never needs
-    // us to create one on demand; only the bot is known here.
+    // us to create one on demand: the bot and the ghosts we registered exist, no other.
     if user_id == state.bot_user_id.as_str() {
-        Ok(Json(serde_json::json!({})))
-    } else {
-        Err(MatrixError::not_found("User"))
+        return Ok(Json(serde_json::json!({})));
+    }
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| MatrixError::internal(&crate::store::StoreError::from(e)))?;
+    match crate::store::ghosts::display_name(&mut conn, &user_id).await {
+        Ok(Some(_)) => Ok(Json(serde_json::json!({}))),
+        Ok(None) => Err(MatrixError::not_found("User")),
+        Err(e) => Err(MatrixError::internal(&e)),
     }
 }
 

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::SecretToken;
 use crate::auth::token::SfuKeys;
+use crate::bridge::sfu_events::SfuEventWorker;
+use crate::bridge::{self, Bridge, BridgeContext};
 use crate::config::Config;
 use crate::http::api::BotApiContext;
 use crate::http::{self, AppState};
@@ -75,12 +77,27 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let mut workers = tokio::task::JoinSet::new();
+    let (sfu, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
+    workers.spawn(async move {
+        let _ = sfu_task.await;
+    });
+    // Subscribed before anything can join, so no event is missed.
+    let sfu_events = sfu.subscribe();
+    let bridge = Arc::new(BridgeContext::from_config(
+        &config,
+        Some(sfu.clone()),
+        Some(client.clone()),
+    ));
+    {
+        let mut conn = store.pool().acquire().await?;
+        bridge::recover(&mut conn, crate::store::now_ms()).await?;
+    }
     // Webhook deliveries have their own worker: a slow receiver delays nothing else.
     let webhooks = Webhooks::from_config(&config.webhooks);
     workers.spawn(webhooks.worker(store.clone(), shutdown.clone()).run());
     let bot_api = BotApiContext {
         outbound_wake: outbound_wake.clone(),
-        language: config.language,
+        bridge: bridge.clone(),
     };
     workers.spawn(
         OutboundWorker {
@@ -91,13 +108,25 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         }
         .run(),
     );
+    workers.spawn(
+        SfuEventWorker {
+            ctx: bridge.clone(),
+            store: store.clone(),
+            events: sfu_events,
+            outbound_wake: outbound_wake.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
     if options.hold_inbox {
         tracing::warn!("--hold-inbox: transactions are stored but not processed");
     } else {
         workers.spawn(
             InboxWorker {
                 store: store.clone(),
-                handler: bot.clone(),
+                handler: Bridge {
+                    ctx: bridge.clone(),
+                },
                 wake: inbox_wake.clone(),
                 outbound_wake,
                 shutdown: shutdown.clone(),
@@ -132,10 +161,6 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         "tchap-visio is running"
     );
     let server_shutdown = shutdown.clone();
-    let (sfu, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
-    workers.spawn(async move {
-        let _ = sfu_task.await;
-    });
     let router = http::router(state).merge(signal::routes(SignalState {
         sfu,
         keys: sfu_keys,
@@ -286,7 +311,7 @@ pub async fn check_config(config: &Config) -> anyhow::Result<String> {
                 public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
                 bot_api: BotApiContext {
                     outbound_wake: Arc::new(Notify::new()),
-                    language: config.language,
+                    bridge: Arc::new(BridgeContext::from_config(config, None, None)),
                 },
             };
             let stop = shutdown.clone();

@@ -24,7 +24,7 @@ use super::AppState;
 use super::appservice::read_body;
 use super::error::MatrixError;
 use crate::auth::api_token;
-use crate::config::Language;
+use crate::bridge::BridgeContext;
 use crate::i18n;
 use crate::ids::MeetingId;
 use crate::meeting::{self, Attendee, ChatMessage, Meeting, validate_display_name};
@@ -40,12 +40,12 @@ pub const SUMMARY_RENDERED_LIMIT: usize = 48 * 1024;
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 
 /// What the bot API needs beyond the common state.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BotApiContext {
     /// Wakes the outbound worker once a summary is queued.
     pub outbound_wake: Arc<Notify>,
-    /// Language of the default author name ("Compte-rendu").
-    pub language: Language,
+    /// Posts summaries (ghosts, thread); its language names the default author.
+    pub bridge: Arc<BridgeContext>,
 }
 
 /// A caller that presented an active bot API token; `name` is the token's name (the
@@ -331,7 +331,7 @@ pub async fn post_summary(
         Some(author) => {
             validate_display_name(author).map_err(|e| bad_json(format!("`author`: {e}")))?
         }
-        None => DEFAULT_AUTHOR.get(state.bot_api.language).to_owned(),
+        None => DEFAULT_AUTHOR.get(state.bot_api.bridge.lang).to_owned(),
     };
     let html = crate::markdown::to_matrix_html(&request.markdown);
     let plain = crate::markdown::to_plain(&request.markdown);
@@ -385,10 +385,7 @@ pub async fn openapi() -> impl IntoResponse {
 /// Where the bot API meets the bridge: kept apart so that the bridge's own functions
 /// replace these bodies without touching the handlers.
 mod adapter {
-    use ruma::OwnedRoomId;
-
     use super::*;
-    use crate::matrix::queue::{self, OutboundRequest};
     use crate::store::{chat, sessions};
 
     pub async fn sessions(
@@ -405,53 +402,17 @@ mod adapter {
         chat::list_for_meeting(conn, id).await
     }
 
-    /// Queues the summary notice in the meeting's thread (in the room when the thread
-    /// root is not known yet), inside the caller's transaction. Until the bridge posts
-    /// it from a named ghost, the bot posts it under the author's name in bold.
+    /// Queues the ghost's registration, invitation and join, and the notice in the
+    /// meeting's thread, inside the caller's transaction.
     pub async fn post_summary(
         conn: &mut Connection,
-        _state: &AppState,
+        state: &AppState,
         meeting: &Meeting,
         author: &str,
         plain: String,
         html: String,
     ) -> Result<(), StoreError> {
-        let room = meeting
-            .matrix_room_id
-            .as_deref()
-            .and_then(|r| OwnedRoomId::try_from(r).ok())
-            .ok_or_else(|| StoreError::Corrupt {
-                table: "meetings",
-                detail: format!("room id of {}", meeting.id),
-            })?;
-        let mut content = serde_json::json!({
-            "msgtype": "m.notice",
-            "body": format!("{author}\n\n{plain}"),
-            "format": "org.matrix.custom.html",
-            "formatted_body": format!(
-                "<p><strong>{}</strong></p>\n{html}",
-                crate::i18n::html_escape(author)
-            ),
-        });
-        if let Some(root) = &meeting.thread_root_event_id {
-            content["m.relates_to"] = serde_json::json!({
-                "rel_type": "m.thread",
-                "event_id": root,
-                "is_falling_back": true,
-                "m.in_reply_to": { "event_id": root },
-            });
-        }
-        queue::enqueue(
-            conn,
-            &OutboundRequest::Send {
-                room_id: room,
-                as_user: None,
-                event_type: "m.room.message".into(),
-                content,
-            },
-        )
-        .await?;
-        Ok(())
+        crate::bridge::post_summary(conn, &state.bot_api.bridge, meeting, author, plain, html).await
     }
 }
 

@@ -27,6 +27,18 @@ pub(super) fn sfu_keys() -> SfuKeys {
     )
 }
 
+/// The bridge as the example config makes it (French).
+fn bridge_context() -> crate::bridge::BridgeContext {
+    use figment::providers::{Format, Yaml};
+    let config: crate::config::Config = figment::Figment::new()
+        .merge(Yaml::string(include_str!(
+            "../../config/example-config.yaml"
+        )))
+        .extract()
+        .expect("the example config parses");
+    crate::bridge::BridgeContext::from_config(&config, None, None)
+}
+
 pub(super) fn state(store: Store) -> AppState {
     AppState {
         store,
@@ -40,7 +52,7 @@ pub(super) fn state(store: Store) -> AppState {
         public_ws_url: TEST_WS_URL.into(),
         bot_api: api::BotApiContext {
             outbound_wake: Arc::new(Notify::new()),
-            language: crate::config::Language::Fr,
+            bridge: Arc::new(bridge_context()),
         },
     }
 }
@@ -224,6 +236,14 @@ both_dialects!(queries_and_ping, |store: Store| async move {
         (got, body["errcode"].as_str()),
         (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
     );
+    // A ghost we registered exists.
+    let mut conn = store.pool().acquire().await.expect("conn");
+    crate::store::ghosts::put(&mut conn, "@visio_g1:localhost", "Zoé (invité·e)", 1)
+        .await
+        .expect("put");
+    drop(conn);
+    let (got, _) = call(&store, get("/_matrix/app/v1/users/@visio_g1:localhost")).await;
+    assert_eq!(got, StatusCode::OK);
     let (got, _) = call(&store, get("/_matrix/app/v1/rooms/%23a:localhost")).await;
     assert_eq!(got, StatusCode::NOT_FOUND);
     let ping = Request::post("/_matrix/app/v1/ping")

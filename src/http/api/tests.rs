@@ -277,9 +277,33 @@ both_dialects!(
             "{json}"
         );
         let queued = queued(&store).await;
-        assert_eq!(queued.len(), 1);
-        let content = &queued[0]["content"];
-        assert_eq!(queued[0]["room_id"], ROOM);
+        // The ghost is registered, named, invited and joined first, in the room's order.
+        let kinds: Vec<&str> = queued
+            .iter()
+            .map(|r| r["kind"].as_str().expect("kind"))
+            .collect();
+        assert_eq!(kinds.last(), Some(&"send"), "{kinds:?}");
+        assert!(
+            kinds.contains(&"register_ghost") && kinds.contains(&"invite"),
+            "{kinds:?}"
+        );
+        let named = queued
+            .iter()
+            .find(|r| r["kind"] == "set_display_name")
+            .expect("named");
+        assert_eq!(named["displayname"], "Compte-rendu");
+        let send = queued.last().expect("send");
+        assert_eq!(send["room_id"], ROOM);
+        assert_eq!(
+            send["as_user"], named["user_id"],
+            "posted by the named ghost"
+        );
+        assert_eq!(
+            send["in_thread_of"],
+            m.id.as_str(),
+            "in the meeting's thread"
+        );
+        let content = &send["content"];
         assert_eq!(content["msgtype"], "m.notice");
         assert_eq!(content["format"], "org.matrix.custom.html");
         let html = content["formatted_body"].as_str().expect("html");
@@ -294,9 +318,7 @@ both_dialects!(
             html.contains("<a href=\"https://example.org\" rel=\"noopener\">doc</a>"),
             "{html}"
         );
-        assert!(html.contains("Compte-rendu") && plain.starts_with("Compte-rendu"));
-        assert_eq!(content["m.relates_to"]["rel_type"], "m.thread");
-        assert_eq!(content["m.relates_to"]["event_id"], "$root");
+        assert!(plain.starts_with("Décisions"), "{plain}");
 
         let (status, _) = call(
             &store,
@@ -309,11 +331,16 @@ both_dialects!(
         .await;
         assert_eq!(status, StatusCode::ACCEPTED);
         let queued_now = self::queued(&store).await;
-        assert!(
-            queued_now[1]["content"]["body"]
-                .as_str()
-                .is_some_and(|b| b.starts_with("Transcripteur")),
-            "{queued_now:?}"
+        let other = queued_now
+            .iter()
+            .rev()
+            .find(|r| r["kind"] == "set_display_name")
+            .expect("named");
+        assert_eq!(other["displayname"], "Transcripteur");
+        assert_ne!(other["user_id"], named["user_id"], "one ghost per author");
+        assert_eq!(
+            queued_now.last().expect("send")["as_user"],
+            other["user_id"]
         );
     }
 );

@@ -38,6 +38,8 @@ fn join_request(identity: &str) -> JoinRequest {
         can_subscribe: true,
         can_publish_data: true,
         auto_subscribe: true,
+        single_pc: false,
+        publisher_offer: None,
     }
 }
 

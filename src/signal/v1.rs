@@ -13,9 +13,10 @@ use flate2::read::GzDecoder;
 use livekit_protocol as lk;
 use prost::Message;
 
-/// Longest `join_request` parameter accepted (base64 text). An offer with a few dozen
-/// m-lines, uncompressed, stays well below; reverse proxies usually cut much earlier.
-pub const MAX_PARAM_BYTES: usize = 192 * 1024;
+/// Longest `join_request` parameter accepted (base64 text). A browser's gzipped offer
+/// takes a few KiB; an uncompressed one with a dozen m-lines about 15 KiB. The HTTP
+/// server itself refuses request targets above 64 KiB (414) before this is reached.
+pub const MAX_PARAM_BYTES: usize = 48 * 1024;
 /// Largest `JoinRequest` once decompressed: a gzip bomb stops here.
 pub const MAX_DECODED_BYTES: usize = 1024 * 1024;
 

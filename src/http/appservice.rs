@@ -89,7 +89,11 @@ pub async fn put_transaction(
         }
     })?;
     // Where the bot's share of a command's latency starts (benches/bridge_latency.py).
-    tracing::trace!(txn_id, first_event = events.first().map(|e| e.event_id.as_str()), "transaction received");
+    tracing::trace!(
+        txn_id,
+        first_event = events.first().map(|e| e.event_id.as_str()),
+        "transaction received"
+    );
     let outcome = state
         .store
         .store_transaction(&txn_id, &events)

@@ -201,22 +201,31 @@ fn near_command(word: &str) -> Option<&'static str> {
         .map(|(_, name)| name)
 }
 
-/// Levenshtein distance over characters.
+/// Edit distance over characters where swapping two neighbours counts as one typo
+/// (optimal string alignment), as in `aied` for `aide`.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (diagonal + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            diagonal = row[j + 1];
-            row[j + 1] = next;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
 }
 
 /// Words that, next to a mention of the bot, ask for a meeting.
@@ -227,7 +236,8 @@ const CALL_WORDS: &[&str] = &["visio", "appel", "réunion", "reunion", "call", "
 pub fn asks_for_a_call(body: &str, bot_names: &[&str]) -> bool {
     let mut text = body.to_lowercase();
     for name in bot_names {
-        text = text.replace(&name.to_lowercase(), " ");
+        // Only the mention itself: "Visio, lance une visio" still asks for one.
+        text = text.replacen(&name.to_lowercase(), " ", 1);
     }
     text.split(|c: char| !c.is_alphanumeric())
         .any(|word| CALL_WORDS.contains(&word))
@@ -337,8 +347,18 @@ mod tests {
         ] {
             assert_eq!(parse(body), Parsed::Unknown { word, suggestion }, "{body}");
         }
-        // Short words are too close to everything to guess.
-        assert_eq!(action("!visio fun"), Some((CommandAction::Start, "fun")));
+        assert_eq!(
+            parse("!visio fni"),
+            Parsed::Unknown {
+                word: "fni",
+                suggestion: "fin"
+            }
+        );
+        // Two letters are too close to everything to guess.
+        assert_eq!(action("!visio RH"), Some((CommandAction::Start, "RH")));
+        assert_eq!(edit_distance("aied", "aide"), 1);
+        assert_eq!(edit_distance("statut", "statut"), 0);
+        assert_eq!(edit_distance("", "fin"), 3);
     }
 
     #[test]

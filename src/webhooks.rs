@@ -277,6 +277,10 @@ impl WebhookWorker {
     pub async fn run(self) {
         let receivers = self.webhooks.receivers.clone();
         self.give_up_on_removed_receivers(&receivers).await;
+        if receivers.is_empty() {
+            tracing::debug!("webhooks: no receiver configured");
+            return;
+        }
         // reqwest is built without a default TLS provider; `main` installs ring, and
         // doing it here too (a no-op then) lets the worker run alone in tests.
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WebhookConfig;
-use crate::meeting::Meeting;
+use crate::meeting::{Attendee, ChatMessage, Meeting, Session};
 use crate::store::webhooks::{DeliveryRow, NewDelivery};
 use crate::store::{self, Store, StoreError, now_ms};
 
@@ -126,6 +126,52 @@ pub fn meeting_json(meeting: &Meeting) -> serde_json::Value {
         "created_at": meeting.created_at,
         "started_at": meeting.started_at,
         "ended_at": meeting.ended_at,
+    })
+}
+
+/// `data` of `participant.joined` and `participant.left`: the session, without its
+/// identity (which carries the browser's stable id; the SFU's `sid` pairs join and leave).
+pub fn participant_data(session: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "sid": session.sid,
+        "name": session.display_name,
+        "matrix_user_id": session.matrix_user_id,
+        "joined_at": session.joined_at,
+        "left_at": session.left_at,
+    })
+}
+
+/// `data` of `chat.message`.
+pub fn chat_data(message: &ChatMessage) -> serde_json::Value {
+    serde_json::json!({
+        "id": message.message_id,
+        "origin": message.origin.as_str(),
+        "sender_name": message.sender_name,
+        "matrix_user_id": message.matrix_user_id,
+        "body": message.body,
+        "sent_at": message.sent_at,
+    })
+}
+
+/// `data` of `meeting.ended`: what the summary in the thread says.
+pub fn ended_data(
+    meeting: &Meeting,
+    attendance: &[Attendee],
+    chat_messages: i64,
+) -> serde_json::Value {
+    let duration_ms = meeting
+        .started_at
+        .zip(meeting.ended_at)
+        .map(|(start, end)| (end - start).max(0));
+    serde_json::json!({
+        "duration_ms": duration_ms,
+        "peak_participants": meeting.peak_participants,
+        "chat_messages": chat_messages,
+        "attendance": attendance.iter().map(|a| serde_json::json!({
+            "name": a.display_name,
+            "matrix_user_id": a.matrix_user_id,
+            "present_ms": a.present_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 

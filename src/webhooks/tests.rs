@@ -56,6 +56,59 @@ fn kinds_have_their_names() {
     );
 }
 
+#[test]
+fn event_data_never_holds_identities() {
+    use crate::meeting::{ChatOrigin, attendance};
+    let m = meeting();
+    let session = Session {
+        meeting_id: m.id.clone(),
+        sid: "PA_1".into(),
+        identity: "browser-7f3a-x1".into(),
+        attendee_key: "browser-7f3a".into(),
+        display_name: "Zoé".into(),
+        matrix_user_id: Some("@zoe:localhost".into()),
+        joined_at: 1_000,
+        left_at: Some(61_000),
+        last_seen_at: 61_000,
+    };
+    let joined = participant_data(&session);
+    assert_eq!(
+        joined,
+        serde_json::json!({"sid": "PA_1", "name": "Zoé", "matrix_user_id": "@zoe:localhost",
+                           "joined_at": 1_000, "left_at": 61_000})
+    );
+    assert!(!joined.to_string().contains("browser-7f3a"));
+    let message = ChatMessage {
+        meeting_id: m.id.clone(),
+        message_id: "m1".into(),
+        origin: ChatOrigin::Matrix,
+        sender_identity: Some("browser-7f3a-x1".into()),
+        sender_name: "Zoé".into(),
+        matrix_user_id: None,
+        body: "bonjour".into(),
+        sent_at: 5,
+    };
+    let chat = chat_data(&message);
+    assert_eq!(
+        (chat["origin"].as_str(), chat["body"].as_str()),
+        (Some("matrix"), Some("bonjour"))
+    );
+    assert!(!chat.to_string().contains("browser-7f3a"));
+    let mut ended = m.clone();
+    ended.started_at = Some(1_000);
+    ended.ended_at = Some(91_000);
+    ended.peak_participants = 2;
+    let data = ended_data(&ended, &attendance(&[session], 100_000), 3);
+    assert_eq!(data["duration_ms"], 90_000);
+    assert_eq!(data["chat_messages"], 3);
+    assert_eq!(data["attendance"][0]["present_ms"], 60_000);
+    assert!(!data.to_string().contains("browser-7f3a"));
+    assert_eq!(
+        ended_data(&m, &[], 0)["duration_ms"],
+        serde_json::Value::Null
+    );
+}
+
 fn hooks(urls: &[&str]) -> Webhooks {
     Webhooks::from_config(
         &urls

@@ -465,7 +465,7 @@ pub async fn create_api_token(config: &Config, name: &str) -> anyhow::Result<Str
             "a token called `{name}` already exists; revoke it first (api-token revoke --name {name}) or pick another name"
         );
     }
-    tracing::info!(token = name, "API token created");
+    tracing::info!(token_name = name, "API token created");
     Ok(token)
 }
 

@@ -102,7 +102,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<BotTo
         })?
         .to_owned();
     if let Err(e) = api_tokens::touch(&mut conn, &name, store::now_ms()).await {
-        tracing::warn!(token = %name, error = %e, "cannot record the token's use");
+        tracing::warn!(token_name = %name, error = %e, "cannot record the token's use");
     }
     Ok(BotToken { name })
 }
@@ -232,7 +232,7 @@ pub async fn list_room_meetings(
     let listed = meetings::list_by_room(&mut conn, room_id.as_str())
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    tracing::debug!(token = %token.name, room = %room_id, count = listed.len(), "bot API: meetings listed");
+    tracing::debug!(token_name = %token.name, room = %room_id, count = listed.len(), "bot API: meetings listed");
     Ok(Json(MeetingList {
         meetings: listed.iter().map(MeetingView::from).collect(),
     }))
@@ -268,7 +268,7 @@ async fn bot_get_meeting(
     let chat = adapter::chat(&mut conn, &meeting.id)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    tracing::debug!(token = %token.name, meeting = %meeting.id, "bot API: meeting read");
+    tracing::debug!(token_name = %token.name, meeting = %meeting.id, "bot API: meeting read");
     Ok(Json(MeetingDetail {
         meeting: MeetingView::from(&meeting),
         attendance: meeting::attendance(&sessions, store::now_ms())
@@ -367,7 +367,7 @@ pub async fn post_summary(
     tx.commit().await.map_err(|e| MatrixError::internal(&e))?;
     state.bot_api.outbound_wake.notify_one();
     metrics::counter!("tchap_visio_bot_api_summaries_total").increment(1);
-    tracing::info!(token = %token.name, meeting = %meeting.id, %author, "bot API: summary queued");
+    tracing::info!(token_name = %token.name, meeting = %meeting.id, %author, "bot API: summary queued");
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "status": "queued" })),

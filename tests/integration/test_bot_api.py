@@ -254,3 +254,36 @@ def test_the_documented_verification_snippet_works(receivers):
     assert verify(steady.secret.encode(), delivery.signature, delivery.raw)
     assert not verify(steady.secret.encode(), delivery.signature, delivery.raw + b" ")
     assert not verify(b"another-secret", delivery.signature, delivery.raw)
+
+
+def test_bot_api_and_webhooks_on_postgres(tmp_path_factory, pg_database):
+    """The same paths with the service on PostgreSQL: token from the command line, a
+    meeting listed and read, a ping delivered once to each receiver after a retry."""
+    with WebhookReceiver(fail_first=1) as flaky, WebhookReceiver() as steady:
+        pg = Env(
+            tmp_path_factory.mktemp("botapi-pg"),
+            database_uri=pg_database,
+            overrides={"webhooks": [flaky.config(), steady.config()]},
+        )
+        try:
+            tok = create_token(pg, "pg-bot")
+            room = "!pg-room:localhost"
+            out = cli(pg, "meeting", "create", "--title", "Sur PostgreSQL", "--room", room)
+            meeting_id = re.search(r"^id: (\S+)$", out, re.M).group(1)
+            r = api(pg, "GET", room_path(room), tok)
+            assert r.status_code == 200 and [m["id"] for m in r.json()["meetings"]] == [meeting_id], r.text
+            r = api(pg, "GET", f"/api/v1/meetings/{meeting_id}", tok)
+            assert r.status_code == 200 and r.json()["title"] == "Sur PostgreSQL", r.text
+            assert api(pg, "GET", room_path(room), "wrong").status_code == 401
+
+            event_id = re.search(r"ping event (\S+)", cli(pg, "webhook", "test")).group(1)
+            for hook in (flaky, steady):
+                hook.wait_accepted(
+                    lambda ds: [d for d in ds if d.body["id"] == event_id], DEADLINE_S, f"the ping at {hook.url}"
+                )
+            flaky_tries = [d for d in flaky.all() if d.body["id"] == event_id]
+            assert [d.status for d in flaky_tries] == [500, 204], flaky_tries
+            assert flaky_tries[0].delivery_id == flaky_tries[1].delivery_id
+            assert flaky.bad_signatures == [] and steady.bad_signatures == []
+        finally:
+            pg.close()

@@ -14,11 +14,13 @@ use prost::Message;
 use slab::Slab;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc, RtcConfig};
 
 use super::data::{self, SeenChat, TextStreams};
+use super::rewrite::TimestampRewriter;
+use super::simulcast::{self, Dynacast, LAYER_RIDS, LAYERS, LayerSelector, Verdict};
 use super::{EngineEvent, ParticipantKey, Pc, random_id};
 
 /// Version reported to clients: at least 1.9.0 so current SDKs use text streams for
@@ -45,8 +47,6 @@ const SPEAKING_HOLD: Duration = Duration::from_millis(1000);
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 /// A simulcast layer that sent nothing for this long is taken as paused by the publisher.
 const LAYER_STALE: Duration = Duration::from_millis(1500);
-/// LiveKit's simulcast layer names, lowest first.
-const LAYER_RIDS: [&str; 3] = ["q", "h", "f"];
 
 /// Engine limits and addresses, from the configuration.
 #[derive(Debug, Clone)]
@@ -132,10 +132,21 @@ struct Track {
     kind: MediaKind,
     info: lk::TrackInfo,
     mid: Option<Mid>,
-    last_keyframe_request: Option<Instant>,
-    /// Simulcast: when each layer (q, h, f) last carried media, and the one forwarded.
-    layers_seen: [Option<Instant>; 3],
-    chosen_rid: Option<Rid>,
+    /// When a keyframe was last asked for, per simulcast layer (the first slot for a
+    /// track without simulcast).
+    keyframe_requested: [Option<Instant>; LAYERS],
+    /// Simulcast: when each layer (q, h, f) last carried media.
+    layers_seen: [Option<Instant>; LAYERS],
+    /// Simulcast: bytes per layer since the last measure, and the measured bit rates.
+    layer_bytes: [u64; LAYERS],
+    layer_bps: [u64; LAYERS],
+    /// Simulcast: which layers the publisher was told to send.
+    dynacast: Dynacast,
+    /// The codec it arrives in, lower case as LiveKit names it ("vp8"), once media came.
+    codec: Option<String>,
+    /// Published with simulcast, and the layers the client announced (sizes).
+    simulcast: bool,
+    layers: Vec<lk::VideoLayer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +164,24 @@ struct DownTrack {
     state: DownState,
     /// Subscribed and not disabled by `UpdateTrackSettings`.
     enabled: bool,
+    /// Simulcast: the layer wanted and the layer forwarded.
+    layers: LayerSelector,
+    /// RTP timestamps continuous across layer switches.
+    timestamps: TimestampRewriter,
+}
+
+impl DownTrack {
+    fn new(publisher: ParticipantKey, track_sid: String, kind: MediaKind) -> Self {
+        Self {
+            publisher,
+            track_sid,
+            kind,
+            state: DownState::ToOpen,
+            enabled: true,
+            layers: LayerSelector::default(),
+            timestamps: TimestampRewriter::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -204,7 +233,7 @@ pub struct Engine {
     dirty: Vec<(ParticipantKey, Pc)>,
     events: VecDeque<(ParticipantKey, Pc, Event)>,
     /// Reused buffer for forwarding targets (no allocation per packet in steady state).
-    targets: Vec<(ParticipantKey, Mid)>,
+    targets: Vec<(ParticipantKey, usize)>,
     next_housekeeping: Instant,
     next_quality: Instant,
 }
@@ -437,13 +466,9 @@ impl Engine {
                     .map(|t| (t.sid.clone(), t.kind))
                     .collect();
                 for (track_sid, kind) in published {
-                    self.participants[key].downtracks.push(DownTrack {
-                        publisher: other,
-                        track_sid,
-                        kind,
-                        state: DownState::ToOpen,
-                        enabled: true,
-                    });
+                    self.participants[key]
+                        .downtracks
+                        .push(DownTrack::new(other, track_sid, kind));
                 }
             }
         }
@@ -617,6 +642,7 @@ impl Engine {
             }
             signal_request::Message::TrackSetting(settings) => {
                 self.set_enabled(key, &settings.track_sids, !settings.disabled);
+                self.set_layer_wish(key, &settings);
             }
             signal_request::Message::Leave(_) => self.remove(key, "left"),
             signal_request::Message::UpdateMetadata(update) => {
@@ -634,7 +660,87 @@ impl Engine {
             // Not supported yet (docs/signalling.md); ignored without harm.
             _ => {}
         }
+        // Subscriptions and wishes may have changed: raise layers at once (a viewer waits).
+        self.update_dynacast(now);
         self.drain(now);
+    }
+
+    /// `UpdateTrackSettings` for simulcast: the size the subscriber renders the track at
+    /// (livekit-client's adaptive stream) or, without a size, the quality it asks for
+    /// (`set_video_quality`) sets the highest layer it receives.
+    fn set_layer_wish(&mut self, key: ParticipantKey, settings: &lk::UpdateTrackSettings) {
+        let mut wishes = Vec::new();
+        for down in &self.participants[key].downtracks {
+            if down.kind != MediaKind::Video || !settings.track_sids.contains(&down.track_sid) {
+                continue;
+            }
+            let max = if settings.width > 0 || settings.height > 0 {
+                let Some(track) = self
+                    .participants
+                    .get(down.publisher)
+                    .and_then(|p| p.tracks.iter().find(|t| t.sid == down.track_sid))
+                else {
+                    continue;
+                };
+                Some(simulcast::layer_for_dimensions(
+                    &track.layers,
+                    track.info.width,
+                    track.info.height,
+                    settings.width,
+                    settings.height,
+                ))
+            } else {
+                simulcast::layer_for_quality(settings.quality)
+            };
+            wishes.push((down.track_sid.clone(), max));
+        }
+        let p = &mut self.participants[key];
+        for (track_sid, max) in wishes {
+            tracing::debug!(sid = %p.sid, track = %track_sid, ?max, width = settings.width, height = settings.height, quality = settings.quality, "simulcast wish");
+            for down in p.downtracks.iter_mut().filter(|d| d.track_sid == track_sid) {
+                down.layers.max = max;
+            }
+        }
+    }
+
+    /// Dynacast: tells each simulcast publisher which layers someone watches, so that it
+    /// pauses the others (`SubscribedQualityUpdate`), raising at once and lowering after
+    /// [`simulcast::DYNACAST_DOWN_DELAY`].
+    fn update_dynacast(&mut self, now: Instant) {
+        let mut updates = Vec::new();
+        for (key, p) in &self.participants {
+            let Some(room) = self.rooms.get(&p.room) else {
+                continue;
+            };
+            for (index, track) in p.tracks.iter().enumerate() {
+                if !track.simulcast || track.mid.is_none() {
+                    continue;
+                }
+                let wanted = room
+                    .members
+                    .iter()
+                    .filter(|&&m| m != key)
+                    .flat_map(|&m| &self.participants[m].downtracks)
+                    .filter(|d| d.enabled && d.publisher == key && d.track_sid == track.sid)
+                    .map(|d| d.layers.max)
+                    .max()
+                    .flatten();
+                updates.push((key, index, wanted));
+            }
+        }
+        for (key, index, wanted) in updates {
+            let p = &mut self.participants[key];
+            let track = &mut p.tracks[index];
+            let Some(announce) = track.dynacast.update(now, wanted) else {
+                continue;
+            };
+            tracing::debug!(sid = %p.sid, track = %track.sid, highest = ?announce.map(|l| LAYER_RIDS[l]), "dynacast");
+            metrics::counter!("tchap_visio_sfu_dynacast_updates_total").increment(1);
+            let message = signal_response::Message::SubscribedQualityUpdate(
+                simulcast::quality_update(&track.sid, track.codec.as_deref(), announce),
+            );
+            self.send(key, message);
+        }
     }
 
     fn on_publisher_offer(&mut self, key: ParticipantKey, offer: lk::SessionDescription) {
@@ -702,7 +808,7 @@ impl Engine {
         }
         self.dirty.push((key, Pc::Subscriber));
         for (publisher, track_sid) in opened {
-            self.request_keyframe(now, publisher, &track_sid);
+            self.request_keyframe(now, publisher, &track_sid, None);
         }
         let p = &mut self.participants[key];
         if p.subscriber.renegotiate
@@ -768,15 +874,25 @@ impl Engine {
             stream: request.stream.clone(),
             ..Default::default()
         };
+        let mut info = info;
+        let simulcast = kind == MediaKind::Video && request.layers.len() > 1;
+        if simulcast {
+            simulcast::announce_layers(&mut info, &request.layers);
+        }
         p.tracks.push(Track {
             sid,
             cid: request.cid.clone(),
             kind,
             info: info.clone(),
             mid: None,
-            last_keyframe_request: None,
-            layers_seen: [None; 3],
-            chosen_rid: None,
+            keyframe_requested: [None; LAYERS],
+            layers_seen: [None; LAYERS],
+            layer_bytes: [0; LAYERS],
+            layer_bps: [0; LAYERS],
+            dynacast: Dynacast::default(),
+            codec: None,
+            simulcast,
+            layers: request.layers,
         });
         self.send(
             key,
@@ -811,7 +927,7 @@ impl Engine {
         }
         let now = Instant::now();
         for (publisher, track_sid) in wake {
-            self.request_keyframe(now, publisher, &track_sid);
+            self.request_keyframe(now, publisher, &track_sid, None);
         }
     }
 
@@ -1060,9 +1176,9 @@ impl Engine {
                     .downtracks
                     .iter()
                     .find(|d| d.state == DownState::Open(request.mid))
-                    .map(|d| (d.publisher, d.track_sid.clone()));
-                if let Some((publisher, track_sid)) = down {
-                    self.request_keyframe(now, publisher, &track_sid);
+                    .map(|d| (d.publisher, d.track_sid.clone(), d.layers.current));
+                if let Some((publisher, track_sid, layer)) = down {
+                    self.request_keyframe(now, publisher, &track_sid, layer);
                 }
             }
             (Pc::Publisher, Event::ChannelOpen(id, label)) => {
@@ -1111,13 +1227,8 @@ impl Engine {
         for other in members.into_iter().filter(|&k| k != key) {
             let s = &mut self.participants[other];
             if s.auto_subscribe && s.permission.can_subscribe {
-                s.downtracks.push(DownTrack {
-                    publisher: key,
-                    track_sid: track_sid.clone(),
-                    kind,
-                    state: DownState::ToOpen,
-                    enabled: true,
-                });
+                s.downtracks
+                    .push(DownTrack::new(key, track_sid.clone(), kind));
                 self.negotiate_subscriber(other);
             }
         }
@@ -1141,65 +1252,103 @@ impl Engine {
         if muted {
             return;
         }
-        // Simulcast (until per-subscriber layer choice lands): forward the best layer the
-        // publisher currently sends, switching at a keyframe it is asked for.
-        if let Some(rid) = data.rid {
-            let track = &mut p.tracks[index];
-            if let Some(layer) = LAYER_RIDS.iter().position(|r| **r == *rid) {
-                track.layers_seen[layer] = Some(now);
-            }
-            let best = (0..LAYER_RIDS.len())
-                .rev()
-                .find(|&l| {
-                    track.layers_seen[l].is_some_and(|t| now.duration_since(t) < LAYER_STALE)
-                })
-                .map(|l| Rid::from(LAYER_RIDS[l]));
-            let best = best.or(Some(rid));
-            if track.chosen_rid != best {
-                track.chosen_rid = best;
-                track.last_keyframe_request = None;
-                let track_sid = track.sid.clone();
-                self.request_keyframe(now, key, &track_sid);
-            }
-            if self.participants[key].tracks[index].chosen_rid != Some(rid) {
-                return;
-            }
+        // Simulcast: each subscriber gets its own layer (see `simulcast`), switched at a
+        // keyframe of the new layer with timestamps made continuous (see `rewrite`).
+        let layer = match data.rid.as_ref() {
+            None => None,
+            Some(rid) => match simulcast::layer_of_rid(rid) {
+                Some(layer) => Some(layer),
+                None => {
+                    metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "unknown_rid")
+                        .increment(1);
+                    return;
+                }
+            },
+        };
+        let track = &mut p.tracks[index];
+        if track.codec.is_none() {
+            track.codec = Some(format!("{:?}", data.params.spec().codec).to_lowercase());
         }
+        if let Some(layer) = layer {
+            track.layers_seen[layer] = Some(now);
+            track.layer_bytes[layer] += data.data.len() as u64;
+        }
+        let available = layers_available(track, now);
+        let keyframe = data.is_keyframe();
+        let clock_rate = data.time.frequency();
         // Disjoint field borrows: read rooms/participants, fill the reused target buffer.
         self.targets.clear();
         let publisher = &self.participants[key];
         let track_sid = publisher.tracks[index].sid.as_str();
         if let Some(room) = self.rooms.get(&publisher.room) {
             for &member in room.members.iter().filter(|&&m| m != key) {
-                for down in &self.participants[member].downtracks {
-                    if let DownState::Open(mid) = down.state
+                for (d, down) in self.participants[member].downtracks.iter().enumerate() {
+                    if matches!(down.state, DownState::Open(_))
                         && down.enabled
                         && down.publisher == key
                         && down.track_sid == track_sid
                     {
-                        self.targets.push((member, mid));
+                        self.targets.push((member, d));
                     }
                 }
             }
         }
+        let mut keyframes_wanted = [false; LAYERS];
         for i in 0..self.targets.len() {
-            let (member, mid) = self.targets[i];
-            let s = &mut self.participants[member];
-            let Some(writer) = s.subscriber.rtc.writer(mid) else {
+            let (member, d) = self.targets[i];
+            let Participant {
+                sid,
+                downtracks,
+                subscriber,
+                ..
+            } = &mut self.participants[member];
+            let down = &mut downtracks[d];
+            let DownState::Open(mid) = down.state else {
+                continue;
+            };
+            let switched = match layer {
+                None => false,
+                Some(layer) => {
+                    let target = down.layers.target(available);
+                    if let Some(wanted) = down.layers.keyframe_wanted(target) {
+                        keyframes_wanted[wanted] = true;
+                    }
+                    match down.layers.on_frame(layer, keyframe, target) {
+                        Verdict::Drop => continue,
+                        Verdict::Forward => false,
+                        Verdict::Switch => {
+                            tracing::debug!(sid = %sid, track = %down.track_sid, layer = LAYER_RIDS[layer], "simulcast layer switch");
+                            metrics::counter!("tchap_visio_sfu_layer_switches_total").increment(1);
+                            true
+                        }
+                    }
+                }
+            };
+            let Some(writer) = subscriber.rtc.writer(mid) else {
                 continue;
             };
             let Some(pt) = writer.match_params(data.params) else {
                 continue;
             };
-            if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
-                tracing::debug!(sid = %s.sid, error = %e, "write to subscriber failed");
+            let time = down.timestamps.rewrite(
+                data.time.numer(),
+                data.network_time,
+                clock_rate.get(),
+                switched,
+            );
+            let time = MediaTime::new(time, clock_rate);
+            if let Err(e) = writer.write(pt, data.network_time, time, data.data.clone()) {
+                tracing::debug!(sid = %sid, error = %e, "write to subscriber failed");
                 continue;
             }
             self.dirty.push((member, Pc::Subscriber));
         }
+        let track_sid = self.participants[key].tracks[index].sid.clone();
+        for (wanted, _) in keyframes_wanted.iter().enumerate().filter(|(_, w)| **w) {
+            self.request_keyframe(now, key, &track_sid, Some(wanted));
+        }
         if !data.contiguous {
-            let track_sid = self.participants[key].tracks[index].sid.clone();
-            self.request_keyframe(now, key, &track_sid);
+            self.request_keyframe(now, key, &track_sid, layer);
         }
     }
 
@@ -1252,7 +1401,16 @@ impl Engine {
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant, publisher: ParticipantKey, track_sid: &str) {
+    /// Asks the publisher for a keyframe on `layer` of a simulcast track (`None`: on every
+    /// layer it sends), or on the track itself without simulcast; at most one request per
+    /// layer every [`KEYFRAME_THROTTLE`].
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantKey,
+        track_sid: &str,
+        layer: Option<usize>,
+    ) {
         let Some(p) = self.participants.get_mut(publisher) else {
             return;
         };
@@ -1262,17 +1420,33 @@ impl Engine {
         let Some(mid) = track.mid else {
             return;
         };
-        if track.kind != MediaKind::Video
-            || track
-                .last_keyframe_request
-                .is_some_and(|t| now.duration_since(t) < KEYFRAME_THROTTLE)
-        {
+        if track.kind != MediaKind::Video {
             return;
         }
-        track.last_keyframe_request = Some(now);
-        let rid = track.chosen_rid;
-        if let Some(mut writer) = p.publisher.rtc.writer(mid) {
+        let simulcast = track.layers_seen.iter().any(Option::is_some);
+        let available = layers_available(track, now);
+        let Some(mut writer) = p.publisher.rtc.writer(mid) else {
+            return;
+        };
+        let mut asked = false;
+        for slot in 0..LAYERS {
+            let wanted = if !simulcast {
+                slot == 0
+            } else {
+                layer.map_or(available[slot], |l| l == slot)
+            };
+            if !wanted
+                || track.keyframe_requested[slot]
+                    .is_some_and(|t| now.duration_since(t) < KEYFRAME_THROTTLE)
+            {
+                continue;
+            }
+            track.keyframe_requested[slot] = Some(now);
+            let rid = simulcast.then(|| Rid::from(LAYER_RIDS[slot]));
             let _ = writer.request_keyframe(rid, KeyframeRequestKind::Pli);
+            asked = true;
+        }
+        if asked {
             self.dirty.push((publisher, Pc::Publisher));
         }
     }
@@ -1388,6 +1562,8 @@ impl Engine {
         for key in silent {
             self.remove(key, "silent");
         }
+        self.measure_layers(now);
+        self.update_dynacast(now);
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for name in rooms {
             let room = &self.rooms[&name];
@@ -1433,6 +1609,30 @@ impl Engine {
                     }),
                 );
             }
+        }
+    }
+
+    /// Measures what each simulcast layer costs (bits per second since the last call), for
+    /// bandwidth-driven layer choice, and publishes how many tracks send each layer.
+    fn measure_layers(&mut self, now: Instant) {
+        let period = HOUSEKEEPING_PERIOD.as_millis() as u64;
+        let mut sending = [0u32; LAYERS];
+        for (_, p) in &mut self.participants {
+            for track in &mut p.tracks {
+                if track.simulcast {
+                    for (layer, on) in layers_available(track, now).iter().enumerate() {
+                        sending[layer] += u32::from(*on);
+                    }
+                }
+                for layer in 0..LAYERS {
+                    track.layer_bps[layer] = track.layer_bytes[layer] * 8 * 1000 / period;
+                    track.layer_bytes[layer] = 0;
+                }
+            }
+        }
+        for (layer, count) in sending.iter().enumerate() {
+            metrics::gauge!("tchap_visio_sfu_simulcast_layers_received", "rid" => LAYER_RIDS[layer])
+                .set(f64::from(*count));
         }
     }
 
@@ -1530,6 +1730,14 @@ fn set_kind(packet: &mut lk::DataPacket, lossy: bool) {
     } else {
         lk::data_packet::Kind::Reliable as i32
     };
+}
+
+/// The simulcast layers a track's publisher is sending now (a layer silent for
+/// [`LAYER_STALE`] is taken as paused).
+fn layers_available(track: &Track, now: Instant) -> [bool; LAYERS] {
+    track
+        .layers_seen
+        .map(|seen| seen.is_some_and(|t| now.duration_since(t) < LAYER_STALE))
 }
 
 fn participant_info(p: &Participant) -> lk::ParticipantInfo {

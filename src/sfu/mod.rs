@@ -6,6 +6,8 @@
 pub mod data;
 pub mod driver;
 pub mod engine;
+pub mod rewrite;
+pub mod simulcast;
 pub mod stun;
 
 use rand::distr::{Alphanumeric, SampleString};

@@ -143,6 +143,8 @@ class PeerState:
                 "video_changes": 0,  # decoded frames whose content differs from the previous one
                 "width": 0,
                 "height": 0,
+                "sizes": [],  # [[t, width, height]] each time the decoded size changes
+                "max_video_gap": 0.0,  # longest wait between two decoded frames, seconds
                 "first_video_t": None,
                 "last_video_t": None,
                 "audio_frames": 0,
@@ -163,6 +165,8 @@ class PeerState:
 class PeerProcess:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        w, _, h = args.size.partition("x")
+        self.size = (int(w), int(h))
         self.state = PeerState(Path(args.state))
         self.log = logging.getLogger("lkpeer")
         self.tasks: set[asyncio.Task] = set()
@@ -205,7 +209,7 @@ class PeerProcess:
         try:
             room = self.room = rtc.Room()
             self.attach(room)
-            options = rtc.RoomOptions(auto_subscribe=True)
+            options = rtc.RoomOptions(auto_subscribe=True, dynacast=self.args.dynacast)
             if hasattr(options, "single_peer_connection"):
                 # Dual peer connections (/rtc). The SDK's default (true) tries /rtc/v1 first.
                 options.single_peer_connection = False
@@ -403,11 +407,15 @@ class PeerProcess:
                 crc = zlib.crc32(bytes(data[mid : mid + 2048]))
                 if r["first_video_t"] is None:
                     r["first_video_t"] = now
+                elif r["last_video_t"] is not None:
+                    r["max_video_gap"] = max(r["max_video_gap"], now - r["last_video_t"])
                 r["last_video_t"] = now
                 r["video_frames"] += 1
                 if last is not None and crc != last:
                     r["video_changes"] += 1
                 last = crc
+                if (frame.width, frame.height) != (r["width"], r["height"]) and len(r["sizes"]) < 100:
+                    r["sizes"].append([now, frame.width, frame.height])
                 r["width"], r["height"] = frame.width, frame.height
                 self.state.dirty = True
         finally:
@@ -439,7 +447,7 @@ class PeerProcess:
         from livekit import rtc
 
         lp = room.local_participant
-        video = rtc.VideoSource(WIDTH, HEIGHT)
+        video = rtc.VideoSource(*self.size)
         vtrack = rtc.LocalVideoTrack.create_video_track("camera", video)
         vopts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=self.args.simulcast)
         vopts.video_codec = getattr(rtc.VideoCodec, self.args.video_codec.upper())
@@ -458,6 +466,7 @@ class PeerProcess:
         import numpy as np
         from livekit import rtc
 
+        WIDTH, HEIGHT = self.size  # noqa: N806 - the module's defaults, maybe overridden
         ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
         base = ((xs + 2 * ys) % 256).astype(np.uint16)
         chroma = (WIDTH // 2) * (HEIGHT // 2)
@@ -543,6 +552,24 @@ class PeerProcess:
                     legacy = {"id": info.stream_id, "timestamp": info.timestamp, "message": msg["text"]}
                     await lp.publish_data(json.dumps(legacy), reliable=True, topic=LEGACY_CHAT_TOPIC)
                     result["legacy"] = True
+            elif cmd == "video_quality":
+                # What a viewer's quality menu does: ask the server for a simulcast layer.
+                quality = rtc.VideoQuality.Value("VIDEO_QUALITY_" + msg["quality"].upper())
+                remote = self.room.remote_participants[msg["identity"]]
+                pubs = [p for p in remote.track_publications.values() if p.kind == rtc.TrackKind.KIND_VIDEO]
+                if not pubs:
+                    raise RuntimeError(f"{msg['identity']} publishes no video")
+                for pub in pubs:
+                    pub.set_video_quality(quality)
+                result = {"tracks": [p.sid for p in pubs], "simulcasted": [p.simulcasted for p in pubs]}
+            elif cmd == "publication":
+                # The local video publication as the SDK reports it (for dynacast checks).
+                lp = self.room.local_participant
+                result = [
+                    {"sid": p.sid, "simulcasted": p.simulcasted, "width": p.width, "height": p.height}
+                    for p in lp.track_publications.values()
+                    if p.kind == rtc.TrackKind.KIND_VIDEO
+                ]
             elif cmd == "simulate":
                 kind = rtc.SimulateScenarioKind.Value("SIMULATE_" + msg["scenario"].upper())
                 await self.room.simulate_scenario(kind)
@@ -578,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="connect, record the result, leave, exit")
     p.add_argument("--simulcast", action="store_true", help="publish the video with simulcast")
     p.add_argument("--video-codec", default="vp8", choices=["vp8", "h264"])
+    p.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help="published video size, WxH")
+    p.add_argument("--dynacast", action="store_true", help="obey the server's SubscribedQualityUpdate")
     p.add_argument("--connect-timeout", type=float, default=30.0)
     args = p.parse_args(argv)
 

@@ -473,6 +473,8 @@ impl Engine {
             }
         }
         self.negotiate_subscriber(key);
+        // The newcomer watches the room's simulcast tracks: paused layers resume now.
+        self.update_dynacast(now);
         self.drain(now);
         let p = &self.participants[key];
         tracing::info!(room = %p.room, sid = %p.sid, identity = %p.identity, "participant joined");

@@ -12,6 +12,7 @@ use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use prost::Message;
 use slab::Slab;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
@@ -45,6 +46,9 @@ const QUALITY_PERIOD: Duration = Duration::from_secs(5);
 const SPEAKING_DBOV: i8 = -50;
 const SPEAKING_HOLD: Duration = Duration::from_millis(1000);
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// The bandwidth estimate a subscriber starts with, before TWCC feedback refines it: the
+/// middle layer of a 720p camera and audio fit, and probing finds more within seconds.
+const INITIAL_BANDWIDTH_BPS: u64 = 1_500_000;
 /// A simulcast layer that sent nothing for this long is taken as paused by the publisher.
 const LAYER_STALE: Duration = Duration::from_millis(1500);
 
@@ -205,6 +209,8 @@ struct Participant {
     speaking_until: Option<Instant>,
     audio_level: f32,
     version: u32,
+    /// The subscriber connection's bandwidth estimate (TWCC), once there is one.
+    bandwidth_bps: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -238,7 +244,7 @@ pub struct Engine {
     next_quality: Instant,
 }
 
-fn new_peer(config: &EngineConfig, now: Instant) -> Peer {
+fn new_peer(config: &EngineConfig, now: Instant, pc: Pc) -> Peer {
     let ufrag = random_id("", 16);
     let creds = str0m::IceCreds {
         ufrag: ufrag.clone(),
@@ -246,8 +252,13 @@ fn new_peer(config: &EngineConfig, now: Instant) -> Peer {
     };
     let mut rtc = RtcConfig::new()
         .set_ice_lite(true)
-        .set_local_ice_credentials(creds)
-        .build(now);
+        .set_local_ice_credentials(creds);
+    if pc == Pc::Subscriber {
+        // What the SFU sends: TWCC bandwidth estimation drives simulcast layer choice
+        // and paces the sending.
+        rtc = rtc.enable_bwe(Some(Bitrate::bps(INITIAL_BANDWIDTH_BPS)));
+    }
+    let mut rtc = rtc.build(now);
     for &addr in &config.candidates {
         let candidate =
             Candidate::host(addr, "udp").expect("a host candidate from a socket address is valid");
@@ -398,8 +409,8 @@ impl Engine {
                 ..Default::default()
             },
             auto_subscribe: request.auto_subscribe,
-            publisher: new_peer(&self.config, now),
-            subscriber: new_peer(&self.config, now),
+            publisher: new_peer(&self.config, now, Pc::Publisher),
+            subscriber: new_peer(&self.config, now, Pc::Subscriber),
             tracks: Vec::new(),
             downtracks: Vec::new(),
             text_streams: TextStreams::default(),
@@ -407,6 +418,7 @@ impl Engine {
             last_seen: now,
             speaking_until: None,
             audio_level: 0.0,
+            bandwidth_bps: None,
             version: 1,
         };
         let key = self.participants.insert(participant);
@@ -1173,6 +1185,18 @@ impl Engine {
                 self.on_media_added(key, added.mid, added.kind)
             }
             (Pc::Publisher, Event::MediaData(data)) => self.forward(now, key, data),
+            (Pc::Subscriber, Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })) => {
+                let p = &mut self.participants[key];
+                let bps = estimate.as_u64();
+                // Log big moves only: estimates come several times a second.
+                if p.bandwidth_bps
+                    .is_none_or(|old| bps.abs_diff(old) > old / 5)
+                {
+                    tracing::debug!(sid = %p.sid, kbps = bps / 1000, "subscriber bandwidth estimate");
+                }
+                p.bandwidth_bps = Some(bps);
+                self.allocate_bandwidth(key);
+            }
             (Pc::Subscriber, Event::KeyframeRequest(request)) => {
                 let down = self.participants[key]
                     .downtracks
@@ -1271,9 +1295,9 @@ impl Engine {
         if track.codec.is_none() {
             track.codec = Some(format!("{:?}", data.params.spec().codec).to_lowercase());
         }
+        track.layer_bytes[layer.unwrap_or(0)] += data.data.len() as u64;
         if let Some(layer) = layer {
             track.layers_seen[layer] = Some(now);
-            track.layer_bytes[layer] += data.data.len() as u64;
         }
         let available = layers_available(track, now);
         let keyframe = data.is_keyframe();
@@ -1565,6 +1589,10 @@ impl Engine {
             self.remove(key, "silent");
         }
         self.measure_layers(now);
+        let keys: Vec<ParticipantKey> = self.participants.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.allocate_bandwidth(key);
+        }
         self.update_dynacast(now);
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for name in rooms {
@@ -1614,6 +1642,54 @@ impl Engine {
         }
     }
 
+    /// Caps each simulcast subscription of `key` at the layer its share of the bandwidth
+    /// estimate carries, and asks str0m's estimator to probe for what the subscriber wants.
+    fn allocate_bandwidth(&mut self, key: ParticipantKey) {
+        let Some(p) = self.participants.get(key) else {
+            return;
+        };
+        let Some(estimate) = p.bandwidth_bps else {
+            return;
+        };
+        let mut fixed = 0u64;
+        let mut simulcast_downs = Vec::new();
+        let mut costs = Vec::new();
+        for (d, down) in p.downtracks.iter().enumerate() {
+            if !down.enabled || !matches!(down.state, DownState::Open(_)) {
+                continue;
+            }
+            let Some(track) = self
+                .participants
+                .get(down.publisher)
+                .and_then(|publisher| publisher.tracks.iter().find(|t| t.sid == down.track_sid))
+            else {
+                continue;
+            };
+            if track.info.muted {
+                continue;
+            }
+            if track.simulcast {
+                simulcast_downs.push(d);
+                costs.push((track.layer_bps, down.layers.max));
+            } else {
+                fixed = fixed.saturating_add(track.layer_bps[0]);
+            }
+        }
+        let (caps, desired) = simulcast::allocate(estimate, fixed, &costs);
+        let p = &mut self.participants[key];
+        for (d, cap) in simulcast_downs.into_iter().zip(caps) {
+            p.downtracks[d].layers.bandwidth_max = cap;
+        }
+        // Probe a little above the need, so the estimate does not sit just under it.
+        let desired = Bitrate::bps(
+            desired
+                .saturating_add(desired / 4)
+                .max(INITIAL_BANDWIDTH_BPS),
+        );
+        p.subscriber.rtc.bwe().set_bitrate(Bitrate::ZERO, desired);
+        self.dirty.push((key, Pc::Subscriber));
+    }
+
     /// Measures what each simulcast layer costs (bits per second since the last call), for
     /// bandwidth-driven layer choice, and publishes how many tracks send each layer.
     fn measure_layers(&mut self, now: Instant) {
@@ -1621,14 +1697,18 @@ impl Engine {
         let mut sending = [0u32; LAYERS];
         for (_, p) in &mut self.participants {
             for track in &mut p.tracks {
-                if track.simulcast {
-                    for (layer, on) in layers_available(track, now).iter().enumerate() {
-                        sending[layer] += u32::from(*on);
-                    }
-                }
+                let available = layers_available(track, now);
                 for layer in 0..LAYERS {
-                    track.layer_bps[layer] = track.layer_bytes[layer] * 8 * 1000 / period;
+                    if track.simulcast {
+                        sending[layer] += u32::from(available[layer]);
+                    }
+                    let measured = track.layer_bytes[layer].saturating_mul(8 * 1000) / period;
                     track.layer_bytes[layer] = 0;
+                    // A paused layer keeps its last cost: it is what resuming it would
+                    // take. Otherwise smooth over keyframes and frame-rate jitter.
+                    if !track.simulcast || available[layer] {
+                        track.layer_bps[layer] = (track.layer_bps[layer] + measured) / 2;
+                    }
                 }
             }
         }

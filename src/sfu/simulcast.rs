@@ -108,6 +108,30 @@ pub fn layer_for_bandwidth(estimate_bps: u64, layer_bps: [u64; LAYERS]) -> usize
         .unwrap_or(0)
 }
 
+/// Splits a subscriber's bandwidth estimate between what it receives: tracks without
+/// simulcast (audio, screen share) cost what they cost (`fixed_bps`); the rest is shared
+/// evenly by its simulcast tracks, each capped at the best layer its share carries
+/// (`layer_bps`: what each layer of each track costs now). Returns the cap of each
+/// simulcast track, in order, and the bit rate worth probing for: everything at the layers
+/// the subscriber asks for (`wanted`), so that the estimate can grow towards it.
+pub fn allocate(
+    estimate_bps: u64,
+    fixed_bps: u64,
+    tracks: &[([u64; LAYERS], Option<usize>)],
+) -> (Vec<usize>, u64) {
+    let budget = estimate_bps.saturating_sub(fixed_bps);
+    let share = budget / (tracks.len().max(1) as u64);
+    let caps = tracks
+        .iter()
+        .map(|(cost, _)| layer_for_bandwidth(share, *cost))
+        .collect();
+    let desired = tracks
+        .iter()
+        .filter_map(|(cost, wanted)| wanted.map(|w| cost[..=w].iter().copied().max().unwrap_or(0)))
+        .fold(fixed_bps, u64::saturating_add);
+    (caps, desired)
+}
+
 /// What to do with one frame of one layer for one subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -340,6 +364,29 @@ mod tests {
         assert_eq!(layer_for_bandwidth(100_000, cost), 0);
         // A layer not measured yet (0) is not chosen on bandwidth grounds.
         assert_eq!(layer_for_bandwidth(5_000_000, [150_000, 500_000, 0]), 1);
+    }
+
+    #[test]
+    fn the_estimate_is_shared_between_simulcast_tracks() {
+        let cost = [150_000, 500_000, 1_500_000];
+        // One track, plenty: the top layer; probe for everything wanted.
+        let (caps, desired) = allocate(3_000_000, 100_000, &[(cost, Some(2))]);
+        assert_eq!(caps, [2]);
+        assert_eq!(desired, 1_600_000);
+        // Two tracks share 2 Mb/s after audio: 950 kb/s each, the middle layer.
+        let (caps, desired) = allocate(2_000_000, 100_000, &[(cost, Some(2)), (cost, Some(0))]);
+        assert_eq!(caps, [1, 1]);
+        assert_eq!(desired, 100_000 + 1_500_000 + 150_000);
+        // Less than the fixed part: the lowest layer, never nothing.
+        let (caps, _) = allocate(50_000, 100_000, &[(cost, Some(2))]);
+        assert_eq!(caps, [0]);
+        // No simulcast track: nothing to cap, a track turned off wants nothing.
+        assert_eq!(allocate(1_000, 0, &[]), (vec![], 0));
+        assert_eq!(allocate(1_000, 0, &[(cost, None)]).1, 0);
+        assert_eq!(
+            allocate(u64::MAX, u64::MAX, &[([u64::MAX; 3], Some(2))]).1,
+            u64::MAX
+        );
     }
 
     #[test]

@@ -81,6 +81,16 @@ struct World {
     engine: Engine,
     clients: Vec<Client>,
     events: Vec<EngineEvent>,
+    /// A narrow link in front of one address: datagrams to it queue and leave at `bps`.
+    bottleneck: Option<Bottleneck>,
+}
+
+struct Bottleneck {
+    destination: SocketAddr,
+    bps: u64,
+    /// When the link is free again, and the datagrams in flight with their arrival time.
+    free_at: Instant,
+    queue: std::collections::VecDeque<(Instant, Vec<u8>)>,
 }
 
 impl World {
@@ -91,6 +101,7 @@ impl World {
             engine: Engine::new(config(), now),
             clients: Vec::new(),
             events: Vec::new(),
+            bottleneck: None,
         }
     }
 
@@ -173,6 +184,29 @@ impl World {
 
     /// Carries everything pending until nothing moves.
     fn exchange(&mut self) {
+        // Datagrams through the bottleneck that have arrived by now.
+        if let Some(b) = &mut self.bottleneck {
+            while b.queue.front().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, contents) = b.queue.pop_front().expect("checked above");
+                let destination = b.destination;
+                if let Some(client) = self
+                    .clients
+                    .iter_mut()
+                    .find(|c| c.subscriber_addr == destination)
+                {
+                    let input = Input::Receive(
+                        self.now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: SERVER.parse().expect("addr"),
+                            destination,
+                            contents: contents.as_slice().try_into().expect("datagram"),
+                        },
+                    );
+                    let _ = client.subscriber.handle_input(input);
+                }
+            }
+        }
         for _ in 0..100 {
             let mut moved = false;
             // Clients → engine.
@@ -228,6 +262,19 @@ impl World {
                         destination,
                         contents,
                     } => {
+                        if let Some(b) = &mut self.bottleneck
+                            && b.destination == destination
+                        {
+                            // Queued behind what is in flight; a full second of queue
+                            // overflows (the datagram is lost), as a router's buffer would.
+                            let start = b.free_at.max(self.now);
+                            if start.duration_since(self.now) < Duration::from_secs(1) {
+                                let bits = contents.len() as u64 * 8;
+                                b.free_at = start + Duration::from_micros(bits * 1_000_000 / b.bps);
+                                b.queue.push_back((b.free_at, contents));
+                            }
+                            continue;
+                        }
                         for client in &mut self.clients {
                             let rtc = if destination == client.publisher_addr {
                                 &mut client.publisher
@@ -372,7 +419,8 @@ impl World {
             // A VP8 frame header (P bit clear for a keyframe), then the layer as filler.
             let mut data = vec![if keyframe { 0x10 } else { 0x11 }];
             data.extend([0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xb4, 0x00]);
-            data.extend(std::iter::repeat_n(layer as u8, 300 * (layer + 1)));
+            // Layers cost about 70, 240 and 720 kb/s at 15 frames/s.
+            data.extend(std::iter::repeat_n(layer as u8, [600, 2000, 6000][layer]));
             let origin = [1_000_000u64, 50_000_000, 2_000_000_000][layer];
             let time = MediaTime::from_90khz(origin + u64::from(frame) * 6000);
             let _ = writer.rid(rid).write(pt, now, time, data);
@@ -879,4 +927,45 @@ fn two_subscribers_get_different_layers_of_one_track() {
             .all(|c| c.qualities.iter().all(|q| q.enabled))),
         "no layer may be paused while bob watches f"
     );
+}
+
+#[test]
+fn a_narrow_link_gets_a_lower_layer_from_the_bandwidth_estimate() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    world.publish_simulcast(alice);
+    let mut frame = 0;
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(3));
+    let video = &world.clients[bob].video;
+    assert_eq!(video.last().map(|v| v.0), Some(2), "a wide link carries f");
+
+    // Bob's link narrows to 400 kb/s: f (720 kb/s) no longer fits, h (240 kb/s) does.
+    // TWCC feedback shows the queueing; the estimate falls and bob moves to h, though he
+    // still asks for the best layer.
+    world.bottleneck = Some(Bottleneck {
+        destination: world.clients[bob].subscriber_addr,
+        bps: 400_000,
+        free_at: world.now,
+        queue: Default::default(),
+    });
+    let before = world.clients[bob].video.len();
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(15));
+    let layers: Vec<u8> = world.clients[bob].video[before..]
+        .iter()
+        .map(|v| v.0)
+        .collect();
+    let last_second = &layers[layers.len().saturating_sub(15)..];
+    assert!(
+        !last_second.is_empty() && last_second.iter().all(|&l| l == 1),
+        "bob should settle on h: {layers:?}"
+    );
+
+    // The link widens again: probing finds the room and f comes back.
+    world.bottleneck = None;
+    let before = world.clients[bob].video.len();
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(15));
+    let video = &world.clients[bob].video[before..];
+    assert_eq!(video.last().map(|v| v.0), Some(2), "f again on a wide link");
 }

@@ -876,7 +876,7 @@ impl Engine {
             MediaKind::Video
         };
         let sid = random_id("TR_", 12);
-        let info = lk::TrackInfo {
+        let mut info = lk::TrackInfo {
             sid: sid.clone(),
             r#type: track_type(kind) as i32,
             name: request.name.clone(),
@@ -888,7 +888,6 @@ impl Engine {
             stream: request.stream.clone(),
             ..Default::default()
         };
-        let mut info = info;
         let simulcast = kind == MediaKind::Video && request.layers.len() > 1;
         if simulcast {
             simulcast::announce_layers(&mut info, &request.layers);

@@ -969,3 +969,59 @@ fn a_narrow_link_gets_a_lower_layer_from_the_bandwidth_estimate() {
     let video = &world.clients[bob].video[before..];
     assert_eq!(video.last().map(|v| v.0), Some(2), "f again on a wide link");
 }
+
+#[test]
+fn hostile_track_settings_never_panic_and_media_goes_on() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    world.publish_simulcast(alice);
+    let mut frame = 0;
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(1));
+    let sid = world.clients[alice]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::TrackPublished(p) => p.track.as_ref().map(|t| t.sid.clone()),
+            _ => None,
+        })
+        .expect("track published");
+    for (width, height, quality) in [
+        (u32::MAX, u32::MAX, i32::MAX),
+        (1, 0, -1),
+        (0, 0, i32::MIN),
+        (0, u32::MAX, 3),
+    ] {
+        for track_sids in [vec![sid.clone()], vec!["TR_nope".into()], vec![]] {
+            track_setting(
+                &mut world,
+                bob,
+                lk::UpdateTrackSettings {
+                    track_sids,
+                    width,
+                    height,
+                    quality,
+                    fps: u32::MAX,
+                    priority: u32::MAX,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    // Back to a sane wish: media flows again.
+    track_setting(
+        &mut world,
+        bob,
+        lk::UpdateTrackSettings {
+            track_sids: vec![sid],
+            quality: lk::VideoQuality::Medium as i32,
+            ..Default::default()
+        },
+    );
+    let before = world.clients[bob].video.len();
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(2));
+    let video = &world.clients[bob].video[before..];
+    assert!(video.len() > 10, "media goes on: {} frames", video.len());
+    assert_eq!(video.last().map(|v| v.0), Some(1));
+}

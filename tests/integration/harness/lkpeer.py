@@ -18,12 +18,21 @@ Two halves in one module:
                                                              components do for old servers
       {"id": 3, "cmd": "simulate", "scenario": "signal_reconnect"}
                                               room.simulate_scenario(SIMULATE_SIGNAL_RECONNECT)
+      {"id": 5, "cmd": "video_quality", "identity": "alice", "quality": "low"}
+                                              set_video_quality on alice's video
+                                              publications (low, medium or high)
+      {"id": 6, "cmd": "publication"}         the local video publications as the SDK
+                                              reports them
       {"id": 4, "cmd": "quit"}                leave the room and exit 0
 
   End of stdin counts as "quit", so a peer never outlives the test process that feeds it.
   Exit codes: 0 quit, 2 connect failed (the SDK's error is in the state's ``error``),
   3 disconnected by the server or the network, 4 bad usage or internal error.
   ``--once`` connects, records the result, leaves and exits (0 or 2): for token tests.
+  ``--simulcast`` publishes the camera in simulcast layers, ``--size WxH`` at another
+  size (three layers need 1280x720), ``--dynacast`` obeys the server's
+  ``SubscribedQualityUpdate``. Each remote video records its decoded ``sizes`` over time
+  and ``max_video_gap``, the longest wait between two decoded frames.
 
 * ``Peer``: the test-side handle that starts that process and reads its state.
 
@@ -466,23 +475,23 @@ class PeerProcess:
         import numpy as np
         from livekit import rtc
 
-        WIDTH, HEIGHT = self.size  # noqa: N806 - the module's defaults, maybe overridden
-        ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+        width, height = self.size
+        ys, xs = np.mgrid[0:height, 0:width]
         base = ((xs + 2 * ys) % 256).astype(np.uint16)
-        chroma = (WIDTH // 2) * (HEIGHT // 2)
+        chroma = (width // 2) * (height // 2)
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         n = 0
         sent = self.state["sent"]
         while True:
             y = ((base + 5 * n) % 256).astype(np.uint8)
-            bar = (4 * n) % WIDTH
+            bar = (4 * n) % width
             y[:, bar : bar + 8] = 235
             u = np.full(chroma, (96 + 3 * n) % 256, dtype=np.uint8)
             v = np.full(chroma, 160, dtype=np.uint8)
             buf = y.tobytes() + u.tobytes() + v.tobytes()
             source.capture_frame(
-                rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.I420, buf),
+                rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, buf),
                 timestamp_us=int(n * 1_000_000 / FPS),
             )
             n += 1

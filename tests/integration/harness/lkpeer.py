@@ -21,8 +21,6 @@ Two halves in one module:
       {"id": 5, "cmd": "video_quality", "identity": "alice", "quality": "low"}
                                               set_video_quality on alice's video
                                               publications (low, medium or high)
-      {"id": 6, "cmd": "publication"}         the local video publications as the SDK
-                                              reports them
       {"id": 4, "cmd": "quit"}                leave the room and exit 0
 
   End of stdin counts as "quit", so a peer never outlives the test process that feeds it.
@@ -571,14 +569,6 @@ class PeerProcess:
                 for pub in pubs:
                     pub.set_video_quality(quality)
                 result = {"tracks": [p.sid for p in pubs], "simulcasted": [p.simulcasted for p in pubs]}
-            elif cmd == "publication":
-                # The local video publication as the SDK reports it (for dynacast checks).
-                lp = self.room.local_participant
-                result = [
-                    {"sid": p.sid, "simulcasted": p.simulcasted, "width": p.width, "height": p.height}
-                    for p in lp.track_publications.values()
-                    if p.kind == rtc.TrackKind.KIND_VIDEO
-                ]
             elif cmd == "simulate":
                 kind = rtc.SimulateScenarioKind.Value("SIMULATE_" + msg["scenario"].upper())
                 await self.room.simulate_scenario(kind)

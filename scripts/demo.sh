@@ -69,10 +69,13 @@ SERVICE_PID=$!
     exit 1
 }
 
-MEETING_LINK="$("$BIN" meeting create --title "Démo" -c "$DEMO/config.yaml" | sed -n 's/^link: //p')"
-
-ROOM_ID="$("$PY" scripts/demo_helper.py setup-room --homeserver "$HS_URL" --synapse-dir "$DEMO/synapse" \
-    --user demo --password demo --room-name "Démo Visio" --room-file "$DEMO/room_id" --bot "$BOT")"
+# The demo user's room with the bot, then "!visio Démo" typed in it: the second line
+# is the link the bot posted (or the one of the meeting still open from a previous run).
+SETUP="$("$PY" scripts/demo_helper.py setup-room --homeserver "$HS_URL" --synapse-dir "$DEMO/synapse" \
+    --user demo --password demo --room-name "Démo Visio" --room-file "$DEMO/room_id" --bot "$BOT" \
+    --call "Démo")"
+ROOM_ID="$(sed -n 1p <<<"$SETUP")"
+MEETING_LINK="$(sed -n 2p <<<"$SETUP")"
 
 cat <<EOF
 
@@ -82,10 +85,11 @@ The demo is running.
   Room       : Démo Visio   $ROOM_ID   (the bot $BOT is in it)
 
 Log in with any Matrix client (Element desktop: "Edit" the homeserver, enter $HS_URL),
-open the room "Démo Visio" and type:   !visio aide   -> the bot answers with its help.
-
-A meeting is ready too; open it in a browser (two tabs make two participants):
+open the room "Démo Visio": "!visio Démo" was typed there for you, and the bot answered
+with this link; open it in a browser (two tabs make two participants):
   $MEETING_LINK
+What you type in the meeting's chat appears in the thread under the bot's notice, and
+your replies in that thread appear in the meeting. "!visio aide" lists the commands.
 
 Logs: $DEMO/tchap-visio.log, $DEMO/synapse/homeserver.log
 Ctrl-C stops Synapse and tchap-visio.

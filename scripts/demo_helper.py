@@ -126,6 +126,35 @@ class Client:
         return r.json() if r.status_code == 200 else {}
 
 
+def call_and_wait_for_link(client: Client, room_id: str, bot: str, title: str, deadline: float) -> str:
+    """Sends `!visio <title>` as the demo user; returns the link in the bot's answer (a new
+    meeting, or the one still open from an earlier run)."""
+    import re
+    import secrets
+
+    txn = secrets.token_hex(8)
+    r = client.call(
+        "PUT",
+        f"/rooms/{quote(room_id)}/send/m.room.message/{txn}",
+        json={"msgtype": "m.text", "body": f"!visio {title}".strip()},
+    )
+    r.raise_for_status()
+    sent = r.json()["event_id"]
+    link = re.compile(r"https?://\S+/m/[A-Za-z0-9]+")
+    while time.monotonic() < deadline:
+        # Newest first, down to our own message: an answer from the bot with a link.
+        r = client.call("GET", f"/rooms/{quote(room_id)}/messages", params={"dir": "b", "limit": 20})
+        r.raise_for_status()
+        for event in r.json().get("chunk", []):
+            if event.get("event_id") == sent:
+                break
+            body = event.get("content", {}).get("body", "")
+            if event.get("sender") == bot and (m := link.search(body)):
+                return m.group(0)
+        time.sleep(0.2)
+    raise SystemExit(f"the bot did not answer '!visio {title}' with a link in time")
+
+
 def cmd_setup_room(args) -> None:
     data = Path(args.synapse_dir)
     secret = (data / "registration_shared_secret").read_text().strip()
@@ -167,6 +196,8 @@ def cmd_setup_room(args) -> None:
                 raise SystemExit(f"{args.bot} did not join {room_id} within {args.timeout:g} s")
             time.sleep(0.2)
         print(room_id)
+        if args.call is not None:
+            print(call_and_wait_for_link(client, room_id, args.bot, args.call, deadline + args.timeout))
     finally:
         client.call("POST", "/logout", json={})
 
@@ -204,6 +235,7 @@ def main() -> None:
     p.add_argument("--room-file", required=True)
     p.add_argument("--bot", required=True)
     p.add_argument("--timeout", type=float, default=30)
+    p.add_argument("--call", help="then send '!visio CALL' and print the link the bot posts")
     p.set_defaults(func=cmd_setup_room)
 
     args = parser.parse_args()

@@ -4,6 +4,8 @@
 #
 #   scripts/test-browser.sh                   every test file in tests/browser/
 #   scripts/test-browser.sh meeting.test.mjs  only these files (relative to tests/browser/)
+#   scripts/test-browser.sh --prepare         only install what the tests need, run none
+#                                             (the bridge's pytest drives the page too)
 #
 # Idempotent; prepares what is missing and reuses the rest:
 #   - /usr/bin/chromium (Debian's `chromium`, installed with apt-get when absent);
@@ -53,6 +55,10 @@ fi
 
 # The interoperability test runs a participant on LiveKit's Python SDK.
 bash "$ROOT/scripts/setup-venv.sh"
+
+if [[ "${1:-}" == --prepare ]]; then
+    exit 0
+fi
 
 if [[ $# -gt 0 ]]; then
     files=()

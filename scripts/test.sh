@@ -113,6 +113,15 @@ if want rust; then
     phase_end
 fi
 
+if want pytest || want browser; then
+    # The page (web/dist), Chromium and the browser tests' node_modules: the browser
+    # tests need them, and so does the bridge's integration test that drives the page.
+    phase_start web
+    bash scripts/build-web.sh
+    TCHAP_VISIO_BIN="$ROOT/target/debug/tchap-visio" bash scripts/test-browser.sh --prepare
+    phase_end
+fi
+
 if want pytest; then
     phase_start pytest
     export TCHAP_VISIO_BIN="$ROOT/target/debug/tchap-visio"
@@ -121,10 +130,6 @@ if want pytest; then
 fi
 
 if want browser; then
-    phase_start web
-    bash scripts/build-web.sh
-    phase_end
-
     phase_start browser
     export TCHAP_VISIO_BIN="$ROOT/target/debug/tchap-visio"
     bash scripts/test-browser.sh

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::SecretToken;
 use crate::auth::token::SfuKeys;
+use crate::bridge::sfu_events::SfuEventWorker;
+use crate::bridge::{self, Bridge, BridgeContext};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::matrix::bot::Bot;
@@ -73,11 +75,36 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let mut workers = tokio::task::JoinSet::new();
+    let (sfu, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
+    workers.spawn(async move {
+        let _ = sfu_task.await;
+    });
+    // Subscribed before anything can join, so no event is missed.
+    let sfu_events = sfu.subscribe();
+    let bridge = Arc::new(BridgeContext::from_config(
+        &config,
+        Some(sfu.clone()),
+        Some(client.clone()),
+    ));
+    {
+        let mut conn = store.pool().acquire().await?;
+        bridge::recover(&mut conn, crate::store::now_ms()).await?;
+    }
     workers.spawn(
         OutboundWorker {
             store: store.clone(),
             client,
             wake: outbound_wake.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+    workers.spawn(
+        SfuEventWorker {
+            ctx: bridge.clone(),
+            store: store.clone(),
+            events: sfu_events,
+            outbound_wake: outbound_wake.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -88,7 +115,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         workers.spawn(
             InboxWorker {
                 store: store.clone(),
-                handler: bot.clone(),
+                handler: Bridge {
+                    ctx: bridge.clone(),
+                },
                 wake: inbox_wake.clone(),
                 outbound_wake,
                 shutdown: shutdown.clone(),
@@ -122,10 +151,6 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         "tchap-visio is running"
     );
     let server_shutdown = shutdown.clone();
-    let (sfu, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
-    workers.spawn(async move {
-        let _ = sfu_task.await;
-    });
     let router = http::router(state).merge(signal::routes(SignalState {
         sfu,
         keys: sfu_keys,

@@ -196,6 +196,19 @@ pub struct MeetingsConfig {
     pub grace_period_secs: u64,
     #[serde(default = "default_max_participants")]
     pub max_participants: u32,
+    /// Least room power level that may end a meeting (its creator always may).
+    #[serde(default = "default_end_power_level")]
+    pub end_power_level: i64,
+    /// Also set an `im.vector.modular.widgets` widget in the room (Element clients).
+    #[serde(default)]
+    pub widget: bool,
+    /// Mirror the room's main timeline into the meeting chat while a meeting runs (the
+    /// meeting's thread is always mirrored).
+    #[serde(default)]
+    pub mirror_room_timeline: bool,
+    /// IANA time zone of the times in notices and summaries.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
 }
 
 impl Default for MeetingsConfig {
@@ -203,8 +216,20 @@ impl Default for MeetingsConfig {
         Self {
             grace_period_secs: default_grace_period_secs(),
             max_participants: default_max_participants(),
+            end_power_level: default_end_power_level(),
+            widget: false,
+            mirror_room_timeline: false,
+            timezone: default_timezone(),
         }
     }
+}
+
+fn default_end_power_level() -> i64 {
+    50
+}
+
+fn default_timezone() -> String {
+    "Europe/Paris".into()
 }
 
 /// Language of every text users see.
@@ -499,6 +524,15 @@ impl Config {
         }
         if self.sfu.max_participants == 0 {
             return Err(invalid("sfu.max_participants", "must be at least 1"));
+        }
+        if jiff::tz::TimeZone::get(&self.meetings.timezone).is_err() {
+            return Err(invalid(
+                "meetings.timezone",
+                format!(
+                    "`{}` is not a known time zone; use an IANA name such as Europe/Paris",
+                    self.meetings.timezone
+                ),
+            ));
         }
         if self.meetings.max_participants == 0 {
             return Err(invalid("meetings.max_participants", "must be at least 1"));

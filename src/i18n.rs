@@ -29,8 +29,8 @@ pub const HELP_FOOTER: Text = Text::new(
     "French command names work too.",
 );
 pub const UNKNOWN_COMMAND: Text = Text::new(
-    "Commande inconnue « {word} ». Tapez !visio aide pour la liste des commandes.",
-    "Unknown command “{word}”. Type !visio help for the list of commands.",
+    "Commande inconnue « {word} ». Vouliez-vous dire !visio {suggestion} ? Pour lancer une visio nommée ainsi : !visio \"{word}\". Tapez !visio aide pour la liste des commandes.",
+    "Unknown command “{word}”. Did you mean !visio {suggestion}? To start a meeting with that title: !visio \"{word}\". Type !visio help for the list of commands.",
 );
 pub const NOT_PERMITTED: Text = Text::new(
     "Désolé, vous n’avez pas le droit d’utiliser cette commande.",

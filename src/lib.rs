@@ -3,10 +3,12 @@
 
 pub mod app;
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod http;
 pub mod i18n;
 pub mod ids;
+pub mod markdown;
 pub mod matrix;
 pub mod meeting;
 pub mod observability;

@@ -28,6 +28,8 @@ fn join(engine: &mut Engine) -> ParticipantKey {
         can_subscribe: true,
         can_publish_data: true,
         auto_subscribe: true,
+        single_pc: false,
+        publisher_offer: None,
     };
     engine.join(Instant::now(), request).expect("an empty engine admits one participant")
 }

@@ -88,6 +88,12 @@ pub async fn put_transaction(
             MatrixError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", e.to_string())
         }
     })?;
+    // Where the bot's share of a command's latency starts (benches/bridge_latency.py).
+    tracing::trace!(
+        txn_id,
+        first_event = events.first().map(|e| e.event_id.as_str()),
+        "transaction received"
+    );
     let outcome = state
         .store
         .store_transaction(&txn_id, &events)
@@ -119,11 +125,20 @@ pub async fn query_user(
     Path(user_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
     // Ghosts are registered by us before they are used, so the homeserver never needs
-    // us to create one on demand; only the bot is known here.
+    // us to create one on demand: the bot and the ghosts we registered exist, no other.
     if user_id == state.bot_user_id.as_str() {
-        Ok(Json(serde_json::json!({})))
-    } else {
-        Err(MatrixError::not_found("User"))
+        return Ok(Json(serde_json::json!({})));
+    }
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| MatrixError::internal(&crate::store::StoreError::from(e)))?;
+    match crate::store::ghosts::display_name(&mut conn, &user_id).await {
+        Ok(Some(_)) => Ok(Json(serde_json::json!({}))),
+        Ok(None) => Err(MatrixError::not_found("User")),
+        Err(e) => Err(MatrixError::internal(&e)),
     }
 }
 

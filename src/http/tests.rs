@@ -220,6 +220,14 @@ both_dialects!(queries_and_ping, |store: Store| async move {
         (got, body["errcode"].as_str()),
         (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
     );
+    // A ghost we registered exists.
+    let mut conn = store.pool().acquire().await.expect("conn");
+    crate::store::ghosts::put(&mut conn, "@visio_g1:localhost", "Zoé (invité·e)", 1)
+        .await
+        .expect("put");
+    drop(conn);
+    let (got, _) = call(&store, get("/_matrix/app/v1/users/@visio_g1:localhost")).await;
+    assert_eq!(got, StatusCode::OK);
     let (got, _) = call(&store, get("/_matrix/app/v1/rooms/%23a:localhost")).await;
     assert_eq!(got, StatusCode::NOT_FOUND);
     let ping = Request::post("/_matrix/app/v1/ping")

@@ -33,17 +33,33 @@ pub struct Bot {
 
 /// The fields every event has, with the content left for the handler to type.
 #[derive(Debug, Deserialize)]
-struct EventEnvelope {
+pub struct EventEnvelope {
     #[serde(rename = "type")]
-    kind: String,
-    event_id: OwnedEventId,
-    room_id: OwnedRoomId,
-    sender: OwnedUserId,
-    state_key: Option<String>,
+    pub kind: String,
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
+    pub state_key: Option<String>,
     #[serde(default)]
-    content: serde_json::Value,
+    pub content: serde_json::Value,
     #[serde(default)]
-    unsigned: serde_json::Value,
+    pub unsigned: serde_json::Value,
+    #[serde(default)]
+    pub origin_server_ts: i64,
+}
+
+impl EventEnvelope {
+    /// Reads a stored event; `None` (logged) for one that can never be handled.
+    pub fn parse(event: &InboxEvent) -> Option<Self> {
+        match serde_json::from_str(&event.json) {
+            Ok(envelope) => Some(envelope),
+            Err(e) => {
+                // A malformed event can never become valid: skip it rather than block the inbox.
+                tracing::warn!(event_id = %event.event_id, error = %e, "skipping an event we cannot read");
+                None
+            }
+        }
+    }
 }
 
 impl Bot {
@@ -70,12 +86,23 @@ impl Bot {
                 && user.server_name() == self.domain.as_str())
     }
 
-    async fn on_event(
+    /// A user's permission level from the configuration.
+    pub fn level_for(&self, user: &UserId) -> PermissionLevel {
+        level_for(user, &self.permissions)
+    }
+
+    /// Handles an event the bridge did not take: invites, encryption, power levels,
+    /// help and hints.
+    pub async fn on_event(
         &self,
         event: EventEnvelope,
         conn: &mut Connection,
     ) -> Result<(), StoreError> {
         match event.kind.as_str() {
+            "m.room.power_levels" if event.state_key.as_deref() == Some("") => {
+                rooms::set_power_levels(conn, event.room_id.as_str(), &event.content.to_string())
+                    .await
+            }
             "m.room.member" if event.state_key.as_deref() == Some(self.user_id.as_str()) => {
                 self.on_own_membership(event, conn).await
             }
@@ -187,23 +214,53 @@ impl Bot {
             Parsed::NotACommand => return Ok(()),
             Parsed::Command { spec, .. } if level < spec.permission => not_permitted(self.lang),
             _ if level < PermissionLevel::User => not_permitted(self.lang),
+            // Meeting commands are the bridge's; without one, the help says what exists.
             Parsed::Command { spec, .. } => match spec.action {
-                CommandAction::Help => commands::help(self.lang),
+                CommandAction::Help
+                | CommandAction::Start
+                | CommandAction::Status
+                | CommandAction::Link
+                | CommandAction::End => commands::help(self.lang),
             },
-            Parsed::Bare => commands::help(self.lang),
-            Parsed::Unknown { word } => {
-                let plain = i18n::UNKNOWN_COMMAND.get(self.lang).replace("{word}", word);
+            Parsed::Unknown { word, suggestion } => {
+                let plain = i18n::UNKNOWN_COMMAND
+                    .get(self.lang)
+                    .replace("{word}", word)
+                    .replace("{suggestion}", suggestion);
                 let html = i18n::html_escape(&plain);
                 (plain, html)
             }
         };
         tracing::debug!(room = %event.room_id, sender = %event.sender, "answering a command");
-        let mut reply = RoomMessageEventContent::notice_html(plain, html);
-        reply.relates_to = Some(reply_relation(message.relates_to, event.event_id));
-        self.send(&event.room_id, reply, conn).await
+        self.reply(
+            &event.room_id,
+            &event.event_id,
+            message.relates_to,
+            plain,
+            html,
+            conn,
+        )
+        .await
     }
 
-    async fn send(
+    /// Queues a notice answering `event_id`, in its thread if it was in one.
+    pub async fn reply(
+        &self,
+        room_id: &OwnedRoomId,
+        event_id: &OwnedEventId,
+        relates_to: Option<
+            Relation<ruma::events::room::message::RoomMessageEventContentWithoutRelation>,
+        >,
+        plain: String,
+        html: String,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
+        let mut reply = RoomMessageEventContent::notice_html(plain, html);
+        reply.relates_to = Some(reply_relation(relates_to, event_id.clone()));
+        self.send(room_id, reply, conn).await
+    }
+
+    pub async fn send(
         &self,
         room_id: &OwnedRoomId,
         mut content: RoomMessageEventContent,
@@ -219,6 +276,8 @@ impl Bot {
                 as_user: None,
                 event_type: "m.room.message".into(),
                 content,
+                in_thread_of: None,
+                root_of: None,
             },
         )
         .await?;
@@ -258,13 +317,9 @@ fn invite_state_is_encrypted(unsigned: &serde_json::Value) -> bool {
 
 impl EventHandler for Bot {
     async fn handle(&self, event: &InboxEvent, conn: &mut Connection) -> Result<(), StoreError> {
-        match serde_json::from_str::<EventEnvelope>(&event.json) {
-            Ok(envelope) => self.on_event(envelope, conn).await,
-            Err(e) => {
-                // A malformed event can never become valid: skip it rather than block the inbox.
-                tracing::warn!(event_id = %event.event_id, error = %e, "skipping an event we cannot read");
-                Ok(())
-            }
+        match EventEnvelope::parse(event) {
+            Some(envelope) => self.on_event(envelope, conn).await,
+            None => Ok(()),
         }
     }
 }
@@ -381,7 +436,7 @@ mod tests {
             feed(&store, message("@visio:localhost", "!visio aide")).await;
             feed(&store, message("@visio_guest:localhost", "!visio aide")).await;
             feed(&store, message("@alice:localhost", "bonjour")).await;
-            feed(&store, message("@alice:localhost", "!visio <x1>")).await;
+            feed(&store, message("@alice:localhost", "!visio aied")).await;
             feed(&store, message("@eve:elsewhere.org", "!visio aide")).await;
             let requests = queued(&store).await;
             let bodies: Vec<_> = requests
@@ -407,13 +462,13 @@ mod tests {
                 bodies[1]["body"]
                     .as_str()
                     .expect("body")
-                    .contains("« <x1> »")
+                    .contains("« aied »")
             );
             assert!(
-                bodies[1]["formatted_body"]
+                bodies[1]["body"]
                     .as_str()
-                    .expect("html")
-                    .contains("&lt;x1&gt;")
+                    .expect("body")
+                    .contains("!visio aide")
             );
             assert!(
                 bodies[2]["body"]

@@ -10,6 +10,14 @@ pub const PREFIX: &str = "!visio";
 /// What a command does once recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandAction {
+    /// Start a meeting (the arguments are its title), or repeat the running one's link.
+    Start,
+    /// Say whether a meeting is running, since when and with whom.
+    Status,
+    /// Repeat the running meeting's link.
+    Link,
+    /// End the running meeting.
+    End,
     /// Show the command list.
     Help,
 }
@@ -17,42 +25,90 @@ pub enum CommandAction {
 /// One command of the table.
 #[derive(Debug)]
 pub struct CommandSpec {
-    /// Canonical (French) name.
+    /// Canonical (French) name; empty for `!visio` itself.
     pub name: &'static str,
     /// Other accepted names (English).
     pub aliases: &'static [&'static str],
     /// Argument synopsis shown in the help, if the command takes any.
     pub args: Option<Text>,
     pub help: Text,
-    /// Least permission level needed.
+    /// Least permission level needed (ending a meeting also needs the room's power level
+    /// or being its creator, checked by the bridge).
     pub permission: PermissionLevel,
     pub action: CommandAction,
 }
 
 /// Every command the bot knows, in help order.
-pub static COMMANDS: &[CommandSpec] = &[CommandSpec {
-    name: "aide",
-    aliases: &["help"],
-    args: None,
-    help: Text::new("affiche cette aide", "shows this help"),
-    permission: PermissionLevel::User,
-    action: CommandAction::Help,
-}];
+pub static COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        name: "",
+        aliases: &[],
+        args: Some(Text::new("[titre]", "[title]")),
+        help: Text::new(
+            "démarre une visio dans ce salon (ou redonne le lien de celle en cours)",
+            "starts a meeting in this room (or repeats the link of the running one)",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::Start,
+    },
+    CommandSpec {
+        name: "statut",
+        aliases: &["status"],
+        args: None,
+        help: Text::new(
+            "dit si une visio est en cours, depuis quand et avec qui",
+            "tells whether a meeting is running, since when and with whom",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::Status,
+    },
+    CommandSpec {
+        name: "lien",
+        aliases: &["link"],
+        args: None,
+        help: Text::new(
+            "redonne le lien de la visio en cours",
+            "repeats the running meeting's link",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::Link,
+    },
+    CommandSpec {
+        name: "fin",
+        aliases: &["end"],
+        args: None,
+        help: Text::new(
+            "termine la visio en cours (modération du salon ou personne qui l’a lancée)",
+            "ends the running meeting (room moderators or whoever started it)",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::End,
+    },
+    CommandSpec {
+        name: "aide",
+        aliases: &["help"],
+        args: None,
+        help: Text::new("affiche cette aide", "shows this help"),
+        permission: PermissionLevel::User,
+        action: CommandAction::Help,
+    },
+];
 
 /// What a message body means to the bot.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<'a> {
     /// Not addressed to the bot.
     NotACommand,
-    /// A known command with the rest of the line as arguments.
+    /// A command with the rest of the line as arguments (for `!visio <titre>`, the title).
     Command {
         spec: &'static CommandSpec,
         args: &'a str,
     },
-    /// `!visio` followed by a word that is no command.
-    Unknown { word: &'a str },
-    /// `!visio` alone.
-    Bare,
+    /// `!visio` followed by one word that looks like a mistyped command.
+    Unknown {
+        word: &'a str,
+        suggestion: &'static str,
+    },
 }
 
 impl PartialEq for CommandSpec {
@@ -62,8 +118,20 @@ impl PartialEq for CommandSpec {
 }
 impl Eq for CommandSpec {}
 
+fn spec_for(action: CommandAction) -> &'static CommandSpec {
+    COMMANDS
+        .iter()
+        .find(|c| c.action == action)
+        .expect("every action has an entry in the table")
+}
+
 /// Parses a message body; only the first line counts, and the prefix is
 /// case-insensitive and must stand alone (`!visioconf` is not a command).
+///
+/// `!visio <words>` starts a meeting titled `<words>`, unless the first word is a
+/// command name, or the whole rest is one word one or two typing mistakes away from
+/// one (`!visio staut`), which gets a hint instead of a meeting nobody wanted. Quotes
+/// force a title: `!visio "aide"`.
 pub fn parse(body: &str) -> Parsed<'_> {
     let line = body.lines().next().unwrap_or("").trim();
     let Some(head) = line.get(..PREFIX.len()) else {
@@ -77,21 +145,102 @@ pub fn parse(body: &str) -> Parsed<'_> {
         return Parsed::NotACommand;
     }
     let rest = rest.trim();
+    let start = spec_for(CommandAction::Start);
     if rest.is_empty() {
-        return Parsed::Bare;
+        return Parsed::Command {
+            spec: start,
+            args: "",
+        };
+    }
+    for quote in [('"', '"'), ('«', '»'), ('“', '”')] {
+        if let Some(inner) = rest
+            .strip_prefix(quote.0)
+            .and_then(|r| r.strip_suffix(quote.1))
+        {
+            return Parsed::Command {
+                spec: start,
+                args: inner.trim(),
+            };
+        }
     }
     let (word, args) = match rest.split_once(char::is_whitespace) {
         Some((word, args)) => (word, args.trim()),
         None => (rest, ""),
     };
     let lower = word.to_lowercase();
-    match COMMANDS
+    let named = COMMANDS
         .iter()
-        .find(|c| c.name == lower || c.aliases.contains(&lower.as_str()))
-    {
-        Some(spec) => Parsed::Command { spec, args },
-        None => Parsed::Unknown { word },
+        .filter(|c| !c.name.is_empty())
+        .find(|c| c.name == lower || c.aliases.contains(&lower.as_str()));
+    if let Some(spec) = named {
+        return Parsed::Command { spec, args };
     }
+    if args.is_empty()
+        && let Some(suggestion) = near_command(&lower)
+    {
+        return Parsed::Unknown { word, suggestion };
+    }
+    Parsed::Command {
+        spec: start,
+        args: rest,
+    }
+}
+
+/// The command name a single word is one or two edits away from, if any.
+fn near_command(word: &str) -> Option<&'static str> {
+    if word.chars().count() < 3 || !word.chars().all(|c| c.is_alphabetic()) {
+        return None;
+    }
+    COMMANDS
+        .iter()
+        .filter(|c| !c.name.is_empty())
+        .flat_map(|c| std::iter::once(c.name).chain(c.aliases.iter().copied()))
+        .map(|name| (edit_distance(word, name), name))
+        .filter(|(d, name)| *d <= 2.min(name.chars().count() - 2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name)
+}
+
+/// Edit distance over characters where swapping two neighbours counts as one typo
+/// (optimal string alignment), as in `aied` for `aide`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Words that, next to a mention of the bot, ask for a meeting.
+const CALL_WORDS: &[&str] = &["visio", "appel", "réunion", "reunion", "call", "meeting"];
+
+/// Whether a message that mentions the bot asks for a meeting: one of the call words
+/// stands as a word in the text once the mention itself is taken out.
+pub fn asks_for_a_call(body: &str, bot_names: &[&str]) -> bool {
+    let mut text = body.to_lowercase();
+    for name in bot_names {
+        // Only the mention itself: "Visio, lance une visio" still asks for one.
+        text = text.replacen(&name.to_lowercase(), " ", 1);
+    }
+    text.split(|c: char| !c.is_alphanumeric())
+        .any(|word| CALL_WORDS.contains(&word))
 }
 
 /// The help message, generated from the table: (plain body, HTML body).
@@ -104,10 +253,12 @@ pub fn help(lang: Language) -> (String, String) {
             Language::Fr => spec.name,
             Language::En => spec.aliases.first().copied().unwrap_or(spec.name),
         };
-        let usage = match spec.args {
-            Some(args) => format!("{PREFIX} {name} {}", args.get(lang)),
-            None => format!("{PREFIX} {name}"),
-        };
+        let usage = [PREFIX, name, spec.args.map_or("", |a| a.get(lang))]
+            .iter()
+            .filter(|part| !part.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
         let help = spec.help.get(lang);
         plain.push_str(&format!("• {usage} — {help}\n"));
         html.push_str(&format!(
@@ -126,21 +277,88 @@ pub fn help(lang: Language) -> (String, String) {
 mod tests {
     use super::*;
 
+    fn action(body: &str) -> Option<(CommandAction, &str)> {
+        match parse(body) {
+            Parsed::Command { spec, args } => Some((spec.action, args)),
+            _ => None,
+        }
+    }
+
     #[test]
     fn recognises_commands_and_aliases() {
-        for body in [
-            "!visio aide",
-            "!VISIO help",
-            "  !visio Aide  ",
-            "!visio aide\nplus",
+        for (body, expected) in [
+            ("!visio aide", CommandAction::Help),
+            ("!VISIO help", CommandAction::Help),
+            ("  !visio Aide  ", CommandAction::Help),
+            ("!visio aide\nplus", CommandAction::Help),
+            ("!visio statut", CommandAction::Status),
+            ("!visio status", CommandAction::Status),
+            ("!visio lien", CommandAction::Link),
+            ("!visio link", CommandAction::Link),
+            ("!visio fin", CommandAction::End),
+            ("!visio END", CommandAction::End),
         ] {
-            match parse(body) {
-                Parsed::Command { spec, .. } => {
-                    assert_eq!(spec.action, CommandAction::Help, "{body}")
-                }
-                other => panic!("{body}: {other:?}"),
-            }
+            assert_eq!(action(body).map(|a| a.0), Some(expected), "{body}");
         }
+    }
+
+    #[test]
+    fn anything_else_after_the_prefix_is_a_title() {
+        assert_eq!(action("!visio"), Some((CommandAction::Start, "")));
+        assert_eq!(
+            action("!visio Point hebdo"),
+            Some((CommandAction::Start, "Point hebdo"))
+        );
+        assert_eq!(action("!visio Démo"), Some((CommandAction::Start, "Démo")));
+        assert_eq!(
+            action("!visio Comité de suivi  "),
+            Some((CommandAction::Start, "Comité de suivi"))
+        );
+        // A command name followed by more words is still that command.
+        assert_eq!(
+            action("!visio fin merci à tous"),
+            Some((CommandAction::End, "merci à tous"))
+        );
+        // Quotes make anything a title, command names included.
+        assert_eq!(
+            action("!visio \"aide\""),
+            Some((CommandAction::Start, "aide"))
+        );
+        assert_eq!(
+            action("!visio « fin »"),
+            Some((CommandAction::Start, "fin"))
+        );
+        // Words far from every command are titles too.
+        assert_eq!(
+            action("!visio rétro"),
+            Some((CommandAction::Start, "rétro"))
+        );
+        assert_eq!(action("!visio x1"), Some((CommandAction::Start, "x1")));
+    }
+
+    #[test]
+    fn one_mistyped_word_gets_a_hint() {
+        for (body, word, suggestion) in [
+            ("!visio staut", "staut", "statut"),
+            ("!visio aied", "aied", "aide"),
+            ("!visio lein", "lein", "lien"),
+            ("!visio hepl", "hepl", "help"),
+            ("!visio Stauts", "Stauts", "status"),
+        ] {
+            assert_eq!(parse(body), Parsed::Unknown { word, suggestion }, "{body}");
+        }
+        assert_eq!(
+            parse("!visio fni"),
+            Parsed::Unknown {
+                word: "fni",
+                suggestion: "fin"
+            }
+        );
+        // Two letters are too close to everything to guess.
+        assert_eq!(action("!visio RH"), Some((CommandAction::Start, "RH")));
+        assert_eq!(edit_distance("aied", "aide"), 1);
+        assert_eq!(edit_distance("statut", "statut"), 0);
+        assert_eq!(edit_distance("", "fin"), 3);
     }
 
     #[test]
@@ -155,8 +373,28 @@ mod tests {
         ] {
             assert_eq!(parse(body), Parsed::NotACommand, "{body}");
         }
-        assert_eq!(parse("!visio"), Parsed::Bare);
-        assert_eq!(parse("!visio x1"), Parsed::Unknown { word: "x1" });
+    }
+
+    #[test]
+    fn mentions_with_a_call_word_ask_for_a_meeting() {
+        let names = ["@visio:localhost", "Visio"];
+        for body in [
+            "Visio: on fait un appel ?",
+            "@visio:localhost réunion maintenant",
+            "Visio, meeting please",
+            "Visio lance une visio",
+            "Visio REUNION",
+        ] {
+            assert!(asks_for_a_call(body, &names), "{body}");
+        }
+        for body in [
+            "Visio: bonjour",
+            "Visio tu es là ?",
+            "Visio appelons",
+            "Visio",
+        ] {
+            assert!(!asks_for_a_call(body, &names), "{body}");
+        }
     }
 
     #[test]
@@ -166,12 +404,14 @@ mod tests {
             plain.contains("!visio aide") && plain.starts_with("Commandes"),
             "{plain}"
         );
+        assert!(plain.contains("• !visio [titre] — démarre"), "{plain}");
         assert!(html.contains("<code>!visio aide</code>"), "{html}");
         let (plain, _) = help(Language::En);
         assert!(
             plain.contains("!visio help") && plain.starts_with("Visio commands"),
             "{plain}"
         );
+        assert!(plain.contains("!visio [title]"), "{plain}");
         for spec in COMMANDS {
             assert!(help(Language::Fr).0.contains(spec.name));
         }

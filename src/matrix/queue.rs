@@ -39,6 +39,25 @@ pub enum OutboundRequest {
         as_user: Option<OwnedUserId>,
         event_type: String,
         content: serde_json::Value,
+        /// Post it in this meeting's thread: the relation is added when sent, since the
+        /// thread root's event id is only known once the link notice is out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        in_thread_of: Option<String>,
+        /// This is the link notice of this meeting: record its event id as the thread root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root_of: Option<String>,
+    },
+    /// Invite a user (a ghost) into a room, as the bot.
+    Invite {
+        room_id: OwnedRoomId,
+        user_id: OwnedUserId,
+    },
+    /// Set a state event (the meeting widget; empty content removes it).
+    SetState {
+        room_id: OwnedRoomId,
+        event_type: String,
+        state_key: String,
+        content: serde_json::Value,
     },
     /// Set a user's display name.
     SetDisplayName {
@@ -60,7 +79,9 @@ impl OutboundRequest {
         match self {
             Self::Join { room_id, .. }
             | Self::Leave { room_id, .. }
-            | Self::Send { room_id, .. } => Some(room_id),
+            | Self::Send { room_id, .. }
+            | Self::Invite { room_id, .. }
+            | Self::SetState { room_id, .. } => Some(room_id),
             _ => None,
         }
     }
@@ -75,6 +96,18 @@ pub async fn enqueue(
     let txn_id = format!("tv{}", TransactionId::new());
     let json = serde_json::to_string(request).expect("OutboundRequest always serialises");
     store::outbound::enqueue(conn, request.room().map(|r| r.as_str()), &txn_id, &json).await
+}
+
+/// Like [`enqueue`], but kept in `room`'s order even for a request that names no room
+/// (a ghost's registration and display name must precede its join and messages there).
+pub async fn enqueue_in_order_of(
+    conn: &mut store::Connection,
+    request: &OutboundRequest,
+    room: &OwnedRoomId,
+) -> Result<i64, StoreError> {
+    let txn_id = format!("tv{}", TransactionId::new());
+    let json = serde_json::to_string(request).expect("OutboundRequest always serialises");
+    store::outbound::enqueue(conn, Some(room.as_str()), &txn_id, &json).await
 }
 
 /// Sends queued requests, one at a time, until cancelled.
@@ -131,7 +164,7 @@ impl OutboundWorker {
     }
 
     async fn attempt(&self, row: store::outbound::OutboundRow) {
-        let request: OutboundRequest = match serde_json::from_str(&row.request_json) {
+        let mut request: OutboundRequest = match serde_json::from_str(&row.request_json) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(id = row.id, error = %e, "unreadable queued request; dropping it");
@@ -142,8 +175,32 @@ impl OutboundWorker {
                 return;
             }
         };
+        if let Err(e) = self.link_to_thread(&mut request).await {
+            tracing::error!(id = row.id, error = %e, "cannot read the thread root; retrying in 1 s");
+            let _ = self
+                .store
+                .reschedule_outbound(row.id, now_ms() + 1000, &e.to_string())
+                .await;
+            return;
+        }
         let started = Instant::now();
+        tracing::trace!(id = row.id, kind = kind(&request), "sending");
         let result = execute(&self.client, &request, &row.txn_id).await;
+        if let (
+            Ok(result),
+            OutboundRequest::Send {
+                root_of: Some(meeting),
+                ..
+            },
+        ) = (&result, &request)
+            && let Some(event_id) = result.get("event_id").and_then(|e| e.as_str())
+            && let Err(e) = self.record_thread_root(meeting, event_id).await
+        {
+            // Not marked sent: the retry reuses the transaction id, so the homeserver
+            // returns the same event and the root is recorded then.
+            tracing::error!(id = row.id, error = %e, "cannot record the thread root");
+            return;
+        }
         metrics::histogram!("tchap_visio_outbound_send_seconds")
             .record(started.elapsed().as_secs_f64());
         let recorded = match result {
@@ -181,6 +238,53 @@ impl OutboundWorker {
     }
 }
 
+impl OutboundWorker {
+    /// Adds the thread relation to a message bound for a meeting's thread. Without a
+    /// recorded root (its link notice failed for good) the message goes to the main
+    /// timeline rather than nowhere.
+    async fn link_to_thread(&self, request: &mut OutboundRequest) -> Result<(), StoreError> {
+        let OutboundRequest::Send {
+            in_thread_of: Some(meeting),
+            content,
+            ..
+        } = request
+        else {
+            return Ok(());
+        };
+        let Ok(id) = crate::ids::MeetingId::parse(meeting) else {
+            return Ok(());
+        };
+        let mut conn = self.store.pool().acquire().await?;
+        let root = store::meetings::get_by_id(&mut conn, &id)
+            .await?
+            .and_then(|m| m.thread_root_event_id);
+        if let (Some(root), Some(object)) = (root, content.as_object_mut()) {
+            object
+                .entry("m.relates_to")
+                .or_insert_with(|| thread_relation(&root));
+        }
+        Ok(())
+    }
+
+    async fn record_thread_root(&self, meeting: &str, event_id: &str) -> Result<(), StoreError> {
+        let Ok(id) = crate::ids::MeetingId::parse(meeting) else {
+            return Ok(());
+        };
+        let mut conn = self.store.pool().acquire().await?;
+        store::meetings::set_thread_root(&mut conn, &id, event_id).await
+    }
+}
+
+/// An `m.thread` relation with the reply fallback for clients without threads.
+pub fn thread_relation(root: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rel_type": "m.thread",
+        "event_id": root,
+        "is_falling_back": true,
+        "m.in_reply_to": { "event_id": root },
+    })
+}
+
 fn kind(request: &OutboundRequest) -> &'static str {
     match request {
         OutboundRequest::Join { .. } => "join",
@@ -189,6 +293,8 @@ fn kind(request: &OutboundRequest) -> &'static str {
         OutboundRequest::SetDisplayName { .. } => "set_displayname",
         OutboundRequest::SetAvatar { .. } => "set_avatar",
         OutboundRequest::RegisterGhost { .. } => "register_ghost",
+        OutboundRequest::Invite { .. } => "invite",
+        OutboundRequest::SetState { .. } => "set_state",
     }
 }
 
@@ -226,6 +332,7 @@ pub async fn execute(
             as_user,
             event_type,
             content,
+            ..
         } => {
             let raw = Raw::new(content)
                 .map_err(|e| CallError::Build(e.to_string()))?
@@ -265,6 +372,38 @@ pub async fn execute(
             client.call(req, Some(user_id)).await?;
             Ok(serde_json::json!({}))
         }
+        OutboundRequest::Invite { room_id, user_id } => {
+            let req = membership::invite_user::v3::Request::new(
+                room_id.clone(),
+                membership::invite_user::v3::InviteUserId::new(user_id.clone()).into(),
+            );
+            match client.call(req, None).await {
+                Ok(_) => Ok(serde_json::json!({})),
+                // Already in the room (or invited): nothing to do.
+                Err(CallError::Matrix { status: 403, .. }) => {
+                    Ok(serde_json::json!({ "already_member": true }))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        OutboundRequest::SetState {
+            room_id,
+            event_type,
+            state_key,
+            content,
+        } => {
+            let raw = Raw::new(content)
+                .map_err(|e| CallError::Build(e.to_string()))?
+                .cast_unchecked();
+            let req = ruma::api::client::state::send_state_event::v3::Request::new_raw(
+                room_id.clone(),
+                ruma::events::StateEventType::from(event_type.as_str()),
+                state_key.clone(),
+                raw,
+            );
+            let res = client.call(req, None).await?;
+            Ok(serde_json::json!({ "event_id": res.event_id }))
+        }
         OutboundRequest::RegisterGhost { localpart } => {
             let mut req = account::register::v3::Request::new();
             req.username = Some(localpart.clone());
@@ -300,6 +439,8 @@ mod tests {
             as_user: None,
             event_type: "m.room.message".into(),
             content: serde_json::json!({"msgtype": "m.notice", "body": "bonjour"}),
+            in_thread_of: None,
+            root_of: None,
         };
         let json = serde_json::to_string(&request).expect("serialise");
         assert!(json.contains(r#""kind":"send""#), "{json}");

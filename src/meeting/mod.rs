@@ -79,6 +79,14 @@ pub struct Meeting {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
+    /// Event id of the link notice, the root of the meeting's thread, once sent.
+    pub thread_root_event_id: Option<String>,
+    /// Most participants present at once.
+    pub peak_participants: i64,
+    /// When the last participant left; `None` while someone is in (or nobody came yet).
+    pub empty_since: Option<i64>,
+    /// State key of the room widget set for this meeting, removed when it ends.
+    pub widget_state_key: Option<String>,
 }
 
 impl Meeting {
@@ -99,6 +107,10 @@ impl Meeting {
             created_at: now_ms,
             started_at: None,
             ended_at: None,
+            thread_root_event_id: None,
+            peak_participants: 0,
+            empty_since: None,
+            widget_state_key: None,
         })
     }
 
@@ -115,6 +127,119 @@ impl Meeting {
             self.slug.expose()
         )
     }
+}
+
+/// One connection of a participant to a meeting (a rejoin is a new session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub meeting_id: MeetingId,
+    /// The SFU's participant sid (`PA_…`).
+    pub sid: String,
+    /// The identity inside the join token.
+    pub identity: String,
+    /// What stays the same when the same person rejoins (the browser's stable part of
+    /// the identity): attendance is merged per attendee key.
+    pub attendee_key: String,
+    pub display_name: String,
+    /// Set for participants verified as Matrix users.
+    pub matrix_user_id: Option<String>,
+    pub joined_at: i64,
+    pub left_at: Option<i64>,
+    pub last_seen_at: i64,
+}
+
+/// Where a chat message was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatOrigin {
+    /// In the meeting page (or an SDK client).
+    Meeting,
+    /// In the Matrix room, mirrored into the meeting.
+    Matrix,
+}
+
+impl ChatOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Meeting => "meeting",
+            Self::Matrix => "matrix",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "meeting" => Some(Self::Meeting),
+            "matrix" => Some(Self::Matrix),
+            _ => None,
+        }
+    }
+}
+
+/// A chat message of a meeting, whichever side it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub meeting_id: MeetingId,
+    /// The SFU's message id, or the Matrix event id for messages from the room.
+    pub message_id: String,
+    pub origin: ChatOrigin,
+    pub sender_identity: Option<String>,
+    pub sender_name: String,
+    pub matrix_user_id: Option<String>,
+    pub body: String,
+    pub sent_at: i64,
+}
+
+/// One person's presence in a meeting, all their sessions merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attendee {
+    pub attendee_key: String,
+    /// The name of their latest session.
+    pub display_name: String,
+    pub matrix_user_id: Option<String>,
+    /// Time present, overlapping sessions counted once.
+    pub present_ms: i64,
+    /// Merged `[start, end)` intervals, in order.
+    pub intervals: Vec<(i64, i64)>,
+    pub first_joined_at: i64,
+}
+
+/// Attendance from sessions: per attendee, the union of their sessions' intervals (a
+/// session still open counts up to `now_ms`). Ordered by first arrival.
+pub fn attendance(sessions: &[Session], now_ms: i64) -> Vec<Attendee> {
+    let mut by_key: Vec<(String, Vec<&Session>)> = Vec::new();
+    for session in sessions {
+        match by_key.iter_mut().find(|(k, _)| *k == session.attendee_key) {
+            Some((_, list)) => list.push(session),
+            None => by_key.push((session.attendee_key.clone(), vec![session])),
+        }
+    }
+    let mut attendees: Vec<Attendee> = by_key
+        .into_iter()
+        .map(|(attendee_key, mut list)| {
+            list.sort_by_key(|s| s.joined_at);
+            let mut intervals: Vec<(i64, i64)> = Vec::new();
+            for s in &list {
+                let end = s.left_at.unwrap_or(now_ms).max(s.joined_at);
+                match intervals.last_mut() {
+                    Some(last) if s.joined_at <= last.1 => last.1 = last.1.max(end),
+                    _ => intervals.push((s.joined_at, end)),
+                }
+            }
+            let latest = list
+                .iter()
+                .max_by_key(|s| s.joined_at)
+                .expect("every key has a session");
+            Attendee {
+                attendee_key,
+                display_name: latest.display_name.clone(),
+                matrix_user_id: list.iter().find_map(|s| s.matrix_user_id.clone()),
+                present_ms: intervals.iter().map(|(a, b)| b - a).sum(),
+                first_joined_at: intervals.first().map_or(0, |i| i.0),
+                intervals,
+            }
+        })
+        .collect();
+    attendees.sort_by_key(|a| a.first_joined_at);
+    attendees
 }
 
 /// The title trimmed, if it is 1 to 200 characters without control characters.
@@ -193,6 +318,49 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    fn session(key: &str, name: &str, joined: i64, left: Option<i64>) -> Session {
+        Session {
+            meeting_id: MeetingId::generate(),
+            sid: format!("PA_{joined}"),
+            identity: format!("{key}-{joined}"),
+            attendee_key: key.into(),
+            display_name: name.into(),
+            matrix_user_id: None,
+            joined_at: joined,
+            left_at: left,
+            last_seen_at: joined,
+        }
+    }
+
+    #[test]
+    fn attendance_merges_each_attendees_sessions() {
+        let sessions = [
+            session("b", "Bob", 50, Some(80)),
+            session("a", "Alice", 0, Some(100)),
+            // Alice's second tab overlaps her first: counted once.
+            session("a", "Alice", 60, Some(150)),
+            // Then she comes back later under a new name.
+            session("a", "Alice D.", 200, Some(250)),
+            // Bob is still in.
+            session("b", "Bob", 300, None),
+        ];
+        let attendance = attendance(&sessions, 400);
+        assert_eq!(attendance.len(), 2);
+        let alice = &attendance[0];
+        assert_eq!(alice.display_name, "Alice D.");
+        assert_eq!(alice.intervals, vec![(0, 150), (200, 250)]);
+        assert_eq!(alice.present_ms, 200);
+        let bob = &attendance[1];
+        assert_eq!(bob.intervals, vec![(50, 80), (300, 400)]);
+        assert_eq!(bob.present_ms, 130);
+        assert!(super::attendance(&[], 0).is_empty());
+        // A clock step backwards never makes a negative duration.
+        assert_eq!(
+            super::attendance(&[session("c", "C", 10, Some(5))], 0)[0].present_ms,
+            0
+        );
     }
 
     #[test]

@@ -30,7 +30,45 @@ pub struct Chat {
 /// Text streams on the chat topic, being received from one participant.
 #[derive(Debug, Default)]
 pub struct TextStreams {
-    open: HashMap<String, String>,
+    open: HashMap<String, OpenStream>,
+}
+
+/// The bytes of one stream so far; compressed streams are inflated at their trailer,
+/// since DEFLATE is one bit stream across chunk boundaries.
+#[derive(Debug, Default)]
+struct OpenStream {
+    bytes: Vec<u8>,
+    deflated: bool,
+    /// Longer than [`MAX_CHAT_BYTES`]: forwarded, never recorded.
+    too_long: bool,
+}
+
+impl OpenStream {
+    fn text(self) -> Option<String> {
+        if self.too_long {
+            return None;
+        }
+        let bytes = if self.deflated {
+            inflate_bounded(&self.bytes)?
+        } else {
+            self.bytes
+        };
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// Raw DEFLATE (no zlib header), as LiveKit's SDKs compress streams, refusing anything
+/// that would inflate past [`MAX_CHAT_BYTES`] (a small packet can be a large bomb).
+fn inflate_bounded(compressed: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut decoder = flate2::read::DeflateDecoder::new(compressed).take(MAX_CHAT_BYTES as u64 + 1);
+    decoder.read_to_end(&mut out).ok()?;
+    (out.len() <= MAX_CHAT_BYTES).then_some(out)
+}
+
+fn is_deflated(header: &livekit_protocol::data_stream::Header) -> bool {
+    header.compression == livekit_protocol::data_stream::CompressionType::DeflateRaw as i32
 }
 
 /// Ids of chat messages already emitted in a room.
@@ -81,27 +119,38 @@ pub fn chat_in(packet: &DataPacket, streams: &mut TextStreams) -> Option<Chat> {
         data_packet::Value::StreamHeader(header) if header.topic == CHAT_TOPIC => {
             // Short messages come whole inside the header (no chunk, no trailer).
             if let Some(content) = &header.inline_content {
+                let stream = OpenStream {
+                    bytes: content.clone(),
+                    deflated: is_deflated(header),
+                    too_long: content.len() > MAX_CHAT_BYTES,
+                };
                 return Some(Chat {
                     id: header.stream_id.clone(),
-                    text: String::from_utf8_lossy(content).into_owned(),
+                    text: stream.text()?,
                     timestamp_ms: header.timestamp,
                 });
             }
             if streams.open.len() >= MAX_OPEN_STREAMS {
                 return None;
             }
-            streams.open.insert(header.stream_id.clone(), String::new());
+            let stream = OpenStream {
+                deflated: is_deflated(header),
+                ..Default::default()
+            };
+            streams.open.insert(header.stream_id.clone(), stream);
             None
         }
         data_packet::Value::StreamChunk(chunk) => {
-            let text = streams.open.get_mut(&chunk.stream_id)?;
-            if text.len() + chunk.content.len() <= MAX_CHAT_BYTES {
-                text.push_str(&String::from_utf8_lossy(&chunk.content));
+            let stream = streams.open.get_mut(&chunk.stream_id)?;
+            if stream.bytes.len() + chunk.content.len() <= MAX_CHAT_BYTES {
+                stream.bytes.extend_from_slice(&chunk.content);
+            } else {
+                stream.too_long = true;
             }
             None
         }
         data_packet::Value::StreamTrailer(trailer) => {
-            let text = streams.open.remove(&trailer.stream_id)?;
+            let text = streams.open.remove(&trailer.stream_id)?.text()?;
             Some(Chat {
                 id: trailer.stream_id.clone(),
                 text,
@@ -256,6 +305,99 @@ mod tests {
             (chat.id.as_str(), chat.text.as_str(), chat.timestamp_ms),
             ("s1", "salut", 42)
         );
+    }
+
+    fn deflate(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).expect("in memory");
+        encoder.finish().expect("in memory")
+    }
+
+    fn stream_packets(id: &str, compressed: bool, content: &[u8], chunk: usize) -> Vec<DataPacket> {
+        use livekit_protocol::data_stream;
+        let compression = if compressed {
+            data_stream::CompressionType::DeflateRaw
+        } else {
+            data_stream::CompressionType::None
+        };
+        let mut packets = vec![DataPacket {
+            value: Some(data_packet::Value::StreamHeader(data_stream::Header {
+                stream_id: id.into(),
+                topic: CHAT_TOPIC.into(),
+                compression: compression as i32,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }];
+        for (i, part) in content.chunks(chunk).enumerate() {
+            packets.push(DataPacket {
+                value: Some(data_packet::Value::StreamChunk(data_stream::Chunk {
+                    stream_id: id.into(),
+                    chunk_index: i as u64,
+                    content: part.to_vec(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            });
+        }
+        packets.push(DataPacket {
+            value: Some(data_packet::Value::StreamTrailer(data_stream::Trailer {
+                stream_id: id.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        packets
+    }
+
+    #[test]
+    fn compressed_streams_are_inflated_across_chunks() {
+        let text = "Bonjour à toutes et à tous, ".repeat(20);
+        let mut streams = TextStreams::default();
+        let chats: Vec<Chat> = stream_packets("z1", true, &deflate(text.as_bytes()), 7)
+            .iter()
+            .filter_map(|p| chat_in(p, &mut streams))
+            .collect();
+        assert_eq!(chats.len(), 1);
+        assert_eq!(chats[0].text, text);
+
+        // Inline and compressed.
+        let packet = DataPacket {
+            value: Some(data_packet::Value::StreamHeader(
+                livekit_protocol::data_stream::Header {
+                    stream_id: "z2".into(),
+                    topic: CHAT_TOPIC.into(),
+                    inline_content: Some(deflate("salut".as_bytes())),
+                    compression: livekit_protocol::data_stream::CompressionType::DeflateRaw as i32,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            chat_in(&packet, &mut TextStreams::default()).map(|c| c.text),
+            Some("salut".to_owned())
+        );
+    }
+
+    #[test]
+    fn compression_bombs_and_garbage_are_not_recorded() {
+        let bomb = deflate(&vec![b'a'; 10 * MAX_CHAT_BYTES]);
+        assert!(bomb.len() < MAX_CHAT_BYTES / 10, "small on the wire");
+        let mut streams = TextStreams::default();
+        let chats = stream_packets("b", true, &bomb, 1000)
+            .iter()
+            .filter_map(|p| chat_in(p, &mut streams))
+            .count();
+        assert_eq!(chats, 0);
+        let chats = stream_packets("g", true, b"\xff\xfe not deflate at all", 4)
+            .iter()
+            .filter_map(|p| chat_in(p, &mut streams))
+            .count();
+        assert_eq!(chats, 0);
+        assert!(streams.open.is_empty(), "finished streams are forgotten");
     }
 
     #[test]

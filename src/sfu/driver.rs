@@ -48,6 +48,10 @@ enum Command {
     Stats {
         reply: oneshot::Sender<usize>,
     },
+    CloseRoom {
+        room: String,
+        reply: oneshot::Sender<usize>,
+    },
     Admit {
         room: String,
         identity: String,
@@ -165,6 +169,14 @@ impl SfuHandle {
         answer.await.unwrap_or(Err(JoinError::ServerFull))
     }
 
+    /// Ends a room: its participants are told the meeting is over and removed, and the
+    /// room cannot be joined again. Returns how many were in it.
+    pub async fn close_room(&self, room: String) -> usize {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::CloseRoom { room, reply });
+        answer.await.unwrap_or(0)
+    }
+
     pub async fn participant_count(&self) -> usize {
         let (reply, answer) = oneshot::channel();
         let _ = self.commands.send(Command::Stats { reply });
@@ -279,6 +291,9 @@ fn handle_command(
                 sinks.remove(&key);
                 engine.signal_lost(key);
             }
+        }
+        Command::CloseRoom { room, reply } => {
+            let _ = reply.send(engine.close_room(now, &room));
         }
         Command::InjectChat {
             room,

@@ -3,8 +3,14 @@
 //! the server offers on), published tracks and subscriptions. It is fed packets,
 //! signalling and time, and returns packets to send, signalling to deliver, events and
 //! its next timeout. One driver ([`super::driver`]) owns the socket and the clock.
+//!
+//! Single peer connection participants (`/rtc/v1`) have one `Rtc`, the publisher's,
+//! which also plays the subscriber role ([`Participant::peer`]). The server never offers
+//! to them: what they receive goes out on the receive-only m-lines they offer ("slots"),
+//! assigned when answering; when slots are missing the server sends
+//! `MediaSectionsRequirement` and the client offers again ([`Engine::request_sections`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -21,6 +27,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rt
 
 use super::data::{self, SeenChat, TextStreams};
 use super::rewrite::TimestampRewriter;
+use super::sdp::{self, SlotMsid};
 use super::simulcast::{self, Dynacast, LAYER_RIDS, LAYERS, LayerSelector, Verdict};
 use super::{EngineEvent, ParticipantKey, Pc, random_id};
 
@@ -74,6 +81,10 @@ pub struct JoinRequest {
     pub can_subscribe: bool,
     pub can_publish_data: bool,
     pub auto_subscribe: bool,
+    /// Single peer connection (`/rtc/v1`): one peer connection, the client always offers.
+    pub single_pc: bool,
+    /// The first publisher offer, carried by a `/rtc/v1` join request.
+    pub publisher_offer: Option<lk::SessionDescription>,
 }
 
 /// Why a join or resume was refused.
@@ -87,6 +98,8 @@ pub enum JoinError {
     UnknownSession,
     #[error("the identity `{0}` is reserved")]
     ReservedIdentity(String),
+    #[error("the meeting has ended")]
+    RoomClosed,
 }
 
 /// What the engine wants done.
@@ -188,6 +201,20 @@ impl DownTrack {
     }
 }
 
+/// What a single peer connection participant's signalling needs beyond the dual mode's.
+#[derive(Debug, Default)]
+struct SinglePc {
+    /// The receive slots of the last answer (m-lines the server may send on).
+    slots: Vec<sdp::Slot>,
+    /// Slots whose track went away: answered `inactive` once before being reused, so that
+    /// the browser sees the next track on them as a new one.
+    releasing: Vec<Mid>,
+    /// A `MediaSectionsRequirement` went out and no offer has come since.
+    requested: bool,
+    /// An offer was answered: the client's peer connection exists.
+    answered: bool,
+}
+
 #[derive(Debug)]
 struct Participant {
     sid: String,
@@ -211,6 +238,29 @@ struct Participant {
     version: u32,
     /// The subscriber connection's bandwidth estimate (TWCC), once there is one.
     bandwidth_bps: Option<u64>,
+    /// Set for single peer connection participants (`/rtc/v1`).
+    single: Option<SinglePc>,
+}
+
+impl Participant {
+    /// The peer connection that plays `role`: in single peer connection mode the
+    /// publisher's plays both.
+    fn peer(&mut self, role: Pc) -> &mut Peer {
+        match role {
+            Pc::Subscriber if self.single.is_none() => &mut self.subscriber,
+            _ => &mut self.publisher,
+        }
+    }
+}
+
+/// Which role an event of a single peer connection plays: keyframe requests and the
+/// bandwidth estimate concern what the participant receives, everything else what it
+/// sends.
+fn single_pc_role(event: &Event) -> Pc {
+    match event {
+        Event::KeyframeRequest(_) | Event::EgressBitrateEstimate(_) => Pc::Subscriber,
+        _ => Pc::Publisher,
+    }
 }
 
 #[derive(Debug)]
@@ -242,9 +292,15 @@ pub struct Engine {
     targets: Vec<(ParticipantKey, usize)>,
     next_housekeeping: Instant,
     next_quality: Instant,
+    /// Rooms ended by the service: a token issued before the end cannot reopen them.
+    closed_rooms: HashSet<String>,
 }
 
-fn new_peer(config: &EngineConfig, now: Instant, pc: Pc) -> Peer {
+/// Ended rooms remembered; beyond this the oldest are forgotten (their tokens have
+/// long expired by then).
+const CLOSED_ROOMS_KEPT: usize = 10_000;
+
+fn new_peer(config: &EngineConfig, now: Instant, bwe: bool) -> Peer {
     let ufrag = random_id("", 16);
     let creds = str0m::IceCreds {
         ufrag: ufrag.clone(),
@@ -253,9 +309,9 @@ fn new_peer(config: &EngineConfig, now: Instant, pc: Pc) -> Peer {
     let mut rtc = RtcConfig::new()
         .set_ice_lite(true)
         .set_local_ice_credentials(creds);
-    if pc == Pc::Subscriber {
-        // What the SFU sends: TWCC bandwidth estimation drives simulcast layer choice
-        // and paces the sending.
+    if bwe {
+        // On the connection the SFU sends media on: TWCC bandwidth estimation drives
+        // simulcast layer choice and paces the sending.
         rtc = rtc.enable_bwe(Some(Bitrate::bps(INITIAL_BANDWIDTH_BPS)));
     }
     let mut rtc = rtc.build(now);
@@ -324,6 +380,7 @@ impl Engine {
             targets: Vec::new(),
             next_housekeeping: now + HOUSEKEEPING_PERIOD,
             next_quality: now + QUALITY_PERIOD,
+            closed_rooms: HashSet::new(),
         }
     }
 
@@ -358,6 +415,9 @@ impl Engine {
     pub fn admit(&self, room: &str, identity: &str) -> Result<Option<ParticipantKey>, JoinError> {
         if identity == SERVER_IDENTITY {
             return Err(JoinError::ReservedIdentity(identity.to_owned()));
+        }
+        if self.closed_rooms.contains(room) {
+            return Err(JoinError::RoomClosed);
         }
         let replaced = self.find_identity(room, identity);
         // The session being replaced does not count against the limits.
@@ -394,6 +454,12 @@ impl Engine {
                 server_participant: None,
                 speakers: Vec::new(),
             });
+        let single_pc = request.single_pc;
+        let mut subscriber = new_peer(&self.config, now, !single_pc);
+        if single_pc {
+            // Never used in this mode: keep it from waking the engine.
+            subscriber.timeout = now + Duration::from_secs(365 * 24 * 3600);
+        }
         let participant = Participant {
             sid: random_id("PA_", 12),
             identity: request.identity,
@@ -409,8 +475,8 @@ impl Engine {
                 ..Default::default()
             },
             auto_subscribe: request.auto_subscribe,
-            publisher: new_peer(&self.config, now, Pc::Publisher),
-            subscriber: new_peer(&self.config, now, Pc::Subscriber),
+            publisher: new_peer(&self.config, now, single_pc),
+            subscriber,
             tracks: Vec::new(),
             downtracks: Vec::new(),
             text_streams: TextStreams::default(),
@@ -420,6 +486,7 @@ impl Engine {
             audio_level: 0.0,
             bandwidth_bps: None,
             version: 1,
+            single: single_pc.then(SinglePc::default),
         };
         let key = self.participants.insert(participant);
         room.members.push(key);
@@ -437,8 +504,10 @@ impl Engine {
         let p = &self.participants[key];
         self.ufrags
             .insert(p.publisher.ufrag.clone(), (key, Pc::Publisher));
-        self.ufrags
-            .insert(p.subscriber.ufrag.clone(), (key, Pc::Subscriber));
+        if !single_pc {
+            self.ufrags
+                .insert(p.subscriber.ufrag.clone(), (key, Pc::Subscriber));
+        }
 
         let room = &self.rooms[&request.room];
         let mut others: Vec<lk::ParticipantInfo> = room
@@ -456,7 +525,8 @@ impl Engine {
             other_participants: others,
             server_version: SERVER_VERSION.into(),
             ice_servers: self.config.ice_servers.clone(),
-            subscriber_primary: true,
+            // A single peer connection client negotiates its publisher at once.
+            subscriber_primary: !single_pc,
             ping_interval: PING_INTERVAL_SECS,
             ping_timeout: PING_TIMEOUT_SECS,
             server_info: Some(server_info()),
@@ -484,12 +554,18 @@ impl Engine {
                 }
             }
         }
-        self.negotiate_subscriber(key);
+        match request.publisher_offer {
+            // Its answer assigns the slots for the tracks already in the room.
+            Some(offer) if single_pc => self.on_publisher_offer(now, key, offer),
+            // Slots are asked for once the client's first offer is answered.
+            _ if single_pc => {}
+            _ => self.negotiate_subscriber(key),
+        }
         // The newcomer watches the room's simulcast tracks: paused layers resume now.
         self.update_dynacast(now);
         self.drain(now);
         let p = &self.participants[key];
-        tracing::info!(room = %p.room, sid = %p.sid, identity = %p.identity, "participant joined");
+        tracing::info!(room = %p.room, sid = %p.sid, identity = %p.identity, single_pc, "participant joined");
         self.outputs
             .push_back(Output::Event(EngineEvent::ParticipantJoined {
                 room: p.room.clone(),
@@ -547,6 +623,14 @@ impl Engine {
                 room: Some(room_info),
             }),
         );
+        if let Some(single) = &mut self.participants[key].single {
+            // The client restarts ICE with an offer of its own; a requirement lost with the
+            // old socket is sent again.
+            single.requested = false;
+            self.request_sections(key);
+            self.drain(now);
+            return Ok(key);
+        }
         let subscriber = &mut self.participants[key].subscriber;
         subscriber.ice_restart = true;
         if subscriber.pending_offer.is_some() {
@@ -643,7 +727,7 @@ impl Engine {
         };
         p.last_seen = now;
         match message {
-            signal_request::Message::Offer(offer) => self.on_publisher_offer(key, offer),
+            signal_request::Message::Offer(offer) => self.on_publisher_offer(now, key, offer),
             signal_request::Message::Answer(answer) => self.on_subscriber_answer(now, key, answer),
             signal_request::Message::Trickle(trickle) => self.on_trickle(key, trickle),
             signal_request::Message::AddTrack(request) => self.on_add_track(key, request),
@@ -757,8 +841,17 @@ impl Engine {
         }
     }
 
-    fn on_publisher_offer(&mut self, key: ParticipantKey, offer: lk::SessionDescription) {
+    fn on_publisher_offer(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        offer: lk::SessionDescription,
+    ) {
         let p = &mut self.participants[key];
+        if let Some(single) = &mut p.single {
+            // This offer answers any outstanding requirement.
+            single.requested = false;
+        }
         let parsed = match SdpOffer::from_sdp_string(&offer.sdp) {
             Ok(o) => o,
             Err(e) => {
@@ -768,10 +861,14 @@ impl Engine {
         };
         match p.publisher.rtc.sdp_api().accept_offer(parsed) {
             Ok(answer) => {
-                let sdp = answer.to_sdp_string();
+                let mut sdp = answer.to_sdp_string();
                 if let Some(ufrag) = sdp_ufrag(&sdp) {
                     self.ufrags.insert(ufrag.clone(), (key, Pc::Publisher));
                     self.participants[key].publisher.ufrag = ufrag;
+                }
+                let mut mid_to_track_id = HashMap::new();
+                if self.participants[key].single.is_some() {
+                    (sdp, mid_to_track_id) = self.assign_slots(now, key, &sdp);
                 }
                 self.dirty.push((key, Pc::Publisher));
                 self.send(
@@ -780,9 +877,10 @@ impl Engine {
                         r#type: "answer".into(),
                         sdp,
                         id: offer.id,
-                        ..Default::default()
+                        mid_to_track_id,
                     }),
                 );
+                self.request_sections(key);
             }
             Err(e) => tracing::warn!(sid = %p.sid, error = %e, "publisher offer refused"),
         }
@@ -852,13 +950,15 @@ impl Engine {
         let Ok(candidate) = Candidate::from_sdp_string(line) else {
             return;
         };
-        let p = &mut self.participants[key];
-        let peer = if trickle.target == lk::SignalTarget::Subscriber as i32 {
-            &mut p.subscriber
+        let role = if trickle.target == lk::SignalTarget::Subscriber as i32 {
+            Pc::Subscriber
         } else {
-            &mut p.publisher
+            Pc::Publisher
         };
-        peer.rtc.add_remote_candidate(candidate);
+        self.participants[key]
+            .peer(role)
+            .rtc
+            .add_remote_candidate(candidate);
     }
 
     fn on_add_track(&mut self, key: ParticipantKey, request: lk::AddTrackRequest) {
@@ -949,6 +1049,11 @@ impl Engine {
         let Some(p) = self.participants.get_mut(key) else {
             return;
         };
+        if p.single.is_some() {
+            // The server never offers on a single peer connection.
+            self.request_sections(key);
+            return;
+        }
         if p.subscriber.pending_offer.is_some() {
             p.subscriber.renegotiate = true;
             return;
@@ -1034,6 +1139,129 @@ impl Engine {
         self.send(key, signal_response::Message::Offer(offer));
     }
 
+    /// Single peer connection: assigns the tracks still to open to free receive slots of
+    /// `answer` and rewrites it (see [`super::sdp`]). Returns the answer to send and its
+    /// mid-to-track map. Opened video gets a keyframe request.
+    fn assign_slots(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        answer: &str,
+    ) -> (String, HashMap<String, String>) {
+        let slots = sdp::receive_slots(answer);
+        let publisher_sids: HashMap<ParticipantKey, String> = self.participants[key]
+            .downtracks
+            .iter()
+            .filter_map(|d| Some((d.publisher, self.participants_sid(d.publisher)?)))
+            .collect();
+        let p = &mut self.participants[key];
+        let single = p
+            .single
+            .as_mut()
+            .expect("assign_slots is for single-PC participants");
+        let mut taken: Vec<String> = single.releasing.iter().map(Mid::to_string).collect();
+        taken.extend(p.downtracks.iter().filter_map(|d| match d.state {
+            DownState::Open(mid) | DownState::Negotiating(mid) => Some(mid.to_string()),
+            DownState::ToOpen => None,
+        }));
+        let mut opened = Vec::new();
+        for down in p
+            .downtracks
+            .iter_mut()
+            .filter(|d| d.state == DownState::ToOpen)
+        {
+            let Some(slot) = slots
+                .iter()
+                .find(|s| s.kind == down.kind && !taken.contains(&s.mid))
+            else {
+                continue;
+            };
+            taken.push(slot.mid.clone());
+            down.state = DownState::Open(Mid::from(slot.mid.as_str()));
+            if down.kind == MediaKind::Video {
+                opened.push((down.publisher, down.track_sid.clone()));
+            }
+        }
+        let mut assigned = HashMap::new();
+        let mut mid_to_track_id = HashMap::new();
+        for down in &p.downtracks {
+            let (DownState::Open(mid), Some(publisher_sid)) =
+                (down.state, publisher_sids.get(&down.publisher))
+            else {
+                continue;
+            };
+            // livekit clients read `<participant sid>|<track sid>` from the msid stream id.
+            assigned.insert(
+                mid.to_string(),
+                SlotMsid {
+                    stream_id: format!("{publisher_sid}|{}", down.track_sid),
+                    track_id: down.track_sid.clone(),
+                },
+            );
+            mid_to_track_id.insert(mid.to_string(), down.track_sid.clone());
+        }
+        // This answer marks the released slots inactive: they are free from now on.
+        single.releasing.clear();
+        single.slots = slots;
+        single.answered = true;
+        let sdp = sdp::rewrite_answer(answer, &assigned);
+        for (publisher, track_sid) in opened {
+            self.request_keyframe(now, publisher, &track_sid, None);
+        }
+        (sdp, mid_to_track_id)
+    }
+
+    /// Single peer connection: asks the client to offer again when tracks wait for a slot
+    /// or released slots must be answered `inactive`, with the number of receive m-lines
+    /// to add. At most one request is outstanding; each answer checks again.
+    fn request_sections(&mut self, key: ParticipantKey) {
+        let Some(p) = self.participants.get_mut(key) else {
+            return;
+        };
+        let Some(single) = &mut p.single else {
+            return;
+        };
+        if single.requested || !single.answered {
+            return;
+        }
+        let waiting = |kind: MediaKind| {
+            p.downtracks
+                .iter()
+                .filter(|d| d.kind == kind && d.state == DownState::ToOpen)
+                .count()
+        };
+        let (audio, video) = (waiting(MediaKind::Audio), waiting(MediaKind::Video));
+        if audio == 0 && video == 0 && single.releasing.is_empty() {
+            return;
+        }
+        let used: Vec<String> = p
+            .downtracks
+            .iter()
+            .filter_map(|d| match d.state {
+                DownState::Open(mid) | DownState::Negotiating(mid) => Some(mid.to_string()),
+                DownState::ToOpen => None,
+            })
+            .chain(single.releasing.iter().map(Mid::to_string))
+            .collect();
+        let free = |kind: MediaKind| {
+            single
+                .slots
+                .iter()
+                .filter(|s| s.kind == kind && !used.contains(&s.mid))
+                .count()
+        };
+        let requirement = lk::MediaSectionsRequirement {
+            num_audios: audio.saturating_sub(free(MediaKind::Audio)) as u32,
+            num_videos: video.saturating_sub(free(MediaKind::Video)) as u32,
+        };
+        single.requested = true;
+        tracing::debug!(sid = %p.sid, ?requirement, "asking for an offer");
+        self.send(
+            key,
+            signal_response::Message::MediaSectionsRequirement(requirement),
+        );
+    }
+
     fn participants_sid(&self, key: ParticipantKey) -> Option<String> {
         self.participants.get(key).map(|p| p.sid.clone())
     }
@@ -1075,17 +1303,13 @@ impl Engine {
         let Some(p) = self.participants.get_mut(key) else {
             return;
         };
-        let peer = match pc {
-            Pc::Publisher => &mut p.publisher,
-            Pc::Subscriber => &mut p.subscriber,
-        };
-        if !peer.rtc.accepts(&input) {
+        if !p.peer(pc).rtc.accepts(&input) {
             metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "not_accepted")
                 .increment(1);
             return;
         }
         p.last_seen = now;
-        if let Err(e) = peer.rtc.handle_input(input) {
+        if let Err(e) = p.peer(pc).rtc.handle_input(input) {
             tracing::debug!(sid = %p.sid, error = %e, "input refused by the peer connection");
             return;
         }
@@ -1100,10 +1324,14 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         // Peers whose timer is due go straight to the dirty list (reused, no allocation).
         for (key, p) in &mut self.participants {
-            for (pc, peer) in [
-                (Pc::Publisher, &mut p.publisher),
-                (Pc::Subscriber, &mut p.subscriber),
-            ] {
+            // A single peer connection has no second `Rtc` to wake.
+            let roles: &[Pc] = if p.single.is_some() {
+                &[Pc::Publisher]
+            } else {
+                &[Pc::Publisher, Pc::Subscriber]
+            };
+            for &pc in roles {
+                let peer = p.peer(pc);
                 if peer.timeout <= now {
                     let _ = peer.rtc.handle_input(Input::Timeout(now));
                     self.dirty.push((key, pc));
@@ -1138,9 +1366,11 @@ impl Engine {
         let Some(p) = self.participants.get_mut(key) else {
             return;
         };
+        let single = p.single.is_some();
+        let sid = &p.sid;
         let peer = match pc {
-            Pc::Publisher => &mut p.publisher,
-            Pc::Subscriber => &mut p.subscriber,
+            Pc::Subscriber if !single => &mut p.subscriber,
+            _ => &mut p.publisher,
         };
         loop {
             match peer.rtc.poll_output() {
@@ -1152,9 +1382,12 @@ impl Engine {
                     peer.timeout = t;
                     break;
                 }
-                Ok(RtcOutput::Event(e)) => self.events.push_back((key, pc, e)),
+                Ok(RtcOutput::Event(e)) => {
+                    let role = if single { single_pc_role(&e) } else { pc };
+                    self.events.push_back((key, role, e));
+                }
                 Err(e) => {
-                    tracing::debug!(sid = %p.sid, error = %e, "peer connection failed");
+                    tracing::debug!(%sid, error = %e, "peer connection failed");
                     peer.rtc.disconnect();
                     peer.timeout = Instant::now() + Duration::from_secs(3600);
                     break;
@@ -1180,7 +1413,9 @@ impl Engine {
                 // The client stopped sending on this m-line: the track is unpublished.
                 self.unpublish(key, changed.mid);
             }
-            (Pc::Publisher, Event::MediaAdded(added)) => {
+            // A m-line the server sends on is a single peer connection client's receive
+            // slot, not a published track.
+            (Pc::Publisher, Event::MediaAdded(added)) if added.direction != Direction::SendOnly => {
                 self.on_media_added(key, added.mid, added.kind)
             }
             (Pc::Publisher, Event::MediaData(data)) => self.forward(now, key, data),
@@ -1324,9 +1559,17 @@ impl Engine {
             let Participant {
                 sid,
                 downtracks,
+                publisher,
                 subscriber,
+                single,
                 ..
             } = &mut self.participants[member];
+            // The connection the participant receives on (one for both in `/rtc/v1`).
+            let receiver = if single.is_some() {
+                publisher
+            } else {
+                subscriber
+            };
             let down = &mut downtracks[d];
             let DownState::Open(mid) = down.state else {
                 continue;
@@ -1349,7 +1592,7 @@ impl Engine {
                     }
                 }
             };
-            let Some(writer) = subscriber.rtc.writer(mid) else {
+            let Some(writer) = receiver.rtc.writer(mid) else {
                 continue;
             };
             let Some(pt) = writer.match_params(data.params) else {
@@ -1388,7 +1631,10 @@ impl Engine {
                 return true;
             }
             if let DownState::Negotiating(mid) | DownState::Open(mid) = d.state {
-                p.subscriber.to_stop.push(mid);
+                match &mut p.single {
+                    Some(single) => single.releasing.push(mid),
+                    None => p.subscriber.to_stop.push(mid),
+                }
                 stopped = true;
             }
             false
@@ -1527,13 +1773,10 @@ impl Engine {
     }
 
     fn write_data(&mut self, key: ParticipantKey, bytes: &[u8], lossy: bool) {
-        let s = &mut self.participants[key];
-        let channel = if lossy {
-            s.subscriber.lossy
-        } else {
-            s.subscriber.reliable
-        };
-        if let Some(mut channel) = channel.and_then(|id| s.subscriber.rtc.channel(id)) {
+        // A single peer connection client receives on the channels it opened.
+        let peer = self.participants[key].peer(Pc::Subscriber);
+        let channel = if lossy { peer.lossy } else { peer.reliable };
+        if let Some(mut channel) = channel.and_then(|id| peer.rtc.channel(id)) {
             let _ = channel.write(true, bytes);
             self.dirty.push((key, Pc::Subscriber));
         }
@@ -1573,6 +1816,34 @@ impl Engine {
         }
         self.drain(now);
         true
+    }
+
+    /// Ends a room for good: every participant is told the room was deleted (the page
+    /// shows its "meeting ended" screen) and removed, and later joins are refused.
+    /// Returns how many participants were in it.
+    pub fn close_room(&mut self, now: Instant, room_name: &str) -> usize {
+        if self.closed_rooms.len() >= CLOSED_ROOMS_KEPT {
+            self.closed_rooms.clear();
+        }
+        self.closed_rooms.insert(room_name.to_owned());
+        let members = self
+            .rooms
+            .get(room_name)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for &key in &members {
+            self.send(
+                key,
+                signal_response::Message::Leave(lk::LeaveRequest {
+                    reason: lk::DisconnectReason::RoomDeleted as i32,
+                    action: lk::leave_request::Action::Disconnect as i32,
+                    ..Default::default()
+                }),
+            );
+            self.remove(key, "meeting ended");
+        }
+        self.drain(now);
+        members.len()
     }
 
     // ----- periodic work --------------------------------------------------------------
@@ -1685,7 +1956,10 @@ impl Engine {
                 .saturating_add(desired / 4)
                 .max(INITIAL_BANDWIDTH_BPS),
         );
-        p.subscriber.rtc.bwe().set_bitrate(Bitrate::ZERO, desired);
+        p.peer(Pc::Subscriber)
+            .rtc
+            .bwe()
+            .set_bitrate(Bitrate::ZERO, desired);
         self.dirty.push((key, Pc::Subscriber));
     }
 

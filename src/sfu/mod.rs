@@ -7,6 +7,7 @@ pub mod data;
 pub mod driver;
 pub mod engine;
 pub mod rewrite;
+pub mod sdp;
 pub mod simulcast;
 pub mod stun;
 
@@ -18,7 +19,8 @@ pub use engine::{Engine, EngineConfig, JoinError, JoinRequest};
 /// Index of a participant inside the engine (stable while it is connected).
 pub type ParticipantKey = usize;
 
-/// Which of a participant's two peer connections.
+/// Which of a participant's two peer connections, or which role of its only one in
+/// single peer connection mode (`/rtc/v1`), where both roles share the publisher's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Pc {
     /// The client offers; carries its published media and data.

@@ -38,6 +38,8 @@ fn join_request(identity: &str) -> JoinRequest {
         can_subscribe: true,
         can_publish_data: true,
         auto_subscribe: true,
+        single_pc: false,
+        publisher_offer: None,
     }
 }
 
@@ -58,6 +60,8 @@ struct Client {
     video: Vec<(u8, u64, bool)>,
     /// Publisher side: the RIDs the engine asked keyframes for, not yet sent.
     keyframes_asked: Vec<Option<str0m::media::Rid>>,
+    /// Single peer connection (`/rtc/v1`): only `publisher` is used.
+    single: bool,
 }
 
 /// A LiveKit session description as a client sends it.
@@ -123,6 +127,41 @@ impl World {
             channel: None,
             frames_received: 0,
             data_received: Vec::new(),
+            video: Vec::new(),
+            keyframes_asked: Vec::new(),
+            single: false,
+        });
+        self.clients.len() - 1
+    }
+
+    /// Joins as a single peer connection client whose join request carries its first
+    /// offer: a `_reliable` channel and one receive-only audio m-line (like the Python
+    /// SDK plus one slot, so that an unassigned slot is answered too).
+    fn join_single(&mut self, identity: &str) -> usize {
+        let n = self.clients.len() as u8 + 2;
+        let addr: SocketAddr = format!("10.0.0.{n}:5000").parse().expect("addr");
+        let mut publisher = client_rtc(addr, self.now);
+        let mut api = publisher.sdp_api();
+        let channel = api.add_channel("_reliable".into());
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("changes to offer");
+        let mut request = join_request(identity);
+        request.single_pc = true;
+        request.publisher_offer = Some(description("offer", offer.to_sdp_string(), 1));
+        let key = self.engine.join(self.now, request).expect("join");
+        self.clients.push(Client {
+            key,
+            publisher,
+            publisher_addr: addr,
+            subscriber: client_rtc(format!("10.0.0.{n}:6000").parse().expect("addr"), self.now),
+            subscriber_addr: format!("10.0.0.{n}:6000").parse().expect("addr"),
+            pending: Some(pending),
+            signals: Vec::new(),
+            video_mid: None,
+            channel: Some(channel),
+            frames_received: 0,
+            data_received: Vec::new(),
+            single: true,
             video: Vec::new(),
             keyframes_asked: Vec::new(),
         });
@@ -340,6 +379,29 @@ impl World {
                     .sdp_api()
                     .accept_answer(pending, answer)
                     .expect("accept answer");
+            }
+            // As livekit-client does: add the receive-only m-lines asked for, offer again.
+            signal_response::Message::MediaSectionsRequirement(need) => {
+                assert!(
+                    client.single,
+                    "only single-PC clients are asked for sections"
+                );
+                assert!(client.pending.is_none(), "asked while an offer is pending");
+                let mut api = client.publisher.sdp_api();
+                for _ in 0..need.num_audios {
+                    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+                }
+                for _ in 0..need.num_videos {
+                    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+                }
+                let (offer, pending) = api.apply().expect("sections to offer");
+                client.pending = Some(pending);
+                let key = client.key;
+                self.engine.signal(
+                    now,
+                    key,
+                    signal_request::Message::Offer(description("offer", offer.to_sdp_string(), 2)),
+                );
             }
             _ => {}
         }
@@ -1024,4 +1086,132 @@ fn hostile_track_settings_never_panic_and_media_goes_on() {
     let video = &world.clients[bob].video[before..];
     assert!(video.len() > 10, "media goes on: {} frames", video.len());
     assert_eq!(video.last().map(|v| v.0), Some(1));
+}
+
+#[test]
+fn a_closed_room_tells_everyone_it_ended_and_stays_closed() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    assert_eq!(world.engine.close_room(world.now, "room"), 2);
+    world.exchange();
+    for index in [alice, bob] {
+        let told = world.clients[index].signals.iter().any(|s| {
+            matches!(s, signal_response::Message::Leave(leave)
+                if leave.reason == lk::DisconnectReason::RoomDeleted as i32)
+        });
+        assert!(told, "client {index} was not told the room ended");
+    }
+    let left = world
+        .events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::ParticipantLeft { .. }))
+        .count();
+    assert_eq!(left, 2, "{:?}", world.events);
+    assert!(world.events.contains(&EngineEvent::RoomEmpty {
+        room: "room".into()
+    }));
+    assert_eq!(world.engine.participant_count(), 0);
+    assert!(matches!(
+        world.engine.join(world.now, join_request("carol")),
+        Err(super::JoinError::RoomClosed)
+    ));
+    assert_eq!(world.engine.close_room(world.now, "never-opened"), 0);
+}
+
+#[test]
+fn a_single_pc_client_receives_on_the_slots_it_offers() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let carol = world.join_single("carol");
+    world.exchange();
+    world.publish(alice);
+    let mut frame = 0;
+    world.run(Duration::from_secs(3), |w| {
+        frame += 1;
+        if frame % 30 == 0 {
+            w.send_frame(alice, frame / 30);
+        }
+    });
+    let signals = &world.clients[carol].signals;
+    let join = signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::Join(join) => Some(join.clone()),
+            _ => None,
+        })
+        .expect("a join response");
+    assert!(
+        !join.subscriber_primary,
+        "a single-PC client negotiates first"
+    );
+    assert!(
+        !signals
+            .iter()
+            .any(|m| matches!(m, signal_response::Message::Offer(_))),
+        "the server never offers to a single-PC client"
+    );
+    // The first answer leaves the audio slot unused (inactive), then alice's video asks
+    // for one video m-line, which the next answer sends on with LiveKit's msid.
+    let answers: Vec<&lk::SessionDescription> = signals
+        .iter()
+        .filter_map(|m| match m {
+            signal_response::Message::Answer(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(answers[0].sdp.contains("a=inactive") && !answers[0].sdp.contains("a=sendonly"));
+    assert!(answers[0].mid_to_track_id.is_empty());
+    assert!(signals.iter().any(|m| matches!(m,
+        signal_response::Message::MediaSectionsRequirement(r) if r.num_videos == 1 && r.num_audios == 0)));
+    let alice_sid = world
+        .engine
+        .sid_of(world.clients[alice].key)
+        .expect("alice")
+        .to_owned();
+    let (mid, track) = answers[1]
+        .mid_to_track_id
+        .iter()
+        .next()
+        .expect("one mapped mid");
+    assert!(track.starts_with("TR_"));
+    assert!(
+        answers[1]
+            .sdp
+            .contains(&format!("a=msid:{alice_sid}|{track} {track}")),
+        "{}",
+        answers[1].sdp
+    );
+    assert!(answers[1].sdp.contains(&format!("a=mid:{mid}")));
+    assert!(
+        world.clients[carol].frames_received > 10,
+        "carol received {} frames",
+        world.clients[carol].frames_received
+    );
+
+    // Data reaches carol on the channel she opened herself.
+    let chat = lk::DataPacket {
+        value: Some(lk::data_packet::Value::ChatMessage(lk::ChatMessage {
+            id: "m1".into(),
+            message: "une seule connexion".into(),
+            timestamp: 1,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let channel = world.clients[alice].channel.expect("channel");
+    if let Some(mut ch) = world.clients[alice].publisher.channel(channel) {
+        ch.write(true, &chat).expect("write");
+    }
+    world.run(Duration::from_millis(500), |_| {});
+    assert!(
+        world.clients[carol]
+            .data_received
+            .iter()
+            .any(|p| p.participant_identity == "alice"),
+        "carol received alice's chat"
+    );
 }

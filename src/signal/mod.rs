@@ -1,7 +1,9 @@
-//! LiveKit's client signalling over WebSocket (`/rtc`, dual peer-connection mode):
-//! token checks, protobuf framing, pings, and resume after a dropped socket, mapped onto
-//! the SFU's commands. `/rtc/v1` (single peer connection) is not served yet: it answers
-//! 404, which makes current SDKs fall back to `/rtc`.
+//! LiveKit's client signalling over WebSocket: `/rtc` (dual peer connections) and
+//! `/rtc/v1` (single peer connection, the join request in the query, see [`v1`]): token
+//! checks, protobuf framing, pings, and resume after a dropped socket, mapped onto the
+//! SFU's commands. Query strings carry tokens and SDPs: nothing here logs them.
+
+pub mod v1;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,10 +39,8 @@ pub fn routes(state: SignalState) -> Router {
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
-        // Single peer connection is part 2: a 404 (with CORS, so that pages served from
-        // elsewhere can read it) makes livekit-client and the Rust SDK fall back to /rtc.
-        .route("/rtc/v1", get(not_yet))
-        .route("/rtc/v1/validate", get(not_yet))
+        .route("/rtc/v1", get(rtc_v1))
+        .route("/rtc/v1/validate", get(validate_v1))
         .route(
             "/api/v1/rooms/{room}/chat",
             axum::routing::post(server_chat),
@@ -55,6 +55,8 @@ pub struct RtcParams {
     reconnect: Option<String>,
     sid: Option<String>,
     auto_subscribe: Option<String>,
+    /// `/rtc/v1` only: the base64url `WrappedJoinRequest`.
+    join_request: Option<String>,
 }
 
 fn flag(value: &Option<String>) -> Option<bool> {
@@ -159,11 +161,16 @@ async fn server_chat(
     }
 }
 
-async fn not_yet() -> Response {
-    refuse(
-        StatusCode::NOT_FOUND,
-        "single peer connection is not supported yet: use /rtc",
-    )
+/// `/rtc/v1/validate`: as `/rtc/validate`, and the join request must decode.
+async fn validate_v1(
+    state: State<SignalState>,
+    Query(params): Query<RtcParams>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = v1::decode(params.join_request.as_deref()) {
+        return refuse(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    validate(state, Query(params), headers).await
 }
 
 async fn validate(
@@ -196,12 +203,55 @@ async fn rtc(
         Err((status, text)) => return refuse(status, text),
     };
     metrics::counter!("tchap_visio_signal_connections_total", "path" => "/rtc").increment(1);
-    let (sink, outgoing) = mpsc::unbounded_channel();
-    let session_id: u64 = rand::random();
     let resume_sid = params
         .sid
         .clone()
         .filter(|_| flag(&params.reconnect) == Some(true));
+    let request = join_request(&claims, flag(&params.auto_subscribe));
+    connect(state, claims, resume_sid, request, upgrade).await
+}
+
+/// `/rtc/v1`: single peer connection. The join request (and the first publisher offer)
+/// comes in the query; a resume is a join request with `reconnect` and the sid.
+async fn rtc_v1(
+    State(state): State<SignalState>,
+    Query(params): Query<RtcParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let claims = match authorize(&state, &headers, &params) {
+        Ok(claims) => claims,
+        Err((status, text)) => return refuse(status, text),
+    };
+    let join = match v1::decode(params.join_request.as_deref()) {
+        Ok(join) => join,
+        Err(e) => {
+            metrics::counter!("tchap_visio_signal_refused_total", "reason" => "join_request")
+                .increment(1);
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    metrics::counter!("tchap_visio_signal_connections_total", "path" => "/rtc/v1").increment(1);
+    let resume_sid =
+        Some(join.participant_sid.clone()).filter(|sid| join.reconnect && !sid.is_empty());
+    // The join request's metadata and attributes are not applied: the token's are what
+    // the service vouches for (the Matrix identity of verified users).
+    let mut request = join_request(&claims, join.connection_settings.map(|c| c.auto_subscribe));
+    request.single_pc = true;
+    request.publisher_offer = join.publisher_offer;
+    connect(state, claims, resume_sid, request, upgrade).await
+}
+
+/// Joins (or resumes) and upgrades to the signalling WebSocket.
+async fn connect(
+    state: SignalState,
+    claims: Claims,
+    resume_sid: Option<String>,
+    request: JoinRequest,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let (sink, outgoing) = mpsc::unbounded_channel();
+    let session_id: u64 = rand::random();
     let joined = match resume_sid {
         Some(sid) => {
             let result = state
@@ -213,12 +263,7 @@ async fn rtc(
             }
             result
         }
-        None => {
-            state
-                .sfu
-                .join(join_request(&claims, &params), sink, session_id)
-                .await
-        }
+        None => state.sfu.join(request, sink, session_id).await,
     };
     let key = match joined {
         Ok(key) => Some(key),
@@ -233,7 +278,7 @@ async fn rtc(
         .on_upgrade(move |socket| session(socket, state.sfu, key, session_id, outgoing))
 }
 
-fn join_request(claims: &Claims, params: &RtcParams) -> JoinRequest {
+fn join_request(claims: &Claims, auto_subscribe: Option<bool>) -> JoinRequest {
     let name = if claims.name.is_empty() {
         claims.sub.clone()
     } else {
@@ -248,7 +293,9 @@ fn join_request(claims: &Claims, params: &RtcParams) -> JoinRequest {
         can_publish: claims.video.publish_allowed(),
         can_subscribe: claims.video.subscribe_allowed(),
         can_publish_data: claims.video.publish_data_allowed(),
-        auto_subscribe: flag(&params.auto_subscribe).unwrap_or(true),
+        auto_subscribe: auto_subscribe.unwrap_or(true),
+        single_pc: false,
+        publisher_offer: None,
     }
 }
 

@@ -13,7 +13,8 @@ macro_rules! select {
     ($rest:literal) => {
         concat!(
             "SELECT id, slug, title, matrix_room_id, creator, state, created_at, started_at, \
-             ended_at FROM meetings ",
+             ended_at, thread_root_event_id, peak_participants, empty_since, widget_state_key \
+             FROM meetings ",
             $rest
         )
     };
@@ -41,6 +42,10 @@ fn from_row(row: &AnyRow) -> Result<Meeting, StoreError> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
+        thread_root_event_id: row.try_get("thread_root_event_id")?,
+        peak_participants: row.try_get("peak_participants")?,
+        empty_since: row.try_get("empty_since")?,
+        widget_state_key: row.try_get("widget_state_key")?,
     })
 }
 
@@ -48,7 +53,8 @@ fn from_row(row: &AnyRow) -> Result<Meeting, StoreError> {
 pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO meetings (id, slug, title, matrix_room_id, creator, state, created_at, \
-         started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         started_at, ended_at, thread_root_event_id, peak_participants, empty_since, \
+         widget_state_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(meeting.id.as_str())
     .bind(meeting.slug.expose())
@@ -59,6 +65,10 @@ pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), Stor
     .bind(meeting.created_at)
     .bind(meeting.started_at)
     .bind(meeting.ended_at)
+    .bind(meeting.thread_root_event_id.as_deref())
+    .bind(meeting.peak_participants)
+    .bind(meeting.empty_since)
+    .bind(meeting.widget_state_key.as_deref())
     .execute(conn)
     .await?;
     Ok(())
@@ -100,6 +110,102 @@ pub async fn list_by_room(
     .fetch_all(conn)
     .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// The room's meeting that has not ended, if any (at most one by the bridge's rule).
+pub async fn active_for_room(
+    conn: &mut Connection,
+    matrix_room_id: &str,
+) -> Result<Option<Meeting>, StoreError> {
+    let row = sqlx::query(select!(
+        "WHERE matrix_room_id = $1 AND state != 'ended' ORDER BY created_at DESC, id LIMIT 1"
+    ))
+    .bind(matrix_room_id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Every meeting that has not ended, oldest first (start-up recovery, grace timers).
+pub async fn list_not_ended(conn: &mut Connection) -> Result<Vec<Meeting>, StoreError> {
+    let rows = sqlx::query(select!("WHERE state != 'ended' ORDER BY created_at, id"))
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// The meeting whose thread starts at `event_id`, if any.
+pub async fn get_by_thread_root(
+    conn: &mut Connection,
+    matrix_room_id: &str,
+    event_id: &str,
+) -> Result<Option<Meeting>, StoreError> {
+    let row = sqlx::query(select!(
+        "WHERE matrix_room_id = $1 AND thread_root_event_id = $2"
+    ))
+    .bind(matrix_room_id)
+    .bind(event_id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Records the event id of a meeting's link notice (the root of its thread).
+pub async fn set_thread_root(
+    conn: &mut Connection,
+    id: &MeetingId,
+    event_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE meetings SET thread_root_event_id = $2 WHERE id = $1")
+        .bind(id.as_str())
+        .bind(event_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// When the meeting became empty (`None`: someone is in).
+pub async fn set_empty_since(
+    conn: &mut Connection,
+    id: &MeetingId,
+    empty_since: Option<i64>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE meetings SET empty_since = $2 WHERE id = $1")
+        .bind(id.as_str())
+        .bind(empty_since)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Raises the peak number of participants to `present` if it is higher.
+pub async fn raise_peak(
+    conn: &mut Connection,
+    id: &MeetingId,
+    present: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE meetings SET peak_participants = $2 WHERE id = $1 AND peak_participants < $2",
+    )
+    .bind(id.as_str())
+    .bind(present)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the state key of the widget set for a meeting (`None` once removed).
+pub async fn set_widget(
+    conn: &mut Connection,
+    id: &MeetingId,
+    state_key: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE meetings SET widget_state_key = $2 WHERE id = $1")
+        .bind(id.as_str())
+        .bind(state_key)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Moves a meeting to `state` if that is a step forward from where it is
@@ -262,6 +368,57 @@ mod tests {
                 .await
                 .expect("set")
         );
+    });
+
+    both_dialects!(bridge_fields_round_trip, |store: Store| async move {
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let m = meeting("t", Some("!r:localhost"), 1);
+        create(&mut conn, &m).await.expect("create");
+        assert_eq!(
+            active_for_room(&mut conn, "!r:localhost")
+                .await
+                .expect("get"),
+            Some(m.clone())
+        );
+        set_thread_root(&mut conn, &m.id, "$root")
+            .await
+            .expect("set");
+        set_empty_since(&mut conn, &m.id, Some(7))
+            .await
+            .expect("set");
+        raise_peak(&mut conn, &m.id, 3).await.expect("raise");
+        raise_peak(&mut conn, &m.id, 2).await.expect("never lowers");
+        set_widget(&mut conn, &m.id, Some("w1")).await.expect("set");
+        let stored = get_by_thread_root(&mut conn, "!r:localhost", "$root")
+            .await
+            .expect("get")
+            .expect("found by its thread");
+        assert_eq!(
+            (
+                stored.thread_root_event_id.as_deref(),
+                stored.empty_since,
+                stored.peak_participants,
+                stored.widget_state_key.as_deref()
+            ),
+            (Some("$root"), Some(7), 3, Some("w1"))
+        );
+        assert_eq!(list_not_ended(&mut conn).await.expect("list").len(), 1);
+        assert!(
+            get_by_thread_root(&mut conn, "!other:localhost", "$root")
+                .await
+                .expect("get")
+                .is_none()
+        );
+        set_state(&mut conn, &m.id, MeetingState::Ended, 9)
+            .await
+            .expect("end");
+        assert!(
+            active_for_room(&mut conn, "!r:localhost")
+                .await
+                .expect("get")
+                .is_none()
+        );
+        assert!(list_not_ended(&mut conn).await.expect("list").is_empty());
     });
 
     both_dialects!(corrupt_rows_are_reported, |store: Store| async move {

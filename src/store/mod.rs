@@ -2,10 +2,13 @@
 //! over `sqlx::Any` and embedded, numbered migrations per dialect. Owns the schema;
 //! knows nothing of HTTP, Matrix semantics or media.
 
+pub mod chat;
+pub mod ghosts;
 pub mod inbox;
 pub mod meetings;
 pub mod outbound;
 pub mod rooms;
+pub mod sessions;
 
 use std::path::Path;
 use std::str::FromStr;

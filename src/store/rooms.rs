@@ -39,6 +39,39 @@ pub async fn put(conn: &mut Connection, room_id: &str, info: &RoomInfo) -> Resul
     Ok(())
 }
 
+/// The room's `m.room.power_levels` content as last seen, if any.
+pub async fn power_levels(
+    conn: &mut Connection,
+    room_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query("SELECT power_levels_json FROM rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get(0)?,
+        None => None,
+    })
+}
+
+pub async fn set_power_levels(
+    conn: &mut Connection,
+    room_id: &str,
+    json: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO rooms (room_id, encrypted, encryption_notice_sent, updated_at, power_levels_json) \
+         VALUES ($1, 0, 0, $2, $3) \
+         ON CONFLICT (room_id) DO UPDATE SET power_levels_json = $3, updated_at = $2",
+    )
+    .bind(room_id)
+    .bind(now_ms())
+    .bind(json)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +96,26 @@ mod tests {
         };
         put(&mut conn, "!r", &info).await.expect("put");
         assert_eq!(get(&mut conn, "!r").await.expect("get"), info);
+        assert_eq!(power_levels(&mut conn, "!r").await.expect("get"), None);
+        set_power_levels(&mut conn, "!r", "{}").await.expect("set");
+        set_power_levels(&mut conn, "!new", r#"{"users":{}}"#)
+            .await
+            .expect("set");
+        assert_eq!(
+            power_levels(&mut conn, "!r").await.expect("get").as_deref(),
+            Some("{}")
+        );
+        assert_eq!(
+            get(&mut conn, "!r").await.expect("get"),
+            info,
+            "other fields kept"
+        );
+        assert_eq!(
+            power_levels(&mut conn, "!new")
+                .await
+                .expect("get")
+                .as_deref(),
+            Some(r#"{"users":{}}"#)
+        );
     });
 }

@@ -3,7 +3,11 @@
 // page to the first decoded remote video frame, over N joins (default 10) against one
 // participant who publishes a camera; prints min, p50, p90 and max.
 //
-//   node tests/browser/bench-join.mjs [--joins 10] [--warmup 1] [--publisher chromium|python] [--json]
+//   node tests/browser/bench-join.mjs [--joins 10] [--warmup 1] [--publisher chromium|python]
+//                                     [--pc single|dual] [--json]
+//
+// --pc: how the joining pages connect: one peer connection (/rtc/v1, the page's default)
+// or two (/rtc, `?pc=dual`).
 //
 // Needs what scripts/test-browser.sh prepares: the binary ($TCHAP_VISIO_BIN, default
 // target/debug/tchap-visio; a release build gives the numbers worth recording), web/dist,
@@ -37,12 +41,14 @@ const { values: args } = parseArgs({
     joins: { type: 'string', default: '10' },
     warmup: { type: 'string', default: '1' },
     publisher: { type: 'string', default: 'chromium' },
+    pc: { type: 'string', default: 'single' },
     json: { type: 'boolean', default: false },
   },
 });
 const JOINS = Number(args.joins);
 const WARMUP = Number(args.warmup);
 if (!['chromium', 'python'].includes(args.publisher)) throw new Error('--publisher is chromium or python');
+if (!['single', 'dual'].includes(args.pc)) throw new Error('--pc is single or dual');
 
 /** Nearest-rank percentile. */
 function percentile(sorted, p) {
@@ -74,7 +80,7 @@ try {
   const results = [];
   for (let i = 0; i < WARMUP + JOINS; i++) {
     const page = await newPage(browser, { locale: 'fr-FR' });
-    await openPrejoin(page, meeting.link, { lang: 'fr' });
+    await openPrejoin(page, `${meeting.link}?lang=fr${args.pc === 'dual' ? '&pc=dual' : ''}`);
     const joined = await joinFromPrejoin(page, `Participant ${i + 1}`);
     const timings = await pageWait(
       page,
@@ -109,6 +115,7 @@ try {
   const conn = measured.map((r) => r.connectedMs).sort((a, b) => a - b);
   const summary = {
     publisher: args.publisher,
+    pc: args.pc,
     joins: measured.length,
     firstRemoteFrameMs: { min: first[0], p50: percentile(first, 0.5), p90: percentile(first, 0.9), max: first.at(-1) },
     connectedMs: { min: conn[0], p50: percentile(conn, 0.5), p90: percentile(conn, 0.9), max: conn.at(-1) },
@@ -119,7 +126,7 @@ try {
   } else {
     const f = (x) => `${x.toFixed(0)} ms`;
     console.log(
-      `\nJoin → first decoded remote frame, ${measured.length} joins against one ${args.publisher} publisher (${summary.binary}):\n` +
+      `\nJoin (${args.pc} PC) → first decoded remote frame, ${measured.length} joins against one ${args.publisher} publisher (${summary.binary}):\n` +
         `  p50 ${f(summary.firstRemoteFrameMs.p50)}   p90 ${f(summary.firstRemoteFrameMs.p90)}   min ${f(first[0])}   max ${f(first.at(-1))}\n` +
         `Join → room connected:\n` +
         `  p50 ${f(summary.connectedMs.p50)}   p90 ${f(summary.connectedMs.p90)}   min ${f(conn[0])}   max ${f(conn.at(-1))}`,

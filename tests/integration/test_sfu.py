@@ -1,8 +1,9 @@
 """The embedded SFU, driven by LiveKit's official Python SDK over real sockets on loopback.
 
 Each participant is a process of its own (harness/lkpeer.py) so that a test can SIGKILL
-one. Peers connect in dual peer connection mode (`/rtc`); the server's metrics say which
-signalling path was used. Issue 3, "What it must show", (a) to (f).
+one. Peers connect in single peer connection mode (`/rtc/v1`, the SDK's default) unless a
+test asks for dual peer connections (`/rtc`); the server's metrics say which signalling
+path was used. Issue 3, "What it must show", (a) to (f); issue 6 item 1 (`/rtc/v1`).
 """
 
 from __future__ import annotations
@@ -102,15 +103,16 @@ def wait_media_grows(group: dict[str, Peer], *, video: int, audio_loud: int, tim
     return before
 
 
-def test_three_publishers_each_decode_the_other_two(env, peers):
-    """(a) Three participants publish 320x180@15 video and a sine; each decodes the other two."""
+def check_three_publishers(env, peers, pc: str) -> None:
+    """Three participants publish 320x180@15 video and a sine; each decodes the other two.
+    The server's counters say every one of them came through the path `pc` asked for."""
     svc = env.service
-    v1_before = svc.metric(SIGNAL_CONNECTIONS, path="/rtc/v1")
-    rtc_before = svc.metric(SIGNAL_CONNECTIONS, path="/rtc")
-    room = room_name("a")
-    group = {n: peers(n, room) for n in ("alice", "bob", "carol")}
+    paths = {"single": "/rtc/v1", "dual": "/rtc"}
+    before = {path: svc.metric(SIGNAL_CONNECTIONS, path=path) for path in paths.values()}
+    room = room_name(pc)
+    group = {n: peers(n, room, pc=pc) for n in ("alice", "bob", "carol")}
     for p in group.values():
-        assert p.state()["single_peer_connection"] is False, "the peer did not ask the SDK for dual peer connections"
+        assert p.state()["single_peer_connection"] is (pc == "single"), f"the peer did not ask the SDK for {pc} PC"
 
     wait_full_mesh(group, video=30, audio_loud=25, timeout=FIRST_MEDIA_S)
     wait_media_grows(group, video=15, audio_loud=25, timeout=MORE_MEDIA_S)
@@ -131,9 +133,24 @@ def test_three_publishers_each_decode_the_other_two(env, peers):
             )
 
     wait_for(lambda: participants(env) >= 3, 10, f"{PARTICIPANTS} >= 3")
-    # Which signalling path: dual peer connection /rtc, never the single-PC /rtc/v1.
-    assert svc.metric(SIGNAL_CONNECTIONS, path="/rtc") >= rtc_before + 3
-    assert svc.metric(SIGNAL_CONNECTIONS, path="/rtc/v1") == v1_before == 0
+    # Which signalling path: exactly three connections on the one asked for (no fallback),
+    # none on the other (each test runs alone against the service).
+    for mode, path in paths.items():
+        grown = svc.metric(SIGNAL_CONNECTIONS, path=path) - before[path]
+        assert grown == (3 if mode == pc else 0), f"{path}: {grown} new connections for {pc} PC peers"
+
+
+def test_three_publishers_each_decode_the_other_two(env, peers):
+    """(a) Dual peer connections (`/rtc`), the path older SDKs take."""
+    check_three_publishers(env, peers, "dual")
+
+
+def test_single_peer_connection_three_participants_see_each_other(env, peers):
+    """Issue 6 item 1: the same over one peer connection each (`/rtc/v1`); the server
+    counts the connections on that path, and its log never holds the join request."""
+    check_three_publishers(env, peers, "single")
+    log = env.service.log_path.read_text()
+    assert "join_request=" not in log and "access_token=" not in log, "a query string reached the log"
 
 
 def test_late_joiner_decodes_each_remote_video(env, peers):

@@ -5,6 +5,8 @@ and a well-behaved session must keep working next to the bad one."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import os
 import socket
 import uuid
@@ -120,9 +122,12 @@ def test_signalling_paths_and_tokens(env):
     assert r.status_code == 401 and "roomJoin" in r.text, r.text
     r = requests.get(f"{svc.url}/rtc/validate", timeout=5)
     assert r.status_code == 401
-    # Single peer connection is not served yet: 404 makes SDKs fall back to /rtc.
-    for path in ("/rtc/v1", "/rtc/v1/validate"):
-        assert requests.get(f"{svc.url}{path}", params={"access_token": good}, timeout=5).status_code == 404
+    # Single peer connection: /rtc/v1/validate checks the join request as well.
+    join = wrapped_join_request()
+    r = requests.get(f"{svc.url}/rtc/v1/validate", params={"access_token": good, "join_request": join}, timeout=5)
+    assert (r.status_code, r.text) == (200, "success")
+    r = requests.get(f"{svc.url}/rtc/v1/validate", params={"access_token": good}, timeout=5)
+    assert r.status_code == 400 and "missing" in r.text, r.text
     # A WebSocket upgrade without a token is refused before any session exists.
     r = requests.get(
         f"{svc.url}/rtc",
@@ -130,6 +135,66 @@ def test_signalling_paths_and_tokens(env):
         timeout=5,
     )
     assert r.status_code == 401
+
+
+def wrapped_join_request(join: bytes | None = None, *, gzip_it: bool = False, compression: int | None = None) -> str:
+    """The `join_request` query parameter of /rtc/v1, built with the SDK's own types."""
+    if join is None:
+        join = lk_rtc.JoinRequest(connection_settings=lk_rtc.ConnectionSettings(auto_subscribe=True)).SerializeToString()
+    if gzip_it:
+        join = gzip.compress(join)
+    if compression is None:
+        compression = lk_rtc.WrappedJoinRequest.GZIP if gzip_it else lk_rtc.WrappedJoinRequest.NONE
+    wrapped = lk_rtc.WrappedJoinRequest(compression=compression, join_request=join)
+    return base64.urlsafe_b64encode(wrapped.SerializeToString()).decode()
+
+
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def test_hostile_v1_join_requests_get_a_clear_refusal(env):
+    """/rtc/v1 upgrades with a broken join request are refused with the reason (400), an
+    oversized query is refused too, and the service goes on serving a good one."""
+    svc = env.service
+    tok = token(svc.sfu_key, svc.sfu_secret, "v1", room())
+    headers = {**UPGRADE, "Authorization": f"Bearer {tok}"}
+    bomb = gzip.compress(b"\0" * (4 * 1024 * 1024))
+    cases = {
+        "not base64": ("!!!", "base64"),
+        "not protobuf": (base64.urlsafe_b64encode(b"\xff\xff\xff\xff").decode(), "WrappedJoinRequest"),
+        "bad gzip": (wrapped_join_request(b"not gzip", compression=lk_rtc.WrappedJoinRequest.GZIP), "gzip"),
+        "gzip bomb": (wrapped_join_request(bomb, compression=lk_rtc.WrappedJoinRequest.GZIP), "decompressed"),
+        "bad inner protobuf": (wrapped_join_request(b"\xff" * 40), "JoinRequest"),
+        "unknown compression": (wrapped_join_request(b"", compression=9), "compression"),
+        "too long": ("A" * (56 * 1024), "longer"),
+    }
+    for what, (param, reason) in cases.items():
+        r = requests.get(f"{svc.url}/rtc/v1", params={"join_request": param}, headers=headers, timeout=10)
+        assert r.status_code == 400 and reason in r.text, f"{what}: {r.status_code} {r.text[:200]}"
+    # A request target past 64 KiB is refused by the HTTP server before any handler
+    # (414, or 431 once it overflows the header buffer).
+    r = requests.get(f"{svc.url}/rtc/v1", params={"join_request": "A" * (1024 * 1024)}, headers=headers, timeout=10)
+    assert r.status_code in (414, 431), r.status_code
+    assert svc.metric("tchap_visio_signal_refused_total", reason="join_request") >= len(cases) - 1
+
+    async def good_join():
+        async with aiohttp.ClientSession() as session:
+            url = f"{svc.livekit_url}/rtc/v1?join_request={wrapped_join_request(gzip_it=True)}"
+            async with session.ws_connect(url, headers={"Authorization": f"Bearer {tok}"}) as ws:
+                first = await asyncio.wait_for(ws.receive(), 10)
+                response = lk_rtc.SignalResponse()
+                response.ParseFromString(first.data)
+                assert response.WhichOneof("message") == "join", response
+                # One peer connection: the client negotiates, the server does not offer.
+                assert response.join.subscriber_primary is False
+                await ping_pong(ws)
+
+    asyncio.run(good_join())
 
 
 def test_a_full_meeting_says_so(env):

@@ -144,10 +144,10 @@ export class Meeting {
     this.room = new Room({
       adaptiveStream: true,
       dynacast: true,
-      // The SFU serves the dual peer-connection path (/rtc) only for now; asking for
-      // /rtc/v1 first would cost a failed WebSocket and a 404 before the fallback.
-      // `?pc=single` tries the single peer connection first (for testing the fallback).
-      singlePeerConnection: new URLSearchParams(window.location.search).get('pc') === 'single',
+      // One peer connection (/rtc/v1, the publisher offer inside the join request) is
+      // livekit-client's default and the SFU's; `?pc=dual` forces the older two-connection
+      // path (/rtc), for tests and for comparing the two.
+      singlePeerConnection: new URLSearchParams(window.location.search).get('pc') !== 'dual',
       disconnectOnPageLeave: true,
       stopLocalTrackOnUnpublish: true,
       videoCaptureDefaults: videoCaptureOptions(this.devices.videoinput),

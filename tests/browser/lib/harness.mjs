@@ -291,14 +291,16 @@ export class Server {
     return { title, link, slug: link.slice(link.lastIndexOf('/m/') + 3), id };
   }
 
-  /** The sum of a Prometheus series over all its labels (0 when absent). */
-  async metric(name) {
+  /** The sum of a Prometheus series over the series carrying `labels` (0 when absent). */
+  async metric(name, labels = {}) {
     const r = await fetch(`${this.url}/metrics`);
     if (!r.ok) throw new Error(`/metrics answered ${r.status}`);
     let total = 0;
     for (const line of (await r.text()).split('\n')) {
       const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
-      if (m && m[1] === name) total += Number(m[3]);
+      if (!m || m[1] !== name) continue;
+      const series = m[2] ?? '';
+      if (Object.entries(labels).every(([k, v]) => series.includes(`${k}=${JSON.stringify(String(v))}`))) total += Number(m[3]);
     }
     return total;
   }

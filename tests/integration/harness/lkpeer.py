@@ -3,8 +3,9 @@
 Two halves in one module:
 
 * the peer itself, run as ``python -m harness.lkpeer --url WS_URL --token JWT
-  --state FILE [--publish] [--chat-log] [--once]``. It connects with
-  ``single_peer_connection=False`` (dual peer connections, ``/rtc``), optionally publishes
+  --state FILE [--publish] [--chat-log] [--once] [--pc single|dual]``. It connects in
+  single peer connection mode (``/rtc/v1``, the SDK's default, asked for explicitly) or
+  with ``--pc dual`` in dual peer connection mode (``/rtc``), optionally publishes
   a synthetic camera (320x180 at 15 fps, I420, a pattern that changes every frame) and a
   microphone (a 400 Hz sine, 48 kHz mono), subscribes to everything, decodes what it
   receives and keeps counts. Its whole state is rewritten (atomically, at most every
@@ -218,9 +219,10 @@ class PeerProcess:
             self.attach(room)
             options = rtc.RoomOptions(auto_subscribe=True, dynacast=self.args.dynacast)
             if hasattr(options, "single_peer_connection"):
-                # Dual peer connections (/rtc). The SDK's default (true) tries /rtc/v1 first.
-                options.single_peer_connection = False
-                self.state.set(single_peer_connection=False)
+                # Set either way: what the SDK does by default changed between versions.
+                single = self.args.pc == "single"
+                options.single_peer_connection = single
+                self.state.set(single_peer_connection=single)
             self.state.set(phase="connecting", t_connect_start=time.monotonic())
             self.state.flush()
             try:
@@ -607,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help="published video size, WxH")
     p.add_argument("--dynacast", action="store_true", help="obey the server's SubscribedQualityUpdate")
     p.add_argument("--connect-timeout", type=float, default=30.0)
+    p.add_argument(
+        "--pc", default="single", choices=["single", "dual"], help="single (/rtc/v1) or dual (/rtc) peer connections"
+    )
     args = p.parse_args(argv)
 
     logging.basicConfig(
@@ -666,6 +671,7 @@ class Peer:
         publish: bool = False,
         chat_log: bool = True,
         once: bool = False,
+        pc: str = "single",
         extra_args: list[str] = (),
         wait_connected: bool = True,
         timeout: float = 30,
@@ -686,6 +692,7 @@ class Peer:
             args.append("--chat-log")
         if once:
             args.append("--once")
+        args += ["--pc", pc]
         # The peer gives up on connect() first, so that its state carries the SDK's error.
         args += ["--connect-timeout", str(timeout)]
         args += list(extra_args)

@@ -1,0 +1,655 @@
+//! The room–meeting bridge: call requests become meetings with a link notice (the root of
+//! the meeting's thread); the SFU's joins, leaves and chat become attendance and thread
+//! messages; thread replies become meeting chat; an ended meeting gets its summary.
+//! The one module that knows both Matrix and the SFU (DESIGN §3). Everything it decides
+//! is written in one database transaction together with the requests it queues, so a
+//! restart neither loses nor repeats a link, a message or a summary.
+
+pub mod ghosts;
+pub mod notices;
+pub mod sfu_events;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::tz::TimeZone;
+use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
+
+use crate::config::{Config, Language, PermissionLevel};
+use crate::ids::{MeetingId, ParticipantIdentity};
+use crate::matrix::bot::{Bot, EventEnvelope};
+use crate::matrix::client::MatrixClient;
+use crate::matrix::commands::{self, CommandAction, Parsed};
+use crate::matrix::inbox::EventHandler;
+use crate::matrix::queue::{self, OutboundRequest};
+use crate::meeting::{self, ChatMessage, ChatOrigin, Meeting, MeetingState};
+use crate::sfu::SfuHandle;
+use crate::store::inbox::InboxEvent;
+use crate::store::{Connection, StoreError, chat, meetings, now_ms, rooms, sessions};
+use ghosts::GhostNamer;
+
+/// Meetings nobody ever joined are closed after this long.
+const UNUSED_MEETING_LIFETIME_MS: i64 = 24 * 3600 * 1000;
+/// How long a looked-up display name is trusted.
+const DISPLAY_NAME_TTL: Duration = Duration::from_secs(300);
+/// Longest wait for the homeserver when the bridge must ask it something in passing.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the bridge needs, built once from the configuration.
+pub struct BridgeContext {
+    pub bot: Bot,
+    /// Names that count as mentioning the bot (its user id and display name).
+    pub bot_names: Vec<String>,
+    pub public_address: String,
+    pub grace_ms: i64,
+    pub end_power_level: i64,
+    pub widget: bool,
+    pub mirror_room_timeline: bool,
+    pub timezone: TimeZone,
+    pub lang: Language,
+    pub ghosts: GhostNamer,
+    /// The SFU, to inject room messages into meetings and close ended ones.
+    pub sfu: Option<SfuHandle>,
+    /// For the rare lookups the bridge makes in passing (power levels, display names).
+    pub client: Option<MatrixClient>,
+    display_names: Mutex<HashMap<OwnedUserId, (String, Instant)>>,
+}
+
+impl BridgeContext {
+    pub fn from_config(
+        config: &Config,
+        sfu: Option<SfuHandle>,
+        client: Option<MatrixClient>,
+    ) -> Self {
+        let bot = Bot::from_config(config);
+        let mut bot_names = vec![bot.user_id.to_string()];
+        if !config.appservice.bot.displayname.trim().is_empty() {
+            bot_names.push(config.appservice.bot.displayname.trim().to_owned());
+        }
+        Self {
+            bot,
+            bot_names,
+            public_address: config.appservice.public_address.clone(),
+            grace_ms: (config.meetings.grace_period_secs as i64).saturating_mul(1000),
+            end_power_level: config.meetings.end_power_level,
+            widget: config.meetings.widget,
+            mirror_room_timeline: config.meetings.mirror_room_timeline,
+            timezone: TimeZone::get(&config.meetings.timezone).unwrap_or(TimeZone::UTC),
+            lang: config.language,
+            ghosts: GhostNamer {
+                template: config.appservice.username_template.clone(),
+                domain: config.homeserver.domain.clone(),
+            },
+            sfu,
+            client,
+            display_names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn link(&self, meeting: &Meeting) -> String {
+        meeting.link(&self.public_address)
+    }
+
+    /// A room member's display name, looked up at the homeserver (cached); the user id's
+    /// localpart when it cannot say.
+    async fn display_name(&self, user: &UserId) -> String {
+        if let Some((name, at)) = self.cached_name(user)
+            && at.elapsed() < DISPLAY_NAME_TTL
+        {
+            return name;
+        }
+        let fallback = user.localpart().to_owned();
+        let Some(client) = &self.client else {
+            return fallback;
+        };
+        #[allow(deprecated)] // the per-field endpoint works on every homeserver version
+        let request =
+            ruma::api::client::profile::get_display_name::v3::Request::new(user.to_owned());
+        let name = match tokio::time::timeout(LOOKUP_TIMEOUT, client.call(request, None)).await {
+            Ok(Ok(response)) => response.displayname.filter(|n| !n.trim().is_empty()),
+            _ => None,
+        }
+        .unwrap_or(fallback);
+        if let Ok(mut cache) = self.display_names.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(user.to_owned(), (name.clone(), Instant::now()));
+        }
+        name
+    }
+
+    fn cached_name(&self, user: &UserId) -> Option<(String, Instant)> {
+        self.display_names.lock().ok()?.get(user).cloned()
+    }
+
+    /// A user's power level in a room: from the state the homeserver sent us, else asked.
+    async fn power_level(&self, conn: &mut Connection, room: &OwnedRoomId, user: &UserId) -> i64 {
+        let mut json = rooms::power_levels(conn, room.as_str())
+            .await
+            .ok()
+            .flatten();
+        if json.is_none()
+            && let Some(client) = &self.client
+        {
+            let request = ruma::api::client::state::get_state_event_for_key::v3::Request::new(
+                room.clone(),
+                ruma::events::StateEventType::RoomPowerLevels,
+                String::new(),
+            );
+            if let Ok(Ok(response)) =
+                tokio::time::timeout(LOOKUP_TIMEOUT, client.call(request, None)).await
+            {
+                let text = response.event_or_content.get().to_owned();
+                let _ = rooms::set_power_levels(conn, room.as_str(), &text).await;
+                json = Some(text);
+            }
+        }
+        json.and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .map_or(0, |levels| level_in(&levels, user))
+    }
+}
+
+/// A user's level in `m.room.power_levels` content (`users`, else `users_default`).
+fn level_in(levels: &serde_json::Value, user: &UserId) -> i64 {
+    let as_int = |v: &serde_json::Value| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    levels
+        .get("users")
+        .and_then(|u| u.get(user.as_str()))
+        .and_then(as_int)
+        .or_else(|| levels.get("users_default").and_then(as_int))
+        .unwrap_or(0)
+}
+
+/// The inbox's event handler: meeting commands, call requests and thread replies are
+/// the bridge's; everything else goes to the bot.
+pub struct Bridge {
+    pub ctx: Arc<BridgeContext>,
+}
+
+impl EventHandler for Bridge {
+    async fn handle(&self, event: &InboxEvent, conn: &mut Connection) -> Result<(), StoreError> {
+        let Some(envelope) = EventEnvelope::parse(event) else {
+            return Ok(());
+        };
+        if envelope.kind == "m.room.message"
+            && !self.ctx.bot.is_ours(&envelope.sender)
+            && self.on_message(&envelope, conn).await?
+        {
+            return Ok(());
+        }
+        self.ctx.bot.on_event(envelope, conn).await
+    }
+}
+
+/// A message's text: the body of text, notices and emotes, without a reply's quote.
+fn text_of(message: &RoomMessageEventContent) -> Option<String> {
+    let body = match &message.msgtype {
+        MessageType::Text(t) => &t.body,
+        MessageType::Emote(e) => &e.body,
+        MessageType::Notice(n) => &n.body,
+        _ => return None,
+    };
+    let body: Vec<&str> = body
+        .lines()
+        .skip_while(|line| line.starts_with("> "))
+        .collect();
+    let body = body.join("\n").trim().to_owned();
+    (!body.is_empty()).then_some(body)
+}
+
+impl Bridge {
+    /// Returns whether the bridge took the message.
+    async fn on_message(
+        &self,
+        event: &EventEnvelope,
+        conn: &mut Connection,
+    ) -> Result<bool, StoreError> {
+        let Ok(message) = serde_json::from_value::<RoomMessageEventContent>(event.content.clone())
+        else {
+            return Ok(false);
+        };
+        // Edits are not new requests or new chat.
+        if matches!(message.relates_to, Some(Relation::Replacement(_))) {
+            return Ok(false);
+        }
+        let Some(body) = text_of(&message) else {
+            return Ok(false);
+        };
+        let permitted = self.ctx.bot.level_for(&event.sender) >= PermissionLevel::User;
+        match commands::parse(&body) {
+            Parsed::Command { spec, args } if spec.action != CommandAction::Help => {
+                if !permitted || self.ctx.bot.level_for(&event.sender) < spec.permission {
+                    return Ok(false); // the bot says it is not permitted
+                }
+                self.on_command(event, &message, spec.action, args, conn)
+                    .await?;
+                return Ok(true);
+            }
+            Parsed::NotACommand => {}
+            _ => return Ok(false),
+        }
+        if permitted && self.mentions_bot(&message, &body) {
+            let names: Vec<&str> = self.ctx.bot_names.iter().map(String::as_str).collect();
+            if commands::asks_for_a_call(&body, &names) {
+                self.on_command(event, &message, CommandAction::Start, "", conn)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        self.mirror_into_meeting(event, &message, body, conn).await
+    }
+
+    fn mentions_bot(&self, message: &RoomMessageEventContent, body: &str) -> bool {
+        let bot = &self.ctx.bot.user_id;
+        let in_mentions = message
+            .mentions
+            .as_ref()
+            .is_some_and(|m| m.user_ids.contains(bot));
+        let formatted = match &message.msgtype {
+            MessageType::Text(t) => t.formatted.as_ref().map(|f| f.body.as_str()),
+            _ => None,
+        };
+        in_mentions
+            || body.contains(bot.as_str())
+            || formatted.is_some_and(|html| html.contains(&format!("matrix.to/#/{bot}")))
+    }
+
+    async fn on_command(
+        &self,
+        event: &EventEnvelope,
+        message: &RoomMessageEventContent,
+        action: CommandAction,
+        args: &str,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
+        let ctx = &self.ctx;
+        let lang = ctx.lang;
+        let room = &event.room_id;
+        let active = meetings::active_for_room(conn, room.as_str()).await?;
+        let reply = match (action, active) {
+            (CommandAction::Start, None) => {
+                let title = if args.is_empty() {
+                    notices::DEFAULT_TITLE.get(lang)
+                } else {
+                    args
+                };
+                match Meeting::new(
+                    title,
+                    Some(room.to_string()),
+                    Some(event.sender.to_string()),
+                    now_ms(),
+                ) {
+                    Ok(meeting) => {
+                        self.open_meeting(&meeting, conn).await?;
+                        return Ok(());
+                    }
+                    Err(_) => notices::bad_title(lang),
+                }
+            }
+            (CommandAction::Start | CommandAction::Link, Some(meeting)) => {
+                notices::already_running(&meeting, &ctx.link(&meeting), lang)
+            }
+            (CommandAction::Status, Some(meeting)) => {
+                let present: Vec<String> = sessions::list_for_meeting(conn, &meeting.id)
+                    .await?
+                    .into_iter()
+                    .filter(|s| s.left_at.is_none())
+                    .map(|s| s.display_name)
+                    .collect();
+                notices::status(&meeting, &present, &ctx.link(&meeting), &ctx.timezone, lang)
+            }
+            (CommandAction::End, Some(meeting)) => {
+                let is_creator = meeting.creator.as_deref() == Some(event.sender.as_str());
+                let is_admin = ctx.bot.level_for(&event.sender) >= PermissionLevel::Admin;
+                if is_creator
+                    || is_admin
+                    || ctx.power_level(conn, room, &event.sender).await >= ctx.end_power_level
+                {
+                    let (plain, html) = notices::ending(&meeting, event.sender.as_str(), lang);
+                    ctx.bot
+                        .reply(
+                            room,
+                            &event.event_id,
+                            message.relates_to.clone(),
+                            plain,
+                            html,
+                            conn,
+                        )
+                        .await?;
+                    end_meeting(ctx, conn, &meeting, now_ms()).await?;
+                    return Ok(());
+                }
+                tracing::info!(meeting = %meeting.id, user = %event.sender, "end refused: not creator nor moderator");
+                notices::end_refused(ctx.end_power_level, lang)
+            }
+            (CommandAction::Status | CommandAction::Link | CommandAction::End, None) => {
+                notices::no_meeting(lang)
+            }
+            (CommandAction::Help, _) => crate::matrix::commands::help(lang),
+        };
+        ctx.bot
+            .reply(
+                room,
+                &event.event_id,
+                message.relates_to.clone(),
+                reply.0,
+                reply.1,
+                conn,
+            )
+            .await
+    }
+
+    /// Stores a new meeting and queues its link notice (and widget).
+    async fn open_meeting(
+        &self,
+        meeting: &Meeting,
+        conn: &mut Connection,
+    ) -> Result<(), StoreError> {
+        let ctx = &self.ctx;
+        let room: OwnedRoomId = meeting
+            .matrix_room_id
+            .as_deref()
+            .and_then(|r| r.try_into().ok())
+            .expect("meetings opened from a room carry its id");
+        meetings::create(conn, meeting).await?;
+        let link = ctx.link(meeting);
+        let (plain, html) = notices::link_notice(meeting, &link, ctx.lang);
+        let mut content = RoomMessageEventContent::notice_html(plain, html);
+        content.mentions = Some(ruma::events::Mentions::new());
+        queue::enqueue(
+            conn,
+            &OutboundRequest::Send {
+                room_id: room.clone(),
+                as_user: None,
+                event_type: "m.room.message".into(),
+                content: serde_json::to_value(&content).expect("message content serialises"),
+                in_thread_of: None,
+                root_of: Some(meeting.id.as_str().to_owned()),
+            },
+        )
+        .await?;
+        if ctx.widget {
+            let state_key = format!("tchap_visio_{}", meeting.id);
+            queue::enqueue(
+                conn,
+                &widget_request(&room, &state_key, Some((meeting, &link))),
+            )
+            .await?;
+            queue::enqueue(conn, &widget_layout_request(&room, Some(&state_key))).await?;
+            meetings::set_widget(conn, &meeting.id, Some(&state_key)).await?;
+        }
+        metrics::counter!("tchap_visio_meetings_created_total").increment(1);
+        tracing::info!(meeting = %meeting.id, room = %room, "meeting opened");
+        Ok(())
+    }
+
+    /// A message in a meeting's thread (or, if configured, in the room while a meeting
+    /// runs) goes into the meeting chat under its author's display name.
+    async fn mirror_into_meeting(
+        &self,
+        event: &EventEnvelope,
+        message: &RoomMessageEventContent,
+        body: String,
+        conn: &mut Connection,
+    ) -> Result<bool, StoreError> {
+        let ctx = &self.ctx;
+        let room = event.room_id.as_str();
+        let meeting = match &message.relates_to {
+            Some(Relation::Thread(thread)) => {
+                meetings::get_by_thread_root(conn, room, thread.event_id.as_str()).await?
+            }
+            _ if ctx.mirror_room_timeline => meetings::active_for_room(conn, room)
+                .await?
+                .filter(|m| m.state == MeetingState::Running),
+            _ => None,
+        };
+        let Some(meeting) = meeting.filter(|m| m.state != MeetingState::Ended) else {
+            return Ok(false);
+        };
+        let Some(sfu) = &ctx.sfu else {
+            return Ok(false);
+        };
+        let author = ctx.display_name(&event.sender).await;
+        // Chat is live: a message written while nobody is in the meeting is not kept.
+        if !sfu
+            .inject_chat(meeting.id.to_string(), author.clone(), body.clone())
+            .await
+        {
+            return Ok(true);
+        }
+        let message = ChatMessage {
+            meeting_id: meeting.id.clone(),
+            message_id: event.event_id.to_string(),
+            origin: ChatOrigin::Matrix,
+            sender_identity: None,
+            sender_name: author,
+            matrix_user_id: Some(event.sender.to_string()),
+            body,
+            sent_at: if event.origin_server_ts > 0 {
+                event.origin_server_ts
+            } else {
+                now_ms()
+            },
+        };
+        chat::insert(conn, &message).await?;
+        metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_meeting")
+            .increment(1);
+        Ok(true)
+    }
+}
+
+fn widget_request(
+    room: &OwnedRoomId,
+    state_key: &str,
+    meeting: Option<(&Meeting, &str)>,
+) -> OutboundRequest {
+    let content = match meeting {
+        Some((meeting, link)) => serde_json::json!({
+            "type": "m.custom",
+            "url": link,
+            "name": meeting.title,
+            "data": { "title": meeting.title },
+            "id": state_key,
+        }),
+        None => serde_json::json!({}),
+    };
+    OutboundRequest::SetState {
+        room_id: room.clone(),
+        event_type: "im.vector.modular.widgets".into(),
+        state_key: state_key.to_owned(),
+        content,
+    }
+}
+
+fn widget_layout_request(room: &OwnedRoomId, widget: Option<&str>) -> OutboundRequest {
+    let content = match widget {
+        Some(id) => serde_json::json!({
+            "widgets": { id: { "container": "top", "index": 0, "width": 100, "height": 60 } }
+        }),
+        None => serde_json::json!({ "widgets": {} }),
+    };
+    OutboundRequest::SetState {
+        room_id: room.clone(),
+        event_type: "io.element.widgets.layout".into(),
+        state_key: String::new(),
+        content,
+    }
+}
+
+fn room_of(meeting: &Meeting) -> Option<OwnedRoomId> {
+    meeting
+        .matrix_room_id
+        .as_deref()
+        .and_then(|r| r.try_into().ok())
+}
+
+/// Queues a notice (as the bot) or a message (as a ghost) in the meeting's thread.
+pub async fn post_in_thread(
+    conn: &mut Connection,
+    meeting: &Meeting,
+    as_user: Option<OwnedUserId>,
+    content: RoomMessageEventContent,
+) -> Result<(), StoreError> {
+    let Some(room) = room_of(meeting) else {
+        return Ok(());
+    };
+    let mut content = content;
+    content.mentions = Some(ruma::events::Mentions::new());
+    let request = OutboundRequest::Send {
+        room_id: room,
+        as_user,
+        event_type: "m.room.message".into(),
+        content: serde_json::to_value(&content).expect("message content serialises"),
+        in_thread_of: Some(meeting.id.as_str().to_owned()),
+        root_of: None,
+    };
+    queue::enqueue(conn, &request).await?;
+    Ok(())
+}
+
+/// A bot's summary (already sanitised HTML) in the meeting's thread, from a ghost
+/// named after its author. Does nothing for a meeting without a room.
+pub async fn post_summary(
+    conn: &mut Connection,
+    ctx: &BridgeContext,
+    meeting: &Meeting,
+    author: &str,
+    plain: String,
+    html: String,
+) -> Result<(), StoreError> {
+    let Some(room) = room_of(meeting) else {
+        return Ok(());
+    };
+    let ghost = ctx.ghosts.author(author);
+    ghosts::ensure_in_room(conn, &ghost, author, &room).await?;
+    post_in_thread(
+        conn,
+        meeting,
+        Some(ghost),
+        RoomMessageEventContent::notice_html(plain, html),
+    )
+    .await
+}
+
+/// Ends a meeting once: closes its sessions, posts the summary in its thread and one
+/// line in the room, removes its widget, and tells the SFU to close the room (whose
+/// participants see "meeting ended"). Returns false if it had ended already.
+pub async fn end_meeting(
+    ctx: &BridgeContext,
+    conn: &mut Connection,
+    meeting: &Meeting,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if !meetings::set_state(conn, &meeting.id, MeetingState::Ended, now).await? {
+        return Ok(false);
+    }
+    sessions::close_all(conn, &meeting.id, now).await?;
+    let meeting = meetings::get_by_id(conn, &meeting.id)
+        .await?
+        .unwrap_or_else(|| meeting.clone());
+    let all_sessions = sessions::list_for_meeting(conn, &meeting.id).await?;
+    let attendees = meeting::attendance(&all_sessions, now);
+    let chat_messages = chat::count_for_meeting(conn, &meeting.id).await?;
+    let facts = notices::SummaryFacts {
+        meeting: &meeting,
+        ended_at: now,
+        attendees: &attendees,
+        chat_messages,
+    };
+    if let Some(room) = room_of(&meeting) {
+        let (plain, html) = notices::summary(&facts, &ctx.timezone, ctx.lang);
+        post_in_thread(
+            conn,
+            &meeting,
+            None,
+            RoomMessageEventContent::notice_html(plain, html),
+        )
+        .await?;
+        let (plain, html) = notices::summary_line(&facts, ctx.lang);
+        let mut line = RoomMessageEventContent::notice_html(plain, html);
+        line.mentions = Some(ruma::events::Mentions::new());
+        queue::enqueue(
+            conn,
+            &OutboundRequest::Send {
+                room_id: room.clone(),
+                as_user: None,
+                event_type: "m.room.message".into(),
+                content: serde_json::to_value(&line).expect("message content serialises"),
+                in_thread_of: None,
+                root_of: None,
+            },
+        )
+        .await?;
+        if let Some(state_key) = &meeting.widget_state_key {
+            queue::enqueue(conn, &widget_request(&room, state_key, None)).await?;
+            queue::enqueue(conn, &widget_layout_request(&room, None)).await?;
+            meetings::set_widget(conn, &meeting.id, None).await?;
+        }
+    }
+    // Not transactional, and need not be: closing an already closed room does nothing.
+    if let Some(sfu) = &ctx.sfu {
+        sfu.close_room(meeting.id.to_string()).await;
+    }
+    metrics::counter!("tchap_visio_meetings_ended_total").increment(1);
+    tracing::info!(meeting = %meeting.id, attendees = attendees.len(), chat_messages, "meeting ended");
+    Ok(true)
+}
+
+/// The part of a participant identity that stays the same across one browser's rejoins.
+fn attendee_key(identity: &str) -> String {
+    ParticipantIdentity::parse(identity)
+        .map(|i| i.stable_part().to_owned())
+        .unwrap_or_else(|_| identity.to_owned())
+}
+
+/// Meetings that should end now: empty for the grace period, or never joined for a day.
+pub async fn due_for_end(
+    conn: &mut Connection,
+    ctx: &BridgeContext,
+    now: i64,
+) -> Result<Vec<Meeting>, StoreError> {
+    Ok(meetings::list_not_ended(conn)
+        .await?
+        .into_iter()
+        .filter(|m| match m.state {
+            MeetingState::Running => m.empty_since.is_some_and(|t| now - t >= ctx.grace_ms),
+            MeetingState::Scheduled => now - m.created_at >= UNUSED_MEETING_LIFETIME_MS,
+            MeetingState::Ended => false,
+        })
+        .collect())
+}
+
+/// After a restart nobody is connected: open sessions end when last seen, and meetings
+/// left empty start their grace period from their last departure.
+pub async fn recover(conn: &mut Connection, now: i64) -> Result<(), StoreError> {
+    let closed = sessions::close_stale_at_last_seen(conn).await?;
+    for meeting in meetings::list_not_ended(conn).await? {
+        if meeting.state == MeetingState::Running && meeting.empty_since.is_none() {
+            let since = sessions::last_left_at(conn, &meeting.id)
+                .await?
+                .unwrap_or(now);
+            meetings::set_empty_since(conn, &meeting.id, Some(since)).await?;
+        }
+    }
+    if closed > 0 {
+        tracing::info!(
+            sessions = closed,
+            "closed the sessions left open by the previous run"
+        );
+    }
+    Ok(())
+}
+
+#[doc(hidden)]
+pub fn meeting_id_of_room(room: &str) -> Option<MeetingId> {
+    MeetingId::parse(room).ok()
+}
+
+#[cfg(test)]
+mod tests;

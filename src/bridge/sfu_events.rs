@@ -1,0 +1,229 @@
+//! The SFU side of the bridge: one task that turns the SFU's room events (joins, leaves,
+//! chat) into attendance, thread messages and, on a timer, ended meetings. Each event is
+//! handled in its own database transaction with the requests it queues.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ruma::events::room::message::RoomMessageEventContent;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use super::{BridgeContext, attendee_key, end_meeting, ghosts, notices, post_in_thread, room_of};
+use crate::ids::MeetingId;
+use crate::meeting::{ChatMessage, ChatOrigin, Meeting, MeetingState, Session};
+use crate::sfu::EngineEvent;
+use crate::store::{Connection, Store, StoreError, chat, meetings, now_ms, sessions};
+
+/// How often open sessions are marked alive (what a crash can lose of attendance).
+const TOUCH_PERIOD: Duration = Duration::from_secs(10);
+
+pub struct SfuEventWorker {
+    pub ctx: Arc<BridgeContext>,
+    pub store: Store,
+    pub events: broadcast::Receiver<EngineEvent>,
+    /// Woken after queuing requests for the homeserver.
+    pub outbound_wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+}
+
+impl SfuEventWorker {
+    pub async fn run(mut self) {
+        // The grace check runs often enough that a meeting ends within a tenth of its
+        // grace period (and at least every second) after it is due.
+        let tick = Duration::from_millis((self.ctx.grace_ms / 10).clamp(100, 1000) as u64);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_touch = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Ok(event) => self.apply(event).await,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        metrics::counter!("tchap_visio_bridge_events_missed_total").increment(missed);
+                        tracing::error!(missed, "the bridge fell behind the SFU's events; some were lost");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = ticker.tick() => {
+                    let touch = last_touch.elapsed() >= TOUCH_PERIOD;
+                    if touch {
+                        last_touch = tokio::time::Instant::now();
+                    }
+                    if let Err(e) = self.periodic(touch).await {
+                        tracing::error!(error = %e, "meeting timers failed; retrying");
+                    }
+                }
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn apply(&self, event: EngineEvent) {
+        for attempt in 0..3 {
+            match self.apply_once(&event).await {
+                Ok(()) => {
+                    self.outbound_wake.notify_one();
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "cannot record an SFU event");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    async fn apply_once(&self, event: &EngineEvent) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        handle_event(&self.ctx, &mut tx, event, now_ms()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn periodic(&self, touch: bool) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut conn = self.store.pool().acquire().await?;
+        if touch {
+            sessions::touch_open(&mut conn, now).await?;
+        }
+        let due = super::due_for_end(&mut conn, &self.ctx, now).await?;
+        drop(conn);
+        for meeting in due {
+            let mut tx = self.store.begin().await?;
+            end_meeting(&self.ctx, &mut tx, &meeting, now).await?;
+            tx.commit().await?;
+            self.outbound_wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+async fn live_meeting(conn: &mut Connection, room: &str) -> Result<Option<Meeting>, StoreError> {
+    let Ok(id) = MeetingId::parse(room) else {
+        return Ok(None);
+    };
+    Ok(meetings::get_by_id(conn, &id)
+        .await?
+        .filter(|m| m.state != MeetingState::Ended))
+}
+
+/// What one SFU event changes; public for the tests, which feed events by hand.
+pub async fn handle_event(
+    ctx: &BridgeContext,
+    conn: &mut Connection,
+    event: &EngineEvent,
+    now: i64,
+) -> Result<(), StoreError> {
+    match event {
+        EngineEvent::ParticipantJoined {
+            room,
+            sid,
+            identity,
+            name,
+        } => {
+            let Some(meeting) = live_meeting(conn, room).await? else {
+                return Ok(());
+            };
+            let session = Session {
+                meeting_id: meeting.id.clone(),
+                sid: sid.clone(),
+                identity: identity.clone(),
+                attendee_key: attendee_key(identity),
+                display_name: guest_name(ctx, name),
+                matrix_user_id: None,
+                joined_at: now,
+                left_at: None,
+                last_seen_at: now,
+            };
+            if !sessions::open(conn, &session).await? {
+                return Ok(());
+            }
+            meetings::set_empty_since(conn, &meeting.id, None).await?;
+            let present = sessions::open_count(conn, &meeting.id).await?;
+            meetings::raise_peak(conn, &meeting.id, present).await?;
+            if meetings::set_state(conn, &meeting.id, MeetingState::Running, now).await? {
+                let (plain, html) = notices::first_join(&session.display_name, ctx.lang);
+                post_in_thread(
+                    conn,
+                    &meeting,
+                    None,
+                    RoomMessageEventContent::notice_html(plain, html),
+                )
+                .await?;
+            }
+            metrics::counter!("tchap_visio_bridge_joins_total").increment(1);
+        }
+        EngineEvent::ParticipantLeft { room, sid, .. } => {
+            let Some(meeting) = live_meeting(conn, room).await? else {
+                return Ok(());
+            };
+            if sessions::close(conn, &meeting.id, sid, now).await?
+                && sessions::open_count(conn, &meeting.id).await? == 0
+            {
+                meetings::set_empty_since(conn, &meeting.id, Some(now)).await?;
+            }
+        }
+        EngineEvent::RoomEmpty { .. } => {}
+        EngineEvent::Chat {
+            room,
+            id,
+            sender_identity,
+            sender_name,
+            text,
+            timestamp_ms,
+            ..
+        } => {
+            let Some(meeting) = live_meeting(conn, room).await? else {
+                return Ok(());
+            };
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(());
+            }
+            let name = guest_name(ctx, sender_name);
+            let message = ChatMessage {
+                meeting_id: meeting.id.clone(),
+                message_id: id.clone(),
+                origin: ChatOrigin::Meeting,
+                sender_identity: Some(sender_identity.clone()),
+                sender_name: name.clone(),
+                matrix_user_id: None,
+                body: text.to_owned(),
+                sent_at: if *timestamp_ms > 0 {
+                    *timestamp_ms
+                } else {
+                    now
+                },
+            };
+            if !chat::insert(conn, &message).await? {
+                return Ok(());
+            }
+            if let Some(room) = room_of(&meeting) {
+                let ghost = ctx.ghosts.guest(&attendee_key(sender_identity));
+                ghosts::ensure_in_room(conn, &ghost, &name, &room).await?;
+                post_in_thread(conn, &meeting, Some(ghost), chat_content(text)).await?;
+                metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_room")
+                    .increment(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "Zoé (invité·e)": until access control verifies Matrix users, everyone is a guest.
+fn guest_name(ctx: &BridgeContext, name: &str) -> String {
+    let name = crate::meeting::validate_display_name(name).unwrap_or_else(|_| "?".to_owned());
+    notices::GUEST_NAME.get(ctx.lang).replace("{name}", &name)
+}
+
+/// Meeting chat as a Matrix message: the text, with Markdown rendered to sanitised HTML.
+fn chat_content(text: &str) -> RoomMessageEventContent {
+    let html = crate::markdown::to_matrix_html(text);
+    let plain = crate::markdown::to_plain(text);
+    if html.trim() == format!("<p>{}</p>", crate::i18n::html_escape(&plain)) {
+        RoomMessageEventContent::text_plain(plain)
+    } else {
+        RoomMessageEventContent::text_html(plain, html)
+    }
+}

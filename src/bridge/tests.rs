@@ -1,0 +1,405 @@
+//! Bridge decisions against a real database (both dialects), with Matrix events fed by
+//! hand and SFU events applied directly; what it queues is read back from the queue.
+
+use figment::Figment;
+use figment::providers::{Format, Yaml};
+
+use super::sfu_events::handle_event;
+use super::*;
+use crate::sfu::EngineEvent;
+use crate::store::Store;
+use crate::store::testing::both_dialects;
+
+const ROOM: &str = "!room:localhost";
+
+fn ctx() -> BridgeContext {
+    let mut config: Config = Figment::new()
+        .merge(Yaml::string(include_str!(
+            "../../config/example-config.yaml"
+        )))
+        .extract()
+        .expect("the example config parses");
+    config.meetings.grace_period_secs = 60;
+    config.meetings.widget = true;
+    BridgeContext::from_config(&config, None, None)
+}
+
+fn message(event_id: &str, sender: &str, content: serde_json::Value) -> InboxEvent {
+    let json = serde_json::json!({
+        "type": "m.room.message", "event_id": event_id, "room_id": ROOM, "sender": sender,
+        "origin_server_ts": 1, "content": content,
+    });
+    InboxEvent {
+        seq: 1,
+        event_id: event_id.into(),
+        json: json.to_string(),
+    }
+}
+
+fn text(event_id: &str, sender: &str, body: &str) -> InboxEvent {
+    message(
+        event_id,
+        sender,
+        serde_json::json!({"msgtype": "m.text", "body": body}),
+    )
+}
+
+async fn feed(store: &Store, bridge: &Bridge, event: InboxEvent) {
+    let mut tx = store.begin().await.expect("begin");
+    bridge.handle(&event, &mut tx).await.expect("handle");
+    tx.commit().await.expect("commit");
+}
+
+async fn sfu(store: &Store, ctx: &BridgeContext, event: EngineEvent, now: i64) {
+    let mut tx = store.begin().await.expect("begin");
+    handle_event(ctx, &mut tx, &event, now)
+        .await
+        .expect("handle");
+    tx.commit().await.expect("commit");
+}
+
+/// Drains the queue: what the bridge asked of the homeserver, in order.
+async fn queued(store: &Store) -> Vec<OutboundRequest> {
+    let mut out = Vec::new();
+    while let Some(row) = store.next_due_outbound(i64::MAX).await.expect("next") {
+        out.push(serde_json::from_str(&row.request_json).expect("request"));
+        store.mark_outbound_sent(row.id, "{}").await.expect("sent");
+    }
+    out
+}
+
+fn bodies(requests: &[OutboundRequest]) -> Vec<String> {
+    requests
+        .iter()
+        .filter_map(|r| match r {
+            OutboundRequest::Send { content, .. } => content["body"].as_str().map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn active(store: &Store) -> Option<Meeting> {
+    let mut conn = store.pool().acquire().await.expect("conn");
+    meetings::active_for_room(&mut conn, ROOM)
+        .await
+        .expect("get")
+}
+
+both_dialects!(
+    one_meeting_per_room_with_a_link_notice_and_widget,
+    |store: Store| async move {
+        let bridge = Bridge {
+            ctx: Arc::new(ctx()),
+        };
+        feed(
+            &store,
+            &bridge,
+            text("$1", "@alice:localhost", "!visio Point hebdo"),
+        )
+        .await;
+        let meeting = active(&store).await.expect("a meeting");
+        assert_eq!(meeting.title, "Point hebdo");
+        assert_eq!(meeting.creator.as_deref(), Some("@alice:localhost"));
+        let requests = queued(&store).await;
+        match &requests[0] {
+            OutboundRequest::Send {
+                content,
+                root_of,
+                in_thread_of,
+                ..
+            } => {
+                assert_eq!(root_of.as_deref(), Some(meeting.id.as_str()));
+                assert!(in_thread_of.is_none());
+                assert!(
+                    content["body"]
+                        .as_str()
+                        .expect("body")
+                        .contains(&bridge.ctx.link(&meeting))
+                );
+                assert_eq!(content["m.mentions"], serde_json::json!({}));
+            }
+            other => panic!("expected the link notice, got {other:?}"),
+        }
+        assert!(requests.iter().any(|r| matches!(r, OutboundRequest::SetState { event_type, .. } if event_type == "im.vector.modular.widgets")));
+
+        feed(
+            &store,
+            &bridge,
+            text("$2", "@bob:localhost", "!visio Autre"),
+        )
+        .await;
+        feed(&store, &bridge, text("$3", "@bob:localhost", "!visio lien")).await;
+        let again = bodies(&queued(&store).await);
+        assert_eq!(again.len(), 2);
+        for body in &again {
+            assert!(
+                body.contains("déjà ouverte") && body.contains(&bridge.ctx.link(&meeting)),
+                "{body}"
+            );
+        }
+        // Strangers and our own ghosts start nothing.
+        feed(
+            &store,
+            &bridge,
+            text("$4", "@eve:elsewhere.org", "!visio Intrus"),
+        )
+        .await;
+        feed(
+            &store,
+            &bridge,
+            text("$5", "@visio_g1:localhost", "!visio fin"),
+        )
+        .await;
+        let requests = queued(&store).await;
+        assert_eq!(
+            bodies(&requests).len(),
+            1,
+            "only the refusal for eve: {requests:?}"
+        );
+        assert_eq!(active(&store).await.map(|m| m.id), Some(meeting.id));
+    }
+);
+
+both_dialects!(
+    ending_needs_the_creator_or_the_power_level,
+    |store: Store| async move {
+        let ctx = Arc::new(ctx());
+        let bridge = Bridge { ctx: ctx.clone() };
+        feed(&store, &bridge, text("$1", "@alice:localhost", "!visio")).await;
+        {
+            let mut conn = store.pool().acquire().await.expect("conn");
+            let levels =
+                r#"{"users": {"@alice:localhost": 100, "@mod:localhost": 50}, "users_default": 0}"#;
+            rooms::set_power_levels(&mut conn, ROOM, levels)
+                .await
+                .expect("levels");
+        }
+        queued(&store).await;
+        feed(&store, &bridge, text("$2", "@bob:localhost", "!visio fin")).await;
+        let refusal = bodies(&queued(&store).await);
+        assert!(
+            refusal[0].contains("niveau 50") && refusal[0].contains("La visio continue"),
+            "{refusal:?}"
+        );
+        assert!(active(&store).await.is_some());
+        feed(&store, &bridge, text("$3", "@mod:localhost", "!visio end")).await;
+        assert!(active(&store).await.is_none(), "a moderator ends it");
+        let after = bodies(&queued(&store).await);
+        assert!(
+            after
+                .iter()
+                .any(|b| b.contains("terminée à la demande de @mod:localhost")),
+            "{after:?}"
+        );
+        assert!(
+            after.iter().any(|b| b.contains("personne ne l’a rejointe")),
+            "{after:?}"
+        );
+    }
+);
+
+both_dialects!(
+    sfu_events_make_attendance_thread_chat_and_a_summary,
+    |store: Store| async move {
+        let ctx = Arc::new(ctx());
+        let bridge = Bridge { ctx: ctx.clone() };
+        feed(
+            &store,
+            &bridge,
+            text("$1", "@alice:localhost", "!visio Revue"),
+        )
+        .await;
+        let meeting = active(&store).await.expect("meeting");
+        queued(&store).await;
+        let room = meeting.id.to_string();
+        let joined = |sid: &str, identity: &str, name: &str| EngineEvent::ParticipantJoined {
+            room: room.clone(),
+            sid: sid.into(),
+            identity: identity.into(),
+            name: name.into(),
+        };
+        sfu(&store, &ctx, joined("PA_a", "browsera-x1", "Agathe"), 1_000).await;
+        sfu(&store, &ctx, joined("PA_a", "browsera-x1", "Agathe"), 1_000).await; // seen twice
+        sfu(&store, &ctx, joined("PA_b", "browserb-y1", "Bruno"), 2_000).await;
+        let chat = EngineEvent::Chat {
+            room: room.clone(),
+            id: "m1".into(),
+            sender_sid: "PA_a".into(),
+            sender_identity: "browsera-x1".into(),
+            sender_name: "Agathe".into(),
+            text: "bonjour".into(),
+            timestamp_ms: 3_000,
+        };
+        sfu(&store, &ctx, chat.clone(), 3_000).await;
+        sfu(&store, &ctx, chat, 3_000).await; // the same message again: mirrored once
+        let requests = queued(&store).await;
+        let first_join = requests.iter().filter(|r| matches!(r, OutboundRequest::Send { content, in_thread_of: Some(_), as_user: None, .. } if content["body"].as_str().is_some_and(|b| b.contains("a rejoint")))).count();
+        assert_eq!(first_join, 1, "one first-join notice: {requests:?}");
+        let ghost = ctx.ghosts.guest("browsera");
+        let kinds: Vec<&str> = requests
+            .iter()
+            .map(|r| match r {
+                OutboundRequest::RegisterGhost { .. } => "register",
+                OutboundRequest::SetDisplayName {
+                    user_id,
+                    displayname,
+                } => {
+                    assert_eq!(
+                        (user_id, displayname.as_str()),
+                        (&ghost, "Agathe (invité·e)")
+                    );
+                    "name"
+                }
+                OutboundRequest::Invite { user_id, .. } => {
+                    assert_eq!(user_id, &ghost);
+                    "invite"
+                }
+                OutboundRequest::Join {
+                    as_user: Some(u), ..
+                } => {
+                    assert_eq!(u, &ghost);
+                    "join"
+                }
+                OutboundRequest::Send {
+                    as_user: Some(u),
+                    in_thread_of: Some(_),
+                    content,
+                    ..
+                } => {
+                    assert_eq!((u, content["body"].as_str()), (&ghost, Some("bonjour")));
+                    "chat"
+                }
+                _ => "other",
+            })
+            .filter(|k| *k != "other")
+            .collect();
+        assert_eq!(kinds, ["register", "name", "invite", "join", "chat"]);
+
+        // Both leave; Agathe comes back from the same browser, and leaves again.
+        let left = |sid: &str| EngineEvent::ParticipantLeft {
+            room: room.clone(),
+            sid: sid.into(),
+            identity: String::new(),
+        };
+        sfu(&store, &ctx, left("PA_a"), 10_000).await;
+        sfu(&store, &ctx, left("PA_b"), 12_000).await;
+        sfu(
+            &store,
+            &ctx,
+            joined("PA_a2", "browsera-x2", "Agathe"),
+            20_000,
+        )
+        .await;
+        sfu(&store, &ctx, left("PA_a2"), 30_000).await;
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let stored = meetings::get_by_id(&mut conn, &meeting.id)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(
+            (stored.state, stored.peak_participants, stored.empty_since),
+            (MeetingState::Running, 2, Some(30_000))
+        );
+        assert!(
+            due_for_end(&mut conn, &ctx, 30_000 + 59_999)
+                .await
+                .expect("due")
+                .is_empty()
+        );
+        let due = due_for_end(&mut conn, &ctx, 30_000 + 60_000)
+            .await
+            .expect("due");
+        assert_eq!(due.len(), 1);
+        assert!(
+            end_meeting(&ctx, &mut conn, &due[0], 90_000)
+                .await
+                .expect("end")
+        );
+        assert!(
+            !end_meeting(&ctx, &mut conn, &due[0], 90_001)
+                .await
+                .expect("end"),
+            "ends once"
+        );
+        drop(conn);
+        let summary = bodies(&queued(&store).await);
+        let thread = summary
+            .iter()
+            .find(|b| b.starts_with("Compte rendu"))
+            .expect("a summary");
+        // Agathe: 1 s..10 s and 20 s..30 s = 19 s; Bruno: 2 s..12 s = 10 s.
+        assert!(thread.contains("• Agathe (invité·e) — 19 s"), "{thread}");
+        assert!(thread.contains("• Bruno (invité·e) — 10 s"), "{thread}");
+        assert!(
+            thread.contains("Messages dans la discussion : 1"),
+            "{thread}"
+        );
+        // After the end, SFU events change nothing.
+        sfu(&store, &ctx, joined("PA_late", "late-z", "Late"), 100_000).await;
+        assert!(queued(&store).await.is_empty());
+    }
+);
+
+both_dialects!(
+    a_restart_closes_sessions_and_rearms_the_grace_period,
+    |store: Store| async move {
+        let ctx = Arc::new(ctx());
+        let bridge = Bridge { ctx: ctx.clone() };
+        feed(&store, &bridge, text("$1", "@alice:localhost", "!visio")).await;
+        let meeting = active(&store).await.expect("meeting");
+        sfu(
+            &store,
+            &ctx,
+            EngineEvent::ParticipantJoined {
+                room: meeting.id.to_string(),
+                sid: "PA_a".into(),
+                identity: "b-1".into(),
+                name: "A".into(),
+            },
+            1_000,
+        )
+        .await;
+        let mut conn = store.pool().acquire().await.expect("conn");
+        sessions::touch_open(&mut conn, 5_000).await.expect("touch");
+        // The service dies here; at the next start:
+        recover(&mut conn, 50_000).await.expect("recover");
+        let listed = sessions::list_for_meeting(&mut conn, &meeting.id)
+            .await
+            .expect("list");
+        assert_eq!(
+            listed[0].left_at,
+            Some(5_000),
+            "closed when last seen alive"
+        );
+        let stored = meetings::get_by_id(&mut conn, &meeting.id)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(stored.empty_since, Some(5_000));
+        assert_eq!(
+            due_for_end(&mut conn, &ctx, 65_000)
+                .await
+                .expect("due")
+                .len(),
+            1
+        );
+    }
+);
+
+#[test]
+fn power_levels_are_read_like_the_spec_says() {
+    let user = UserId::parse("@a:localhost").expect("id");
+    assert_eq!(
+        level_in(&serde_json::json!({"users": {"@a:localhost": 50}}), &user),
+        50
+    );
+    assert_eq!(
+        level_in(&serde_json::json!({"users_default": 10}), &user),
+        10
+    );
+    assert_eq!(
+        level_in(&serde_json::json!({"users": {"@a:localhost": "75"}}), &user),
+        75
+    );
+    assert_eq!(level_in(&serde_json::json!({}), &user), 0);
+}

@@ -1,0 +1,299 @@
+"""The room–meeting bridge end to end (issue 5): a real Synapse, matrix-nio users, and
+LiveKit's Python SDK peers joining through the link the bot posts.
+
+`!visio <titre>` → link notice (thread root) → peers join with the link's slug → meeting
+chat into the thread from guest ghosts, thread replies into the meeting → peers leave →
+after the (shortened) grace period, one summary in the thread and one line in the room.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import requests
+
+try:
+    import livekit.rtc  # noqa: F401
+except Exception as e:  # noqa: BLE001 - any import failure means the SDK is unusable here
+    if os.environ.get("CI"):
+        pytest.fail(f"LiveKit's Python SDK cannot be imported in CI: {e!r}", pytrace=False)
+    pytest.skip(f"LiveKit's Python SDK cannot be imported: {e!r}", allow_module_level=True)
+
+from harness import Env, wait_for
+from harness.lkpeer import Peer
+
+GRACE_S = 3
+# Generous deadlines for a loaded 2-core machine; they bound waits, they are not speed claims.
+NOTICE_S = 30
+LINK = re.compile(r"https?://\S+/m/([A-Za-z0-9]+)")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = Env(tmp_path_factory.mktemp("bridge"), overrides={"meetings": {"grace_period_secs": GRACE_S}})
+    yield e
+    e.close()
+
+
+def events(user, room: str) -> list[dict]:
+    return user.timelines.get(room, [])
+
+
+def wait_event(user, room: str, pred, what: str, timeout: float = NOTICE_S) -> dict:
+    """Sync until an event of the room's timeline satisfies `pred`; returns it."""
+
+    def found():
+        for e in events(user, room):
+            if pred(e):
+                return e
+        user.sync(500)
+        return next((e for e in events(user, room) if pred(e)), None)
+
+    return wait_for(found, timeout, what, interval=0)
+
+
+def body(e: dict) -> str:
+    return e.get("content", {}).get("body", "") if e.get("type") == "m.room.message" else ""
+
+
+def in_thread(e: dict, root: str) -> bool:
+    rel = e.get("content", {}).get("m.relates_to") or {}
+    return rel.get("rel_type") == "m.thread" and rel.get("event_id") == root
+
+
+def start_meeting(env, user, room: str, command: str, title: str) -> tuple[dict, str]:
+    """Sends `command`; returns (the link notice event, the slug of its link)."""
+    user.send_text(room, command)
+    notice = wait_event(
+        user,
+        room,
+        lambda e: e.get("sender") == env.bot and title in body(e) and LINK.search(body(e)),
+        f"the link notice for {title!r}",
+    )
+    return notice, LINK.search(body(notice)).group(1)
+
+
+def join(env, tmp_path, slug: str, name: str, **kwargs) -> tuple[Peer, dict]:
+    r = requests.post(f"{env.service.url}/api/v1/meetings/{slug}/join", json={"name": name}, timeout=10)
+    assert r.status_code == 200, r.text
+    grant = r.json()
+    return Peer(tmp_path, name.lower(), grant["url"], grant["token"], **kwargs), grant
+
+
+def peer_chats(peer: Peer, sender: str, text: str) -> list[dict]:
+    return [c for c in peer.state().get("chat", []) if c["from"] == sender and c["text"] == text]
+
+
+def send_in_thread(user, room: str, root: str, text: str) -> str:
+    content = {
+        "msgtype": "m.text",
+        "body": text,
+        "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": True, "m.in_reply_to": {"event_id": root}},
+    }
+    resp = user._run(user.client.room_send(room, "m.room.message", content))
+    return resp.event_id
+
+
+def test_call_request_to_summary_with_chat_both_ways(env, tmp_path):
+    alice, room = env.room_with_bot("alice", name="Bridge")
+    notice, slug = start_meeting(env, alice, room, "!visio Point hebdo", "Point hebdo")
+    root = notice["event_id"]
+    assert "@alice:localhost" in body(notice), body(notice)
+    html = notice["content"].get("formatted_body", "")
+    assert f"/m/{slug}" in html and "<strong>" in html, html
+    assert notice["content"]["msgtype"] == "m.notice"
+
+    agathe, grant_a = join(env, tmp_path, slug, "Agathe")
+    bruno, grant_b = join(env, tmp_path, slug, "Bruno")
+    agathe.wait(lambda s: grant_b["identity"] in s["remotes"], 20, "agathe to see bruno")
+    first = wait_event(alice, room, lambda e: in_thread(e, root) and e.get("sender") == env.bot, "the first-join notice")
+    assert "a rejoint la visio" in body(first), body(first)
+
+    # Meeting → room: a chat message arrives in the thread from the guest's ghost.
+    agathe.chat("Bonjour depuis la visio")
+    mirrored = wait_event(
+        alice, room, lambda e: in_thread(e, root) and body(e) == "Bonjour depuis la visio", "agathe's chat in the thread"
+    )
+    ghost = mirrored["sender"]
+    assert ghost.startswith("@visio_g") and ghost != env.bot, ghost
+    assert mirrored["content"]["msgtype"] == "m.text"
+    member = alice.member(room, ghost)
+    assert member and member.get("displayname") == "Agathe (invité·e)", member
+
+    # Room → meeting: a thread reply reaches both peers, from the server participant,
+    # with the Matrix author's name for the page to show.
+    send_in_thread(alice, room, root, "Réponse depuis Tchap")
+    for p in (agathe, bruno):
+        got = p.wait(lambda s: peer_chats_any(s, "tchap", "Réponse depuis Tchap"), 20, f"{p.name} to get the thread reply")
+        assert got[0]["attributes"].get("tchap.author_name") == "alice", got
+
+    # A message in the main timeline (not the thread) is not mirrored by default.
+    alice.send_text(room, "hors fil")
+    bruno.chat("fin de réunion")
+    wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "fin de réunion", "bruno's chat in the thread")
+    assert not peer_chats(agathe, "tchap", "hors fil"), "main timeline messages are not mirrored by default"
+
+    agathe.close()
+    bruno.close()
+    summary = wait_event(
+        alice,
+        room,
+        lambda e: in_thread(e, root) and e.get("sender") == env.bot and "Compte rendu" in body(e),
+        "the summary in the thread",
+        timeout=GRACE_S + NOTICE_S,
+    )
+    text = body(summary)
+    for expected in ("« Point hebdo »", "Agathe (invité·e) — ", "Bruno (invité·e) — ", "Participant·e·s : 2", "Messages dans la discussion : 3"):
+        assert expected in text, f"{expected!r} not in the summary:\n{text}"
+    # Durations: each peer was in for a few seconds, well under an hour.
+    for name in ("Agathe", "Bruno"):
+        line = next(line for line in text.splitlines() if line.startswith(f"• {name}"))
+        assert re.search(r"— (\d+ s|\d+ min)$", line), line
+    line = wait_event(alice, room, lambda e: e.get("sender") == env.bot and "terminée" in body(e) and not in_thread(e, root), "the one-line summary")
+    assert "2 participant·e·s, 3 messages" in body(line), body(line)
+    # The meeting is over: the link no longer lets anyone in.
+    r = requests.post(f"{env.service.url}/api/v1/meetings/{slug}/join", json={"name": "Late"}, timeout=10)
+    assert r.status_code in (404, 410), r.text
+    summaries = [e for e in events(alice, room) if in_thread(e, root) and "Compte rendu" in body(e)]
+    assert len(summaries) == 1, summaries
+
+
+def peer_chats_any(state: dict, sender: str, text: str) -> list[dict]:
+    return [c for c in state.get("chat", []) if c["from"] == sender and c["text"] == text]
+
+
+def test_one_meeting_per_room_and_end_needs_power(env):
+    alice, room = env.room_with_bot("alice", name="Un seul")
+    bob = env.user("bob")
+    alice.invite(room, bob.user_id)
+    bob._run(bob.client.join(room))
+    alice.wait_membership(room, bob.user_id, "join")
+
+    notice, slug = start_meeting(env, alice, room, "!visio", "Visio")
+    bob.send_text(room, "!visio Autre titre")
+    again = wait_event(alice, room, lambda e: e.get("sender") == env.bot and "déjà ouverte" in body(e), "the already-open answer")
+    assert f"/m/{slug}" in body(again), body(again)
+    links = {LINK.search(body(e)).group(1) for e in events(alice, room) if e.get("sender") == env.bot and LINK.search(body(e))}
+    assert links == {slug}, f"one meeting per room, got links {links}"
+
+    # bob has power level 0: he may not end alice's meeting.
+    bob.send_text(room, "!visio fin")
+    refusal = wait_event(alice, room, lambda e: e.get("sender") == env.bot and "seule la personne" in body(e), "a polite refusal")
+    assert "La visio continue" in body(refusal)
+    r = requests.get(f"{env.service.url}/api/v1/meetings/{slug}", timeout=10)
+    assert r.status_code == 200, r.text
+
+    bob.send_text(room, "!visio statut")
+    wait_event(alice, room, lambda e: e.get("sender") == env.bot and "personne ne l’a encore rejointe" in body(e), "the status")
+
+    # A mistyped command gets a hint, not a meeting.
+    bob.send_text(room, "!visio staut")
+    wait_event(alice, room, lambda e: e.get("sender") == env.bot and "Vouliez-vous dire !visio statut" in body(e), "a hint")
+
+    # The creator may end it; the summary says nobody came; a new !visio starts a new one.
+    alice.send_text(room, "!visio fin")
+    wait_event(alice, room, lambda e: e.get("sender") == env.bot and "personne ne l’a rejointe" in body(e), "the empty summary")
+    _, new_slug = start_meeting(env, alice, room, "!visio Deuxième", "Deuxième")
+    assert new_slug != slug
+
+    # A mention of the bot with a call word is a call request too (here: the same meeting).
+    content = {"msgtype": "m.text", "body": "Visio: on fait un appel ?", "m.mentions": {"user_ids": [env.bot]}}
+    alice._run(alice.client.room_send(room, "m.room.message", content))
+    mention_answer = wait_event(
+        alice, room, lambda e: e.get("sender") == env.bot and "déjà ouverte" in body(e) and new_slug in body(e), "the answer to the mention"
+    )
+    assert "Deuxième" in body(mention_answer)
+
+
+def test_restart_mid_meeting_keeps_attendance_chat_and_posts_once(tmp_path_factory, tmp_path):
+    env = Env(tmp_path_factory.mktemp("restart"), overrides={"meetings": {"grace_period_secs": GRACE_S}})
+    try:
+        alice, room = env.room_with_bot("alice", name="Reprise")
+        notice, slug = start_meeting(env, alice, room, "!visio Reprise", "Reprise")
+        root = notice["event_id"]
+        agathe, _ = join(env, tmp_path, slug, "Agathe")
+        agathe.chat("avant le redémarrage")
+        wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "avant le redémarrage", "the chat before the restart")
+
+        env.service.kill()  # a crash: no clean shutdown
+        agathe.close()
+        env.service.start()
+
+        bruno, _ = join(env, tmp_path, slug, "Bruno")
+        bruno.chat("après le redémarrage")
+        wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "après le redémarrage", "the chat after the restart")
+        bruno.close()
+        summary = wait_event(
+            alice, room, lambda e: in_thread(e, root) and "Compte rendu" in body(e), "the summary", timeout=GRACE_S + NOTICE_S
+        )
+        text = body(summary)
+        assert "Agathe (invité·e)" in text and "Bruno (invité·e)" in text, text
+        assert "Messages dans la discussion : 2" in text, text
+        # Let anything that would be posted twice arrive, then count.
+        alice.send_text(room, "!visio statut")
+        wait_event(alice, room, lambda e: e.get("sender") == env.bot and "Aucune visio en cours" in body(e), "the status after the end")
+        bot_events = [e for e in events(alice, room) if e.get("sender") == env.bot]
+        assert sum(1 for e in bot_events if f"/m/{slug}" in body(e)) == 1, "the link was posted more than once"
+        assert sum(1 for e in bot_events if "Compte rendu de la visio" in body(e)) == 1, "more than one summary"
+        assert sum(1 for e in bot_events if "terminée" in body(e) and not in_thread(e, root)) == 1, "more than one end line"
+    finally:
+        env.close()
+
+
+def test_meeting_page_in_chromium_chats_with_the_thread_and_shows_the_end(env, tmp_path):
+    """The meeting page itself (livekit-client in Debian's Chromium): its chat reaches the
+    thread, a thread reply reaches the page with the Matrix author's name, and ending the
+    meeting from the room shows the page's "meeting ended" screen."""
+    import json
+    import shutil
+    import subprocess
+    import threading
+
+    from harness.util import ROOT
+
+    if not (shutil.which("node") and os.path.exists("/usr/bin/chromium") and (ROOT / "tests/browser/node_modules").is_dir()):
+        if os.environ.get("CI"):
+            pytest.fail("Chromium, node or tests/browser/node_modules missing (scripts/test.sh prepares them)")
+        pytest.skip("Chromium, node or tests/browser/node_modules missing: run scripts/test-browser.sh once")
+    alice, room = env.room_with_bot("alice", name="Navigateur")
+    notice, slug = start_meeting(env, alice, room, "!visio Navigateur", "Navigateur")
+    root = notice["event_id"]
+    link = LINK.search(body(notice)).group(0)
+
+    proc = subprocess.Popen(
+        ["node", str(ROOT / "tests/browser/bridge-page.mjs"), "--link", link, "--name", "Chloé",
+         "--say", "Bonjour depuis Chromium", "--expect", "Bienvenue Chloé"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TCHAP_VISIO_BIN": str(env.service.bin)},
+    )
+    pidfile = os.environ.get("TCHAP_VISIO_TEST_PIDFILE")
+    if pidfile:
+        with open(pidfile, "a") as f:
+            f.write(f"{proc.pid}\n")
+    progress: list[dict] = []
+    reader = threading.Thread(target=lambda: progress.extend(json.loads(line) for line in proc.stdout), daemon=True)
+    reader.start()
+
+    def reached(event: str):
+        if proc.poll() not in (None, 0):
+            raise AssertionError(f"the page script failed:\n{proc.stderr.read()}")
+        return next((p for p in progress if p["event"] == event), None)
+
+    try:
+        wait_for(lambda: reached("joined"), 60, "Chromium to join the meeting")
+        mirrored = wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "Bonjour depuis Chromium", "the page's chat in the thread")
+        assert alice.member(room, mirrored["sender"]).get("displayname") == "Chloé (invité·e)"
+        send_in_thread(alice, room, root, "Bienvenue Chloé")
+        got = wait_for(lambda: reached("received"), 30, "the thread reply on the page")
+        assert got["author"] == "alice", got
+        alice.send_text(room, "!visio fin")
+        wait_for(lambda: reached("ended"), 30, "the page's 'meeting ended' screen")
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    summary = wait_event(alice, room, lambda e: in_thread(e, root) and "Compte rendu de la visio" in body(e), "the summary")
+    assert "Chloé (invité·e)" in body(summary) and "Messages dans la discussion : 2" in body(summary), body(summary)

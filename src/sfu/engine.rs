@@ -18,14 +18,17 @@ use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use prost::Message;
 use slab::Slab;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc, RtcConfig};
 
 use super::data::{self, SeenChat, TextStreams};
+use super::rewrite::TimestampRewriter;
 use super::sdp::{self, SlotMsid};
+use super::simulcast::{self, Dynacast, LAYER_RIDS, LAYERS, LayerSelector, Verdict};
 use super::{EngineEvent, ParticipantKey, Pc, random_id};
 
 /// Version reported to clients: at least 1.9.0 so current SDKs use text streams for
@@ -50,10 +53,11 @@ const QUALITY_PERIOD: Duration = Duration::from_secs(5);
 const SPEAKING_DBOV: i8 = -50;
 const SPEAKING_HOLD: Duration = Duration::from_millis(1000);
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// The bandwidth estimate a subscriber starts with, before TWCC feedback refines it: the
+/// middle layer of a 720p camera and audio fit, and probing finds more within seconds.
+const INITIAL_BANDWIDTH_BPS: u64 = 1_500_000;
 /// A simulcast layer that sent nothing for this long is taken as paused by the publisher.
 const LAYER_STALE: Duration = Duration::from_millis(1500);
-/// LiveKit's simulcast layer names, lowest first.
-const LAYER_RIDS: [&str; 3] = ["q", "h", "f"];
 
 /// Engine limits and addresses, from the configuration.
 #[derive(Debug, Clone)]
@@ -146,10 +150,21 @@ struct Track {
     kind: MediaKind,
     info: lk::TrackInfo,
     mid: Option<Mid>,
-    last_keyframe_request: Option<Instant>,
-    /// Simulcast: when each layer (q, h, f) last carried media, and the one forwarded.
-    layers_seen: [Option<Instant>; 3],
-    chosen_rid: Option<Rid>,
+    /// When a keyframe was last asked for, per simulcast layer (the first slot for a
+    /// track without simulcast).
+    keyframe_requested: [Option<Instant>; LAYERS],
+    /// Simulcast: when each layer (q, h, f) last carried media.
+    layers_seen: [Option<Instant>; LAYERS],
+    /// Simulcast: bytes per layer since the last measure, and the measured bit rates.
+    layer_bytes: [u64; LAYERS],
+    layer_bps: [u64; LAYERS],
+    /// Simulcast: which layers the publisher was told to send.
+    dynacast: Dynacast,
+    /// The codec it arrives in, lower case as LiveKit names it ("vp8"), once media came.
+    codec: Option<String>,
+    /// Published with simulcast, and the layers the client announced (sizes).
+    simulcast: bool,
+    layers: Vec<lk::VideoLayer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +182,24 @@ struct DownTrack {
     state: DownState,
     /// Subscribed and not disabled by `UpdateTrackSettings`.
     enabled: bool,
+    /// Simulcast: the layer wanted and the layer forwarded.
+    layers: LayerSelector,
+    /// RTP timestamps continuous across layer switches.
+    timestamps: TimestampRewriter,
+}
+
+impl DownTrack {
+    fn new(publisher: ParticipantKey, track_sid: String, kind: MediaKind) -> Self {
+        Self {
+            publisher,
+            track_sid,
+            kind,
+            state: DownState::ToOpen,
+            enabled: true,
+            layers: LayerSelector::default(),
+            timestamps: TimestampRewriter::default(),
+        }
+    }
 }
 
 /// What a single peer connection participant's signalling needs beyond the dual mode's.
@@ -204,6 +237,8 @@ struct Participant {
     speaking_until: Option<Instant>,
     audio_level: f32,
     version: u32,
+    /// The subscriber connection's bandwidth estimate (TWCC), once there is one.
+    bandwidth_bps: Option<u64>,
     /// Set for single peer connection participants (`/rtc/v1`).
     single: Option<SinglePc>,
 }
@@ -219,11 +254,12 @@ impl Participant {
     }
 }
 
-/// Which role an event of a single peer connection plays: keyframe requests come from
-/// what the participant receives, everything else from what it sends.
+/// Which role an event of a single peer connection plays: keyframe requests and the
+/// bandwidth estimate concern what the participant receives, everything else what it
+/// sends.
 fn single_pc_role(event: &Event) -> Pc {
     match event {
-        Event::KeyframeRequest(_) => Pc::Subscriber,
+        Event::KeyframeRequest(_) | Event::EgressBitrateEstimate(_) => Pc::Subscriber,
         _ => Pc::Publisher,
     }
 }
@@ -258,7 +294,7 @@ pub struct Engine {
     dirty: Vec<(ParticipantKey, Pc)>,
     events: VecDeque<(ParticipantKey, Pc, Event)>,
     /// Reused buffer for forwarding targets (no allocation per packet in steady state).
-    targets: Vec<(ParticipantKey, Mid)>,
+    targets: Vec<(ParticipantKey, usize)>,
     next_housekeeping: Instant,
     next_quality: Instant,
     /// Rooms ended by the service: a token issued before the end cannot reopen them.
@@ -269,7 +305,7 @@ pub struct Engine {
 /// long expired by then).
 const CLOSED_ROOMS_KEPT: usize = 10_000;
 
-fn new_peer(config: &EngineConfig, tcp_candidates: &[SocketAddr], now: Instant) -> Peer {
+fn new_peer(config: &EngineConfig, tcp_candidates: &[SocketAddr], now: Instant, bwe: bool) -> Peer {
     let ufrag = random_id("", 16);
     let creds = str0m::IceCreds {
         ufrag: ufrag.clone(),
@@ -277,8 +313,13 @@ fn new_peer(config: &EngineConfig, tcp_candidates: &[SocketAddr], now: Instant) 
     };
     let mut rtc = RtcConfig::new()
         .set_ice_lite(true)
-        .set_local_ice_credentials(creds)
-        .build(now);
+        .set_local_ice_credentials(creds);
+    if bwe {
+        // On the connection the SFU sends media on: TWCC bandwidth estimation drives
+        // simulcast layer choice and paces the sending.
+        rtc = rtc.enable_bwe(Some(Bitrate::bps(INITIAL_BANDWIDTH_BPS)));
+    }
+    let mut rtc = rtc.build(now);
     for &addr in &config.candidates {
         let candidate =
             Candidate::host(addr, "udp").expect("a host candidate from a socket address is valid");
@@ -454,7 +495,7 @@ impl Engine {
                 speakers: Vec::new(),
             });
         let single_pc = request.single_pc;
-        let mut subscriber = new_peer(&self.config, &self.tcp_candidates, now);
+        let mut subscriber = new_peer(&self.config, &self.tcp_candidates, now, !single_pc);
         if single_pc {
             // Never used in this mode: keep it from waking the engine.
             subscriber.timeout = now + Duration::from_secs(365 * 24 * 3600);
@@ -474,7 +515,7 @@ impl Engine {
                 ..Default::default()
             },
             auto_subscribe: request.auto_subscribe,
-            publisher: new_peer(&self.config, &self.tcp_candidates, now),
+            publisher: new_peer(&self.config, &self.tcp_candidates, now, single_pc),
             subscriber,
             tracks: Vec::new(),
             downtracks: Vec::new(),
@@ -483,6 +524,7 @@ impl Engine {
             last_seen: now,
             speaking_until: None,
             audio_level: 0.0,
+            bandwidth_bps: None,
             version: 1,
             single: single_pc.then(SinglePc::default),
         };
@@ -546,13 +588,9 @@ impl Engine {
                     .map(|t| (t.sid.clone(), t.kind))
                     .collect();
                 for (track_sid, kind) in published {
-                    self.participants[key].downtracks.push(DownTrack {
-                        publisher: other,
-                        track_sid,
-                        kind,
-                        state: DownState::ToOpen,
-                        enabled: true,
-                    });
+                    self.participants[key]
+                        .downtracks
+                        .push(DownTrack::new(other, track_sid, kind));
                 }
             }
         }
@@ -563,6 +601,8 @@ impl Engine {
             _ if single_pc => {}
             _ => self.negotiate_subscriber(key),
         }
+        // The newcomer watches the room's simulcast tracks: paused layers resume now.
+        self.update_dynacast(now);
         self.drain(now);
         let p = &self.participants[key];
         tracing::info!(room = %p.room, sid = %p.sid, identity = %p.identity, single_pc, "participant joined");
@@ -740,6 +780,7 @@ impl Engine {
             }
             signal_request::Message::TrackSetting(settings) => {
                 self.set_enabled(key, &settings.track_sids, !settings.disabled);
+                self.set_layer_wish(key, &settings);
             }
             signal_request::Message::Leave(_) => self.remove(key, "left"),
             signal_request::Message::UpdateMetadata(update) => {
@@ -757,7 +798,87 @@ impl Engine {
             // Not supported yet (docs/signalling.md); ignored without harm.
             _ => {}
         }
+        // Subscriptions and wishes may have changed: raise layers at once (a viewer waits).
+        self.update_dynacast(now);
         self.drain(now);
+    }
+
+    /// `UpdateTrackSettings` for simulcast: the size the subscriber renders the track at
+    /// (livekit-client's adaptive stream) or, without a size, the quality it asks for
+    /// (`set_video_quality`) sets the highest layer it receives.
+    fn set_layer_wish(&mut self, key: ParticipantKey, settings: &lk::UpdateTrackSettings) {
+        let mut wishes = Vec::new();
+        for down in &self.participants[key].downtracks {
+            if down.kind != MediaKind::Video || !settings.track_sids.contains(&down.track_sid) {
+                continue;
+            }
+            let max = if settings.width > 0 || settings.height > 0 {
+                let Some(track) = self
+                    .participants
+                    .get(down.publisher)
+                    .and_then(|p| p.tracks.iter().find(|t| t.sid == down.track_sid))
+                else {
+                    continue;
+                };
+                Some(simulcast::layer_for_dimensions(
+                    &track.layers,
+                    track.info.width,
+                    track.info.height,
+                    settings.width,
+                    settings.height,
+                ))
+            } else {
+                simulcast::layer_for_quality(settings.quality)
+            };
+            wishes.push((down.track_sid.clone(), max));
+        }
+        let p = &mut self.participants[key];
+        for (track_sid, max) in wishes {
+            tracing::debug!(sid = %p.sid, track = %track_sid, ?max, width = settings.width, height = settings.height, quality = settings.quality, "simulcast wish");
+            for down in p.downtracks.iter_mut().filter(|d| d.track_sid == track_sid) {
+                down.layers.max = max;
+            }
+        }
+    }
+
+    /// Dynacast: tells each simulcast publisher which layers someone watches, so that it
+    /// pauses the others (`SubscribedQualityUpdate`), raising at once and lowering after
+    /// [`simulcast::DYNACAST_DOWN_DELAY`].
+    fn update_dynacast(&mut self, now: Instant) {
+        let mut updates = Vec::new();
+        for (key, p) in &self.participants {
+            let Some(room) = self.rooms.get(&p.room) else {
+                continue;
+            };
+            for (index, track) in p.tracks.iter().enumerate() {
+                if !track.simulcast || track.mid.is_none() {
+                    continue;
+                }
+                let wanted = room
+                    .members
+                    .iter()
+                    .filter(|&&m| m != key)
+                    .flat_map(|&m| &self.participants[m].downtracks)
+                    .filter(|d| d.enabled && d.publisher == key && d.track_sid == track.sid)
+                    .map(|d| d.layers.max)
+                    .max()
+                    .flatten();
+                updates.push((key, index, wanted));
+            }
+        }
+        for (key, index, wanted) in updates {
+            let p = &mut self.participants[key];
+            let track = &mut p.tracks[index];
+            let Some(announce) = track.dynacast.update(now, wanted) else {
+                continue;
+            };
+            tracing::debug!(sid = %p.sid, track = %track.sid, highest = ?announce.map(|l| LAYER_RIDS[l]), "dynacast");
+            metrics::counter!("tchap_visio_sfu_dynacast_updates_total").increment(1);
+            let message = signal_response::Message::SubscribedQualityUpdate(
+                simulcast::quality_update(&track.sid, track.codec.as_deref(), announce),
+            );
+            self.send(key, message);
+        }
     }
 
     fn on_publisher_offer(
@@ -839,7 +960,7 @@ impl Engine {
         }
         self.dirty.push((key, Pc::Subscriber));
         for (publisher, track_sid) in opened {
-            self.request_keyframe(now, publisher, &track_sid);
+            self.request_keyframe(now, publisher, &track_sid, None);
         }
         let p = &mut self.participants[key];
         if p.subscriber.renegotiate
@@ -895,7 +1016,7 @@ impl Engine {
             MediaKind::Video
         };
         let sid = random_id("TR_", 12);
-        let info = lk::TrackInfo {
+        let mut info = lk::TrackInfo {
             sid: sid.clone(),
             r#type: track_type(kind) as i32,
             name: request.name.clone(),
@@ -907,15 +1028,24 @@ impl Engine {
             stream: request.stream.clone(),
             ..Default::default()
         };
+        let simulcast = kind == MediaKind::Video && request.layers.len() > 1;
+        if simulcast {
+            simulcast::announce_layers(&mut info, &request.layers);
+        }
         p.tracks.push(Track {
             sid,
             cid: request.cid.clone(),
             kind,
             info: info.clone(),
             mid: None,
-            last_keyframe_request: None,
-            layers_seen: [None; 3],
-            chosen_rid: None,
+            keyframe_requested: [None; LAYERS],
+            layers_seen: [None; LAYERS],
+            layer_bytes: [0; LAYERS],
+            layer_bps: [0; LAYERS],
+            dynacast: Dynacast::default(),
+            codec: None,
+            simulcast,
+            layers: request.layers,
         });
         self.send(
             key,
@@ -950,7 +1080,7 @@ impl Engine {
         }
         let now = Instant::now();
         for (publisher, track_sid) in wake {
-            self.request_keyframe(now, publisher, &track_sid);
+            self.request_keyframe(now, publisher, &track_sid, None);
         }
     }
 
@@ -1116,7 +1246,7 @@ impl Engine {
         single.answered = true;
         let sdp = sdp::rewrite_answer(answer, &assigned);
         for (publisher, track_sid) in opened {
-            self.request_keyframe(now, publisher, &track_sid);
+            self.request_keyframe(now, publisher, &track_sid, None);
         }
         (sdp, mid_to_track_id)
     }
@@ -1353,14 +1483,26 @@ impl Engine {
                 self.on_media_added(key, added.mid, added.kind)
             }
             (Pc::Publisher, Event::MediaData(data)) => self.forward(now, key, data),
+            (Pc::Subscriber, Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })) => {
+                let p = &mut self.participants[key];
+                let bps = estimate.as_u64();
+                // Log big moves only: estimates come several times a second.
+                if p.bandwidth_bps
+                    .is_none_or(|old| bps.abs_diff(old) > old / 5)
+                {
+                    tracing::debug!(sid = %p.sid, kbps = bps / 1000, "subscriber bandwidth estimate");
+                }
+                p.bandwidth_bps = Some(bps);
+                self.allocate_bandwidth(key);
+            }
             (Pc::Subscriber, Event::KeyframeRequest(request)) => {
                 let down = self.participants[key]
                     .downtracks
                     .iter()
                     .find(|d| d.state == DownState::Open(request.mid))
-                    .map(|d| (d.publisher, d.track_sid.clone()));
-                if let Some((publisher, track_sid)) = down {
-                    self.request_keyframe(now, publisher, &track_sid);
+                    .map(|d| (d.publisher, d.track_sid.clone(), d.layers.current));
+                if let Some((publisher, track_sid, layer)) = down {
+                    self.request_keyframe(now, publisher, &track_sid, layer);
                 }
             }
             (Pc::Publisher, Event::ChannelOpen(id, label)) => {
@@ -1409,13 +1551,8 @@ impl Engine {
         for other in members.into_iter().filter(|&k| k != key) {
             let s = &mut self.participants[other];
             if s.auto_subscribe && s.permission.can_subscribe {
-                s.downtracks.push(DownTrack {
-                    publisher: key,
-                    track_sid: track_sid.clone(),
-                    kind,
-                    state: DownState::ToOpen,
-                    enabled: true,
-                });
+                s.downtracks
+                    .push(DownTrack::new(key, track_sid.clone(), kind));
                 self.negotiate_subscriber(other);
             }
         }
@@ -1439,65 +1576,111 @@ impl Engine {
         if muted {
             return;
         }
-        // Simulcast (until per-subscriber layer choice lands): forward the best layer the
-        // publisher currently sends, switching at a keyframe it is asked for.
-        if let Some(rid) = data.rid {
-            let track = &mut p.tracks[index];
-            if let Some(layer) = LAYER_RIDS.iter().position(|r| **r == *rid) {
-                track.layers_seen[layer] = Some(now);
-            }
-            let best = (0..LAYER_RIDS.len())
-                .rev()
-                .find(|&l| {
-                    track.layers_seen[l].is_some_and(|t| now.duration_since(t) < LAYER_STALE)
-                })
-                .map(|l| Rid::from(LAYER_RIDS[l]));
-            let best = best.or(Some(rid));
-            if track.chosen_rid != best {
-                track.chosen_rid = best;
-                track.last_keyframe_request = None;
-                let track_sid = track.sid.clone();
-                self.request_keyframe(now, key, &track_sid);
-            }
-            if self.participants[key].tracks[index].chosen_rid != Some(rid) {
-                return;
-            }
+        // Simulcast: each subscriber gets its own layer (see `simulcast`), switched at a
+        // keyframe of the new layer with timestamps made continuous (see `rewrite`).
+        let layer = match data.rid.as_ref() {
+            None => None,
+            Some(rid) => match simulcast::layer_of_rid(rid) {
+                Some(layer) => Some(layer),
+                None => {
+                    metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "unknown_rid")
+                        .increment(1);
+                    return;
+                }
+            },
+        };
+        let track = &mut p.tracks[index];
+        if track.codec.is_none() {
+            track.codec = Some(format!("{:?}", data.params.spec().codec).to_lowercase());
         }
+        track.layer_bytes[layer.unwrap_or(0)] += data.data.len() as u64;
+        if let Some(layer) = layer {
+            track.layers_seen[layer] = Some(now);
+        }
+        let available = layers_available(track, now);
+        let keyframe = data.is_keyframe();
+        let clock_rate = data.time.frequency();
         // Disjoint field borrows: read rooms/participants, fill the reused target buffer.
         self.targets.clear();
         let publisher = &self.participants[key];
         let track_sid = publisher.tracks[index].sid.as_str();
         if let Some(room) = self.rooms.get(&publisher.room) {
             for &member in room.members.iter().filter(|&&m| m != key) {
-                for down in &self.participants[member].downtracks {
-                    if let DownState::Open(mid) = down.state
+                for (d, down) in self.participants[member].downtracks.iter().enumerate() {
+                    if matches!(down.state, DownState::Open(_))
                         && down.enabled
                         && down.publisher == key
                         && down.track_sid == track_sid
                     {
-                        self.targets.push((member, mid));
+                        self.targets.push((member, d));
                     }
                 }
             }
         }
+        let mut keyframes_wanted = [false; LAYERS];
         for i in 0..self.targets.len() {
-            let (member, mid) = self.targets[i];
-            let s = &mut self.participants[member];
-            let Some(writer) = s.peer(Pc::Subscriber).rtc.writer(mid) else {
+            let (member, d) = self.targets[i];
+            let Participant {
+                sid,
+                downtracks,
+                publisher,
+                subscriber,
+                single,
+                ..
+            } = &mut self.participants[member];
+            // The connection the participant receives on (one for both in `/rtc/v1`).
+            let receiver = if single.is_some() {
+                publisher
+            } else {
+                subscriber
+            };
+            let down = &mut downtracks[d];
+            let DownState::Open(mid) = down.state else {
+                continue;
+            };
+            let switched = match layer {
+                None => false,
+                Some(layer) => {
+                    let target = down.layers.target(available);
+                    if let Some(wanted) = down.layers.keyframe_wanted(target) {
+                        keyframes_wanted[wanted] = true;
+                    }
+                    match down.layers.on_frame(layer, keyframe, target) {
+                        Verdict::Drop => continue,
+                        Verdict::Forward => false,
+                        Verdict::Switch => {
+                            tracing::debug!(sid = %sid, track = %down.track_sid, layer = LAYER_RIDS[layer], "simulcast layer switch");
+                            metrics::counter!("tchap_visio_sfu_layer_switches_total").increment(1);
+                            true
+                        }
+                    }
+                }
+            };
+            let Some(writer) = receiver.rtc.writer(mid) else {
                 continue;
             };
             let Some(pt) = writer.match_params(data.params) else {
                 continue;
             };
-            if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
-                tracing::debug!(sid = %s.sid, error = %e, "write to subscriber failed");
+            let time = down.timestamps.rewrite(
+                data.time.numer(),
+                data.network_time,
+                clock_rate.get(),
+                switched,
+            );
+            let time = MediaTime::new(time, clock_rate);
+            if let Err(e) = writer.write(pt, data.network_time, time, data.data.clone()) {
+                tracing::debug!(sid = %sid, error = %e, "write to subscriber failed");
                 continue;
             }
             self.dirty.push((member, Pc::Subscriber));
         }
+        let track_sid = self.participants[key].tracks[index].sid.clone();
+        for (wanted, _) in keyframes_wanted.iter().enumerate().filter(|(_, w)| **w) {
+            self.request_keyframe(now, key, &track_sid, Some(wanted));
+        }
         if !data.contiguous {
-            let track_sid = self.participants[key].tracks[index].sid.clone();
-            self.request_keyframe(now, key, &track_sid);
+            self.request_keyframe(now, key, &track_sid, layer);
         }
     }
 
@@ -1553,7 +1736,16 @@ impl Engine {
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant, publisher: ParticipantKey, track_sid: &str) {
+    /// Asks the publisher for a keyframe on `layer` of a simulcast track (`None`: on every
+    /// layer it sends), or on the track itself without simulcast; at most one request per
+    /// layer every [`KEYFRAME_THROTTLE`].
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantKey,
+        track_sid: &str,
+        layer: Option<usize>,
+    ) {
         let Some(p) = self.participants.get_mut(publisher) else {
             return;
         };
@@ -1563,17 +1755,33 @@ impl Engine {
         let Some(mid) = track.mid else {
             return;
         };
-        if track.kind != MediaKind::Video
-            || track
-                .last_keyframe_request
-                .is_some_and(|t| now.duration_since(t) < KEYFRAME_THROTTLE)
-        {
+        if track.kind != MediaKind::Video {
             return;
         }
-        track.last_keyframe_request = Some(now);
-        let rid = track.chosen_rid;
-        if let Some(mut writer) = p.publisher.rtc.writer(mid) {
+        let simulcast = track.layers_seen.iter().any(Option::is_some);
+        let available = layers_available(track, now);
+        let Some(mut writer) = p.publisher.rtc.writer(mid) else {
+            return;
+        };
+        let mut asked = false;
+        for slot in 0..LAYERS {
+            let wanted = if !simulcast {
+                slot == 0
+            } else {
+                layer.map_or(available[slot], |l| l == slot)
+            };
+            if !wanted
+                || track.keyframe_requested[slot]
+                    .is_some_and(|t| now.duration_since(t) < KEYFRAME_THROTTLE)
+            {
+                continue;
+            }
+            track.keyframe_requested[slot] = Some(now);
+            let rid = simulcast.then(|| Rid::from(LAYER_RIDS[slot]));
             let _ = writer.request_keyframe(rid, KeyframeRequestKind::Pli);
+            asked = true;
+        }
+        if asked {
             self.dirty.push((publisher, Pc::Publisher));
         }
     }
@@ -1714,6 +1922,12 @@ impl Engine {
         for key in silent {
             self.remove(key, "silent");
         }
+        self.measure_layers(now);
+        let keys: Vec<ParticipantKey> = self.participants.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.allocate_bandwidth(key);
+        }
+        self.update_dynacast(now);
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for name in rooms {
             let room = &self.rooms[&name];
@@ -1759,6 +1973,85 @@ impl Engine {
                     }),
                 );
             }
+        }
+    }
+
+    /// Caps each simulcast subscription of `key` at the layer its share of the bandwidth
+    /// estimate carries, and asks str0m's estimator to probe for what the subscriber wants.
+    fn allocate_bandwidth(&mut self, key: ParticipantKey) {
+        let Some(p) = self.participants.get(key) else {
+            return;
+        };
+        let Some(estimate) = p.bandwidth_bps else {
+            return;
+        };
+        let mut fixed = 0u64;
+        let mut simulcast_downs = Vec::new();
+        let mut costs = Vec::new();
+        for (d, down) in p.downtracks.iter().enumerate() {
+            if !down.enabled || !matches!(down.state, DownState::Open(_)) {
+                continue;
+            }
+            let Some(track) = self
+                .participants
+                .get(down.publisher)
+                .and_then(|publisher| publisher.tracks.iter().find(|t| t.sid == down.track_sid))
+            else {
+                continue;
+            };
+            if track.info.muted {
+                continue;
+            }
+            if track.simulcast {
+                simulcast_downs.push(d);
+                costs.push((track.layer_bps, down.layers.max));
+            } else {
+                fixed = fixed.saturating_add(track.layer_bps[0]);
+            }
+        }
+        let (caps, desired) = simulcast::allocate(estimate, fixed, &costs);
+        let p = &mut self.participants[key];
+        for (d, cap) in simulcast_downs.into_iter().zip(caps) {
+            p.downtracks[d].layers.bandwidth_max = cap;
+        }
+        // Probe a little above the need, so the estimate does not sit just under it.
+        let desired = Bitrate::bps(
+            desired
+                .saturating_add(desired / 4)
+                .max(INITIAL_BANDWIDTH_BPS),
+        );
+        p.peer(Pc::Subscriber)
+            .rtc
+            .bwe()
+            .set_bitrate(Bitrate::ZERO, desired);
+        self.dirty.push((key, Pc::Subscriber));
+    }
+
+    /// Measures what each simulcast layer costs (bits per second since the last call), for
+    /// bandwidth-driven layer choice, and publishes how many tracks send each layer.
+    fn measure_layers(&mut self, now: Instant) {
+        let period = HOUSEKEEPING_PERIOD.as_millis() as u64;
+        let mut sending = [0u32; LAYERS];
+        for (_, p) in &mut self.participants {
+            for track in &mut p.tracks {
+                let available = layers_available(track, now);
+                for layer in 0..LAYERS {
+                    if track.simulcast {
+                        sending[layer] += u32::from(available[layer]);
+                    }
+                    let measured = track.layer_bytes[layer].saturating_mul(8 * 1000) / period;
+                    track.layer_bytes[layer] = 0;
+                    // A paused layer keeps its last cost: it is what resuming it would
+                    // take. Otherwise smooth over keyframes and frame-rate jitter.
+                    if !track.simulcast || available[layer] {
+                        track.layer_bps[layer] = (track.layer_bps[layer] + measured) / 2;
+                    }
+                }
+            }
+        }
+        for (layer, count) in sending.iter().enumerate() {
+            metrics::gauge!("tchap_visio_sfu_simulcast_layers_received", "rid" => LAYER_RIDS[layer])
+                .set(f64::from(*count));
         }
     }
 
@@ -1856,6 +2149,14 @@ fn set_kind(packet: &mut lk::DataPacket, lossy: bool) {
     } else {
         lk::data_packet::Kind::Reliable as i32
     };
+}
+
+/// The simulcast layers a track's publisher is sending now (a layer silent for
+/// [`LAYER_STALE`] is taken as paused).
+fn layers_available(track: &Track, now: Instant) -> [bool; LAYERS] {
+    track
+        .layers_seen
+        .map(|seen| seen.is_some_and(|t| now.duration_since(t) < LAYER_STALE))
 }
 
 fn participant_info(p: &Participant) -> lk::ParticipantInfo {

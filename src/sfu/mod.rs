@@ -7,7 +7,9 @@
 pub mod data;
 pub mod driver;
 pub mod engine;
+pub mod rewrite;
 pub mod sdp;
+pub mod simulcast;
 pub mod stun;
 pub mod tcp;
 

@@ -56,6 +56,10 @@ struct Client {
     channel: Option<str0m::channel::ChannelId>,
     frames_received: usize,
     data_received: Vec<lk::DataPacket>,
+    /// Video received: (layer marker byte, RTP time, keyframe), in order.
+    video: Vec<(u8, u64, bool)>,
+    /// Publisher side: the RIDs the engine asked keyframes for, not yet sent.
+    keyframes_asked: Vec<Option<str0m::media::Rid>>,
     /// Single peer connection (`/rtc/v1`): only `publisher` is used.
     single: bool,
 }
@@ -81,6 +85,16 @@ struct World {
     engine: Engine,
     clients: Vec<Client>,
     events: Vec<EngineEvent>,
+    /// A narrow link in front of one address: datagrams to it queue and leave at `bps`.
+    bottleneck: Option<Bottleneck>,
+}
+
+struct Bottleneck {
+    destination: SocketAddr,
+    bps: u64,
+    /// When the link is free again, and the datagrams in flight with their arrival time.
+    free_at: Instant,
+    queue: std::collections::VecDeque<(Instant, Vec<u8>)>,
 }
 
 impl World {
@@ -91,6 +105,7 @@ impl World {
             engine: Engine::new(config(), now),
             clients: Vec::new(),
             events: Vec::new(),
+            bottleneck: None,
         }
     }
 
@@ -112,6 +127,8 @@ impl World {
             channel: None,
             frames_received: 0,
             data_received: Vec::new(),
+            video: Vec::new(),
+            keyframes_asked: Vec::new(),
             single: false,
         });
         self.clients.len() - 1
@@ -145,6 +162,8 @@ impl World {
             frames_received: 0,
             data_received: Vec::new(),
             single: true,
+            video: Vec::new(),
+            keyframes_asked: Vec::new(),
         });
         self.clients.len() - 1
     }
@@ -204,6 +223,29 @@ impl World {
 
     /// Carries everything pending until nothing moves.
     fn exchange(&mut self) {
+        // Datagrams through the bottleneck that have arrived by now.
+        if let Some(b) = &mut self.bottleneck {
+            while b.queue.front().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, contents) = b.queue.pop_front().expect("checked above");
+                let destination = b.destination;
+                if let Some(client) = self
+                    .clients
+                    .iter_mut()
+                    .find(|c| c.subscriber_addr == destination)
+                {
+                    let input = Input::Receive(
+                        self.now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: SERVER.parse().expect("addr"),
+                            destination,
+                            contents: contents.as_slice().try_into().expect("datagram"),
+                        },
+                    );
+                    let _ = client.subscriber.handle_input(input);
+                }
+            }
+        }
         for _ in 0..100 {
             let mut moved = false;
             // Clients → engine.
@@ -227,8 +269,18 @@ impl World {
                                 );
                             }
                             Ok(RtcOutput::Event(event)) => {
-                                if let Event::MediaData(_) = event {
+                                if let Event::MediaData(data) = &event {
                                     client.frames_received += 1;
+                                    if let Some(&marker) = data.data.get(10) {
+                                        client.video.push((
+                                            marker,
+                                            data.time.numer(),
+                                            data.is_keyframe(),
+                                        ));
+                                    }
+                                }
+                                if let Event::KeyframeRequest(request) = &event {
+                                    client.keyframes_asked.push(request.rid);
                                 }
                                 if let Event::ChannelData(data) = event
                                     && let Ok(packet) = lk::DataPacket::decode(data.data.as_slice())
@@ -250,6 +302,19 @@ impl World {
                         contents,
                         ..
                     } => {
+                        if let Some(b) = &mut self.bottleneck
+                            && b.destination == destination
+                        {
+                            // Queued behind what is in flight; a full second of queue
+                            // overflows (the datagram is lost), as a router's buffer would.
+                            let start = b.free_at.max(self.now);
+                            if start.duration_since(self.now) < Duration::from_secs(1) {
+                                let bits = contents.len() as u64 * 8;
+                                b.free_at = start + Duration::from_micros(bits * 1_000_000 / b.bps);
+                                b.queue.push_back((b.free_at, contents));
+                            }
+                            continue;
+                        }
                         for client in &mut self.clients {
                             let rtc = if destination == client.publisher_addr {
                                 &mut client.publisher
@@ -342,6 +407,87 @@ impl World {
             _ => {}
         }
         self.clients[index].signals.push(message);
+    }
+
+    /// Announces a camera with three simulcast layers (q, h, f) and offers it.
+    fn publish_simulcast(&mut self, index: usize) {
+        let key = self.clients[index].key;
+        let layer = |quality: lk::VideoQuality, width, height| lk::VideoLayer {
+            quality: quality as i32,
+            width,
+            height,
+            ..Default::default()
+        };
+        self.engine.signal(
+            self.now,
+            key,
+            signal_request::Message::AddTrack(lk::AddTrackRequest {
+                cid: "camera-cid".into(),
+                r#type: lk::TrackType::Video as i32,
+                source: lk::TrackSource::Camera as i32,
+                width: 1280,
+                height: 720,
+                layers: vec![
+                    layer(lk::VideoQuality::Low, 320, 180),
+                    layer(lk::VideoQuality::Medium, 640, 360),
+                    layer(lk::VideoQuality::High, 1280, 720),
+                ],
+                ..Default::default()
+            }),
+        );
+        let client = &mut self.clients[index];
+        let mut simulcast = str0m::media::Simulcast::new();
+        for rid in ["q", "h", "f"] {
+            simulcast.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+        }
+        let mut api = client.publisher.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some("stream".into()),
+            Some("camera-cid".into()),
+            Some(simulcast),
+        );
+        let (offer, pending) = api.apply().expect("changes to offer");
+        client.pending = Some(pending);
+        client.video_mid = Some(mid);
+        self.engine.signal(
+            self.now,
+            key,
+            signal_request::Message::Offer(description("offer", offer.to_sdp_string(), 1)),
+        );
+    }
+
+    /// Frame `frame` of every simulcast layer in `layers` (0 = q, 1 = h, 2 = f): each
+    /// layer counts RTP time from its own origin, as browsers' encoders do; a keyframe
+    /// every 30 frames and whenever the engine asked for one on that layer.
+    fn send_layers(&mut self, index: usize, frame: u32, layers: &[usize]) {
+        let now = self.now;
+        let client = &mut self.clients[index];
+        let Some(mid) = client.video_mid else { return };
+        let asked = std::mem::take(&mut client.keyframes_asked);
+        for &layer in layers {
+            let rid = str0m::media::Rid::from(["q", "h", "f"][layer]);
+            let Some(writer) = client.publisher.writer(mid) else {
+                return;
+            };
+            let Some(pt) = writer
+                .payload_params()
+                .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+                .map(|p| p.pt())
+            else {
+                return;
+            };
+            let keyframe = frame.is_multiple_of(30) || asked.contains(&Some(rid));
+            // A VP8 frame header (P bit clear for a keyframe), then the layer as filler.
+            let mut data = vec![if keyframe { 0x10 } else { 0x11 }];
+            data.extend([0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xb4, 0x00]);
+            // Layers cost about 70, 240 and 720 kb/s at 15 frames/s.
+            data.extend(std::iter::repeat_n(layer as u8, [600, 2000, 6000][layer]));
+            let origin = [1_000_000u64, 50_000_000, 2_000_000_000][layer];
+            let time = MediaTime::from_90khz(origin + u64::from(frame) * 6000);
+            let _ = writer.rid(rid).write(pt, now, time, data);
+        }
     }
 
     fn send_frame(&mut self, index: usize, frame: u32) {
@@ -624,6 +770,323 @@ fn an_unpublished_track_leaves_the_subscribers() {
         offers >= 3,
         "bob got an offer stopping the m-line ({offers} offers)"
     );
+}
+
+/// Runs `duration` of a simulcast publisher sending all its layers at 15 frames/s.
+fn run_simulcast(world: &mut World, publisher: usize, frame: &mut u32, duration: Duration) {
+    let mut step = 0u32;
+    world.run(duration, |w| {
+        step += 1;
+        if step.is_multiple_of(33) {
+            *frame += 1;
+            w.send_layers(publisher, *frame, &[0, 1, 2]);
+        }
+    });
+}
+
+fn track_setting(world: &mut World, index: usize, settings: lk::UpdateTrackSettings) {
+    let key = world.clients[index].key;
+    world.engine.signal(
+        world.now,
+        key,
+        signal_request::Message::TrackSetting(settings),
+    );
+}
+
+fn quality_updates(client: &Client) -> Vec<lk::SubscribedQualityUpdate> {
+    client
+        .signals
+        .iter()
+        .filter_map(|m| match m {
+            signal_response::Message::SubscribedQualityUpdate(u) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The layer switch seen by a subscriber: the frame before and the first one after.
+fn switch_to(
+    video: &[(u8, u64, bool)],
+    from: usize,
+    layer: u8,
+) -> ((u8, u64, bool), (u8, u64, bool)) {
+    let at = video[from..]
+        .iter()
+        .position(|v| v.0 == layer)
+        .map(|i| i + from)
+        .unwrap_or_else(|| panic!("no frame of layer {layer} after frame {from}: {video:?}"));
+    assert!(at > 0, "layer {layer} came first");
+    (video[at - 1], video[at])
+}
+
+#[test]
+fn each_subscriber_gets_the_layer_it_asks_for_switched_at_a_keyframe() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    world.publish_simulcast(alice);
+    let mut frame = 0;
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(2));
+
+    let track = world.clients[alice]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::TrackPublished(p) => p.track.clone(),
+            _ => None,
+        })
+        .expect("track published");
+    #[allow(deprecated)]
+    let simulcast = track.simulcast;
+    assert!(simulcast, "the track is announced as simulcast");
+    // Unasked, bob gets the best layer, starting on a keyframe, and nothing else.
+    let video = world.clients[bob].video.clone();
+    assert!(video.len() > 10, "bob received {} frames", video.len());
+    assert!(video[0].2, "the first frame forwarded is a keyframe");
+    assert!(video.iter().all(|v| v.0 == 2), "only layer f: {video:?}");
+
+    // Bob asks for LOW (the Python SDK's set_video_quality): the next frames come from q,
+    // from one of its keyframes, with timestamps continuing where f stopped.
+    let before = world.clients[bob].video.len();
+    track_setting(
+        &mut world,
+        bob,
+        lk::UpdateTrackSettings {
+            track_sids: vec![track.sid.clone()],
+            quality: lk::VideoQuality::Low as i32,
+            ..Default::default()
+        },
+    );
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(3));
+    let video = world.clients[bob].video.clone();
+    let (last_f, first_q) = switch_to(&video, before, 0);
+    assert_eq!(last_f.0, 2);
+    assert!(
+        first_q.2,
+        "the switch happens at a keyframe of the new layer"
+    );
+    let step = first_q.1.wrapping_sub(last_f.1);
+    assert!(
+        (1..=90_000 / 5).contains(&step),
+        "timestamps continue across the switch (step {step} ticks)"
+    );
+    assert!(
+        video.windows(2).all(|w| w[1].1 > w[0].1),
+        "timestamps always grow"
+    );
+    let after: Vec<u8> = video[before..].iter().map(|v| v.0).collect();
+    let switched = after.iter().position(|&l| l == 0).expect("q frames");
+    assert!(
+        after[switched..].iter().all(|&l| l == 0),
+        "only q after the switch: {after:?}"
+    );
+
+    // Dynacast: with bob wanting LOW only, alice is told to pause h and f.
+    let updates = quality_updates(&world.clients[alice]);
+    let last = updates.last().expect("a SubscribedQualityUpdate");
+    assert_eq!(last.track_sid, track.sid);
+    let enabled: Vec<bool> = last.subscribed_codecs[0]
+        .qualities
+        .iter()
+        .map(|q| q.enabled)
+        .collect();
+    assert_eq!(enabled, [true, false, false]);
+    assert_eq!(last.subscribed_codecs[0].codec, "vp8");
+
+    // A large tile (adaptive stream's dimensions): back to f, announced at once.
+    let before = world.clients[bob].video.len();
+    let announced = quality_updates(&world.clients[alice]).len();
+    track_setting(
+        &mut world,
+        bob,
+        lk::UpdateTrackSettings {
+            track_sids: vec![track.sid.clone()],
+            width: 1200,
+            height: 700,
+            ..Default::default()
+        },
+    );
+    world.exchange();
+    let updates = quality_updates(&world.clients[alice]);
+    assert_eq!(updates.len(), announced + 1, "raising is announced at once");
+    #[allow(deprecated)]
+    let flat: Vec<bool> = updates[announced]
+        .subscribed_qualities
+        .iter()
+        .map(|q| q.enabled)
+        .collect();
+    assert_eq!(flat, [true, true, true]);
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(2));
+    let video = world.clients[bob].video.clone();
+    let (last_q, first_f) = switch_to(&video, before, 2);
+    assert_eq!(last_q.0, 0);
+    assert!(first_f.2);
+    assert!((1..=90_000 / 5).contains(&first_f.1.wrapping_sub(last_q.1)));
+
+    // A small tile: 160x90 is served by q.
+    track_setting(
+        &mut world,
+        bob,
+        lk::UpdateTrackSettings {
+            track_sids: vec![track.sid],
+            width: 160,
+            height: 90,
+            ..Default::default()
+        },
+    );
+    let before = world.clients[bob].video.len();
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(1));
+    let video = &world.clients[bob].video;
+    assert_eq!(video.last().map(|v| v.0), Some(0), "{:?}", &video[before..]);
+}
+
+#[test]
+fn two_subscribers_get_different_layers_of_one_track() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    let carol = world.join("carol");
+    world.exchange();
+    world.publish_simulcast(alice);
+    let mut frame = 0;
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(1));
+    let sid = world.clients[alice]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::TrackPublished(p) => p.track.as_ref().map(|t| t.sid.clone()),
+            _ => None,
+        })
+        .expect("track published");
+    track_setting(
+        &mut world,
+        carol,
+        lk::UpdateTrackSettings {
+            track_sids: vec![sid],
+            quality: lk::VideoQuality::Medium as i32,
+            ..Default::default()
+        },
+    );
+    let (b0, c0) = (
+        world.clients[bob].video.len(),
+        world.clients[carol].video.len(),
+    );
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(3));
+    let tail =
+        |c: &Client, from: usize| -> Vec<u8> { c.video[from..].iter().map(|v| v.0).collect() };
+    let bob_layers = tail(&world.clients[bob], b0);
+    let carol_layers = tail(&world.clients[carol], c0);
+    assert!(
+        bob_layers.len() > 20 && bob_layers.iter().all(|&l| l == 2),
+        "{bob_layers:?}"
+    );
+    assert_eq!(carol_layers.last(), Some(&1), "{carol_layers:?}");
+    // Someone still wants f: nothing is paused.
+    assert!(
+        quality_updates(&world.clients[alice]).iter().all(|u| u
+            .subscribed_codecs
+            .iter()
+            .all(|c| c.qualities.iter().all(|q| q.enabled))),
+        "no layer may be paused while bob watches f"
+    );
+}
+
+#[test]
+fn a_narrow_link_gets_a_lower_layer_from_the_bandwidth_estimate() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    world.publish_simulcast(alice);
+    let mut frame = 0;
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(3));
+    let video = &world.clients[bob].video;
+    assert_eq!(video.last().map(|v| v.0), Some(2), "a wide link carries f");
+
+    // Bob's link narrows to 400 kb/s: f (720 kb/s) no longer fits, h (240 kb/s) does.
+    // TWCC feedback shows the queueing; the estimate falls and bob moves to h, though he
+    // still asks for the best layer.
+    world.bottleneck = Some(Bottleneck {
+        destination: world.clients[bob].subscriber_addr,
+        bps: 400_000,
+        free_at: world.now,
+        queue: Default::default(),
+    });
+    let before = world.clients[bob].video.len();
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(15));
+    let layers: Vec<u8> = world.clients[bob].video[before..]
+        .iter()
+        .map(|v| v.0)
+        .collect();
+    let last_second = &layers[layers.len().saturating_sub(15)..];
+    assert!(
+        !last_second.is_empty() && last_second.iter().all(|&l| l == 1),
+        "bob should settle on h: {layers:?}"
+    );
+
+    // The link widens again: probing finds the room and f comes back.
+    world.bottleneck = None;
+    let before = world.clients[bob].video.len();
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(15));
+    let video = &world.clients[bob].video[before..];
+    assert_eq!(video.last().map(|v| v.0), Some(2), "f again on a wide link");
+}
+
+#[test]
+fn hostile_track_settings_never_panic_and_media_goes_on() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    world.publish_simulcast(alice);
+    let mut frame = 0;
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(1));
+    let sid = world.clients[alice]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::TrackPublished(p) => p.track.as_ref().map(|t| t.sid.clone()),
+            _ => None,
+        })
+        .expect("track published");
+    for (width, height, quality) in [
+        (u32::MAX, u32::MAX, i32::MAX),
+        (1, 0, -1),
+        (0, 0, i32::MIN),
+        (0, u32::MAX, 3),
+    ] {
+        for track_sids in [vec![sid.clone()], vec!["TR_nope".into()], vec![]] {
+            track_setting(
+                &mut world,
+                bob,
+                lk::UpdateTrackSettings {
+                    track_sids,
+                    width,
+                    height,
+                    quality,
+                    fps: u32::MAX,
+                    priority: u32::MAX,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    // Back to a sane wish: media flows again.
+    track_setting(
+        &mut world,
+        bob,
+        lk::UpdateTrackSettings {
+            track_sids: vec![sid],
+            quality: lk::VideoQuality::Medium as i32,
+            ..Default::default()
+        },
+    );
+    let before = world.clients[bob].video.len();
+    run_simulcast(&mut world, alice, &mut frame, Duration::from_secs(2));
+    let video = &world.clients[bob].video[before..];
+    assert!(video.len() > 10, "media goes on: {} frames", video.len());
+    assert_eq!(video.last().map(|v| v.0), Some(1));
 }
 
 #[test]

@@ -396,3 +396,59 @@ def test_meeting_link_to_media(env, peers):
     a.wait_media_from(joins[1]["identity"], video=5, timeout=FIRST_MEDIA_S)
     b.wait_media_from(joins[0]["identity"], video=5, timeout=FIRST_MEDIA_S)
     assert requests.post(f"{svc.url}/api/v1/meetings/not-a-slug/join", json={"name": "X"}, timeout=10).status_code == 404
+
+
+LAYERS_RECEIVED = "tchap_visio_sfu_simulcast_layers_received"
+LAYER_SWITCHES = "tchap_visio_sfu_layer_switches_total"
+DYNACAST_UPDATES = "tchap_visio_sfu_dynacast_updates_total"
+
+
+def test_simulcast_layer_follows_the_quality_asked_and_dynacast_pauses_the_rest(env, peers):
+    """Issue 6 item 2: a simulcast publisher (1280x720, q/h/f); a viewer asks for LOW then
+    HIGH and the decoded size follows without a decoding stall; with nobody wanting more
+    than LOW, the publisher (dynacast on) stops sending the upper layers, and sends them
+    again when they are wanted."""
+    svc = env.service
+    room = room_name("simulcast")
+    alice = peers("alice", room, publish=True, extra_args=["--simulcast", "--size", "1280x720", "--dynacast"])
+    bob = peers("bob", room, publish=False)
+    bob.wait_media_from("alice", video=15, audio_loud=0, timeout=FIRST_MEDIA_S)
+    # Unasked, a viewer gets the best layer the publisher sends.
+    bob.wait(lambda st: st["remotes"]["alice"]["width"] >= 1280, MORE_MEDIA_S, "the full layer (1280 wide)")
+    wait_for(lambda: svc.metric(LAYERS_RECEIVED, rid="f") >= 1, 10, "the server to receive layer f")
+    switches_before = svc.metric(LAYER_SWITCHES)
+
+    def switch(quality: str, arrived, what: str) -> dict:
+        r0 = bob.remote("alice")
+        t0 = time.monotonic()
+        result = bob.send("video_quality", identity="alice", quality=quality)
+        assert all(result["simulcasted"]), f"the SDK does not see the track as simulcast: {result}"
+        st = bob.wait(lambda st: st if arrived(st["remotes"]["alice"]["width"]) else None, MORE_MEDIA_S, what)
+        took = time.monotonic() - t0
+        r1 = st["remotes"]["alice"]
+        # No stall: frames go on arriving after the switch, and the longest wait between
+        # two decoded frames stays far below what a frozen decoder would show.
+        bob.wait(
+            lambda st: st["remotes"]["alice"]["video_frames"] >= r1["video_frames"] + 15,
+            MORE_MEDIA_S,
+            "15 more frames after the switch",
+        )
+        r2 = bob.remote("alice")
+        print(
+            f"{quality}: {r0['width']}x{r0['height']} -> {r1['width']}x{r1['height']} in {took:.2f} s; "
+            f"longest gap between decoded frames so far {r2['max_video_gap']:.3f} s; sizes {r2['sizes'][-3:]}"
+        )
+        assert r2["max_video_gap"] < 3.0, f"a decoding stall of {r2['max_video_gap']:.2f} s"
+        return r2
+
+    switch("low", lambda w: 0 < w <= 320, "the low layer (at most 320 wide)")
+    # Dynacast: only LOW is wanted, so the publisher is told to pause h and f, and does.
+    wait_for(lambda: svc.metric(LAYERS_RECEIVED, rid="f") == 0, 20, "the publisher to pause layer f")
+    assert svc.metric(LAYERS_RECEIVED, rid="h") == 0, "layer h is still received though nobody wants it"
+    assert svc.metric(LAYERS_RECEIVED, rid="q") >= 1, "the wanted low layer stopped"
+    assert svc.metric(DYNACAST_UPDATES) >= 1
+
+    switch("high", lambda w: w >= 1280, "the full layer again (1280 wide)")
+    wait_for(lambda: svc.metric(LAYERS_RECEIVED, rid="f") >= 1, 10, "the publisher to resume layer f")
+    assert svc.metric(LAYER_SWITCHES) >= switches_before + 2
+    assert alice.alive()

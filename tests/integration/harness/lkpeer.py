@@ -19,12 +19,19 @@ Two halves in one module:
                                                              components do for old servers
       {"id": 3, "cmd": "simulate", "scenario": "signal_reconnect"}
                                               room.simulate_scenario(SIMULATE_SIGNAL_RECONNECT)
+      {"id": 5, "cmd": "video_quality", "identity": "alice", "quality": "low"}
+                                              set_video_quality on alice's video
+                                              publications (low, medium or high)
       {"id": 4, "cmd": "quit"}                leave the room and exit 0
 
   End of stdin counts as "quit", so a peer never outlives the test process that feeds it.
   Exit codes: 0 quit, 2 connect failed (the SDK's error is in the state's ``error``),
   3 disconnected by the server or the network, 4 bad usage or internal error.
   ``--once`` connects, records the result, leaves and exits (0 or 2): for token tests.
+  ``--simulcast`` publishes the camera in simulcast layers, ``--size WxH`` at another
+  size (three layers need 1280x720), ``--dynacast`` obeys the server's
+  ``SubscribedQualityUpdate``. Each remote video records its decoded ``sizes`` over time
+  and ``max_video_gap``, the longest wait between two decoded frames.
 
 * ``Peer``: the test-side handle that starts that process and reads its state.
 
@@ -144,6 +151,8 @@ class PeerState:
                 "video_changes": 0,  # decoded frames whose content differs from the previous one
                 "width": 0,
                 "height": 0,
+                "sizes": [],  # [[t, width, height]] each time the decoded size changes
+                "max_video_gap": 0.0,  # longest wait between two decoded frames, seconds
                 "first_video_t": None,
                 "last_video_t": None,
                 "audio_frames": 0,
@@ -164,6 +173,8 @@ class PeerState:
 class PeerProcess:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        w, _, h = args.size.partition("x")
+        self.size = (int(w), int(h))
         self.state = PeerState(Path(args.state))
         self.log = logging.getLogger("lkpeer")
         self.tasks: set[asyncio.Task] = set()
@@ -206,7 +217,7 @@ class PeerProcess:
         try:
             room = self.room = rtc.Room()
             self.attach(room)
-            options = rtc.RoomOptions(auto_subscribe=True)
+            options = rtc.RoomOptions(auto_subscribe=True, dynacast=self.args.dynacast)
             if hasattr(options, "single_peer_connection"):
                 # Set either way: what the SDK does by default changed between versions.
                 single = self.args.pc == "single"
@@ -405,11 +416,15 @@ class PeerProcess:
                 crc = zlib.crc32(bytes(data[mid : mid + 2048]))
                 if r["first_video_t"] is None:
                     r["first_video_t"] = now
+                elif r["last_video_t"] is not None:
+                    r["max_video_gap"] = max(r["max_video_gap"], now - r["last_video_t"])
                 r["last_video_t"] = now
                 r["video_frames"] += 1
                 if last is not None and crc != last:
                     r["video_changes"] += 1
                 last = crc
+                if (frame.width, frame.height) != (r["width"], r["height"]) and len(r["sizes"]) < 100:
+                    r["sizes"].append([now, frame.width, frame.height])
                 r["width"], r["height"] = frame.width, frame.height
                 self.state.dirty = True
         finally:
@@ -441,7 +456,7 @@ class PeerProcess:
         from livekit import rtc
 
         lp = room.local_participant
-        video = rtc.VideoSource(WIDTH, HEIGHT)
+        video = rtc.VideoSource(*self.size)
         vtrack = rtc.LocalVideoTrack.create_video_track("camera", video)
         vopts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=self.args.simulcast)
         vopts.video_codec = getattr(rtc.VideoCodec, self.args.video_codec.upper())
@@ -460,22 +475,23 @@ class PeerProcess:
         import numpy as np
         from livekit import rtc
 
-        ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+        width, height = self.size
+        ys, xs = np.mgrid[0:height, 0:width]
         base = ((xs + 2 * ys) % 256).astype(np.uint16)
-        chroma = (WIDTH // 2) * (HEIGHT // 2)
+        chroma = (width // 2) * (height // 2)
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         n = 0
         sent = self.state["sent"]
         while True:
             y = ((base + 5 * n) % 256).astype(np.uint8)
-            bar = (4 * n) % WIDTH
+            bar = (4 * n) % width
             y[:, bar : bar + 8] = 235
             u = np.full(chroma, (96 + 3 * n) % 256, dtype=np.uint8)
             v = np.full(chroma, 160, dtype=np.uint8)
             buf = y.tobytes() + u.tobytes() + v.tobytes()
             source.capture_frame(
-                rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.I420, buf),
+                rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, buf),
                 timestamp_us=int(n * 1_000_000 / FPS),
             )
             n += 1
@@ -545,6 +561,16 @@ class PeerProcess:
                     legacy = {"id": info.stream_id, "timestamp": info.timestamp, "message": msg["text"]}
                     await lp.publish_data(json.dumps(legacy), reliable=True, topic=LEGACY_CHAT_TOPIC)
                     result["legacy"] = True
+            elif cmd == "video_quality":
+                # What a viewer's quality menu does: ask the server for a simulcast layer.
+                quality = rtc.VideoQuality.Value("VIDEO_QUALITY_" + msg["quality"].upper())
+                remote = self.room.remote_participants[msg["identity"]]
+                pubs = [p for p in remote.track_publications.values() if p.kind == rtc.TrackKind.KIND_VIDEO]
+                if not pubs:
+                    raise RuntimeError(f"{msg['identity']} publishes no video")
+                for pub in pubs:
+                    pub.set_video_quality(quality)
+                result = {"tracks": [p.sid for p in pubs], "simulcasted": [p.simulcasted for p in pubs]}
             elif cmd == "simulate":
                 kind = rtc.SimulateScenarioKind.Value("SIMULATE_" + msg["scenario"].upper())
                 await self.room.simulate_scenario(kind)
@@ -580,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="connect, record the result, leave, exit")
     p.add_argument("--simulcast", action="store_true", help="publish the video with simulcast")
     p.add_argument("--video-codec", default="vp8", choices=["vp8", "h264"])
+    p.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help="published video size, WxH")
+    p.add_argument("--dynacast", action="store_true", help="obey the server's SubscribedQualityUpdate")
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument(
         "--pc", default="single", choices=["single", "dual"], help="single (/rtc/v1) or dual (/rtc) peer connections"

@@ -1,0 +1,467 @@
+//! Simulcast layer choice and dynacast, as pure decisions the engine applies.
+//!
+//! A simulcast publisher sends up to three encodings of one camera, named by RID as
+//! LiveKit's clients do: `q` (quarter), `h` (half), `f` (full). Each subscriber asks for a
+//! size (`UpdateTrackSettings` width/height, from the tile its client renders) or a
+//! quality; [`LayerSelector`] turns that, the layers the publisher is actually sending and
+//! the subscriber's bandwidth estimate into the layer to forward, and switches only at a
+//! keyframe of the new layer so that the decoder never sees a delta frame it cannot use.
+//! [`Dynacast`] decides which layers the publisher should pause because nobody watches
+//! them (`SubscribedQualityUpdate`). No I/O, no str0m: plain data in, decisions out.
+
+use std::time::{Duration, Instant};
+
+use livekit_protocol as lk;
+
+/// LiveKit's simulcast layer names, lowest first; the index is the layer.
+pub const LAYER_RIDS: [&str; 3] = ["q", "h", "f"];
+/// Number of simulcast layers.
+pub const LAYERS: usize = LAYER_RIDS.len();
+/// The highest layer index.
+pub const TOP: usize = LAYERS - 1;
+
+/// A subscriber's wish is met by a layer whose size reaches this share of the size asked:
+/// a 350-pixel-high tile is served by a 360p layer, not the next one up (LiveKit uses the
+/// same kind of tolerance).
+const SIZE_TOLERANCE: f32 = 0.9;
+
+/// How long the publisher keeps a layer nobody wants before it is told to pause it: a
+/// tile shrinking for a moment (a resize, a layout change) does not bounce the encoder.
+pub const DYNACAST_DOWN_DELAY: Duration = Duration::from_secs(2);
+
+/// The layer a RID names, if it is one of LiveKit's.
+pub fn layer_of_rid(rid: &str) -> Option<usize> {
+    LAYER_RIDS.iter().position(|r| *r == rid)
+}
+
+/// The highest layer a `VideoQuality` allows; `None` for `OFF`. Unknown values (newer
+/// clients) mean "no limit", the safe side for the viewer.
+pub fn layer_for_quality(quality: i32) -> Option<usize> {
+    match lk::VideoQuality::try_from(quality) {
+        Ok(lk::VideoQuality::Low) => Some(0),
+        Ok(lk::VideoQuality::Medium) => Some(1),
+        Ok(lk::VideoQuality::High) | Err(_) => Some(TOP),
+        Ok(lk::VideoQuality::Off) => None,
+    }
+}
+
+/// The `VideoQuality` of a layer.
+pub fn quality_of_layer(layer: usize) -> lk::VideoQuality {
+    match layer {
+        0 => lk::VideoQuality::Low,
+        1 => lk::VideoQuality::Medium,
+        _ => lk::VideoQuality::High,
+    }
+}
+
+/// The lowest layer big enough for a `width` x `height` rendering of a track published at
+/// `track_width` x `track_height` with the announced `layers` (from `AddTrackRequest`).
+///
+/// Sizes compare on the track's short side (height for landscape video, width for
+/// portrait), so a wide tile and a tall tile of the same area ask for the same layer.
+/// Without announced layer sizes, LiveKit's default ladder is assumed: a quarter, a half
+/// and the full size.
+pub fn layer_for_dimensions(
+    layers: &[lk::VideoLayer],
+    track_width: u32,
+    track_height: u32,
+    width: u32,
+    height: u32,
+) -> usize {
+    let portrait = track_width < track_height;
+    let short = |w: u32, h: u32| if portrait { w } else { h };
+    let mut sizes = [0u32; LAYERS];
+    let mut known = [false; LAYERS];
+    for layer in layers {
+        let index = match lk::VideoQuality::try_from(layer.quality) {
+            Ok(lk::VideoQuality::Low) => 0,
+            Ok(lk::VideoQuality::Medium) => 1,
+            Ok(lk::VideoQuality::High) => 2,
+            _ => continue,
+        };
+        let size = short(layer.width, layer.height);
+        if size > 0 {
+            sizes[index] = size;
+            known[index] = true;
+        }
+    }
+    let full = short(track_width, track_height).max(sizes[TOP]);
+    for (index, size) in sizes.iter_mut().enumerate() {
+        if !known[index] {
+            // q = full / 4, h = full / 2, f = full.
+            *size = full >> (TOP - index);
+        }
+    }
+    let wanted = short(width, height) as f32 * SIZE_TOLERANCE;
+    (0..LAYERS)
+        .find(|&l| sizes[l] > 0 && sizes[l] as f32 >= wanted)
+        .unwrap_or(TOP)
+}
+
+/// The highest layer a bandwidth estimate can carry, given what each layer costs now
+/// (bits per second, measured on arrival). The lowest layer is always allowed: a viewer
+/// with too little bandwidth gets a poor picture rather than none, as in LiveKit.
+pub fn layer_for_bandwidth(estimate_bps: u64, layer_bps: [u64; LAYERS]) -> usize {
+    (1..LAYERS)
+        .rev()
+        .find(|&l| layer_bps[l] > 0 && layer_bps[l] <= estimate_bps)
+        .unwrap_or(0)
+}
+
+/// Splits a subscriber's bandwidth estimate between what it receives: tracks without
+/// simulcast (audio, screen share) cost what they cost (`fixed_bps`); the rest is shared
+/// evenly by its simulcast tracks, each capped at the best layer its share carries
+/// (`layer_bps`: what each layer of each track costs now). Returns the cap of each
+/// simulcast track, in order, and the bit rate worth probing for: everything at the layers
+/// the subscriber asks for (`wanted`), so that the estimate can grow towards it.
+pub fn allocate(
+    estimate_bps: u64,
+    fixed_bps: u64,
+    tracks: &[([u64; LAYERS], Option<usize>)],
+) -> (Vec<usize>, u64) {
+    let budget = estimate_bps.saturating_sub(fixed_bps);
+    let share = budget / (tracks.len().max(1) as u64);
+    let caps = tracks
+        .iter()
+        .map(|(cost, _)| layer_for_bandwidth(share, *cost))
+        .collect();
+    let desired = tracks
+        .iter()
+        .filter_map(|(cost, wanted)| wanted.map(|w| cost[..=w].iter().copied().max().unwrap_or(0)))
+        .fold(fixed_bps, u64::saturating_add);
+    (caps, desired)
+}
+
+/// What to do with one frame of one layer for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not for this subscriber (another layer, or waiting for a keyframe).
+    Drop,
+    /// Forward it on the layer already being forwarded.
+    Forward,
+    /// A keyframe of the target layer: forward it and everything of that layer from now
+    /// on; timestamps must be made continuous with what was sent before.
+    Switch,
+}
+
+/// One subscriber's layer state for one simulcast track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerSelector {
+    /// The highest layer the subscriber asked for; `None` when it asked for none (`OFF`).
+    pub max: Option<usize>,
+    /// The highest layer its bandwidth allows (the top one until an estimate says less).
+    pub bandwidth_max: usize,
+    /// The layer being forwarded, once a keyframe started it.
+    pub current: Option<usize>,
+}
+
+impl Default for LayerSelector {
+    fn default() -> Self {
+        Self {
+            max: Some(TOP),
+            bandwidth_max: TOP,
+            current: None,
+        }
+    }
+}
+
+impl LayerSelector {
+    /// The highest layer this subscriber may receive now.
+    pub fn allowed(&self) -> Option<usize> {
+        self.max.map(|m| m.min(self.bandwidth_max))
+    }
+
+    /// The layer to forward, among the layers the publisher is sending: the best one
+    /// allowed, else (every allowed layer paused) the lowest one sent, so the picture
+    /// does not freeze while the publisher catches up with dynacast.
+    pub fn target(&self, available: [bool; LAYERS]) -> Option<usize> {
+        let allowed = self.allowed()?;
+        (0..=allowed)
+            .rev()
+            .find(|&l| available[l])
+            .or_else(|| (allowed + 1..LAYERS).find(|&l| available[l]))
+    }
+
+    /// Decides about one frame of `layer`; `target` is [`Self::target`] for now.
+    /// The current layer keeps flowing until the target's keyframe arrives.
+    pub fn on_frame(&mut self, layer: usize, keyframe: bool, target: Option<usize>) -> Verdict {
+        if target == Some(layer) && self.current != Some(layer) {
+            if keyframe {
+                self.current = Some(layer);
+                return Verdict::Switch;
+            }
+            return Verdict::Drop;
+        }
+        if self.current == Some(layer) && target.is_some() {
+            return Verdict::Forward;
+        }
+        Verdict::Drop
+    }
+
+    /// The layer a keyframe should be asked for, when a switch is waiting for one.
+    pub fn keyframe_wanted(&self, target: Option<usize>) -> Option<usize> {
+        target.filter(|&t| self.current != Some(t))
+    }
+}
+
+/// The publisher side of dynacast for one simulcast track: which layers it was told to
+/// send, and a pending downgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dynacast {
+    /// The highest layer the publisher was last told to send (`None`: none at all). A new
+    /// track sends everything, as the client starts it.
+    announced: Option<usize>,
+    /// A lower wish, and since when it has held.
+    lower_since: Option<(Option<usize>, Instant)>,
+}
+
+impl Default for Dynacast {
+    fn default() -> Self {
+        Self {
+            announced: Some(TOP),
+            lower_since: None,
+        }
+    }
+}
+
+impl Dynacast {
+    /// The highest layer any subscriber wants is `wanted` (`None`: no subscriber wants the
+    /// track). Returns the new highest layer to announce, if the publisher must be told:
+    /// at once when more is wanted (a viewer waits), after [`DYNACAST_DOWN_DELAY`] of
+    /// steady lower wishes when less is.
+    pub fn update(&mut self, now: Instant, wanted: Option<usize>) -> Option<Option<usize>> {
+        if wanted == self.announced {
+            self.lower_since = None;
+            return None;
+        }
+        if wanted > self.announced {
+            self.lower_since = None;
+            self.announced = wanted;
+            return Some(wanted);
+        }
+        match self.lower_since {
+            Some((pending, since)) if pending == wanted => {
+                if now.duration_since(since) >= DYNACAST_DOWN_DELAY {
+                    self.lower_since = None;
+                    self.announced = wanted;
+                    return Some(wanted);
+                }
+                None
+            }
+            _ => {
+                self.lower_since = Some((wanted, now));
+                None
+            }
+        }
+    }
+
+    /// The highest layer the publisher was last told to send.
+    pub fn announced(&self) -> Option<usize> {
+        self.announced
+    }
+}
+
+/// The qualities of a `SubscribedQualityUpdate` for a highest wanted layer: every layer up
+/// to it stays on (a lower layer is the fallback when a subscriber's bandwidth drops),
+/// every layer above it is paused.
+pub fn subscribed_qualities(max: Option<usize>) -> Vec<lk::SubscribedQuality> {
+    (0..LAYERS)
+        .map(|layer| lk::SubscribedQuality {
+            quality: quality_of_layer(layer) as i32,
+            enabled: max.is_some_and(|m| layer <= m),
+        })
+        .collect()
+}
+
+/// The `SubscribedQualityUpdate` telling a publisher which layers of `track_sid` to send.
+/// Both shapes are filled: livekit-client reads the per-codec list (by the codec it
+/// publishes), older SDKs the flat one, which the protocol keeps though deprecated.
+#[allow(deprecated)]
+pub fn quality_update(
+    track_sid: &str,
+    codec: Option<&str>,
+    max: Option<usize>,
+) -> lk::SubscribedQualityUpdate {
+    let qualities = subscribed_qualities(max);
+    lk::SubscribedQualityUpdate {
+        track_sid: track_sid.to_owned(),
+        subscribed_qualities: qualities.clone(),
+        subscribed_codecs: codec
+            .map(|codec| lk::SubscribedCodec {
+                codec: codec.to_owned(),
+                qualities,
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// Marks a published video track as simulcast with its announced layers. The protocol
+/// deprecates these fields for per-codec ones, but subscribers' SDKs still read them: the
+/// Python SDK offers `set_video_quality` only on tracks marked so.
+#[allow(deprecated)]
+pub fn announce_layers(info: &mut lk::TrackInfo, layers: &[lk::VideoLayer]) {
+    info.simulcast = layers.len() > 1;
+    info.layers = layers.to_vec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(quality: lk::VideoQuality, width: u32, height: u32) -> lk::VideoLayer {
+        lk::VideoLayer {
+            quality: quality as i32,
+            width,
+            height,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rids_and_qualities_map_to_layers() {
+        assert_eq!(layer_of_rid("q"), Some(0));
+        assert_eq!(layer_of_rid("f"), Some(2));
+        assert_eq!(layer_of_rid("x"), None);
+        assert_eq!(layer_for_quality(lk::VideoQuality::Low as i32), Some(0));
+        assert_eq!(layer_for_quality(lk::VideoQuality::Medium as i32), Some(1));
+        assert_eq!(layer_for_quality(lk::VideoQuality::High as i32), Some(2));
+        assert_eq!(layer_for_quality(lk::VideoQuality::Off as i32), None);
+        assert_eq!(layer_for_quality(99), Some(TOP));
+    }
+
+    #[test]
+    fn dimensions_pick_the_smallest_layer_that_fills_the_tile() {
+        let layers = [
+            layer(lk::VideoQuality::Low, 320, 180),
+            layer(lk::VideoQuality::Medium, 640, 360),
+            layer(lk::VideoQuality::High, 1280, 720),
+        ];
+        assert_eq!(layer_for_dimensions(&layers, 1280, 720, 160, 90), 0);
+        assert_eq!(layer_for_dimensions(&layers, 1280, 720, 320, 180), 0);
+        // Within the tolerance: a 350-pixel tile is served by 360p.
+        assert_eq!(layer_for_dimensions(&layers, 1280, 720, 622, 350), 1);
+        assert_eq!(layer_for_dimensions(&layers, 1280, 720, 800, 450), 2);
+        assert_eq!(layer_for_dimensions(&layers, 1280, 720, 4000, 4000), 2);
+        // Without announced layers: the default ladder from the track size.
+        assert_eq!(layer_for_dimensions(&[], 1280, 720, 320, 180), 0);
+        assert_eq!(layer_for_dimensions(&[], 1280, 720, 640, 360), 1);
+        // Portrait video compares widths.
+        assert_eq!(layer_for_dimensions(&[], 720, 1280, 180, 320), 0);
+        // Nonsense sizes never panic and serve the top layer.
+        assert_eq!(layer_for_dimensions(&[], 0, 0, 100, 100), TOP);
+        assert_eq!(
+            layer_for_dimensions(&[], u32::MAX, u32::MAX, 1, u32::MAX),
+            TOP
+        );
+    }
+
+    #[test]
+    fn bandwidth_caps_the_layer_but_never_below_the_lowest() {
+        let cost = [150_000, 500_000, 1_500_000];
+        assert_eq!(layer_for_bandwidth(5_000_000, cost), 2);
+        assert_eq!(layer_for_bandwidth(1_000_000, cost), 1);
+        assert_eq!(layer_for_bandwidth(100_000, cost), 0);
+        // A layer not measured yet (0) is not chosen on bandwidth grounds.
+        assert_eq!(layer_for_bandwidth(5_000_000, [150_000, 500_000, 0]), 1);
+    }
+
+    #[test]
+    fn the_estimate_is_shared_between_simulcast_tracks() {
+        let cost = [150_000, 500_000, 1_500_000];
+        // One track, plenty: the top layer; probe for everything wanted.
+        let (caps, desired) = allocate(3_000_000, 100_000, &[(cost, Some(2))]);
+        assert_eq!(caps, [2]);
+        assert_eq!(desired, 1_600_000);
+        // Two tracks share 2 Mb/s after audio: 950 kb/s each, the middle layer.
+        let (caps, desired) = allocate(2_000_000, 100_000, &[(cost, Some(2)), (cost, Some(0))]);
+        assert_eq!(caps, [1, 1]);
+        assert_eq!(desired, 100_000 + 1_500_000 + 150_000);
+        // Less than the fixed part: the lowest layer, never nothing.
+        let (caps, _) = allocate(50_000, 100_000, &[(cost, Some(2))]);
+        assert_eq!(caps, [0]);
+        // No simulcast track: nothing to cap, a track turned off wants nothing.
+        assert_eq!(allocate(1_000, 0, &[]), (vec![], 0));
+        assert_eq!(allocate(1_000, 0, &[(cost, None)]).1, 0);
+        assert_eq!(
+            allocate(u64::MAX, u64::MAX, &[([u64::MAX; 3], Some(2))]).1,
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn the_target_is_the_best_allowed_layer_being_sent() {
+        let mut s = LayerSelector::default();
+        assert_eq!(s.target([true, true, true]), Some(2));
+        assert_eq!(s.target([true, true, false]), Some(1));
+        s.max = Some(0);
+        assert_eq!(s.target([true, true, true]), Some(0));
+        // The wanted layer is paused: the lowest one sent above it.
+        assert_eq!(s.target([false, true, true]), Some(1));
+        assert_eq!(s.target([false, false, false]), None);
+        s.max = Some(2);
+        s.bandwidth_max = 1;
+        assert_eq!(s.target([true, true, true]), Some(1));
+        s.max = None;
+        assert_eq!(s.target([true, true, true]), None);
+    }
+
+    #[test]
+    fn switches_happen_at_a_keyframe_of_the_target_only() {
+        let mut s = LayerSelector::default();
+        // Nothing forwarded until the target's keyframe.
+        assert_eq!(s.on_frame(2, false, Some(2)), Verdict::Drop);
+        assert_eq!(s.on_frame(0, true, Some(2)), Verdict::Drop);
+        assert_eq!(s.on_frame(2, true, Some(2)), Verdict::Switch);
+        assert_eq!(s.on_frame(2, false, Some(2)), Verdict::Forward);
+        // Asked for less: the high layer keeps flowing until the low keyframe.
+        s.max = Some(0);
+        let target = s.target([true, true, true]);
+        assert_eq!(target, Some(0));
+        assert_eq!(s.keyframe_wanted(target), Some(0));
+        assert_eq!(s.on_frame(0, false, target), Verdict::Drop);
+        assert_eq!(s.on_frame(2, false, target), Verdict::Forward);
+        assert_eq!(s.on_frame(0, true, target), Verdict::Switch);
+        assert_eq!(s.on_frame(2, false, target), Verdict::Drop);
+        assert_eq!(s.on_frame(0, false, target), Verdict::Forward);
+        assert_eq!(s.keyframe_wanted(target), None);
+        // Turned off: nothing flows.
+        s.max = None;
+        assert_eq!(s.on_frame(0, false, s.target([true; 3])), Verdict::Drop);
+    }
+
+    #[test]
+    fn dynacast_raises_at_once_and_lowers_after_a_delay() {
+        let t0 = Instant::now();
+        let mut d = Dynacast::default();
+        assert_eq!(
+            d.update(t0, Some(2)),
+            None,
+            "a new track already sends everything"
+        );
+        assert_eq!(d.update(t0, Some(0)), None);
+        assert_eq!(d.update(t0 + Duration::from_secs(1), Some(0)), None);
+        assert_eq!(d.update(t0 + DYNACAST_DOWN_DELAY, Some(0)), Some(Some(0)));
+        assert_eq!(d.announced(), Some(0));
+        // A wish that bounces back before the delay restarts the wait.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(d.update(t1, None), None);
+        assert_eq!(d.update(t1 + Duration::from_secs(1), Some(0)), None);
+        assert_eq!(d.update(t1 + Duration::from_secs(2), None), None);
+        assert_eq!(d.update(t1 + Duration::from_secs(3), None), None);
+        assert_eq!(d.update(t1 + Duration::from_secs(4), None), Some(None));
+        assert_eq!(
+            d.update(t1 + Duration::from_secs(4), Some(1)),
+            Some(Some(1))
+        );
+    }
+
+    #[test]
+    fn subscribed_qualities_pause_the_layers_above_the_wish() {
+        let q = subscribed_qualities(Some(1));
+        assert_eq!(q.len(), 3);
+        assert!(q[0].enabled && q[1].enabled && !q[2].enabled);
+        assert_eq!(q[2].quality, lk::VideoQuality::High as i32);
+        assert!(subscribed_qualities(None).iter().all(|q| !q.enabled));
+    }
+}

@@ -77,6 +77,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let mut workers = tokio::task::JoinSet::new();
+    // Webhook deliveries have their own worker: a slow receiver delays nothing else.
+    // The bridge queues events through clones of `webhooks`, which share its wake-up.
+    let webhooks = Webhooks::from_config(&config.webhooks);
+    workers.spawn(webhooks.worker(store.clone(), shutdown.clone()).run());
     let (sfu, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
     workers.spawn(async move {
         let _ = sfu_task.await;
@@ -92,9 +96,6 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         let mut conn = store.pool().acquire().await?;
         bridge::recover(&mut conn, crate::store::now_ms()).await?;
     }
-    // Webhook deliveries have their own worker: a slow receiver delays nothing else.
-    let webhooks = Webhooks::from_config(&config.webhooks);
-    workers.spawn(webhooks.worker(store.clone(), shutdown.clone()).run());
     let bot_api = BotApiContext {
         outbound_wake: outbound_wake.clone(),
         bridge: bridge.clone(),

@@ -299,9 +299,6 @@ pub struct SummaryRequest {
     pub author: Option<String>,
 }
 
-/// Default author of summaries, per language.
-pub const DEFAULT_AUTHOR: i18n::Text = i18n::Text::new("Compte-rendu", "Meeting notes");
-
 /// `POST /api/v1/meetings/{id}/summary`: the Markdown, sanitised, posted as a notice in
 /// the meeting's thread by a ghost named after `author`. Answers 202 once queued in the
 /// outbound queue (sent as soon as the homeserver takes it, retried otherwise).
@@ -331,7 +328,9 @@ pub async fn post_summary(
         Some(author) => {
             validate_display_name(author).map_err(|e| bad_json(format!("`author`: {e}")))?
         }
-        None => DEFAULT_AUTHOR.get(state.bot_api.bridge.lang).to_owned(),
+        None => i18n::SUMMARY_AUTHOR
+            .get(state.bot_api.bridge.lang)
+            .to_owned(),
     };
     let html = crate::markdown::to_matrix_html(&request.markdown);
     let plain = crate::markdown::to_plain(&request.markdown);

@@ -500,3 +500,45 @@ both_dialects!(the_openapi_document_is_served, |store: Store| async move {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["info"]["title"], "tchap-visio HTTP API");
 });
+
+both_dialects!(
+    the_default_author_follows_the_language,
+    |store: Store| async move {
+        use figment::providers::{Format, Yaml};
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let auth = format!("Bearer {}", token(&store, "bot").await);
+        let m = stored_meeting(&store, "Board", Some(ROOM), 1).await;
+        let mut config: crate::config::Config = figment::Figment::new()
+            .merge(Yaml::string(include_str!(
+                "../../../config/example-config.yaml"
+            )))
+            .extract()
+            .expect("the example config parses");
+        config.language = crate::config::Language::En;
+        let mut state = crate::http::tests::state(store.clone());
+        state.bot_api.bridge = Arc::new(BridgeContext::from_config(&config, None, None));
+        let response = crate::http::router(state)
+            .oneshot(summary(
+                m.id.as_str(),
+                Some(&auth),
+                r#"{"markdown":"done"}"#,
+            ))
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(status, StatusCode::ACCEPTED, "{bytes:?}");
+        let named = queued(&store)
+            .await
+            .into_iter()
+            .find(|r| r["kind"] == "set_display_name")
+            .expect("named");
+        assert_eq!(named["displayname"], "Meeting notes");
+    }
+);

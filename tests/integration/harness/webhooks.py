@@ -120,6 +120,17 @@ class WebhookReceiver:
         """Requests answered 2xx (so not sent again), optionally of one event type."""
         return [d for d in self.all() if 200 <= d.status < 300 and (event is None or d.event == event)]
 
+    def events_once(self) -> list[dict[str, Any]]:
+        """Bodies of the accepted events, oldest first, after checking that every request
+        was correctly signed and that no event was accepted twice (a retry after a 2xx
+        would be a duplicate). For end-to-end tests: assert on the types and data."""
+        assert self.bad_signatures == [], f"badly signed deliveries: {self.bad_signatures}"
+        bodies = [d.body for d in self.accepted()]
+        ids = [b["id"] for b in bodies]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        assert not duplicates, f"events accepted more than once: {duplicates}"
+        return sorted(bodies, key=lambda b: b["created_at"])
+
     def wait_accepted(self, done: Callable[[list[Delivery]], Any], timeout: float, what: str) -> Any:
         """Wait until done(accepted deliveries) is truthy; returns its value."""
         return wait_for(lambda: done(self.accepted()), timeout, what, interval=0.05)

@@ -9,6 +9,7 @@
 #
 # Idempotent; prepares what is missing and reuses the rest:
 #   - /usr/bin/chromium (Debian's `chromium`, installed with apt-get when absent);
+#   - nft (Debian's `nftables`, installed with apt-get when absent; tcp.test.mjs);
 #   - tests/browser/node_modules (`npm ci`, only when package-lock.json changed);
 #   - web/dist (scripts/build-web.sh when index.html is missing);
 #   - .venv with LiveKit's Python SDK (scripts/setup-venv.sh, itself a no-op when current).
@@ -34,6 +35,16 @@ if [[ ! -x /usr/bin/chromium ]]; then
     [[ "$(id -u)" != 0 ]] && SUDO="sudo"
     $SUDO apt-get update
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y chromium
+fi
+
+# tcp.test.mjs blocks UDP with an nftables rule inside a network namespace of its own
+# (unshare from util-linux, ip from iproute2, nft from Debian's nftables).
+if ! command -v nft >/dev/null 2>&1; then
+    echo "test-browser: installing Debian's nftables" >&2
+    SUDO=""
+    [[ "$(id -u)" != 0 ]] && SUDO="sudo"
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y nftables
 fi
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -220,9 +220,11 @@ async fn start_sfu(
         std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         config.sfu.udp_port,
     );
+    // ICE over TCP on the same addresses, for networks that block UDP.
+    let tcp_bind = SocketAddr::new(bind.ip(), config.sfu.tcp_port);
     let candidates = format!("{:?}", engine_config.candidates);
-    let (handle, task) = SfuHandle::start(bind, engine_config, shutdown).await?;
-    tracing::info!(%bind, %candidates, "media server listening");
+    let (handle, task) = SfuHandle::start(bind, Some(tcp_bind), engine_config, shutdown).await?;
+    tracing::info!(%bind, %tcp_bind, %candidates, "media server listening");
     Ok((handle, task))
 }
 

@@ -1,4 +1,4 @@
-//! The driver: one task that owns the media socket and the engine's clock, and carries
+//! The driver: one task that owns the media sockets and the engine's clock, and carries
 //! commands from signalling sessions in and signalling, packets and events out. The
 //! engine itself is never shared, so nothing on the forwarding path takes a lock.
 
@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use livekit_protocol::{signal_request, signal_response};
-use tokio::net::UdpSocket;
+use str0m::net::Protocol;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, EngineConfig, JoinError, JoinRequest, Output};
+use super::tcp::{self, TcpEvent};
 use super::{EngineEvent, ParticipantKey};
 
 /// Where a participant's signalling responses go (its WebSocket task).
@@ -75,25 +77,41 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on the media TCP port {addr} (sfu.tcp_port): {source}")]
+    BindTcp {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SfuHandle {
-    /// Binds the media socket and starts the driver task.
+    /// Binds the media socket (and the ICE-TCP listener when `tcp_bind` is set) and
+    /// starts the driver task.
     pub async fn start(
         bind: SocketAddr,
+        tcp_bind: Option<SocketAddr>,
         config: EngineConfig,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), DriverError> {
         let socket = UdpSocket::bind(bind)
             .await
             .map_err(|source| DriverError::Bind { addr: bind, source })?;
+        let listener = match tcp_bind {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DriverError::BindTcp { addr, source })?,
+            ),
+            None => None,
+        };
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(1024);
         let handle = Self {
             commands,
             events: events.clone(),
         };
-        let task = tokio::spawn(run(socket, config, rx, events, shutdown));
+        let task = tokio::spawn(run(socket, listener, config, rx, events, shutdown));
         Ok((handle, task))
     }
 
@@ -191,6 +209,7 @@ impl SfuHandle {
 
 async fn run(
     socket: UdpSocket,
+    listener: Option<TcpListener>,
     config: EngineConfig,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: broadcast::Sender<EngineEvent>,
@@ -199,6 +218,24 @@ async fn run(
     let mut engine = Engine::new(config, Instant::now());
     let mut sinks: HashMap<ParticipantKey, (SignalSink, u64)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    // ICE-TCP: connections run in tasks of their own and hand frames over this channel;
+    // without a listener it stays empty (its sender lives on, so `recv` just waits).
+    let (tcp_events, mut tcp_frames) = mpsc::channel::<TcpEvent>(1024);
+    let mut connections = tcp::Connections::default();
+    if let Some(listener) = listener {
+        match listener.local_addr() {
+            Ok(addr) => {
+                engine.enable_tcp(addr.port());
+                tokio::spawn(tcp::serve(
+                    listener,
+                    tcp_events.clone(),
+                    tcp::Limits::default(),
+                    shutdown.child_token(),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "ICE-TCP listener unusable; UDP only"),
+        }
+    }
     loop {
         let deadline = tokio::time::Instant::from_std(engine.next_timeout());
         tokio::select! {
@@ -208,6 +245,15 @@ async fn run(
                     engine.handle_packet(Instant::now(), source, destination, &buf[..n]);
                 }
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
+            },
+            Some(event) = tcp_frames.recv() => match event {
+                TcpEvent::Frame { remote, frame } => {
+                    if let Some(destination) = engine.tcp_destination_for(remote) {
+                        engine.handle_tcp_packet(Instant::now(), remote, destination, &frame);
+                    }
+                }
+                TcpEvent::Opened { id, remote, writer } => connections.opened(id, remote, writer),
+                TcpEvent::Closed { id, remote } => connections.closed(id, remote),
             },
             command = commands.recv() => {
                 let Some(command) = command else { return };
@@ -219,8 +265,14 @@ async fn run(
         while let Some(output) = engine.poll_output() {
             match output {
                 Output::Transmit {
+                    proto: Protocol::Tcp,
                     destination,
                     contents,
+                } => connections.send(destination, contents),
+                Output::Transmit {
+                    destination,
+                    contents,
+                    ..
                 } => {
                     // A full socket buffer drops the packet, as the network would.
                     if let Err(e) = socket.try_send_to(&contents, destination) {

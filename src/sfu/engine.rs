@@ -22,7 +22,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc, RtcConfig};
 
 use super::data::{self, SeenChat, TextStreams};
@@ -105,8 +105,9 @@ pub enum JoinError {
 /// What the engine wants done.
 #[derive(Debug)]
 pub enum Output {
-    /// Send a datagram.
+    /// Send a datagram (UDP) or an RFC 4571 frame on the TCP connection from `destination`.
     Transmit {
+        proto: Protocol,
         destination: SocketAddr,
         contents: Vec<u8>,
     },
@@ -280,8 +281,12 @@ pub struct Engine {
     config: EngineConfig,
     participants: Slab<Participant>,
     rooms: HashMap<String, Room>,
-    /// Established 5-tuples (one socket, so the remote address) to their peer.
-    routes: HashMap<SocketAddr, (ParticipantKey, Pc)>,
+    /// Established 5-tuples (one UDP socket and one TCP port, so the protocol and the
+    /// remote address) to their peer.
+    routes: HashMap<(Protocol, SocketAddr), (ParticipantKey, Pc)>,
+    /// ICE-TCP host candidates (passive), advertised next to the UDP ones; empty
+    /// without a TCP listener ([`Engine::enable_tcp`]).
+    tcp_candidates: Vec<SocketAddr>,
     /// Local ICE ufrags to their peer, for a peer's first packet.
     ufrags: HashMap<String, (ParticipantKey, Pc)>,
     outputs: VecDeque<Output>,
@@ -300,7 +305,7 @@ pub struct Engine {
 /// long expired by then).
 const CLOSED_ROOMS_KEPT: usize = 10_000;
 
-fn new_peer(config: &EngineConfig, now: Instant, bwe: bool) -> Peer {
+fn new_peer(config: &EngineConfig, tcp_candidates: &[SocketAddr], now: Instant, bwe: bool) -> Peer {
     let ufrag = random_id("", 16);
     let creds = str0m::IceCreds {
         ufrag: ufrag.clone(),
@@ -318,6 +323,17 @@ fn new_peer(config: &EngineConfig, now: Instant, bwe: bool) -> Peer {
     for &addr in &config.candidates {
         let candidate =
             Candidate::host(addr, "udp").expect("a host candidate from a socket address is valid");
+        rtc.add_local_candidate(candidate);
+    }
+    // Passive TCP (RFC 6544): the client connects to us. str0m gives TCP host candidates
+    // a lower type preference (90 against 126), so UDP wins wherever it works.
+    for &addr in tcp_candidates {
+        let candidate = Candidate::builder()
+            .tcp()
+            .host(addr)
+            .tcptype(TcpType::Passive)
+            .build()
+            .expect("a TCP host candidate from a socket address is valid");
         rtc.add_local_candidate(candidate);
     }
     Peer {
@@ -363,6 +379,29 @@ impl Engine {
             .expect("the engine is configured with at least one candidate")
     }
 
+    /// Advertises ICE-TCP on `port` (passive host candidates at the UDP candidates'
+    /// addresses) to peers created from now on. A setter rather than an
+    /// [`EngineConfig`] field: the listener may fail to bind, and the UDP path is whole
+    /// without it.
+    pub fn enable_tcp(&mut self, port: u16) {
+        self.tcp_candidates = self
+            .config
+            .candidates
+            .iter()
+            .map(|c| SocketAddr::new(c.ip(), port))
+            .collect();
+    }
+
+    /// The TCP candidate a connection from `source` reached (as [`Engine::destination_for`]).
+    pub fn tcp_destination_for(&self, source: SocketAddr) -> Option<SocketAddr> {
+        let loopback = source.ip().is_loopback();
+        self.tcp_candidates
+            .iter()
+            .copied()
+            .find(|c| c.ip().is_loopback() == loopback && c.is_ipv4() == source.is_ipv4())
+            .or_else(|| self.tcp_candidates.first().copied())
+    }
+
     pub fn new(config: EngineConfig, now: Instant) -> Self {
         assert!(
             !config.candidates.is_empty(),
@@ -373,6 +412,7 @@ impl Engine {
             participants: Slab::new(),
             rooms: HashMap::new(),
             routes: HashMap::new(),
+            tcp_candidates: Vec::new(),
             ufrags: HashMap::new(),
             outputs: VecDeque::new(),
             dirty: Vec::new(),
@@ -455,7 +495,7 @@ impl Engine {
                 speakers: Vec::new(),
             });
         let single_pc = request.single_pc;
-        let mut subscriber = new_peer(&self.config, now, !single_pc);
+        let mut subscriber = new_peer(&self.config, &self.tcp_candidates, now, !single_pc);
         if single_pc {
             // Never used in this mode: keep it from waking the engine.
             subscriber.timeout = now + Duration::from_secs(365 * 24 * 3600);
@@ -475,7 +515,7 @@ impl Engine {
                 ..Default::default()
             },
             auto_subscribe: request.auto_subscribe,
-            publisher: new_peer(&self.config, now, single_pc),
+            publisher: new_peer(&self.config, &self.tcp_candidates, now, single_pc),
             subscriber,
             tracks: Vec::new(),
             downtracks: Vec::new(),
@@ -1276,7 +1316,30 @@ impl Engine {
         destination: SocketAddr,
         packet: &[u8],
     ) {
-        let known = self.routes.get(&source).copied();
+        self.handle_input(now, Protocol::Udp, source, destination, packet);
+    }
+
+    /// An RFC 4571 frame arrived on the TCP connection from `source` to `destination`
+    /// (one of the TCP candidates, [`Engine::tcp_destination_for`]).
+    pub fn handle_tcp_packet(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        packet: &[u8],
+    ) {
+        self.handle_input(now, Protocol::Tcp, source, destination, packet);
+    }
+
+    fn handle_input(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        packet: &[u8],
+    ) {
+        let known = self.routes.get(&(proto, source)).copied();
         let route_is_new = known.is_none();
         let route = known.or_else(|| {
             super::stun::local_ufrag(packet).and_then(|ufrag| self.ufrags.get(ufrag).copied())
@@ -1294,7 +1357,7 @@ impl Engine {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
                 destination,
                 contents,
@@ -1314,7 +1377,7 @@ impl Engine {
             return;
         }
         if route_is_new {
-            self.routes.insert(source, (key, pc));
+            self.routes.insert((proto, source), (key, pc));
         }
         self.dirty.push((key, pc));
         self.drain(now);
@@ -1375,6 +1438,7 @@ impl Engine {
         loop {
             match peer.rtc.poll_output() {
                 Ok(RtcOutput::Transmit(t)) => self.outputs.push_back(Output::Transmit {
+                    proto: t.proto,
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),

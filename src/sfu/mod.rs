@@ -1,5 +1,6 @@
 //! The embedded selective forwarding unit, built on str0m: a sans-IO [`engine`] and one
-//! [`driver`] task that owns the UDP socket and the clock. It speaks the media side of
+//! [`driver`] task that owns the UDP socket and the clock ([`tcp`] carries ICE over TCP
+//! for networks that block UDP). It speaks the media side of
 //! LiveKit's protocol (peer connections, data packets) and knows nothing of Matrix, HTTP
 //! or the database; `signal/` carries LiveKit's signalling to and from it.
 
@@ -10,6 +11,7 @@ pub mod rewrite;
 pub mod sdp;
 pub mod simulcast;
 pub mod stun;
+pub mod tcp;
 
 use rand::distr::{Alphanumeric, SampleString};
 

@@ -300,6 +300,7 @@ impl World {
                     Output::Transmit {
                         destination,
                         contents,
+                        ..
                     } => {
                         if let Some(b) = &mut self.bottleneck
                             && b.destination == destination
@@ -1213,5 +1214,44 @@ fn a_single_pc_client_receives_on_the_slots_it_offers() {
             .iter()
             .any(|p| p.participant_identity == "alice"),
         "carol received alice's chat"
+    );
+}
+
+#[test]
+fn offers_carry_a_passive_tcp_candidate_below_the_udp_one() {
+    let mut world = World::new();
+    world.engine.enable_tcp(7881);
+    let alice = world.join("alice");
+    world.exchange();
+    let sdp = world.clients[alice]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::Offer(o) => Some(o.sdp.clone()),
+            _ => None,
+        })
+        .expect("a subscriber offer");
+    let priority = |proto: &str| -> u32 {
+        let line = sdp
+            .lines()
+            .find(|l| l.starts_with("a=candidate:") && l.contains(&format!(" {proto} ")))
+            .unwrap_or_else(|| panic!("no {proto} candidate in {sdp}"));
+        line.split_whitespace()
+            .nth(3)
+            .and_then(|p| p.parse().ok())
+            .expect("a priority")
+    };
+    let tcp_line = sdp
+        .lines()
+        .find(|l| l.contains(" tcp "))
+        .expect("a TCP candidate");
+    assert!(tcp_line.contains("10.0.0.1 7881 typ host"), "{tcp_line}");
+    assert!(tcp_line.contains("tcptype passive"), "{tcp_line}");
+    assert!(priority("tcp") < priority("udp"), "{sdp}");
+    assert_eq!(
+        world
+            .engine
+            .tcp_destination_for("10.0.0.9:40000".parse().expect("addr")),
+        Some("10.0.0.1:7881".parse().expect("addr"))
     );
 }

@@ -1,5 +1,5 @@
 """Hostile input against the SFU over real sockets: malformed and oversize signalling
-frames, garbage datagrams on the media port, wrong paths. Nothing may crash the service,
+frames, garbage datagrams on the media port, hostile ICE-TCP connections, wrong paths. Nothing may crash the service,
 and a well-behaved session must keep working next to the bad one."""
 
 from __future__ import annotations
@@ -107,6 +107,41 @@ def test_garbage_datagrams_are_dropped(env):
     finally:
         sock.close()
     wait_for(lambda: svc.metric(DROPPED) >= before + 3, 10, "garbage datagrams counted as dropped")
+    assert requests.get(f"{svc.url}/health", timeout=5).status_code == 200
+
+
+def test_hostile_ice_tcp_connections_are_closed(env):
+    """The ICE-TCP port (RFC 4571 frames) closes what is not ICE: garbage, an oversize
+    length, a half frame that never completes (slowloris, closed at the first-frame
+    deadline), and a peer that only connects. The service keeps answering."""
+    svc = env.service
+    closed = "tchap_visio_sfu_tcp_closed_total"
+    before = svc.metric(closed)
+    address = ("127.0.0.1", svc.sfu_tcp_port)
+    payloads = (
+        b"\x00\x10GET / HTTP/1.1\r\n\r\n",  # a frame that is not STUN
+        b"\xff\xff" + os.urandom(64),  # 65535 bytes announced
+        b"\x00\x40\x00\x01",  # half a frame, then nothing
+        b"",  # connects and says nothing
+    )
+    sockets = []
+    try:
+        for payload in payloads:
+            sock = socket.create_connection(address, timeout=5)
+            sock.sendall(payload)
+            sockets.append(sock)
+        for sock in sockets:
+            # The server closes each one (EOF or reset) within the first-frame deadline.
+            sock.settimeout(30)
+            try:
+                while sock.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+    finally:
+        for sock in sockets:
+            sock.close()
+    wait_for(lambda: svc.metric(closed) >= before + len(payloads), 10, "hostile TCP connections counted as closed")
     assert requests.get(f"{svc.url}/health", timeout=5).status_code == 200
 
 

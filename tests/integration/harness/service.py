@@ -131,6 +131,7 @@ class Service:
         sfu = self.config.get("sfu") or {}
         self.livekit_url = f"ws://127.0.0.1:{self.port}"
         self.sfu_udp_port = sfu.get("udp_port")
+        self.sfu_tcp_port = sfu.get("tcp_port")
         keys = sfu.get("keys") or {}
         # The first configured key (the harness writes exactly one, "devkey").
         self.sfu_key, self.sfu_secret = next(iter(keys.items())) if keys else (None, None)

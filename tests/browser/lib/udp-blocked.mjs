@@ -1,0 +1,120 @@
+// Run by tcp.test.mjs inside a network namespace of its own (`unshare --net`) where an
+// nftables rule drops every UDP packet: the server, Chromium and this script share that
+// namespace's loopback and nothing else. Two pages join a meeting and must see each
+// other's video, which can then only have travelled over ICE-TCP. Prints one JSON line
+// (`RESULT {...}`) with what it measured; exits non-zero on any failure.
+
+import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
+
+import {
+  Server,
+  expectDecoding,
+  joinFromPrejoin,
+  launchBrowser,
+  makeWorkdir,
+  newPage,
+  openPrejoin,
+  removeWorkdir,
+  withDiagnostics,
+} from './harness.mjs';
+
+/** Sends one datagram; resolves with the error the kernel gave, or null if it went out. */
+function udpSend(port) {
+  return new Promise((resolve) => {
+    const sock = dgram.createSocket('udp4');
+    sock.send(Buffer.from('probe'), port, '127.0.0.1', (error) => {
+      sock.close();
+      resolve(error ?? null);
+    });
+  });
+}
+
+/**
+ * In the page: the selected ICE candidate pair of the connection carrying `identity`'s
+ * camera to this page (receiver) and of this page's own camera (sender).
+ */
+async function selectedPairs(page, identity) {
+  return page.evaluate(async (identity) => {
+    const pair = async (report) => {
+      const stats = [...report.values()];
+      const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+      const selected = transport
+        ? stats.find((s) => s.id === transport.selectedCandidatePairId)
+        : stats.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+      if (!selected) return null;
+      const local = stats.find((s) => s.id === selected.localCandidateId);
+      const remote = stats.find((s) => s.id === selected.remoteCandidateId);
+      return {
+        local: { protocol: local?.protocol, tcpType: local?.tcpType, address: local?.address },
+        remote: { protocol: remote?.protocol, tcpType: remote?.tcpType, port: remote?.port },
+        bytesReceived: selected.bytesReceived,
+        bytesSent: selected.bytesSent,
+      };
+    };
+    const room = window.tchapVisio.room;
+    const remoteTrack = room.remoteParticipants.get(identity)?.getTrackPublication('camera')?.track;
+    const localTrack = room.localParticipant.getTrackPublication('camera')?.track;
+    return {
+      receive: remoteTrack?.receiver ? await pair(await remoteTrack.receiver.getStats()) : null,
+      send: localTrack?.sender ? await pair(await localTrack.sender.getStats()) : null,
+    };
+  }, identity);
+}
+
+const dir = makeWorkdir('udp-blocked');
+let server;
+let browser;
+const pages = [];
+let ok = false;
+try {
+  await withDiagnostics(() => ({ server, pages }), async () => {
+    server = await Server.start(dir);
+    // The namespace really blocks UDP: the kernel refuses the datagram.
+    const refused = await udpSend(server.udpPort);
+    assert.ok(refused, 'a UDP datagram left this namespace: the UDP block is not in place');
+
+    browser = await launchBrowser();
+    const meeting = await server.createMeeting('UDP bloqué');
+    const people = [];
+    for (const name of ['Alice', 'Bruno']) {
+      const page = await newPage(browser, { locale: 'fr-FR' });
+      page.label = name;
+      pages.push(page);
+      await openPrejoin(page, meeting.link, { lang: 'fr' });
+      people.push({ page, name, ...(await joinFromPrejoin(page, name)) });
+    }
+    const [alice, bruno] = people;
+    const bytesBefore = await server.metric('tchap_visio_sfu_tcp_bytes_total');
+    const decoded = {
+      alice: await expectDecoding(alice.page, [{ identity: bruno.identity, source: 'camera' }], { newFrames: 15, timeout: 45_000 }),
+      bruno: await expectDecoding(bruno.page, [{ identity: alice.identity, source: 'camera' }], { newFrames: 15, timeout: 45_000 }),
+    };
+    const pairs = {
+      alice: await selectedPairs(alice.page, bruno.identity),
+      bruno: await selectedPairs(bruno.page, alice.identity),
+    };
+    for (const [who, { receive, send }] of Object.entries(pairs)) {
+      for (const [direction, pair] of Object.entries({ receive, send })) {
+        assert.ok(pair, `${who}: no selected candidate pair for ${direction}`);
+        assert.equal(pair.local.protocol, 'tcp', `${who} ${direction}: local candidate ${JSON.stringify(pair)}`);
+        assert.equal(pair.remote.protocol, 'tcp', `${who} ${direction}: remote candidate ${JSON.stringify(pair)}`);
+        assert.equal(pair.remote.tcpType, 'passive', `${who} ${direction}: the server's candidate is passive`);
+      }
+      assert.ok(receive.bytesReceived > 50_000, `${who}: ${receive.bytesReceived} bytes received on the TCP pair`);
+      assert.ok(send.bytesSent > 50_000, `${who}: ${send.bytesSent} bytes sent on the TCP pair`);
+    }
+    const bytesAfter = await server.metric('tchap_visio_sfu_tcp_bytes_total');
+    const connections = await server.metric('tchap_visio_sfu_tcp_connections');
+    assert.ok(bytesAfter > bytesBefore + 50_000, `the server counted ${bytesAfter - bytesBefore} TCP bytes while video decoded`);
+    // Each page holds two peer connections (publisher, subscriber), each over TCP.
+    assert.ok(connections >= 4, `${connections} ICE-TCP connections open on the server`);
+    console.log(`RESULT ${JSON.stringify({ decoded, pairs, tcpBytes: bytesAfter, connections })}`);
+    ok = true;
+  });
+} finally {
+  await browser?.close().catch(() => {});
+  await server?.stop();
+  if (ok) removeWorkdir(dir);
+  else process.stderr.write(`work directory kept: ${dir}\n`);
+}

@@ -310,7 +310,8 @@ pub struct Engine {
     /// Peers to poll after an input, and str0m events waiting to be handled.
     dirty: Vec<(ParticipantKey, Pc)>,
     events: VecDeque<(ParticipantKey, Pc, Event)>,
-    /// Reused buffer for forwarding targets (no allocation per packet in steady state).
+    /// Reused buffer for forwarding targets, as (subscriber, index of its downtrack): no
+    /// allocation per packet in steady state.
     targets: Vec<(ParticipantKey, usize)>,
     next_housekeeping: Instant,
     next_quality: Instant,

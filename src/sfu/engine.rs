@@ -188,6 +188,23 @@ struct DownTrack {
     timestamps: TimestampRewriter,
 }
 
+impl Track {
+    /// What each simulcast layer costs: measured, but never less than the bit rate the
+    /// publisher announced for it, so that a layer measured while its encoder was still
+    /// ramping up (or before dynacast paused it) does not look cheaper than it will be.
+    fn layer_cost(&self) -> [u64; LAYERS] {
+        let mut cost = self.layer_bps;
+        for layer in &self.layers {
+            if let Ok(quality) = lk::VideoQuality::try_from(layer.quality)
+                && let Some(index) = simulcast::layer_for_quality(quality as i32)
+            {
+                cost[index] = cost[index].max(u64::from(layer.bitrate));
+            }
+        }
+        cost
+    }
+}
+
 impl DownTrack {
     fn new(publisher: ParticipantKey, track_sid: String, kind: MediaKind) -> Self {
         Self {
@@ -293,7 +310,8 @@ pub struct Engine {
     /// Peers to poll after an input, and str0m events waiting to be handled.
     dirty: Vec<(ParticipantKey, Pc)>,
     events: VecDeque<(ParticipantKey, Pc, Event)>,
-    /// Reused buffer for forwarding targets (no allocation per packet in steady state).
+    /// Reused buffer for forwarding targets, as (subscriber, index of its downtrack): no
+    /// allocation per packet in steady state.
     targets: Vec<(ParticipantKey, usize)>,
     next_housekeeping: Instant,
     next_quality: Instant,
@@ -2004,7 +2022,7 @@ impl Engine {
             }
             if track.simulcast {
                 simulcast_downs.push(d);
-                costs.push((track.layer_bps, down.layers.max));
+                costs.push((track.layer_cost(), down.layers.max));
             } else {
                 fixed = fixed.saturating_add(track.layer_bps[0]);
             }

@@ -42,6 +42,10 @@ pub const PER_RECEIVER_SLOTS: usize = 4;
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts.
 pub const MAX_RETRY: Duration = Duration::from_secs(5 * 60);
+/// Successful deliveries are kept this long (for diagnosis), then deleted; failures stay.
+pub const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often old successes are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The worker looks at the queue at least this often, for deliveries queued by another
 /// process (`webhook test`) or committed after their wake-up.
 const POLL: Duration = Duration::from_secs(1);
@@ -349,11 +353,24 @@ impl WebhookWorker {
             .map(|r| (r.url.clone(), HashSet::new()))
             .collect();
         let mut tasks: JoinSet<(String, String)> = JoinSet::new();
+        let mut next_prune = tokio::time::Instant::now();
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
             let now = now_ms();
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune += PRUNE_EVERY;
+                match self
+                    .store
+                    .prune_delivered_webhooks(now - KEEP_DELIVERED.as_millis() as i64)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(deleted = n, "webhooks: old deliveries pruned"),
+                    Err(e) => tracing::warn!(error = %e, "webhooks: cannot prune old deliveries"),
+                }
+            }
             let mut next_due: Option<i64> = None;
             for receiver in receivers.iter() {
                 let busy = in_flight

@@ -215,6 +215,17 @@ impl Store {
         .rows_affected())
     }
 
+    /// Forgets deliveries that succeeded before `before` (failures are kept for the admin).
+    pub async fn prune_delivered_webhooks(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE state = 'delivered' AND finished_at < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Every delivery of an event, by receiver (for tests and diagnostics).
     pub async fn webhook_deliveries_of(
         &self,

@@ -224,9 +224,12 @@ impl DownTrack {
 struct SinglePc {
     /// The receive slots of the last answer (m-lines the server may send on).
     slots: Vec<sdp::Slot>,
-    /// Slots whose track went away: answered `inactive` once before being reused, so that
-    /// the browser sees the next track on them as a new one.
-    releasing: Vec<Mid>,
+    /// Slots whose track went away: answered `inactive` from then on and never reused,
+    /// because livekit-client stops the receiver's track when a track goes away and a
+    /// stopped track never starts again (it ignores tracks that arrive already ended).
+    retired: Vec<Mid>,
+    /// How many of `retired` an answer has marked `inactive` so far.
+    retired_answered: usize,
     /// A `MediaSectionsRequirement` went out and no offer has come since.
     requested: bool,
     /// An offer was answered: the client's peer connection exists.
@@ -1217,7 +1220,7 @@ impl Engine {
             .single
             .as_mut()
             .expect("assign_slots is for single-PC participants");
-        let mut taken: Vec<String> = single.releasing.iter().map(Mid::to_string).collect();
+        let mut taken: Vec<String> = single.retired.iter().map(Mid::to_string).collect();
         taken.extend(p.downtracks.iter().filter_map(|d| match d.state {
             DownState::Open(mid) | DownState::Negotiating(mid) => Some(mid.to_string()),
             DownState::ToOpen => None,
@@ -1258,8 +1261,8 @@ impl Engine {
             );
             mid_to_track_id.insert(mid.to_string(), down.track_sid.clone());
         }
-        // This answer marks the released slots inactive: they are free from now on.
-        single.releasing.clear();
+        // Retired slots are not in `assigned`: this answer marks them inactive.
+        single.retired_answered = single.retired.len();
         single.slots = slots;
         single.answered = true;
         let sdp = sdp::rewrite_answer(answer, &assigned);
@@ -1270,8 +1273,8 @@ impl Engine {
     }
 
     /// Single peer connection: asks the client to offer again when tracks wait for a slot
-    /// or released slots must be answered `inactive`, with the number of receive m-lines
-    /// to add. At most one request is outstanding; each answer checks again.
+    /// or newly retired slots must be answered `inactive`, with the number of receive
+    /// m-lines to add. At most one request is outstanding; each answer checks again.
     fn request_sections(&mut self, key: ParticipantKey) {
         let Some(p) = self.participants.get_mut(key) else {
             return;
@@ -1289,7 +1292,7 @@ impl Engine {
                 .count()
         };
         let (audio, video) = (waiting(MediaKind::Audio), waiting(MediaKind::Video));
-        if audio == 0 && video == 0 && single.releasing.is_empty() {
+        if audio == 0 && video == 0 && single.retired.len() == single.retired_answered {
             return;
         }
         let used: Vec<String> = p
@@ -1299,7 +1302,7 @@ impl Engine {
                 DownState::Open(mid) | DownState::Negotiating(mid) => Some(mid.to_string()),
                 DownState::ToOpen => None,
             })
-            .chain(single.releasing.iter().map(Mid::to_string))
+            .chain(single.retired.iter().map(Mid::to_string))
             .collect();
         let free = |kind: MediaKind| {
             single
@@ -1714,7 +1717,7 @@ impl Engine {
             }
             if let DownState::Negotiating(mid) | DownState::Open(mid) = d.state {
                 match &mut p.single {
-                    Some(single) => single.releasing.push(mid),
+                    Some(single) => single.retired.push(mid),
                     None => p.subscriber.to_stop.push(mid),
                 }
                 stopped = true;

@@ -7,7 +7,8 @@
 //! msid stream id (`PA_<participant sid>|TR_<track sid>`), and a browser fires `ontrack`
 //! only when an m-line starts receiving, so the answer is rewritten: assigned slots get
 //! LiveKit's msid, unassigned ones become `inactive` (so that assigning one later is a
-//! new track for the browser). Pure functions on strings; no str0m state is touched.
+//! new track for the browser, and one whose track left stops). Pure functions on
+//! strings; no str0m state is touched.
 
 use std::collections::HashMap;
 

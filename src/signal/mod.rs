@@ -161,16 +161,20 @@ async fn server_chat(
     }
 }
 
-/// `/rtc/v1/validate`: as `/rtc/validate`, and the join request must decode.
+/// `/rtc/v1/validate`: as `/rtc/validate`, and the join request must decode (checked
+/// after the token, so that a bad token is still answered 401).
 async fn validate_v1(
-    state: State<SignalState>,
+    State(state): State<SignalState>,
     Query(params): Query<RtcParams>,
     headers: HeaderMap,
 ) -> Response {
+    if let Err((status, text)) = authorize(&state, &headers, &params) {
+        return refuse(status, text);
+    }
     if let Err(e) = v1::decode(params.join_request.as_deref()) {
         return refuse(StatusCode::BAD_REQUEST, e.to_string());
     }
-    validate(state, Query(params), headers).await
+    validate(State(state), Query(params), headers).await
 }
 
 async fn validate(

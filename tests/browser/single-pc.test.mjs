@@ -2,7 +2,9 @@
 // default) with no detour: no 404, no `/rtc` fallback, no `validate` probe in any page's
 // network log, and the server counts the connections on `/rtc/v1`. A third page forced
 // onto two peer connections (`?pc=dual`, `/rtc`) shares the meeting: both paths in one
-// room, every page decoding the two others. Issue 6 item 1.
+// room, every page decoding the two others. Then one leaves and two join: the spare
+// receive m-line carries one newcomer, the server asks for one more
+// (`MediaSectionsRequirement`) for the other, and both decode. Issue 6 item 1.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -61,8 +63,26 @@ function recordNetwork(page) {
   page.on('requestfailed', (request) => {
     log.requests.push({ path: new URL(request.url()).pathname, status: 'failed' });
   });
-  page.on('websocket', (ws) => log.sockets.push(new URL(ws.url()).pathname));
+  page.on('websocket', (ws) => {
+    log.sockets.push(new URL(ws.url()).pathname);
+    log.urlLengths = [...(log.urlLengths ?? []), ws.url().length];
+  });
   return log;
+}
+
+/** In the page: the video m-lines it receives on (no local track) and how many of them. */
+function receiveVideoLines() {
+  const transceivers = window.tchapVisio.room.engine.pcManager.publisher.getTransceivers();
+  return transceivers.filter((t) => t.receiver.track.kind === 'video' && !t.sender.track).length;
+}
+
+async function join(meeting, name, pc) {
+  const page = await newPage(browser, { locale: 'fr-FR' });
+  page.label = `${name} (${pc})`;
+  pages.push(page);
+  const network = recordNetwork(page);
+  await openPrejoin(page, pc === 'dual' ? `${meeting.link}?pc=dual` : meeting.link);
+  return { page, name, pc, network, ...(await joinFromPrejoin(page, name)) };
 }
 
 async function scenario() {
@@ -77,12 +97,7 @@ async function scenario() {
     ['Bruno', 'single'],
     ['Chloé', 'dual'],
   ]) {
-    const page = await newPage(browser, { locale: 'fr-FR' });
-    page.label = `${name} (${pc})`;
-    pages.push(page);
-    const network = recordNetwork(page);
-    await openPrejoin(page, pc === 'dual' ? `${meeting.link}?pc=dual` : meeting.link);
-    people.push({ page, name, pc, network, ...(await joinFromPrejoin(page, name)) });
+    people.push(await join(meeting, name, pc));
   }
 
   for (const me of people) {
@@ -96,6 +111,9 @@ async function scenario() {
     assert.deepEqual(network.sockets, [expected], `${name}: signalling WebSockets opened`);
     const bad = network.requests.filter((r) => r.status === 'failed' || r.status >= 400);
     assert.deepEqual(bad, [], `${name}: no failed or 4xx/5xx request`);
+    // What reverse proxies must let through (docs/signalling.md): the URL holds the token
+    // and, on /rtc/v1, the gzipped publisher offer.
+    console.log(`${name} (${pc}): signalling URL of ${network.urlLengths} bytes`);
     const probes = network.requests.filter((r) => r.path.endsWith('/validate'));
     assert.deepEqual(probes, [], `${name}: livekit-client never had to ask /validate why a join failed`);
   }
@@ -110,4 +128,20 @@ async function scenario() {
     });
     assert.equal(count, pc === 'single' ? 1 : 2, `${name}: peer connections`);
   }
+
+  // Bruno leaves; Denis and Emma join. Alice had three receive-only video m-lines (from
+  // her first offer), two in use. Bruno's is retired (livekit-client ended its track),
+  // the spare one carries a newcomer, and one more is asked for the other.
+  const [alice, bruno, chloe] = people;
+  const linesBefore = await alice.page.evaluate(receiveVideoLines);
+  await bruno.page.locator('[data-testid=leave]').click();
+  await bruno.page.locator('[data-testid=left]').waitFor({ timeout: 10_000 });
+  await alice.page.locator(`[data-testid=tile][data-identity="${bruno.identity}"]`).waitFor({ state: 'detached', timeout: 10_000 });
+  const newcomers = [await join(meeting, 'Denis', 'single'), await join(meeting, 'Emma', 'single')];
+  const cameras = (list) => list.map((p) => ({ identity: p.identity, source: 'camera' }));
+  await expectDecoding(alice.page, cameras([chloe, ...newcomers]), { newFrames: 15, timeout: 45_000 });
+  await expectDecoding(chloe.page, cameras([alice, ...newcomers]), { newFrames: 15, timeout: 45_000 });
+  await expectDecoding(newcomers[1].page, cameras([alice, chloe, newcomers[0]]), { newFrames: 15, timeout: 45_000 });
+  assert.equal(linesBefore, 3, 'livekit-client offers three receive-only video m-lines at first');
+  assert.equal(await alice.page.evaluate(receiveVideoLines), linesBefore + 1, 'Alice: one receive m-line added on request');
 }

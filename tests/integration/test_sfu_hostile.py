@@ -163,6 +163,8 @@ def test_signalling_paths_and_tokens(env):
     assert (r.status_code, r.text) == (200, "success")
     r = requests.get(f"{svc.url}/rtc/v1/validate", params={"access_token": good}, timeout=5)
     assert r.status_code == 400 and "missing" in r.text, r.text
+    r = requests.get(f"{svc.url}/rtc/v1/validate", params={"access_token": no_join, "join_request": "!"}, timeout=5)
+    assert r.status_code == 401 and "roomJoin" in r.text, r.text
     # A WebSocket upgrade without a token is refused before any session exists.
     r = requests.get(
         f"{svc.url}/rtc",

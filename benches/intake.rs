@@ -57,6 +57,17 @@ async fn fresh_postgres_database(admin: &str) -> String {
     url.to_string()
 }
 
+/// The example config, for the parts of the state the intake does not use.
+fn example_config() -> tchap_visio::config::Config {
+    use figment::providers::Format;
+    figment::Figment::new()
+        .merge(figment::providers::Yaml::string(include_str!(
+            "../config/example-config.yaml"
+        )))
+        .extract()
+        .expect("the example config parses")
+}
+
 async fn run(label: &str, uri: &str) {
     let store = Store::open(uri, 8).await.expect("open store");
     let inbox_wake = Arc::new(Notify::new());
@@ -88,6 +99,14 @@ async fn run(label: &str, uri: &str) {
         pings: None,
         sfu_keys: Arc::new(SfuKeys::generate()),
         public_ws_url: "ws://127.0.0.1".into(),
+        bot_api: tchap_visio::http::api::BotApiContext {
+            outbound_wake: Arc::new(Notify::new()),
+            bridge: Arc::new(tchap_visio::bridge::BridgeContext::from_config(
+                &example_config(),
+                None,
+                None,
+            )),
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

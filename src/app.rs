@@ -16,6 +16,7 @@ use crate::auth::token::SfuKeys;
 use crate::bridge::sfu_events::SfuEventWorker;
 use crate::bridge::{self, Bridge, BridgeContext};
 use crate::config::Config;
+use crate::http::api::BotApiContext;
 use crate::http::{self, AppState};
 use crate::matrix::bot::Bot;
 use crate::matrix::client::{CallError, MatrixClient};
@@ -25,6 +26,7 @@ use crate::observability;
 use crate::sfu::{EngineConfig, SfuHandle};
 use crate::signal::{self, SignalState};
 use crate::store::{Store, redact_uri};
+use crate::webhooks::Webhooks;
 
 /// Switches of `run` that are not configuration.
 #[derive(Debug, Clone, Default)]
@@ -75,6 +77,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let mut workers = tokio::task::JoinSet::new();
+    // Webhook deliveries have their own worker: a slow receiver delays nothing else.
+    // The bridge queues events through clones of `webhooks`, which share its wake-up.
+    let webhooks = Webhooks::from_config(&config.webhooks);
+    workers.spawn(webhooks.worker(store.clone(), shutdown.clone()).run());
     let (sfu, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
     workers.spawn(async move {
         let _ = sfu_task.await;
@@ -90,6 +96,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         let mut conn = store.pool().acquire().await?;
         bridge::recover(&mut conn, crate::store::now_ms()).await?;
     }
+    let bot_api = BotApiContext {
+        outbound_wake: outbound_wake.clone(),
+        bridge: bridge.clone(),
+    };
     workers.spawn(
         OutboundWorker {
             store: store.clone(),
@@ -141,6 +151,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         pings: None,
         sfu_keys: sfu_keys.clone(),
         public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
+        bot_api,
     };
     tracing::info!(
         %addr,
@@ -301,6 +312,10 @@ pub async fn check_config(config: &Config) -> anyhow::Result<String> {
                 pings: Some(ping_tx),
                 sfu_keys: Arc::new(SfuKeys::generate()),
                 public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
+                bot_api: BotApiContext {
+                    outbound_wake: Arc::new(Notify::new()),
+                    bridge: Arc::new(BridgeContext::from_config(config, None, None)),
+                },
             };
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -430,6 +445,76 @@ pub async fn create_meeting(
     })
 }
 
+/// `api-token create`: a new bot API token called `name`; returns the token, which is
+/// stored only as its SHA-256 and never shown again.
+pub async fn create_api_token(config: &Config, name: &str) -> anyhow::Result<String> {
+    let name = crate::auth::api_token::validate_name(name).context("--name")?;
+    let token = crate::auth::api_token::generate();
+    let store = open_store(config).await?;
+    let mut conn = store.pool().acquire().await?;
+    let created = crate::store::api_tokens::create(
+        &mut conn,
+        name,
+        &crate::auth::api_token::sha256_hex(&token),
+        crate::store::now_ms(),
+    )
+    .await?;
+    drop(conn);
+    store.close().await;
+    if !created {
+        bail!(
+            "a token called `{name}` already exists; revoke it first (api-token revoke --name {name}) or pick another name"
+        );
+    }
+    tracing::info!(token_name = name, "API token created");
+    Ok(token)
+}
+
+/// `api-token list`: every token, revoked ones included (no secrets: there are none stored).
+pub async fn list_api_tokens(
+    config: &Config,
+) -> anyhow::Result<Vec<crate::store::api_tokens::ApiTokenInfo>> {
+    let store = open_store(config).await?;
+    let mut conn = store.pool().acquire().await?;
+    let tokens = crate::store::api_tokens::list(&mut conn).await?;
+    drop(conn);
+    store.close().await;
+    Ok(tokens)
+}
+
+/// `api-token revoke`: the token stops working at once (every request looks it up).
+pub async fn revoke_api_token(config: &Config, name: &str) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let mut conn = store.pool().acquire().await?;
+    let revoked = crate::store::api_tokens::revoke(&mut conn, name, crate::store::now_ms()).await?;
+    drop(conn);
+    store.close().await;
+    if !revoked {
+        bail!("no active token called `{name}` (see api-token list)");
+    }
+    Ok(())
+}
+
+/// `webhook test`: queues a `ping` event for every configured receiver; the running
+/// service delivers it within a second. Returns the event id and the receivers.
+pub async fn webhook_test(config: &Config) -> anyhow::Result<(String, Vec<String>)> {
+    if config.webhooks.is_empty() {
+        bail!(
+            "no webhook is configured: add a `webhooks` entry ({{url, secret}}) to the config first"
+        );
+    }
+    let webhooks = Webhooks::from_config(&config.webhooks);
+    let store = open_store(config).await?;
+    let mut tx = store.begin().await?;
+    let event = webhooks.enqueue_ping(&mut tx).await?;
+    tx.commit().await?;
+    store.close().await;
+    Ok((
+        event,
+        config.webhooks.iter().map(|w| w.url.clone()).collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use figment::Figment;
@@ -493,5 +578,43 @@ mod tests {
                 "{title:?} {room:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn api_tokens_from_the_command_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config(&format!("sqlite://{}/cli.db", dir.path().display()));
+        let token = create_api_token(&config, "minutes").await.expect("created");
+        assert!(token.starts_with(crate::auth::api_token::TOKEN_PREFIX));
+        let again = create_api_token(&config, "minutes")
+            .await
+            .expect_err("name taken");
+        assert!(again.to_string().contains("already exists"), "{again}");
+        assert!(create_api_token(&config, "bad name").await.is_err());
+        let listed = list_api_tokens(&config).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].name.as_str(), listed[0].revoked_at),
+            ("minutes", None)
+        );
+        // Only the hash is stored.
+        let store = open_store(&config).await.expect("store");
+        let stored: String = sqlx::query_scalar("SELECT token_sha256 FROM api_tokens")
+            .fetch_one(store.pool())
+            .await
+            .expect("row");
+        assert_eq!(stored, crate::auth::api_token::sha256_hex(&token));
+        store.close().await;
+        revoke_api_token(&config, "minutes").await.expect("revoked");
+        assert!(revoke_api_token(&config, "minutes").await.is_err());
+        assert!(
+            list_api_tokens(&config).await.expect("list")[0]
+                .revoked_at
+                .is_some()
+        );
+        assert!(
+            webhook_test(&config).await.is_err(),
+            "no receiver configured"
+        );
     }
 }

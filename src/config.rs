@@ -23,6 +23,7 @@ const SECTIONS: &[&str] = &[
     "meetings",
     "language",
     "logging",
+    "webhooks",
 ];
 
 /// Value the example config holds until `generate-registration` writes real tokens.
@@ -64,6 +65,32 @@ pub struct Config {
     pub language: Language,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Receivers of signed meeting events.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook receiver.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// Key of the HMAC-SHA256 signature; the receiver knows it too.
+    pub secret: String,
+}
+
+/// Shortest webhook secret accepted (as for `sfu.keys`: 256 bits in hex).
+pub const WEBHOOK_SECRET_MIN_LEN: usize = 32;
+
+// The secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"***")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -537,6 +564,41 @@ impl Config {
         if self.meetings.max_participants == 0 {
             return Err(invalid("meetings.max_participants", "must be at least 1"));
         }
+        let mut urls = std::collections::BTreeSet::new();
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            let n = i + 1;
+            match url::Url::parse(&hook.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "webhooks",
+                        format!(
+                            "entry {n}: url `{}` is not an http(s) URL, e.g. https://bot.example.gouv.fr/hooks/visio",
+                            hook.url
+                        ),
+                    ));
+                }
+            }
+            if !urls.insert(hook.url.as_str()) {
+                return Err(invalid(
+                    "webhooks",
+                    format!(
+                        "entry {n}: url `{}` is listed twice; keep one entry per receiver",
+                        hook.url
+                    ),
+                ));
+            }
+            // The message names the entry, never the secret.
+            if hook.secret.trim().len() < WEBHOOK_SECRET_MIN_LEN {
+                return Err(invalid(
+                    "webhooks",
+                    format!(
+                        "entry {n} ({}): secret is shorter than {WEBHOOK_SECRET_MIN_LEN} characters; use e.g. `openssl rand -hex 32` and give the receiver the same value",
+                        hook.url
+                    ),
+                ));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(invalid(
                 "logging.level",
@@ -647,6 +709,48 @@ mod tests {
                 .to_string()
                 .contains("permissions")
         );
+    }
+
+    #[test]
+    fn webhooks_are_checked_without_showing_secrets() {
+        let secret = "s3cret-".repeat(6);
+        let hook = |url: &str, secret: &str| WebhookConfig {
+            url: url.into(),
+            secret: secret.into(),
+        };
+        let mut config = with_tokens(example());
+        config.webhooks = vec![hook("https://bot.example/hook", &secret)];
+        config.validate().expect("valid");
+        assert!(!format!("{config:?}").contains("s3cret"));
+
+        let cases = [
+            (
+                vec![hook("ftp://bot.example/hook", &secret)],
+                "entry 1: url",
+            ),
+            (vec![hook("bot.example/hook", &secret)], "entry 1: url"),
+            (
+                vec![
+                    hook("https://a.example/h", &secret),
+                    hook("https://a.example/h", &secret),
+                ],
+                "entry 2: url `https://a.example/h` is listed twice",
+            ),
+            (
+                vec![hook("https://a.example/h", "short-s3cret")],
+                "entry 1 (https://a.example/h): secret is shorter",
+            ),
+        ];
+        for (hooks, expected) in cases {
+            let mut config = with_tokens(example());
+            config.webhooks = hooks;
+            let err = config.validate().expect_err("invalid").to_string();
+            assert!(
+                err.contains("`webhooks`") && err.contains(expected),
+                "{err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[test]

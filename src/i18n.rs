@@ -45,6 +45,9 @@ pub const ENCRYPTED_ROOM: Text = Text::new(
     "This room is encrypted: I cannot read encrypted messages yet, so I will not see !visio commands here. Use an unencrypted room for now.",
 );
 
+/// Default name of the ghost that posts summaries sent through the bot API.
+pub const SUMMARY_AUTHOR: Text = Text::new("Compte-rendu", "Meeting notes");
+
 /// Escapes text for Matrix HTML (`formatted_body`).
 pub fn html_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

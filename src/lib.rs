@@ -15,3 +15,4 @@ pub mod observability;
 pub mod sfu;
 pub mod signal;
 pub mod store;
+pub mod webhooks;

@@ -53,6 +53,82 @@ enum Command {
         #[command(subcommand)]
         command: MeetingCommand,
     },
+    /// Manage the bot API's tokens.
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+    },
+    /// Check webhook receivers.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// Create a token and print it (once: only its SHA-256 is stored).
+    Create {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// What the token is for, e.g. compte-rendu-bot (A-Z, a-z, 0-9, `.`, `_`, `-`).
+        #[arg(long)]
+        name: String,
+    },
+    /// List tokens: name, creation, last use, revocation.
+    List {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+    /// Revoke a token; it stops working at once.
+    Revoke {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Queue a signed `ping` event for every receiver; the running service sends it.
+    Test {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+}
+
+/// The config for commands that only touch the database: the appservice tokens play
+/// no part, so the config need not be registered yet.
+fn load_for_admin(config: &std::path::Path) -> anyhow::Result<Config> {
+    let config = Config::load(config)?;
+    config.validate_except_tokens()?;
+    Ok(config)
+}
+
+/// A time of the database (ms since the epoch) for people: UTC, to the second.
+fn format_ms(ms: Option<i64>) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 #[derive(Subcommand)]
@@ -137,5 +213,70 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::ApiToken { command } => match command {
+            ApiTokenCommand::Create { config, name } => {
+                let token = app::create_api_token(&load_for_admin(&config)?, &name).await?;
+                println!(
+                    "API token `{name}` created. It is shown only now: give it to the bot \
+                     (Authorization: Bearer <token>).\n{token}"
+                );
+                Ok(())
+            }
+            ApiTokenCommand::List { config } => {
+                let tokens = app::list_api_tokens(&load_for_admin(&config)?).await?;
+                if tokens.is_empty() {
+                    println!(
+                        "No API token (create one with: tchap-visio api-token create --name NAME)"
+                    );
+                }
+                for token in tokens {
+                    println!(
+                        "{}\tcreated {}\tlast used {}\t{}",
+                        token.name,
+                        format_ms(Some(token.created_at)),
+                        format_ms(token.last_used_at),
+                        match token.revoked_at {
+                            Some(_) => format!("revoked {}", format_ms(token.revoked_at)),
+                            None => "active".into(),
+                        }
+                    );
+                }
+                Ok(())
+            }
+            ApiTokenCommand::Revoke { config, name } => {
+                app::revoke_api_token(&load_for_admin(&config)?, &name).await?;
+                println!("API token `{name}` revoked.");
+                Ok(())
+            }
+        },
+        Command::Webhook {
+            command: WebhookCommand::Test { config },
+        } => {
+            let (event, receivers) = app::webhook_test(&load_for_admin(&config)?).await?;
+            println!(
+                "Queued ping event {event} for {} receiver(s): {}\nThe running service sends it \
+                 within a second; its log says how each delivery went.",
+                receivers.len(),
+                receivers.join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_printed_in_utc() {
+        assert_eq!(super::format_ms(Some(0)), "1970-01-01 00:00:00Z");
+        assert_eq!(
+            super::format_ms(Some(1_764_000_000_123)),
+            "2025-11-24 16:00:00Z"
+        );
+        assert_eq!(
+            super::format_ms(Some(951_825_600_000)),
+            "2000-02-29 12:00:00Z"
+        );
+        assert_eq!(super::format_ms(None), "-");
     }
 }

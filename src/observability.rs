@@ -80,10 +80,28 @@ fn describe() {
         "tchap_visio_outbound_send_seconds",
         "Time of one request to the homeserver"
     );
+    describe_counter!(
+        "tchap_visio_bot_api_summaries_total",
+        "Summaries queued through the bot API"
+    );
+    describe_counter!(
+        "tchap_visio_bot_api_refused_total",
+        "Bot API requests with an unknown or revoked token"
+    );
+    describe_gauge!(
+        "tchap_visio_webhook_pending",
+        "Webhook deliveries waiting for an attempt"
+    );
+    describe_counter!(
+        "tchap_visio_webhook_attempts_total",
+        "Webhook delivery attempts, by outcome (delivered, retry, gave_up)"
+    );
     // Series appear at zero from the start, so dashboards and tests see them before traffic.
     metrics::counter!("tchap_visio_transactions_received_total").absolute(0);
     metrics::counter!("tchap_visio_transactions_replayed_total").absolute(0);
     metrics::counter!("tchap_visio_events_received_total").absolute(0);
     metrics::counter!("tchap_visio_events_processed_total").absolute(0);
     metrics::counter!("tchap_visio_outbound_send_failures_total").absolute(0);
+    metrics::counter!("tchap_visio_bot_api_summaries_total").absolute(0);
+    metrics::counter!("tchap_visio_bot_api_refused_total").absolute(0);
 }

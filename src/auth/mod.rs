@@ -2,6 +2,7 @@
 //! tokens (`token`); Matrix OpenID verification later. Comparisons are constant-time
 //! and never log the secret.
 
+pub mod api_token;
 pub mod token;
 
 use sha2::{Digest, Sha256};

@@ -1,7 +1,8 @@
-//! The HTTP server (axum): the appservice API, the meeting join endpoint, health and
-//! metrics. Later the meeting page, the bot API and LiveKit signalling. `router()` is a
-//! plain function so handlers are tested without a socket.
+//! The HTTP server (axum): the appservice API, the meeting page and its join endpoint,
+//! the bot API (`api`), health and metrics. `router()` is a plain function so handlers
+//! are tested without a socket.
 
+pub mod api;
 pub mod appservice;
 pub mod error;
 pub mod join;
@@ -40,13 +41,22 @@ pub struct AppState {
     /// Base `ws(s)://` URL of the SFU handed to joining clients
     /// (see [`join::ws_base_url`]).
     pub public_ws_url: String,
+    /// What the bot API needs besides.
+    pub bot_api: api::BotApiContext,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(appservice_routes(state.clone()))
         .route("/api/v1/meetings/{slug}/join", post(join::join))
-        .route("/api/v1/meetings/{slug}", get(join::info))
+        // With a bearer token the bot API (by id), without one the page's info (by slug).
+        .route("/api/v1/meetings/{slug}", get(api::get_meeting))
+        .route("/api/v1/meetings/{slug}/summary", post(api::post_summary))
+        .route(
+            "/api/v1/rooms/{room_id}/meetings",
+            get(api::list_room_meetings),
+        )
+        .route("/api/v1/openapi.json", get(api::openapi))
         .route("/m/{slug}", get(web::page))
         .route("/assets/{*path}", get(web::asset))
         .route("/health", get(health))

@@ -27,6 +27,18 @@ pub(super) fn sfu_keys() -> SfuKeys {
     )
 }
 
+/// The bridge as the example config makes it (French).
+fn bridge_context() -> crate::bridge::BridgeContext {
+    use figment::providers::{Format, Yaml};
+    let config: crate::config::Config = figment::Figment::new()
+        .merge(Yaml::string(include_str!(
+            "../../config/example-config.yaml"
+        )))
+        .extract()
+        .expect("the example config parses");
+    crate::bridge::BridgeContext::from_config(&config, None, None)
+}
+
 pub(super) fn state(store: Store) -> AppState {
     AppState {
         store,
@@ -38,6 +50,10 @@ pub(super) fn state(store: Store) -> AppState {
         pings: None,
         sfu_keys: Arc::new(sfu_keys()),
         public_ws_url: TEST_WS_URL.into(),
+        bot_api: api::BotApiContext {
+            outbound_wake: Arc::new(Notify::new()),
+            bridge: Arc::new(bridge_context()),
+        },
     }
 }
 

@@ -2,6 +2,7 @@
 //! over `sqlx::Any` and embedded, numbered migrations per dialect. Owns the schema;
 //! knows nothing of HTTP, Matrix semantics or media.
 
+pub mod api_tokens;
 pub mod chat;
 pub mod ghosts;
 pub mod inbox;
@@ -9,6 +10,7 @@ pub mod meetings;
 pub mod outbound;
 pub mod rooms;
 pub mod sessions;
+pub mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;

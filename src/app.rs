@@ -87,11 +87,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     });
     // Subscribed before anything can join, so no event is missed.
     let sfu_events = sfu.subscribe();
-    let bridge = Arc::new(BridgeContext::from_config(
-        &config,
-        Some(sfu.clone()),
-        Some(client.clone()),
-    ));
+    let bridge = Arc::new(
+        BridgeContext::from_config(&config, Some(sfu.clone()), Some(client.clone()))
+            .with_webhooks(webhooks.clone()),
+    );
     {
         let mut conn = store.pool().acquire().await?;
         bridge::recover(&mut conn, crate::store::now_ms()).await?;

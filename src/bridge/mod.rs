@@ -28,6 +28,7 @@ use crate::meeting::{self, ChatMessage, ChatOrigin, Meeting, MeetingState};
 use crate::sfu::SfuHandle;
 use crate::store::inbox::InboxEvent;
 use crate::store::{Connection, StoreError, chat, meetings, now_ms, rooms, sessions};
+use crate::webhooks::{self, WebhookKind, Webhooks};
 use ghosts::GhostNamer;
 
 /// Meetings nobody ever joined are closed after this long.
@@ -54,6 +55,8 @@ pub struct BridgeContext {
     pub sfu: Option<SfuHandle>,
     /// For the rare lookups the bridge makes in passing (power levels, display names).
     pub client: Option<MatrixClient>,
+    /// Receivers of meeting events; queued in the bridge's own transactions.
+    pub webhooks: Webhooks,
     display_names: Mutex<HashMap<OwnedUserId, (String, Instant)>>,
 }
 
@@ -84,8 +87,14 @@ impl BridgeContext {
             },
             sfu,
             client,
+            webhooks: Webhooks::none(),
             display_names: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     pub fn link(&self, meeting: &Meeting) -> String {
@@ -437,7 +446,17 @@ impl Bridge {
                 now_ms()
             },
         };
-        chat::insert(conn, &message).await?;
+        if chat::insert(conn, &message).await? {
+            ctx.webhooks
+                .enqueue(
+                    conn,
+                    WebhookKind::ChatMessage,
+                    &meeting,
+                    webhooks::chat_data(&message),
+                )
+                .await?;
+            ctx.webhooks.wake();
+        }
         metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_meeting")
             .increment(1);
         Ok(true)
@@ -592,6 +611,15 @@ pub async fn end_meeting(
             meetings::set_widget(conn, &meeting.id, None).await?;
         }
     }
+    ctx.webhooks
+        .enqueue(
+            conn,
+            WebhookKind::MeetingEnded,
+            &meeting,
+            webhooks::ended_data(&meeting, &attendees, chat_messages),
+        )
+        .await?;
+    ctx.webhooks.wake();
     // Not transactional, and need not be: closing an already closed room does nothing.
     if let Some(sfu) = &ctx.sfu {
         sfu.close_room(meeting.id.to_string()).await;
@@ -625,16 +653,15 @@ pub async fn due_for_end(
         .collect())
 }
 
-/// After a restart nobody is connected: open sessions end when last seen, and meetings
-/// left empty start their grace period from their last departure.
+/// After a restart nobody is connected: open sessions end when last seen alive, and a
+/// meeting the restart emptied gets a whole grace period from now, for its participants
+/// to come back (their pages reconnect by themselves). A meeting that was already empty
+/// keeps the grace period it was in.
 pub async fn recover(conn: &mut Connection, now: i64) -> Result<(), StoreError> {
     let closed = sessions::close_stale_at_last_seen(conn).await?;
     for meeting in meetings::list_not_ended(conn).await? {
         if meeting.state == MeetingState::Running && meeting.empty_since.is_none() {
-            let since = sessions::last_left_at(conn, &meeting.id)
-                .await?
-                .unwrap_or(now);
-            meetings::set_empty_since(conn, &meeting.id, Some(since)).await?;
+            meetings::set_empty_since(conn, &meeting.id, Some(now)).await?;
         }
     }
     if closed > 0 {

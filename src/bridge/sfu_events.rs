@@ -14,6 +14,7 @@ use crate::ids::MeetingId;
 use crate::meeting::{ChatMessage, ChatOrigin, Meeting, MeetingState, Session};
 use crate::sfu::EngineEvent;
 use crate::store::{Connection, Store, StoreError, chat, meetings, now_ms, sessions};
+use crate::webhooks::{self, WebhookKind};
 
 /// How often open sessions are marked alive (what a crash can lose of attendance).
 const TOUCH_PERIOD: Duration = Duration::from_secs(10);
@@ -64,6 +65,7 @@ impl SfuEventWorker {
             match self.apply_once(&event).await {
                 Ok(()) => {
                     self.outbound_wake.notify_one();
+                    self.ctx.webhooks.wake();
                     return;
                 }
                 Err(e) => {
@@ -151,17 +153,51 @@ pub async fn handle_event(
                     RoomMessageEventContent::notice_html(plain, html),
                 )
                 .await?;
+                let started = meetings::get_by_id(conn, &meeting.id)
+                    .await?
+                    .unwrap_or_else(|| meeting.clone());
+                ctx.webhooks
+                    .enqueue(
+                        conn,
+                        WebhookKind::MeetingStarted,
+                        &started,
+                        serde_json::json!({}),
+                    )
+                    .await?;
             }
+            ctx.webhooks
+                .enqueue(
+                    conn,
+                    WebhookKind::ParticipantJoined,
+                    &meeting,
+                    webhooks::participant_data(&session),
+                )
+                .await?;
             metrics::counter!("tchap_visio_bridge_joins_total").increment(1);
         }
         EngineEvent::ParticipantLeft { room, sid, .. } => {
             let Some(meeting) = live_meeting(conn, room).await? else {
                 return Ok(());
             };
-            if sessions::close(conn, &meeting.id, sid, now).await?
-                && sessions::open_count(conn, &meeting.id).await? == 0
-            {
+            if !sessions::close(conn, &meeting.id, sid, now).await? {
+                return Ok(());
+            }
+            if sessions::open_count(conn, &meeting.id).await? == 0 {
                 meetings::set_empty_since(conn, &meeting.id, Some(now)).await?;
+            }
+            let closed = sessions::list_for_meeting(conn, &meeting.id)
+                .await?
+                .into_iter()
+                .find(|s| s.sid == *sid);
+            if let Some(session) = closed {
+                ctx.webhooks
+                    .enqueue(
+                        conn,
+                        WebhookKind::ParticipantLeft,
+                        &meeting,
+                        webhooks::participant_data(&session),
+                    )
+                    .await?;
             }
         }
         EngineEvent::RoomEmpty { .. } => {}
@@ -199,6 +235,14 @@ pub async fn handle_event(
             if !chat::insert(conn, &message).await? {
                 return Ok(());
             }
+            ctx.webhooks
+                .enqueue(
+                    conn,
+                    WebhookKind::ChatMessage,
+                    &meeting,
+                    webhooks::chat_data(&message),
+                )
+                .await?;
             if let Some(room) = room_of(&meeting) {
                 let ghost = ctx.ghosts.guest(&attendee_key(sender_identity));
                 ghosts::ensure_in_room(conn, &ghost, &name, &room).await?;

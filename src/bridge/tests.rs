@@ -375,9 +375,19 @@ both_dialects!(
             .await
             .expect("get")
             .expect("exists");
-        assert_eq!(stored.empty_since, Some(5_000));
         assert_eq!(
-            due_for_end(&mut conn, &ctx, 65_000)
+            stored.empty_since,
+            Some(50_000),
+            "a whole grace period to come back"
+        );
+        assert!(
+            due_for_end(&mut conn, &ctx, 109_999)
+                .await
+                .expect("due")
+                .is_empty()
+        );
+        assert_eq!(
+            due_for_end(&mut conn, &ctx, 110_000)
                 .await
                 .expect("due")
                 .len(),

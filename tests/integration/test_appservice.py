@@ -16,7 +16,8 @@ def test_replayed_transaction_is_handled_once(env):
 
 def test_unknown_commands_get_hints_in_order(env):
     alice, room = env.room_with_bot("alice", name="Order")
-    words = [f"x{i}" for i in range(1, 6)]
+    # Mistyped commands: each gets a hint (any other word after !visio is a title).
+    words = ["staut", "aied", "lein", "fni", "lnik"]
     for w in words:
         alice.send_text(room, f"!visio {w}")
     notices = alice.wait_notices(

@@ -23,6 +23,7 @@ except Exception as e:  # noqa: BLE001 - any import failure means the SDK is unu
 
 from harness import Env, wait_for
 from harness.lkpeer import Peer
+from harness.webhooks import WebhookReceiver
 
 GRACE_S = 3
 # Generous deadlines for a loaded 2-core machine; they bound waits, they are not speed claims.
@@ -31,8 +32,19 @@ LINK = re.compile(r"https?://\S+/m/([A-Za-z0-9]+)")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e = Env(tmp_path_factory.mktemp("bridge"), overrides={"meetings": {"grace_period_secs": GRACE_S}})
+def hooks():
+    """A webhook receiver that refuses each delivery's first attempt (so every event is
+    retried) and checks every signature."""
+    with WebhookReceiver(fail_first=1) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, hooks):
+    e = Env(
+        tmp_path_factory.mktemp("bridge"),
+        overrides={"meetings": {"grace_period_secs": GRACE_S}, "webhooks": [hooks.config()]},
+    )
     yield e
     e.close()
 
@@ -96,7 +108,7 @@ def send_in_thread(user, room: str, root: str, text: str) -> str:
     return resp.event_id
 
 
-def test_call_request_to_summary_with_chat_both_ways(env, tmp_path):
+def test_call_request_to_summary_with_chat_both_ways(env, hooks, tmp_path):
     alice, room = env.room_with_bot("alice", name="Bridge")
     notice, slug = start_meeting(env, alice, room, "!visio Point hebdo", "Point hebdo")
     root = notice["event_id"]
@@ -158,6 +170,28 @@ def test_call_request_to_summary_with_chat_both_ways(env, tmp_path):
     assert r.status_code in (404, 410), r.text
     summaries = [e for e in events(alice, room) if in_thread(e, root) and "Compte rendu" in body(e)]
     assert len(summaries) == 1, summaries
+
+    # Webhooks: every event of this meeting, each signed and accepted once (after one
+    # refused attempt each), in order.
+    meeting_id = grant_a["meeting"]["id"]
+
+    def of_meeting():
+        return [b for b in hooks.events_once() if b.get("meeting", {}).get("id") == meeting_id]
+
+    wait_for(lambda: any(b["type"] == "meeting.ended" for b in of_meeting()), 30, "the meeting.ended webhook")
+    got = of_meeting()
+    kinds = [b["type"] for b in got]
+    assert kinds[0] == "participant.joined" or kinds[0] == "meeting.started", kinds
+    assert kinds.count("meeting.started") == 1 and kinds.count("meeting.ended") == 1, kinds
+    assert kinds.count("participant.joined") == 2 and kinds.count("participant.left") == 2, kinds
+    assert kinds.count("chat.message") == 3, kinds
+    assert kinds[-1] == "meeting.ended", kinds
+    ended = got[-1]
+    assert ended["data"]["chat_messages"] == 3 and len(ended["data"]["attendance"]) == 2, ended
+    assert {a["name"] for a in ended["data"]["attendance"]} == {"Agathe (invité·e)", "Bruno (invité·e)"}
+    chats = [b["data"] for b in got if b["type"] == "chat.message"]
+    assert [c["origin"] for c in chats] == ["meeting", "matrix", "meeting"], chats
+    assert all(slug not in str(b) for b in got), "webhooks never carry the join secret"
 
 
 def peer_chats_any(state: dict, sender: str, text: str) -> list[dict]:

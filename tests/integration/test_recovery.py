@@ -40,7 +40,8 @@ def test_crash_after_ack_replies_exactly_once(fresh_env):
 def test_homeserver_outage_delivers_every_reply_once_in_order(fresh_env):
     env, svc = fresh_env, fresh_env.service
     alice, room = env.room_with_bot("alice", name="Outage")
-    words = [f"x{i}" for i in range(1, 6)]
+    # Mistyped commands: each gets a hint (any other word after !visio is a title).
+    words = ["staut", "aied", "lein", "fni", "lnik"]
 
     env.synapse.stop()
     stopped = time.monotonic()

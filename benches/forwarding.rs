@@ -9,7 +9,9 @@
 //!
 //! Environment: `FORWARDING_N=10` runs one size only, `FORWARDING_SECONDS=3` sets the
 //! virtual seconds measured per round, `FORWARDING_ROUNDS=5` the rounds (best and
-//! spread are printed). Instructions per packet come from running it under callgrind
+//! spread are printed), `FORWARDING_IDLE=500` adds that many participants in another
+//! room who never connect media (kept by signalling): what other meetings on the same
+//! server cost the forwarding path. Instructions per packet come from running it under callgrind
 //! (`scripts/bench-forwarding-callgrind.sh`), which counts only inside the engine's calls
 //! made while measuring: they all go through [`measured`] then, and through [`warm_up`]
 //! before (DTLS handshakes and negotiation are not forwarding).
@@ -47,16 +49,17 @@ fn main() {
     };
     let seconds: u64 = env_or("FORWARDING_SECONDS", 3);
     let rounds: usize = env_or("FORWARDING_ROUNDS", 5);
+    let idle: usize = env_or("FORWARDING_IDLE", 0);
     println!(
         "forwarding: 1 publisher → N subscribers, VP8 {FPS} fps × {FRAME_BYTES} B, DTLS-SRTP on, \
-         {seconds} virtual s per round, {rounds} rounds"
+         {seconds} virtual s per round, {rounds} rounds, {idle} idle participants elsewhere"
     );
     println!(
         "{:>4}  {:>12}  {:>14}  {:>14}  {:>10}",
         "N", "forwarded", "best pkt/s", "median pkt/s", "spread"
     );
     for n in sizes {
-        let mut world = World::new(n);
+        let mut world = World::new(n, idle);
         world.connect();
         let mut rates = Vec::new();
         let mut forwarded = 0;
@@ -107,6 +110,10 @@ struct World {
     /// Client address → (client index, is the subscriber connection).
     by_addr: HashMap<SocketAddr, (usize, bool)>,
     signals: Vec<(ParticipantKey, signal_response::Message)>,
+    /// Participants of another room, without media; a signalling message each second
+    /// keeps them from being removed as silent.
+    idle: Vec<ParticipantKey>,
+    next_keepalive: Instant,
     frame: u32,
     next_frame: Instant,
     // Counted while measuring.
@@ -167,17 +174,31 @@ fn warm_up<R>(engine: &mut Engine, f: impl FnOnce(&mut Engine) -> R) -> R {
     result
 }
 
+fn join_request(i: usize) -> JoinRequest {
+    JoinRequest {
+        room: "bench".into(),
+        identity: format!("p{i}"),
+        name: format!("P{i}"),
+        metadata: String::new(),
+        attributes: HashMap::new(),
+        can_publish: i == 0,
+        can_subscribe: true,
+        can_publish_data: true,
+        auto_subscribe: true,
+    }
+}
+
 impl World {
     fn call<R>(&mut self, f: impl FnOnce(&mut Engine) -> R) -> R {
         call(&mut self.engine, self.measuring, &mut self.engine_time, f)
     }
 
-    fn new(subscribers: usize) -> Self {
+    fn new(subscribers: usize, idle: usize) -> Self {
         let now = Instant::now();
         let config = EngineConfig {
             candidates: vec![SERVER.parse().expect("addr")],
-            max_participants_per_room: subscribers + 1,
-            max_participants: subscribers + 1,
+            max_participants_per_room: (subscribers + 1).max(idle),
+            max_participants: subscribers + 1 + idle,
             ice_servers: vec![],
         };
         let mut world = Self {
@@ -186,6 +207,8 @@ impl World {
             clients: Vec::new(),
             by_addr: HashMap::new(),
             signals: Vec::new(),
+            idle: Vec::new(),
+            next_keepalive: now,
             frame: 0,
             next_frame: now,
             measuring: false,
@@ -195,22 +218,17 @@ impl World {
         for i in 0..=subscribers {
             world.join(i);
         }
+        for i in 0..idle {
+            let mut request = join_request(i + subscribers + 1);
+            request.room = "elsewhere".into();
+            let key = world.engine.join(now, request).expect("idle join");
+            world.idle.push(key);
+        }
         world
     }
 
     fn join(&mut self, i: usize) {
-        let request = JoinRequest {
-            room: "bench".into(),
-            identity: format!("p{i}"),
-            name: format!("P{i}"),
-            metadata: String::new(),
-            attributes: HashMap::new(),
-            can_publish: i == 0,
-            can_subscribe: true,
-            can_publish_data: true,
-            auto_subscribe: true,
-        };
-        let key = self.engine.join(self.now, request).expect("join");
+        let key = self.engine.join(self.now, join_request(i)).expect("join");
         // 10.1.x.y: room for a few thousand clients, two addresses each.
         let addr = |port: u16| -> SocketAddr {
             SocketAddr::from(([10, 1, (i / 200) as u8, (i % 200) as u8 + 1], port))
@@ -303,6 +321,13 @@ impl World {
         if self.now >= self.next_frame {
             self.send_frame();
             self.next_frame += Duration::from_secs(1) / FPS;
+        }
+        if self.now >= self.next_keepalive {
+            self.next_keepalive += Duration::from_secs(1);
+            for &key in &self.idle {
+                self.engine
+                    .signal(self.now, key, signal_request::Message::Ping(0));
+            }
         }
         self.exchange();
         self.now += STEP;

@@ -206,6 +206,7 @@ async fn run(
     let mut engine = Engine::new(config, Instant::now());
     let mut sinks: HashMap<ParticipantKey, (SignalSink, u64)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    let mut participants = usize::MAX;
     // ICE-TCP: connections run in tasks of their own and hand frames over this channel;
     // without a listener it stays empty (its sender lives on, so `recv` just waits).
     let (tcp_events, mut tcp_frames) = mpsc::channel::<TcpEvent>(1024);
@@ -283,7 +284,11 @@ async fn run(
                 }
             }
         }
-        metrics::gauge!("tchap_visio_sfu_participants").set(engine.participant_count() as f64);
+        // Only on change: a metrics lookup per packet costs more than the comparison.
+        if engine.participant_count() != participants {
+            participants = engine.participant_count();
+            metrics::gauge!("tchap_visio_sfu_participants").set(participants as f64);
+        }
     }
 }
 

@@ -212,6 +212,10 @@ pub struct Engine {
     targets: Vec<(ParticipantKey, Mid)>,
     next_housekeeping: Instant,
     next_quality: Instant,
+    /// No peer's timer is due before this (a lower bound, exact after each
+    /// `handle_timeout`): the driver asks [`Engine::next_timeout`] after every packet,
+    /// and scanning every peer each time cost O(peers) per packet.
+    peers_due: Instant,
 }
 
 fn new_peer(config: &EngineConfig, tcp_candidates: &[SocketAddr], now: Instant) -> Peer {
@@ -324,6 +328,7 @@ impl Engine {
             targets: Vec::new(),
             next_housekeeping: now + HOUSEKEEPING_PERIOD,
             next_quality: now + QUALITY_PERIOD,
+            peers_due: now,
         }
     }
 
@@ -333,11 +338,9 @@ impl Engine {
 
     /// When the engine next needs [`Engine::handle_timeout`].
     pub fn next_timeout(&self) -> Instant {
-        let mut next = self.next_housekeeping.min(self.next_quality);
-        for (_, p) in &self.participants {
-            next = next.min(p.publisher.timeout).min(p.subscriber.timeout);
-        }
-        next
+        self.next_housekeeping
+            .min(self.next_quality)
+            .min(self.peers_due)
     }
 
     pub fn participant_count(&self) -> usize {
@@ -421,6 +424,8 @@ impl Engine {
             version: 1,
         };
         let key = self.participants.insert(participant);
+        // The new peers' timers start now.
+        self.peers_due = self.peers_due.min(now);
         room.members.push(key);
         if let Some(old) = replaced {
             self.send(
@@ -1045,6 +1050,14 @@ impl Engine {
             }
         }
         self.drain(now);
+        // Every peer was just looked at: the bound is exact again (a removed or idle
+        // peer no longer holds it early).
+        self.peers_due = self
+            .participants
+            .iter()
+            .map(|(_, p)| p.publisher.timeout.min(p.subscriber.timeout))
+            .min()
+            .unwrap_or(now + HOUSEKEEPING_PERIOD);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING_PERIOD;
             self.housekeeping(now);
@@ -1085,6 +1098,7 @@ impl Engine {
                 }),
                 Ok(RtcOutput::Timeout(t)) => {
                     peer.timeout = t;
+                    self.peers_due = self.peers_due.min(t);
                     break;
                 }
                 Ok(RtcOutput::Event(e)) => self.events.push_back((key, pc, e)),

@@ -11,7 +11,10 @@
 //! virtual seconds measured per round, `FORWARDING_ROUNDS=5` the rounds (best and
 //! spread are printed), `FORWARDING_IDLE=500` adds that many participants in another
 //! room who never connect media (kept by signalling): what other meetings on the same
-//! server cost the forwarding path. Instructions per packet come from running it under callgrind
+//! server cost the forwarding path. `FORWARDING_SOCKET=1` also sends every forwarded
+//! packet with one `send_to` on a real loopback UDP socket, as the driver does, and
+//! prints what that syscall costs per packet next to the engine's time (to judge
+//! whether `sendmmsg`/GSO batching would pay). Instructions per packet come from running it under callgrind
 //! (`scripts/bench-forwarding-callgrind.sh`), which counts only inside the engine's calls
 //! made while measuring: they all go through [`measured`] then, and through [`warm_up`]
 //! before (DTLS handshakes and negotiation are not forwarding).
@@ -50,29 +53,54 @@ fn main() {
     let seconds: u64 = env_or("FORWARDING_SECONDS", 3);
     let rounds: usize = env_or("FORWARDING_ROUNDS", 5);
     let idle: usize = env_or("FORWARDING_IDLE", 0);
+    let socket = std::env::var("FORWARDING_SOCKET").is_ok_and(|v| v == "1");
     println!(
         "forwarding: 1 publisher → N subscribers, VP8 {FPS} fps × {FRAME_BYTES} B, DTLS-SRTP on, \
          {seconds} virtual s per round, {rounds} rounds, {idle} idle participants elsewhere"
     );
     println!(
-        "{:>4}  {:>12}  {:>14}  {:>14}  {:>10}",
-        "N", "forwarded", "best pkt/s", "median pkt/s", "spread"
+        "{:>4}  {:>12}  {:>14}  {:>14}  {:>10}{}",
+        "N",
+        "forwarded",
+        "best pkt/s",
+        "median pkt/s",
+        "spread",
+        if socket {
+            "  engine µs/pkt  send_to µs/pkt"
+        } else {
+            ""
+        }
     );
     for n in sizes {
         let mut world = World::new(n, idle);
+        if socket {
+            world.socket = Some(Sink::new());
+        }
         world.connect();
         let mut rates = Vec::new();
         let mut forwarded = 0;
+        let mut send_best = f64::INFINITY;
+        let mut engine_best = f64::INFINITY;
         for _ in 0..rounds {
             let round = world.measure(Duration::from_secs(seconds));
             forwarded = round.forwarded;
             rates.push(round.forwarded as f64 / round.engine_time.as_secs_f64());
+            let per_packet = |d: Duration| d.as_secs_f64() * 1e6 / round.forwarded.max(1) as f64;
+            engine_best = engine_best.min(per_packet(round.engine_time));
+            send_best = send_best.min(per_packet(round.send_time));
         }
         rates.sort_by(f64::total_cmp);
         let best = rates[rates.len() - 1];
         let median = rates[rates.len() / 2];
         let spread = (best - rates[0]) / best * 100.0;
-        println!("{n:>4}  {forwarded:>12}  {best:>14.0}  {median:>14.0}  {spread:>9.1}%");
+        let socket_columns = if socket {
+            format!("  {engine_best:>13.2}  {send_best:>14.2}")
+        } else {
+            String::new()
+        };
+        println!(
+            "{n:>4}  {forwarded:>12}  {best:>14.0}  {median:>14.0}  {spread:>9.1}%{socket_columns}"
+        );
         black_box(world);
     }
 }
@@ -90,6 +118,30 @@ struct Round {
     forwarded: u64,
     /// Wall time spent inside the engine's calls.
     engine_time: Duration,
+    /// Wall time spent in `send_to` (with `FORWARDING_SOCKET=1`).
+    send_time: Duration,
+}
+
+/// A loopback UDP socket pair: forwarded packets go out of one, to the other, which
+/// nobody reads (the kernel drops what overflows its buffer, as it would for a slow
+/// receiver; the sender never blocks).
+struct Sink {
+    socket: std::net::UdpSocket,
+    target: SocketAddr,
+    _receiver: std::net::UdpSocket,
+}
+
+impl Sink {
+    fn new() -> Self {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("non-blocking");
+        Self {
+            target: receiver.local_addr().expect("addr"),
+            socket,
+            _receiver: receiver,
+        }
+    }
 }
 
 struct Client {
@@ -120,6 +172,8 @@ struct World {
     measuring: bool,
     forwarded: u64,
     engine_time: Duration,
+    socket: Option<Sink>,
+    send_time: Duration,
 }
 
 fn client_rtc(addr: SocketAddr, now: Instant) -> Rtc {
@@ -214,6 +268,8 @@ impl World {
             measuring: false,
             forwarded: 0,
             engine_time: Duration::ZERO,
+            socket: None,
+            send_time: Duration::ZERO,
         };
         for i in 0..=subscribers {
             world.join(i);
@@ -298,6 +354,7 @@ impl World {
         self.measuring = true;
         self.forwarded = 0;
         self.engine_time = Duration::ZERO;
+        self.send_time = Duration::ZERO;
         let before: u64 = self.clients[1..].iter().map(|c| c.frames).sum();
         let end = self.now + duration;
         while self.now < end {
@@ -312,6 +369,7 @@ impl World {
         Round {
             forwarded: self.forwarded,
             engine_time: self.engine_time,
+            send_time: self.send_time,
         }
     }
 
@@ -417,6 +475,12 @@ impl World {
                         };
                         if self.measuring && subscriber && is_rtp(&contents) {
                             self.forwarded += 1;
+                            if let Some(sink) = &self.socket {
+                                let started = Instant::now();
+                                // A full buffer (EAGAIN) drops the packet, as the driver does.
+                                let _ = sink.socket.send_to(&contents, sink.target);
+                                self.send_time += started.elapsed();
+                            }
                         }
                         let client = &mut self.clients[index];
                         let rtc = if subscriber {

@@ -13,8 +13,8 @@
 //! room who never connect media (kept by signalling): what other meetings on the same
 //! server cost the forwarding path. `FORWARDING_SOCKET=1` also sends every forwarded
 //! packet with one `send_to` on a real loopback UDP socket, as the driver does, and
-//! prints what that syscall costs per packet next to the engine's time (to judge
-//! whether `sendmmsg`/GSO batching would pay). Instructions per packet come from running it under callgrind
+//! prints what that syscall costs per packet next to the engine's time, and what the
+//! driver's GSO batches ([`tchap_visio::sfu::gso`], from a second socket) cost instead. Instructions per packet come from running it under callgrind
 //! (`scripts/bench-forwarding-callgrind.sh`), which counts only inside the engine's calls
 //! made while measuring: they all go through [`measured`] then, and through [`warm_up`]
 //! before (DTLS handshakes and negotiation are not forwarding).
@@ -35,6 +35,7 @@ use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 use tchap_visio::sfu::engine::Output;
+use tchap_visio::sfu::gso;
 use tchap_visio::sfu::{Engine, EngineConfig, JoinRequest, ParticipantKey};
 
 const SERVER: &str = "10.0.0.1:7882";
@@ -66,7 +67,7 @@ fn main() {
         "median pkt/s",
         "spread",
         if socket {
-            "  engine µs/pkt  send_to µs/pkt"
+            "  engine µs/pkt  send_to µs/pkt  gso µs/pkt"
         } else {
             ""
         }
@@ -74,13 +75,21 @@ fn main() {
     for n in sizes {
         let mut world = World::new(n, idle);
         if socket {
-            world.socket = Some(Sink::new());
+            let sink = Sink::new();
+            if n == 1 {
+                println!(
+                    "      (GSO: up to {} segments per send)",
+                    sink.gso_state.max_gso_segments()
+                );
+            }
+            world.socket = Some(sink);
         }
         world.connect();
         let mut rates = Vec::new();
         let mut forwarded = 0;
         let mut send_best = f64::INFINITY;
         let mut engine_best = f64::INFINITY;
+        let mut gso_best = f64::INFINITY;
         for _ in 0..rounds {
             let round = world.measure(Duration::from_secs(seconds));
             forwarded = round.forwarded;
@@ -88,13 +97,14 @@ fn main() {
             let per_packet = |d: Duration| d.as_secs_f64() * 1e6 / round.forwarded.max(1) as f64;
             engine_best = engine_best.min(per_packet(round.engine_time));
             send_best = send_best.min(per_packet(round.send_time));
+            gso_best = gso_best.min(per_packet(round.gso_time));
         }
         rates.sort_by(f64::total_cmp);
         let best = rates[rates.len() - 1];
         let median = rates[rates.len() / 2];
         let spread = (best - rates[0]) / best * 100.0;
         let socket_columns = if socket {
-            format!("  {engine_best:>13.2}  {send_best:>14.2}")
+            format!("  {engine_best:>13.2}  {send_best:>14.2}  {gso_best:>10.2}")
         } else {
             String::new()
         };
@@ -118,29 +128,51 @@ struct Round {
     forwarded: u64,
     /// Wall time spent inside the engine's calls.
     engine_time: Duration,
-    /// Wall time spent in `send_to` (with `FORWARDING_SOCKET=1`).
+    /// Wall time spent in `send_to`, and in GSO batches (with `FORWARDING_SOCKET=1`).
     send_time: Duration,
+    gso_time: Duration,
 }
 
-/// A loopback UDP socket pair: forwarded packets go out of one, to the other, which
-/// nobody reads (the kernel drops what overflows its buffer, as it would for a slow
-/// receiver; the sender never blocks).
+/// Loopback UDP sockets standing in for the network: forwarded packets go out of
+/// `socket` (one `send_to` each) and `gso_socket` (the driver's GSO batches), each
+/// subscriber's to a receiving socket of its own that nobody reads (the kernel drops what
+/// overflows its buffer, as for a slow receiver; senders never block).
 struct Sink {
     socket: std::net::UdpSocket,
-    target: SocketAddr,
-    _receiver: std::net::UdpSocket,
+    gso_socket: std::net::UdpSocket,
+    gso_state: quinn_udp::UdpSocketState,
+    batch: gso::Batch,
+    /// Subscriber address → (its receiving socket, that socket's address).
+    receivers: HashMap<SocketAddr, (std::net::UdpSocket, SocketAddr)>,
 }
 
 impl Sink {
     fn new() -> Self {
-        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket.set_nonblocking(true).expect("non-blocking");
+        let gso_socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        gso_socket.set_nonblocking(true).expect("non-blocking");
+        let gso_state = quinn_udp::UdpSocketState::new((&gso_socket).into()).expect("state");
+        let batch = gso::Batch::new(gso_state.max_gso_segments());
         Self {
-            target: receiver.local_addr().expect("addr"),
             socket,
-            _receiver: receiver,
+            gso_socket,
+            gso_state,
+            batch,
+            receivers: HashMap::new(),
         }
+    }
+
+    /// The loopback address standing in for `destination` (bound on first use).
+    fn target(&mut self, destination: SocketAddr) -> SocketAddr {
+        self.receivers
+            .entry(destination)
+            .or_insert_with(|| {
+                let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                let addr = receiver.local_addr().expect("addr");
+                (receiver, addr)
+            })
+            .1
     }
 }
 
@@ -174,6 +206,7 @@ struct World {
     engine_time: Duration,
     socket: Option<Sink>,
     send_time: Duration,
+    gso_time: Duration,
 }
 
 fn client_rtc(addr: SocketAddr, now: Instant) -> Rtc {
@@ -270,6 +303,7 @@ impl World {
             engine_time: Duration::ZERO,
             socket: None,
             send_time: Duration::ZERO,
+            gso_time: Duration::ZERO,
         };
         for i in 0..=subscribers {
             world.join(i);
@@ -355,6 +389,7 @@ impl World {
         self.forwarded = 0;
         self.engine_time = Duration::ZERO;
         self.send_time = Duration::ZERO;
+        self.gso_time = Duration::ZERO;
         let before: u64 = self.clients[1..].iter().map(|c| c.frames).sum();
         let end = self.now + duration;
         while self.now < end {
@@ -370,6 +405,7 @@ impl World {
             forwarded: self.forwarded,
             engine_time: self.engine_time,
             send_time: self.send_time,
+            gso_time: self.gso_time,
         }
     }
 
@@ -475,11 +511,20 @@ impl World {
                         };
                         if self.measuring && subscriber && is_rtp(&contents) {
                             self.forwarded += 1;
-                            if let Some(sink) = &self.socket {
+                            if let Some(sink) = &mut self.socket {
+                                let to = sink.target(destination);
                                 let started = Instant::now();
                                 // A full buffer (EAGAIN) drops the packet, as the driver does.
-                                let _ = sink.socket.send_to(&contents, sink.target);
+                                let _ = sink.socket.send_to(&contents, to);
                                 self.send_time += started.elapsed();
+                                // The driver's way: batched while consecutive packets go to
+                                // the same subscriber, flushed when a poll is drained.
+                                let started = Instant::now();
+                                if !sink.batch.push(to, &contents) {
+                                    let _ = sink.batch.flush(&sink.gso_state, &sink.gso_socket);
+                                    sink.batch.push(to, &contents);
+                                }
+                                self.gso_time += started.elapsed();
                             }
                         }
                         let client = &mut self.clients[index];
@@ -502,6 +547,11 @@ impl World {
                     Output::Signal { key, message } => self.signals.push((key, *message)),
                     Output::CloseSignal { .. } | Output::Event(_) => {}
                 }
+            }
+            if let Some(sink) = &mut self.socket {
+                let started = Instant::now();
+                let _ = sink.batch.flush(&sink.gso_state, &sink.gso_socket);
+                self.gso_time += started.elapsed();
             }
             for (key, message) in std::mem::take(&mut self.signals) {
                 self.deliver(key, message);

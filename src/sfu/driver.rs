@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, EngineConfig, JoinError, JoinRequest, Output};
+use super::gso;
 use super::tcp::{self, TcpEvent};
 use super::{EngineEvent, ParticipantKey};
 
@@ -218,6 +219,16 @@ async fn run(
     let mut engine = Engine::new(config, Instant::now());
     let mut sinks: HashMap<ParticipantKey, (SignalSink, u64)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    let mut participants = usize::MAX;
+    // Datagrams of one poll go out in GSO batches where the kernel supports it.
+    let gso_state = match quinn_udp::UdpSocketState::new((&socket).into()) {
+        Ok(state) => Some(state),
+        Err(e) => {
+            tracing::warn!(error = %e, "media socket without GSO; one send per packet");
+            None
+        }
+    };
+    let mut batch = gso::Batch::new(gso_state.as_ref().map_or(1, |s| s.max_gso_segments()));
     // ICE-TCP: connections run in tasks of their own and hand frames over this channel;
     // without a listener it stays empty (its sender lives on, so `recv` just waits).
     let (tcp_events, mut tcp_frames) = mpsc::channel::<TcpEvent>(1024);
@@ -273,12 +284,20 @@ async fn run(
                     destination,
                     contents,
                     ..
-                } => {
-                    // A full socket buffer drops the packet, as the network would.
-                    if let Err(e) = socket.try_send_to(&contents, destination) {
-                        tracing::trace!(error = %e, "media send dropped");
+                } => match &gso_state {
+                    Some(state) => {
+                        if !batch.push(destination, &contents) {
+                            flush(&mut batch, state, &socket);
+                            batch.push(destination, &contents);
+                        }
                     }
-                }
+                    None => {
+                        // A full socket buffer drops the packet, as the network would.
+                        if let Err(e) = socket.try_send_to(&contents, destination) {
+                            tracing::trace!(error = %e, "media send dropped");
+                        }
+                    }
+                },
                 Output::Signal { key, message } => {
                     // Only the kind: SDPs carry ICE passwords, which stay out of logs.
                     tracing::trace!(key, kind = signal_kind(&message), "signal out");
@@ -295,7 +314,21 @@ async fn run(
                 }
             }
         }
-        metrics::gauge!("tchap_visio_sfu_participants").set(engine.participant_count() as f64);
+        if let Some(state) = &gso_state {
+            flush(&mut batch, state, &socket);
+        }
+        // Only on change: a metrics lookup per packet costs more than the comparison.
+        if engine.participant_count() != participants {
+            participants = engine.participant_count();
+            metrics::gauge!("tchap_visio_sfu_participants").set(participants as f64);
+        }
+    }
+}
+
+/// Sends the batched datagrams; a full socket buffer drops them, as the network would.
+fn flush(batch: &mut gso::Batch, state: &quinn_udp::UdpSocketState, socket: &UdpSocket) {
+    if let Err(e) = batch.flush(state, socket) {
+        tracing::trace!(error = %e, "media send dropped");
     }
 }
 

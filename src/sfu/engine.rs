@@ -320,6 +320,10 @@ pub struct Engine {
     next_quality: Instant,
     /// Rooms ended by the service: a token issued before the end cannot reopen them.
     closed_rooms: HashSet<String>,
+    /// No peer's timer is due before this (a lower bound, exact after each
+    /// `handle_timeout`): the driver asks [`Engine::next_timeout`] after every packet,
+    /// and scanning every peer each time cost O(peers) per packet.
+    peers_due: Instant,
 }
 
 /// Ended rooms remembered; beyond this the oldest are forgotten (their tokens have
@@ -442,6 +446,7 @@ impl Engine {
             next_housekeeping: now + HOUSEKEEPING_PERIOD,
             next_quality: now + QUALITY_PERIOD,
             closed_rooms: HashSet::new(),
+            peers_due: now,
         }
     }
 
@@ -451,11 +456,9 @@ impl Engine {
 
     /// When the engine next needs [`Engine::handle_timeout`].
     pub fn next_timeout(&self) -> Instant {
-        let mut next = self.next_housekeeping.min(self.next_quality);
-        for (_, p) in &self.participants {
-            next = next.min(p.publisher.timeout).min(p.subscriber.timeout);
-        }
-        next
+        self.next_housekeeping
+            .min(self.next_quality)
+            .min(self.peers_due)
     }
 
     pub fn participant_count(&self) -> usize {
@@ -550,6 +553,8 @@ impl Engine {
             single: single_pc.then(SinglePc::default),
         };
         let key = self.participants.insert(participant);
+        // The new peers' timers start now.
+        self.peers_due = self.peers_due.min(now);
         room.members.push(key);
         if let Some(old) = replaced {
             self.send(
@@ -1423,6 +1428,14 @@ impl Engine {
             }
         }
         self.drain(now);
+        // Every peer was just looked at: the bound is exact again (a removed or idle
+        // peer no longer holds it early).
+        self.peers_due = self
+            .participants
+            .iter()
+            .map(|(_, p)| p.publisher.timeout.min(p.subscriber.timeout))
+            .min()
+            .unwrap_or(now + HOUSEKEEPING_PERIOD);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING_PERIOD;
             self.housekeeping(now);
@@ -1465,6 +1478,7 @@ impl Engine {
                 }),
                 Ok(RtcOutput::Timeout(t)) => {
                     peer.timeout = t;
+                    self.peers_due = self.peers_due.min(t);
                     break;
                 }
                 Ok(RtcOutput::Event(e)) => {

@@ -7,6 +7,7 @@
 pub mod data;
 pub mod driver;
 pub mod engine;
+pub mod gso;
 pub mod rewrite;
 pub mod sdp;
 pub mod simulcast;

@@ -35,6 +35,7 @@ pub struct Limits {
     /// A write that the peer does not drain within this closes the connection.
     pub write_timeout: Duration,
     /// Frames queued for one connection; beyond it they are dropped, as UDP would.
+    /// With buffers, a connection holds at most about this × 1.2 kB + 24 kB.
     pub send_queue: usize,
 }
 
@@ -46,7 +47,8 @@ impl Default for Limits {
             first_frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
-            send_queue: 512,
+            // A keyframe burst to one subscriber fits; 1024 full queues stay near 300 MB.
+            send_queue: 256,
         }
     }
 }

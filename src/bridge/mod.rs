@@ -18,7 +18,7 @@ use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 
 use crate::config::{Config, Language, PermissionLevel};
-use crate::ids::{MeetingId, ParticipantIdentity};
+use crate::ids::ParticipantIdentity;
 use crate::matrix::bot::{Bot, EventEnvelope};
 use crate::matrix::client::MatrixClient;
 use crate::matrix::commands::{self, CommandAction, Parsed};
@@ -671,11 +671,6 @@ pub async fn recover(conn: &mut Connection, now: i64) -> Result<(), StoreError> 
         );
     }
     Ok(())
-}
-
-#[doc(hidden)]
-pub fn meeting_id_of_room(room: &str) -> Option<MeetingId> {
-    MeetingId::parse(room).ok()
 }
 
 #[cfg(test)]

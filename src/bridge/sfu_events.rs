@@ -185,10 +185,7 @@ pub async fn handle_event(
             if sessions::open_count(conn, &meeting.id).await? == 0 {
                 meetings::set_empty_since(conn, &meeting.id, Some(now)).await?;
             }
-            let closed = sessions::list_for_meeting(conn, &meeting.id)
-                .await?
-                .into_iter()
-                .find(|s| s.sid == *sid);
+            let closed = sessions::get(conn, &meeting.id, sid).await?;
             if let Some(session) = closed {
                 ctx.webhooks
                     .enqueue(

@@ -28,7 +28,7 @@ use crate::bridge::BridgeContext;
 use crate::i18n;
 use crate::ids::MeetingId;
 use crate::meeting::{self, Attendee, ChatMessage, Meeting, validate_display_name};
-use crate::store::{self, Connection, StoreError, api_tokens, meetings};
+use crate::store::{self, Connection, api_tokens, meetings};
 
 /// Largest summary request body (the Markdown and the author's name).
 pub const SUMMARY_BODY_LIMIT: usize = 64 * 1024;
@@ -262,10 +262,10 @@ async fn bot_get_meeting(
     let token = authenticate(state, headers).await?;
     let mut conn = connection(state).await?;
     let meeting = meeting_by_id(&mut conn, key).await?;
-    let sessions = adapter::sessions(&mut conn, &meeting.id)
+    let sessions = store::sessions::list_for_meeting(&mut conn, &meeting.id)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    let chat = adapter::chat(&mut conn, &meeting.id)
+    let chat = store::chat::list_for_meeting(&mut conn, &meeting.id)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
     tracing::debug!(token_name = %token.name, meeting = %meeting.id, "bot API: meeting read");
@@ -360,9 +360,16 @@ pub async fn post_summary(
             "this meeting has no Matrix room to post into",
         ));
     }
-    adapter::post_summary(&mut tx, &state, &meeting, &author, plain, html)
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    crate::bridge::post_summary(
+        &mut tx,
+        &state.bot_api.bridge,
+        &meeting,
+        &author,
+        plain,
+        html,
+    )
+    .await
+    .map_err(|e| MatrixError::internal(&e))?;
     tx.commit().await.map_err(|e| MatrixError::internal(&e))?;
     state.bot_api.outbound_wake.notify_one();
     metrics::counter!("tchap_visio_bot_api_summaries_total").increment(1);
@@ -379,40 +386,6 @@ pub async fn openapi() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         OPENAPI_JSON,
     )
-}
-
-/// Where the bot API meets the bridge: kept apart so that the bridge's own functions
-/// replace these bodies without touching the handlers.
-mod adapter {
-    use super::*;
-    use crate::store::{chat, sessions};
-
-    pub async fn sessions(
-        conn: &mut Connection,
-        id: &MeetingId,
-    ) -> Result<Vec<sessions::SessionRecord>, StoreError> {
-        sessions::list_for_meeting(conn, id).await
-    }
-
-    pub async fn chat(
-        conn: &mut Connection,
-        id: &MeetingId,
-    ) -> Result<Vec<chat::ChatRecord>, StoreError> {
-        chat::list_for_meeting(conn, id).await
-    }
-
-    /// Queues the ghost's registration, invitation and join, and the notice in the
-    /// meeting's thread, inside the caller's transaction.
-    pub async fn post_summary(
-        conn: &mut Connection,
-        state: &AppState,
-        meeting: &Meeting,
-        author: &str,
-        plain: String,
-        html: String,
-    ) -> Result<(), StoreError> {
-        crate::bridge::post_summary(conn, &state.bot_api.bridge, meeting, author, plain, html).await
-    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,6 @@ use super::{Connection, StoreError};
 use crate::ids::MeetingId;
 use crate::meeting::{ChatMessage, ChatOrigin};
 
-/// The bot API's name for a stored chat message.
-pub type ChatRecord = ChatMessage;
-
 fn corrupt(detail: String) -> StoreError {
     StoreError::Corrupt {
         table: "chat_messages",

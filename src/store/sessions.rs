@@ -8,8 +8,16 @@ use super::{Connection, StoreError};
 use crate::ids::MeetingId;
 use crate::meeting::Session;
 
-/// The bot API's name for a stored session.
-pub type SessionRecord = Session;
+/// `SELECT <every column> FROM participant_sessions <rest>`, as a `&'static str`.
+macro_rules! select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT meeting_id, sid, identity, attendee_key, display_name, matrix_user_id, \
+             joined_at, left_at, last_seen_at FROM participant_sessions ",
+            $rest
+        )
+    };
+}
 
 fn from_row(row: &AnyRow) -> Result<Session, StoreError> {
     let meeting_id: String = row.try_get("meeting_id")?;
@@ -134,19 +142,29 @@ pub async fn last_left_at(
     Ok(row.try_get(0)?)
 }
 
+/// One session of a meeting.
+pub async fn get(
+    conn: &mut Connection,
+    meeting_id: &MeetingId,
+    sid: &str,
+) -> Result<Option<Session>, StoreError> {
+    let row = sqlx::query(select!("WHERE meeting_id = $1 AND sid = $2"))
+        .bind(meeting_id.as_str())
+        .bind(sid)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 /// Every session of a meeting, in order of arrival.
 pub async fn list_for_meeting(
     conn: &mut Connection,
     meeting_id: &MeetingId,
 ) -> Result<Vec<Session>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT meeting_id, sid, identity, attendee_key, display_name, matrix_user_id, \
-         joined_at, left_at, last_seen_at FROM participant_sessions \
-         WHERE meeting_id = $1 ORDER BY joined_at, sid",
-    )
-    .bind(meeting_id.as_str())
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(select!("WHERE meeting_id = $1 ORDER BY joined_at, sid"))
+        .bind(meeting_id.as_str())
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -208,6 +226,12 @@ mod tests {
             vec![("PA_a", Some(30)), ("PA_b", Some(40))]
         );
         assert_eq!(open_count(&mut conn, &m.id).await.expect("count"), 0);
+        let one = get(&mut conn, &m.id, "PA_b")
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!((one.sid.as_str(), one.left_at), ("PA_b", Some(40)));
+        assert!(get(&mut conn, &m.id, "PA_zz").await.expect("get").is_none());
         assert!(
             open(&mut conn, &session(&m, "PA_c", 50))
                 .await

@@ -230,10 +230,11 @@ impl Bridge {
         let Some(body) = text_of(&message) else {
             return Ok(false);
         };
-        let permitted = self.ctx.bot.level_for(&event.sender) >= PermissionLevel::User;
+        let level = self.ctx.bot.level_for(&event.sender);
+        let permitted = level >= PermissionLevel::User;
         match commands::parse(&body) {
             Parsed::Command { spec, args } if spec.action != CommandAction::Help => {
-                if !permitted || self.ctx.bot.level_for(&event.sender) < spec.permission {
+                if !permitted || level < spec.permission {
                     return Ok(false); // the bot says it is not permitted
                 }
                 self.on_command(event, &message, spec.action, args, conn)
@@ -591,20 +592,9 @@ pub async fn end_meeting(
         )
         .await?;
         let (plain, html) = notices::summary_line(&facts, ctx.lang);
-        let mut line = RoomMessageEventContent::notice_html(plain, html);
-        line.mentions = Some(ruma::events::Mentions::new());
-        queue::enqueue(
-            conn,
-            &OutboundRequest::Send {
-                room_id: room.clone(),
-                as_user: None,
-                event_type: "m.room.message".into(),
-                content: serde_json::to_value(&line).expect("message content serialises"),
-                in_thread_of: None,
-                root_of: None,
-            },
-        )
-        .await?;
+        ctx.bot
+            .send(&room, RoomMessageEventContent::notice_html(plain, html), conn)
+            .await?;
         if let Some(state_key) = &meeting.widget_state_key {
             queue::enqueue(conn, &widget_request(&room, state_key, None)).await?;
             queue::enqueue(conn, &widget_layout_request(&room, None)).await?;

@@ -593,7 +593,11 @@ pub async fn end_meeting(
         .await?;
         let (plain, html) = notices::summary_line(&facts, ctx.lang);
         ctx.bot
-            .send(&room, RoomMessageEventContent::notice_html(plain, html), conn)
+            .send(
+                &room,
+                RoomMessageEventContent::notice_html(plain, html),
+                conn,
+            )
             .await?;
         if let Some(state_key) = &meeting.widget_state_key {
             queue::enqueue(conn, &widget_request(&room, state_key, None)).await?;

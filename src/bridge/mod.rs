@@ -23,7 +23,7 @@ use crate::matrix::bot::{Bot, EventEnvelope};
 use crate::matrix::client::MatrixClient;
 use crate::matrix::commands::{self, CommandAction, Parsed};
 use crate::matrix::inbox::EventHandler;
-use crate::matrix::queue::{self, OutboundRequest};
+use crate::matrix::queue::{self, Attribution, OutboundRequest};
 use crate::meeting::{self, ChatMessage, ChatOrigin, Meeting, MeetingState};
 use crate::sfu::SfuHandle;
 use crate::store::inbox::InboxEvent;
@@ -381,6 +381,7 @@ impl Bridge {
                 content: serde_json::to_value(&content).expect("message content serialises"),
                 in_thread_of: None,
                 root_of: Some(meeting.id.as_str().to_owned()),
+                attribution: None,
             },
         )
         .await?;
@@ -509,13 +510,15 @@ fn room_of(meeting: &Meeting) -> Option<OwnedRoomId> {
         .and_then(|r| r.try_into().ok())
 }
 
-/// Queues a notice (as the bot) or a message (as a ghost) in the meeting's thread.
+/// Queues a notice (as the bot) or a message (as a ghost, named for the bot to say who
+/// speaks should the ghost be refused) in the meeting's thread.
 pub async fn post_in_thread(
     conn: &mut Connection,
     meeting: &Meeting,
-    as_user: Option<OwnedUserId>,
+    speaker: Option<(OwnedUserId, Attribution)>,
     content: RoomMessageEventContent,
 ) -> Result<(), StoreError> {
+    let (as_user, attribution) = speaker.unzip();
     let Some(room) = room_of(meeting) else {
         return Ok(());
     };
@@ -528,6 +531,7 @@ pub async fn post_in_thread(
         content: serde_json::to_value(&content).expect("message content serialises"),
         in_thread_of: Some(meeting.id.as_str().to_owned()),
         root_of: None,
+        attribution,
     };
     queue::enqueue(conn, &request).await?;
     Ok(())
@@ -551,7 +555,7 @@ pub async fn post_summary(
     post_in_thread(
         conn,
         meeting,
-        Some(ghost),
+        Some((ghost, notices::attribution(ctx.lang, author))),
         RoomMessageEventContent::notice_html(plain, html),
     )
     .await

@@ -7,6 +7,7 @@ use jiff::tz::TimeZone;
 
 use crate::config::Language;
 use crate::i18n::{Text, html_escape};
+use crate::matrix::queue::Attribution;
 use crate::meeting::{Attendee, Meeting};
 
 pub const DEFAULT_TITLE: Text = Text::new("Visio", "Meeting");
@@ -272,6 +273,14 @@ pub fn summary_line(facts: &SummaryFacts<'_>, lang: Language) -> (String, String
         (Language::En, None) => format!("Meeting “{}” ended without attendees.", m.title),
     };
     plain_and_html(&text)
+}
+
+/// How the bot names a speaker before their words when their ghost may not speak.
+pub fn attribution(lang: Language, name: &str) -> Attribution {
+    Attribution {
+        name: name.to_owned(),
+        separator: sep(lang).to_owned(),
+    }
 }
 
 fn sep(lang: Language) -> &'static str {

@@ -243,7 +243,8 @@ pub async fn handle_event(
             if let Some(room) = room_of(&meeting) {
                 let ghost = ctx.ghosts.guest(&attendee_key(sender_identity));
                 ghosts::ensure_in_room(conn, &ghost, &name, &room).await?;
-                post_in_thread(conn, &meeting, Some(ghost), chat_content(text)).await?;
+                let speaker = (ghost, notices::attribution(ctx.lang, &name));
+                post_in_thread(conn, &meeting, Some(speaker), chat_content(text)).await?;
                 metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_room")
                     .increment(1);
             }

@@ -264,9 +264,13 @@ both_dialects!(
                     as_user: Some(u),
                     in_thread_of: Some(_),
                     content,
+                    attribution,
                     ..
                 } => {
                     assert_eq!((u, content["body"].as_str()), (&ghost, Some("bonjour")));
+                    // Should the ghost be refused, the bot says who spoke.
+                    let speaker = attribution.as_ref().map(|a| a.name.as_str());
+                    assert_eq!(speaker, Some("Agathe (invité·e)"));
                     "chat"
                 }
                 _ => "other",

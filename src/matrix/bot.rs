@@ -278,6 +278,7 @@ impl Bot {
                 content,
                 in_thread_of: None,
                 root_of: None,
+                attribution: None,
             },
         )
         .await?;

@@ -46,6 +46,11 @@ pub enum OutboundRequest {
         /// This is the link notice of this meeting: record its event id as the thread root.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         root_of: Option<String>,
+        /// Who speaks, for a ghost's message: if the homeserver refuses the ghost (it
+        /// is not in the room, typically because the bot may not invite there), the bot
+        /// posts the message instead, with this name in front, rather than losing it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attribution: Option<Attribution>,
     },
     /// Invite a user (a ghost) into a room, as the bot.
     Invite {
@@ -71,6 +76,14 @@ pub enum OutboundRequest {
     },
     /// Register a ghost user in our namespace (`inhibit_login`, as MSC4190 requires).
     RegisterGhost { localpart: String },
+}
+
+/// A speaker's name and what separates it from their words, in the room's language
+/// ("Zoé (invitée)\u{202f}: " in French).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub name: String,
+    pub separator: String,
 }
 
 impl OutboundRequest {
@@ -185,7 +198,18 @@ impl OutboundWorker {
         }
         let started = Instant::now();
         tracing::trace!(id = row.id, kind = kind(&request), "sending");
-        let result = execute(&self.client, &request, &row.txn_id).await;
+        let mut result = execute(&self.client, &request, &row.txn_id).await;
+        if let Err(CallError::Matrix { status: 403, .. }) = &result
+            && let Some(as_bot) = attributed_to_bot(&request)
+        {
+            tracing::info!(
+                id = row.id,
+                "the homeserver refused a ghost's message; the bot posts it"
+            );
+            metrics::counter!("tchap_visio_outbound_sent_as_bot_total").increment(1);
+            // Its own transaction id, stable across retries of this row.
+            result = execute(&self.client, &as_bot, &format!("{}-bot", row.txn_id)).await;
+        }
         if let (
             Ok(result),
             OutboundRequest::Send {
@@ -273,6 +297,56 @@ impl OutboundWorker {
         let mut conn = self.store.pool().acquire().await?;
         store::meetings::set_thread_root(&mut conn, &id, event_id).await
     }
+}
+
+/// The bot's version of a ghost's message: the same content with the speaker's name in
+/// front (bold in HTML, inside the first paragraph when there is one). `None` for
+/// anything else.
+fn attributed_to_bot(request: &OutboundRequest) -> Option<OutboundRequest> {
+    let OutboundRequest::Send {
+        room_id,
+        as_user: Some(_),
+        event_type,
+        content,
+        in_thread_of,
+        attribution: Some(speaker),
+        ..
+    } = request
+    else {
+        return None;
+    };
+    let mut content = content.clone();
+    let object = content.as_object_mut()?;
+    let body = object
+        .get("body")
+        .and_then(|b| b.as_str())
+        .unwrap_or_default();
+    let html = match object.get("formatted_body").and_then(|h| h.as_str()) {
+        Some(html) => html.to_owned(),
+        None => crate::i18n::html_escape(body).replace('\n', "<br>"),
+    };
+    let prefix_html = format!(
+        "<strong>{}</strong>{}",
+        crate::i18n::html_escape(&speaker.name),
+        crate::i18n::html_escape(&speaker.separator)
+    );
+    let formatted = match html.strip_prefix("<p>") {
+        Some(rest) => format!("<p>{prefix_html}{rest}"),
+        None => format!("{prefix_html}{html}"),
+    };
+    let plain = format!("{}{}{body}", speaker.name, speaker.separator);
+    object.insert("body".into(), plain.into());
+    object.insert("format".into(), "org.matrix.custom.html".into());
+    object.insert("formatted_body".into(), formatted.into());
+    Some(OutboundRequest::Send {
+        room_id: room_id.clone(),
+        as_user: None,
+        event_type: event_type.clone(),
+        content,
+        in_thread_of: in_thread_of.clone(),
+        root_of: None,
+        attribution: None,
+    })
 }
 
 /// An `m.thread` relation with the reply fallback for clients without threads.
@@ -441,6 +515,7 @@ mod tests {
             content: serde_json::json!({"msgtype": "m.notice", "body": "bonjour"}),
             in_thread_of: None,
             root_of: None,
+            attribution: None,
         };
         let json = serde_json::to_string(&request).expect("serialise");
         assert!(json.contains(r#""kind":"send""#), "{json}");
@@ -449,5 +524,58 @@ mod tests {
             request
         );
         assert_eq!(request.room().map(|r| r.as_str()), Some("!room:localhost"));
+    }
+
+    #[test]
+    fn a_refused_ghost_message_becomes_the_bots_with_the_speakers_name() {
+        let ghost_message = |content: serde_json::Value| OutboundRequest::Send {
+            room_id: "!room:localhost".try_into().expect("room id"),
+            as_user: Some("@visio_g1:localhost".try_into().expect("user id")),
+            event_type: "m.room.message".into(),
+            content,
+            in_thread_of: Some("mtg".into()),
+            root_of: None,
+            attribution: Some(Attribution {
+                name: "Zoé <3 (invitée)".into(),
+                separator: "\u{202f}: ".into(),
+            }),
+        };
+        let plain = ghost_message(serde_json::json!({"msgtype": "m.text", "body": "a < b\nc"}));
+        let Some(OutboundRequest::Send {
+            as_user: None,
+            content,
+            in_thread_of: Some(meeting),
+            attribution: None,
+            ..
+        }) = attributed_to_bot(&plain)
+        else {
+            panic!("a ghost's message with an attribution has a bot version");
+        };
+        assert_eq!(meeting, "mtg");
+        assert_eq!(content["msgtype"], "m.text");
+        assert_eq!(content["body"], "Zoé <3 (invitée)\u{202f}: a < b\nc");
+        assert_eq!(
+            content["formatted_body"],
+            "<strong>Zoé &lt;3 (invitée)</strong>\u{202f}: a &lt; b<br>c"
+        );
+
+        let html = ghost_message(serde_json::json!({
+            "msgtype": "m.text", "body": "gras", "format": "org.matrix.custom.html",
+            "formatted_body": "<p><em>gras</em></p>\n<p>suite</p>",
+        }));
+        let Some(OutboundRequest::Send { content, .. }) = attributed_to_bot(&html) else {
+            panic!("a bot version");
+        };
+        assert_eq!(
+            content["formatted_body"],
+            "<p><strong>Zoé &lt;3 (invitée)</strong>\u{202f}: <em>gras</em></p>\n<p>suite</p>"
+        );
+
+        // The bot's own messages, and ghosts' without an attribution, have none.
+        let mut unattributed = plain.clone();
+        if let OutboundRequest::Send { attribution, .. } = &mut unattributed {
+            *attribution = None;
+        }
+        assert_eq!(attributed_to_bot(&unattributed), None);
     }
 }

@@ -241,6 +241,39 @@ def test_one_meeting_per_room_and_end_needs_power(env):
     assert "Deuxième" in body(mention_answer)
 
 
+def test_where_the_bot_may_not_invite_the_bot_posts_guest_chat_in_their_name(env, tmp_path):
+    """A room where inviting takes power level 50 and the bot has 0: the guest's ghost
+    cannot be invited, so the homeserver refuses its message; the bot posts it instead,
+    with the guest's name in front, rather than losing it."""
+    alice = env.user("alice")
+    resp = alice._run(alice.client.room_create(name="Restreint", power_level_override={"invite": 50}))
+    room = resp.room_id
+    alice.invite(room, env.bot)
+    alice.wait_membership(room, env.bot, "join")
+    notice, slug = start_meeting(env, alice, room, "!visio Restreinte", "Restreinte")
+    root = notice["event_id"]
+
+    agathe, _ = join(env, tmp_path, slug, "Agathe")
+    agathe.chat("Bonjour *malgré tout*")
+    mirrored = wait_event(
+        alice,
+        room,
+        lambda e: in_thread(e, root) and e.get("sender") == env.bot and "malgré tout" in body(e),
+        "agathe's chat in the thread, from the bot",
+    )
+    assert body(mirrored) == "Agathe (invité·e)\u202f: Bonjour malgré tout", body(mirrored)
+    html = mirrored["content"]["formatted_body"]
+    assert html.startswith("<p><strong>Agathe (invité·e)</strong>\u202f: Bonjour <em>malgré tout</em>"), html
+    assert mirrored["content"]["msgtype"] == "m.text"
+    ghosts = [e["sender"] for e in events(alice, room) if e.get("sender", "").startswith("@visio_g")]
+    assert not ghosts, f"no ghost may speak here: {ghosts}"
+    assert env.service.metric("tchap_visio_outbound_sent_as_bot_total") >= 1
+
+    agathe.close()
+    alice.send_text(room, "!visio fin")
+    wait_event(alice, room, lambda e: in_thread(e, root) and "Compte rendu" in body(e), "the summary", timeout=GRACE_S + NOTICE_S)
+
+
 def test_restart_mid_meeting_keeps_attendance_chat_and_posts_once(tmp_path_factory, tmp_path):
     env = Env(tmp_path_factory.mktemp("restart"), overrides={"meetings": {"grace_period_secs": GRACE_S}})
     try:

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ruma::api::client::{account, membership, message, profile};
-use ruma::events::MessageLikeEventType;
+use ruma::api::client::{account, membership, message, profile, state};
+use ruma::events::{MessageLikeEventType, StateEventType};
 use ruma::serde::Raw;
 use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId, TransactionId};
 use serde::{Deserialize, Serialize};
@@ -202,13 +202,22 @@ impl OutboundWorker {
         if let Err(CallError::Matrix { status: 403, .. }) = &result
             && let Some(as_bot) = attributed_to_bot(&request)
         {
-            tracing::info!(
-                id = row.id,
-                "the homeserver refused a ghost's message; the bot posts it"
-            );
-            metrics::counter!("tchap_visio_outbound_sent_as_bot_total").increment(1);
-            // Its own transaction id, stable across retries of this row.
-            result = execute(&self.client, &as_bot, &format!("{}-bot", row.txn_id)).await;
+            match ghost_never_let_in(&self.client, &request).await {
+                Ok(true) => {
+                    tracing::info!(
+                        id = row.id,
+                        "the homeserver refused a ghost that could not join; the bot posts its message"
+                    );
+                    metrics::counter!("tchap_visio_outbound_sent_as_bot_total").increment(1);
+                    // Its own transaction id, stable across retries of this row.
+                    result = execute(&self.client, &as_bot, &format!("{}-bot", row.txn_id)).await;
+                }
+                // Banned, kicked, or muted by the room's moderators: the bot does not
+                // speak for them.
+                Ok(false) => {}
+                // Retried if transient; the ghost's attempt is repeated first.
+                Err(error) => result = Err(error),
+            }
         }
         if let (
             Ok(result),
@@ -296,6 +305,42 @@ impl OutboundWorker {
         };
         let mut conn = self.store.pool().acquire().await?;
         store::meetings::set_thread_root(&mut conn, &id, event_id).await
+    }
+}
+
+/// Whether the ghost of a refused message never got into the room (the bot could not
+/// invite it): no membership at all, or an invitation it could not act on. Ghosts never
+/// leave by themselves, so any other membership is the moderators' decision.
+async fn ghost_never_let_in(
+    client: &MatrixClient,
+    request: &OutboundRequest,
+) -> Result<bool, CallError> {
+    let OutboundRequest::Send {
+        room_id,
+        as_user: Some(ghost),
+        ..
+    } = request
+    else {
+        return Ok(false);
+    };
+    let lookup = state::get_state_event_for_key::v3::Request::new(
+        room_id.clone(),
+        StateEventType::RoomMember,
+        ghost.to_string(),
+    );
+    match client.call(lookup, None).await {
+        Ok(response) => {
+            let found: serde_json::Value =
+                serde_json::from_str(response.event_or_content.get()).unwrap_or_default();
+            // The content, or the whole event with `?format=event`.
+            let membership = found
+                .get("membership")
+                .or_else(|| found.pointer("/content/membership"))
+                .and_then(|m| m.as_str());
+            Ok(membership == Some("invite"))
+        }
+        Err(CallError::Matrix { status: 404, .. }) => Ok(true),
+        Err(error) => Err(error),
     }
 }
 

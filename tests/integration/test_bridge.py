@@ -274,6 +274,36 @@ def test_where_the_bot_may_not_invite_the_bot_posts_guest_chat_in_their_name(env
     wait_event(alice, room, lambda e: in_thread(e, root) and "Compte rendu" in body(e), "the summary", timeout=GRACE_S + NOTICE_S)
 
 
+def test_a_guest_banned_by_the_room_is_not_posted_by_the_bot_either(env, tmp_path):
+    """The bot speaks for a ghost only when the ghost could never get in: a ghost the
+    room's moderators banned stays silent in the room."""
+    alice, room = env.room_with_bot("alice", name="Modération")
+    notice, slug = start_meeting(env, alice, room, "!visio Modérée", "Modérée")
+    root = notice["event_id"]
+    agathe, grant_a = join(env, tmp_path, slug, "Agathe")
+    bruno, _ = join(env, tmp_path, slug, "Bruno")
+    agathe.chat("avant")
+    before = wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "avant", "agathe's first chat")
+    ghost = before["sender"]
+    assert ghost.startswith("@visio_g"), ghost
+    resp = alice._run(alice.client.room_ban(room, ghost, reason="test"))
+    assert type(resp).__name__ == "RoomBanResponse", resp
+
+    agathe.chat("après le bannissement")
+    # Bruno speaks once his page has Agathe's message: the bridge handles chat in the
+    # order the meeting saw it, and the room's queue keeps that order.
+    bruno.wait(lambda s: peer_chats_any(s, grant_a["identity"], "après le bannissement"), 20, "bruno to see agathe's message")
+    bruno.chat("témoin")
+    wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "témoin", "bruno's chat in the thread")
+    leaked = [e for e in events(alice, room) if "après le bannissement" in body(e)]
+    assert not leaked, f"a banned guest's message reached the room: {leaked}"
+
+    agathe.close()
+    bruno.close()
+    alice.send_text(room, "!visio fin")
+    wait_event(alice, room, lambda e: in_thread(e, root) and "Compte rendu" in body(e), "the summary", timeout=GRACE_S + NOTICE_S)
+
+
 def test_restart_mid_meeting_keeps_attendance_chat_and_posts_once(tmp_path_factory, tmp_path):
     env = Env(tmp_path_factory.mktemp("restart"), overrides={"meetings": {"grace_period_secs": GRACE_S}})
     try:

@@ -448,21 +448,35 @@ impl Bridge {
                 now_ms()
             },
         };
-        if chat::insert(conn, &message).await? {
-            ctx.webhooks
-                .enqueue(
-                    conn,
-                    WebhookKind::ChatMessage,
-                    &meeting,
-                    webhooks::chat_data(&message),
-                )
-                .await?;
+        if record_chat(conn, ctx, &meeting, &message).await? {
             ctx.webhooks.wake();
         }
         metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_meeting")
             .increment(1);
         Ok(true)
     }
+}
+
+/// Stores a chat message and queues its webhook, in the caller's transaction. False
+/// when it was stored already (delivered twice): nothing more to do for it.
+async fn record_chat(
+    conn: &mut Connection,
+    ctx: &BridgeContext,
+    meeting: &Meeting,
+    message: &ChatMessage,
+) -> Result<bool, StoreError> {
+    if !chat::insert(conn, message).await? {
+        return Ok(false);
+    }
+    ctx.webhooks
+        .enqueue(
+            conn,
+            WebhookKind::ChatMessage,
+            meeting,
+            webhooks::chat_data(message),
+        )
+        .await?;
+    Ok(true)
 }
 
 fn widget_request(

@@ -9,11 +9,13 @@ use ruma::events::room::message::RoomMessageEventContent;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::{BridgeContext, attendee_key, end_meeting, ghosts, notices, post_in_thread, room_of};
+use super::{
+    BridgeContext, attendee_key, end_meeting, ghosts, notices, post_in_thread, record_chat, room_of,
+};
 use crate::ids::MeetingId;
 use crate::meeting::{ChatMessage, ChatOrigin, Meeting, MeetingState, Session};
 use crate::sfu::EngineEvent;
-use crate::store::{Connection, Store, StoreError, chat, meetings, now_ms, sessions};
+use crate::store::{Connection, Store, StoreError, meetings, now_ms, sessions};
 use crate::webhooks::{self, WebhookKind};
 
 /// How often open sessions are marked alive (what a crash can lose of attendance).
@@ -229,17 +231,9 @@ pub async fn handle_event(
                     now
                 },
             };
-            if !chat::insert(conn, &message).await? {
+            if !record_chat(conn, ctx, &meeting, &message).await? {
                 return Ok(());
             }
-            ctx.webhooks
-                .enqueue(
-                    conn,
-                    WebhookKind::ChatMessage,
-                    &meeting,
-                    webhooks::chat_data(&message),
-                )
-                .await?;
             if let Some(room) = room_of(&meeting) {
                 let ghost = ctx.ghosts.guest(&attendee_key(sender_identity));
                 ghosts::ensure_in_room(conn, &ghost, &name, &room).await?;

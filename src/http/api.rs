@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::AppState;
-use super::appservice::read_body;
+use super::appservice::{parse_json_body, read_body};
 use super::error::MatrixError;
 use crate::auth::api_token;
 use crate::bridge::BridgeContext;
@@ -61,10 +61,6 @@ fn unknown_token() -> MatrixError {
         "M_UNKNOWN_TOKEN",
         "Unrecognised access token",
     )
-}
-
-fn bad_json(error: impl Into<String>) -> MatrixError {
-    MatrixError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", error)
 }
 
 async fn connection(
@@ -310,24 +306,13 @@ pub async fn post_summary(
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), MatrixError> {
     let bytes = read_body(&headers, body, SUMMARY_BODY_LIMIT).await?;
-    let request: SummaryRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_data() {
-            bad_json(format!("the body does not fit {{markdown, author}}: {e}"))
-        } else {
-            MatrixError::new(
-                StatusCode::BAD_REQUEST,
-                "M_NOT_JSON",
-                "the body is not valid JSON",
-            )
-        }
-    })?;
+    let request: SummaryRequest = parse_json_body(&bytes, "{markdown, author}")?;
     if request.markdown.trim().is_empty() {
-        return Err(bad_json("`markdown` is empty"));
+        return Err(MatrixError::bad_json("`markdown` is empty"));
     }
     let author = match request.author.as_deref() {
-        Some(author) => {
-            validate_display_name(author).map_err(|e| bad_json(format!("`author`: {e}")))?
-        }
+        Some(author) => validate_display_name(author)
+            .map_err(|e| MatrixError::bad_json(format!("`author`: {e}")))?,
         None => i18n::SUMMARY_AUTHOR
             .get(state.bot_api.bridge.lang)
             .to_owned(),
@@ -335,7 +320,9 @@ pub async fn post_summary(
     let html = crate::markdown::to_matrix_html(&request.markdown);
     let plain = crate::markdown::to_plain(&request.markdown);
     if plain.is_empty() && html.is_empty() {
-        return Err(bad_json("the summary holds nothing once sanitised"));
+        return Err(MatrixError::bad_json(
+            "the summary holds nothing once sanitised",
+        ));
     }
     if plain.len() + html.len() > SUMMARY_RENDERED_LIMIT {
         return Err(MatrixError::new(

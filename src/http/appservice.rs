@@ -73,6 +73,25 @@ pub async fn read_body(
         .map_err(|_| MatrixError::too_large(limit))
 }
 
+/// Parses a JSON body: 400 `M_NOT_JSON` when it is not JSON, `M_BAD_JSON` naming the
+/// expected `shape` (e.g. `{name, browser_id}`) when it does not fit.
+pub fn parse_json_body<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    shape: &str,
+) -> Result<T, MatrixError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_data() {
+            MatrixError::bad_json(format!("the body does not fit {shape}: {e}"))
+        } else {
+            MatrixError::new(
+                StatusCode::BAD_REQUEST,
+                "M_NOT_JSON",
+                "the body is not valid JSON",
+            )
+        }
+    })
+}
+
 pub async fn put_transaction(
     State(state): State<AppState>,
     Path(txn_id): Path<String>,

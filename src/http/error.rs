@@ -58,6 +58,11 @@ impl MatrixError {
         )
     }
 
+    /// 400 `M_BAD_JSON`: JSON of the wrong shape or with invalid values.
+    pub fn bad_json(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", error)
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

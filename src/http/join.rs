@@ -6,11 +6,11 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::appservice::read_body;
+use super::appservice::{parse_json_body, read_body};
 use super::error::MatrixError;
 use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
 use crate::ids::{BrowserId, MeetingSlug, ParticipantIdentity};
@@ -63,10 +63,6 @@ pub fn ws_base_url(public_address: &str) -> String {
     }
 }
 
-fn bad_json(error: impl Into<String>) -> MatrixError {
-    MatrixError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", error)
-}
-
 pub async fn join(
     State(state): State<AppState>,
     Path(slug): Path<String>,
@@ -76,24 +72,15 @@ pub async fn join(
     // A slug of the wrong shape is as unknown as a well-formed one nobody issued.
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
     let bytes = read_body(&headers, body, JOIN_BODY_LIMIT).await?;
-    let request: JoinRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_data() {
-            bad_json(format!("the body does not fit {{name, browser_id}}: {e}"))
-        } else {
-            MatrixError::new(
-                StatusCode::BAD_REQUEST,
-                "M_NOT_JSON",
-                "the body is not valid JSON",
-            )
-        }
-    })?;
-    let name = validate_display_name(&request.name).map_err(|e| bad_json(e.to_string()))?;
+    let request: JoinRequest = parse_json_body(&bytes, "{name, browser_id}")?;
+    let name =
+        validate_display_name(&request.name).map_err(|e| MatrixError::bad_json(e.to_string()))?;
     let browser_id = request
         .browser_id
         .as_deref()
         .map(BrowserId::parse)
         .transpose()
-        .map_err(|e| bad_json(e.to_string()))?;
+        .map_err(|e| MatrixError::bad_json(e.to_string()))?;
 
     let meeting = joinable_meeting(&state, &slug).await?;
 
@@ -160,7 +147,7 @@ pub async fn info(
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
 
     use super::super::tests::{TEST_SFU_KEY, TEST_WS_URL, call, sfu_keys};
     use super::*;

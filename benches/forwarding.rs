@@ -271,6 +271,8 @@ fn join_request(i: usize) -> JoinRequest {
         can_publish: i == 0,
         can_subscribe: true,
         can_publish_data: true,
+        can_update_own_metadata: true,
+        can_publish_sources: Vec::new(),
         auto_subscribe: true,
         // The dual peer connection path: the bench's str0m clients answer server offers.
         single_pc: false,

@@ -9,10 +9,29 @@ use rand::Rng;
 /// Lowercase RFC 4648 base32: case-insensitive to read aloud, URL-safe, no `0/o`, `1/l`.
 const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
-fn random_base32(len: usize) -> String {
+/// `len` random characters of [`BASE32`].
+pub fn random_base32(len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
         .map(|_| char::from(BASE32[rng.random_range(0..BASE32.len())]))
+        .collect()
+}
+
+/// The first `len` characters (5 bits each) of `bytes` in [`BASE32`]; `bytes` must hold
+/// at least `len * 5` bits.
+pub fn base32_of(bytes: &[u8], len: usize) -> String {
+    assert!(
+        bytes.len() * 8 >= len * 5,
+        "not enough bits for {len} characters"
+    );
+    (0..len)
+        .map(|i| {
+            let bit = i * 5;
+            let pair = u16::from(bytes[bit / 8]) << 8
+                | u16::from(bytes.get(bit / 8 + 1).copied().unwrap_or(0));
+            let index = (pair >> (11 - bit % 8)) & 0x1f;
+            char::from(BASE32[usize::from(index)])
+        })
         .collect()
 }
 

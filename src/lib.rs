@@ -11,6 +11,7 @@ pub mod ids;
 pub mod markdown;
 pub mod matrix;
 pub mod meeting;
+pub mod names;
 pub mod observability;
 pub mod sfu;
 pub mod signal;

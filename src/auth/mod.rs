@@ -3,6 +3,7 @@
 //! and never log the secret.
 
 pub mod api_token;
+pub mod browser;
 pub mod token;
 
 use sha2::{Digest, Sha256};
@@ -20,6 +21,16 @@ impl SecretToken {
         Self {
             digest: Sha256::digest(secret.as_bytes()).into(),
         }
+    }
+
+    /// A key for another purpose, derived from this secret and `label` (the secret itself
+    /// never leaves; one label, one key).
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(label.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.digest);
+        hasher.finalize().into()
     }
 
     pub fn matches(&self, presented: &str) -> bool {

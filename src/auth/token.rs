@@ -209,6 +209,12 @@ impl Claims {
                 can_publish: Some(true),
                 can_subscribe: Some(true),
                 can_publish_data: Some(true),
+                // What the page publishes; renames and its own attributes (a raised
+                // hand), within the SFU's limits. Metadata stays the server's.
+                can_publish_sources: ["camera", "microphone", "screen_share", "screen_share_audio"]
+                    .map(String::from)
+                    .to_vec(),
+                can_update_own_metadata: Some(true),
                 ..VideoGrant::default()
             },
             ..Self::default()
@@ -526,7 +532,8 @@ mod tests {
         assert!(claims.video.publish_allowed());
         assert!(claims.video.subscribe_allowed());
         assert!(claims.video.publish_data_allowed());
-        assert!(!claims.video.update_own_metadata_allowed());
+        assert!(claims.video.update_own_metadata_allowed());
+        assert!(claims.video.source_allowed("screen_share"));
         assert_eq!(
             claims,
             Claims {
@@ -548,7 +555,9 @@ mod tests {
                 "iss": KEY, "sub": "alice-abc", "name": "Alice", "nbf": NOW, "exp": NOW + 3600,
                 "video": {
                     "roomJoin": true, "room": "room12345678",
-                    "canPublish": true, "canSubscribe": true, "canPublishData": true
+                    "canPublish": true, "canSubscribe": true, "canPublishData": true,
+                    "canPublishSources": ["camera", "microphone", "screen_share", "screen_share_audio"],
+                    "canUpdateOwnMetadata": true
                 }
             })
         );

@@ -6,14 +6,16 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::appservice::{parse_json_body, read_body};
 use super::error::MatrixError;
+use crate::auth::browser::BrowserIds;
 use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
-use crate::ids::{BrowserId, MeetingSlug, ParticipantIdentity};
+use crate::ids::{MeetingSlug, ParticipantIdentity};
 use crate::meeting::Meeting;
 use crate::meeting::validate_display_name;
 use crate::store::{self, meetings};
@@ -21,14 +23,13 @@ use crate::store::{self, meetings};
 /// Largest join request body: a name and an id, with room to spare.
 pub const JOIN_BODY_LIMIT: usize = 4096;
 
-/// What the page sends.
+/// What the page sends. The stable per-browser id that merges a person's rejoins is not
+/// in it: the server issues it in an HttpOnly cookie ([`crate::auth::browser`]), since a
+/// value from the body could be anyone's.
 #[derive(Debug, Deserialize)]
 pub struct JoinRequest {
-    /// Display name shown to the others, 1 to 64 characters.
+    /// Display name shown to the others, 1 to 64 visible characters.
     pub name: String,
-    /// A stable id the browser keeps, so that attendance merges its rejoins.
-    #[serde(default)]
-    pub browser_id: Option<String>,
 }
 
 /// What the page gets back: enough for `room.connect(url, token)` in livekit-client.
@@ -68,23 +69,25 @@ pub async fn join(
     Path(slug): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<JoinResponse>, MatrixError> {
+) -> Result<impl IntoResponse, MatrixError> {
     // A slug of the wrong shape is as unknown as a well-formed one nobody issued.
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
     let bytes = read_body(&headers, body, JOIN_BODY_LIMIT).await?;
-    let request: JoinRequest = parse_json_body(&bytes, "{name, browser_id}")?;
+    let request: JoinRequest = parse_json_body(&bytes, "{name}")?;
     let name =
         validate_display_name(&request.name).map_err(|e| MatrixError::bad_json(e.to_string()))?;
-    let browser_id = request
-        .browser_id
-        .as_deref()
-        .map(BrowserId::parse)
-        .transpose()
-        .map_err(|e| MatrixError::bad_json(e.to_string()))?;
 
     let meeting = joinable_meeting(&state, &slug).await?;
 
-    let identity = ParticipantIdentity::for_join(browser_id.as_ref());
+    let browser_ids = BrowserIds::from_secret(&state.hs_token);
+    let known = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(BrowserIds::cookie_in)
+        .find_map(|cookie| browser_ids.verify(cookie).map(|id| (id, cookie.to_owned())));
+    let (browser_id, cookie) = known.unwrap_or_else(|| browser_ids.issue());
+    let identity = ParticipantIdentity::for_join(Some(&browser_ids.pseudonym(&browser_id)));
     let claims = Claims::participant(
         &identity,
         &name,
@@ -95,15 +98,20 @@ pub async fn join(
     let token = state.sfu_keys.issue(&claims);
     metrics::counter!("tchap_visio_join_tokens_issued_total").increment(1);
     tracing::info!(meeting = %meeting.id, %identity, "join token issued");
-    Ok(Json(JoinResponse {
-        url: state.public_ws_url.clone(),
-        token,
-        identity: identity.as_str().to_owned(),
-        meeting: MeetingSummary {
-            id: meeting.id.as_str().to_owned(),
-            title: meeting.title,
-        },
-    }))
+    let secure = state.public_ws_url.starts_with("wss://");
+    let set_cookie = [(header::SET_COOKIE, BrowserIds::set_cookie(&cookie, secure))];
+    Ok((
+        set_cookie,
+        Json(JoinResponse {
+            url: state.public_ws_url.clone(),
+            token,
+            identity: identity.as_str().to_owned(),
+            meeting: MeetingSummary {
+                id: meeting.id.as_str().to_owned(),
+                title: meeting.title,
+            },
+        }),
+    ))
 }
 
 /// The meeting a slug opens, if it can still be joined; 404 otherwise.
@@ -245,12 +253,54 @@ mod tests {
         );
     }
 
+    /// A join's status, JSON and `Set-Cookie` value.
+    async fn join_with_cookie(
+        store: &Store,
+        slug: &str,
+        body: &str,
+        cookie: Option<&str>,
+    ) -> (StatusCode, serde_json::Value, Option<String>) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let mut request = join_request(slug, body.to_owned());
+        if let Some(cookie) = cookie {
+            request
+                .headers_mut()
+                .insert(header::COOKIE, cookie.parse().expect("header value"));
+        }
+        let response = crate::http::router(crate::http::tests::state(store.clone()))
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let set_cookie = response
+            .headers()
+            .get(header::SET_COOKIE)
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json, set_cookie)
+    }
+
+    fn stable_part(json: &serde_json::Value) -> String {
+        ParticipantIdentity::parse(json["identity"].as_str().expect("identity"))
+            .expect("valid")
+            .stable_part()
+            .to_owned()
+    }
+
     both_dialects!(
         a_join_returns_a_token_for_the_meeting_room,
         |store: Store| async move {
             let meeting = stored_meeting(&store).await;
-            let body = r#"{"name": "  Zoé  ", "browser_id": "b-7f3a"}"#;
-            let (status, json) = call(&store, join_request(meeting.slug.expose(), body)).await;
+            let slug = meeting.slug.expose();
+            let body = r#"{"name": "  Zoé  "}"#;
+            let (status, json, set_cookie) = join_with_cookie(&store, slug, body, None).await;
             assert_eq!(status, StatusCode::OK, "{json}");
             assert_eq!(json["url"], TEST_WS_URL);
             assert_eq!(json["meeting"]["id"], meeting.id.as_str());
@@ -269,33 +319,49 @@ mod tests {
                 (
                     grant.can_publish,
                     grant.can_subscribe,
-                    grant.can_publish_data
+                    grant.can_publish_data,
+                    grant.can_update_own_metadata,
                 ),
-                (Some(true), Some(true), Some(true))
+                (Some(true), Some(true), Some(true), Some(true))
             );
             assert!(!grant.room_admin && !grant.room_create);
             let lifetime = claims.exp - claims.nbf;
             assert_eq!(lifetime, JOIN_TOKEN_TTL_SECS);
-            let identity = claims.identity().expect("identity");
-            assert_eq!(identity.stable_part(), "b-7f3a");
 
-            // A rejoin from the same browser: same stable part, new identity.
-            let (_, again) = call(&store, join_request(meeting.slug.expose(), body)).await;
+            // The browser id comes back as an HttpOnly cookie, never in the body, and the
+            // identity the room sees does not contain it.
+            let set_cookie = set_cookie.expect("a Set-Cookie");
+            assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+            let cookie = set_cookie.split(';').next().expect("name=value").to_owned();
+            let browser_id = cookie
+                .split_once('=')
+                .and_then(|(_, v)| v.split_once('.'))
+                .map(|(id, _)| id.to_owned())
+                .expect("id.signature");
+            assert!(!json.to_string().contains(&browser_id));
+            let first = stable_part(&json);
+            assert!(!first.contains(&browser_id));
+
+            // A rejoin with the cookie: same stable part, new identity.
+            let (_, again, _) = join_with_cookie(&store, slug, body, Some(&cookie)).await;
             assert_ne!(again["identity"], json["identity"]);
-            let again =
-                ParticipantIdentity::parse(again["identity"].as_str().expect("id")).expect("valid");
-            assert_eq!(again.stable_part(), "b-7f3a");
+            assert_eq!(stable_part(&again), first);
 
-            // Without a browser id: a random stable part.
-            let (status, anonymous) = call(
-                &store,
-                join_request(meeting.slug.expose(), r#"{"name":"Bob"}"#),
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK);
-            let anonymous = ParticipantIdentity::parse(anonymous["identity"].as_str().expect("id"))
-                .expect("valid");
-            assert_ne!(anonymous.stable_part(), "b-7f3a");
+            // Without a cookie, with a forged one, or with the pseudonym someone else
+            // shows the room (as a cookie or in the body's old `browser_id`): another
+            // browser, so another stable part.
+            let forged_cookie = format!("tv_browser={first}.{}", "0".repeat(32));
+            let with_browser_id = format!(r#"{{"name":"Bob","browser_id":"{first}"}}"#);
+            for (body, cookie) in [
+                (r#"{"name":"Bob"}"#, None),
+                (r#"{"name":"Bob"}"#, Some(forged_cookie.as_str())),
+                (with_browser_id.as_str(), None),
+            ] {
+                let (status, other, set) = join_with_cookie(&store, slug, body, cookie).await;
+                assert_eq!(status, StatusCode::OK, "{other}");
+                assert_ne!(stable_part(&other), first, "{body} {cookie:?}");
+                assert!(set.is_some(), "a fresh browser id is issued");
+            }
         }
     );
 
@@ -341,7 +407,7 @@ mod tests {
         let slug = meeting.slug.expose();
         let long_name = format!(r#"{{"name":"{}"}}"#, "x".repeat(65));
         let oversize = format!(r#"{{"name":"a","pad":"{}"}}"#, "x".repeat(5000));
-        let cases: [(String, StatusCode, &str); 9] = [
+        let cases: [(String, StatusCode, &str); 10] = [
             ("{nope".into(), StatusCode::BAD_REQUEST, "M_NOT_JSON"),
             ("".into(), StatusCode::BAD_REQUEST, "M_NOT_JSON"),
             ("{}".into(), StatusCode::BAD_REQUEST, "M_BAD_JSON"),
@@ -362,7 +428,12 @@ mod tests {
             ),
             (long_name, StatusCode::BAD_REQUEST, "M_BAD_JSON"),
             (
-                r#"{"name": "a", "browser_id": "no spaces"}"#.into(),
+                "{\"name\": \"Zo\u{202E}\u{200B}\u{3164}\"}".into(),
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+            ),
+            (
+                format!(r#"{{"name": "Zoé{}"}}"#, "\u{2800}".repeat(30)),
                 StatusCode::BAD_REQUEST,
                 "M_BAD_JSON",
             ),

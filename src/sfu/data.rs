@@ -14,6 +14,9 @@ pub const LEGACY_CHAT_TOPIC: &str = "lk-chat-topic";
 
 /// Longest chat message kept, in bytes; longer streams are forwarded but not recorded.
 const MAX_CHAT_BYTES: usize = 64 * 1024;
+/// Longest data stream relayed, in bytes (any topic): the page reads a stream whole, so a
+/// larger one is cut off here, its later chunks and its trailer dropped.
+pub const MAX_RELAYED_STREAM_BYTES: usize = 64 * 1024;
 /// Open text streams tracked per participant.
 const MAX_OPEN_STREAMS: usize = 32;
 /// Message ids remembered per room for de-duplication.
@@ -92,6 +95,102 @@ impl SeenChat {
         self.order.push_back(id.to_owned());
         self.ids.insert(id.to_owned());
         true
+    }
+}
+
+/// Who a packet is for: everyone, or only the participants named (by identity or, in the
+/// oldest clients' form, by sid). The legacy `UserPacket` fields count as much as the
+/// packet's own: a private message in any shape stays private.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Destinations {
+    pub identities: Vec<String>,
+    pub sids: Vec<String>,
+}
+
+impl Destinations {
+    #[allow(deprecated)] // the legacy fields are what older clients fill
+    pub fn of(packet: &DataPacket) -> Self {
+        let mut identities = packet.destination_identities.clone();
+        let mut sids = Vec::new();
+        if let Some(data_packet::Value::User(user)) = &packet.value {
+            identities.extend(user.destination_identities.iter().cloned());
+            sids.extend(user.destination_sids.iter().cloned());
+        }
+        Self { identities, sids }
+    }
+
+    /// Sent to some participants only: never recorded, mirrored or published.
+    pub fn is_private(&self) -> bool {
+        !self.identities.is_empty() || !self.sids.is_empty()
+    }
+
+    pub fn includes(&self, identity: &str, sid: &str) -> bool {
+        !self.is_private()
+            || self.identities.iter().any(|i| i == identity)
+            || self.sids.iter().any(|s| s == sid)
+    }
+}
+
+/// Whether a packet begins a chat message (one chat token each).
+pub fn starts_chat(packet: &DataPacket) -> bool {
+    match &packet.value {
+        Some(data_packet::Value::StreamHeader(header)) => header.topic == CHAT_TOPIC,
+        Some(data_packet::Value::User(user)) => user.topic.as_deref() == Some(LEGACY_CHAT_TOPIC),
+        Some(data_packet::Value::ChatMessage(_)) => true,
+        _ => false,
+    }
+}
+
+/// The data streams one participant is sending, by id, with their bytes so far: what
+/// lets the engine cut off a stream that grows past [`MAX_RELAYED_STREAM_BYTES`].
+#[derive(Debug, Default)]
+pub struct RelayedStreams {
+    open: HashMap<String, usize>,
+}
+
+/// Marks a stream that went over the limit: nothing more of it is relayed.
+const CUT_OFF: usize = usize::MAX;
+
+impl RelayedStreams {
+    /// Whether this packet may be relayed, counting the stream bytes it carries.
+    pub fn admit(&mut self, packet: &DataPacket) -> bool {
+        match &packet.value {
+            Some(data_packet::Value::StreamHeader(header)) => {
+                let inline = header.inline_content.as_ref().map_or(0, Vec::len);
+                if inline > MAX_RELAYED_STREAM_BYTES {
+                    return false;
+                }
+                if header.inline_content.is_some() {
+                    return true;
+                }
+                if self.open.len() >= MAX_OPEN_STREAMS && !self.open.contains_key(&header.stream_id)
+                {
+                    return false;
+                }
+                self.open.insert(header.stream_id.clone(), 0);
+                true
+            }
+            Some(data_packet::Value::StreamChunk(chunk)) => {
+                let Some(bytes) = self.open.get_mut(&chunk.stream_id) else {
+                    // A chunk of a stream whose header was refused, or never sent.
+                    return false;
+                };
+                if *bytes == CUT_OFF {
+                    return false;
+                }
+                *bytes += chunk.content.len();
+                if *bytes > MAX_RELAYED_STREAM_BYTES {
+                    *bytes = CUT_OFF;
+                    return false;
+                }
+                true
+            }
+            Some(data_packet::Value::StreamTrailer(trailer)) => self
+                .open
+                .remove(&trailer.stream_id)
+                .is_some_and(|b| b != CUT_OFF),
+            _ => true,
+        }
     }
 }
 

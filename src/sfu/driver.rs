@@ -17,8 +17,19 @@ use super::gso;
 use super::tcp::{self, TcpEvent};
 use super::{EngineEvent, ParticipantKey};
 
-/// Where a participant's signalling responses go (its WebSocket task).
-pub type SignalSink = mpsc::UnboundedSender<signal_response::Message>;
+/// Where a participant's signalling responses go (its WebSocket task). Bounded: a client
+/// that stops reading fills it, and is then disconnected instead of buffered without end.
+pub type SignalSink = mpsc::Sender<signal_response::Message>;
+
+/// Signalling messages waiting for one participant's WebSocket. A join response, a
+/// room's worth of participant updates and an offer fit many times over; a client that
+/// lets this many pile up is not reading.
+pub const SIGNAL_QUEUE: usize = 256;
+
+/// A sink and its receiver, sized [`SIGNAL_QUEUE`].
+pub fn signal_channel() -> (SignalSink, mpsc::Receiver<signal_response::Message>) {
+    mpsc::channel(SIGNAL_QUEUE)
+}
 
 enum Command {
     Join {
@@ -28,6 +39,7 @@ enum Command {
         reply: oneshot::Sender<Result<ParticipantKey, JoinError>>,
     },
     Resume {
+        room: String,
         sid: String,
         identity: String,
         sink: SignalSink,
@@ -134,9 +146,10 @@ impl SfuHandle {
         answer.await.unwrap_or(Err(JoinError::ServerFull))
     }
 
-    /// Reattaches signalling to a participant whose WebSocket dropped.
+    /// Reattaches signalling to a participant of `room` whose WebSocket dropped.
     pub async fn resume(
         &self,
+        room: String,
         sid: String,
         identity: String,
         sink: SignalSink,
@@ -144,6 +157,7 @@ impl SfuHandle {
     ) -> Result<ParticipantKey, JoinError> {
         let (reply, answer) = oneshot::channel();
         let _ = self.commands.send(Command::Resume {
+            room,
             sid,
             identity,
             sink,
@@ -301,8 +315,22 @@ async fn run(
                 Output::Signal { key, message } => {
                     // Only the kind: SDPs carry ICE passwords, which stay out of logs.
                     tracing::trace!(key, kind = signal_kind(&message), "signal out");
-                    if let Some((sink, _)) = sinks.get(&key) {
-                        let _ = sink.send(*message);
+                    let full = sinks.get(&key).is_some_and(|(sink, _)| {
+                        matches!(
+                            sink.try_send(*message),
+                            Err(mpsc::error::TrySendError::Full(_))
+                        )
+                    });
+                    if full {
+                        // Its messages are not read: drop the sink (the WebSocket task
+                        // closes once it has sent what it holds) and the participant.
+                        sinks.remove(&key);
+                        metrics::counter!("tchap_visio_signal_evicted_total").increment(1);
+                        engine.evict(
+                            Instant::now(),
+                            key,
+                            "signalling queue full (client not reading)",
+                        );
                     }
                 }
                 Output::CloseSignal { key } => {
@@ -354,13 +382,14 @@ fn handle_command(
             let _ = reply.send(result);
         }
         Command::Resume {
+            room,
             sid,
             identity,
             sink,
             session,
             reply,
         } => {
-            let result = engine.resume(now, &sid, &identity);
+            let result = engine.resume(now, &room, &sid, &identity);
             if let Ok(key) = result {
                 sinks.insert(key, (sink, session));
             }

@@ -25,6 +25,7 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Ri
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc, RtcConfig};
 
+use super::bucket::TokenBucket;
 use super::data::{self, SeenChat, TextStreams};
 use super::rewrite::TimestampRewriter;
 use super::sdp::{self, SlotMsid};
@@ -58,6 +59,16 @@ const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 const INITIAL_BANDWIDTH_BPS: u64 = 1_500_000;
 /// A simulcast layer that sent nothing for this long is taken as paused by the publisher.
 const LAYER_STALE: Duration = Duration::from_millis(1500);
+/// Attributes a participant may hold, and their keys and values' bytes in all: each
+/// update goes to every member, so what one client may make the server send is bounded.
+pub const MAX_ATTRIBUTES: usize = 16;
+pub const MAX_ATTRIBUTES_BYTES: usize = 1024;
+/// Attribute keys only the server writes (the Matrix identity it verified, chat authors).
+pub const RESERVED_ATTRIBUTE_PREFIX: &str = "tchap.";
+/// Longest name after a rename, as at join.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest track name and stream name kept from a client.
+const MAX_TRACK_NAME_CHARS: usize = 128;
 
 /// Engine limits and addresses, from the configuration.
 #[derive(Debug, Clone)]
@@ -80,6 +91,11 @@ pub struct JoinRequest {
     pub can_publish: bool,
     pub can_subscribe: bool,
     pub can_publish_data: bool,
+    /// `canUpdateOwnMetadata`: the participant may change its name and its own
+    /// (non-reserved) attributes; metadata stays the server's.
+    pub can_update_own_metadata: bool,
+    /// `canPublishSources` as LiveKit `TrackSource` values; empty allows every source.
+    pub can_publish_sources: Vec<i32>,
     pub auto_subscribe: bool,
     /// Single peer connection (`/rtc/v1`): one peer connection, the client always offers.
     pub single_pc: bool,
@@ -252,6 +268,7 @@ struct Participant {
     tracks: Vec<Track>,
     downtracks: Vec<DownTrack>,
     text_streams: TextStreams,
+    limits: ParticipantLimits,
     signal_connected: bool,
     last_seen: Instant,
     speaking_until: Option<Instant>,
@@ -261,6 +278,38 @@ struct Participant {
     bandwidth_bps: Option<u64>,
     /// Set for single peer connection participants (`/rtc/v1`).
     single: Option<SinglePc>,
+}
+
+/// What one participant may send on the data channels. The budgets are far above what
+/// people type or LiveKit's SDKs send for reactions and RPC; a client over them is
+/// flooding, and its excess is dropped before it reaches anyone.
+#[derive(Debug)]
+struct ParticipantLimits {
+    data_packets: TokenBucket,
+    data_bytes: TokenBucket,
+    chat: TokenBucket,
+    streams: data::RelayedStreams,
+}
+
+/// Data packets per second (and burst) from one participant.
+pub const DATA_PACKETS_PER_SEC: f64 = 100.0;
+pub const DATA_PACKETS_BURST: f64 = 300.0;
+/// Data bytes per second (and burst) from one participant.
+pub const DATA_BYTES_PER_SEC: f64 = 256.0 * 1024.0;
+pub const DATA_BYTES_BURST: f64 = 1024.0 * 1024.0;
+/// Chat messages per second (and burst) from one participant.
+pub const CHAT_PER_SEC: f64 = 2.0;
+pub const CHAT_BURST: f64 = 10.0;
+
+impl ParticipantLimits {
+    fn new(now: Instant) -> Self {
+        Self {
+            data_packets: TokenBucket::new(DATA_PACKETS_PER_SEC, DATA_PACKETS_BURST, now),
+            data_bytes: TokenBucket::new(DATA_BYTES_PER_SEC, DATA_BYTES_BURST, now),
+            chat: TokenBucket::new(CHAT_PER_SEC, CHAT_BURST, now),
+            streams: data::RelayedStreams::default(),
+        }
+    }
 }
 
 impl Participant {
@@ -536,6 +585,8 @@ impl Engine {
                 can_subscribe: request.can_subscribe,
                 can_publish: request.can_publish,
                 can_publish_data: request.can_publish_data,
+                can_update_metadata: request.can_update_own_metadata,
+                can_publish_sources: request.can_publish_sources,
                 ..Default::default()
             },
             auto_subscribe: request.auto_subscribe,
@@ -544,6 +595,7 @@ impl Engine {
             tracks: Vec::new(),
             downtracks: Vec::new(),
             text_streams: TextStreams::default(),
+            limits: ParticipantLimits::new(now),
             signal_connected: true,
             last_seen: now,
             speaking_until: None,
@@ -646,13 +698,15 @@ impl Engine {
     pub fn resume(
         &mut self,
         now: Instant,
+        room: &str,
         sid: &str,
         identity: &str,
     ) -> Result<ParticipantKey, JoinError> {
+        // The token's room too: a token for one meeting never resumes a session in another.
         let key = self
             .participants
             .iter()
-            .find(|(_, p)| p.sid == sid && p.identity == identity)
+            .find(|(_, p)| p.sid == sid && p.identity == identity && p.room == room)
             .map(|(k, _)| k)
             .ok_or(JoinError::UnknownSession)?;
         let p = &mut self.participants[key];
@@ -711,6 +765,16 @@ impl Engine {
         }
         self.drain(now);
         Ok(key)
+    }
+
+    /// Removes a participant the driver cannot talk to any more (its signalling queue is
+    /// full: the client is not reading). The room is told, as for any departure.
+    pub fn evict(&mut self, now: Instant, key: ParticipantKey, why: &str) {
+        if let Some(p) = self.participants.get(key) {
+            tracing::warn!(room = %p.room, sid = %p.sid, why, "participant removed");
+        }
+        self.remove(key, why);
+        self.drain(now);
     }
 
     /// The participant's WebSocket closed without a leave; media goes on until it resumes
@@ -810,16 +874,7 @@ impl Engine {
             }
             signal_request::Message::Leave(_) => self.remove(key, "left"),
             signal_request::Message::UpdateMetadata(update) => {
-                let p = &mut self.participants[key];
-                if !update.name.is_empty() {
-                    p.name = update.name;
-                }
-                p.metadata = update.metadata;
-                p.attributes.extend(update.attributes);
-                p.version += 1;
-                let room = p.room.clone();
-                let info = self.info(key);
-                self.broadcast_update(&room, usize::MAX, vec![info]);
+                self.on_update_metadata(key, update);
             }
             // Not supported yet (docs/signalling.md); ignored without harm.
             _ => {}
@@ -827,6 +882,113 @@ impl Engine {
         // Subscriptions and wishes may have changed: raise layers at once (a viewer waits).
         self.update_dynacast(now);
         self.drain(now);
+    }
+
+    /// A participant asks to change its own name or attributes. Only with the
+    /// `canUpdateOwnMetadata` grant; metadata and `tchap.*` attributes belong to the
+    /// server (they carry what it vouches for, such as a verified Matrix ID); names go
+    /// through the same rules as at join; attributes are bounded in number and size, since
+    /// every accepted update is sent to every member of the room.
+    fn on_update_metadata(&mut self, key: ParticipantKey, update: lk::UpdateParticipantMetadata) {
+        use lk::request_response::Reason;
+        let p = &self.participants[key];
+        let refusal = if !p.permission.can_update_metadata {
+            Some((
+                Reason::NotAllowed,
+                "the access token does not grant canUpdateOwnMetadata".to_owned(),
+            ))
+        } else if !update.metadata.is_empty() && update.metadata != p.metadata {
+            Some((
+                Reason::NotAllowed,
+                "metadata is set by the server".to_owned(),
+            ))
+        } else if let Some(reserved) = update
+            .attributes
+            .keys()
+            .find(|k| k.starts_with(RESERVED_ATTRIBUTE_PREFIX))
+        {
+            Some((
+                Reason::NotAllowed,
+                format!(
+                    "attribute `{}` is reserved to the server",
+                    truncate_chars(reserved, 64)
+                ),
+            ))
+        } else {
+            None
+        };
+        let name = if refusal.is_none() && !update.name.is_empty() && update.name != p.name {
+            match crate::names::normalise_display_name(&update.name, MAX_NAME_CHARS) {
+                Ok(name) => Some(name),
+                Err(e) => {
+                    return self.refuse_request(
+                        key,
+                        update.request_id,
+                        Reason::InvalidName,
+                        e.to_string(),
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        if let Some((reason, message)) = refusal {
+            return self.refuse_request(key, update.request_id, reason, message);
+        }
+        let mut attributes = p.attributes.clone();
+        for (k, v) in update.attributes {
+            // As LiveKit: an empty value deletes the attribute.
+            if v.is_empty() {
+                attributes.remove(&k);
+            } else {
+                attributes.insert(k, v);
+            }
+        }
+        let bytes: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if attributes.len() > MAX_ATTRIBUTES || bytes > MAX_ATTRIBUTES_BYTES {
+            return self.refuse_request(
+                key,
+                update.request_id,
+                Reason::LimitExceeded,
+                format!(
+                    "at most {MAX_ATTRIBUTES} attributes of {MAX_ATTRIBUTES_BYTES} bytes in all"
+                ),
+            );
+        }
+        let p = &mut self.participants[key];
+        if name.is_none() && attributes == p.attributes {
+            return;
+        }
+        if let Some(name) = name {
+            p.name = name;
+        }
+        p.attributes = attributes;
+        p.version += 1;
+        let room = p.room.clone();
+        let info = self.info(key);
+        self.broadcast_update(&room, usize::MAX, vec![info]);
+    }
+
+    /// Tells a client its request was refused (livekit-client rejects the pending call).
+    fn refuse_request(
+        &mut self,
+        key: ParticipantKey,
+        request_id: u32,
+        reason: lk::request_response::Reason,
+        message: String,
+    ) {
+        metrics::counter!("tchap_visio_sfu_requests_refused_total", "reason" => reason.as_str_name())
+            .increment(1);
+        tracing::debug!(sid = %self.participants[key].sid, reason = reason.as_str_name(), "request refused");
+        self.send(
+            key,
+            signal_response::Message::RequestResponse(lk::RequestResponse {
+                request_id,
+                reason: reason as i32,
+                message,
+                ..Default::default()
+            }),
+        );
     }
 
     /// `UpdateTrackSettings` for simulcast: the size the subscriber renders the track at
@@ -1033,6 +1195,13 @@ impl Engine {
             tracing::info!(sid = %p.sid, "add track without permission to publish; ignored");
             return;
         }
+        let sources = &p.permission.can_publish_sources;
+        if !sources.is_empty() && !sources.contains(&request.source) {
+            tracing::info!(sid = %p.sid, source = request.source, "add track of a source the token does not grant; ignored");
+            metrics::counter!("tchap_visio_sfu_requests_refused_total", "reason" => "source")
+                .increment(1);
+            return;
+        }
         if p.tracks.iter().any(|t| t.cid == request.cid) || p.tracks.len() >= 16 {
             return;
         }
@@ -1045,13 +1214,14 @@ impl Engine {
         let mut info = lk::TrackInfo {
             sid: sid.clone(),
             r#type: track_type(kind) as i32,
-            name: request.name.clone(),
+            // Every member receives it: bounded like a name.
+            name: truncate_chars(&request.name, MAX_TRACK_NAME_CHARS),
             muted: request.muted,
             width: request.width,
             height: request.height,
             source: request.source,
             disable_red: request.disable_red,
-            stream: request.stream.clone(),
+            stream: truncate_chars(&request.stream, MAX_TRACK_NAME_CHARS),
             ..Default::default()
         };
         let simulcast = kind == MediaKind::Video && request.layers.len() > 1;
@@ -1550,7 +1720,7 @@ impl Engine {
             }
             (Pc::Publisher, Event::ChannelData(data)) => {
                 let lossy = self.participants[key].publisher.lossy == Some(data.id);
-                self.on_data(key, &data.data, lossy);
+                self.on_data(now, key, &data.data, lossy);
             }
             _ => {}
         }
@@ -1821,9 +1991,18 @@ impl Engine {
         }
     }
 
-    fn on_data(&mut self, key: ParticipantKey, bytes: &[u8], lossy: bool) {
+    fn on_data(&mut self, now: Instant, key: ParticipantKey, bytes: &[u8], lossy: bool) {
         let p = &mut self.participants[key];
         if !p.permission.can_publish_data {
+            return;
+        }
+        // One participant's flood costs the others nothing: past its budget, its packets
+        // are dropped here, before they are decoded or fanned out.
+        if !p.limits.data_packets.take(now, 1.0)
+            || !p.limits.data_bytes.take(now, bytes.len() as f64)
+        {
+            metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "data_rate")
+                .increment(1);
             return;
         }
         let mut packet = match data::decode_and_stamp(bytes, &p.sid, &p.identity) {
@@ -1833,7 +2012,18 @@ impl Engine {
                 return;
             }
         };
+        if data::starts_chat(&packet) && !p.limits.chat.take(now, 1.0) {
+            metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "chat_rate")
+                .increment(1);
+            return;
+        }
+        if !p.limits.streams.admit(&packet) {
+            metrics::counter!("tchap_visio_sfu_packets_dropped_total", "reason" => "stream_size")
+                .increment(1);
+            return;
+        }
         set_kind(&mut packet, lossy);
+        let destinations = data::Destinations::of(&packet);
         let chat = data::chat_in(&packet, &mut p.text_streams);
         tracing::trace!(sid = %p.sid, chat = chat.is_some(), "data packet");
         let (sender_sid, identity, name, room_name) = (
@@ -1842,12 +2032,14 @@ impl Engine {
             p.name.clone(),
             p.room.clone(),
         );
-        let destinations = packet.destination_identities.clone();
         let encoded = packet.encode_to_vec();
         let Some(room) = self.rooms.get_mut(&room_name) else {
             return;
         };
+        // A message to some participants only is relayed to them and to nothing else: it
+        // is not an event, so it is never stored, mirrored into Matrix or published.
         if let Some(chat) = chat
+            && !destinations.is_private()
             && room.seen_chat.insert(&chat.id)
         {
             self.outputs.push_back(Output::Event(EngineEvent::Chat {
@@ -1862,9 +2054,8 @@ impl Engine {
         }
         let members = room.members.clone();
         for member in members.into_iter().filter(|&k| k != key) {
-            if !destinations.is_empty()
-                && !destinations.contains(&self.participants[member].identity)
-            {
+            let m = &self.participants[member];
+            if !destinations.includes(&m.identity, &m.sid) {
                 continue;
             }
             self.write_data(member, &encoded, lossy);
@@ -2236,4 +2427,8 @@ fn server_info() -> lk::ServerInfo {
         node_id: "tchap-visio".into(),
         ..Default::default()
     }
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }

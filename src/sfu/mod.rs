@@ -4,6 +4,7 @@
 //! LiveKit's protocol (peer connections, data packets) and knows nothing of Matrix, HTTP
 //! or the database; `signal/` carries LiveKit's signalling to and from it.
 
+pub mod bucket;
 pub mod data;
 pub mod driver;
 pub mod engine;

@@ -37,6 +37,8 @@ fn join_request(identity: &str) -> JoinRequest {
         can_publish: true,
         can_subscribe: true,
         can_publish_data: true,
+        can_update_own_metadata: true,
+        can_publish_sources: Vec::new(),
         auto_subscribe: true,
         single_pc: false,
         publisher_offer: None,

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::auth::token::{Claims, SfuKeys, TokenError};
+use crate::sfu::bucket::TokenBucket;
 use crate::sfu::{Engine, JoinError, JoinRequest, ParticipantKey, SfuHandle};
 
 /// Largest signalling frame accepted (an SDP with many m-lines fits easily).
@@ -254,13 +255,19 @@ async fn connect(
     request: JoinRequest,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let (sink, outgoing) = mpsc::unbounded_channel();
+    let (sink, outgoing) = crate::sfu::driver::signal_channel();
     let session_id: u64 = rand::random();
     let joined = match resume_sid {
         Some(sid) => {
             let result = state
                 .sfu
-                .resume(sid, claims.sub.clone(), sink, session_id)
+                .resume(
+                    claims.video.room.clone(),
+                    sid,
+                    claims.sub.clone(),
+                    sink,
+                    session_id,
+                )
                 .await;
             if result.is_ok() {
                 metrics::counter!("tchap_visio_sfu_resumes_total").increment(1);
@@ -288,18 +295,40 @@ fn join_request(claims: &Claims, auto_subscribe: Option<bool>) -> JoinRequest {
     } else {
         claims.name.clone()
     };
+    let sources: Vec<i32> = claims
+        .video
+        .can_publish_sources
+        .iter()
+        .filter_map(|s| track_source(s))
+        .map(|s| s as i32)
+        .collect();
+    // Sources named but none known: nothing may be published (empty would allow all).
+    let no_known_source = sources.is_empty() && !claims.video.can_publish_sources.is_empty();
     JoinRequest {
         room: claims.video.room.clone(),
         identity: claims.sub.clone(),
         name,
         metadata: claims.metadata.clone(),
         attributes: claims.attributes.clone().into_iter().collect(),
-        can_publish: claims.video.publish_allowed(),
+        can_publish: claims.video.publish_allowed() && !no_known_source,
         can_subscribe: claims.video.subscribe_allowed(),
         can_publish_data: claims.video.publish_data_allowed(),
+        can_update_own_metadata: claims.video.update_own_metadata_allowed(),
+        can_publish_sources: sources,
         auto_subscribe: auto_subscribe.unwrap_or(true),
         single_pc: false,
         publisher_offer: None,
+    }
+}
+
+/// A `canPublishSources` entry as LiveKit's `TrackSource` (names as in its grants).
+fn track_source(name: &str) -> Option<lk::TrackSource> {
+    match name {
+        "camera" => Some(lk::TrackSource::Camera),
+        "microphone" => Some(lk::TrackSource::Microphone),
+        "screen_share" => Some(lk::TrackSource::ScreenShare),
+        "screen_share_audio" => Some(lk::TrackSource::ScreenShareAudio),
+        _ => None,
     }
 }
 
@@ -310,7 +339,7 @@ async fn session(
     sfu: SfuHandle,
     key: Option<ParticipantKey>,
     session_id: u64,
-    mut outgoing: mpsc::UnboundedReceiver<signal_response::Message>,
+    mut outgoing: mpsc::Receiver<signal_response::Message>,
 ) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let Some(key) = key else {
@@ -324,6 +353,7 @@ async fn session(
         let _ = ws_tx.close().await;
         return;
     };
+    let mut budget = SignalBudget::new(std::time::Instant::now());
     loop {
         tokio::select! {
             incoming = tokio::time::timeout(Duration::from_secs(60), ws_rx.next()) => {
@@ -338,6 +368,20 @@ async fn session(
                     // Text frames (JSON signalling) are not supported; pings are answered by axum.
                     _ => continue,
                 };
+                match budget.admit(std::time::Instant::now(), bytes.len()) {
+                    Admit::Yes => {}
+                    Admit::Drop => {
+                        metrics::counter!("tchap_visio_signal_throttled_total").increment(1);
+                        continue;
+                    }
+                    Admit::Disconnect => {
+                        metrics::counter!("tchap_visio_signal_evicted_total").increment(1);
+                        tracing::warn!(key, "signalling flood: disconnected");
+                        sfu.signal(key, signal_request::Message::Leave(lk::LeaveRequest::default()));
+                        let _ = ws_tx.close().await;
+                        return;
+                    }
+                }
                 let message = match Engine::decode_request(&bytes) {
                     Ok(Some(message)) => message,
                     Ok(None) => continue,
@@ -350,7 +394,7 @@ async fn session(
                     // Pings are answered here, without a trip through the engine.
                     signal_request::Message::Ping(timestamp) => {
                         let pong = signal_response::Message::Pong(crate::sfu::unix_ms().max(timestamp));
-                        if ws_tx.send(encode(pong)).await.is_err() {
+                        if !send_within(&mut ws_tx, pong).await {
                             break;
                         }
                     }
@@ -359,7 +403,7 @@ async fn session(
                             last_ping_timestamp: ping.timestamp,
                             timestamp: crate::sfu::unix_ms(),
                         });
-                        if ws_tx.send(encode(pong)).await.is_err() {
+                        if !send_within(&mut ws_tx, pong).await {
                             break;
                         }
                     }
@@ -377,13 +421,72 @@ async fn session(
                     let _ = ws_tx.close().await;
                     return;
                 };
-                if ws_tx.send(encode(message)).await.is_err() {
+                if !send_within(&mut ws_tx, message).await {
                     break;
                 }
             }
         }
     }
     sfu.signal_lost(key, session_id);
+}
+
+/// How long one message may take to leave: a client that does not read for this long is
+/// gone as far as signalling goes (it may resume).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn send_within(
+    ws_tx: &mut futures::stream::SplitSink<WebSocket, WsMessage>,
+    message: signal_response::Message,
+) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, ws_tx.send(encode(message))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Signalling frames and bytes a client may send per second. An SDP exchange, trickled
+/// candidates and track settings of a busy meeting stay far below; a client over the
+/// budget has its frames dropped, and one that keeps at it is disconnected.
+const SIGNAL_FRAMES_PER_SEC: f64 = 50.0;
+const SIGNAL_FRAMES_BURST: f64 = 200.0;
+const SIGNAL_BYTES_PER_SEC: f64 = 512.0 * 1024.0;
+const SIGNAL_BYTES_BURST: f64 = 2.0 * 1024.0 * 1024.0;
+/// Frames dropped in a row before the client is disconnected.
+const SIGNAL_DROPS_TOLERATED: u32 = 500;
+
+enum Admit {
+    Yes,
+    Drop,
+    Disconnect,
+}
+
+struct SignalBudget {
+    frames: TokenBucket,
+    bytes: TokenBucket,
+    dropped_in_a_row: u32,
+}
+
+impl SignalBudget {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            frames: TokenBucket::new(SIGNAL_FRAMES_PER_SEC, SIGNAL_FRAMES_BURST, now),
+            bytes: TokenBucket::new(SIGNAL_BYTES_PER_SEC, SIGNAL_BYTES_BURST, now),
+            dropped_in_a_row: 0,
+        }
+    }
+
+    fn admit(&mut self, now: std::time::Instant, len: usize) -> Admit {
+        if self.frames.take(now, 1.0) && self.bytes.take(now, len as f64) {
+            self.dropped_in_a_row = 0;
+            return Admit::Yes;
+        }
+        self.dropped_in_a_row += 1;
+        if self.dropped_in_a_row > SIGNAL_DROPS_TOLERATED {
+            Admit::Disconnect
+        } else {
+            Admit::Drop
+        }
+    }
 }
 
 fn encode(message: signal_response::Message) -> WsMessage {

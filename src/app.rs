@@ -136,7 +136,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
 
     // One set of keys: the join endpoint signs with it, the SFU's /rtc checks with it.
-    let sfu_keys = Arc::new(SfuKeys::from_config(&config.sfu.keys));
+    let sfu_keys = Arc::new(SfuKeys::from_config(
+        &config.sfu.keys,
+        &config.sfu.signing_key,
+    ));
     if sfu_keys.is_generated() {
         tracing::info!("sfu.keys is empty: join tokens are signed with a key made for this run");
     }

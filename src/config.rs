@@ -199,6 +199,10 @@ pub struct SfuConfig {
     pub ice_servers: Vec<IceServer>,
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    /// The key of `keys` that signs the tokens we issue (the newest); required when
+    /// there are several.
+    #[serde(default)]
+    pub signing_key: String,
     #[serde(default = "default_node_participants")]
     pub max_participants: u32,
 }
@@ -211,6 +215,7 @@ impl Default for SfuConfig {
             advertised_ip: String::new(),
             ice_servers: Vec::new(),
             keys: BTreeMap::new(),
+            signing_key: String::new(),
             max_participants: default_node_participants(),
         }
     }
@@ -549,6 +554,21 @@ impl Config {
                 ));
             }
         }
+        if !self.sfu.signing_key.is_empty() && !self.sfu.keys.contains_key(&self.sfu.signing_key) {
+            return Err(invalid(
+                "sfu.signing_key",
+                format!(
+                    "`{}` is not one of the keys in sfu.keys; name the newest of them",
+                    self.sfu.signing_key
+                ),
+            ));
+        }
+        if self.sfu.signing_key.is_empty() && self.sfu.keys.len() > 1 {
+            return Err(invalid(
+                "sfu.signing_key",
+                "several keys are set in sfu.keys: name the newest, which signs the tokens we issue (the others still verify theirs until they expire)",
+            ));
+        }
         if self.sfu.max_participants == 0 {
             return Err(invalid("sfu.max_participants", "must be at least 1"));
         }
@@ -709,6 +729,31 @@ mod tests {
                 .to_string()
                 .contains("permissions")
         );
+
+        // Several SFU keys: the one that signs must be named, and be one of them.
+        let mut config = with_tokens(example());
+        let secret = "0123456789abcdef0123456789abcdef".to_owned();
+        config.sfu.keys = [
+            ("old".to_owned(), secret.clone()),
+            ("new".to_owned(), secret),
+        ]
+        .into();
+        let err = config.validate().expect_err("no signing key").to_string();
+        assert!(
+            err.contains("sfu.signing_key") && err.contains("newest"),
+            "{err}"
+        );
+        config.sfu.signing_key = "newer".into();
+        let err = config
+            .validate()
+            .expect_err("unknown signing key")
+            .to_string();
+        assert!(
+            err.contains("sfu.signing_key") && err.contains("newer"),
+            "{err}"
+        );
+        config.sfu.signing_key = "new".into();
+        config.validate().expect("named key");
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub const LEEWAY_SECS: i64 = 10;
 /// to 6 hours too).
 pub const JOIN_TOKEN_TTL_SECS: i64 = 6 * 60 * 60;
 
+/// Longest a token may still be valid when presented, whoever made it: a token minted
+/// elsewhere with a key we accept cannot outlive what we would issue.
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = JOIN_TOKEN_TTL_SECS;
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -50,6 +54,11 @@ pub enum TokenError {
     /// `nbf` is in the future (beyond the leeway).
     #[error("the access token is not valid yet")]
     NotYetValid,
+    /// `exp` is further away than [`MAX_TOKEN_LIFETIME_SECS`].
+    #[error(
+        "the access token is valid for too long (at most {MAX_TOKEN_LIFETIME_SECS} seconds from now)"
+    )]
+    TooLong,
     /// The token grants `roomJoin` but `sub` holds no usable identity.
     #[error("the access token grants roomJoin without an identity (sub)")]
     MissingIdentity,
@@ -299,6 +308,9 @@ pub fn verify(
     if claims.nbf.saturating_sub(LEEWAY_SECS) > now {
         return Err(TokenError::NotYetValid);
     }
+    if claims.exp.saturating_sub(now) > MAX_TOKEN_LIFETIME_SECS + LEEWAY_SECS {
+        return Err(TokenError::TooLong);
+    }
     if claims.video.room_join && claims.identity().is_none() {
         return Err(TokenError::MissingIdentity);
     }
@@ -310,19 +322,28 @@ pub fn verify(
 #[derive(Clone)]
 pub struct SfuKeys {
     keys: BTreeMap<String, String>,
+    /// The name of the key that signs (a key of `keys`).
+    signing: String,
     generated: bool,
 }
 
 impl SfuKeys {
-    /// The configured keys (`sfu.keys`), or one random key when there are none.
-    pub fn from_config(configured: &BTreeMap<String, String>) -> Self {
-        if configured.is_empty() {
-            Self::generate()
+    /// The configured keys (`sfu.keys`) with `signing` (`sfu.signing_key`, validated to
+    /// name one of them; empty for the only key), or one random key when there are none.
+    pub fn from_config(configured: &BTreeMap<String, String>, signing: &str) -> Self {
+        let Some((only, _)) = configured.first_key_value() else {
+            return Self::generate();
+        };
+        let signing = if configured.contains_key(signing) {
+            signing.to_owned()
         } else {
-            Self {
-                keys: configured.clone(),
-                generated: false,
-            }
+            // validate() requires a signing key when there are several.
+            only.clone()
+        };
+        Self {
+            keys: configured.clone(),
+            signing,
+            generated: false,
         }
     }
 
@@ -334,7 +355,8 @@ impl SfuKeys {
         let name = format!("tchap-visio-{}", hex::encode(rng.random::<[u8; 6]>()));
         let secret = hex::encode(rng.random::<[u8; 32]>());
         Self {
-            keys: BTreeMap::from([(name, secret)]),
+            keys: BTreeMap::from([(name.clone(), secret)]),
+            signing: name,
             generated: true,
         }
     }
@@ -349,13 +371,13 @@ impl SfuKeys {
         self.generated
     }
 
-    /// The key that signs the tokens we issue: the first by name.
+    /// The key that signs the tokens we issue (`sfu.signing_key`, the newest).
     pub fn signing_key(&self) -> (&str, &str) {
-        let (name, secret) = self
+        let secret = self
             .keys
-            .first_key_value()
-            .expect("SfuKeys is never empty: from_config generates a key when none is set");
-        (name, secret)
+            .get(&self.signing)
+            .expect("the signing key is always one of the keys: from_config picks it among them");
+        (&self.signing, secret)
     }
 
     /// Signs `claims` with the signing key.
@@ -668,6 +690,17 @@ mod tests {
         let token = issue(KEY, SECRET, &claims);
         assert!(verify(&token, &keys(), NOW_MS).is_ok(), "within leeway");
 
+        // A token minted elsewhere for a year, or with no end: refused.
+        let mut claims = participant();
+        for exp in [NOW + 365 * 24 * 3600, i64::MAX] {
+            claims.exp = exp;
+            let token = issue(KEY, SECRET, &claims);
+            assert_eq!(verify(&token, &keys(), NOW_MS), Err(TokenError::TooLong));
+        }
+        claims.exp = NOW + MAX_TOKEN_LIFETIME_SECS;
+        let token = issue(KEY, SECRET, &claims);
+        assert!(verify(&token, &keys(), NOW_MS).is_ok(), "as long as ours");
+
         let no_exp = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &serde_json::json!({"iss": KEY, "sub": "a", "video": {}}),
@@ -809,15 +842,21 @@ mod tests {
     }
 
     #[test]
-    fn sfu_keys_sign_with_the_first_key_and_hide_secrets() {
-        let configured = SfuKeys::from_config(&keys());
+    fn sfu_keys_sign_with_the_named_key_and_hide_secrets() {
+        let configured = SfuKeys::from_config(&keys(), KEY);
         assert!(!configured.is_generated());
         assert_eq!(configured.signing_key().0, KEY);
+        // The newest key signs once named, whatever its name's order; the older still verifies.
+        let newest = keys().into_keys().find(|k| k != KEY).expect("a second key");
+        let rotated = SfuKeys::from_config(&keys(), &newest);
+        assert_eq!(rotated.signing_key().0, newest);
+        let old_token = configured.issue(&participant());
+        assert!(rotated.verify(&old_token, NOW_MS).is_ok());
         let token = configured.issue(&participant());
         assert_eq!(configured.verify(&token, NOW_MS).expect("valid").iss, KEY);
         assert!(!format!("{configured:?}").contains(SECRET));
 
-        let generated = SfuKeys::from_config(&BTreeMap::new());
+        let generated = SfuKeys::from_config(&BTreeMap::new(), "");
         assert!(generated.is_generated());
         assert_eq!(generated.keys().len(), 1);
         let (name, secret) = generated.signing_key();

@@ -24,6 +24,7 @@ pub(super) fn sfu_keys() -> SfuKeys {
             "test-secret-0123456789abcdef0123".to_owned(),
         )]
         .into(),
+        TEST_SFU_KEY,
     )
 }
 

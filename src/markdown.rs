@@ -172,6 +172,52 @@ pub fn to_matrix_html(markdown: &str) -> String {
     SANITIZER.clean(&rendered).to_string().trim().to_owned()
 }
 
+/// Guest chat as Matrix HTML, when it uses only the inline subset a chat line needs:
+/// paragraphs and line breaks, emphasis, bold, strikethrough, inline code, and links whose
+/// text is their target (`<https://…>`). Anything else (headings, quotes, lists, tables,
+/// images, raw HTML, a link whose text differs from where it goes) gives `None`: the
+/// message goes as the plain text that was typed, so a guest cannot dress words up as a
+/// notice or hide a link's target behind other text.
+pub fn guest_html(markdown: &str) -> Option<String> {
+    use pulldown_cmark::LinkType;
+    let events: Vec<Event<'_>> = Parser::new_ext(markdown, Options::ENABLE_STRIKETHROUGH).collect();
+    let mut formatted = false;
+    for (i, event) in events.iter().enumerate() {
+        match event {
+            Event::Start(Tag::Paragraph) | Event::End(TagEnd::Paragraph) => {}
+            Event::Text(_) | Event::SoftBreak | Event::HardBreak => {}
+            Event::Start(Tag::Emphasis | Tag::Strong | Tag::Strikethrough)
+            | Event::End(TagEnd::Emphasis | TagEnd::Strong | TagEnd::Strikethrough)
+            | Event::Code(_) => formatted = true,
+            Event::Start(Tag::Link {
+                link_type: LinkType::Autolink | LinkType::Email,
+                dest_url,
+                ..
+            }) => {
+                // The link's text, as rendered, must be its target.
+                let text_is_target = matches!(
+                    (events.get(i + 1), events.get(i + 2)),
+                    (Some(Event::Text(text)), Some(Event::End(TagEnd::Link)))
+                        if text.as_ref() == dest_url.as_ref()
+                            || format!("mailto:{}", text.as_ref()) == dest_url.as_ref()
+                );
+                if !text_is_target || !has_allowed_scheme(dest_url) && !dest_url.contains('@') {
+                    return None;
+                }
+                formatted = true;
+            }
+            Event::End(TagEnd::Link) => {}
+            _ => return None,
+        }
+    }
+    if !formatted {
+        return None;
+    }
+    let mut rendered = String::with_capacity(markdown.len() * 3 / 2);
+    pulldown_cmark::html::push_html(&mut rendered, events.into_iter());
+    Some(SANITIZER.clean(&rendered).to_string().trim().to_owned())
+}
+
 /// Text of an HTML fragment: tags removed (script and style with their content), the
 /// entities the sanitiser writes decoded back.
 fn html_text(html: &str) -> String {
@@ -430,5 +476,40 @@ mod tests {
             "piège rel"
         );
         assert_eq!(to_plain("<iframe src=x></iframe>texte"), "texte");
+    }
+
+    #[test]
+    fn guest_chat_keeps_only_the_inline_subset() {
+        assert_eq!(
+            guest_html("c'est **gras** et *penché*").as_deref(),
+            Some("<p>c'est <strong>gras</strong> et <em>penché</em></p>")
+        );
+        assert_eq!(
+            guest_html("`code` ~~barré~~").as_deref(),
+            Some("<p><code>code</code> <del>barré</del></p>")
+        );
+        assert_eq!(
+            guest_html("voir <https://www.numerique.gouv.fr>").as_deref(),
+            Some(
+                "<p>voir <a href=\"https://www.numerique.gouv.fr\" rel=\"noopener\">https://www.numerique.gouv.fr</a></p>"
+            )
+        );
+        // Plain text needs no HTML at all.
+        assert_eq!(guest_html("bonjour à tous"), None);
+        // Headings, disguised links, quotes, lists, images, raw HTML: plain text instead.
+        for dressed_up in [
+            "# Message officiel du ministère",
+            "Votre compte : [https://tchap.gouv.fr](https://evil.example/login)",
+            "[cliquez ici](https://evil.example)",
+            "> citation",
+            "- un\n- deux",
+            "![logo](https://evil.example/x.png)",
+            "<b>gras</b>",
+            "texte\n\n---",
+            "<javascript:alert(1)>",
+            "| a | b |\n|---|---|\n| 1 | 2 |",
+        ] {
+            assert_eq!(guest_html(dressed_up), None, "{dressed_up}");
+        }
     }
 }

@@ -253,13 +253,13 @@ fn guest_name(ctx: &BridgeContext, name: &str) -> String {
     notices::GUEST_NAME.get(ctx.lang).replace("{name}", &name)
 }
 
-/// Meeting chat as a Matrix message: the text, with Markdown rendered to sanitised HTML.
+/// A guest's meeting chat as a Matrix message: inline Markdown (bold, italics, code,
+/// plain links) as sanitised HTML; anything richer goes as the plain text typed, so that
+/// a guest cannot post a heading or a link whose text hides its target
+/// ([`crate::markdown::guest_html`]).
 fn chat_content(text: &str) -> RoomMessageEventContent {
-    let html = crate::markdown::to_matrix_html(text);
-    let plain = crate::markdown::to_plain(text);
-    if html.trim() == format!("<p>{}</p>", crate::i18n::html_escape(&plain)) {
-        RoomMessageEventContent::text_plain(plain)
-    } else {
-        RoomMessageEventContent::text_html(plain, html)
+    match crate::markdown::guest_html(text) {
+        Some(html) => RoomMessageEventContent::text_html(crate::markdown::to_plain(text), html),
+        None => RoomMessageEventContent::text_plain(text),
     }
 }

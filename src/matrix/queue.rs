@@ -344,9 +344,9 @@ async fn ghost_never_let_in(
     }
 }
 
-/// The bot's version of a ghost's message: the same content with the speaker's name in
-/// front (bold in HTML, inside the first paragraph when there is one). `None` for
-/// anything else.
+/// The bot's version of a ghost's message: the speaker's name (bold in HTML), then the
+/// whole message quoted under it, so that no part of a guest's words reads as the bot's
+/// own. `None` for anything else.
 fn attributed_to_bot(request: &OutboundRequest) -> Option<OutboundRequest> {
     let OutboundRequest::Send {
         room_id,
@@ -370,16 +370,14 @@ fn attributed_to_bot(request: &OutboundRequest) -> Option<OutboundRequest> {
         Some(html) => html.to_owned(),
         None => crate::i18n::html_escape(body).replace('\n', "<br>"),
     };
-    let prefix_html = format!(
-        "<strong>{}</strong>{}",
+    let separator = speaker.separator.trim_end();
+    let formatted = format!(
+        "<p><strong>{}</strong>{}</p>\n<blockquote>{html}</blockquote>",
         crate::i18n::html_escape(&speaker.name),
-        crate::i18n::html_escape(&speaker.separator)
+        crate::i18n::html_escape(separator)
     );
-    let formatted = match html.strip_prefix("<p>") {
-        Some(rest) => format!("<p>{prefix_html}{rest}"),
-        None => format!("{prefix_html}{html}"),
-    };
-    let plain = format!("{}{}{body}", speaker.name, speaker.separator);
+    let quoted: Vec<String> = body.lines().map(|line| format!("> {line}")).collect();
+    let plain = format!("{}{separator}\n{}", speaker.name, quoted.join("\n"));
     object.insert("body".into(), plain.into());
     object.insert("format".into(), "org.matrix.custom.html".into());
     object.insert("formatted_body".into(), formatted.into());
@@ -598,10 +596,10 @@ mod tests {
         };
         assert_eq!(meeting, "mtg");
         assert_eq!(content["msgtype"], "m.text");
-        assert_eq!(content["body"], "Zoé <3 (invitée)\u{202f}: a < b\nc");
+        assert_eq!(content["body"], "Zoé <3 (invitée)\u{202f}:\n> a < b\n> c");
         assert_eq!(
             content["formatted_body"],
-            "<strong>Zoé &lt;3 (invitée)</strong>\u{202f}: a &lt; b<br>c"
+            "<p><strong>Zoé &lt;3 (invitée)</strong>\u{202f}:</p>\n<blockquote>a &lt; b<br>c</blockquote>"
         );
 
         let html = ghost_message(serde_json::json!({
@@ -611,9 +609,10 @@ mod tests {
         let Some(OutboundRequest::Send { content, .. }) = attributed_to_bot(&html) else {
             panic!("a bot version");
         };
+        // The whole message sits under the name, not only its first paragraph.
         assert_eq!(
             content["formatted_body"],
-            "<p><strong>Zoé &lt;3 (invitée)</strong>\u{202f}: <em>gras</em></p>\n<p>suite</p>"
+            "<p><strong>Zoé &lt;3 (invitée)</strong>\u{202f}:</p>\n<blockquote><p><em>gras</em></p>\n<p>suite</p></blockquote>"
         );
 
         // The bot's own messages, and ghosts' without an attribution, have none.

@@ -261,9 +261,10 @@ def test_where_the_bot_may_not_invite_the_bot_posts_guest_chat_in_their_name(env
         lambda e: in_thread(e, root) and e.get("sender") == env.bot and "malgré tout" in body(e),
         "agathe's chat in the thread, from the bot",
     )
-    assert body(mirrored) == "Agathe (invité·e)\u202f: Bonjour malgré tout", body(mirrored)
+    # The whole message is quoted under the name: none of it reads as the bot's own words.
+    assert body(mirrored) == "Agathe (invité·e)\u202f:\n> Bonjour malgré tout", body(mirrored)
     html = mirrored["content"]["formatted_body"]
-    assert html.startswith("<p><strong>Agathe (invité·e)</strong>\u202f: Bonjour <em>malgré tout</em>"), html
+    assert html.startswith("<p><strong>Agathe (invité·e)</strong>\u202f:</p>\n<blockquote><p>Bonjour <em>malgré tout</em>"), html
     assert mirrored["content"]["msgtype"] == "m.text"
     ghosts = [e["sender"] for e in events(alice, room) if e.get("sender", "").startswith("@visio_g")]
     assert not ghosts, f"no ghost may speak here: {ghosts}"

@@ -26,6 +26,7 @@ use crate::matrix::inbox::EventHandler;
 use crate::matrix::queue::{self, Attribution, OutboundRequest};
 use crate::meeting::{self, ChatMessage, ChatOrigin, Meeting, MeetingState};
 use crate::sfu::SfuHandle;
+use crate::sfu::bucket::TokenBucket;
 use crate::store::inbox::InboxEvent;
 use crate::store::{Connection, StoreError, chat, meetings, now_ms, rooms, sessions};
 use crate::webhooks::{self, WebhookKind, Webhooks};
@@ -58,6 +59,33 @@ pub struct BridgeContext {
     /// Receivers of meeting events; queued in the bridge's own transactions.
     pub webhooks: Webhooks,
     display_names: Mutex<HashMap<OwnedUserId, (String, Instant)>>,
+    /// Per meeting, the pace at which its chat goes into the room: a burst freely, then
+    /// one message a second, later ones queued (stored, never dropped).
+    chat_mirror_pace: Mutex<HashMap<String, TokenBucket>>,
+}
+
+/// Meeting chat mirrored into the room: messages per second, and how many go at once.
+pub const CHAT_MIRROR_PER_SEC: f64 = 1.0;
+pub const CHAT_MIRROR_BURST: f64 = 20.0;
+
+impl BridgeContext {
+    /// When the next chat message of `meeting` may go into the room (ms since the epoch).
+    pub fn chat_mirror_slot(&self, meeting: &str, now_ms: i64) -> i64 {
+        let now = Instant::now();
+        let mut paces = self
+            .chat_mirror_pace
+            .lock()
+            .expect("no panic while holding the lock");
+        if paces.len() > 10_000 {
+            // Meetings that ended long ago; their pace no longer matters.
+            paces.retain(|_, bucket| bucket.wait_for(now, CHAT_MIRROR_BURST) > Duration::ZERO);
+        }
+        let wait = paces
+            .entry(meeting.to_owned())
+            .or_insert_with(|| TokenBucket::new(CHAT_MIRROR_PER_SEC, CHAT_MIRROR_BURST, now))
+            .reserve(now, 1.0);
+        now_ms + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2)
+    }
 }
 
 impl BridgeContext {
@@ -89,6 +117,7 @@ impl BridgeContext {
             client,
             webhooks: Webhooks::none(),
             display_names: Mutex::new(HashMap::new()),
+            chat_mirror_pace: Mutex::new(HashMap::new()),
         }
     }
 
@@ -532,6 +561,17 @@ pub async fn post_in_thread(
     speaker: Option<(OwnedUserId, Attribution)>,
     content: RoomMessageEventContent,
 ) -> Result<(), StoreError> {
+    post_in_thread_not_before(conn, meeting, speaker, content, crate::store::now_ms()).await
+}
+
+/// [`post_in_thread`], not sent before `not_before_ms`.
+pub async fn post_in_thread_not_before(
+    conn: &mut Connection,
+    meeting: &Meeting,
+    speaker: Option<(OwnedUserId, Attribution)>,
+    content: RoomMessageEventContent,
+    not_before_ms: i64,
+) -> Result<(), StoreError> {
     let (as_user, attribution) = speaker.unzip();
     let Some(room) = room_of(meeting) else {
         return Ok(());
@@ -547,7 +587,7 @@ pub async fn post_in_thread(
         root_of: None,
         attribution,
     };
-    queue::enqueue(conn, &request).await?;
+    queue::enqueue_not_before(conn, &request, not_before_ms).await?;
     Ok(())
 }
 

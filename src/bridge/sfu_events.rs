@@ -10,7 +10,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BridgeContext, attendee_key, end_meeting, ghosts, notices, post_in_thread, record_chat, room_of,
+    BridgeContext, attendee_key, end_meeting, ghosts, notices, post_in_thread,
+    post_in_thread_not_before, record_chat, room_of,
 };
 use crate::ids::MeetingId;
 use crate::meeting::{ChatMessage, ChatOrigin, Meeting, MeetingState, Session};
@@ -238,7 +239,12 @@ pub async fn handle_event(
                 let ghost = ctx.ghosts.guest(&attendee_key(sender_identity));
                 ghosts::ensure_in_room(conn, &ghost, &name, &room).await?;
                 let speaker = (ghost, notices::attribution(ctx.lang, &name));
-                post_in_thread(conn, &meeting, Some(speaker), chat_content(text)).await?;
+                let slot = ctx.chat_mirror_slot(meeting.id.as_str(), now);
+                if slot > now {
+                    metrics::counter!("tchap_visio_chat_mirror_paced_total").increment(1);
+                }
+                post_in_thread_not_before(conn, &meeting, Some(speaker), chat_content(text), slot)
+                    .await?;
                 metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_room")
                     .increment(1);
             }

@@ -106,9 +106,25 @@ pub async fn enqueue(
     conn: &mut store::Connection,
     request: &OutboundRequest,
 ) -> Result<i64, StoreError> {
+    enqueue_not_before(conn, request, store::now_ms()).await
+}
+
+/// Like [`enqueue`], not sent before `not_before_ms` (pacing a flood of chat).
+pub async fn enqueue_not_before(
+    conn: &mut store::Connection,
+    request: &OutboundRequest,
+    not_before_ms: i64,
+) -> Result<i64, StoreError> {
     let txn_id = format!("tv{}", TransactionId::new());
     let json = serde_json::to_string(request).expect("OutboundRequest always serialises");
-    store::outbound::enqueue(conn, request.room().map(|r| r.as_str()), &txn_id, &json).await
+    store::outbound::enqueue_not_before(
+        conn,
+        request.room().map(|r| r.as_str()),
+        &txn_id,
+        &json,
+        not_before_ms,
+    )
+    .await
 }
 
 /// Like [`enqueue`], but kept in `room`'s order even for a request that names no room

@@ -37,6 +37,19 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `cost` tokens now or on credit, and says how long the caller must wait for
+    /// them to be there: a queue paced at `rate` with `burst` free of waiting.
+    pub fn reserve(&mut self, now: Instant, cost: f64) -> Duration {
+        let elapsed = now.saturating_duration_since(self.updated);
+        self.updated = now.max(self.updated);
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst) - cost;
+        if self.tokens >= 0.0 || self.rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
     /// How long until `cost` tokens are there (zero when they are now).
     pub fn wait_for(&self, now: Instant, cost: f64) -> Duration {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
@@ -74,5 +87,21 @@ mod tests {
         let t3 = t2 + Duration::from_millis(300);
         assert!(!bucket.take(t3, 4.0));
         assert!(bucket.take(t3, 3.0));
+    }
+
+    #[test]
+    fn reservations_queue_up_at_the_rate() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(2.0, 3.0, t0);
+        let waits: Vec<Duration> = (0..6).map(|_| bucket.reserve(t0, 1.0)).collect();
+        let ms: Vec<u128> = waits.iter().map(|w| w.as_millis()).collect();
+        // Three free, then one every 500 ms (rounded down to whole ms).
+        assert!(ms[..3].iter().all(|&m| m == 0), "{ms:?}");
+        for (got, want) in ms[3..].iter().zip([500, 1000, 1500]) {
+            assert!(got.abs_diff(want) <= 1, "{ms:?}");
+        }
+        // Once the debt is paid, the burst comes back.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(bucket.reserve(later, 1.0), Duration::ZERO);
     }
 }

@@ -23,15 +23,27 @@ pub async fn enqueue(
     txn_id: &str,
     request_json: &str,
 ) -> Result<i64, StoreError> {
-    let now = now_ms();
+    enqueue_not_before(conn, room_id, txn_id, request_json, now_ms()).await
+}
+
+/// Queues a request that is not sent before `not_before_ms` (pacing); the room's later
+/// requests wait behind it, so its order holds.
+pub async fn enqueue_not_before(
+    conn: &mut Connection,
+    room_id: Option<&str>,
+    txn_id: &str,
+    request_json: &str,
+    not_before_ms: i64,
+) -> Result<i64, StoreError> {
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO outbound (room_id, txn_id, request_json, state, attempts, next_attempt_at, created_at) \
-         VALUES ($1, $2, $3, 'pending', 0, $4, $4) RETURNING id",
+         VALUES ($1, $2, $3, 'pending', 0, $4, $5) RETURNING id",
     )
     .bind(room_id)
     .bind(txn_id)
     .bind(request_json)
-    .bind(now)
+    .bind(not_before_ms)
+    .bind(now_ms())
     .fetch_one(conn)
     .await?;
     Ok(id)

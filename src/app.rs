@@ -60,6 +60,9 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let store = open_store(&config).await?;
     let metrics = observability::metrics_handle();
     let client = MatrixClient::new(&config.homeserver.address, &config.appservice.as_token);

@@ -374,6 +374,28 @@ impl Config {
         Ok(config)
     }
 
+    /// Values that work but put someone at risk, to log as warnings at start: plain
+    /// `http://` where tokens, chat or signed events travel to another machine.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if is_remote_http(&self.appservice.public_address) {
+            warnings.push(format!(
+                "appservice.public_address `{}` is plain http on a non-loopback host: join tokens and the page's traffic travel unencrypted; serve it over https behind a reverse proxy",
+                redact_url(&self.appservice.public_address)
+            ));
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if is_remote_http(&hook.url) {
+                warnings.push(format!(
+                    "webhooks entry {} ({}) is plain http on a non-loopback host: meeting chat and attendance travel unencrypted; use https",
+                    i + 1,
+                    redact_url(&hook.url)
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Checks every value that cannot work, naming the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_except_tokens()?;
@@ -594,7 +616,7 @@ impl Config {
                         "webhooks",
                         format!(
                             "entry {n}: url `{}` is not an http(s) URL, e.g. https://bot.example.gouv.fr/hooks/visio",
-                            hook.url
+                            redact_url(&hook.url)
                         ),
                     ));
                 }
@@ -604,7 +626,7 @@ impl Config {
                     "webhooks",
                     format!(
                         "entry {n}: url `{}` is listed twice; keep one entry per receiver",
-                        hook.url
+                        redact_url(&hook.url)
                     ),
                 ));
             }
@@ -614,7 +636,16 @@ impl Config {
                     "webhooks",
                     format!(
                         "entry {n} ({}): secret is shorter than {WEBHOOK_SECRET_MIN_LEN} characters; use e.g. `openssl rand -hex 32` and give the receiver the same value",
-                        hook.url
+                        redact_url(&hook.url)
+                    ),
+                ));
+            }
+            if hook.secret.contains("change-me") {
+                return Err(invalid(
+                    "webhooks",
+                    format!(
+                        "entry {n} ({}): secret is still the example's placeholder; use the output of `openssl rand -hex 32` and give the receiver the same value",
+                        redact_url(&hook.url)
                     ),
                 ));
             }
@@ -660,8 +691,90 @@ fn check_http_url(key: &'static str, value: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// A URL as logs and messages may show it: scheme, host and port, never the path, query
+/// or user info, which may hold credentials (webhook receivers often carry a token).
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) => {
+            let host = url.host_str().unwrap_or("?");
+            let elided =
+                url.path().len() > 1 || url.query().is_some() || !url.username().is_empty();
+            match url.port() {
+                Some(port) => format!(
+                    "{}://{host}:{port}{}",
+                    url.scheme(),
+                    if elided { "/…" } else { "" }
+                ),
+                None => format!(
+                    "{}://{host}{}",
+                    url.scheme(),
+                    if elided { "/…" } else { "" }
+                ),
+            }
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// `http://` to a host other than this machine's loopback.
+fn is_remote_http(raw: &str) -> bool {
+    let Ok(url) = url::Url::parse(raw) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Domain(d)) => d != "localhost",
+        Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_are_redacted_and_plain_http_is_warned_about() {
+        assert_eq!(
+            redact_url("https://user:pw@bot.example/hooks/visio?token=abc"),
+            "https://bot.example/…"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:9000/"),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(redact_url("nope"), "(not a URL)");
+        let mut config = with_tokens(example());
+        config.appservice.public_address = "http://visio.example.gouv.fr".into();
+        config.webhooks = vec![WebhookConfig {
+            url: "http://bot.example/hooks?token=s3cret".into(),
+            secret: "0123456789abcdef0123456789abcdef".into(),
+        }];
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings.iter().all(|w| !w.contains("s3cret")),
+            "{warnings:?}"
+        );
+        config.appservice.public_address = "http://127.0.0.1:29330".into();
+        config.webhooks[0].url = "https://bot.example/hooks".into();
+        assert!(config.warnings().is_empty());
+        // The example's placeholder secret is refused, and the message hides the URL's secrets.
+        config.webhooks[0] = WebhookConfig {
+            url: "https://bot.example/hooks?token=s3cret".into(),
+            secret: "change-me-to-the-output-of-openssl-rand-hex-32".into(),
+        };
+        let err = config
+            .validate()
+            .expect_err("placeholder secret")
+            .to_string();
+        assert!(
+            err.contains("placeholder") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
     use super::*;
 
     const EXAMPLE: &str = include_str!("../config/example-config.yaml");

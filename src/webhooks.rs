@@ -456,7 +456,7 @@ impl WebhookWorker {
                     .await
                 {
                     Ok(n) => {
-                        tracing::warn!(%url, deliveries = n, "webhooks: receiver removed from the config; its pending deliveries are dropped")
+                        tracing::warn!(receiver = %crate::config::redact_url(&url), deliveries = n, "webhooks: receiver removed from the config; its pending deliveries are dropped")
                     }
                     Err(e) => tracing::error!(error = %e, "webhooks: cannot update the queue"),
                 }
@@ -490,7 +490,7 @@ impl Attempt {
             Outcome::Failed { status, error } if attempts >= MAX_ATTEMPTS => {
                 metrics::counter!("tchap_visio_webhook_attempts_total", "outcome" => "gave_up")
                     .increment(1);
-                tracing::warn!(delivery = %row.id, url = %self.receiver.url, attempts, %error, "webhook failed; giving up");
+                tracing::warn!(delivery = %row.id, receiver = %crate::config::redact_url(&self.receiver.url), attempts, %error, "webhook failed; giving up");
                 self.store
                     .mark_webhook_failed(&row.id, status.map(i64::from), error, now)
                     .await
@@ -499,7 +499,7 @@ impl Attempt {
                 metrics::counter!("tchap_visio_webhook_attempts_total", "outcome" => "retry")
                     .increment(1);
                 let wait = backoff(self.first_retry, attempts);
-                tracing::info!(delivery = %row.id, url = %self.receiver.url, attempts,
+                tracing::info!(delivery = %row.id, receiver = %crate::config::redact_url(&self.receiver.url), attempts,
                     retry_in_ms = wait.as_millis() as u64, %error, "webhook failed; will retry");
                 self.store
                     .reschedule_webhook(

@@ -44,6 +44,18 @@ pub async fn require_hs_token(
     if !all_match {
         return Err(MatrixError::forbidden());
     }
+    if query.access_token.is_some() {
+        // The spec still allows it, so it is accepted; but a query string lands in
+        // proxies' access logs. Said once per process.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "the homeserver sends hs_token in the query string (access_token), where proxies log it; \
+                 Synapse >= 1.81 sends it in the Authorization header: update it, or keep access logs off this path"
+            );
+        });
+        metrics::counter!("tchap_visio_hs_token_in_query_total").increment(1);
+    }
     Ok(next.run(request).await)
 }
 

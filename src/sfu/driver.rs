@@ -325,7 +325,8 @@ async fn run(
                         // Its messages are not read: drop the sink (the WebSocket task
                         // closes once it has sent what it holds) and the participant.
                         sinks.remove(&key);
-                        metrics::counter!("tchap_visio_signal_evicted_total").increment(1);
+                        metrics::counter!("tchap_visio_signal_evicted_total", "reason" => "queue_full")
+                            .increment(1);
                         engine.evict(
                             Instant::now(),
                             key,

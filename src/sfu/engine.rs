@@ -288,6 +288,8 @@ struct ParticipantLimits {
     data_packets: TokenBucket,
     data_bytes: TokenBucket,
     chat: TokenBucket,
+    /// Name and attribute changes: each goes to every member of the room.
+    updates: TokenBucket,
     streams: data::RelayedStreams,
 }
 
@@ -300,6 +302,10 @@ pub const DATA_BYTES_BURST: f64 = 1024.0 * 1024.0;
 /// Chat messages per second (and burst) from one participant.
 pub const CHAT_PER_SEC: f64 = 2.0;
 pub const CHAT_BURST: f64 = 10.0;
+/// Name and attribute updates per second (and burst) from one participant: a raised
+/// hand is one; a client sending more is making the server broadcast on its behalf.
+pub const UPDATES_PER_SEC: f64 = 2.0;
+pub const UPDATES_BURST: f64 = 10.0;
 
 impl ParticipantLimits {
     fn new(now: Instant) -> Self {
@@ -307,6 +313,7 @@ impl ParticipantLimits {
             data_packets: TokenBucket::new(DATA_PACKETS_PER_SEC, DATA_PACKETS_BURST, now),
             data_bytes: TokenBucket::new(DATA_BYTES_PER_SEC, DATA_BYTES_BURST, now),
             chat: TokenBucket::new(CHAT_PER_SEC, CHAT_BURST, now),
+            updates: TokenBucket::new(UPDATES_PER_SEC, UPDATES_BURST, now),
             streams: data::RelayedStreams::default(),
         }
     }
@@ -874,7 +881,7 @@ impl Engine {
             }
             signal_request::Message::Leave(_) => self.remove(key, "left"),
             signal_request::Message::UpdateMetadata(update) => {
-                self.on_update_metadata(key, update);
+                self.on_update_metadata(now, key, update);
             }
             // Not supported yet (docs/signalling.md); ignored without harm.
             _ => {}
@@ -889,10 +896,22 @@ impl Engine {
     /// server (they carry what it vouches for, such as a verified Matrix ID); names go
     /// through the same rules as at join; attributes are bounded in number and size, since
     /// every accepted update is sent to every member of the room.
-    fn on_update_metadata(&mut self, key: ParticipantKey, update: lk::UpdateParticipantMetadata) {
+    fn on_update_metadata(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        update: lk::UpdateParticipantMetadata,
+    ) {
         use lk::request_response::Reason;
+        let p = &mut self.participants[key];
+        let within_budget = p.limits.updates.take(now, 1.0);
         let p = &self.participants[key];
-        let refusal = if !p.permission.can_update_metadata {
+        let refusal = if !within_budget {
+            Some((
+                Reason::LimitExceeded,
+                format!("at most {UPDATES_PER_SEC} updates a second"),
+            ))
+        } else if !p.permission.can_update_metadata {
             Some((
                 Reason::NotAllowed,
                 "the access token does not grant canUpdateOwnMetadata".to_owned(),

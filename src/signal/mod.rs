@@ -375,7 +375,8 @@ async fn session(
                         continue;
                     }
                     Admit::Disconnect => {
-                        metrics::counter!("tchap_visio_signal_evicted_total").increment(1);
+                        metrics::counter!("tchap_visio_signal_evicted_total", "reason" => "flood")
+                            .increment(1);
                         tracing::warn!(key, "signalling flood: disconnected");
                         sfu.signal(key, signal_request::Message::Leave(lk::LeaveRequest::default()));
                         let _ = ws_tx.close().await;

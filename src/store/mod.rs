@@ -53,6 +53,32 @@ pub enum Dialect {
     Postgres,
 }
 
+/// Creates the SQLite file readable by its owner only (it holds meeting chat and
+/// attendance; SQLite gives its -wal and -shm files the same mode). An existing file
+/// others can read is left as it is, with a warning.
+fn create_private(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(file)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    mode = format!("{:o}", mode & 0o777),
+                    "the SQLite database can be read by other users of this machine; chmod 600 it"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A connection pool plus the knowledge of its dialect.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -84,6 +110,9 @@ impl Store {
                 && file != ":memory:"
             {
                 std::fs::create_dir_all(parent).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+            }
+            if file != ":memory:" {
+                create_private(Path::new(file)).map_err(|e| open_err(sqlx::Error::Io(e)))?;
             }
             let uri = if file == ":memory:" {
                 "sqlite::memory:".to_owned()

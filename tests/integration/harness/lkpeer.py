@@ -292,6 +292,8 @@ class PeerProcess:
         r = self.state.remote(p.identity)
         r["name"] = p.name
         r["sid"] = p.sid
+        r["metadata"] = p.metadata
+        r["attributes"] = dict(p.attributes)
         for sid, pub in p.track_publications.items():
             t = r["tracks"].setdefault(sid, {"subscribed": False})
             t["kind"] = _enum_name("TrackKind", pub.kind)
@@ -324,6 +326,18 @@ class PeerProcess:
         @room.on("track_published")
         def _(pub, p):
             self.remote_info(p)
+
+        for event in ("participant_name_changed", "participant_metadata_changed", "participant_attributes_changed"):
+
+            @room.on(event)
+            def _(*args):
+                # The participant is the first argument of the name and attributes events,
+                # and the first of the metadata event too (then old and new values).
+                participant = next((a for a in args if hasattr(a, "identity") and hasattr(a, "attributes")), None)
+                if participant is not None and participant.identity != self.room.local_participant.identity:
+                    self.remote_info(participant)
+                    st.dirty = True
+
 
         @room.on("track_subscribed")
         def _(track, pub, p):
@@ -553,7 +567,12 @@ class PeerProcess:
                 self.finish(EXIT_OK)
             elif cmd == "chat":
                 lp = self.room.local_participant
-                info = await lp.send_text(msg["text"], topic=CHAT_TOPIC, attributes=msg.get("attributes"))
+                info = await lp.send_text(
+                    msg["text"],
+                    topic=CHAT_TOPIC,
+                    attributes=msg.get("attributes"),
+                    destination_identities=msg.get("to"),
+                )
                 result = {"stream_id": info.stream_id, "timestamp": info.timestamp}
                 if msg.get("legacy"):
                     # What LiveKit's chat components add for servers up to 1.8.2: the
@@ -561,6 +580,22 @@ class PeerProcess:
                     legacy = {"id": info.stream_id, "timestamp": info.timestamp, "message": msg["text"]}
                     await lp.publish_data(json.dumps(legacy), reliable=True, topic=LEGACY_CHAT_TOPIC)
                     result["legacy"] = True
+            elif cmd == "set_attributes":
+                await self.room.local_participant.set_attributes(msg["attributes"])
+                result = dict(self.room.local_participant.attributes)
+            elif cmd == "set_name":
+                await self.room.local_participant.set_name(msg["name"])
+                result = self.room.local_participant.name
+            elif cmd == "set_metadata":
+                await self.room.local_participant.set_metadata(msg["metadata"])
+                result = self.room.local_participant.metadata
+            elif cmd == "flood":
+                # As fast as the SDK takes them: what a hostile client does to the others.
+                lp = self.room.local_participant
+                payload = b"x" * int(msg.get("size", 1000))
+                for _ in range(int(msg["count"])):
+                    await lp.publish_data(payload, reliable=bool(msg.get("reliable", True)), topic=msg.get("topic", "flood"))
+                result = {"sent": int(msg["count"])}
             elif cmd == "video_quality":
                 # What a viewer's quality menu does: ask the server for a simulcast layer.
                 quality = rtc.VideoQuality.Value("VIDEO_QUALITY_" + msg["quality"].upper())
@@ -809,9 +844,10 @@ class Peer:
             raise PeerError(f"{self.name}: {cmd!r} failed: {ack['error']}")
         return ack["result"]
 
-    def chat(self, text: str, *, legacy: bool = False, attributes: dict | None = None) -> dict:
-        """send_text(text, topic="lk.chat"); with legacy, also the lk-chat-topic packet."""
-        return self.send("chat", text=text, legacy=legacy, attributes=attributes)
+    def chat(self, text: str, *, legacy: bool = False, attributes: dict | None = None, to: list[str] | None = None) -> dict:
+        """send_text(text, topic="lk.chat"); with legacy, also the lk-chat-topic packet;
+        with ``to``, only to those identities (a private message)."""
+        return self.send("chat", text=text, legacy=legacy, attributes=attributes, to=to)
 
     def simulate(self, scenario: str = "signal_reconnect") -> dict:
         """room.simulate_scenario(SimulateScenarioKind.SIMULATE_<SCENARIO>)."""

@@ -13,7 +13,7 @@ use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 
-use super::engine::{Engine, EngineConfig, JoinRequest, Output};
+use super::engine::{Engine, EngineConfig, JoinError, JoinRequest, Output};
 use super::{EngineEvent, ParticipantKey};
 
 const SERVER: &str = "10.0.0.1:7882";
@@ -1385,5 +1385,366 @@ fn a_single_pc_slot_whose_track_left_is_retired_not_reused() {
         world.clients[carol].frames_received > before + 10,
         "carol received {} frames from bob",
         world.clients[carol].frames_received - before
+    );
+}
+
+/// Writes raw data packets from `from` on its reliable channel, then lets them travel.
+fn send_data(world: &mut World, from: usize, packets: &[lk::DataPacket]) {
+    let channel = world.clients[from].channel.expect("channel");
+    // The data channel opens once DTLS and SCTP are up, a little after publishing.
+    for _ in 0..50 {
+        if world.clients[from].publisher.channel(channel).is_some() {
+            break;
+        }
+        world.run(Duration::from_millis(100), |_| {});
+    }
+    for packet in packets {
+        let mut ch = world.clients[from]
+            .publisher
+            .channel(channel)
+            .expect("the data channel is open");
+        ch.write(true, &packet.encode_to_vec()).expect("write");
+    }
+    world.run(Duration::from_secs(3), |_| {});
+}
+
+fn chat_packet(id: &str, text: &str) -> lk::DataPacket {
+    lk::DataPacket {
+        value: Some(lk::data_packet::Value::ChatMessage(lk::ChatMessage {
+            id: id.into(),
+            message: text.into(),
+            timestamp: 1,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn chats_emitted(world: &World) -> Vec<String> {
+    world
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Chat { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn user_payloads(client: &Client) -> Vec<Vec<u8>> {
+    client
+        .data_received
+        .iter()
+        .filter_map(|p| match &p.value {
+            Some(lk::data_packet::Value::User(u)) => Some(u.payload.clone()),
+            Some(lk::data_packet::Value::ChatMessage(c)) => Some(c.message.clone().into_bytes()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+#[allow(deprecated)] // the legacy UserPacket fields are the point
+fn private_messages_reach_their_recipients_only_and_are_never_events() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    let carol = world.join("carol");
+    world.exchange();
+    world.publish(alice);
+    let bob_sid = world
+        .engine
+        .sid_of(world.clients[bob].key)
+        .expect("sid")
+        .to_owned();
+
+    let mut to_bob = chat_packet("p1", "secret for bob");
+    to_bob.destination_identities = vec!["bob".into()];
+    // The legacy chat topic with the destinations in the deprecated UserPacket fields,
+    // by identity and by sid: private all the same.
+    let legacy = |id: &str, identities: Vec<String>, sids: Vec<String>| lk::DataPacket {
+        value: Some(lk::data_packet::Value::User(lk::UserPacket {
+            payload: format!(r#"{{"id":"{id}","message":"legacy {id}","timestamp":1}}"#)
+                .into_bytes(),
+            topic: Some(crate::sfu::data::LEGACY_CHAT_TOPIC.into()),
+            destination_identities: identities,
+            destination_sids: sids,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let public = chat_packet("p4", "hello all");
+    send_data(
+        &mut world,
+        alice,
+        &[
+            to_bob,
+            legacy("p2", vec!["bob".into()], vec![]),
+            legacy("p3", vec![], vec![bob_sid]),
+            public,
+        ],
+    );
+    let bob_got = user_payloads(&world.clients[bob]);
+    let carol_got = user_payloads(&world.clients[carol]);
+    for id in ["p2", "p3"] {
+        let text = format!("legacy {id}");
+        assert!(
+            bob_got
+                .iter()
+                .any(|p| String::from_utf8_lossy(p).contains(&text)),
+            "bob gets {text}"
+        );
+        assert!(
+            !carol_got
+                .iter()
+                .any(|p| String::from_utf8_lossy(p).contains(&text)),
+            "carol never gets {text}"
+        );
+    }
+    assert!(bob_got.iter().any(|p| p == b"secret for bob"));
+    assert!(!carol_got.iter().any(|p| p == b"secret for bob"));
+    assert!(carol_got.iter().any(|p| p == b"hello all"));
+    // Only the public message is an event: nothing else is stored, mirrored or published.
+    assert_eq!(chats_emitted(&world), vec!["hello all".to_owned()]);
+}
+
+#[test]
+fn floods_of_chat_and_oversize_streams_are_cut_off() {
+    use lk::data_stream;
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    world.publish(alice);
+
+    // 50 chat messages at once: the burst passes, the rest is dropped.
+    let flood: Vec<_> = (0..50)
+        .map(|i| chat_packet(&format!("c{i}"), &format!("spam {i}")))
+        .collect();
+    send_data(&mut world, alice, &flood);
+    let emitted = chats_emitted(&world).len();
+    assert_eq!(
+        emitted,
+        crate::sfu::engine::CHAT_BURST as usize,
+        "chat burst"
+    );
+    assert!(user_payloads(&world.clients[bob]).len() <= emitted + 1);
+
+    // A stream growing past the relay limit: its chunks stop, its trailer never comes.
+    let header = lk::DataPacket {
+        value: Some(lk::data_packet::Value::StreamHeader(data_stream::Header {
+            stream_id: "big".into(),
+            topic: "files".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let chunk = |i: u64| lk::DataPacket {
+        value: Some(lk::data_packet::Value::StreamChunk(data_stream::Chunk {
+            stream_id: "big".into(),
+            chunk_index: i,
+            content: vec![b'x'; 15_000],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let trailer = lk::DataPacket {
+        value: Some(lk::data_packet::Value::StreamTrailer(
+            data_stream::Trailer {
+                stream_id: "big".into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let mut packets = vec![header];
+    packets.extend((0..8).map(chunk));
+    packets.push(trailer);
+    send_data(&mut world, alice, &packets);
+    let chunks = world.clients[bob]
+        .data_received
+        .iter()
+        .filter(|p| matches!(&p.value, Some(lk::data_packet::Value::StreamChunk(c)) if c.stream_id == "big"))
+        .count();
+    assert_eq!(chunks, crate::sfu::data::MAX_RELAYED_STREAM_BYTES / 15_000);
+    assert!(
+        !world.clients[bob]
+            .data_received
+            .iter()
+            .any(|p| matches!(&p.value, Some(lk::data_packet::Value::StreamTrailer(t)) if t.stream_id == "big"))
+    );
+}
+
+#[test]
+fn clients_change_their_name_and_attributes_only_within_the_rules() {
+    let mut world = World::new();
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    let update = |name: &str, metadata: &str, attributes: &[(&str, &str)], id: u32| {
+        signal_request::Message::UpdateMetadata(lk::UpdateParticipantMetadata {
+            name: name.into(),
+            metadata: metadata.into(),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            request_id: id,
+        })
+    };
+    let long = "x".repeat(2000);
+    let cases: [(signal_request::Message, lk::request_response::Reason); 5] = [
+        (
+            update("Ministre\u{202e}", "", &[], 1),
+            lk::request_response::Reason::InvalidName,
+        ),
+        (
+            update("", "{\"verified\":true}", &[], 2),
+            lk::request_response::Reason::NotAllowed,
+        ),
+        (
+            update("", "", &[("tchap.matrix_user_id", "@ministre:gouv.fr")], 3),
+            lk::request_response::Reason::NotAllowed,
+        ),
+        (
+            update("", "", &[("a", &long)], 4),
+            lk::request_response::Reason::LimitExceeded,
+        ),
+        (
+            update(
+                "",
+                "",
+                &[
+                    ("a", "1"),
+                    ("b", "1"),
+                    ("c", "1"),
+                    ("d", "1"),
+                    ("e", "1"),
+                    ("f", "1"),
+                    ("g", "1"),
+                    ("h", "1"),
+                    ("i", "1"),
+                    ("j", "1"),
+                    ("k", "1"),
+                    ("l", "1"),
+                    ("m", "1"),
+                    ("n", "1"),
+                    ("o", "1"),
+                    ("p", "1"),
+                    ("q", "1"),
+                ],
+                5,
+            ),
+            lk::request_response::Reason::LimitExceeded,
+        ),
+    ];
+    let key = world.clients[alice].key;
+    for (message, _) in &cases {
+        world.engine.signal(world.now, key, message.clone());
+    }
+    world
+        .engine
+        .signal(world.now, key, update("Alice B.", "", &[("hand", "up")], 6));
+    world.run(Duration::from_millis(200), |_| {});
+    let refusals: Vec<(u32, i32)> = world.clients[alice]
+        .signals
+        .iter()
+        .filter_map(|m| match m {
+            signal_response::Message::RequestResponse(r) => Some((r.request_id, r.reason)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(u32, i32)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, reason))| (i as u32 + 1, *reason as i32))
+        .collect();
+    assert_eq!(refusals, expected);
+    // Bob sees the allowed change, and never a refused one.
+    let seen: Vec<lk::ParticipantInfo> = world.clients[bob]
+        .signals
+        .iter()
+        .filter_map(|m| match m {
+            signal_response::Message::Update(u) => Some(u.participants.clone()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|p| p.identity == "alice")
+        .collect();
+    let last = seen.last().expect("updates about alice");
+    assert_eq!(last.name, "Alice B.");
+    assert_eq!(last.metadata, "");
+    assert_eq!(last.attributes.len(), 1);
+    assert!(seen.iter().all(
+        |p| !p.name.contains('\u{202e}') && !p.attributes.contains_key("tchap.matrix_user_id")
+    ));
+
+    // Without the grant, nothing changes; past the rate, nothing either.
+    let mut request = join_request("carol");
+    request.can_update_own_metadata = false;
+    let carol = world.engine.join(world.now, request).expect("join");
+    world
+        .engine
+        .signal(world.now, carol, update("Carole", "", &[], 7));
+    while world.engine.poll_output().is_some() {}
+    for i in 0..20 {
+        world.engine.signal(
+            world.now,
+            key,
+            update(
+                "",
+                "",
+                &[("hand", if i % 2 == 0 { "" } else { "up" })],
+                100 + i,
+            ),
+        );
+    }
+    let limited = std::iter::from_fn(|| world.engine.poll_output())
+        .filter(|o| matches!(o, Output::Signal { message, .. } if matches!(**message, signal_response::Message::RequestResponse(ref r) if r.reason == lk::request_response::Reason::LimitExceeded as i32)))
+        .count();
+    assert!(limited >= 10, "{limited} updates refused for the rate");
+}
+
+#[test]
+fn sources_the_token_does_not_grant_and_resumes_in_another_room_are_refused() {
+    let mut world = World::new();
+    let mut request = join_request("cam-only");
+    request.can_publish_sources = vec![lk::TrackSource::Camera as i32];
+    let key = world.engine.join(world.now, request).expect("join");
+    let add = |cid: &str, source: lk::TrackSource| {
+        signal_request::Message::AddTrack(lk::AddTrackRequest {
+            cid: cid.into(),
+            r#type: lk::TrackType::Video as i32,
+            source: source as i32,
+            ..Default::default()
+        })
+    };
+    world
+        .engine
+        .signal(world.now, key, add("screen", lk::TrackSource::ScreenShare));
+    world
+        .engine
+        .signal(world.now, key, add("cam", lk::TrackSource::Camera));
+    let published: Vec<String> = std::iter::from_fn(|| world.engine.poll_output())
+        .filter_map(|o| match o {
+            Output::Signal { message, .. } => match *message {
+                signal_response::Message::TrackPublished(p) => Some(p.cid),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, vec!["cam".to_owned()]);
+
+    let sid = world.engine.sid_of(key).expect("sid").to_owned();
+    assert_eq!(
+        world
+            .engine
+            .resume(world.now, "another-room", &sid, "cam-only"),
+        Err(JoinError::UnknownSession)
+    );
+    assert_eq!(
+        world.engine.resume(world.now, "room", &sid, "cam-only"),
+        Ok(key)
     );
 }

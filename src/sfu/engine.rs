@@ -921,20 +921,18 @@ impl Engine {
                 Reason::NotAllowed,
                 "metadata is set by the server".to_owned(),
             ))
-        } else if let Some(reserved) = update
-            .attributes
-            .keys()
-            .find(|k| k.starts_with(RESERVED_ATTRIBUTE_PREFIX))
-        {
-            Some((
-                Reason::NotAllowed,
-                format!(
-                    "attribute `{}` is reserved to the server",
-                    truncate_chars(reserved, 64)
-                ),
-            ))
         } else {
-            None
+            let reserved = update
+                .attributes
+                .keys()
+                .find(|k| k.starts_with(RESERVED_ATTRIBUTE_PREFIX));
+            reserved.map(|key| {
+                let key = truncate_chars(key, 64);
+                (
+                    Reason::NotAllowed,
+                    format!("attribute `{key}` is reserved to the server"),
+                )
+            })
         };
         let name = if refusal.is_none() && !update.name.is_empty() && update.name != p.name {
             match crate::names::normalise_display_name(&update.name, MAX_NAME_CHARS) {

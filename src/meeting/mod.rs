@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(validate_display_name("  Zoé  ").as_deref(), Ok("Zoé"));
         assert!(validate_display_name(&"é".repeat(64)).is_ok());
         for bad in ["", "  ", "a\tb", "a\u{0}", &"é".repeat(65)] {
-            assert_eq!(validate_display_name(bad).is_err(), true, "{bad:?}");
+            assert!(validate_display_name(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -123,10 +123,13 @@ export class ChatPanel {
     }
     const localIdentity = this.room.localParticipant.identity;
     for (const m of messages) {
+      // Someone still here is shown by their name in the meeting (the stored one is the
+      // name Matrix saw, with its guest mark).
+      const present = m.identity ? this.room.getParticipantByIdentity(m.identity) : undefined;
       this.add({
         id: m.id,
         identity: m.identity ?? SERVER_IDENTITY,
-        author: m.author,
+        author: present?.name || m.author,
         text: m.body,
         timestamp: m.sent_at,
         own: m.identity === localIdentity,

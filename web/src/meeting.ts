@@ -706,8 +706,9 @@ export class Meeting {
     const count = people.length;
     this.headerCount.textContent = t('meeting.count', { count });
     this.countBadge.textContent = String(count);
-    // The visible count is part of the button's name (axe-core: label-content-name-mismatch).
-    const peopleLabel = t('participants.title', { count });
+    // The visible count is part of the button's name (axe-core: label-content-name-mismatch;
+    // it ignores words in parentheses, so "Participants (2)" would not do).
+    const peopleLabel = t('meeting.count', { count });
     this.buttons['toggle-participants']?.setAttribute('aria-label', peopleLabel);
     if (this.buttons['toggle-participants']) this.buttons['toggle-participants'].title = `${peopleLabel} (P)`;
     this.participantsHeading.textContent = t('participants.title', { count });
@@ -887,8 +888,11 @@ export class Meeting {
 
   private onUnread(count: number, latest?: { author: string; text: string }): void {
     this.unreadBadge.hidden = count === 0;
-    this.unreadBadge.textContent = count > 99 ? '99+' : String(count);
-    const label = count === 0 ? t('meeting.chat') : t('meeting.chatUnread', { count });
+    const shown = count > 99 ? '99+' : String(count);
+    this.unreadBadge.textContent = shown;
+    // The name holds the badge's text as shown, outside parentheses (axe-core's
+    // label-content-name-mismatch).
+    const label = count === 0 ? t('meeting.chat') : t('meeting.chatUnread', { count, shown });
     this.buttons['toggle-chat']?.setAttribute('aria-label', label);
     if (latest) this.toast(t('chat.newMessage', { name: latest.author }), latest.text.slice(0, 120));
   }

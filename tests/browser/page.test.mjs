@@ -185,6 +185,18 @@ test('a late joiner, Markdown chat, layout, axe in the meeting, then the ended s
     await expectAccessible(alice, 'the meeting with the chat open (desktop)');
     await screenshot(alice, 'fr-desktop-chat-open');
 
+    // A pinned tile is shown large and whole; the speaker strip passes axe too.
+    await alice.locator(`${tileSelector(b.identity)} .pin-btn`).focus();
+    await alice.keyboard.press('Enter');
+    const pinned = await pageWait(alice, (sel) => {
+      const tile = document.querySelector(`.focus-area > ${sel}`);
+      return tile ? getComputedStyle(tile.querySelector('video')).objectFit : null;
+    }, tileSelector(b.identity), { what: 'Bob’s tile pinned' });
+    assert.equal(pinned, 'contain');
+    await expectAccessible(alice, 'the meeting with a pinned tile (desktop)');
+    await alice.locator(`${tileSelector(b.identity)} .pin-btn`).click();
+    await pageWait(alice, () => document.querySelectorAll('.grid > [data-testid=tile]').length === 2, undefined, { what: 'back to the grid' });
+
     // Participants button: its visible count is in its name.
     const people = await alice.evaluate(() => {
       const button = document.querySelector('[data-testid=toggle-participants]');

@@ -114,7 +114,8 @@ export class Meeting {
   private readonly focusArea = h('div', { class: 'focus-area' });
   /** On a phone, the self-view floats small over the others instead of taking a cell. */
   private readonly selfView = h('div', { class: 'self-view' });
-  private readonly strip = h('div', { class: 'strip', role: 'list' });
+  // Tiles are groups, not list items: no list role here (axe-core: aria-required-children).
+  private readonly strip = h('div', { class: 'strip' });
   private readonly pager = h('nav', { class: 'pager', 'aria-label': t('meeting.pages'), hidden: true });
   private readonly side = h('aside', { class: 'side', hidden: true });
   private readonly participantList = h('ul', { class: 'participant-list', 'data-testid': 'participant-list' });

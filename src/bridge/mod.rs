@@ -452,33 +452,43 @@ impl Bridge {
         let Some(meeting) = meeting.filter(|m| m.state != MeetingState::Ended) else {
             return Ok(false);
         };
-        let Some(sfu) = &ctx.sfu else {
-            return Ok(false);
-        };
         let author = ctx.display_name(&event.sender).await;
-        // Chat is live: a message written while nobody is in the meeting is not kept.
-        if !sfu
-            .inject_chat(meeting.id.to_string(), author.clone(), body.clone())
-            .await
-        {
-            return Ok(true);
-        }
         let message = ChatMessage {
             meeting_id: meeting.id.clone(),
             message_id: event.event_id.to_string(),
             origin: ChatOrigin::Matrix,
             sender_identity: None,
-            sender_name: author,
+            sender_name: author.clone(),
             matrix_user_id: Some(event.sender.to_string()),
-            body,
+            body: body.clone(),
             sent_at: if event.origin_server_ts > 0 {
                 event.origin_server_ts
             } else {
                 now_ms()
             },
         };
-        if record_chat(conn, ctx, &meeting, &message).await? {
-            ctx.webhooks.wake();
+        // Kept even while nobody is in the meeting (no SFU room then): whoever joins
+        // later loads the stored chat. A message stored already was delivered before.
+        if !record_chat(conn, ctx, &meeting, &message).await? {
+            return Ok(true);
+        }
+        ctx.webhooks.wake();
+        // The event id as the stream id: a page that loaded the history meanwhile shows
+        // the live copy once. False when the SFU has no room for the meeting (empty).
+        let live = match &ctx.sfu {
+            Some(sfu) => {
+                sfu.inject_chat(
+                    meeting.id.to_string(),
+                    Some(message.message_id.clone()),
+                    author,
+                    body,
+                )
+                .await
+            }
+            None => false,
+        };
+        if !live {
+            return Ok(true);
         }
         metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_meeting")
             .increment(1);

@@ -417,3 +417,60 @@ fn power_levels_are_read_like_the_spec_says() {
     );
     assert_eq!(level_in(&serde_json::json!({}), &user), 0);
 }
+
+both_dialects!(
+    thread_chat_is_kept_while_nobody_is_in_the_meeting,
+    |store: Store| async move {
+        // No SFU here, as when the meeting's room does not exist yet: nobody is in.
+        let bridge = Bridge {
+            ctx: Arc::new(ctx()),
+        };
+        feed(&store, &bridge, text("$1", "@alice:localhost", "!visio")).await;
+        let meeting = active(&store).await.expect("a meeting");
+        {
+            let mut conn = store.pool().acquire().await.expect("conn");
+            meetings::set_thread_root(&mut conn, &meeting.id, "$root")
+                .await
+                .expect("root");
+        }
+        let in_thread = |id: &str, body: &str| {
+            message(
+                id,
+                "@bob:localhost",
+                serde_json::json!({
+                    "msgtype": "m.text", "body": body,
+                    "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"},
+                }),
+            )
+        };
+        feed(&store, &bridge, in_thread("$t1", "Je serai en retard")).await;
+        feed(&store, &bridge, in_thread("$t1", "Je serai en retard")).await; // redelivered
+        let stored = {
+            let mut conn = store.pool().acquire().await.expect("conn");
+            chat::list_for_meeting(&mut conn, &meeting.id)
+                .await
+                .expect("chat")
+        };
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert_eq!(stored[0].message_id, "$t1");
+        assert_eq!(stored[0].origin, ChatOrigin::Matrix);
+        assert_eq!(stored[0].body, "Je serai en retard");
+        assert_eq!(stored[0].sender_name, "bob");
+        assert_eq!(stored[0].matrix_user_id.as_deref(), Some("@bob:localhost"));
+
+        // Once the meeting has ended, the thread is the room's again.
+        feed(
+            &store,
+            &bridge,
+            text("$2", "@alice:localhost", "!visio fin"),
+        )
+        .await;
+        assert!(active(&store).await.is_none());
+        feed(&store, &bridge, in_thread("$t2", "Merci à tous")).await;
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let count = chat::count_for_meeting(&mut conn, &meeting.id)
+            .await
+            .expect("count");
+        assert_eq!(count, 1);
+    }
+);

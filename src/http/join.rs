@@ -134,21 +134,38 @@ async fn joinable_meeting(state: &AppState, slug: &MeetingSlug) -> Result<Meetin
 pub struct MeetingInfo {
     pub id: String,
     pub title: String,
+    /// `scheduled`, `running` or `ended`.
     pub state: &'static str,
+    /// When it ended (milliseconds since the Unix epoch), for an ended meeting only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<i64>,
 }
 
-/// `GET /api/v1/meetings/{slug}`: the meeting's title for the pre-join page; 404 when the
-/// slug is unknown or the meeting has ended.
+/// `GET /api/v1/meetings/{slug}`: the meeting's title for the pre-join page. An ended
+/// meeting is still described (`state: "ended"`, `ended_at`), so that its link says it
+/// is over rather than unknown; the join endpoint refuses it all the same. 404 for a
+/// slug nobody issued.
 pub async fn info(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<MeetingInfo>, MatrixError> {
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
-    let meeting = joinable_meeting(&state, &slug).await?;
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    let meeting = meetings::get_by_slug(&mut conn, &slug)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?
+        .ok_or_else(|| MatrixError::not_found("Meeting"))?;
+    let ended = !meeting.is_joinable();
     Ok(Json(MeetingInfo {
         id: meeting.id.as_str().to_owned(),
         title: meeting.title,
         state: meeting.state.as_str(),
+        ended_at: if ended { meeting.ended_at } else { None },
     }))
 }
 
@@ -192,6 +209,7 @@ mod tests {
             assert_eq!(body["title"], "Point hebdo");
             assert_eq!(body["id"], meeting.id.as_str());
             assert_eq!(body["state"], "scheduled");
+            assert!(body.get("ended_at").is_none(), "{body}");
             // Neither the id nor an unknown slug opens the meeting.
             for slug in [meeting.id.as_str(), "aaaaaaaaaaaaaaaaaaaaaaaaaa", "x"] {
                 let (status, body) = call(&store, get(slug)).await;
@@ -366,7 +384,7 @@ mod tests {
     );
 
     both_dialects!(
-        unknown_or_ended_meetings_are_not_found,
+        unknown_or_ended_meetings_cannot_be_joined,
         |store: Store| async move {
             let body = r#"{"name":"Zoé"}"#;
             let unknown = MeetingSlug::generate();
@@ -396,6 +414,15 @@ mod tests {
                 (status, json["errcode"].as_str()),
                 (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
             );
+            // The page's info tells the ended meeting from an unknown one.
+            let info = Request::get(format!("/api/v1/meetings/{}", meeting.slug.expose()))
+                .body(Body::empty())
+                .expect("request");
+            let (status, json) = call(&store, info).await;
+            assert_eq!(status, StatusCode::OK, "{json}");
+            assert_eq!(json["state"], "ended");
+            assert_eq!(json["ended_at"], 2);
+            assert_eq!(json["title"], "Point hebdo");
             // The id is not a slug: knowing it does not let anyone in.
             let (status, _) = call(&store, join_request(meeting.id.as_str(), body)).await;
             assert_eq!(status, StatusCode::NOT_FOUND);

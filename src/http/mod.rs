@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod appservice;
+pub mod chat;
 pub mod error;
 pub mod join;
 pub mod web;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         // With a bearer token the bot API (by id), without one the page's info (by slug).
         .route("/api/v1/meetings/{slug}", get(api::get_meeting))
         .route("/api/v1/meetings/{slug}/summary", post(api::post_summary))
+        .route("/api/v1/meetings/{slug}/chat", get(chat::history))
         .route(
             "/api/v1/rooms/{room_id}/meetings",
             get(api::list_room_meetings),

@@ -56,6 +56,8 @@ enum Command {
     },
     InjectChat {
         room: String,
+        /// The stream id to use (the Matrix event id); random when absent.
+        id: Option<String>,
         author: String,
         text: String,
         reply: oneshot::Sender<bool>,
@@ -180,10 +182,17 @@ impl SfuHandle {
     }
 
     /// Sends chat into a room as the server participant; false if the room is empty.
-    pub async fn inject_chat(&self, room: String, author: String, text: String) -> bool {
+    pub async fn inject_chat(
+        &self,
+        room: String,
+        id: Option<String>,
+        author: String,
+        text: String,
+    ) -> bool {
         let (reply, answer) = oneshot::channel();
         let _ = self.commands.send(Command::InjectChat {
             room,
+            id,
             author,
             text,
             reply,
@@ -412,11 +421,12 @@ fn handle_command(
         }
         Command::InjectChat {
             room,
+            id,
             author,
             text,
             reply,
         } => {
-            let _ = reply.send(engine.inject_chat(now, &room, &author, &text));
+            let _ = reply.send(engine.inject_chat(now, &room, id.as_deref(), &author, &text));
         }
         Command::Admit {
             room,

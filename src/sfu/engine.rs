@@ -2090,8 +2090,17 @@ impl Engine {
     }
 
     /// Chat from the server side (the Matrix room), as the media-less server participant,
-    /// with the original author in the stream's attributes.
-    pub fn inject_chat(&mut self, now: Instant, room_name: &str, author: &str, text: &str) -> bool {
+    /// with the original author in the stream's attributes. `id` becomes the stream id
+    /// (the Matrix event id, so that a page that also loads the stored history shows the
+    /// message once); a random one without it.
+    pub fn inject_chat(
+        &mut self,
+        now: Instant,
+        room_name: &str,
+        id: Option<&str>,
+        author: &str,
+        text: &str,
+    ) -> bool {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return false;
         };
@@ -2100,7 +2109,7 @@ impl Engine {
             .server_participant
             .get_or_insert_with(|| random_id("PA_", 12))
             .clone();
-        let stream_id = random_id("", 20);
+        let stream_id = id.map_or_else(|| random_id("", 20), str::to_owned);
         room.seen_chat.insert(&stream_id);
         let members = room.members.clone();
         if first {

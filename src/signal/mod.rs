@@ -155,7 +155,11 @@ async fn server_chat(
             "text must be 1 to 16384 bytes and name at most 128 characters",
         );
     }
-    if state.sfu.inject_chat(room, chat.name, chat.text).await {
+    if state
+        .sfu
+        .inject_chat(room, None, chat.name, chat.text)
+        .await
+    {
         refuse(StatusCode::OK, "sent")
     } else {
         refuse(StatusCode::NOT_FOUND, "nobody is in this room")

@@ -78,6 +78,27 @@ pub async fn list_for_meeting(
     rows.iter().map(from_row).collect()
 }
 
+/// The latest `limit` messages of a meeting, oldest first (the history a late joiner
+/// loads).
+pub async fn recent_for_meeting(
+    conn: &mut Connection,
+    meeting_id: &MeetingId,
+    limit: i64,
+) -> Result<Vec<ChatMessage>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT meeting_id, message_id, origin, sender_identity, sender_name, matrix_user_id, \
+         body, sent_at FROM chat_messages WHERE meeting_id = $1 \
+         ORDER BY sent_at DESC, message_id DESC LIMIT $2",
+    )
+    .bind(meeting_id.as_str())
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    let mut messages = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    messages.reverse();
+    Ok(messages)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +143,22 @@ mod tests {
                 message("m1", 10, ChatOrigin::Meeting),
                 message("m2", 20, ChatOrigin::Matrix)
             ]
+        );
+        assert!(
+            insert(&mut conn, &message("m3", 30, ChatOrigin::Meeting))
+                .await
+                .expect("insert")
+        );
+        let recent = recent_for_meeting(&mut conn, &m.id, 2)
+            .await
+            .expect("recent");
+        assert_eq!(
+            recent,
+            vec![
+                message("m2", 20, ChatOrigin::Matrix),
+                message("m3", 30, ChatOrigin::Meeting)
+            ],
+            "the latest two, oldest first"
         );
     });
 }

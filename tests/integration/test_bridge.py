@@ -395,3 +395,63 @@ def test_meeting_page_in_chromium_chats_with_the_thread_and_shows_the_end(env, t
             proc.wait(10)
     summary = wait_event(alice, room, lambda e: in_thread(e, root) and "Compte rendu de la visio" in body(e), "the summary")
     assert "Chloé (invité·e)" in body(summary) and "Messages dans la discussion : 2" in body(summary), body(summary)
+
+
+def test_a_late_joiner_sees_the_earlier_chat_including_the_thread_before_anyone_joined(env, tmp_path):
+    """A thread message sent while nobody is in the meeting, then meeting chat from a first
+    participant: a page that joins afterwards shows both, in order, with their authors,
+    the thread message marked as coming from Tchap and its Markdown rendered."""
+    import json
+    import shutil
+    import subprocess
+
+    from harness.util import ROOT
+
+    if not (shutil.which("node") and os.path.exists("/usr/bin/chromium") and (ROOT / "tests/browser/node_modules").is_dir()):
+        if os.environ.get("CI"):
+            pytest.fail("Chromium, node or tests/browser/node_modules missing (scripts/test.sh prepares them)")
+        pytest.skip("Chromium, node or tests/browser/node_modules missing: run scripts/test-browser.sh once")
+    alice, room = env.room_with_bot("alice", name="Retard")
+    notice, slug = start_meeting(env, alice, room, "!visio Rattrapage", "Rattrapage")
+    root = notice["event_id"]
+    link = LINK.search(body(notice)).group(0)
+
+    # Nobody is in the meeting yet: the SFU has no room for it.
+    early = send_in_thread(alice, room, root, "Je serai en retard, **commencez** sans moi")
+    # The history endpoint is the page's only way to it: wait until the bridge stored it.
+    paul, grant = join(env, tmp_path, slug, "Paul")
+    try:
+        paul.wait_connected()
+
+        def stored() -> bool:
+            r = requests.get(
+                f"{env.service.url}/api/v1/meetings/{slug}/chat",
+                headers={"Authorization": f"Bearer {grant['token']}"},
+                timeout=10,
+            )
+            assert r.status_code == 200, r.text
+            return any(m["id"] == early for m in r.json()["messages"])
+
+        wait_for(stored, 20, "the early thread message in the stored chat")
+        paul.chat("Bonjour, je commence")
+        wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "Bonjour, je commence", "Paul's chat in the thread")
+
+        proc = subprocess.run(
+            ["node", str(ROOT / "tests/browser/late-joiner-page.mjs"), "--link", link, "--name", "Zoé",
+             "--expect", "Je serai en retard", "--expect", "Bonjour, je commence"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "TCHAP_VISIO_BIN": str(env.service.bin)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        shown = json.loads(proc.stdout.strip().splitlines()[-1])["messages"]
+    finally:
+        paul.close()
+    texts = [m["text"] for m in shown]
+    first = next(i for i, t in enumerate(texts) if "Je serai en retard" in t)
+    second = next(i for i, t in enumerate(texts) if "Bonjour, je commence" in t)
+    assert first < second, shown
+    assert shown[first]["id"] == early and shown[first]["author"] == "alice", shown[first]
+    assert (shown[first]["origin"], shown[first]["mark"]) == ("matrix", "depuis Tchap"), shown[first]
+    assert shown[first]["strong"] == ["commencez"] and "**" not in shown[first]["text"], shown[first]
+    assert (shown[second]["author"], shown[second]["origin"], shown[second]["mark"]) == ("Paul", "meeting", None), shown[second]
+    assert len(texts) == len(set(m["id"] for m in shown)), "a message shown twice"

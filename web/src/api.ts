@@ -4,6 +4,17 @@ export interface MeetingInfo {
   id: string;
   title: string;
   state?: string;
+  /** When an ended meeting ended (ms since the epoch). */
+  ended_at?: number;
+}
+
+export interface HistoryMessage {
+  id: string;
+  author: string;
+  origin: 'meeting' | 'matrix';
+  identity: string | null;
+  body: string;
+  sent_at: number;
 }
 
 export interface JoinResponse {
@@ -27,12 +38,15 @@ export class ApiError extends Error {
   }
 }
 
-async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown, bearer?: string): Promise<T> {
   let response: Response;
+  const headers: Record<string, string> = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
   try {
     response = await fetch(path, {
       method,
-      headers: body === undefined ? { Accept: 'application/json' } : { Accept: 'application/json', 'Content-Type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       credentials: 'same-origin',
       cache: 'no-store',
@@ -64,6 +78,11 @@ const enc = encodeURIComponent;
 
 export function getMeeting(slug: string): Promise<MeetingInfo> {
   return call<MeetingInfo>('GET', `/api/v1/meetings/${enc(slug)}`);
+}
+
+/** The meeting's recent chat, with the access token the join gave. */
+export function getChatHistory(slug: string, token: string): Promise<{ messages: HistoryMessage[] }> {
+  return call<{ messages: HistoryMessage[] }>('GET', `/api/v1/meetings/${enc(slug)}/chat`, undefined, token);
 }
 
 export function joinMeeting(slug: string, name: string, browserId: string): Promise<JoinResponse> {

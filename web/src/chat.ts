@@ -1,11 +1,14 @@
 // The chat panel on livekit-client's text streams (topic "lk.chat"). Messages from the
 // server participant `tchap` (chat coming from the Matrix room) carry their author in
-// the stream attribute `tchap.author_name`.
+// the stream attribute `tchap.author_name`, and the Matrix event id as their stream id.
+// On joining, the stored history (GET /api/v1/meetings/{slug}/chat) is merged in by id.
 
 import { RoomEvent, type ChatMessage, type Participant, type Room, type TextStreamReader } from 'livekit-client';
+import { getChatHistory, type HistoryMessage } from './api';
 import { h } from './dom';
 import { icon } from './icons';
 import { currentLang, t } from './i18n';
+import { renderMarkdown } from './markdown';
 
 export const CHAT_TOPIC = 'lk.chat';
 export const SERVER_IDENTITY = 'tchap';
@@ -18,27 +21,21 @@ interface Message {
   text: string;
   timestamp: number;
   own: boolean;
+  /** Written in the Matrix room (shown as such), not in the meeting. */
+  fromMatrix: boolean;
 }
 
-const URL_RE = /\bhttps?:\/\/[^\s<>"']+[^\s<>"'.,;:!?)\]]/g;
-
-/** The message text with http(s) links made clickable (text nodes only, never HTML). */
-function linkified(text: string): Node[] {
-  const nodes: Node[] = [];
-  let last = 0;
-  for (const match of text.matchAll(URL_RE)) {
-    const start = match.index ?? 0;
-    if (start > last) nodes.push(document.createTextNode(text.slice(last, start)));
-    nodes.push(h('a', { href: match[0], target: '_blank', rel: 'noopener noreferrer nofollow' }, match[0]));
-    last = start + match[0].length;
-  }
-  if (last < text.length) nodes.push(document.createTextNode(text.slice(last)));
-  return nodes;
+/** A touch screen: focusing a text field there opens the on-screen keyboard. */
+export function isTouchScreen(): boolean {
+  return window.matchMedia('(pointer: coarse)').matches && !window.matchMedia('(pointer: fine)').matches;
 }
 
 export class ChatPanel {
   readonly el: HTMLElement;
-  private readonly list = h('ol', { class: 'chat-list', role: 'log', 'aria-live': 'polite', 'aria-label': t('chat.messages'), tabindex: '0' });
+  // The log role sits on a wrapper: on the list itself it would hide the list semantics
+  // of its items (axe-core's listitem and aria-allowed-role rules).
+  private readonly list = h('ol', { class: 'chat-list' });
+  private readonly log = h('div', { class: 'chat-log', role: 'log', 'aria-live': 'polite', 'aria-label': t('chat.messages'), tabindex: '0' }, this.list);
   private readonly empty = h('p', { class: 'chat-empty' }, t('chat.empty'));
   readonly input = h('textarea', {
     class: 'chat-input',
@@ -86,7 +83,7 @@ export class ChatPanel {
         h('h2', { id: 'chat-heading' }, t('chat.title')),
         h('button', { type: 'button', class: 'icon-btn', 'aria-label': t('chat.close'), title: t('chat.close'), onclick: () => this.onClose() }, icon('close'))),
       this.empty,
-      this.list,
+      this.log,
       form,
     );
   }
@@ -107,8 +104,38 @@ export class ChatPanel {
         text: message.message,
         timestamp: message.timestamp || Date.now(),
         own: false,
+        fromMatrix: participant.identity === SERVER_IDENTITY,
       });
     });
+  }
+
+  /**
+   * Loads the meeting's recent chat (also what was said before this page joined, in the
+   * meeting or in the Matrix thread) and merges it with what arrived live, by id.
+   */
+  async loadHistory(slug: string, token: string): Promise<void> {
+    let messages: HistoryMessage[];
+    try {
+      messages = (await getChatHistory(slug, token)).messages;
+    } catch (error) {
+      console.warn('chat history not loaded', error);
+      return;
+    }
+    const localIdentity = this.room.localParticipant.identity;
+    for (const m of messages) {
+      // Someone still here is shown by their name in the meeting (the stored one is the
+      // name Matrix saw, with its guest mark).
+      const present = m.identity ? this.room.getParticipantByIdentity(m.identity) : undefined;
+      this.add({
+        id: m.id,
+        identity: m.identity ?? SERVER_IDENTITY,
+        author: present?.name || m.author,
+        text: m.body,
+        timestamp: m.sent_at,
+        own: m.identity === localIdentity,
+        fromMatrix: m.origin === 'matrix',
+      }, true);
+    }
   }
 
   private async receiveStream(reader: TextStreamReader, identity: string): Promise<void> {
@@ -122,7 +149,7 @@ export class ChatPanel {
     const author = identity === SERVER_IDENTITY
       ? info.attributes?.['tchap.author_name']?.trim() || t('chat.serverAuthor')
       : this.authorOf(identity);
-    this.add({ id: info.id, identity, author, text, timestamp: info.timestamp || Date.now(), own: false });
+    this.add({ id: info.id, identity, author, text, timestamp: info.timestamp || Date.now(), own: false, fromMatrix: identity === SERVER_IDENTITY });
   }
 
   private authorOf(identity: string): string {
@@ -131,23 +158,36 @@ export class ChatPanel {
     return participant?.name || identity;
   }
 
-  private add(message: Message): void {
+  /** Shows a message once (by id), in time order. `old`: from the history, not new to anyone. */
+  private add(message: Message, old = false): void {
     if (!message.text.trim() || this.seen.has(message.id)) return;
     this.seen.add(message.id);
     const date = new Date(message.timestamp);
+    const classes = ['chat-message', message.own ? 'own' : '', message.fromMatrix ? 'from-matrix' : ''].filter(Boolean).join(' ');
     const item = h(
       'li',
-      { class: message.own ? 'chat-message own' : 'chat-message', 'data-testid': 'chat-message', 'data-author': message.author, 'data-identity': message.identity },
+      {
+        class: classes,
+        'data-testid': 'chat-message',
+        'data-id': message.id,
+        'data-author': message.author,
+        'data-identity': message.identity,
+        'data-origin': message.fromMatrix ? 'matrix' : 'meeting',
+        'data-ts': String(message.timestamp),
+      },
       h('div', { class: 'chat-meta' },
         h('span', { class: 'chat-author' }, message.author),
+        message.fromMatrix ? h('span', { class: 'chat-origin', 'data-testid': 'chat-origin' }, t('chat.fromMatrix')) : null,
         h('time', { datetime: date.toISOString() }, this.timeFormat.format(date))),
-      h('p', { class: 'chat-text' }, ...linkified(message.text)),
+      h('div', { class: 'chat-text' }, renderMarkdown(message.text)),
     );
-    const nearBottom = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 80;
-    this.list.appendChild(item);
+    const nearBottom = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < 80;
+    // History can arrive after live messages: each goes before the first later one.
+    const later = [...this.list.children].find((li) => Number((li as HTMLElement).dataset.ts) > message.timestamp);
+    this.list.insertBefore(item, later ?? null);
     this.empty.hidden = true;
-    if (nearBottom || message.own) this.list.scrollTop = this.list.scrollHeight;
-    if (!message.own && !this.isOpen) {
+    if (nearBottom || message.own) this.log.scrollTop = this.log.scrollHeight;
+    if (!message.own && !old && !this.isOpen) {
       this.unreadCount += 1;
       this.onUnread(this.unreadCount, { author: message.author, text: message.text });
     }
@@ -167,13 +207,15 @@ export class ChatPanel {
         text,
         timestamp: info.timestamp || Date.now(),
         own: true,
+        fromMatrix: false,
       });
     } catch (error) {
       this.onError(t('chat.sendFailed'));
       console.warn('chat send failed', error);
     } finally {
       this.sendButton.disabled = false;
-      this.input.focus();
+      // On a touch screen, focusing the field again would reopen the keyboard.
+      if (!isTouchScreen()) this.input.focus();
     }
   }
 
@@ -183,8 +225,13 @@ export class ChatPanel {
     if (open) {
       this.unreadCount = 0;
       this.onUnread(0);
-      this.list.scrollTop = this.list.scrollHeight;
+      this.log.scrollTop = this.log.scrollHeight;
     }
+  }
+
+  /** The scrolling message log (focusable). */
+  get logElement(): HTMLElement {
+    return this.log;
   }
 
   get unread(): number {

@@ -4,7 +4,7 @@ import { ConnectionError, ConnectionErrorReason, DisconnectReason, MediaDeviceFa
 import { ApiError } from './api';
 import { h, clear } from './dom';
 import { icon } from './icons';
-import { t, type Key } from './i18n';
+import { currentLang, t, type Key } from './i18n';
 
 /**
  * What went wrong. The first five are the test contract (`data-error`); the others are
@@ -44,6 +44,8 @@ const RETRYABLE = new Set<ErrorKind>(['no-media-connection', 'full', 'connection
 
 export interface ErrorOptions {
   detail?: string;
+  /** For `ended`: the meeting's title and when it ended (ms since the epoch), when known. */
+  meeting?: { title?: string; endedAt?: number };
   /** "Try again" action; defaults to reloading the page. */
   onRetry?: () => void;
 }
@@ -76,6 +78,8 @@ export function errorBox(kind: ErrorKind, options: ErrorOptions = {}, fullScreen
     },
     h('div', { class: 'error-icon' }, icon('warning')),
     heading,
+    options.meeting?.title ? h('p', { class: 'error-meeting-title', 'data-testid': 'ended-title' }, options.meeting.title) : null,
+    options.meeting?.endedAt ? h('p', { 'data-testid': 'ended-at' }, t('err.ended.when', { date: formatDate(options.meeting.endedAt) })) : null,
     h('p', {}, t(texts.body)),
     texts.hint ? h('p', { class: 'hint' }, t(texts.hint)) : null,
     options.detail ? h('details', { class: 'error-detail' }, h('summary', {}, t('err.details')), h('code', {}, options.detail)) : null,
@@ -90,6 +94,10 @@ export function errorBox(kind: ErrorKind, options: ErrorOptions = {}, fullScreen
     box.appendChild(actions);
   }
   return box;
+}
+
+function formatDate(ms: number): string {
+  return new Intl.DateTimeFormat(currentLang(), { dateStyle: 'long', timeStyle: 'short' }).format(new Date(ms));
 }
 
 /** The join endpoint's refusal, as an error kind (null: not an error screen, e.g. a bad name). */

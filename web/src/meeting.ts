@@ -18,7 +18,7 @@ import {
   type VideoTrack,
 } from 'livekit-client';
 import { probeSignal } from './api';
-import { ChatPanel, SERVER_IDENTITY } from './chat';
+import { ChatPanel, SERVER_IDENTITY, isTouchScreen } from './chat';
 import { diagnostics } from './diagnostics';
 import { clear, h, hueOf, initials, isTypingTarget } from './dom';
 import { isMediaDenied, kindOfConnectError, kindOfDisconnect, showErrorScreen, type ErrorKind } from './errors';
@@ -56,16 +56,27 @@ function isHidden(participant: Participant): boolean {
   return participant.identity === SERVER_IDENTITY || participant.permissions?.hidden === true;
 }
 
-/** The tile width that fits `n` tiles of aspect `ratio` (width/height) in a `width`×`height` box. */
-function fitTiles(n: number, width: number, height: number, ratio: number): number {
-  let best = 0;
+/** Widest and narrowest tile shapes (width/height): cells outside them are trimmed. */
+const MAX_TILE_RATIO = 16 / 9;
+const MIN_TILE_RATIO = 3 / 4;
+
+/**
+ * The tile size for `n` tiles in a `width`×`height` box: the number of columns that
+ * gives the largest tiles, each tile filling its cell (so two people fill the height)
+ * unless the cell is wider than 16:9 or narrower than 3:4.
+ */
+function fitTiles(n: number, width: number, height: number): { w: number; h: number } {
+  let best = { w: 80, h: 80, area: 0 };
   for (let cols = 1; cols <= Math.max(1, n); cols++) {
-    const rows = Math.ceil(n / cols);
-    const byWidth = (width - GAP * (cols - 1)) / cols;
-    const byHeight = ((height - GAP * (rows - 1)) / rows) * ratio;
-    best = Math.max(best, Math.min(byWidth, byHeight));
+    const rows = Math.ceil(Math.max(1, n) / cols);
+    let w = (width - GAP * (cols - 1)) / cols;
+    let h = (height - GAP * (rows - 1)) / rows;
+    if (w <= 0 || h <= 0) continue;
+    if (w / h > MAX_TILE_RATIO) w = h * MAX_TILE_RATIO;
+    if (w / h < MIN_TILE_RATIO) h = w / MIN_TILE_RATIO;
+    if (w * h > best.area) best = { w, h, area: w * h };
   }
-  return Math.max(80, Math.floor(best));
+  return { w: Math.max(80, Math.floor(best.w)), h: Math.max(60, Math.floor(best.h)) };
 }
 
 export class Meeting {
@@ -101,7 +112,10 @@ export class Meeting {
   private readonly stage = h('main', { class: 'stage', 'aria-label': t('meeting.stage') });
   private readonly grid = h('div', { class: 'grid' });
   private readonly focusArea = h('div', { class: 'focus-area' });
-  private readonly strip = h('div', { class: 'strip', role: 'list' });
+  /** On a phone, the self-view floats small over the others instead of taking a cell. */
+  private readonly selfView = h('div', { class: 'self-view' });
+  // Tiles are groups, not list items: no list role here (axe-core: aria-required-children).
+  private readonly strip = h('div', { class: 'strip' });
   private readonly pager = h('nav', { class: 'pager', 'aria-label': t('meeting.pages'), hidden: true });
   private readonly side = h('aside', { class: 'side', hidden: true });
   private readonly participantList = h('ul', { class: 'participant-list', 'data-testid': 'participant-list' });
@@ -213,6 +227,9 @@ export class Meeting {
     this.announce(t('meeting.joined'));
     this.scheduleRender();
     this.publishing = this.publishInitial();
+    // After connecting, so that a message arriving meanwhile is either live or stored
+    // (and then in the history): the panel shows each id once.
+    void this.chat.loadHistory(this.joined.slug, token);
   }
 
   private async publishInitial(): Promise<void> {
@@ -253,7 +270,7 @@ export class Meeting {
       ),
     );
 
-    this.stage.append(this.grid, this.focusArea, this.strip, this.pager);
+    this.stage.append(this.grid, this.focusArea, this.strip, this.pager, this.selfView);
     this.side.append(this.chat.el, this.participantsPanel);
 
     const reactionsButton = this.makeButton('reactions', 'smile', 'meeting.reactions', () => this.toggleReactionMenu(), 'E');
@@ -633,6 +650,7 @@ export class Meeting {
     this.stage.classList.toggle('focus-layout', focus !== null);
     for (const tile of this.tiles.values()) tile.el.classList.toggle('focused', tile.key === focus);
     if (focus) {
+      replaceIfChanged(this.selfView, []);
       replaceIfChanged(this.focusArea, [el(focus)]);
       replaceIfChanged(this.strip, keys.map(el));
       replaceIfChanged(this.grid, []);
@@ -641,6 +659,13 @@ export class Meeting {
     }
     replaceIfChanged(this.focusArea, []);
     replaceIfChanged(this.strip, []);
+    // A phone (narrow or portrait stage) with someone else to show: the self-view is a
+    // small overlay and the others get the screen.
+    const localKey = this.localCameraKey();
+    const phone = width < 600 || width < height;
+    const floating = phone && keys.length >= 2 && keys.includes(localKey);
+    if (floating) keys.splice(keys.indexOf(localKey), 1);
+    replaceIfChanged(this.selfView, floating ? [el(localKey)] : []);
     const size = this.pageSize();
     const pages = Math.max(1, Math.ceil(keys.length / size));
     this.page = Math.min(this.page, pages - 1);
@@ -649,11 +674,9 @@ export class Meeting {
     const pagerHeight = pages > 1 ? 48 : 0;
     const boxWidth = width - 2 * GAP;
     const boxHeight = height - 2 * GAP - pagerHeight;
-    // Portrait screens (phones) get square tiles, which fill the height far better.
-    const ratio = boxWidth < boxHeight ? 1 : 16 / 9;
-    const tileWidth = fitTiles(visible.length, boxWidth, boxHeight, ratio);
-    this.grid.style.setProperty('--tile-w', `${tileWidth}px`);
-    this.grid.style.setProperty('--tile-ratio', String(ratio));
+    const tile = fitTiles(visible.length, boxWidth, boxHeight);
+    this.grid.style.setProperty('--tile-w', `${tile.w}px`);
+    this.grid.style.setProperty('--tile-h', `${tile.h}px`);
     this.renderPager(pages);
   }
 
@@ -684,6 +707,11 @@ export class Meeting {
     const count = people.length;
     this.headerCount.textContent = t('meeting.count', { count });
     this.countBadge.textContent = String(count);
+    // The visible count is part of the button's name (axe-core: label-content-name-mismatch;
+    // it ignores words in parentheses, so "Participants (2)" would not do).
+    const peopleLabel = t('meeting.count', { count });
+    this.buttons['toggle-participants']?.setAttribute('aria-label', peopleLabel);
+    if (this.buttons['toggle-participants']) this.buttons['toggle-participants'].title = `${peopleLabel} (P)`;
     this.participantsHeading.textContent = t('participants.title', { count });
     const local = this.room.localParticipant;
     const sorted = [...people].sort((a, b) => {
@@ -852,7 +880,8 @@ export class Meeting {
     this.buttons['toggle-chat'].classList.toggle('active', panel === 'chat');
     this.buttons['toggle-participants'].classList.toggle('active', panel === 'participants');
     this.main.classList.toggle('panel-open', panel !== null);
-    if (panel === 'chat') this.chat.input.focus();
+    // On a touch screen the field is not focused: that would open the keyboard over the chat.
+    if (panel === 'chat') (isTouchScreen() ? this.chat.logElement : this.chat.input).focus();
     else if (panel === 'participants') (this.participantsPanel.querySelector('button') as HTMLButtonElement | null)?.focus();
     else if (previous) this.buttons[previous === 'chat' ? 'toggle-chat' : 'toggle-participants'].focus();
     this.layout();
@@ -860,8 +889,11 @@ export class Meeting {
 
   private onUnread(count: number, latest?: { author: string; text: string }): void {
     this.unreadBadge.hidden = count === 0;
-    this.unreadBadge.textContent = count > 99 ? '99+' : String(count);
-    const label = count === 0 ? t('meeting.chat') : t('meeting.chatUnread', { count });
+    const shown = count > 99 ? '99+' : String(count);
+    this.unreadBadge.textContent = shown;
+    // The name holds the badge's text as shown, outside parentheses (axe-core's
+    // label-content-name-mismatch).
+    const label = count === 0 ? t('meeting.chat') : t('meeting.chatUnread', { count, shown });
     this.buttons['toggle-chat']?.setAttribute('aria-label', label);
     if (latest) this.toast(t('chat.newMessage', { name: latest.author }), latest.text.slice(0, 120));
   }

@@ -16,7 +16,7 @@ import {
 } from 'livekit-client';
 import { ApiError, getMeeting, joinMeeting, type JoinResponse } from './api';
 import { clear, h, toggleAttr } from './dom';
-import { errorBox, isMediaDenied, kindOfApiError, showErrorScreen } from './errors';
+import { errorBox, isMediaDenied, kindOfApiError, showErrorScreen, type ErrorOptions } from './errors';
 import { icon } from './icons';
 import { langSwitchLink, t } from './i18n';
 import { browserId, load, loadBool, save, saveBool } from './storage';
@@ -35,6 +35,8 @@ export interface LocalMedia {
 
 export interface Joined {
   name: string;
+  /** The link's slug (for the chat history). */
+  slug: string;
   join: JoinResponse;
   /**
    * The tracks opened on the pre-join screen. A promise: the camera or microphone may
@@ -282,7 +284,7 @@ export class PreJoin {
       const info = await getMeeting(this.slug);
       if (this.gone) return;
       if (info.state === 'ended') {
-        this.fail('ended');
+        this.fail('ended', undefined, { title: info.title, endedAt: info.ended_at });
         return;
       }
       this.title.textContent = info.title || t('prejoin.untitled');
@@ -299,9 +301,9 @@ export class PreJoin {
     }
   }
 
-  private fail(kind: Parameters<typeof showErrorScreen>[1], detail?: string): void {
+  private fail(kind: Parameters<typeof showErrorScreen>[1], detail?: string, meeting?: ErrorOptions['meeting']): void {
     this.destroy(true);
-    showErrorScreen(this.root, kind, { detail });
+    showErrorScreen(this.root, kind, { detail, meeting });
   }
 
   private queueMedia(op: () => Promise<void>): Promise<void> {
@@ -544,6 +546,14 @@ export class PreJoin {
           this.nameInput.focus();
           return;
         }
+        if (kind === 'not-found') {
+          // The meeting may have ended while this screen was open: say so, not "unknown".
+          const info = await getMeeting(this.slug).catch(() => null);
+          if (info?.state === 'ended') {
+            this.fail('ended', undefined, { title: info.title, endedAt: info.ended_at });
+            return;
+          }
+        }
         this.fail(kind, error.message);
         return;
       }
@@ -559,7 +569,7 @@ export class PreJoin {
       return handed;
     });
     this.destroy(false);
-    this.onJoined({ name, join, media, devices: { ...this.devices } });
+    this.onJoined({ name, slug: this.slug, join, media, devices: { ...this.devices } });
   }
 
   /** Leaves the screen; `stopTracks` false hands the open tracks to the meeting. */

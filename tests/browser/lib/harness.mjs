@@ -464,9 +464,12 @@ export async function launchBrowser() {
   return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 60_000 });
 }
 
-/** A context (a separate "browser profile": own storage, own fake camera) and its page. */
-export async function newPage(browser, { locale = 'fr-FR', viewport = { width: 1280, height: 720 }, origin } = {}) {
-  const context = await browser.newContext({ locale, viewport });
+/**
+ * A context (a separate "browser profile": own storage, own fake camera) and its page.
+ * `mobile`: a phone (mobile viewport meta, touch screen, coarse pointer).
+ */
+export async function newPage(browser, { locale = 'fr-FR', viewport = { width: 1280, height: 720 }, origin, mobile = false } = {}) {
+  const context = await browser.newContext({ locale, viewport, isMobile: mobile, hasTouch: mobile });
   if (origin) await context.grantPermissions(['camera', 'microphone'], { origin });
   const page = await context.newPage();
   page.consoleLines = [];

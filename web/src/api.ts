@@ -85,8 +85,12 @@ export function getChatHistory(slug: string, token: string): Promise<{ messages:
   return call<{ messages: HistoryMessage[] }>('GET', `/api/v1/meetings/${enc(slug)}/chat`, undefined, token);
 }
 
-export function joinMeeting(slug: string, name: string, browserId: string): Promise<JoinResponse> {
-  return call<JoinResponse>('POST', `/api/v1/meetings/${enc(slug)}/join`, { name, browser_id: browserId });
+/**
+ * Joins with a display name. The browser's stable id travels in an HttpOnly cookie the
+ * server sets (same origin, sent by fetch by default); the page never sees it.
+ */
+export function joinMeeting(slug: string, name: string): Promise<JoinResponse> {
+  return call<JoinResponse>('POST', `/api/v1/meetings/${enc(slug)}/join`, { name });
 }
 
 /**

@@ -19,7 +19,7 @@ import { clear, h, toggleAttr } from './dom';
 import { errorBox, isMediaDenied, kindOfApiError, showErrorScreen, type ErrorOptions } from './errors';
 import { icon } from './icons';
 import { langSwitchLink, t } from './i18n';
-import { browserId, load, loadBool, save, saveBool } from './storage';
+import { load, loadBool, save, saveBool } from './storage';
 import { diagnostics } from './diagnostics';
 
 export interface DeviceChoice {
@@ -533,7 +533,7 @@ export class PreJoin {
     this.status.textContent = t('prejoin.joining');
     let join: JoinResponse;
     try {
-      join = await joinMeeting(this.slug, name, browserId());
+      join = await joinMeeting(this.slug, name);
     } catch (error) {
       this.joining = false;
       this.joinButton.disabled = false;

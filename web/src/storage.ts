@@ -28,18 +28,3 @@ export function saveBool(key: string, value: boolean): void {
   save(key, value ? '1' : '0');
 }
 
-function randomId(): string {
-  const bytes = new Uint8Array(16);
-  crypto.getRandomValues(bytes); // available outside secure contexts, unlike randomUUID
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-/** A random id for this browser, created once and sent with every join. */
-export function browserId(): string {
-  let id = load('browser-id');
-  if (!id || !/^[A-Za-z0-9_-]{8,64}$/.test(id)) {
-    id = randomId();
-    save('browser-id', id);
-  }
-  return id;
-}

@@ -892,11 +892,11 @@ mod tests {
                     hook("https://a.example/h", &secret),
                     hook("https://a.example/h", &secret),
                 ],
-                "entry 2: url `https://a.example/h` is listed twice",
+                "entry 2: url `https://a.example/…` is listed twice",
             ),
             (
                 vec![hook("https://a.example/h", "short-s3cret")],
-                "entry 1 (https://a.example/h): secret is shorter",
+                "entry 1 (https://a.example/…): secret is shorter",
             ),
         ];
         for (hooks, expected) in cases {

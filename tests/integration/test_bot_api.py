@@ -57,7 +57,7 @@ def cli(env, *args: str) -> str:
 
 
 def create_token(env, name: str) -> str:
-    out = cli(env, "api-token", "create", "--name", name)
+    out = cli(env, "api-token", "create", "--name", name, "--all-rooms")
     token = out.strip().splitlines()[-1]
     assert token.startswith("tvb_") and len(token) == 68, out
     return token
@@ -82,7 +82,7 @@ def db(env) -> sqlite3.Connection:
 
 
 def test_requests_without_a_valid_token_are_refused(env, token):
-    cli(env, "api-token", "create", "--name", "retired")
+    cli(env, "api-token", "create", "--name", "retired", "--all-rooms")
     retired = create_token(env, "retired-2")
     cli(env, "api-token", "revoke", "--name", "retired-2")
     routes = [
@@ -103,7 +103,7 @@ def test_requests_without_a_valid_token_are_refused(env, token):
 
 def test_token_lifecycle_through_the_command_line(env):
     tok = create_token(env, "calendar")
-    again = env.service.cli("api-token", "create", "--name", "calendar", "-c", str(env.service.config_path))
+    again = env.service.cli("api-token", "create", "--name", "calendar", "--all-rooms", "-c", str(env.service.config_path))
     assert again.returncode != 0 and "already exists" in again.stdout, again.stdout
     assert api(env, "GET", room_path("!r:localhost"), tok).status_code == 200
     listed = cli(env, "api-token", "list")

@@ -13,6 +13,7 @@ kept between runs, a few examples per operation, one worker.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -173,3 +174,82 @@ def test_the_running_service_conforms_to_its_openapi_document(env, meeting, tmp_
         for reached in ("bot API read: a room's meetings listed", "bot API read: a meeting", "bot API: summary queued"):
             assert reached in logs, f"no generated request reached: {reached}"
     assert " ERROR " not in logs, "the service logged an error"
+
+
+def ecma_search(pattern: str, value: str) -> bool:
+    """JSON Schema's reading of `pattern` (ECMA-262): `$` is the end of the string, not
+    also the place before a final newline as in Python."""
+    return re.search(pattern.replace("$", r"\Z"), value) is not None
+
+
+HOSTILE_NAMES = [
+    "Zoé",
+    "  Zoé  ",
+    "a" * 64,
+    "a" * 65,
+    " " * 70 + "a" + "\t" * 70,
+    "",
+    "   ",
+    "\u3000",
+    "a\nb",
+    "a\u0085b",
+    "a\u009fb",
+    "\u0000",
+    "a\u2028b",
+    "ab\n",
+    "\u200bZoé",
+    "\u202eZoé",
+    "\u3164",
+    "\u2800",
+    "Zoé\ufeff",
+    "x\ue000",
+    "é" * 64,
+    "🙂" * 64,
+    "🙂" * 65,
+]
+
+
+def test_the_documented_patterns_are_what_the_server_checks(env, meeting):
+    """Edge cases the random generation may miss: for each, the server accepts exactly
+    when docs/openapi.json's pattern says the value is valid (display names at join and
+    as summary authors, summaries, room ids). Fails when a validator changes without
+    the document."""
+    doc = json.loads(OPENAPI.read_text())
+    name_pattern = doc["components"]["schemas"]["DisplayName"]["pattern"]
+    token = cli(env, "api-token", "create", "--name", "patterns", "--all-rooms").strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {token}"}
+    base = env.service.url
+    mismatches = []
+    for name in HOSTILE_NAMES:
+        valid = ecma_search(name_pattern, name)
+        joined = requests.post(f"{base}/api/v1/meetings/{meeting['slug']}/join", json={"name": name}, timeout=10)
+        if (joined.status_code == 200) != valid:
+            mismatches.append(("join name", name, valid, joined.status_code, joined.text))
+        posted = requests.post(
+            f"{base}/api/v1/meetings/{meeting['id']}/summary",
+            json={"markdown": "ok", "author": name},
+            headers=auth,
+            timeout=10,
+        )
+        if (posted.status_code == 202) != valid:
+            mismatches.append(("summary author", name, valid, posted.status_code, posted.text))
+
+    summary = doc["paths"]["/api/v1/meetings/{key}/summary"]["post"]
+    markdown = summary["requestBody"]["content"]["application/json"]["schema"]["properties"]["markdown"]
+    for text in ["ok", " \t\n", "\u3000\u00a0", "\u200b", "**gras**", "", "\ufeff"]:
+        valid = markdown["minLength"] <= len(text) <= markdown["maxLength"] and ecma_search(markdown["pattern"], text)
+        posted = requests.post(
+            f"{base}/api/v1/meetings/{meeting['id']}/summary", json={"markdown": text}, headers=auth, timeout=10
+        )
+        if (posted.status_code == 202) != valid:
+            mismatches.append(("markdown", text, valid, posted.status_code, posted.text))
+
+    listing = doc["paths"]["/api/v1/rooms/{room_id}/meetings"]["get"]
+    room_pattern = next(p for p in listing["parameters"] if p["name"] == "room_id")["schema"]["pattern"]
+    for room in ["!a", "!a:b", meeting["room"], "!", "a", "!a b", "!a\n", "!é", "!" + "x" * 254, "!" + "x" * 255]:
+        valid = ecma_search(room_pattern, room)
+        quoted = urllib.parse.quote(room, safe="")
+        listed = requests.get(f"{base}/api/v1/rooms/{quoted}/meetings", headers=auth, timeout=10)
+        if (listed.status_code == 200) != valid:
+            mismatches.append(("room id", room, valid, listed.status_code, listed.text))
+    assert mismatches == []

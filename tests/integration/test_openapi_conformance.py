@@ -51,6 +51,10 @@ def cli(env, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def meeting(env):
+    return start_meeting(env)
+
+
+def start_meeting(env) -> dict:
     """A meeting started from a real room: its id, its slug and its room."""
     token = cli(env, "api-token", "create", "--name", "openapi-setup", "--all-rooms").strip().splitlines()[-1]
     alice, room = env.room_with_bot("alice", name="OpenAPI")

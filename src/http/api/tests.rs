@@ -856,3 +856,58 @@ both_dialects!(
         assert!(!logs.contains(&secret), "the token never reaches the log");
     }
 );
+
+both_dialects!(
+    tokens_made_before_scopes_are_warned_about_at_start,
+    |store: Store| async move {
+        let scoped = token(&store, "scoped").await;
+        let legacy = api_token::generate();
+        let mut conn = store.pool().acquire().await.expect("conn");
+        // As migration 0007 leaves a token made before it.
+        assert!(
+            api_tokens::create(
+                &mut conn,
+                &api_tokens::NewApiToken {
+                    name: "old-bot",
+                    id: "0123456789abcdef",
+                    sha256_hex: &api_token::sha256_hex(&legacy),
+                    scope: r#"{"all_rooms":true,"legacy":true}"#,
+                    read_only: false,
+                },
+                1
+            )
+            .await
+            .expect("create")
+        );
+        drop(conn);
+        let (buffer, guard) = capture_logs();
+        warn_about_legacy_tokens(&store).await.expect("warned");
+        drop(guard);
+        let logs = String::from_utf8(buffer.lock().expect("logs").clone()).expect("utf-8");
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one warning, for the legacy token only: {logs}"
+        );
+        assert!(
+            lines[0].contains("WARN")
+                && lines[0].contains("token_name=old-bot")
+                && lines[0].contains("made before scopes")
+                && lines[0].contains("--room"),
+            "{logs}"
+        );
+        assert!(!logs.contains(&legacy) && !logs.contains(&scoped));
+        // It still works everywhere, as before the upgrade.
+        let m = stored_meeting(&store, "Ailleurs", Some(ROOM_B), 1).await;
+        let (status, _) = call(
+            &store,
+            get(
+                &format!("/api/v1/meetings/{}", m.id),
+                Some(&format!("Bearer {legacy}")),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+);

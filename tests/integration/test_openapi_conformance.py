@@ -172,7 +172,7 @@ def test_the_running_service_conforms_to_its_openapi_document(env, meeting, tmp_
     outcomes = outcomes_by_operation(tmp_path / "junit.xml")
     assert {op: outcomes.get(op) for op in operations} == {op: "passed" for op in operations}, output
     # The generated requests reached the handlers' bodies, not only their refusals.
-    logs = env.service.logs()[logs_before:]
+    logs = re.sub(r"\x1b\[[0-9;]*m", "", env.service.logs()[logs_before:])
     assert "join token issued" in logs, "no generated join succeeded"
     if authenticated:
         for reached in ("bot API read: a room's meetings listed", "bot API read: a meeting", "bot API: summary queued"):

@@ -123,6 +123,8 @@ if want pytest || want browser; then
 fi
 
 if want pytest; then
+    # Runs after the page build; among the tests, test_openapi_conformance.py starts the
+    # service and runs schemathesis against it with docs/openapi.json (seeded, ~1 min).
     phase_start pytest
     export TCHAP_VISIO_BIN="$ROOT/target/debug/tchap-visio"
     .venv/bin/pytest tests/integration -x -q --basetemp="$TMP/pytest" "$@"

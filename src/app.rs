@@ -73,6 +73,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
 
     metrics::gauge!("tchap_visio_inbox_pending").set(store.inbox_pending_count().await? as f64);
     queue_bot_profile(&store, &config).await?;
+    crate::http::api::warn_about_legacy_tokens(&store).await?;
 
     let addr = listen_addr(&config)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -450,17 +451,37 @@ pub async fn create_meeting(
     })
 }
 
-/// `api-token create`: a new bot API token called `name`; returns the token, which is
-/// stored only as its SHA-256 and never shown again.
-pub async fn create_api_token(config: &Config, name: &str) -> anyhow::Result<String> {
-    let name = crate::auth::api_token::validate_name(name).context("--name")?;
-    let token = crate::auth::api_token::generate();
+/// What `api-token create` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct NewApiToken {
+    pub name: String,
+    /// `--room`, repeatable.
+    pub rooms: Vec<String>,
+    /// `--server`, repeatable: the rooms whose id ends with `:<server>`.
+    pub servers: Vec<String>,
+    pub all_rooms: bool,
+    pub read_only: bool,
+}
+
+/// `api-token create`: a new bot API token; returns the token, which is stored only as
+/// its SHA-256 and never shown again. A token without a scope is refused.
+pub async fn create_api_token(config: &Config, new: &NewApiToken) -> anyhow::Result<String> {
+    use crate::auth::api_token;
+    let name = api_token::validate_name(&new.name).context("--name")?;
+    let scope = api_token::TokenScope::new(&new.rooms, &new.servers, new.all_rooms)?;
+    let token = api_token::generate();
+    let id = api_token::generate_id();
     let store = open_store(config).await?;
     let mut conn = store.pool().acquire().await?;
     let created = crate::store::api_tokens::create(
         &mut conn,
-        name,
-        &crate::auth::api_token::sha256_hex(&token),
+        &crate::store::api_tokens::NewApiToken {
+            name,
+            id: &id,
+            sha256_hex: &api_token::sha256_hex(&token),
+            scope: &scope.to_stored(),
+            read_only: new.read_only,
+        },
         crate::store::now_ms(),
     )
     .await?;
@@ -471,7 +492,7 @@ pub async fn create_api_token(config: &Config, name: &str) -> anyhow::Result<Str
             "a token called `{name}` already exists; revoke it first (api-token revoke --name {name}) or pick another name"
         );
     }
-    tracing::info!(token_name = name, "API token created");
+    tracing::info!(token_name = name, token_id = %id, scope = %scope.describe(), read_only = new.read_only, "API token created");
     Ok(token)
 }
 
@@ -589,19 +610,43 @@ mod tests {
     async fn api_tokens_from_the_command_line() {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = config(&format!("sqlite://{}/cli.db", dir.path().display()));
-        let token = create_api_token(&config, "minutes").await.expect("created");
+        let minutes = NewApiToken {
+            name: "minutes".into(),
+            rooms: vec!["!a:localhost".into()],
+            read_only: true,
+            ..NewApiToken::default()
+        };
+        let token = create_api_token(&config, &minutes).await.expect("created");
         assert!(token.starts_with(crate::auth::api_token::TOKEN_PREFIX));
-        let again = create_api_token(&config, "minutes")
+        let again = create_api_token(&config, &minutes)
             .await
             .expect_err("name taken");
         assert!(again.to_string().contains("already exists"), "{again}");
-        assert!(create_api_token(&config, "bad name").await.is_err());
+        let bad_name = NewApiToken {
+            name: "bad name".into(),
+            ..minutes.clone()
+        };
+        assert!(create_api_token(&config, &bad_name).await.is_err());
+        // No scope: refused, saying which options give one.
+        let unscoped = NewApiToken {
+            name: "unscoped".into(),
+            ..NewApiToken::default()
+        };
+        let refused = create_api_token(&config, &unscoped)
+            .await
+            .expect_err("no scope");
+        assert!(
+            refused.to_string().contains("--room") && refused.to_string().contains("--all-rooms"),
+            "{refused}"
+        );
         let listed = list_api_tokens(&config).await.expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(
             (listed[0].name.as_str(), listed[0].revoked_at),
             ("minutes", None)
         );
+        assert!(listed[0].read_only);
+        assert_eq!(listed[0].scope, r#"{"rooms":["!a:localhost"]}"#);
         // Only the hash is stored.
         let store = open_store(&config).await.expect("store");
         let stored: String = sqlx::query_scalar("SELECT token_sha256 FROM api_tokens")

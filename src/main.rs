@@ -67,15 +67,29 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ApiTokenCommand {
-    /// Create a token and print it (once: only its SHA-256 is stored).
+    /// Create a token and print it (once: only its SHA-256 is stored). Give it a scope:
+    /// --room (repeatable), --server (repeatable) or --all-rooms.
     Create {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
         /// What the token is for, e.g. compte-rendu-bot (A-Z, a-z, 0-9, `.`, `_`, `-`).
         #[arg(long)]
         name: String,
+        /// A room whose meetings the token reaches, e.g. '!abc:example.org' (repeatable).
+        #[arg(long = "room", value_name = "ROOM_ID")]
+        rooms: Vec<String>,
+        /// A server whose rooms the token reaches: those whose id ends with `:<server>`
+        /// (repeatable).
+        #[arg(long = "server", value_name = "SERVER_NAME")]
+        servers: Vec<String>,
+        /// The token reaches every room's meetings, and meetings without a room.
+        #[arg(long)]
+        all_rooms: bool,
+        /// The token reads (meetings, attendance, chat) but cannot post.
+        #[arg(long)]
+        read_only: bool,
     },
-    /// List tokens: name, creation, last use, revocation.
+    /// List tokens: name, creation, last use, revocation, id, scope, read-only or not.
     List {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
@@ -214,8 +228,22 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ApiToken { command } => match command {
-            ApiTokenCommand::Create { config, name } => {
-                let token = app::create_api_token(&load_for_admin(&config)?, &name).await?;
+            ApiTokenCommand::Create {
+                config,
+                name,
+                rooms,
+                servers,
+                all_rooms,
+                read_only,
+            } => {
+                let new = app::NewApiToken {
+                    name: name.clone(),
+                    rooms,
+                    servers,
+                    all_rooms,
+                    read_only,
+                };
+                let token = app::create_api_token(&load_for_admin(&config)?, &new).await?;
                 println!(
                     "API token `{name}` created. It is shown only now: give it to the bot \
                      (Authorization: Bearer <token>).\n{token}"
@@ -226,19 +254,29 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 let tokens = app::list_api_tokens(&load_for_admin(&config)?).await?;
                 if tokens.is_empty() {
                     println!(
-                        "No API token (create one with: tchap-visio api-token create --name NAME)"
+                        "No API token (create one with: tchap-visio api-token create --name NAME --room ROOM_ID)"
                     );
                 }
                 for token in tokens {
+                    let scope = tchap_visio::auth::api_token::TokenScope::from_stored(&token.scope)
+                        .map(|s| s.describe())
+                        .unwrap_or_else(|| "no room (unreadable scope)".into());
                     println!(
-                        "{}\tcreated {}\tlast used {}\t{}",
+                        "{}\tcreated {}\tlast used {}\t{}\tid {}\t{}\t{}",
                         token.name,
                         format_ms(Some(token.created_at)),
                         format_ms(token.last_used_at),
                         match token.revoked_at {
                             Some(_) => format!("revoked {}", format_ms(token.revoked_at)),
                             None => "active".into(),
-                        }
+                        },
+                        token.id,
+                        scope,
+                        if token.read_only {
+                            "read-only"
+                        } else {
+                            "read-write"
+                        },
                     );
                 }
                 Ok(())

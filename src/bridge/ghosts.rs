@@ -23,9 +23,12 @@ impl GhostNamer {
         self.user(&format!("g{}", short_hash(attendee_key)))
     }
 
-    /// The ghost of a bot posting through the API, one per author name.
-    pub fn author(&self, author: &str) -> OwnedUserId {
-        self.user(&format!("b{}", short_hash(&author.to_lowercase())))
+    /// The ghost of a bot posting through the API: one per token and author name, so
+    /// that a token cannot speak through the ghost another token's posts came from.
+    pub fn author(&self, token_id: &str, author: &str) -> OwnedUserId {
+        // The token id is hex, so the newline cannot be forged from either side.
+        let key = format!("{token_id}\n{}", author.to_lowercase());
+        self.user(&format!("b{}", short_hash(&key)))
     }
 
     fn user(&self, id: &str) -> OwnedUserId {
@@ -101,7 +104,18 @@ mod tests {
         assert!(a.as_str().starts_with("@visio_g"), "{a}");
         assert!(!a.as_str().contains("secret"));
         assert_eq!(a.localpart().len(), "visio_g".len() + 16);
-        assert_eq!(namer.author("Compte-rendu"), namer.author("compte-rendu"));
-        assert_ne!(namer.author("Compte-rendu"), namer.guest("Compte-rendu"));
+        assert_eq!(
+            namer.author("t1", "Compte-rendu"),
+            namer.author("t1", "compte-rendu")
+        );
+        assert_ne!(
+            namer.author("t1", "Compte-rendu"),
+            namer.author("t2", "Compte-rendu"),
+            "two tokens never share a ghost"
+        );
+        assert_ne!(
+            namer.author("t1", "Compte-rendu"),
+            namer.guest("Compte-rendu")
+        );
     }
 }

@@ -601,12 +601,14 @@ pub async fn post_in_thread_not_before(
     Ok(())
 }
 
-/// A bot's summary (already sanitised HTML) in the meeting's thread, from a ghost
-/// named after its author. Does nothing for a meeting without a room.
+/// A bot's summary (already sanitised HTML) in the meeting's thread, from the ghost of
+/// this token and author, shown as a bot (« Compte-rendu (bot) »). Does nothing for a
+/// meeting without a room.
 pub async fn post_summary(
     conn: &mut Connection,
     ctx: &BridgeContext,
     meeting: &Meeting,
+    token_id: &str,
     author: &str,
     plain: String,
     html: String,
@@ -614,12 +616,13 @@ pub async fn post_summary(
     let Some(room) = room_of(meeting) else {
         return Ok(());
     };
-    let ghost = ctx.ghosts.author(author);
-    ghosts::ensure_in_room(conn, &ghost, author, &room).await?;
+    let ghost = ctx.ghosts.author(token_id, author);
+    let shown = notices::BOT_NAME.get(ctx.lang).replace("{name}", author);
+    ghosts::ensure_in_room(conn, &ghost, &shown, &room).await?;
     post_in_thread(
         conn,
         meeting,
-        Some((ghost, notices::attribution(ctx.lang, author))),
+        Some((ghost, notices::attribution(ctx.lang, &shown))),
         RoomMessageEventContent::notice_html(plain, html),
     )
     .await

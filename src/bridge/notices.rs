@@ -13,6 +13,8 @@ use crate::meeting::{Attendee, Meeting};
 pub const DEFAULT_TITLE: Text = Text::new("Visio", "Meeting");
 pub const GUEST_NAME: Text = Text::new("{name} (invité·e)", "{name} (guest)");
 pub const SUMMARY_AUTHOR: Text = Text::new("Compte-rendu", "Minutes");
+/// How an author posting through the bot API is shown, so nobody takes it for a person.
+pub const BOT_NAME: Text = Text::new("{name} (bot)", "{name} (bot)");
 const BAD_TITLE: Text = Text::new(
     "Le titre d’une visio tient sur une ligne de 1 à 200 caractères.",
     "A meeting title is 1 to 200 characters on one line.",

@@ -2,7 +2,10 @@
 //! from `tchap-visio api-token create` list a room's meetings, read one meeting
 //! (attendance, chat), and post a Markdown summary into its thread. Meetings are
 //! addressed by their public id, never by the slug of their link, and no answer holds
-//! a slug. Also serves the OpenAPI document of the HTTP API.
+//! a slug. Every call is checked against the token's scope (the meeting's Matrix room)
+//! and, for writes, its read-only flag: 403 `M_FORBIDDEN` otherwise. Every read is
+//! logged at INFO with the token's name and id (never the token). Also serves the
+//! OpenAPI document of the HTTP API.
 //!
 //! `GET /api/v1/meetings/{key}` is shared with the meeting page: with an
 //! `Authorization` header it is the bot API (`key` is the meeting id), without one it
@@ -23,7 +26,7 @@ use tokio::sync::Notify;
 use super::AppState;
 use super::appservice::{parse_json_body, read_body};
 use super::error::MatrixError;
-use crate::auth::api_token;
+use crate::auth::api_token::{self, TokenScope};
 use crate::bridge::BridgeContext;
 use crate::i18n;
 use crate::ids::MeetingId;
@@ -48,11 +51,45 @@ pub struct BotApiContext {
     pub bridge: Arc<BridgeContext>,
 }
 
-/// A caller that presented an active bot API token; `name` is the token's name (the
-/// only thing about it that is ever logged).
+/// A caller that presented an active bot API token. Its name and public id are the
+/// only things about it that are ever logged.
 #[derive(Debug, Clone)]
 pub struct BotToken {
     pub name: String,
+    pub id: String,
+    pub scope: TokenScope,
+    pub read_only: bool,
+}
+
+impl BotToken {
+    /// 403 `M_FORBIDDEN` unless a meeting in `room` is within the token's scope.
+    fn check_scope(&self, room: Option<&str>) -> Result<(), MatrixError> {
+        if self.scope.allows(room) {
+            return Ok(());
+        }
+        metrics::counter!("tchap_visio_bot_api_refused_total", "reason" => "scope").increment(1);
+        tracing::warn!(token_name = %self.name, token_id = %self.id, room = room.unwrap_or("-"), "bot API: room outside the token's scope");
+        Err(MatrixError::new(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "this token does not reach this room (see its scope: api-token list)",
+        ))
+    }
+
+    /// 403 `M_FORBIDDEN` for a read-only token.
+    fn check_write(&self) -> Result<(), MatrixError> {
+        if !self.read_only {
+            return Ok(());
+        }
+        metrics::counter!("tchap_visio_bot_api_refused_total", "reason" => "read_only")
+            .increment(1);
+        tracing::warn!(token_name = %self.name, token_id = %self.id, "bot API: write refused to a read-only token");
+        Err(MatrixError::new(
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+            "this token is read-only",
+        ))
+    }
 }
 
 fn unknown_token() -> MatrixError {
@@ -91,16 +128,55 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<BotTo
     let tokens = api_tokens::active(&mut conn)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    let name = api_token::find(presented, &tokens)
-        .ok_or_else(|| {
-            metrics::counter!("tchap_visio_bot_api_refused_total").increment(1);
-            unknown_token()
-        })?
-        .to_owned();
-    if let Err(e) = api_tokens::touch(&mut conn, &name, store::now_ms()).await {
-        tracing::warn!(token_name = %name, error = %e, "cannot record the token's use");
+    let found = api_token::find(presented, &tokens).ok_or_else(|| {
+        metrics::counter!("tchap_visio_bot_api_refused_total", "reason" => "token").increment(1);
+        unknown_token()
+    })?;
+    let scope = TokenScope::from_stored(&found.scope).unwrap_or_else(|| {
+        // A row edited by hand: the token reaches nothing rather than everything.
+        tracing::error!(token_name = %found.name, token_id = %found.id, "the token's stored scope does not parse: it reaches no room");
+        TokenScope::default()
+    });
+    let token = BotToken {
+        name: found.name.clone(),
+        id: found.id.clone(),
+        scope,
+        read_only: found.read_only,
+    };
+    if let Err(e) = api_tokens::touch(&mut conn, &token.name, store::now_ms()).await {
+        tracing::warn!(token_name = %token.name, error = %e, "cannot record the token's use");
     }
-    Ok(BotToken { name })
+    Ok(token)
+}
+
+/// Warns, at start, about each token made before tokens had scopes: they still reach
+/// every room and may write, until replaced by one made with a scope.
+pub async fn warn_about_legacy_tokens(store: &store::Store) -> Result<(), store::StoreError> {
+    let mut conn = store.pool().acquire().await?;
+    for token in api_tokens::active(&mut conn).await? {
+        if TokenScope::from_stored(&token.scope).is_some_and(|s| s.legacy) {
+            tracing::warn!(
+                token_name = %token.name,
+                token_id = %token.id,
+                "bot API token made before scopes: it reaches every room and may post; replace it with `api-token revoke --name {0}` then `api-token create --name {0} --room <room id>` (or --server, --all-rooms, --read-only)",
+                token.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The longest room id (bytes), as the Matrix spec allows.
+pub const ROOM_ID_MAX_BYTES: usize = 255;
+
+/// A room id as this API accepts it: `!`, then 1 to 254 printable ASCII characters
+/// (the OpenAPI document's pattern `^![!-~]{1,254}$`, which every Matrix room id fits).
+fn parse_room_id(raw: &str) -> Option<ruma::OwnedRoomId> {
+    let shaped = raw.len() >= 2
+        && raw.len() <= ROOM_ID_MAX_BYTES
+        && raw.starts_with('!')
+        && raw.bytes().all(|b| b.is_ascii_graphic());
+    shaped.then(|| ruma::RoomId::parse(raw).ok()).flatten()
 }
 
 impl FromRequestParts<AppState> for BotToken {
@@ -217,18 +293,19 @@ pub async fn list_room_meetings(
     State(state): State<AppState>,
     Path(room_id): Path<String>,
 ) -> Result<Json<MeetingList>, MatrixError> {
-    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| {
+    let room_id = parse_room_id(&room_id).ok_or_else(|| {
         MatrixError::new(
             StatusCode::BAD_REQUEST,
             "M_INVALID_PARAM",
             "not a room id like !abc:example.org (percent-encode it in the path)",
         )
     })?;
+    token.check_scope(Some(room_id.as_str()))?;
     let mut conn = connection(&state).await?;
     let listed = meetings::list_by_room(&mut conn, room_id.as_str())
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    tracing::debug!(token_name = %token.name, room = %room_id, count = listed.len(), "bot API: meetings listed");
+    tracing::info!(token_name = %token.name, token_id = %token.id, room = %room_id, count = listed.len(), "bot API read: a room's meetings listed");
     Ok(Json(MeetingList {
         meetings: listed.iter().map(MeetingView::from).collect(),
     }))
@@ -258,19 +335,28 @@ async fn bot_get_meeting(
     let token = authenticate(state, headers).await?;
     let mut conn = connection(state).await?;
     let meeting = meeting_by_id(&mut conn, key).await?;
+    token.check_scope(meeting.matrix_room_id.as_deref())?;
     let sessions = store::sessions::list_for_meeting(&mut conn, &meeting.id)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
     let chat = store::chat::list_for_meeting(&mut conn, &meeting.id)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    tracing::debug!(token_name = %token.name, meeting = %meeting.id, "bot API: meeting read");
+    let attendance: Vec<AttendeeView> = meeting::attendance(&sessions, store::now_ms())
+        .into_iter()
+        .map(AttendeeView::from)
+        .collect();
+    tracing::info!(
+        token_name = %token.name,
+        token_id = %token.id,
+        meeting = %meeting.id,
+        attendees = attendance.len(),
+        chat_messages = chat.len(),
+        "bot API read: a meeting with its attendance and chat"
+    );
     Ok(Json(MeetingDetail {
         meeting: MeetingView::from(&meeting),
-        attendance: meeting::attendance(&sessions, store::now_ms())
-            .into_iter()
-            .map(AttendeeView::from)
-            .collect(),
+        attendance,
         chat: chat.into_iter().map(ChatView::from).collect(),
     }))
 }
@@ -296,8 +382,9 @@ pub struct SummaryRequest {
 }
 
 /// `POST /api/v1/meetings/{id}/summary`: the Markdown, sanitised, posted as a notice in
-/// the meeting's thread by a ghost named after `author`. Answers 202 once queued in the
-/// outbound queue (sent as soon as the homeserver takes it, retried otherwise).
+/// the meeting's thread by the ghost of this token and `author`, shown as a bot
+/// (« Compte-rendu (bot) »). Answers 202 once queued in the outbound queue (sent as soon
+/// as the homeserver takes it, retried otherwise).
 pub async fn post_summary(
     token: BotToken,
     State(state): State<AppState>,
@@ -305,7 +392,14 @@ pub async fn post_summary(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), MatrixError> {
+    token.check_write()?;
     let bytes = read_body(&headers, body, SUMMARY_BODY_LIMIT).await?;
+    // Scope before content: a token learns nothing about a room it does not reach.
+    let meeting = {
+        let mut conn = connection(&state).await?;
+        meeting_by_id(&mut conn, &key).await?
+    };
+    token.check_scope(meeting.matrix_room_id.as_deref())?;
     let request: SummaryRequest = parse_json_body(&bytes, "{markdown, author}")?;
     if request.markdown.trim().is_empty() {
         return Err(MatrixError::bad_json("`markdown` is empty"));
@@ -339,7 +433,6 @@ pub async fn post_summary(
         .begin()
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    let meeting = meeting_by_id(&mut tx, &key).await?;
     if meeting.matrix_room_id.is_none() {
         return Err(MatrixError::new(
             StatusCode::CONFLICT,
@@ -351,6 +444,7 @@ pub async fn post_summary(
         &mut tx,
         &state.bot_api.bridge,
         &meeting,
+        &token.id,
         &author,
         plain,
         html,
@@ -360,7 +454,7 @@ pub async fn post_summary(
     tx.commit().await.map_err(|e| MatrixError::internal(&e))?;
     state.bot_api.outbound_wake.notify_one();
     metrics::counter!("tchap_visio_bot_api_summaries_total").increment(1);
-    tracing::info!(token_name = %token.name, meeting = %meeting.id, %author, "bot API: summary queued");
+    tracing::info!(token_name = %token.name, token_id = %token.id, meeting = %meeting.id, %author, "bot API: summary queued");
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "status": "queued" })),

@@ -2,7 +2,8 @@
 Synapse: tokens made with the command line, 401s, meetings by room and by id, a hostile
 Markdown summary arriving sanitised in the meeting's thread (read back by a matrix-nio
 client), and signed webhook deliveries, retried with the same delivery id and accepted
-once per receiver.
+once per receiver. Tokens' scopes (issue 17, item 5): a token for room A gets 403 on
+room B, a read-only token cannot post, authors are shown as bots, one ghost per token.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def cli(env, *args: str) -> str:
 
 
 def create_token(env, name: str) -> str:
-    out = cli(env, "api-token", "create", "--name", name)
+    out = cli(env, "api-token", "create", "--name", name, "--all-rooms")
     token = out.strip().splitlines()[-1]
     assert token.startswith("tvb_") and len(token) == 68, out
     return token
@@ -82,7 +83,7 @@ def db(env) -> sqlite3.Connection:
 
 
 def test_requests_without_a_valid_token_are_refused(env, token):
-    cli(env, "api-token", "create", "--name", "retired")
+    cli(env, "api-token", "create", "--name", "retired", "--all-rooms")
     retired = create_token(env, "retired-2")
     cli(env, "api-token", "revoke", "--name", "retired-2")
     routes = [
@@ -103,7 +104,7 @@ def test_requests_without_a_valid_token_are_refused(env, token):
 
 def test_token_lifecycle_through_the_command_line(env):
     tok = create_token(env, "calendar")
-    again = env.service.cli("api-token", "create", "--name", "calendar", "-c", str(env.service.config_path))
+    again = env.service.cli("api-token", "create", "--name", "calendar", "--all-rooms", "-c", str(env.service.config_path))
     assert again.returncode != 0 and "already exists" in again.stdout, again.stdout
     assert api(env, "GET", room_path("!r:localhost"), tok).status_code == 200
     listed = cli(env, "api-token", "list")
@@ -200,7 +201,88 @@ def test_summary_arrives_sanitised_in_the_thread(env, token):
     # Posted by a ghost named after the default author, not by the bot.
     assert event["sender"] != env.bot and event["sender"].startswith("@visio_"), event["sender"]
     member = alice.member(room, event["sender"])
-    assert member and member.get("displayname") == "Compte-rendu", member
+    assert member and member.get("displayname") == "Compte-rendu (bot)", member
+
+
+def started_meeting(env, token: str, user, room: str, title: str) -> dict:
+    """Starts a meeting with `!visio` in `room`; returns it once its link notice is sent."""
+    user.send_text(room, f"!visio {title}")
+    return wait_for(
+        lambda: next(
+            (m for m in api(env, "GET", room_path(room), token).json()["meetings"] if m["thread_root_event_id"]), None
+        ),
+        DEADLINE_S,
+        f"the meeting in {room} and its thread root",
+    )
+
+
+def test_tokens_reach_their_scope_only_and_post_as_bots(env, token):
+    alice, room_a = env.room_with_bot("alice", name="Salon A")
+    _, room_b = env.room_with_bot("alice", name="Salon B")
+    meeting_a = started_meeting(env, token, alice, room_a, "Réunion A")
+    meeting_b = started_meeting(env, token, alice, room_b, "Réunion B")
+
+    # A token needs a scope.
+    refused = env.service.cli("api-token", "create", "--name", "unscoped", "-c", str(env.service.config_path))
+    assert refused.returncode != 0 and "--room" in refused.stdout and "--all-rooms" in refused.stdout, refused.stdout
+    scoped = create_token_with(env, "room-a", "--room", room_a)
+    reader = create_token_with(env, "room-a-reader", "--room", room_a, "--read-only")
+    listed = cli(env, "api-token", "list")
+    assert f"rooms {room_a}" in next(l for l in listed.splitlines() if l.startswith("room-a\t")), listed
+    assert "read-only" in next(l for l in listed.splitlines() if l.startswith("room-a-reader\t")), listed
+
+    def forbidden(r):
+        assert (r.status_code, r.json().get("errcode")) == (403, "M_FORBIDDEN"), r.text
+        return True
+
+    for tok in (scoped, reader):
+        # Room B is out of reach: listing, reading, posting.
+        forbidden(api(env, "GET", room_path(room_b), tok))
+        forbidden(api(env, "GET", f"/api/v1/meetings/{meeting_b['id']}", tok))
+        forbidden(api(env, "POST", f"/api/v1/meetings/{meeting_b['id']}/summary", tok, {"markdown": "Fuite"}))
+        # Room A is readable.
+        r = api(env, "GET", room_path(room_a), tok)
+        assert r.status_code == 200 and [m["id"] for m in r.json()["meetings"]] == [meeting_a["id"]], r.text
+        assert api(env, "GET", f"/api/v1/meetings/{meeting_a['id']}", tok).status_code == 200
+    # The read-only token cannot post, even in its room.
+    forbidden(api(env, "POST", f"/api/v1/meetings/{meeting_a['id']}/summary", reader, {"markdown": "Lecture seule"}))
+
+    # Two tokens post under the same author: two ghosts, both shown as bots.
+    for tok, text in ((scoped, "Relevé du jeton A"), (token, "Relevé du jeton général")):
+        r = api(env, "POST", f"/api/v1/meetings/{meeting_a['id']}/summary", tok, {"markdown": text, "author": "Greffe"})
+        assert r.status_code == 202, r.text
+
+    def posted(text):
+        def find():
+            alice.sync(500)
+            return next(
+                (e for e in alice.timelines.get(room_a, []) if e.get("type") == "m.room.message" and e["content"].get("body") == text),
+                None,
+            )
+
+        return wait_for(find, DEADLINE_S, f"{text!r} in room A", interval=0)
+
+    first, second = posted("Relevé du jeton A"), posted("Relevé du jeton général")
+    assert first["sender"] != second["sender"], "two tokens never share a ghost"
+    for event in (first, second):
+        assert event["content"]["m.relates_to"]["event_id"] == meeting_a["thread_root_event_id"]
+        member = alice.member(room_a, event["sender"])
+        assert member and member.get("displayname") == "Greffe (bot)", member
+    # Nothing reached room B, nor was anything posted by the read-only token.
+    alice.sync(0)
+    bodies = [e["content"].get("body") for e in alice.timelines.get(room_b, []) if e.get("type") == "m.room.message"]
+    assert "Fuite" not in bodies and "Lecture seule" not in str(alice.timelines.get(room_a, []))
+    # Reads are audit-logged with the token's name, never the token.
+    logs = re.sub(r"\x1b\[[0-9;]*m", "", env.service.logs())
+    assert "bot API read" in logs and "token_name=room-a-reader" in logs
+    assert scoped not in logs and reader not in logs
+
+
+def create_token_with(env, name: str, *scope: str) -> str:
+    out = cli(env, "api-token", "create", "--name", name, *scope)
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("tvb_"), out
+    return token
 
 
 def test_webhooks_are_signed_retried_and_accepted_once(env, receivers):

@@ -14,13 +14,29 @@ use crate::store::{Store, chat, sessions};
 const ROOM: &str = "!room:localhost";
 const ROOM_PATH: &str = "%21room%3Alocalhost";
 
+/// A token reaching every room, able to post.
 async fn token(store: &Store, name: &str) -> String {
+    let all = TokenScope::new(&[], &[], true).expect("all rooms");
+    scoped_token(store, name, &all, false).await
+}
+
+async fn scoped_token(store: &Store, name: &str, scope: &TokenScope, read_only: bool) -> String {
     let token = api_token::generate();
     let mut conn = store.pool().acquire().await.expect("conn");
     assert!(
-        api_tokens::create(&mut conn, name, &api_token::sha256_hex(&token), 1)
-            .await
-            .expect("create")
+        api_tokens::create(
+            &mut conn,
+            &api_tokens::NewApiToken {
+                name,
+                id: &api_token::generate_id(),
+                sha256_hex: &api_token::sha256_hex(&token),
+                scope: &scope.to_stored(),
+                read_only,
+            },
+            1
+        )
+        .await
+        .expect("create")
     );
     token
 }
@@ -291,7 +307,7 @@ both_dialects!(
             .iter()
             .find(|r| r["kind"] == "set_display_name")
             .expect("named");
-        assert_eq!(named["displayname"], "Compte-rendu");
+        assert_eq!(named["displayname"], "Compte-rendu (bot)", "shown as a bot");
         let send = queued.last().expect("send");
         assert_eq!(send["room_id"], ROOM);
         assert_eq!(
@@ -336,7 +352,7 @@ both_dialects!(
             .rev()
             .find(|r| r["kind"] == "set_display_name")
             .expect("named");
-        assert_eq!(other["displayname"], "Transcripteur");
+        assert_eq!(other["displayname"], "Transcripteur (bot)");
         assert_ne!(other["user_id"], named["user_id"], "one ghost per author");
         assert_eq!(
             queued_now.last().expect("send")["as_user"],
@@ -539,6 +555,359 @@ both_dialects!(
             .into_iter()
             .find(|r| r["kind"] == "set_display_name")
             .expect("named");
-        assert_eq!(named["displayname"], "Meeting notes");
+        assert_eq!(named["displayname"], "Meeting notes (bot)");
+    }
+);
+
+const ROOM_B: &str = "!b:elsewhere.org";
+
+fn room_path(room: &str) -> String {
+    let encoded = room.replace('!', "%21").replace(':', "%3A");
+    format!("/api/v1/rooms/{encoded}/meetings")
+}
+
+async fn assert_forbidden(store: &Store, request: Request<Body>) {
+    let what = format!("{} {}", request.method(), request.uri());
+    let (status, json) = call(store, request).await;
+    assert_eq!(
+        (status, json["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+        "{what}: {json}"
+    );
+    assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()));
+}
+
+both_dialects!(
+    tokens_reach_only_the_rooms_of_their_scope,
+    |store: Store| async move {
+        let in_a = stored_meeting(&store, "A", Some(ROOM), 1).await;
+        let in_b = stored_meeting(&store, "B", Some(ROOM_B), 2).await;
+        let roomless = stored_meeting(&store, "Sans salon", None, 3).await;
+        let scope = |rooms: &[&str], servers: &[&str], all: bool| {
+            let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            TokenScope::new(&owned(rooms), &owned(servers), all).expect("scope")
+        };
+        let room_a = format!(
+            "Bearer {}",
+            scoped_token(&store, "room-a", &scope(&[ROOM], &[], false), false).await
+        );
+        let server_b = format!(
+            "Bearer {}",
+            scoped_token(
+                &store,
+                "server-b",
+                &scope(&[], &["elsewhere.org"], false),
+                false
+            )
+            .await
+        );
+        let all = format!("Bearer {}", token(&store, "all").await);
+        let body = r#"{"markdown":"Relevé de décisions"}"#;
+
+        // Room A's token: room A only, for every call.
+        let (status, json) = call(&store, get(&room_path(ROOM), Some(&room_a))).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        assert_eq!(json["meetings"][0]["id"], in_a.id.as_str());
+        let (status, _) = call(
+            &store,
+            get(&format!("/api/v1/meetings/{}", in_a.id), Some(&room_a)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(&store, summary(in_a.id.as_str(), Some(&room_a), body)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let queued_for_a = queued(&store).await.len();
+        assert_forbidden(&store, get(&room_path(ROOM_B), Some(&room_a))).await;
+        // Even a room with no meeting: the answer says nothing about the room.
+        assert_forbidden(
+            &store,
+            get("/api/v1/rooms/%21empty%3Alocalhost/meetings", Some(&room_a)),
+        )
+        .await;
+        for m in [&in_b, &roomless] {
+            assert_forbidden(
+                &store,
+                get(&format!("/api/v1/meetings/{}", m.id), Some(&room_a)),
+            )
+            .await;
+            assert_forbidden(&store, summary(m.id.as_str(), Some(&room_a), body)).await;
+        }
+        // Out of scope is refused before the body is looked at.
+        assert_forbidden(&store, summary(in_b.id.as_str(), Some(&room_a), "{nope")).await;
+        assert_eq!(
+            queued(&store).await.len(),
+            queued_for_a,
+            "nothing queued out of scope"
+        );
+
+        // A server's token: the rooms whose id ends with it.
+        let (status, json) = call(&store, get(&room_path(ROOM_B), Some(&server_b))).await;
+        assert_eq!(
+            (status, json["meetings"][0]["id"].as_str()),
+            (StatusCode::OK, Some(in_b.id.as_str()))
+        );
+        assert_forbidden(&store, get(&room_path(ROOM), Some(&server_b))).await;
+        assert_forbidden(
+            &store,
+            get(&format!("/api/v1/meetings/{}", in_a.id), Some(&server_b)),
+        )
+        .await;
+
+        // All rooms: meetings without a room too.
+        let (status, json) = call(
+            &store,
+            get(&format!("/api/v1/meetings/{}", roomless.id), Some(&all)),
+        )
+        .await;
+        assert_eq!(
+            (status, json["title"].as_str()),
+            (StatusCode::OK, Some("Sans salon"))
+        );
+        let (status, _) = call(&store, get(&room_path(ROOM_B), Some(&all))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+);
+
+both_dialects!(
+    read_only_tokens_read_and_never_post,
+    |store: Store| async move {
+        let m = stored_meeting(&store, "Comité", Some(ROOM), 1).await;
+        let scope = TokenScope::new(&[ROOM.to_owned()], &[], false).expect("scope");
+        let reader = format!(
+            "Bearer {}",
+            scoped_token(&store, "reader", &scope, true).await
+        );
+        let (status, _) = call(
+            &store,
+            get(
+                &format!("/api/v1/rooms/{ROOM_PATH}/meetings"),
+                Some(&reader),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(
+            &store,
+            get(&format!("/api/v1/meetings/{}", m.id), Some(&reader)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        for body in [
+            r#"{"markdown":"ok"}"#,
+            r#"{"markdown":"ok","author":"Autre"}"#,
+            "{nope",
+        ] {
+            assert_forbidden(&store, summary(m.id.as_str(), Some(&reader), body)).await;
+        }
+        assert!(
+            queued(&store).await.is_empty(),
+            "a read-only token queued nothing"
+        );
+    }
+);
+
+both_dialects!(
+    each_token_and_author_has_its_own_ghost,
+    |store: Store| async move {
+        let m = stored_meeting(&store, "Comité", Some(ROOM), 1).await;
+        let first = format!("Bearer {}", token(&store, "first").await);
+        let second = format!("Bearer {}", token(&store, "second").await);
+        let mut posters = Vec::new();
+        for (auth, author) in [
+            (&first, "Compte-rendu"),
+            (&second, "Compte-rendu"),
+            (&first, "compte-rendu"),
+            (&first, "Autre"),
+        ] {
+            let body = serde_json::json!({ "markdown": "ok", "author": author }).to_string();
+            let (status, json) = call(&store, summary(m.id.as_str(), Some(auth), body)).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+            let send = queued(&store).await.pop().expect("send");
+            posters.push(send["as_user"].as_str().expect("ghost").to_owned());
+        }
+        assert_ne!(posters[0], posters[1], "two tokens never share a ghost");
+        assert_eq!(posters[0], posters[2], "one ghost per token and author");
+        assert_ne!(posters[0], posters[3]);
+        let names: Vec<String> = queued(&store)
+            .await
+            .into_iter()
+            .filter(|r| r["kind"] == "set_display_name")
+            .map(|r| r["displayname"].as_str().expect("name").to_owned())
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(" (bot)")), "{names:?}");
+    }
+);
+
+both_dialects!(
+    room_ids_are_checked_as_documented,
+    |store: Store| async move {
+        let auth = format!("Bearer {}", token(&store, "bot").await);
+        // Room version 12 ids have no server part; any `!` and printable ASCII is a room id.
+        for ok in [
+            "%21abcDEF_-09",
+            "%21a",
+            "%21room%3Alocalhost%3A8448",
+            &format!("%21{}", "x".repeat(254)),
+        ] {
+            let (status, json) = call(
+                &store,
+                get(&format!("/api/v1/rooms/{ok}/meetings"), Some(&auth)),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{ok}: {json}");
+        }
+        for bad in [
+            "0",
+            "%21",
+            "room",
+            "%21a%0Ab",
+            "%21a%20b",
+            "%21%C3%A9",
+            &format!("%21{}", "x".repeat(255)),
+        ] {
+            let (status, json) = call(
+                &store,
+                get(&format!("/api/v1/rooms/{bad}/meetings"), Some(&auth)),
+            )
+            .await;
+            assert_eq!(
+                (status, json["errcode"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")),
+                "{bad}"
+            );
+        }
+    }
+);
+
+/// Log lines written while the returned guard lives, for tests on the audit log.
+fn capture_logs() -> (
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = Buffer(buffer.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (buffer, tracing::subscriber::set_default(subscriber))
+}
+
+both_dialects!(
+    reads_are_audit_logged_without_the_token,
+    |store: Store| async move {
+        let m = stored_meeting(&store, "Comité", Some(ROOM), 1).await;
+        let secret = token(&store, "audited-bot").await;
+        let auth = format!("Bearer {secret}");
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let id = api_tokens::list(&mut conn).await.expect("list")[0]
+            .id
+            .clone();
+        drop(conn);
+        let (buffer, guard) = capture_logs();
+        let (status, _) = call(
+            &store,
+            get(&format!("/api/v1/rooms/{ROOM_PATH}/meetings"), Some(&auth)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(
+            &store,
+            get(&format!("/api/v1/meetings/{}", m.id), Some(&auth)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        drop(guard);
+        let logs = String::from_utf8(buffer.lock().expect("logs").clone()).expect("utf-8");
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("bot API read"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{logs}");
+        for line in &lines {
+            assert!(line.contains("INFO"), "{line}");
+            assert!(
+                line.contains("token_name=audited-bot") && line.contains(&format!("token_id={id}")),
+                "{line}"
+            );
+        }
+        assert!(
+            lines[0].contains(ROOM) && lines[0].contains("count=1"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(m.id.as_str()) && lines[1].contains("chat_messages=0"),
+            "{}",
+            lines[1]
+        );
+        assert!(!logs.contains(&secret), "the token never reaches the log");
+    }
+);
+
+both_dialects!(
+    tokens_made_before_scopes_are_warned_about_at_start,
+    |store: Store| async move {
+        let scoped = token(&store, "scoped").await;
+        let legacy = api_token::generate();
+        let mut conn = store.pool().acquire().await.expect("conn");
+        // As migration 0007 leaves a token made before it.
+        assert!(
+            api_tokens::create(
+                &mut conn,
+                &api_tokens::NewApiToken {
+                    name: "old-bot",
+                    id: "0123456789abcdef",
+                    sha256_hex: &api_token::sha256_hex(&legacy),
+                    scope: r#"{"all_rooms":true,"legacy":true}"#,
+                    read_only: false,
+                },
+                1
+            )
+            .await
+            .expect("create")
+        );
+        drop(conn);
+        let (buffer, guard) = capture_logs();
+        warn_about_legacy_tokens(&store).await.expect("warned");
+        drop(guard);
+        let logs = String::from_utf8(buffer.lock().expect("logs").clone()).expect("utf-8");
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one warning, for the legacy token only: {logs}"
+        );
+        assert!(
+            lines[0].contains("WARN")
+                && lines[0].contains("token_name=old-bot")
+                && lines[0].contains("made before scopes")
+                && lines[0].contains("--room"),
+            "{logs}"
+        );
+        assert!(!logs.contains(&legacy) && !logs.contains(&scoped));
+        // It still works everywhere, as before the upgrade.
+        let m = stored_meeting(&store, "Ailleurs", Some(ROOM_B), 1).await;
+        let (status, _) = call(
+            &store,
+            get(
+                &format!("/api/v1/meetings/{}", m.id),
+                Some(&format!("Bearer {legacy}")),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
     }
 );

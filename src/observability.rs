@@ -57,6 +57,10 @@ fn describe() {
         "Appservice transactions received again and ignored"
     );
     describe_counter!(
+        "tchap_visio_transactions_reused_id_total",
+        "Appservice transactions whose id was used before for other events (processed)"
+    );
+    describe_counter!(
         "tchap_visio_events_received_total",
         "Events stored in the inbox"
     );
@@ -99,6 +103,7 @@ fn describe() {
     // Series appear at zero from the start, so dashboards and tests see them before traffic.
     metrics::counter!("tchap_visio_transactions_received_total").absolute(0);
     metrics::counter!("tchap_visio_transactions_replayed_total").absolute(0);
+    metrics::counter!("tchap_visio_transactions_reused_id_total").absolute(0);
     metrics::counter!("tchap_visio_events_received_total").absolute(0);
     metrics::counter!("tchap_visio_events_processed_total").absolute(0);
     metrics::counter!("tchap_visio_outbound_send_failures_total").absolute(0);

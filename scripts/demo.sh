@@ -39,8 +39,8 @@ else
     BIN=target/debug/tchap-visio
     if [[ ! -x "$BIN" ]]; then
         echo "First run: installing Synapse and building the meeting page and the Rust binary." \
-            "This takes about 10 minutes on 2 cores (most of it compiling Rust dependencies);" \
-            "later runs take seconds."
+            "This takes 10 to 15 minutes on 2 cores (most of it compiling Rust);" \
+            "later runs are ready in well under a minute."
     fi
     bash scripts/setup-venv.sh
     bash scripts/build-web.sh

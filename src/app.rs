@@ -183,9 +183,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
 
 /// The addresses media may be sent to: the advertised IP when set (NAT, a public
 /// address); the bound address when the media ports listen on one address only;
-/// otherwise this machine's primary IPv4 address and loopback, so that both local
-/// browsers (which may use loopback) and native SDKs (whose WebRTC ignores loopback)
-/// reach it.
+/// otherwise this machine's primary IPv4 address, for other machines, and loopback.
+/// Clients on this machine reach either: WebRTC stacks gather no loopback candidates of
+/// their own (Chromium unless `--allow-loopback-in-peer-connection`, LiveKit's native
+/// SDKs), but on Linux their packets from the machine's other addresses to 127.0.0.1
+/// arrive (tests/browser/loopback.test.mjs, tests/integration/test_demo.py).
 pub fn media_candidates(config: &Config) -> Vec<SocketAddr> {
     let port = config.sfu.udp_port;
     if let Ok(ip) = config.sfu.advertised_ip.parse::<std::net::IpAddr>() {

@@ -38,6 +38,10 @@ const DISPLAY_NAME_TTL: Duration = Duration::from_secs(300);
 /// Longest wait for the homeserver when the bridge must ask it something in passing.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Display names in rooms, from the member events we receive and the lookups made before
+/// a batch's transaction, with when we learnt them; `None`: the member has none (or left).
+type MemberNames = HashMap<(OwnedRoomId, OwnedUserId), (Option<String>, Instant)>;
+
 /// What the bridge needs, built once from the configuration.
 pub struct BridgeContext {
     pub bot: Bot,
@@ -58,9 +62,7 @@ pub struct BridgeContext {
     /// Receivers of meeting events; queued in the bridge's own transactions.
     pub webhooks: Webhooks,
     display_names: Mutex<HashMap<OwnedUserId, (String, Instant)>>,
-    /// Display names in rooms, from the member events we receive and the lookups made
-    /// before a batch's transaction; `None`: the member has none (or left).
-    member_names: Mutex<HashMap<(OwnedRoomId, OwnedUserId), (Option<String>, Instant)>>,
+    member_names: Mutex<MemberNames>,
 }
 
 impl BridgeContext {

@@ -3,22 +3,49 @@
 # on port 29330, a user demo/demo and a room "Démo Visio" with the bot in it.
 # State lives in data/demo/ and is kept between runs (delete it to start over).
 # Runs in the foreground; Ctrl-C stops both processes.
+#
+# The first run builds everything (Python venv, the page, the Rust binary: most of the
+# time); later runs take seconds. For scripts and tests (tests/integration/test_demo.py):
+#   DEMO_EXIT_AFTER_LINK=1   stop both processes and exit 0 once the link is printed
+#   TCHAP_VISIO_BIN=path     use this binary, build nothing (neither the page nor Rust)
+#   DEMO_DIR, DEMO_HS_PORT, DEMO_AS_PORT, DEMO_UDP_PORT, DEMO_TCP_PORT
+#                            another state folder and other ports (the configs are
+#                            written on the first run of a folder)
+#   DEMO_MEDIA_BIND_IP=0.0.0.0  media on every interface instead of 127.0.0.1 only (for a
+#                            system where browsers do not connect through loopback)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-DEMO=data/demo
-HS_PORT=8008
-AS_PORT=29330
+DEMO="${DEMO_DIR:-data/demo}"
+HS_PORT="${DEMO_HS_PORT:-8008}"
+AS_PORT="${DEMO_AS_PORT:-29330}"
+UDP_PORT="${DEMO_UDP_PORT:-7882}"
+TCP_PORT="${DEMO_TCP_PORT:-7881}"
+# Everything on loopback, media included: browsers without a special flag and LiveKit's
+# SDKs do not gather loopback candidates, but on Linux their packets from this machine's
+# other addresses to 127.0.0.1 stay inside it and arrive (checked with Chromium and the
+# Python SDK). Set on the command line so that a config kept from older runs follows too.
+MEDIA_BIND_IP="${DEMO_MEDIA_BIND_IP:-127.0.0.1}"
 HS_URL="http://127.0.0.1:$HS_PORT"
 BOT="@visio:localhost"
 PY=.venv/bin/python
-BIN=target/debug/tchap-visio
 
-bash scripts/setup-venv.sh
-bash scripts/build-web.sh
-cargo build
+if [[ -n "${TCHAP_VISIO_BIN:-}" ]]; then
+    BIN="$TCHAP_VISIO_BIN"
+    bash scripts/setup-venv.sh
+else
+    BIN=target/debug/tchap-visio
+    if [[ ! -x "$BIN" ]]; then
+        echo "First run: installing Synapse and building the meeting page and the Rust binary." \
+            "This takes 10 to 15 minutes on 2 cores (most of it compiling Rust);" \
+            "later runs are ready in well under a minute."
+    fi
+    bash scripts/setup-venv.sh
+    bash scripts/build-web.sh
+    cargo build
+fi
 mkdir -p "$DEMO"
 
 for port in "$HS_PORT" "$AS_PORT"; do
@@ -30,10 +57,12 @@ done
 
 if [[ ! -f "$DEMO/config.yaml" ]]; then
     "$PY" scripts/demo_helper.py write-config --example config/example-config.yaml --out "$DEMO/config.yaml" \
-        --homeserver "$HS_URL" --port "$AS_PORT" --database "sqlite://$DEMO/tchap-visio.db"
+        --homeserver "$HS_URL" --port "$AS_PORT" --database "sqlite://$DEMO/tchap-visio.db" \
+        --udp-port "$UDP_PORT" --tcp-port "$TCP_PORT"
 fi
 if [[ ! -f "$DEMO/registration.yaml" ]]; then
-    "$BIN" generate-registration -c "$DEMO/config.yaml" -r "$DEMO/registration.yaml"
+    # Quiet: its advice (add the file to the homeserver, restart it) is what this script does.
+    "$BIN" generate-registration --quiet -c "$DEMO/config.yaml" -r "$DEMO/registration.yaml"
 fi
 "$PY" scripts/demo_helper.py synapse-config --dir "$DEMO/synapse" --port "$HS_PORT" \
     --registration "$DEMO/registration.yaml"
@@ -62,7 +91,7 @@ SYNAPSE_PID=$!
     exit 1
 }
 
-"$BIN" run -c "$DEMO/config.yaml" >>"$DEMO/tchap-visio.log" 2>&1 &
+TCHAP_VISIO_SFU__BIND_IP="$MEDIA_BIND_IP" "$BIN" run -c "$DEMO/config.yaml" >>"$DEMO/tchap-visio.log" 2>&1 &
 SERVICE_PID=$!
 "$PY" scripts/demo_helper.py wait-health --url "http://127.0.0.1:$AS_PORT/health" --pid "$SERVICE_PID" --timeout 60 || {
     tail -n 30 "$DEMO/tchap-visio.log" >&2
@@ -76,6 +105,14 @@ SETUP="$("$PY" scripts/demo_helper.py setup-room --homeserver "$HS_URL" --synaps
     --call "Démo")"
 ROOM_ID="$(sed -n 1p <<<"$SETUP")"
 MEETING_LINK="$(sed -n 2p <<<"$SETUP")"
+if [[ "$MEDIA_BIND_IP" == 0.0.0.0 ]]; then
+    LAN_IP="$("$PY" scripts/demo_helper.py primary-ip)"
+    MEDIA_WHERE="all interfaces (0.0.0.0), announced to browsers as ${LAN_IP:+$LAN_IP and }127.0.0.1:
+  other machines on your network can reach these two ports."
+else
+    MEDIA_WHERE="$MEDIA_BIND_IP only. If your browser does not connect to
+  a meeting, run the demo again with DEMO_MEDIA_BIND_IP=0.0.0.0 (media on every interface)."
+fi
 
 cat <<EOF
 
@@ -83,6 +120,10 @@ The demo is running.
   Homeserver : $HS_URL   (server name: localhost)
   User       : demo   password: demo   (@demo:localhost)
   Room       : Démo Visio   $ROOM_ID   (the bot $BOT is in it)
+
+What listens where:
+  Synapse on 127.0.0.1:$HS_PORT, tchap-visio's page and API on 127.0.0.1:$AS_PORT.
+  Meeting media: UDP $UDP_PORT and TCP $TCP_PORT on $MEDIA_WHERE
 
 Log in with any Matrix client (Element desktop: "Edit" the homeserver, enter $HS_URL),
 open the room "Démo Visio": "!visio Démo" was typed there for you, and the bot answered
@@ -94,6 +135,10 @@ your replies in that thread appear in the meeting. "!visio aide" lists the comma
 Logs: $DEMO/tchap-visio.log, $DEMO/synapse/homeserver.log
 Ctrl-C stops Synapse and tchap-visio.
 EOF
+
+if [[ -n "${DEMO_EXIT_AFTER_LINK:-}" ]]; then
+    exit 0  # the EXIT trap stops both processes
+fi
 
 # Foreground until Ctrl-C (or TERM), or until one of the two stops by itself.
 STOPPING=0

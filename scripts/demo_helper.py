@@ -66,9 +66,25 @@ def cmd_write_config(args) -> None:
             ("appservice", "port"): args.port,
             ("appservice", "public_address"): f"http://127.0.0.1:{args.port}",
             ("database", "uri"): args.database,
+            ("sfu", "udp_port"): args.udp_port,
+            ("sfu", "tcp_port"): args.tcp_port,
         },
     )
     Path(args.out).write_text(out)
+
+
+def cmd_primary_ip(args) -> None:
+    """The address tchap-visio announces for media besides 127.0.0.1 (src/app.rs does the
+    same: the source address of the default route; a UDP connect sends nothing)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))
+            ip = s.getsockname()[0]
+        except OSError:
+            ip = ""
+    print("" if ip in ("", "0.0.0.0") or ip.startswith("127.") else ip)
 
 
 def cmd_synapse_config(args) -> None:
@@ -212,7 +228,12 @@ def main() -> None:
     p.add_argument("--homeserver", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--database", required=True)
+    p.add_argument("--udp-port", type=int, default=7882)
+    p.add_argument("--tcp-port", type=int, default=7881)
     p.set_defaults(func=cmd_write_config)
+
+    p = sub.add_parser("primary-ip", help="this machine's address on the default route, or nothing")
+    p.set_defaults(func=cmd_primary_ip)
 
     p = sub.add_parser("synapse-config", help="homeserver.yaml, log config and signing key")
     p.add_argument("--dir", required=True)

@@ -189,12 +189,20 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// The addresses media may be sent to: the advertised IP when set (NAT, a public
-/// address); otherwise this machine's primary IPv4 address and loopback, so that both
-/// local browsers (which may use loopback) and native SDKs (whose WebRTC ignores
-/// loopback) reach it.
+/// address); the bound address when the media ports listen on one address only;
+/// otherwise this machine's primary IPv4 address, for other machines, and loopback.
+/// Clients on this machine reach either: WebRTC stacks gather no loopback candidates of
+/// their own (Chromium unless `--allow-loopback-in-peer-connection`, LiveKit's native
+/// SDKs), but on Linux their packets from the machine's other addresses to 127.0.0.1
+/// arrive (tests/browser/loopback.test.mjs, tests/integration/test_demo.py).
 pub fn media_candidates(config: &Config) -> Vec<SocketAddr> {
     let port = config.sfu.udp_port;
     if let Ok(ip) = config.sfu.advertised_ip.parse::<std::net::IpAddr>() {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    if let Ok(ip) = config.sfu.bind_ip.parse::<std::net::IpAddr>()
+        && !ip.is_unspecified()
+    {
         return vec![SocketAddr::new(ip, port)];
     }
     let mut candidates = Vec::new();
@@ -233,10 +241,12 @@ async fn start_sfu(
             })
             .collect(),
     };
-    let bind = SocketAddr::new(
-        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        config.sfu.udp_port,
-    );
+    let bind_ip = config
+        .sfu
+        .bind_ip
+        .parse()
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let bind = SocketAddr::new(bind_ip, config.sfu.udp_port);
     // ICE over TCP on the same addresses, for networks that block UDP.
     let tcp_bind = SocketAddr::new(bind.ip(), config.sfu.tcp_port);
     let candidates = format!("{:?}", engine_config.candidates);
@@ -559,6 +569,24 @@ mod tests {
         config.database.uri = database_uri.to_owned();
         config.appservice.public_address = "https://visio.example/".into();
         config
+    }
+
+    #[test]
+    fn media_candidates_follow_the_bound_and_advertised_addresses() {
+        let mut config = config("sqlite::memory:");
+        let port = config.sfu.udp_port;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], port));
+        // All interfaces: loopback is always among the candidates.
+        assert!(media_candidates(&config).contains(&loopback));
+        // One address bound: only it, since nothing else listens.
+        config.sfu.bind_ip = "127.0.0.1".into();
+        assert_eq!(media_candidates(&config), [loopback]);
+        // An advertised address (NAT) wins over both.
+        config.sfu.advertised_ip = "203.0.113.7".into();
+        assert_eq!(
+            media_candidates(&config),
+            [SocketAddr::from(([203, 0, 113, 7], port))]
+        );
     }
 
     #[tokio::test]

@@ -193,6 +193,9 @@ pub struct SfuConfig {
     pub udp_port: u16,
     #[serde(default = "default_tcp_port")]
     pub tcp_port: u16,
+    /// The address the media ports listen on: all interfaces by default.
+    #[serde(default = "default_media_bind_ip")]
+    pub bind_ip: String,
     #[serde(default)]
     pub advertised_ip: String,
     #[serde(default)]
@@ -212,6 +215,7 @@ impl Default for SfuConfig {
         Self {
             udp_port: default_udp_port(),
             tcp_port: default_tcp_port(),
+            bind_ip: default_media_bind_ip(),
             advertised_ip: String::new(),
             ice_servers: Vec::new(),
             keys: BTreeMap::new(),
@@ -323,6 +327,10 @@ fn default_udp_port() -> u16 {
 }
 fn default_tcp_port() -> u16 {
     7881
+}
+
+fn default_media_bind_ip() -> String {
+    "0.0.0.0".into()
 }
 fn default_node_participants() -> u32 {
     1000
@@ -538,6 +546,15 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.sfu.bind_ip.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "sfu.bind_ip",
+                format!(
+                    "`{}` is not an IP address; use 0.0.0.0 (all interfaces) or 127.0.0.1 (this machine only)",
+                    self.sfu.bind_ip
+                ),
+            ));
         }
         if !self.sfu.advertised_ip.is_empty() && self.sfu.advertised_ip.parse::<IpAddr>().is_err() {
             return Err(invalid(
@@ -867,6 +884,14 @@ mod tests {
         );
         config.sfu.signing_key = "new".into();
         config.validate().expect("named key");
+
+        let mut config = with_tokens(example());
+        config.sfu.bind_ip = "localhost".into();
+        let err = config.validate().expect_err("bad bind ip").to_string();
+        assert!(
+            err.contains("sfu.bind_ip") && err.contains("127.0.0.1"),
+            "{err}"
+        );
     }
 
     #[test]

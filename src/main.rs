@@ -37,6 +37,9 @@ enum Command {
         /// Replace tokens that already exist.
         #[arg(long)]
         force: bool,
+        /// Print nothing on success (for scripts that install the file themselves).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Validate the config, then check that the homeserver and the service reach each other.
     CheckConfig {
@@ -184,8 +187,12 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             config,
             registration: registration_path,
             force,
+            quiet,
         } => {
             let reg = registration::generate(&config, &registration_path, force)?;
+            if quiet {
+                return Ok(());
+            }
             println!(
                 "Wrote new tokens to {} and {}.\nAdd {} to the homeserver's app_service_config_files, \
                  restart it, then run: tchap-visio check-config -c {}\nBot localpart: {} — ghost users: {}",

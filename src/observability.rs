@@ -11,8 +11,11 @@ pub fn init_logging(config: &LoggingConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a log file or a journal would keep the
+    // escape codes as noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second initialisation (tests) keeps the first subscriber.
     let _ = if config.json {
@@ -57,6 +60,10 @@ fn describe() {
         "Appservice transactions received again and ignored"
     );
     describe_counter!(
+        "tchap_visio_transactions_reused_id_total",
+        "Appservice transactions whose id was used before for other events (processed)"
+    );
+    describe_counter!(
         "tchap_visio_events_received_total",
         "Events stored in the inbox"
     );
@@ -99,6 +106,7 @@ fn describe() {
     // Series appear at zero from the start, so dashboards and tests see them before traffic.
     metrics::counter!("tchap_visio_transactions_received_total").absolute(0);
     metrics::counter!("tchap_visio_transactions_replayed_total").absolute(0);
+    metrics::counter!("tchap_visio_transactions_reused_id_total").absolute(0);
     metrics::counter!("tchap_visio_events_received_total").absolute(0);
     metrics::counter!("tchap_visio_events_processed_total").absolute(0);
     metrics::counter!("tchap_visio_outbound_send_failures_total").absolute(0);

@@ -157,16 +157,17 @@ pub fn chat_data(message: &ChatMessage) -> serde_json::Value {
     })
 }
 
-/// `data` of `meeting.ended`: what the summary in the thread says.
+/// `data` of `meeting.ended`: what the summary in the thread says; the duration runs
+/// from the first join to the last leave (`last_left_at`), without the grace period.
 pub fn ended_data(
     meeting: &Meeting,
+    last_left_at: i64,
     attendance: &[Attendee],
     chat_messages: i64,
 ) -> serde_json::Value {
     let duration_ms = meeting
         .started_at
-        .zip(meeting.ended_at)
-        .map(|(start, end)| (end - start).max(0));
+        .map(|start| (last_left_at - start).max(0));
     serde_json::json!({
         "duration_ms": duration_ms,
         "peak_participants": meeting.peak_participants,

@@ -39,6 +39,10 @@ const DISPLAY_NAME_TTL: Duration = Duration::from_secs(300);
 /// Longest wait for the homeserver when the bridge must ask it something in passing.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Display names in rooms, from the member events we receive and the lookups made before
+/// a batch's transaction, with when we learnt them; `None`: the member has none (or left).
+type MemberNames = HashMap<(OwnedRoomId, OwnedUserId), (Option<String>, Instant)>;
+
 /// What the bridge needs, built once from the configuration.
 pub struct BridgeContext {
     pub bot: Bot,
@@ -59,6 +63,7 @@ pub struct BridgeContext {
     /// Receivers of meeting events; queued in the bridge's own transactions.
     pub webhooks: Webhooks,
     display_names: Mutex<HashMap<OwnedUserId, (String, Instant)>>,
+    member_names: Mutex<MemberNames>,
     /// Per meeting, the pace at which its chat goes into the room: a burst freely, then
     /// one message a second, later ones queued (stored, never dropped).
     chat_mirror_pace: Mutex<HashMap<String, TokenBucket>>,
@@ -118,6 +123,7 @@ impl BridgeContext {
             webhooks: Webhooks::none(),
             display_names: Mutex::new(HashMap::new()),
             chat_mirror_pace: Mutex::new(HashMap::new()),
+            member_names: Mutex::new(HashMap::new()),
         }
     }
 
@@ -157,6 +163,60 @@ impl BridgeContext {
             cache.insert(user.to_owned(), (name.clone(), Instant::now()));
         }
         name
+    }
+
+    /// A member's display name in a room as last seen, if we know it and it is fresh;
+    /// the outer `None` means "unknown", the inner "no display name".
+    fn member_name(&self, room: &OwnedRoomId, user: &UserId) -> Option<Option<String>> {
+        let cache = self.member_names.lock().ok()?;
+        let (name, at) = cache.get(&(room.clone(), user.to_owned()))?;
+        (at.elapsed() < DISPLAY_NAME_TTL).then(|| name.clone())
+    }
+
+    /// How notices name a user: their display name in the room if we know a usable one
+    /// (no lookup here: this runs inside the event's database transaction).
+    fn name_in_room(&self, room: &OwnedRoomId, user: &UserId) -> Option<String> {
+        self.member_name(room, user).flatten()
+    }
+
+    fn remember_member_name(&self, room: &OwnedRoomId, user: &UserId, name: Option<&str>) {
+        let name = name.and_then(|n| meeting::validate_display_name(n).ok());
+        if let Ok(mut cache) = self.member_names.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert((room.clone(), user.to_owned()), (name, Instant::now()));
+        }
+    }
+
+    /// Asks the homeserver for a member's display name in a room and remembers it.
+    /// Called before a batch's transaction, never inside one.
+    async fn look_up_member_name(&self, room: &OwnedRoomId, user: &UserId) {
+        let Some(client) = &self.client else {
+            return;
+        };
+        let request = ruma::api::client::state::get_state_event_for_key::v3::Request::new(
+            room.clone(),
+            ruma::events::StateEventType::RoomMember,
+            user.to_string(),
+        );
+        match tokio::time::timeout(LOOKUP_TIMEOUT, client.call(request, None)).await {
+            Ok(Ok(response)) => {
+                let content: serde_json::Value =
+                    serde_json::from_str(response.event_or_content.get()).unwrap_or_default();
+                // Either the content or, with `format=event`, the whole event.
+                let content = content.get("content").unwrap_or(&content);
+                let name = content.get("displayname").and_then(|n| n.as_str());
+                self.remember_member_name(room, user, name);
+            }
+            // Not remembered: the next command tries again; this one names the user by id.
+            Ok(Err(e)) => {
+                tracing::debug!(room = %room, user = %user, error = %e, "display name lookup failed")
+            }
+            Err(_) => {
+                tracing::debug!(room = %room, user = %user, "display name lookup timed out")
+            }
+        }
     }
 
     fn cached_name(&self, user: &UserId) -> Option<(String, Instant)> {
@@ -211,10 +271,55 @@ pub struct Bridge {
 }
 
 impl EventHandler for Bridge {
+    /// Looks up, before the transaction, the room display names of those who send the
+    /// bot a command (notices name them), where no member event told us already.
+    async fn prepare(&self, batch: &[InboxEvent]) {
+        let mut wanted = Vec::new();
+        for event in batch {
+            let Ok(envelope) = serde_json::from_str::<EventEnvelope>(&event.json) else {
+                continue;
+            };
+            if envelope.kind != "m.room.message" || self.ctx.bot.is_ours(&envelope.sender) {
+                continue;
+            }
+            let Ok(message) =
+                serde_json::from_value::<RoomMessageEventContent>(envelope.content.clone())
+            else {
+                continue;
+            };
+            let for_the_bot = text_of(&message).is_some_and(|body| {
+                !matches!(commands::parse(&body), Parsed::NotACommand)
+                    || self.mentions_bot(&message, &body)
+            });
+            let key = (envelope.room_id, envelope.sender);
+            if for_the_bot
+                && self.ctx.member_name(&key.0, &key.1).is_none()
+                && !wanted.contains(&key)
+            {
+                wanted.push(key);
+            }
+        }
+        for (room, user) in wanted {
+            self.ctx.look_up_member_name(&room, &user).await;
+        }
+    }
+
     async fn handle(&self, event: &InboxEvent, conn: &mut Connection) -> Result<(), StoreError> {
         let Some(envelope) = EventEnvelope::parse(event) else {
             return Ok(());
         };
+        if envelope.kind == "m.room.member"
+            && let Some(user) = envelope
+                .state_key
+                .as_deref()
+                .and_then(|k| UserId::parse(k).ok())
+        {
+            let joined =
+                envelope.content.get("membership").and_then(|m| m.as_str()) == Some("join");
+            let name = envelope.content.get("displayname").and_then(|n| n.as_str());
+            self.ctx
+                .remember_member_name(&envelope.room_id, &user, name.filter(|_| joined));
+        }
         if envelope.kind == "m.room.message"
             && !self.ctx.bot.is_ours(&envelope.sender)
             && self.on_message(&envelope, conn).await?
@@ -350,7 +455,9 @@ impl Bridge {
                     || is_admin
                     || ctx.power_level(conn, room, &event.sender).await >= ctx.end_power_level
                 {
-                    let (plain, html) = notices::ending(&meeting, event.sender.as_str(), lang);
+                    let name = ctx.name_in_room(room, &event.sender);
+                    let (plain, html) =
+                        notices::ending(&meeting, event.sender.as_str(), name.as_deref(), lang);
                     ctx.bot
                         .reply(
                             room,
@@ -398,7 +505,12 @@ impl Bridge {
             .expect("meetings opened from a room carry its id");
         meetings::create(conn, meeting).await?;
         let link = ctx.link(meeting);
-        let (plain, html) = notices::link_notice(meeting, &link, ctx.lang);
+        let creator_name = meeting
+            .creator
+            .as_deref()
+            .and_then(|c| UserId::parse(c).ok())
+            .and_then(|c| ctx.name_in_room(&room, &c));
+        let (plain, html) = notices::link_notice(meeting, creator_name.as_deref(), &link, ctx.lang);
         let mut content = RoomMessageEventContent::notice_html(plain, html);
         content.mentions = Some(ruma::events::Mentions::new());
         queue::enqueue(
@@ -647,9 +759,10 @@ pub async fn end_meeting(
     let all_sessions = sessions::list_for_meeting(conn, &meeting.id).await?;
     let attendees = meeting::attendance(&all_sessions, now);
     let chat_messages = chat::count_for_meeting(conn, &meeting.id).await?;
+    let last_left_at = last_left_at(&all_sessions, now);
     let facts = notices::SummaryFacts {
         meeting: &meeting,
-        ended_at: now,
+        last_left_at,
         attendees: &attendees,
         chat_messages,
     };
@@ -681,7 +794,7 @@ pub async fn end_meeting(
             conn,
             WebhookKind::MeetingEnded,
             &meeting,
-            webhooks::ended_data(&meeting, &attendees, chat_messages),
+            webhooks::ended_data(&meeting, last_left_at, &attendees, chat_messages),
         )
         .await?;
     ctx.webhooks.wake();
@@ -692,6 +805,16 @@ pub async fn end_meeting(
     metrics::counter!("tchap_visio_meetings_ended_total").increment(1);
     tracing::info!(meeting = %meeting.id, attendees = attendees.len(), chat_messages, "meeting ended");
     Ok(true)
+}
+
+/// When the last participant left, once every session is closed; `ended_at` where none
+/// has a leave time (nobody came, or a clock went backwards).
+fn last_left_at(sessions: &[meeting::Session], ended_at: i64) -> i64 {
+    sessions
+        .iter()
+        .filter_map(|s| s.left_at)
+        .max()
+        .map_or(ended_at, |t| t.min(ended_at))
 }
 
 /// The part of a participant identity that stays the same across one browser's rejoins.

@@ -37,10 +37,12 @@ const ENDING: Text = Text::new(
 );
 const JOIN: Text = Text::new("Rejoindre la visio", "Join the meeting");
 
-/// A `https://matrix.to` link to a user, shown as their id (the bot never pings).
-fn user_html(user: &str) -> String {
-    let user = html_escape(user);
-    format!("<a href=\"https://matrix.to/#/{user}\">{user}</a>")
+/// A `https://matrix.to` link to a user, shown as their display name in the room where
+/// we know it, else their id (the bot never pings: its messages carry empty mentions).
+fn user_html(user: &str, name: Option<&str>) -> String {
+    let id = html_escape(user);
+    let shown = html_escape(name.unwrap_or(user));
+    format!("<a href=\"https://matrix.to/#/{id}\">{shown}</a>")
 }
 
 fn link_html(link: &str, lang: Language) -> String {
@@ -48,8 +50,14 @@ fn link_html(link: &str, lang: Language) -> String {
     format!("<a href=\"{link}\">{}</a> — {link}", JOIN.get(lang))
 }
 
-/// The notice that starts a meeting's thread.
-pub fn link_notice(meeting: &Meeting, link: &str, lang: Language) -> (String, String) {
+/// The notice that starts a meeting's thread; `creator_name` is the starter's display
+/// name in the room, if known (their id otherwise).
+pub fn link_notice(
+    meeting: &Meeting,
+    creator_name: Option<&str>,
+    link: &str,
+    lang: Language,
+) -> (String, String) {
     let creator = meeting.creator.as_deref().unwrap_or("?");
     let (intro, thread) = match lang {
         Language::Fr => (
@@ -65,14 +73,14 @@ pub fn link_notice(meeting: &Meeting, link: &str, lang: Language) -> (String, St
         "📹 {}\n{}: {link}\n{thread}",
         intro
             .replace("{title}", &meeting.title)
-            .replace("{user}", creator),
+            .replace("{user}", creator_name.unwrap_or(creator)),
         JOIN.get(lang)
     );
     let html = format!(
         "<p>📹 <strong>{}</strong></p><p>{}</p><p><em>{}</em></p>",
         intro
             .replace("{title}", &html_escape(&meeting.title))
-            .replace("{user}", &user_html(creator)),
+            .replace("{user}", &user_html(creator, creator_name)),
         link_html(link, lang),
         html_escape(thread)
     );
@@ -103,15 +111,21 @@ pub fn end_refused(level: i64, lang: Language) -> (String, String) {
     plain_and_html(&END_REFUSED.get(lang).replace("{level}", &level.to_string()))
 }
 
-pub fn ending(meeting: &Meeting, user: &str, lang: Language) -> (String, String) {
+/// `name`: the user's display name in the room, if known.
+pub fn ending(
+    meeting: &Meeting,
+    user: &str,
+    name: Option<&str>,
+    lang: Language,
+) -> (String, String) {
     let plain = ENDING
         .get(lang)
         .replace("{title}", &meeting.title)
-        .replace("{user}", user);
+        .replace("{user}", name.unwrap_or(user));
     let html = ENDING
         .get(lang)
         .replace("{title}", &html_escape(&meeting.title))
-        .replace("{user}", &user_html(user));
+        .replace("{user}", &user_html(user, name));
     (plain, format!("<p>{html}</p>"))
 }
 
@@ -183,7 +197,10 @@ pub fn first_join(name: &str, lang: Language) -> (String, String) {
 #[derive(Debug, Clone)]
 pub struct SummaryFacts<'a> {
     pub meeting: &'a Meeting,
-    pub ended_at: i64,
+    /// When the last participant left (or was let go by the end): the meeting's end as
+    /// its people lived it. The grace period after it, waiting for someone to come
+    /// back, is not meeting time.
+    pub last_left_at: i64,
     pub attendees: &'a [Attendee],
     pub chat_messages: i64,
 }
@@ -226,8 +243,8 @@ pub fn summary(facts: &SummaryFacts<'_>, tz: &TimeZone, lang: Language) -> (Stri
     };
     let times = [
         (l_start, date_time(start, tz, lang)),
-        (l_end, date_time(facts.ended_at, tz, lang)),
-        (l_duration, duration(facts.ended_at - start)),
+        (l_end, date_time(facts.last_left_at, tz, lang)),
+        (l_duration, duration(facts.last_left_at - start)),
     ];
     let mut plain = format!("{head}\n");
     let mut html = format!("<p><strong>{}</strong></p><ul>", html_escape(&head));
@@ -257,7 +274,7 @@ pub fn summary(facts: &SummaryFacts<'_>, tz: &TimeZone, lang: Language) -> (Stri
 /// The one line in the main timeline when a meeting ends.
 pub fn summary_line(facts: &SummaryFacts<'_>, lang: Language) -> (String, String) {
     let m = facts.meeting;
-    let took = m.started_at.map(|s| duration(facts.ended_at - s));
+    let took = m.started_at.map(|s| duration(facts.last_left_at - s));
     let text = match (lang, took) {
         (Language::Fr, Some(took)) => format!(
             "Visio « {} » terminée : {took}, {} participant·e·s, {} messages. Compte rendu dans le fil.",
@@ -354,7 +371,7 @@ mod tests {
     #[test]
     fn link_notice_escapes_and_links() {
         let m = meeting();
-        let (plain, html) = link_notice(&m, "https://v.example/m/abc", Language::Fr);
+        let (plain, html) = link_notice(&m, None, "https://v.example/m/abc", Language::Fr);
         assert!(
             plain.contains("Visio « Point <hebdo> » lancée par @alice:localhost"),
             "{plain}"
@@ -366,11 +383,34 @@ mod tests {
             html.contains("<a href=\"https://v.example/m/abc\">Rejoindre la visio</a>"),
             "{html}"
         );
-        let (plain, _) = link_notice(&m, "https://v.example/m/abc", Language::En);
+        let (plain, _) = link_notice(&m, None, "https://v.example/m/abc", Language::En);
         assert!(
             plain.contains("Meeting “Point <hebdo>” started by"),
             "{plain}"
         );
+    }
+
+    #[test]
+    fn notices_name_people_by_display_name_and_link_their_id() {
+        let m = meeting();
+        let name = Some("Alice <Martin>");
+        let (plain, html) = link_notice(&m, name, "https://v.example/m/abc", Language::Fr);
+        assert!(plain.contains("lancée par Alice <Martin>\n"), "{plain}");
+        assert!(!plain.contains("@alice:localhost"), "{plain}");
+        assert!(
+            html.contains(
+                "lancée par <a href=\"https://matrix.to/#/@alice:localhost\">Alice &lt;Martin&gt;</a>"
+            ),
+            "{html}"
+        );
+        let (plain, html) = ending(&m, "@bob:localhost", Some("Bob"), Language::En);
+        assert!(plain.ends_with("ended at Bob's request."), "{plain}");
+        assert!(
+            html.contains("<a href=\"https://matrix.to/#/@bob:localhost\">Bob</a>"),
+            "{html}"
+        );
+        let (plain, _) = ending(&m, "@bob:localhost", None, Language::Fr);
+        assert!(plain.contains("à la demande de @bob:localhost."), "{plain}");
     }
 
     #[test]
@@ -397,7 +437,7 @@ mod tests {
         ];
         let facts = SummaryFacts {
             meeting: &m,
-            ended_at: start + 42 * 60_000,
+            last_left_at: start + 42 * 60_000,
             attendees: &attendees,
             chat_messages: 3,
         };
@@ -436,7 +476,7 @@ mod tests {
         m.started_at = None;
         let facts = SummaryFacts {
             meeting: &m,
-            ended_at: 5,
+            last_left_at: 5,
             attendees: &[],
             chat_messages: 0,
         };

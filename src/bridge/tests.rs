@@ -160,6 +160,83 @@ both_dialects!(
     }
 );
 
+fn member(event_id: &str, user: &str, content: serde_json::Value) -> InboxEvent {
+    let json = serde_json::json!({
+        "type": "m.room.member", "event_id": event_id, "room_id": ROOM, "sender": user,
+        "state_key": user, "origin_server_ts": 1, "content": content,
+    });
+    InboxEvent {
+        seq: 1,
+        event_id: event_id.into(),
+        json: json.to_string(),
+    }
+}
+
+both_dialects!(
+    notices_name_the_starter_by_their_display_name_in_the_room,
+    |store: Store| async move {
+        let bridge = Bridge {
+            ctx: Arc::new(ctx()),
+        };
+        let alice = "@alice:localhost";
+        feed(
+            &store,
+            &bridge,
+            member(
+                "$m1",
+                alice,
+                serde_json::json!({"membership": "join", "displayname": "Alice Martin"}),
+            ),
+        )
+        .await;
+        feed(&store, &bridge, text("$1", alice, "!visio Point")).await;
+        let requests = queued(&store).await;
+        let OutboundRequest::Send { content, .. } = &requests[0] else {
+            panic!("expected the link notice, got {requests:?}");
+        };
+        let body = content["body"].as_str().expect("body");
+        assert!(
+            body.contains("« Point » lancée par Alice Martin\n"),
+            "{body}"
+        );
+        let html = content["formatted_body"].as_str().expect("html");
+        assert!(
+            html.contains(r#"<a href="https://matrix.to/#/@alice:localhost">Alice Martin</a>"#),
+            "{html}"
+        );
+        // A new name in the room is used from then on; one that left has no name.
+        feed(
+            &store,
+            &bridge,
+            member(
+                "$m2",
+                alice,
+                serde_json::json!({"membership": "join", "displayname": "Alice M."}),
+            ),
+        )
+        .await;
+        feed(&store, &bridge, text("$2", alice, "!visio fin")).await;
+        let after = bodies(&queued(&store).await);
+        assert!(
+            after.iter().any(|b| b.contains("à la demande de Alice M.")),
+            "{after:?}"
+        );
+        feed(
+            &store,
+            &bridge,
+            member("$m3", alice, serde_json::json!({"membership": "leave"})),
+        )
+        .await;
+        feed(&store, &bridge, text("$3", alice, "!visio")).await;
+        let requests = queued(&store).await;
+        let OutboundRequest::Send { content, .. } = &requests[0] else {
+            panic!("expected the link notice, got {requests:?}");
+        };
+        let body = content["body"].as_str().expect("body");
+        assert!(body.contains("lancée par @alice:localhost"), "{body}");
+    }
+);
+
 both_dialects!(
     ending_needs_the_creator_or_the_power_level,
     |store: Store| async move {
@@ -334,6 +411,14 @@ both_dialects!(
         // Agathe: 1 s..10 s and 20 s..30 s = 19 s; Bruno: 2 s..12 s = 10 s.
         assert!(thread.contains("• Agathe (invité·e) — 19 s"), "{thread}");
         assert!(thread.contains("• Bruno (invité·e) — 10 s"), "{thread}");
+        // First join 1 s, last leave 30 s: the grace period until the end (90 s) is not
+        // meeting time.
+        assert!(thread.contains("Durée\u{202f}: 29 s"), "{thread}");
+        let line = summary
+            .iter()
+            .find(|b| b.starts_with("Visio « Revue » terminée"))
+            .expect("the room's line");
+        assert!(line.contains("terminée : 29 s,"), "{line}");
         assert!(
             thread.contains("Messages dans la discussion : 1"),
             "{thread}"

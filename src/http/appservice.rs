@@ -131,16 +131,29 @@ pub async fn put_transaction(
         .await
         .map_err(|e| MatrixError::internal(&e))?;
     match outcome {
-        TransactionOutcome::Stored { new_events } => {
+        TransactionOutcome::Stored { new_events } | TransactionOutcome::ReusedId { new_events } => {
+            if matches!(outcome, TransactionOutcome::ReusedId { .. }) {
+                // Not an error of ours, but the homeserver numbers its transactions
+                // again (Synapse on SQLite after a restart): worth an admin's notice.
+                metrics::counter!("tchap_visio_transactions_reused_id_total").increment(1);
+                tracing::warn!(
+                    txn_id,
+                    events = events.len(),
+                    new_events,
+                    "the homeserver reused a transaction id with other events \
+                     (restarted?); processed as a new transaction"
+                );
+            } else {
+                tracing::debug!(
+                    txn_id,
+                    events = events.len(),
+                    new_events,
+                    "transaction stored"
+                );
+            }
             metrics::counter!("tchap_visio_transactions_received_total").increment(1);
             metrics::counter!("tchap_visio_events_received_total").increment(new_events as u64);
             metrics::gauge!("tchap_visio_inbox_pending").increment(new_events as f64);
-            tracing::debug!(
-                txn_id,
-                events = events.len(),
-                new_events,
-                "transaction stored"
-            );
             state.inbox_wake.notify_one();
         }
         TransactionOutcome::Replay => {

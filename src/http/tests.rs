@@ -193,6 +193,25 @@ both_dialects!(
     }
 );
 
+both_dialects!(
+    a_reused_txn_id_with_other_events_is_processed,
+    |store: Store| async move {
+        // Synapse on SQLite after a restart: txn id 1 again, now with a new command.
+        let (got, _) = call(&store, txn("1", Some(TOKEN), None, ONE_EVENT)).await;
+        assert_eq!(got, StatusCode::OK);
+        let after_restart = ONE_EVENT.replace("$e1", "$e2").replace("hi", "!visio");
+        for _ in 0..3 {
+            let (got, body) =
+                call(&store, txn("1", Some(TOKEN), None, after_restart.clone())).await;
+            assert_eq!((got, body), (StatusCode::OK, serde_json::json!({})));
+        }
+        let pending = store.pending_inbox(10).await.expect("pending");
+        let ids: Vec<_> = pending.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["$e1", "$e2"]);
+        assert!(pending[1].json.contains("!visio"));
+    }
+);
+
 both_dialects!(unknown_routes_and_methods, |store: Store| async move {
     let (got, body) = call(
         &store,

@@ -15,6 +15,12 @@ use crate::store::{Connection, Store, StoreError};
 /// Decides what an event means. Effects go through `conn` (the event's database
 /// transaction); requests to the homeserver go through [`super::queue::enqueue`].
 pub trait EventHandler: Send + Sync + 'static {
+    /// Runs before a batch's database transaction opens: the place for the lookups at
+    /// the homeserver a handler may want (display names), so none runs inside it.
+    fn prepare(&self, _batch: &[InboxEvent]) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     fn handle(
         &self,
         event: &InboxEvent,
@@ -67,6 +73,7 @@ impl<H: EventHandler> InboxWorker<H> {
         if batch.is_empty() {
             return Ok(0);
         }
+        self.handler.prepare(&batch).await;
         let mut tx = self.store.begin().await?;
         for event in &batch {
             self.handler.handle(event, &mut tx).await?;

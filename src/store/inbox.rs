@@ -1,5 +1,6 @@
 //! The transaction inbox: events the homeserver pushed, kept until processed.
 
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::{Connection, Store, StoreError, now_ms};
@@ -25,33 +26,69 @@ pub struct InboxEvent {
 pub enum TransactionOutcome {
     /// First time this txnId was seen; `new_events` events were not already in the inbox.
     Stored { new_events: usize },
-    /// The txnId was stored before: nothing changed.
+    /// The txnId was seen before with other events: the homeserver numbers its
+    /// transactions again (Synapse on SQLite does after a restart), so this is a new
+    /// transaction and was stored like one.
+    ReusedId { new_events: usize },
+    /// The txnId was stored before with the same events: nothing changed.
     Replay,
 }
 
+/// What identifies a transaction's content: the SHA-256 (hex) of its sorted event ids.
+/// Event ids rather than the body, because a homeserver retrying a transaction may send
+/// the same events with other `unsigned` fields (age) or without its ephemeral part.
+pub fn events_digest(events: &[NewInboxEvent]) -> String {
+    let mut ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    ids.sort_unstable();
+    // JSON keeps the list unambiguous whatever characters an id holds.
+    let joined = serde_json::to_string(&ids).expect("a list of strings always serialises");
+    hex::encode(Sha256::digest(joined.as_bytes()))
+}
+
 impl Store {
-    /// Stores a transaction's events in one database transaction keyed by txnId.
-    /// An event id already in the inbox (sent again in another transaction) is skipped.
+    /// Stores a transaction's events in one database transaction keyed by txnId and the
+    /// digest of its event ids: the same id with the same events is a replay, the same
+    /// id with other events a new transaction. An event id already in the inbox (sent
+    /// again in another transaction) is skipped.
     pub async fn store_transaction(
         &self,
         txn_id: &str,
         events: &[NewInboxEvent],
     ) -> Result<TransactionOutcome, StoreError> {
         let now = now_ms();
+        let digest = events_digest(events);
         let mut tx = self.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO appservice_transactions (txn_id, received_at) VALUES ($1, $2) \
-             ON CONFLICT (txn_id) DO NOTHING",
+            "INSERT INTO appservice_transactions (txn_id, received_at, events_digest) \
+             VALUES ($1, $2, $3) ON CONFLICT (txn_id) DO NOTHING",
         )
         .bind(txn_id)
         .bind(now)
+        .bind(&digest)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(TransactionOutcome::Replay);
-        }
+        let reused = if inserted == 1 {
+            false
+        } else {
+            // Known id: it now names this content, so a retry of this transaction is
+            // recognised as a replay.
+            let changed = sqlx::query(
+                "UPDATE appservice_transactions SET events_digest = $1, received_at = $2 \
+                 WHERE txn_id = $3 AND (events_digest IS NULL OR events_digest <> $1)",
+            )
+            .bind(&digest)
+            .bind(now)
+            .bind(txn_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                tx.rollback().await?;
+                return Ok(TransactionOutcome::Replay);
+            }
+            true
+        };
         let mut new_events = 0;
         for event in events {
             new_events += sqlx::query(
@@ -68,7 +105,11 @@ impl Store {
             .rows_affected() as usize;
         }
         tx.commit().await?;
-        Ok(TransactionOutcome::Stored { new_events })
+        Ok(if reused {
+            TransactionOutcome::ReusedId { new_events }
+        } else {
+            TransactionOutcome::Stored { new_events }
+        })
     }
 
     /// The oldest unprocessed events, in arrival order.
@@ -156,6 +197,86 @@ mod tests {
             assert_eq!(ids, ["$a", "$b", "$c"]);
         }
     );
+
+    both_dialects!(
+        a_known_txn_id_with_other_events_is_a_new_transaction,
+        |store: Store| async move {
+            // What Synapse on SQLite does after a restart: txn ids start again at 1.
+            assert_eq!(
+                store
+                    .store_transaction("1", &[event("$before")])
+                    .await
+                    .expect("store"),
+                TransactionOutcome::Stored { new_events: 1 }
+            );
+            assert_eq!(
+                store
+                    .store_transaction("1", &[event("$after"), event("$before")])
+                    .await
+                    .expect("reused id"),
+                TransactionOutcome::ReusedId { new_events: 1 }
+            );
+            // The id now names the new content: the same events in another order are a
+            // retry of it, the old content again is another new transaction (nothing new).
+            assert_eq!(
+                store
+                    .store_transaction("1", &[event("$before"), event("$after")])
+                    .await
+                    .expect("replay"),
+                TransactionOutcome::Replay
+            );
+            assert_eq!(
+                store
+                    .store_transaction("1", &[event("$before")])
+                    .await
+                    .expect("old content"),
+                TransactionOutcome::ReusedId { new_events: 0 }
+            );
+            let pending = store.pending_inbox(10).await.expect("pending");
+            let ids: Vec<_> = pending.iter().map(|e| e.event_id.as_str()).collect();
+            assert_eq!(ids, ["$before", "$after"]);
+        }
+    );
+
+    both_dialects!(
+        an_id_stored_before_digests_is_not_a_replay,
+        |store: Store| async move {
+            sqlx::query(
+                "INSERT INTO appservice_transactions (txn_id, received_at) VALUES ('old', 1)",
+            )
+            .execute(store.pool())
+            .await
+            .expect("row from before the migration");
+            assert_eq!(
+                store
+                    .store_transaction("old", &[event("$new")])
+                    .await
+                    .expect("store"),
+                TransactionOutcome::ReusedId { new_events: 1 }
+            );
+            assert_eq!(
+                store
+                    .store_transaction("old", &[event("$new")])
+                    .await
+                    .expect("replay"),
+                TransactionOutcome::Replay
+            );
+        }
+    );
+
+    #[test]
+    fn digests_ignore_order_and_tell_contents_apart() {
+        assert_eq!(
+            events_digest(&[event("$a"), event("$b")]),
+            events_digest(&[event("$b"), event("$a")])
+        );
+        assert_ne!(events_digest(&[event("$a")]), events_digest(&[event("$b")]));
+        // No separator trick makes two lists collide.
+        assert_ne!(
+            events_digest(&[event("$a"), event("$b")]),
+            events_digest(&[event("$a\",\"$b")])
+        );
+    }
 
     both_dialects!(processing_is_once, |store: Store| async move {
         store

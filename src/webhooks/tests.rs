@@ -98,13 +98,14 @@ fn event_data_never_holds_identities() {
     ended.started_at = Some(1_000);
     ended.ended_at = Some(91_000);
     ended.peak_participants = 2;
-    let data = ended_data(&ended, &attendance(&[session], 100_000), 3);
-    assert_eq!(data["duration_ms"], 90_000);
+    // The session left at 61 s; the 30 s after it (the grace period) are not counted.
+    let data = ended_data(&ended, 61_000, &attendance(&[session], 100_000), 3);
+    assert_eq!(data["duration_ms"], 60_000);
     assert_eq!(data["chat_messages"], 3);
     assert_eq!(data["attendance"][0]["present_ms"], 60_000);
     assert!(!data.to_string().contains("browser-7f3a"));
     assert_eq!(
-        ended_data(&m, &[], 0)["duration_ms"],
+        ended_data(&m, 0, &[], 0)["duration_ms"],
         serde_json::Value::Null
     );
 }

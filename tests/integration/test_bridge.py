@@ -109,12 +109,18 @@ def send_in_thread(user, room: str, root: str, text: str) -> str:
 
 
 def test_call_request_to_summary_with_chat_both_ways(env, hooks, tmp_path):
-    alice, room = env.room_with_bot("alice", name="Bridge")
+    # A display name set before the room exists: the bot never sees her member event
+    # and looks the name up before handling the command. (A user of this test only:
+    # the bot caches names, and other tests expect alice's default one.)
+    alice = env.user("amartin")
+    alice._run(alice.client.set_displayname("Alice Martin"))
+    alice, room = env.room_with_bot("amartin", name="Bridge")
     notice, slug = start_meeting(env, alice, room, "!visio Point hebdo", "Point hebdo")
     root = notice["event_id"]
-    assert "@alice:localhost" in body(notice), body(notice)
+    assert "lancée par Alice Martin" in body(notice), body(notice)
     html = notice["content"].get("formatted_body", "")
     assert f"/m/{slug}" in html and "<strong>" in html, html
+    assert f'<a href="https://matrix.to/#/{alice.user_id}">Alice Martin</a>' in html, html
     assert notice["content"]["msgtype"] == "m.notice"
 
     agathe, grant_a = join(env, tmp_path, slug, "Agathe")
@@ -139,7 +145,7 @@ def test_call_request_to_summary_with_chat_both_ways(env, hooks, tmp_path):
     send_in_thread(alice, room, root, "Réponse depuis Tchap")
     for p in (agathe, bruno):
         got = p.wait(lambda s: peer_chats_any(s, "tchap", "Réponse depuis Tchap"), 20, f"{p.name} to get the thread reply")
-        assert got[0]["attributes"].get("tchap.author_name") == "alice", got
+        assert got[0]["attributes"].get("tchap.author_name") == "Alice Martin", got
 
     # A message in the main timeline (not the thread) is not mirrored by default.
     alice.send_text(room, "hors fil")
@@ -192,6 +198,17 @@ def test_call_request_to_summary_with_chat_both_ways(env, hooks, tmp_path):
     chats = [b["data"] for b in got if b["type"] == "chat.message"]
     assert [c["origin"] for c in chats] == ["meeting", "matrix", "meeting"], chats
     assert all(slug not in str(b) for b in got), "webhooks never carry the join secret"
+
+    # Duration: first join to last leave; the grace period after it is not meeting time.
+    first_join = min(b["data"]["joined_at"] for b in got if b["type"] == "participant.joined")
+    last_leave = max(b["data"]["left_at"] for b in got if b["type"] == "participant.left")
+    duration_ms = ended["data"]["duration_ms"]
+    assert abs(duration_ms - (last_leave - first_join)) <= 1000, (duration_ms, first_join, last_leave)
+    assert ended["meeting"]["ended_at"] - last_leave >= (GRACE_S - 1) * 1000, ended
+    said = re.search(r"Durée\u202f: (\d+) (s|min)$", text, re.MULTILINE)
+    assert said, text
+    unit_ms = 1000 if said.group(2) == "s" else 60_000
+    assert abs(int(said.group(1)) * unit_ms - duration_ms) <= unit_ms, (said.group(0), duration_ms)
 
 
 def peer_chats_any(state: dict, sender: str, text: str) -> list[dict]:

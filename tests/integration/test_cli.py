@@ -61,3 +61,13 @@ def test_placeholder_tokens_stop_the_start(tmp_path):
     r = svc.cli("run", "-c", str(config), timeout=30)
     assert r.returncode != 0, r.stdout
     assert "registration" in r.stdout.lower(), f"no hint to generate the registration: {r.stdout}"
+
+
+def test_generate_registration_quiet_prints_nothing(tmp_path):
+    svc = make_service(tmp_path)
+    reg = tmp_path / "quiet-registration.yaml"
+    r = svc.cli("generate-registration", "--quiet", "--force", "-c", str(svc.config_path), "-r", str(reg))
+    assert r.returncode == 0, r.stdout
+    assert r.stdout == "", f"--quiet printed: {r.stdout!r}"
+    written = yaml.safe_load(reg.read_text())
+    assert written["as_token"] == yaml.safe_load(svc.config_path.read_text())["appservice"]["as_token"]

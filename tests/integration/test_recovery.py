@@ -1,5 +1,6 @@
 """Nothing lost, nothing doubled: a crash after the ack, a homeserver outage."""
 
+import sqlite3
 import time
 import uuid
 
@@ -35,6 +36,35 @@ def test_crash_after_ack_replies_exactly_once(fresh_env):
     helps = [n for n in notices if is_help(n)]
     assert len(helps) == 1, f"{len(helps)} answers to one command across a crash: {notices}"
     wait_for(lambda: svc.metric(PENDING) == 0, 10, "an empty inbox")
+
+
+def test_commands_after_a_homeserver_restart_are_answered(fresh_env):
+    """Synapse on SQLite numbers its transactions from 1 again after a restart: the
+    reused ids carry new events, which must be handled, not taken for replays."""
+    env, svc = fresh_env, fresh_env.service
+    alice, room = env.room_with_bot("alice", name="Restart")
+    alice.send_text(room, "!visio aide")
+    wait_help(alice, room, env.bot)
+    # Synapse deletes a transaction once we acknowledged it: with its table empty, the
+    # first id after a restart is 1 again, an id we have seen.
+    def synapse_txns_left() -> int:
+        with sqlite3.connect(env.synapse.dir / "homeserver.db") as db:
+            return db.execute("SELECT COUNT(*) FROM application_services_txns").fetchone()[0]
+
+    wait_for(lambda: synapse_txns_left() == 0, 20, "Synapse's transactions all acknowledged")
+    assert svc.metric("tchap_visio_transactions_reused_id_total") == 0
+
+    env.synapse.stop()
+    env.synapse.start()
+    alice.send_text(room, "!visio statut")
+    alice.wait_notice_matching(room, env.bot, "Aucune visio en cours", timeout=30)
+    # The scenario really happened: an id came again with other events.
+    assert svc.metric("tchap_visio_transactions_reused_id_total") >= 1
+    assert "reused a transaction id" in svc.log_path.read_text()
+    helps = [n for n in alice.notices(room, env.bot) if is_help(n)]
+    assert len(helps) == 1, helps
+    # Log files carry no terminal colour codes.
+    assert "\x1b[" not in svc.log_path.read_text()
 
 
 def test_homeserver_outage_delivers_every_reply_once_in_order(fresh_env):

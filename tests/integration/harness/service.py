@@ -100,8 +100,8 @@ class Service:
             cfg["sfu"]["udp_port"] = free_port(socket.SOCK_DGRAM)
             cfg["sfu"]["tcp_port"] = free_port()
             # No advertised IP: the SFU offers this host's primary address and loopback
-            # (traffic never leaves the host). Native WebRTC (the Python SDK) ignores
-            # loopback candidates, so 127.0.0.1 alone would not connect. One known
+            # (traffic never leaves the host), as a production set-up without NAT does;
+            # test_demo.py covers media on loopback only (the demo's). One known
             # LiveKit API key whose secret the tests use to mint access tokens.
             cfg["sfu"]["advertised_ip"] = ""
             cfg["sfu"]["keys"] = {"devkey": secrets.token_urlsafe(36)}  # 48 characters

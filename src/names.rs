@@ -57,7 +57,9 @@ fn is_hidden(c: char) -> bool {
 /// `name` normalised (NFKC, trimmed, inner runs of spaces made one), if it
 /// is 1 to `max_chars` characters with nothing hidden in it.
 pub fn normalise_display_name(name: &str, max_chars: usize) -> Result<String, NameError> {
-    let nfkc: String = name.nfkc().collect();
+    // White space around the name (tabs and line breaks included) is trimmed, as a form
+    // field would; inside it, only spaces may separate words.
+    let nfkc: String = name.trim().nfkc().collect();
     let mut out = String::with_capacity(nfkc.len());
     // NFKC already turned most exotic spaces (U+00A0, U+2000…) into U+0020; what is left
     // of them, tabs included, is refused below.
@@ -136,6 +138,7 @@ mod tests {
     fn blank_and_long_names_are_refused() {
         assert_eq!(normalise_display_name("", 64), Err(NameError::Empty));
         assert_eq!(normalise_display_name("   ", 64), Err(NameError::Empty));
+        assert_eq!(normalise_display_name("\t Zoé \n", 64).as_deref(), Ok("Zoé"));
         assert!(normalise_display_name(&"é".repeat(64), 64).is_ok());
         assert_eq!(
             normalise_display_name(&"é".repeat(65), 64),

@@ -138,7 +138,10 @@ mod tests {
     fn blank_and_long_names_are_refused() {
         assert_eq!(normalise_display_name("", 64), Err(NameError::Empty));
         assert_eq!(normalise_display_name("   ", 64), Err(NameError::Empty));
-        assert_eq!(normalise_display_name("\t Zoé \n", 64).as_deref(), Ok("Zoé"));
+        assert_eq!(
+            normalise_display_name("\t Zoé \n", 64).as_deref(),
+            Ok("Zoé")
+        );
         assert!(normalise_display_name(&"é".repeat(64), 64).is_ok());
         assert_eq!(
             normalise_display_name(&"é".repeat(65), 64),

@@ -68,12 +68,9 @@ fn flag(value: &Option<String>) -> Option<bool> {
 
 /// A refusal in LiveKit's plain-text style, with the status its SDKs understand.
 fn refuse(status: StatusCode, text: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
-        text.into(),
-    )
-        .into_response()
+    // No CORS header: the page and the SDKs it serves are same-origin, native SDKs do not
+    // need one, and a browser page elsewhere has no business probing this server.
+    (status, text.into()).into_response()
 }
 
 fn token_from(headers: &HeaderMap, params: &RtcParams) -> Option<String> {
@@ -149,17 +146,16 @@ async fn server_chat(
             );
         }
     };
-    if chat.text.is_empty() || chat.text.len() > 16 * 1024 || chat.name.chars().count() > 128 {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "text must be 1 to 16384 bytes and name at most 128 characters",
-        );
+    if chat.text.is_empty() || chat.text.len() > 16 * 1024 {
+        return refuse(StatusCode::BAD_REQUEST, "text must be 1 to 16384 bytes");
     }
-    if state
-        .sfu
-        .inject_chat(room, None, chat.name, chat.text)
-        .await
-    {
+    // The author is shown to every participant: the same rules as any name, and marked
+    // as coming from a server-side tool, so it cannot pass for a person in the meeting.
+    let name = match crate::names::normalise_display_name(&chat.name, 48) {
+        Ok(name) => format!("{name} (bot)"),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("name: {e}")),
+    };
+    if state.sfu.inject_chat(room, None, name, chat.text).await {
         refuse(StatusCode::OK, "sent")
     } else {
         refuse(StatusCode::NOT_FOUND, "nobody is in this room")

@@ -227,11 +227,15 @@ def test_chat_text_stream_and_server_injection(env, peers):
         headers = {"Authorization": f"Bearer {bad}"} if bad else {}
         r = requests.post(url, json=body, headers=headers, timeout=10)
         assert r.status_code in (401, 403), f"chat injection with {why}: {r.status_code} {r.text}"
+    for hostile in ("Alice\u202e", "\u3164" * 3, "x" * 60):
+        r = requests.post(url, json={"name": hostile, "text": "x"}, headers={"Authorization": f"Bearer {admin}"}, timeout=10)
+        assert r.status_code == 400, f"author {hostile!r}: {r.status_code} {r.text}"
     r = requests.post(url, json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=10)
     assert r.ok, f"chat injection refused: {r.status_code} {r.text}"
     for name, p in group.items():
         got = p.wait(lambda s: _chats(s, "tchap", "bonjour"), 15, f"{name} to receive the injected chat")
-        assert got[0]["attributes"].get("tchap.author_name") == "Alice", got
+        # Marked as a server-side tool's words, never a person's.
+        assert got[0]["attributes"].get("tchap.author_name") == "Alice (bot)", got
         assert got[0]["topic"] == "lk.chat"
         print(f"{name}: injected chat from 'tchap' known as {p.remote('tchap').get('name')!r}: {got[0]}")
 

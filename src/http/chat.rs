@@ -14,7 +14,7 @@ use super::error::MatrixError;
 use crate::auth::token::can_join;
 use crate::ids::MeetingSlug;
 use crate::meeting::ChatMessage;
-use crate::store::{self, chat, meetings};
+use crate::store::{self, chat};
 
 /// How many of the latest messages a joining page gets.
 pub const HISTORY_LIMIT: i64 = 100;
@@ -92,17 +92,7 @@ pub async fn history(
         .verify(token, store::now_ms())
         .map_err(unknown_token)?;
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
-    let meeting = meetings::get_by_slug(&mut conn, &slug)
-        .await
-        .map_err(|e| MatrixError::internal(&e))?
-        .filter(|meeting| meeting.is_joinable())
-        .ok_or_else(|| MatrixError::not_found("Meeting"))?;
+    let meeting = super::join::joinable_meeting(&state, &slug).await?;
     if !can_join(&claims, meeting.id.as_str()) {
         return Err(MatrixError::new(
             StatusCode::FORBIDDEN,
@@ -110,6 +100,12 @@ pub async fn history(
             "This access token is for another meeting",
         ));
     }
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
     let messages = chat::recent_for_meeting(&mut conn, &meeting.id, HISTORY_LIMIT)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
@@ -128,8 +124,8 @@ mod tests {
     use crate::auth::token::Claims;
     use crate::ids::ParticipantIdentity;
     use crate::meeting::{ChatOrigin, Meeting, MeetingState};
-    use crate::store::Store;
     use crate::store::testing::both_dialects;
+    use crate::store::{Store, meetings};
 
     async fn stored_meeting(store: &Store, title: &str) -> Meeting {
         let meeting = Meeting::new(title, None, None, store::now_ms()).expect("valid");

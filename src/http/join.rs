@@ -115,7 +115,10 @@ pub async fn join(
 }
 
 /// The meeting a slug opens, if it can still be joined; 404 otherwise.
-async fn joinable_meeting(state: &AppState, slug: &MeetingSlug) -> Result<Meeting, MatrixError> {
+pub(super) async fn joinable_meeting(
+    state: &AppState,
+    slug: &MeetingSlug,
+) -> Result<Meeting, MatrixError> {
     let mut conn = state
         .store
         .pool()
@@ -278,30 +281,16 @@ mod tests {
         body: &str,
         cookie: Option<&str>,
     ) -> (StatusCode, serde_json::Value, Option<String>) {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
         let mut request = join_request(slug, body.to_owned());
         if let Some(cookie) = cookie {
             request
                 .headers_mut()
                 .insert(header::COOKIE, cookie.parse().expect("header value"));
         }
-        let response = crate::http::router(crate::http::tests::state(store.clone()))
-            .oneshot(request)
-            .await
-            .expect("infallible");
-        let status = response.status();
-        let set_cookie = response
-            .headers()
+        let (status, headers, json) = crate::http::tests::call_with_headers(store, request).await;
+        let set_cookie = headers
             .get(header::SET_COOKIE)
             .map(|v| v.to_str().expect("ascii").to_owned());
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         (status, json, set_cookie)
     }
 

@@ -59,11 +59,21 @@ pub(super) fn state(store: Store) -> AppState {
 }
 
 pub(super) async fn call(store: &Store, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let (status, _, json) = call_with_headers(store, request).await;
+    (status, json)
+}
+
+/// [`call`], with the response's headers.
+pub(super) async fn call_with_headers(
+    store: &Store,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
     let response = router(state(store.clone()))
         .oneshot(request)
         .await
         .expect("infallible");
     let status = response.status();
+    let headers = response.headers().clone();
     let bytes = response
         .into_body()
         .collect()
@@ -71,7 +81,7 @@ pub(super) async fn call(store: &Store, request: Request<Body>) -> (StatusCode, 
         .expect("body")
         .to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, json)
+    (status, headers, json)
 }
 
 fn txn(

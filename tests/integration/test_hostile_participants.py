@@ -385,7 +385,7 @@ def test_private_chat_stays_private_and_guest_markdown_stays_plain(env, hooks, t
 
 
 def test_a_data_flood_is_throttled_and_the_others_go_on(env, tmp_path):
-    _, _, _, slug = meeting_in_a_room(env, "rose4", "Inondation")
+    _, room, _, slug = meeting_in_a_room(env, "rose4", "Inondation")
     flooder, _ = join(env, tmp_path, slug, "Flood")
     anne, _ = join(env, tmp_path, slug, "Anne")
     bruno, _ = join(env, tmp_path, slug, "Bruno")
@@ -400,5 +400,14 @@ def test_a_data_flood_is_throttled_and_the_others_go_on(env, tmp_path):
     print(f"flood: 3000 sent, {len(received)} relayed to bruno, {dropped:.0f} dropped by the server")
     assert dropped > 0, "nothing was throttled"
     assert len(received) < 3000
+    # Attendance is exact: three people, each once, all still present.
+    bot = create_bot_token(env, "attendance")
+    auth = {"Authorization": f"Bearer {bot}"}
+    listed = requests.get(
+        f"{env.service.url}/api/v1/rooms/{urllib.parse.quote(room, safe='')}/meetings", headers=auth, timeout=10
+    ).json()["meetings"]
+    detail = requests.get(f"{env.service.url}/api/v1/meetings/{listed[0]['id']}", headers=auth, timeout=10).json()
+    names = sorted(a["name"] for a in detail["attendance"])
+    assert names == ["Anne (invité·e)", "Bruno (invité·e)", "Flood (invité·e)"], names
     for p in (flooder, anne, bruno):
         p.close()

@@ -363,7 +363,9 @@ class PeerProcess:
                 {
                     "from": packet.participant.identity if packet.participant else None,
                     "topic": packet.topic,
-                    "payload": payload,
+                    # Enough to recognise a payload; floods would make the state file huge.
+                    "payload": payload[:200],
+                    "size": len(packet.data),
                 },
             )
 

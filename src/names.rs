@@ -2,9 +2,11 @@
 //! name at join or rename, a bot API author) is normalised (NFKC, runs of spaces made
 //! one) and refused when it holds what lets a name hide or disguise itself: control and
 //! format characters (bidi overrides, zero-width joiners and spaces), line and paragraph
-//! separators, private-use and unassigned code points, and the "blank" fillers that
+//! separators, private-use code points, and the "blank" fillers that
 //! render as nothing (U+3164, U+2800…). Such a name could push the « (invité·e) » marker
-//! out of view or look like another participant's while comparing unequal.
+//! out of view or look like another participant's while comparing unequal. Code points
+//! unassigned in this crate's Unicode tables are let through: clients newer than it may
+//! know them, and older ones draw them as a visible box.
 //!
 //! Depends on nothing else in the crate (the SFU uses it for renames).
 
@@ -47,7 +49,6 @@ fn is_hidden(c: char) -> bool {
             | G::ParagraphSeparator
             | G::PrivateUse
             | G::Surrogate
-            | G::Unassigned
     ) || (c.general_category() == G::SpaceSeparator && c != ' ')
         // Variation selectors (U+FE00–FE0F, U+E0100–E01EF) and tag characters.
         || ('\u{FE00}'..='\u{FE0F}').contains(&c)

@@ -1,28 +1,19 @@
-// The two HTTP calls the page makes to its own server.
+// The HTTP calls the page makes to its own server.
 
-export interface MeetingInfo {
-  id: string;
-  title: string;
-  state?: string;
-  /** When an ended meeting ended (ms since the epoch). */
-  ended_at?: number;
-}
+import type { components, operations } from './api-types';
 
-export interface HistoryMessage {
-  id: string;
-  author: string;
-  origin: 'meeting' | 'matrix';
-  identity: string | null;
-  body: string;
-  sent_at: number;
-}
+// Request and response shapes: generated from docs/openapi.json into api-types.ts
+// (`npm run api-types`; the build fails while that file is stale).
+type Schemas = components['schemas'];
+type JoinOperation = operations['joinMeeting'];
 
-export interface JoinResponse {
-  url: string;
-  token: string;
-  identity: string;
-  meeting: { id: string; title: string };
-}
+/** What the pre-join page shows (GET /api/v1/meetings/{slug}). */
+export type MeetingInfo = Schemas['MeetingInfo'];
+/** One message of the meeting's stored chat. */
+export type HistoryMessage = Schemas['HistoryMessage'];
+export type ChatHistory = Schemas['ChatHistory'];
+export type JoinRequest = JoinOperation['requestBody']['content']['application/json'];
+export type JoinResponse = JoinOperation['responses'][200]['content']['application/json'];
 
 /** An answer other than 2xx; status 0 when the server could not be reached. */
 export class ApiError extends Error {
@@ -81,8 +72,8 @@ export function getMeeting(slug: string): Promise<MeetingInfo> {
 }
 
 /** The meeting's recent chat, with the access token the join gave. */
-export function getChatHistory(slug: string, token: string): Promise<{ messages: HistoryMessage[] }> {
-  return call<{ messages: HistoryMessage[] }>('GET', `/api/v1/meetings/${enc(slug)}/chat`, undefined, token);
+export function getChatHistory(slug: string, token: string): Promise<ChatHistory> {
+  return call<ChatHistory>('GET', `/api/v1/meetings/${enc(slug)}/chat`, undefined, token);
 }
 
 /**
@@ -90,7 +81,8 @@ export function getChatHistory(slug: string, token: string): Promise<{ messages:
  * server sets (same origin, sent by fetch by default); the page never sees it.
  */
 export function joinMeeting(slug: string, name: string): Promise<JoinResponse> {
-  return call<JoinResponse>('POST', `/api/v1/meetings/${enc(slug)}/join`, { name });
+  const body: JoinRequest = { name };
+  return call<JoinResponse>('POST', `/api/v1/meetings/${enc(slug)}/join`, body);
 }
 
 /**

@@ -62,6 +62,22 @@ export function showErrorScreen(root: HTMLElement, kind: ErrorKind, options: Err
 }
 
 /** The error block itself (`[data-testid=error][data-error=kind]`), full screen or inline. */
+/** The screen after leaving: a way back in (reloading the link). */
+export function showLeftScreen(root: HTMLElement): void {
+  clear(root);
+  const heading = h('h1', { tabindex: '-1' }, t('left.title'));
+  root.appendChild(
+    h('main', { class: 'screen error-screen', id: 'main' },
+      h('section', { class: 'error-card', 'data-testid': 'left' },
+        heading,
+        h('p', {}, t('left.body')),
+        h('div', { class: 'actions' },
+          h('button', { type: 'button', class: 'btn primary', onclick: () => window.location.reload() }, t('left.rejoin'))))),
+  );
+  document.title = `${t('left.title')} – ${t('app.name')}`;
+  heading.focus();
+}
+
 export function errorBox(kind: ErrorKind, options: ErrorOptions = {}, fullScreen = false): HTMLElement {
   const texts = TEXTS[kind];
   const heading = fullScreen

@@ -1,4 +1,4 @@
-// ICE over TCP (issue 6, item 3): with UDP blocked, Chromium still connects, over the
+// ICE over TCP: with UDP blocked, Chromium still connects, over the
 // SFU's passive TCP candidate, and media flows. The block is real: lib/udp-blocked.mjs
 // runs the server, Chromium and the scenario inside a network namespace of their own
 // (`unshare --net`, loopback only) where an nftables rule drops every UDP packet. Nothing

@@ -1,8 +1,8 @@
-"""The bot API and webhooks (issue 5, items 6 and 7) against the real service and a real
+"""The bot API and webhooks against the real service and a real
 Synapse: tokens made with the command line, 401s, meetings by room and by id, a hostile
 Markdown summary arriving sanitised in the meeting's thread (read back by a matrix-nio
 client), and signed webhook deliveries, retried with the same delivery id and accepted
-once per receiver. Tokens' scopes (issue 17, item 5): a token for room A gets 403 on
+once per receiver. Tokens' scopes: a token for room A gets 403 on
 room B, a read-only token cannot post, authors are shown as bots, one ghost per token.
 """
 

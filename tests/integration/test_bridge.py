@@ -1,4 +1,4 @@
-"""The room–meeting bridge end to end (issue 5): a real Synapse, matrix-nio users, and
+"""The room–meeting bridge end to end: a real Synapse, matrix-nio users, and
 LiveKit's Python SDK peers joining through the link the bot posts.
 
 `!visio <titre>` → link notice (thread root) → peers join with the link's slug → meeting

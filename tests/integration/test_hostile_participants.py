@@ -1,4 +1,4 @@
-"""Hostile participants (issue 17) over real sockets: LiveKit's Python SDK peers joined
+"""Hostile participants over real sockets: LiveKit's Python SDK peers joined
 through a meeting link the bot posted in a real Synapse room, and raw signalling
 WebSockets where an SDK would not misbehave on purpose. A link must not be enough to
 exhaust the server's memory, speak as someone else, publish private messages, forge an

@@ -1,4 +1,4 @@
-"""docs/openapi.json says what the server enforces (issue 16, item 8): schemathesis
+"""docs/openapi.json says what the server enforces: schemathesis
 generates requests from the document and sends them to the running service (a real
 Synapse behind it, a meeting started with `!visio` in a real room), with a bot token
 and without one, through every operation, the join endpoint included with the

@@ -3,7 +3,9 @@
 Each participant is a process of its own (harness/lkpeer.py) so that a test can SIGKILL
 one. Peers connect in single peer connection mode (`/rtc/v1`, the SDK's default) unless a
 test asks for dual peer connections (`/rtc`); the server's metrics say which signalling
-path was used. Issue 3, "What it must show", (a) to (f); issue 6 item 1 (`/rtc/v1`).
+path was used. Covered: three publishers decoding each other (over both paths), a late
+joiner, chat both ways, a killed participant reported gone, bad tokens refused, a
+signalling resume that keeps the media, a meeting link to media, and simulcast layers.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def test_three_publishers_each_decode_the_other_two(env, peers):
 
 
 def test_single_peer_connection_three_participants_see_each_other(env, peers):
-    """Issue 6 item 1: the same over one peer connection each (`/rtc/v1`); the server
+    """The same over one peer connection each (`/rtc/v1`); the server
     counts the connections on that path, and its log never holds the join request."""
     check_three_publishers(env, peers, "single")
     log = env.service.log_path.read_text()
@@ -409,7 +411,7 @@ DYNACAST_UPDATES = "tchap_visio_sfu_dynacast_updates_total"
 
 @pytest.mark.parametrize("pc", ["single", "dual"])
 def test_simulcast_layer_follows_the_quality_asked_and_dynacast_pauses_the_rest(env, peers, pc):
-    """Issue 6 item 2: a simulcast publisher (1280x720, q/h/f); a viewer asks for LOW then
+    """A simulcast publisher (1280x720, q/h/f); a viewer asks for LOW then
     HIGH and the decoded size follows without a decoding stall; with nobody wanting more
     than LOW, the publisher (dynacast on) stops sending the upper layers, and sends them
     again when they are wanted. In both peer connection modes."""

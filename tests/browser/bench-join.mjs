@@ -23,18 +23,7 @@
 
 import { parseArgs } from 'node:util';
 
-import {
-  PythonPeer,
-  Server,
-  expectDecoding,
-  joinFromPrejoin,
-  launchBrowser,
-  makeWorkdir,
-  newPage,
-  openPrejoin,
-  pageWait,
-  removeWorkdir,
-} from './lib/harness.mjs';
+import { expectDecoding, joinFromPrejoin, openPrejoin, pageWait, withFixture } from './lib/harness.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -55,23 +44,19 @@ function percentile(sorted, p) {
   return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)];
 }
 
-const dir = makeWorkdir('bench');
-let server;
-let browser;
-let peer;
-try {
-  server = await Server.start(dir);
-  browser = await launchBrowser();
+await withFixture('bench', async (fx) => {
+  const server = await fx.startServer();
+  await fx.launchBrowser();
   const meeting = await server.createMeeting('Banc d’essai');
 
   // The participant already in the meeting, publishing its camera.
   let publisherIdentity;
   if (args.publisher === 'python') {
     publisherIdentity = 'publisher';
-    peer = await PythonPeer.start(dir, { name: 'publisher', url: server.livekitUrl, token: server.token(publisherIdentity, meeting.id, { name: 'Publisher' }) });
+    const peer = await fx.startPeer({ name: 'publisher', url: server.livekitUrl, token: server.token(publisherIdentity, meeting.id, { name: 'Publisher' }) });
     await peer.wait((st) => st.published?.video, { what: 'the Python peer to publish' });
   } else {
-    const page = await newPage(browser, { locale: 'fr-FR' });
+    const page = await fx.newPage({ locale: 'fr-FR' });
     await openPrejoin(page, meeting.link, { lang: 'fr' });
     publisherIdentity = (await joinFromPrejoin(page, 'Publisher')).identity;
     await pageWait(page, () => !!window.tchapVisio.room.localParticipant.getTrackPublication('camera')?.track?.sid, undefined, { what: 'the camera to be published' });
@@ -79,7 +64,7 @@ try {
 
   const results = [];
   for (let i = 0; i < WARMUP + JOINS; i++) {
-    const page = await newPage(browser, { locale: 'fr-FR' });
+    const page = await fx.newPage({ locale: 'fr-FR' });
     await openPrejoin(page, `${meeting.link}?lang=fr${args.pc === 'dual' ? '&pc=dual' : ''}`);
     const joined = await joinFromPrejoin(page, `Participant ${i + 1}`);
     const timings = await pageWait(
@@ -132,16 +117,7 @@ try {
         `  p50 ${f(summary.connectedMs.p50)}   p90 ${f(summary.connectedMs.p90)}   min ${f(conn[0])}   max ${f(conn.at(-1))}`,
     );
   }
-} catch (error) {
-  if (server) process.stderr.write(`${server.logs(40)}\n`);
-  if (peer) process.stderr.write(`${peer.logs()}\n`);
-  throw error;
-} finally {
-  await peer?.close();
-  await browser?.close().catch(() => {});
-  await server?.stop();
-  removeWorkdir(dir);
-}
+});
 
 /** Waits until the SFU counts only the publisher again (gauge tchap_visio_sfu_participants). */
 async function waitParticipantsGone(server, identity) {

@@ -12,7 +12,7 @@
 
 import { parseArgs } from 'node:util';
 
-import { joinFromPrejoin, launchBrowser, newPage, openPrejoin, pageLogs, pageWait } from './lib/harness.mjs';
+import { pageWait, runJoinedPage } from './lib/harness.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -26,13 +26,8 @@ const { values: args } = parseArgs({
 const timeout = Number(args.timeout) * 1000;
 const say = (event, fields = {}) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`);
 
-const browser = await launchBrowser();
-let page;
-try {
-  page = await newPage(browser, { origin: new URL(args.link).origin });
-  await openPrejoin(page, args.link);
-  const joined = await joinFromPrejoin(page, args.name);
-  say('joined', { identity: joined.identity });
+await runJoinedPage({ link: args.link, name: args.name }, async ({ page, identity }) => {
+  say('joined', { identity });
 
   await page.locator('[data-testid=toggle-chat]').click();
   await page.locator('[data-testid=chat-input]').fill(args.say);
@@ -52,10 +47,4 @@ try {
     what: 'the "meeting ended" screen',
   });
   say('ended');
-  await browser.close();
-  process.exit(0);
-} catch (error) {
-  process.stderr.write(`${error.stack ?? error}\n${page ? pageLogs(page, args.name) : ''}\n`);
-  await browser.close().catch(() => {});
-  process.exit(1);
-}
+});

@@ -3,73 +3,34 @@
 // and two in Chromium see each other's video decode.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  PythonPeer,
-  Server,
   expectDecoding,
-  joinFromPrejoin,
-  launchBrowser,
-  makeWorkdir,
-  newPage,
-  openPrejoin,
-  removeWorkdir,
+  useFixture,
   waitFor,
-  withDiagnostics,
 } from './lib/harness.mjs';
 
-let dir;
-let server;
-let browser;
-let peer;
-const pages = [];
-let failed = false;
-
-before(async () => {
-  dir = makeWorkdir('interop');
-  server = await Server.start(dir);
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await peer?.close();
-  await browser?.close().catch(() => {});
-  await server?.stop();
-  if (!failed) removeWorkdir(dir);
-  else process.stderr.write(`work directory kept: ${dir}\n`);
-});
+const fx = useFixture('interop');
 
 test('LiveKit Python SDK participant and two Chromium pages see each other', { timeout: 180_000 }, async () => {
-  await withDiagnostics(() => ({ server, pages, peers: [peer] }), async () => {
-    try {
-      await scenario();
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
-  });
+  await fx.run(scenario);
 });
 
 async function scenario() {
+  const { server } = fx;
   const meeting = await server.createMeeting('Interopérabilité');
   // The Python peer gets a token minted with the config's API key, as any LiveKit
   // backend would; the pages get theirs from the join endpoint.
   const pyIdentity = 'python-sdk';
-  peer = await PythonPeer.start(dir, {
+  const peer = await fx.startPeer({
     name: 'py',
     url: server.livekitUrl,
     token: server.token(pyIdentity, meeting.id, { name: 'Python SDK' }),
   });
 
   const people = [];
-  for (const name of ['Alice', 'Bruno']) {
-    const page = await newPage(browser, { locale: 'fr-FR' });
-    page.label = name;
-    pages.push(page);
-    await openPrejoin(page, meeting.link, { lang: 'fr' });
-    people.push({ page, name, ...(await joinFromPrejoin(page, name)) });
-  }
+  for (const name of ['Alice', 'Bruno']) people.push(await fx.join(meeting.link, name, { lang: 'fr', locale: 'fr-FR' }));
   const [alice, bruno] = people;
 
   // Chromium → Chromium and Python → Chromium.

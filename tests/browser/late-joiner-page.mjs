@@ -11,7 +11,7 @@
 
 import { parseArgs } from 'node:util';
 
-import { joinFromPrejoin, launchBrowser, newPage, openPrejoin, pageLogs, pageWait } from './lib/harness.mjs';
+import { pageWait, runJoinedPage } from './lib/harness.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -23,12 +23,7 @@ const { values: args } = parseArgs({
 });
 const timeout = Number(args.timeout) * 1000;
 
-const browser = await launchBrowser();
-let page;
-try {
-  page = await newPage(browser, { origin: new URL(args.link).origin });
-  await openPrejoin(page, `${args.link}?lang=fr`);
-  await joinFromPrejoin(page, args.name);
+await runJoinedPage({ link: args.link, name: args.name, lang: 'fr' }, async ({ page }) => {
   await page.locator('[data-testid=toggle-chat]').click();
   const messages = await pageWait(
     page,
@@ -51,10 +46,4 @@ try {
     },
   );
   process.stdout.write(`${JSON.stringify({ event: 'chat', messages })}\n`);
-  await browser.close();
-  process.exit(0);
-} catch (error) {
-  process.stderr.write(`${error.stack ?? error}\n${page ? pageLogs(page, args.name) : ''}\n`);
-  await browser.close().catch(() => {});
-  process.exit(1);
-}
+});

@@ -8,20 +8,7 @@ import assert from 'node:assert/strict';
 import os from 'node:os';
 import { test } from 'node:test';
 
-import { chromium } from 'playwright-core';
-
-import {
-  CHROMIUM,
-  CHROMIUM_ARGS,
-  Server,
-  expectDecoding,
-  joinFromPrejoin,
-  makeWorkdir,
-  newPage,
-  openPrejoin,
-  removeWorkdir,
-  withDiagnostics,
-} from './lib/harness.mjs';
+import { CHROMIUM_ARGS, expectDecoding, withFixture } from './lib/harness.mjs';
 
 /** In the page: the local and remote addresses of the selected pair carrying `identity`'s camera. */
 function selectedPair(page, identity) {
@@ -45,38 +32,22 @@ const hasOtherInterface = Object.values(os.networkInterfaces())
   .some((a) => a && !a.internal && a.family === 'IPv4');
 
 test('media on 127.0.0.1 only: Chromium without the loopback flag connects and video flows', { timeout: 180_000, skip: !hasOtherInterface && 'no network interface besides loopback' }, async () => {
-  const dir = makeWorkdir('loopback');
-  let server;
-  let browser;
-  const pages = [];
-  try {
-    await withDiagnostics(() => ({ server, pages }), async () => {
-      server = await Server.start(dir, { config: { 'sfu.bind_ip': '127.0.0.1' } });
-      const args = CHROMIUM_ARGS.filter((a) => a !== '--allow-loopback-in-peer-connection');
-      assert.equal(args.length, CHROMIUM_ARGS.length - 1, 'the flag this test leaves out is gone');
-      browser = await chromium.launch({ executablePath: CHROMIUM, args, timeout: 60_000 });
-      const meeting = await server.createMeeting('Boucle locale');
-      const people = [];
-      for (const name of ['Alice', 'Bruno']) {
-        const page = await newPage(browser, { locale: 'fr-FR' });
-        page.label = name;
-        pages.push(page);
-        await openPrejoin(page, meeting.link, { lang: 'fr' });
-        people.push({ page, ...(await joinFromPrejoin(page, name)) });
-      }
-      const [alice, bruno] = people;
-      await expectDecoding(alice.page, [{ identity: bruno.identity, source: 'camera' }], { newFrames: 10, timeout: 45_000 });
-      await expectDecoding(bruno.page, [{ identity: alice.identity, source: 'camera' }], { newFrames: 10, timeout: 45_000 });
-      const pair = await selectedPair(alice.page, bruno.identity);
-      assert.ok(pair, 'no selected candidate pair');
-      assert.equal(pair.remote, '127.0.0.1', `the server's only address: ${JSON.stringify(pair)}`);
-      // Without the flag Chromium has no loopback candidate of its own.
-      assert.ok(pair.local && !pair.local.startsWith('127.'), `local candidate ${JSON.stringify(pair)}`);
-      console.log(`selected pair: ${JSON.stringify(pair)}`);
-    });
-  } finally {
-    await browser?.close();
-    await server?.stop();
-    removeWorkdir(dir);
-  }
+  await withFixture('loopback', async (fx) => {
+    const server = await fx.startServer({ config: { 'sfu.bind_ip': '127.0.0.1' } });
+    const args = CHROMIUM_ARGS.filter((a) => a !== '--allow-loopback-in-peer-connection');
+    assert.equal(args.length, CHROMIUM_ARGS.length - 1, 'the flag this test leaves out is gone');
+    await fx.launchBrowser({ args });
+    const meeting = await server.createMeeting('Boucle locale');
+    const people = [];
+    for (const name of ['Alice', 'Bruno']) people.push(await fx.join(meeting.link, name, { lang: 'fr', locale: 'fr-FR' }));
+    const [alice, bruno] = people;
+    await expectDecoding(alice.page, [{ identity: bruno.identity, source: 'camera' }], { newFrames: 10, timeout: 45_000 });
+    await expectDecoding(bruno.page, [{ identity: alice.identity, source: 'camera' }], { newFrames: 10, timeout: 45_000 });
+    const pair = await selectedPair(alice.page, bruno.identity);
+    assert.ok(pair, 'no selected candidate pair');
+    assert.equal(pair.remote, '127.0.0.1', `the server's only address: ${JSON.stringify(pair)}`);
+    // Without the flag Chromium has no loopback candidate of its own.
+    assert.ok(pair.local && !pair.local.startsWith('127.'), `local candidate ${JSON.stringify(pair)}`);
+    console.log(`selected pair: ${JSON.stringify(pair)}`);
+  });
 });

@@ -5,51 +5,29 @@
 // Also writes the French screenshots under target/browser-screenshots/.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  Server,
   expectDecoding,
   joinFromPrejoin,
-  launchBrowser,
-  makeWorkdir,
-  newPage,
   openPrejoin,
   pageWait,
-  removeWorkdir,
   screenshot,
   tileSelector,
+  useFixture,
   waitFor,
-  withDiagnostics,
 } from './lib/harness.mjs';
 
 const TITLE = 'Point hebdo de l’équipe';
 const NAMES = ['Alice Martin', 'Bruno Petit', 'Chloé Durand'];
 
-let dir;
-let server;
-let browser;
-const pages = [];
-let failed = false;
-
-before(async () => {
-  dir = makeWorkdir('meeting');
-  server = await Server.start(dir);
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await server?.stop();
-  if (!failed) removeWorkdir(dir);
-  else process.stderr.write(`work directory kept: ${dir}\n`);
-});
+const fx = useFixture('meeting');
 
 /** Can this headless Chromium capture the screen? Probed on a throwaway page of the server's origin. */
 async function headlessScreenCapture(context) {
   const probe = await context.newPage();
   try {
-    await probe.goto(`${server.url}/health`);
+    await probe.goto(`${fx.server.url}/health`);
     return await probe.evaluate(async () => {
       try {
         const stream = await navigator.mediaDevices.getDisplayMedia({ video: true });
@@ -66,17 +44,11 @@ async function headlessScreenCapture(context) {
 }
 
 test('three participants: video, mute, screen share, chat, leave, resume', { timeout: 240_000 }, async () => {
-  await withDiagnostics(() => ({ server, pages }), async () => {
-    try {
-      await scenario();
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
-  });
+  await fx.run(scenario);
 });
 
 async function scenario() {
+  const { server } = fx;
   const meeting = await server.createMeeting(TITLE);
   const info = await (await fetch(`${server.url}/api/v1/meetings/${meeting.slug}`)).json();
   assert.equal(info.id, meeting.id);
@@ -85,9 +57,7 @@ async function scenario() {
   // --- Join, one after the other, through the pre-join screen (French). ---
   const people = [];
   for (const [i, name] of NAMES.entries()) {
-    const page = await newPage(browser, { locale: 'fr-FR' });
-    page.label = name;
-    pages.push(page);
+    const page = await fx.newPage({ label: name, locale: 'fr-FR' });
     await openPrejoin(page, meeting.link, { lang: 'fr', title: TITLE });
     if (i === 0) {
       assert.equal(await page.evaluate(() => document.documentElement.lang), 'fr');
@@ -293,7 +263,7 @@ async function scenario() {
 }
 
 async function waitForMetricAbove(before) {
-  return waitFor(async () => (await server.metric('tchap_visio_sfu_resumes_total')) > before, {
+  return waitFor(async () => (await fx.server.metric('tchap_visio_sfu_resumes_total')) > before, {
     timeout: 10_000,
     interval: 100,
     what: `tchap_visio_sfu_resumes_total to rise above ${before}`,

@@ -7,78 +7,37 @@
 // buttons shown on focus, and the ended meeting's link saying so (title, end time).
 
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import { expectAccessible } from './lib/axe.mjs';
 import {
-  Server,
   joinFromPrejoin,
-  launchBrowser,
-  makeWorkdir,
-  newPage,
   openPrejoin,
   pageWait,
-  removeWorkdir,
   screenshot,
   tileSelector,
+  useFixture,
   waitFor,
-  withDiagnostics,
 } from './lib/harness.mjs';
 
 const DESKTOP = { width: 1280, height: 720 };
 const PHONE = { width: 390, height: 844 };
 const TITLE = 'Revue accessible';
 
-let dir;
-let server;
-let browser;
-const pages = [];
-let failed = false;
+// A short grace period: the meeting ends 2 s after the last person left.
+const fx = useFixture('page', { server: { config: { 'meetings.grace_period_secs': 2 } } });
 
-before(async () => {
-  dir = makeWorkdir('page');
-  // A short grace period: the meeting ends 2 s after the last person left.
-  server = await Server.start(dir, { config: { 'meetings.grace_period_secs': 2 } });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await server?.stop();
-  if (!failed) removeWorkdir(dir);
-  else process.stderr.write(`work directory kept: ${dir}\n`);
-});
-
-async function run(body) {
-  await withDiagnostics(() => ({ server, pages }), async () => {
-    try {
-      await body();
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
-  });
-}
-
-async function open(viewport, { mobile = false } = {}) {
-  const page = await newPage(browser, { viewport, mobile, origin: server.url });
-  pages.push(page);
-  return page;
+function open(viewport, { mobile = false } = {}) {
+  return fx.newPage({ viewport, mobile, origin: fx.server.url });
 }
 
 /** A token granting roomAdmin on `room`: what the SFU's server-chat endpoint wants. */
 function adminToken(room) {
-  const now = Math.floor(Date.now() / 1000);
-  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
-  const header = b64({ alg: 'HS256', typ: 'JWT' });
-  const payload = b64({ iss: server.apiKey, sub: 'test-admin', nbf: now - 10, exp: now + 600, video: { room, roomAdmin: true } });
-  const signature = crypto.createHmac('sha256', server.apiSecret).update(`${header}.${payload}`).digest('base64url');
-  return `${header}.${payload}.${signature}`;
+  return fx.server.token('test-admin', room, { ttlSeconds: 600, video: { room, roomAdmin: true } });
 }
 
 test('error and pre-join screens pass axe-core, desktop and phone', { timeout: 120_000 }, async () => {
-  await run(async () => {
+  await fx.run(async ({ server }) => {
     const meeting = await server.createMeeting(TITLE);
     for (const [size, viewport] of [['desktop', DESKTOP], ['phone', PHONE]]) {
       const page = await open(viewport, { mobile: size === 'phone' });
@@ -93,7 +52,7 @@ test('error and pre-join screens pass axe-core, desktop and phone', { timeout: 1
 });
 
 test('a late joiner, Markdown chat, layout, axe in the meeting, then the ended screen', { timeout: 240_000 }, async () => {
-  await run(async () => {
+  await fx.run(async ({ server }) => {
     const meeting = await server.createMeeting(TITLE);
 
     // Alice (desktop) is in first and writes; Bob (phone) joins later.

@@ -4,50 +4,19 @@
 // then told to pause the layers nobody watches, and its sender's encodings show it.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  Server,
   expectDecoding,
-  joinFromPrejoin,
-  launchBrowser,
-  makeWorkdir,
-  newPage,
-  openPrejoin,
   pageWait,
-  removeWorkdir,
   tileSelector,
-  withDiagnostics,
+  useFixture,
 } from './lib/harness.mjs';
 
-let dir;
-let server;
-let browser;
-const pages = [];
-let failed = false;
-
-before(async () => {
-  dir = makeWorkdir('simulcast');
-  server = await Server.start(dir);
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await server?.stop();
-  if (!failed) removeWorkdir(dir);
-  else process.stderr.write(`work directory kept: ${dir}\n`);
-});
+const fx = useFixture('simulcast');
 
 test('a tile made small receives a lower layer, and the publisher pauses the unwatched ones', { timeout: 180_000 }, async () => {
-  await withDiagnostics(() => ({ server, pages }), async () => {
-    try {
-      await scenario();
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
-  });
+  await fx.run(scenario);
 });
 
 /** The decoded size of `identity`'s camera tile, once it decodes. */
@@ -65,18 +34,14 @@ function activeEncodings(page) {
 }
 
 async function scenario() {
-  const meeting = await server.createMeeting('Simulcast');
+  const meeting = await fx.server.createMeeting('Simulcast');
   const people = [];
   // The viewer's window is large, so its tile of the other camera starts large.
   for (const [name, viewport] of [
     ['Alice', { width: 1280, height: 720 }],
     ['Bruno', { width: 1600, height: 900 }],
   ]) {
-    const page = await newPage(browser, { locale: 'fr-FR', viewport });
-    page.label = name;
-    pages.push(page);
-    await openPrejoin(page, meeting.link, { lang: 'fr' });
-    people.push({ page, name, ...(await joinFromPrejoin(page, name)) });
+    people.push(await fx.join(meeting.link, name, { lang: 'fr', locale: 'fr-FR', viewport }));
   }
   const [alice, bruno] = people;
   await expectDecoding(bruno.page, [{ identity: alice.identity, source: 'camera' }], { newFrames: 10, timeout: 30_000 });

@@ -4,53 +4,24 @@
 // onto two peer connections (`?pc=dual`, `/rtc`) shares the meeting: both paths in one
 // room, every page decoding the two others. Then one leaves and two join: the spare
 // receive m-line carries one newcomer, the server asks for one more
-// (`MediaSectionsRequirement`) for the other, and both decode. Issue 6 item 1.
+// (`MediaSectionsRequirement`) for the other, and both decode.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  Server,
   expectDecoding,
   joinFromPrejoin,
-  launchBrowser,
-  makeWorkdir,
-  newPage,
   openPrejoin,
-  removeWorkdir,
-  withDiagnostics,
+  useFixture,
 } from './lib/harness.mjs';
 
 const CONNECTIONS = 'tchap_visio_signal_connections_total';
 
-let dir;
-let server;
-let browser;
-const pages = [];
-let failed = false;
-
-before(async () => {
-  dir = makeWorkdir('single-pc');
-  server = await Server.start(dir);
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await server?.stop();
-  if (!failed) removeWorkdir(dir);
-  else process.stderr.write(`work directory kept: ${dir}\n`);
-});
+const fx = useFixture('single-pc');
 
 test('pages join over /rtc/v1 without fallback, alongside a dual-PC page', { timeout: 180_000 }, async () => {
-  await withDiagnostics(() => ({ server, pages }), async () => {
-    try {
-      await scenario();
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
-  });
+  await fx.run(scenario);
 });
 
 /** Every HTTP request (with its status) and WebSocket a page opens, by path. */
@@ -77,15 +48,14 @@ function receiveVideoLines() {
 }
 
 async function join(meeting, name, pc) {
-  const page = await newPage(browser, { locale: 'fr-FR' });
-  page.label = `${name} (${pc})`;
-  pages.push(page);
+  const page = await fx.newPage({ label: `${name} (${pc})`, locale: 'fr-FR' });
   const network = recordNetwork(page);
   await openPrejoin(page, pc === 'dual' ? `${meeting.link}?pc=dual` : meeting.link);
   return { page, name, pc, network, ...(await joinFromPrejoin(page, name)) };
 }
 
 async function scenario() {
+  const { server } = fx;
   const meeting = await server.createMeeting('Une seule connexion');
   const before = {
     v1: await server.metric(CONNECTIONS, { path: '/rtc/v1' }),

@@ -9,41 +9,20 @@
 // screenshots under target/browser-screenshots/.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  Server,
   expectDecoding,
   freeUdpPort,
   joinFromPrejoin,
-  launchBrowser,
-  makeWorkdir,
-  newPage,
   openPrejoin,
   pageWait,
-  removeWorkdir,
   screenshot,
   tileSelector,
-  withDiagnostics,
+  useFixture,
 } from './lib/harness.mjs';
 
-let dir;
-let browser;
-const servers = [];
-const pages = [];
-let failed = false;
-
-before(async () => {
-  dir = makeWorkdir('sovereignty');
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  for (const server of servers) await server.stop();
-  if (!failed) removeWorkdir(dir);
-  else process.stderr.write(`work directory kept: ${dir}\n`);
-});
+const fx = useFixture('sovereignty', { server: false });
 
 /** Runs in every page before its own scripts: records each RTCPeerConnection's configuration. */
 function recordPeerConnections() {
@@ -73,7 +52,7 @@ function iceServersInPage() {
 
 /** A context whose every request and WebSocket is written into `log`. */
 async function recordedPage(log, opts) {
-  const page = await newPage(browser, opts);
+  const page = await fx.newPage(opts);
   const context = page.context();
   await context.addInitScript(recordPeerConnections);
   context.on('request', (request) => log.push({ kind: `http ${request.resourceType()}`, url: request.url() }));
@@ -90,28 +69,18 @@ async function recordedPage(log, opts) {
 }
 
 test('a whole meeting makes requests to its own server only, and gets no ICE server', { timeout: 240_000 }, async () => {
-  await withDiagnostics(() => ({ server: servers[0], pages }), async () => {
-    try {
-      await wholeMeeting();
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
-  });
+  await fx.run(wholeMeeting);
 });
 
 async function wholeMeeting() {
-  const server = await Server.start(`${dir}/main`);
-  servers.push(server);
+  const server = await fx.startServer({ subdir: 'main' });
   const meeting = await server.createMeeting('Weekly sync');
   const log = [];
 
   const people = [];
   for (const [i, name] of ['Alice', 'Bruno', 'Chloé'].entries()) {
     // English from the browser language alone.
-    const page = await recordedPage(log, { locale: 'en-US' });
-    page.label = name;
-    pages.push(page);
+    const page = await recordedPage(log, { label: name, locale: 'en-US' });
     await openPrejoin(page, meeting.link, { title: 'Weekly sync' });
     if (i === 0) {
       assert.equal(await page.evaluate(() => document.documentElement.lang), 'en');
@@ -187,28 +156,19 @@ async function wholeMeeting() {
 }
 
 test('a configured STUN server does reach the page (the checks above can see one)', { timeout: 120_000 }, async () => {
-  let server;
-  const page = await withDiagnostics(() => ({ server, pages }), async () => {
-    try {
-      const stun = `stun:127.0.0.1:${await freeUdpPort()}`;
-      server = await Server.start(`${dir}/stun`, { config: { 'sfu.ice_servers': [{ urls: [stun] }] } });
-      servers.push(server);
-      const meeting = await server.createMeeting('With STUN');
-      const log = [];
-      const p = await recordedPage(log, { locale: 'fr-FR' });
-      p.label = 'stun';
-      pages.push(p);
-      await openPrejoin(p, meeting.link, { lang: 'fr' });
-      await joinFromPrejoin(p, 'Alice');
-      const ice = await p.evaluate(iceServersInPage);
-      assert.deepEqual(ice.joinResponse.map((s) => s.urls), [[stun]]);
-      assert.ok(ice.peerConnections.length >= 1);
-      for (const pc of ice.peerConnections) assert.deepEqual(pc.effective.map((s) => s.urls).flat(), [stun]);
-      return p;
-    } catch (error) {
-      failed = true;
-      throw error;
-    }
+  const page = await fx.run(async () => {
+    const stun = `stun:127.0.0.1:${await freeUdpPort()}`;
+    const server = await fx.startServer({ subdir: 'stun', config: { 'sfu.ice_servers': [{ urls: [stun] }] } });
+    const meeting = await server.createMeeting('With STUN');
+    const log = [];
+    const p = await recordedPage(log, { label: 'stun', locale: 'fr-FR' });
+    await openPrejoin(p, meeting.link, { lang: 'fr' });
+    await joinFromPrejoin(p, 'Alice');
+    const ice = await p.evaluate(iceServersInPage);
+    assert.deepEqual(ice.joinResponse.map((s) => s.urls), [[stun]]);
+    assert.ok(ice.peerConnections.length >= 1);
+    for (const pc of ice.peerConnections) assert.deepEqual(pc.effective.map((s) => s.urls).flat(), [stun]);
+    return p;
   });
   await page.context().close();
 });

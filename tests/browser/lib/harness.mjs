@@ -1,7 +1,9 @@
 // What the browser tests start and drive: the tchap-visio binary with a config of its
 // own, Debian's Chromium through playwright-core, LiveKit's Python SDK as an extra
 // participant (tests/integration/harness/lkpeer.py), and helpers that wait on conditions
-// with deadlines (never a sleep as synchronisation).
+// with deadlines (never a sleep as synchronisation). A test file gets all of it through
+// one fixture (`useFixture`, `withFixture`, `runJoinedPage`, at the end of this file),
+// which starts what it asks for and stops it, keeping the work directory on failure.
 //
 // Environment:
 //   TCHAP_VISIO_BIN   the binary under test (default target/debug/tchap-visio); never built here
@@ -15,6 +17,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
@@ -305,9 +308,9 @@ export class Server {
     return total;
   }
 
-  /** A LiveKit access token signed with the config's API key (HS256 JWT). */
-  token(identity, room, { name, ttlSeconds = 3600 } = {}) {
-    return mintToken(this.apiKey, this.apiSecret, { identity, room, name, ttlSeconds });
+  /** A LiveKit access token signed with the config's API key (HS256 JWT; mintToken's options). */
+  token(identity, room, { name, ttlSeconds = 3600, video } = {}) {
+    return mintToken(this.apiKey, this.apiSecret, { identity, room, name, ttlSeconds, video });
   }
 
   logs(lines = 60) {
@@ -322,8 +325,11 @@ export class Server {
   }
 }
 
-/** A LiveKit access token: HS256 JWT, `iss` = API key, `sub` = identity, a roomJoin grant. */
-export function mintToken(key, secret, { identity, room, name, ttlSeconds = 3600 }) {
+/**
+ * A LiveKit access token: HS256 JWT, `iss` = API key, `sub` = identity, a roomJoin grant
+ * on `room` (or the `video` grant given instead).
+ */
+export function mintToken(key, secret, { identity, room, name, ttlSeconds = 3600, video }) {
   const now = Math.floor(Date.now() / 1000);
   const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
   const header = b64({ alg: 'HS256', typ: 'JWT' });
@@ -332,7 +338,7 @@ export function mintToken(key, secret, { identity, room, name, ttlSeconds = 3600
     sub: identity,
     nbf: now - 10,
     exp: now + ttlSeconds,
-    video: { roomJoin: true, room, canPublish: true, canSubscribe: true, canPublishData: true },
+    video: video ?? { roomJoin: true, room, canPublish: true, canSubscribe: true, canPublishData: true },
   };
   if (name) claims.name = name;
   const payload = b64(claims);
@@ -458,10 +464,11 @@ export const CHROMIUM_ARGS = [
   '--autoplay-policy=no-user-gesture-required',
 ];
 
-export async function launchBrowser() {
+/** Launches Chromium with `args` (default CHROMIUM_ARGS). */
+export async function launchBrowser({ args = CHROMIUM_ARGS } = {}) {
   if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: scripts/test-browser.sh installs Debian's chromium`);
   // playwright-core gives every launch a fresh temporary profile (user data dir).
-  return chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 60_000 });
+  return chromium.launch({ executablePath: CHROMIUM, args, timeout: 60_000 });
 }
 
 /**
@@ -624,4 +631,148 @@ export async function withDiagnostics(getSources, body) {
     }
     throw error;
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// The fixture: what one test (or test file, or page script) starts, and its tear-down
+// ---------------------------------------------------------------------------------------
+
+/**
+ * A work directory (made when first needed), the servers, the Chromium, the pages and
+ * the Python peers a test started. `run` runs a test body (on failure it prints the
+ * logs and keeps the work directory); `close` stops everything, peers first.
+ */
+export class Fixture {
+  constructor(name) {
+    this.name = name;
+    this.servers = [];
+    this.pages = [];
+    this.peers = [];
+    this.browser = null;
+    this.failed = false;
+    this.workdir = null;
+  }
+
+  /** The work directory (tchap-visio-browser-NAME-… under the temporary directory). */
+  get dir() {
+    this.workdir ??= makeWorkdir(this.name);
+    return this.workdir;
+  }
+
+  /** The first server started. */
+  get server() {
+    return this.servers[0];
+  }
+
+  /** Starts a server (Server.start's options) in the work directory, or in `subdir` of it. */
+  async startServer({ subdir, ...options } = {}) {
+    const server = await Server.start(subdir ? path.join(this.dir, subdir) : this.dir, options);
+    this.servers.push(server);
+    return server;
+  }
+
+  /** Launches the Chromium the pages open in (launchBrowser's options). */
+  async launchBrowser(options) {
+    this.browser = await launchBrowser(options);
+    return this.browser;
+  }
+
+  /** A new context and page (newPage's options); `label` names it in the diagnostics. */
+  async newPage({ label, ...options } = {}) {
+    const page = await newPage(this.browser, options);
+    if (label !== undefined) page.label = label;
+    this.pages.push(page);
+    return page;
+  }
+
+  /**
+   * A new page that opens `link` (openPrejoin's `lang` and `title`) and joins as `name`:
+   * {page, name, identity, sid, tJoin}. The other options are newPage's.
+   */
+  async join(link, name, { lang, title, ...pageOptions } = {}) {
+    const page = await this.newPage({ label: name, ...pageOptions });
+    await openPrejoin(page, link, { lang, title });
+    return { page, name, ...(await joinFromPrejoin(page, name)) };
+  }
+
+  /** A LiveKit Python SDK participant (PythonPeer.start's options). */
+  async startPeer(options) {
+    const peer = await PythonPeer.start(this.dir, options);
+    this.peers.push(peer);
+    return peer;
+  }
+
+  /**
+   * Runs `body(this)`; when it throws, prints the logs (the latest server's, the pages'
+   * consoles, the peers'), marks the fixture failed and rethrows.
+   */
+  async run(body) {
+    return withDiagnostics(
+      () => ({ server: this.servers.at(-1), pages: this.pages, peers: this.peers }),
+      async () => {
+        try {
+          return await body(this);
+        } catch (error) {
+          this.failed = true;
+          throw error;
+        }
+      },
+    );
+  }
+
+  /** Stops the peers, Chromium and the servers; removes the work directory unless a run failed. */
+  async close() {
+    for (const peer of this.peers) await peer.close();
+    await this.browser?.close().catch(() => {});
+    for (const server of this.servers) await server.stop();
+    if (!this.workdir) return;
+    if (!this.failed) removeWorkdir(this.workdir);
+    else process.stderr.write(`work directory kept: ${this.workdir}\n`);
+  }
+}
+
+/**
+ * The fixture shared by a node:test file's tests: before them, a server (`server`:
+ * Server.start's options, or false for none) and Chromium; after them, `close`.
+ * Each test runs its body with `fixture.run(...)`.
+ */
+export function useFixture(name, { server = {}, browser = true } = {}) {
+  const fixture = new Fixture(name);
+  before(async () => {
+    if (server) await fixture.startServer(server);
+    if (browser) await fixture.launchBrowser();
+  });
+  after(() => fixture.close());
+  return fixture;
+}
+
+/** A fixture for one body: `body(fixture)` in `run`, then `close`, whatever happened. */
+export async function withFixture(name, body) {
+  const fixture = new Fixture(name);
+  try {
+    return await fixture.run(body);
+  } finally {
+    await fixture.close();
+  }
+}
+
+/**
+ * For the page scripts that the Python tests run (not node:test files): one Chromium
+ * page joins `link` as `name` from the pre-join screen (`lang` as in openPrejoin), then
+ * `body(joined)` ({page, name, identity, …}) does the rest. Exits 0 when it returns, 1
+ * when anything fails, with the error and the page's console on stderr.
+ */
+export async function runJoinedPage({ link, name, lang }, body) {
+  const fixture = new Fixture('page-script');
+  try {
+    await fixture.launchBrowser();
+    await body(await fixture.join(link, name, { lang, origin: new URL(link).origin }));
+  } catch (error) {
+    const page = fixture.pages[0];
+    process.stderr.write(`${error.stack ?? error}\n${page ? pageLogs(page, name) : ''}\n`);
+    await fixture.close();
+    process.exit(1);
+  }
+  await fixture.close();
+  process.exit(0);
 }

@@ -7,17 +7,7 @@
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 
-import {
-  Server,
-  expectDecoding,
-  joinFromPrejoin,
-  launchBrowser,
-  makeWorkdir,
-  newPage,
-  openPrejoin,
-  removeWorkdir,
-  withDiagnostics,
-} from './harness.mjs';
+import { expectDecoding, withFixture } from './harness.mjs';
 
 /** Sends one datagram; resolves with the error the kernel gave, or null if it went out. */
 function udpSend(port) {
@@ -65,60 +55,41 @@ async function selectedPairs(page, identity) {
 /** Bytes that only media explains: a STUN and DTLS exchange is a few kB. */
 const MEDIA_BYTES = 20_000;
 
-const dir = makeWorkdir('udp-blocked');
-let server;
-let browser;
-const pages = [];
-let ok = false;
-try {
-  await withDiagnostics(() => ({ server, pages }), async () => {
-    server = await Server.start(dir);
-    // The namespace really blocks UDP: the kernel refuses the datagram.
-    const refused = await udpSend(server.udpPort);
-    assert.ok(refused, 'a UDP datagram left this namespace: the UDP block is not in place');
+await withFixture('udp-blocked', async (fx) => {
+  const server = await fx.startServer();
+  // The namespace really blocks UDP: the kernel refuses the datagram.
+  const refused = await udpSend(server.udpPort);
+  assert.ok(refused, 'a UDP datagram left this namespace: the UDP block is not in place');
 
-    browser = await launchBrowser();
-    const meeting = await server.createMeeting('UDP bloqué');
-    const people = [];
-    for (const name of ['Alice', 'Bruno']) {
-      const page = await newPage(browser, { locale: 'fr-FR' });
-      page.label = name;
-      pages.push(page);
-      await openPrejoin(page, meeting.link, { lang: 'fr' });
-      people.push({ page, name, ...(await joinFromPrejoin(page, name)) });
+  await fx.launchBrowser();
+  const meeting = await server.createMeeting('UDP bloqué');
+  const people = [];
+  for (const name of ['Alice', 'Bruno']) people.push(await fx.join(meeting.link, name, { lang: 'fr', locale: 'fr-FR' }));
+  const [alice, bruno] = people;
+  const bytesBefore = await server.metric('tchap_visio_sfu_tcp_bytes_total');
+  const decoded = {
+    alice: await expectDecoding(alice.page, [{ identity: bruno.identity, source: 'camera' }], { newFrames: 15, timeout: 45_000 }),
+    bruno: await expectDecoding(bruno.page, [{ identity: alice.identity, source: 'camera' }], { newFrames: 15, timeout: 45_000 }),
+  };
+  const pairs = {
+    alice: await selectedPairs(alice.page, bruno.identity),
+    bruno: await selectedPairs(bruno.page, alice.identity),
+  };
+  for (const [who, { receive, send }] of Object.entries(pairs)) {
+    for (const [direction, pair] of Object.entries({ receive, send })) {
+      assert.ok(pair, `${who}: no selected candidate pair for ${direction}`);
+      assert.equal(pair.local.protocol, 'tcp', `${who} ${direction}: local candidate ${JSON.stringify(pair)}`);
+      assert.equal(pair.remote.protocol, 'tcp', `${who} ${direction}: remote candidate ${JSON.stringify(pair)}`);
+      assert.equal(pair.remote.tcpType, 'passive', `${who} ${direction}: the server's candidate is passive`);
     }
-    const [alice, bruno] = people;
-    const bytesBefore = await server.metric('tchap_visio_sfu_tcp_bytes_total');
-    const decoded = {
-      alice: await expectDecoding(alice.page, [{ identity: bruno.identity, source: 'camera' }], { newFrames: 15, timeout: 45_000 }),
-      bruno: await expectDecoding(bruno.page, [{ identity: alice.identity, source: 'camera' }], { newFrames: 15, timeout: 45_000 }),
-    };
-    const pairs = {
-      alice: await selectedPairs(alice.page, bruno.identity),
-      bruno: await selectedPairs(bruno.page, alice.identity),
-    };
-    for (const [who, { receive, send }] of Object.entries(pairs)) {
-      for (const [direction, pair] of Object.entries({ receive, send })) {
-        assert.ok(pair, `${who}: no selected candidate pair for ${direction}`);
-        assert.equal(pair.local.protocol, 'tcp', `${who} ${direction}: local candidate ${JSON.stringify(pair)}`);
-        assert.equal(pair.remote.protocol, 'tcp', `${who} ${direction}: remote candidate ${JSON.stringify(pair)}`);
-        assert.equal(pair.remote.tcpType, 'passive', `${who} ${direction}: the server's candidate is passive`);
-      }
-      // More than ICE and DTLS alone (a few kB): the decoded video came this way.
-      assert.ok(receive.bytesReceived > MEDIA_BYTES, `${who}: ${receive.bytesReceived} bytes received on the TCP pair`);
-      assert.ok(send.bytesSent > MEDIA_BYTES, `${who}: ${send.bytesSent} bytes sent on the TCP pair`);
-    }
-    const bytesAfter = await server.metric('tchap_visio_sfu_tcp_bytes_total');
-    const connections = await server.metric('tchap_visio_sfu_tcp_connections');
-    assert.ok(bytesAfter > bytesBefore + MEDIA_BYTES, `the server counted ${bytesAfter - bytesBefore} TCP bytes while video decoded`);
-    // Each page holds one peer connection (/rtc/v1), over TCP; two with ?pc=dual.
-    assert.ok(connections >= 2, `${connections} ICE-TCP connections open on the server`);
-    console.log(`RESULT ${JSON.stringify({ decoded, pairs, tcpBytes: bytesAfter, connections })}`);
-    ok = true;
-  });
-} finally {
-  await browser?.close().catch(() => {});
-  await server?.stop();
-  if (ok) removeWorkdir(dir);
-  else process.stderr.write(`work directory kept: ${dir}\n`);
-}
+    // More than ICE and DTLS alone (a few kB): the decoded video came this way.
+    assert.ok(receive.bytesReceived > MEDIA_BYTES, `${who}: ${receive.bytesReceived} bytes received on the TCP pair`);
+    assert.ok(send.bytesSent > MEDIA_BYTES, `${who}: ${send.bytesSent} bytes sent on the TCP pair`);
+  }
+  const bytesAfter = await server.metric('tchap_visio_sfu_tcp_bytes_total');
+  const connections = await server.metric('tchap_visio_sfu_tcp_connections');
+  assert.ok(bytesAfter > bytesBefore + MEDIA_BYTES, `the server counted ${bytesAfter - bytesBefore} TCP bytes while video decoded`);
+  // Each page holds one peer connection (/rtc/v1), over TCP; two with ?pc=dual.
+  assert.ok(connections >= 2, `${connections} ICE-TCP connections open on the server`);
+  console.log(`RESULT ${JSON.stringify({ decoded, pairs, tcpBytes: bytesAfter, connections })}`);
+});

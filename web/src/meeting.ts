@@ -1,6 +1,8 @@
-// The meeting: connects the room and wires its parts: the stage of tiles (layout.ts),
-// controls, chat and participants panels, reactions, shortcuts, the settings dialog,
-// raised hands, the reconnection banner and the end screen.
+// The meeting: connects the room, follows its events and renders, wiring the parts that
+// live in modules of their own: the stage of tiles (layout.ts), the buttons
+// (controls.ts), the side panel (side.ts), reactions, shortcuts, settings, remote audio
+// and notices. Keeps here: joining and publishing, the actions (microphone, camera,
+// screen, hand, layout), the reconnection banner and leaving.
 
 import {
   ConnectionState,
@@ -18,7 +20,7 @@ import {
 } from 'livekit-client';
 import { probeSignal } from './api';
 import { RemoteAudio } from './audio';
-import { ChatPanel, SERVER_IDENTITY, isTouchScreen } from './chat';
+import { SERVER_IDENTITY } from './chat';
 import { ControlButtons } from './controls';
 import { diagnostics } from './diagnostics';
 import { clear, h } from './dom';
@@ -27,15 +29,13 @@ import { signalBars } from './icons';
 import { t } from './i18n';
 import { Stage, type ParticipantView } from './layout';
 import { Notices } from './notices';
-import { ParticipantsPanel } from './participants';
 import { audioCaptureOptions, videoCaptureOptions, type Joined, type LocalMedia } from './prejoin';
 import { REACTION_TOPIC, Reactions } from './reactions';
 import { createRoom } from './room';
 import { SettingsDialog } from './settings';
+import { SidePanels } from './side';
 import { Shortcuts } from './shortcuts';
 import { participantName, qualityLabel } from './tile';
-
-type Panel = 'chat' | 'participants' | null;
 
 function isHidden(participant: Participant): boolean {
   return participant.identity === SERVER_IDENTITY || participant.permissions?.hidden === true;
@@ -43,7 +43,6 @@ function isHidden(participant: Participant): boolean {
 
 export class Meeting {
   readonly room: Room;
-  private panel: Panel = null;
   private phase: 'connecting' | 'connected' | 'done' = 'connecting';
   private signalConnected = false;
   private pendingVideo: LocalVideoTrack | undefined;
@@ -59,13 +58,9 @@ export class Meeting {
 
   // DOM
   private readonly main = h('div', { class: 'meeting', id: 'main' });
-  private readonly side = h('aside', { class: 'side', hidden: true });
-  private readonly participantsPanel: ParticipantsPanel;
-  private readonly chat: ChatPanel;
+  private readonly side: SidePanels;
   private readonly controls = h('footer', { class: 'controls', 'aria-label': t('meeting.controls') });
   private readonly buttons = new ControlButtons();
-  private readonly unreadBadge = h('span', { class: 'badge', 'data-testid': 'chat-unread', hidden: true, 'aria-hidden': 'true' });
-  private readonly countBadge = h('span', { class: 'badge neutral', 'aria-hidden': 'true' });
   private readonly headerCount = h('span', { class: 'header-count' });
   private readonly qualityIndicator = h('span', { class: 'quality-indicator', role: 'img', 'data-testid': 'connection-quality' }, signalBars());
   private readonly reconnectBanner = h('div', { class: 'banner warn', 'data-testid': 'reconnecting-banner', role: 'status', hidden: true }, t('meeting.reconnecting'));
@@ -96,17 +91,15 @@ export class Meeting {
     this.room = createRoom(this.devices);
     diagnostics.room = this.room;
     this.audio = new RemoteAudio(this.room);
-    this.chat = new ChatPanel(
-      this.room,
-      () => joined.name,
-      () => this.setPanel(null),
-      (count, latest) => this.onUnread(count, latest),
-      (message) => this.notices.toast(message),
-    );
-    this.participantsPanel = new ParticipantsPanel(
-      { nameOf: (p) => this.nameOf(p), identityOf: (p) => this.identityOf(p) },
-      () => this.setPanel(null),
-    );
+    this.side = new SidePanels({
+      room: this.room,
+      name: () => joined.name,
+      naming: { nameOf: (p) => this.nameOf(p), identityOf: (p) => this.identityOf(p) },
+      buttons: this.buttons,
+      notices: this.notices,
+      main: this.main,
+      relayout: () => this.layout(),
+    });
     this.settings = new SettingsDialog(this.room, this.devices, (message) => this.notices.toast(message));
     this.reactions = new Reactions(
       { room: this.room, connected: () => this.phase === 'connected', notices: this.notices },
@@ -116,8 +109,8 @@ export class Meeting {
       { key: 'm', label: 'meeting.mic', run: () => void this.toggleDevice('mic') },
       { key: 'v', label: 'meeting.camera', run: () => void this.toggleDevice('camera') },
       { key: 'd', label: 'meeting.screen', run: () => { if (!this.buttons.byId['toggle-screen'].disabled) void this.toggleScreen(); } },
-      { key: 'c', label: 'meeting.chat', run: () => this.togglePanel('chat') },
-      { key: 'p', label: 'meeting.participants', run: () => this.togglePanel('participants') },
+      { key: 'c', label: 'meeting.chat', run: () => this.side.toggle('chat') },
+      { key: 'p', label: 'meeting.participants', run: () => this.side.toggle('participants') },
       { key: 'r', label: 'meeting.hand', run: () => void this.toggleHand() },
       { key: 'e', label: 'meeting.reactions', run: () => this.reactions.toggleMenu() },
       { key: 'g', label: 'meeting.layoutToggle', run: () => this.toggleLayout() },
@@ -129,11 +122,7 @@ export class Meeting {
           this.reactions.closeMenu(true);
           return true;
         }
-        if (this.panel && this.side.contains(document.activeElement)) {
-          this.setPanel(null);
-          return true;
-        }
-        return false;
+        return this.side.closeIfFocused();
       },
       paused: () => this.settings.isOpen,
     });
@@ -145,7 +134,7 @@ export class Meeting {
   async start(): Promise<void> {
     this.mount();
     this.bindRoomEvents();
-    this.chat.listen();
+    this.side.chat.listen();
     this.shortcuts.listen();
     this.scheduleRender();
     const { url, token } = this.joined.join;
@@ -175,7 +164,7 @@ export class Meeting {
     this.publishing = this.publishInitial();
     // After connecting, so that a message arriving meanwhile is either live or stored
     // (and then in the history): the panel shows each id once.
-    void this.chat.loadHistory(this.joined.slug, token);
+    void this.side.chat.loadHistory(this.joined.slug, token);
   }
 
   private async publishInitial(): Promise<void> {
@@ -216,17 +205,6 @@ export class Meeting {
       ),
     );
 
-    this.side.append(this.chat.el, this.participantsPanel.el);
-
-    const chatButton = this.buttons.make('toggle-chat', 'chat', 'meeting.chat', () => this.togglePanel('chat'), 'C');
-    chatButton.setAttribute('aria-controls', 'chat-panel');
-    chatButton.setAttribute('aria-expanded', 'false');
-    chatButton.appendChild(this.unreadBadge);
-    const peopleButton = this.buttons.make('toggle-participants', 'people', 'meeting.participants', () => this.togglePanel('participants'), 'P');
-    peopleButton.setAttribute('aria-controls', 'participants-panel');
-    peopleButton.setAttribute('aria-expanded', 'false');
-    peopleButton.appendChild(this.countBadge);
-
     const screenButton = this.buttons.make('toggle-screen', 'screen', 'meeting.screen', () => void this.toggleScreen(), 'D');
     if (!navigator.mediaDevices || !('getDisplayMedia' in navigator.mediaDevices)) {
       screenButton.disabled = true;
@@ -239,8 +217,8 @@ export class Meeting {
       screenButton,
       this.reactions.controls(),
       this.buttons.make('raise-hand', 'hand', 'meeting.hand', () => void this.toggleHand(), 'R'),
-      chatButton,
-      peopleButton,
+      this.side.chatButton,
+      this.side.peopleButton,
       this.buttons.make('leave', 'leave', 'meeting.leave', () => void this.leave(), 'Maj+Q', 'danger'),
     );
 
@@ -248,7 +226,7 @@ export class Meeting {
     this.shortcuts.buildHelp();
     this.settings.build();
 
-    const body = h('div', { class: 'meeting-body' }, this.stage.el, this.side);
+    const body = h('div', { class: 'meeting-body' }, this.stage.el, this.side.el);
     this.main.append(
       h('a', { class: 'skip-link', href: '#meeting-controls' }, t('meeting.skipToControls')),
       header,
@@ -442,13 +420,7 @@ export class Meeting {
     const people = this.participants();
     const count = people.length;
     this.headerCount.textContent = t('meeting.count', { count });
-    this.countBadge.textContent = String(count);
-    // The visible count is part of the button's name (axe-core: label-content-name-mismatch;
-    // it ignores words in parentheses, so "Participants (2)" would not do).
-    const peopleLabel = t('meeting.count', { count });
-    this.buttons.byId['toggle-participants']?.setAttribute('aria-label', peopleLabel);
-    if (this.buttons.byId['toggle-participants']) this.buttons.byId['toggle-participants'].title = `${peopleLabel} (P)`;
-    this.participantsPanel.render(people, this.room.localParticipant);
+    this.side.renderParticipants(people, this.room.localParticipant);
   }
 
   private updateControls(): void {
@@ -528,39 +500,4 @@ export class Meeting {
     this.notices.announce(t(mode === 'grid' ? 'meeting.layoutIsGrid' : 'meeting.layoutIsSpeaker'));
     this.scheduleRender();
   }
-
-  private togglePanel(panel: Exclude<Panel, null>): void {
-    this.setPanel(this.panel === panel ? null : panel);
-  }
-
-  private setPanel(panel: Panel): void {
-    const previous = this.panel;
-    this.panel = panel;
-    this.side.hidden = panel === null;
-    this.chat.setOpen(panel === 'chat');
-    this.participantsPanel.el.hidden = panel !== 'participants';
-    this.buttons.byId['toggle-chat'].setAttribute('aria-expanded', String(panel === 'chat'));
-    this.buttons.byId['toggle-participants'].setAttribute('aria-expanded', String(panel === 'participants'));
-    this.buttons.byId['toggle-chat'].classList.toggle('active', panel === 'chat');
-    this.buttons.byId['toggle-participants'].classList.toggle('active', panel === 'participants');
-    this.main.classList.toggle('panel-open', panel !== null);
-    // On a touch screen the field is not focused: that would open the keyboard over the chat.
-    if (panel === 'chat') (isTouchScreen() ? this.chat.logElement : this.chat.input).focus();
-    else if (panel === 'participants') (this.participantsPanel.el.querySelector('button') as HTMLButtonElement | null)?.focus();
-    else if (previous) this.buttons.byId[previous === 'chat' ? 'toggle-chat' : 'toggle-participants'].focus();
-    this.layout();
-  }
-
-  private onUnread(count: number, latest?: { author: string; text: string }): void {
-    this.unreadBadge.hidden = count === 0;
-    const shown = count > 99 ? '99+' : String(count);
-    this.unreadBadge.textContent = shown;
-    // The name holds the badge's text as shown, outside parentheses (axe-core's
-    // label-content-name-mismatch).
-    const label = count === 0 ? t('meeting.chat') : t('meeting.chatUnread', { count, shown });
-    this.buttons.byId['toggle-chat']?.setAttribute('aria-label', label);
-    if (latest) this.notices.toast(t('chat.newMessage', { name: latest.author }), latest.text.slice(0, 120));
-  }
-
-
 }

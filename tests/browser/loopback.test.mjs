@@ -8,24 +8,7 @@ import assert from 'node:assert/strict';
 import os from 'node:os';
 import { test } from 'node:test';
 
-import { CHROMIUM_ARGS, expectDecoding, withFixture } from './lib/harness.mjs';
-
-/** In the page: the local and remote addresses of the selected pair carrying `identity`'s camera. */
-function selectedPair(page, identity) {
-  return page.evaluate(async (identity) => {
-    const track = window.tchapVisio.room.remoteParticipants.get(identity)?.getTrackPublication('camera')?.track;
-    if (!track?.receiver) return null;
-    const stats = [...(await track.receiver.getStats()).values()];
-    const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
-    const pair = transport
-      ? stats.find((s) => s.id === transport.selectedCandidatePairId)
-      : stats.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
-    if (!pair) return null;
-    const local = stats.find((s) => s.id === pair.localCandidateId);
-    const remote = stats.find((s) => s.id === pair.remoteCandidateId);
-    return { local: local?.address, remote: remote?.address };
-  }, identity);
-}
+import { CHROMIUM_ARGS, expectDecoding, selectedPairs, withFixture } from './lib/harness.mjs';
 
 const hasOtherInterface = Object.values(os.networkInterfaces())
   .flat()
@@ -43,7 +26,8 @@ test('media on 127.0.0.1 only: Chromium without the loopback flag connects and v
     const [alice, bruno] = people;
     await expectDecoding(alice.page, [{ identity: bruno.identity, source: 'camera' }], { newFrames: 10, timeout: 45_000 });
     await expectDecoding(bruno.page, [{ identity: alice.identity, source: 'camera' }], { newFrames: 10, timeout: 45_000 });
-    const pair = await selectedPair(alice.page, bruno.identity);
+    const { receive } = await selectedPairs(alice.page, bruno.identity);
+    const pair = receive && { local: receive.local.address, remote: receive.remote.address };
     assert.ok(pair, 'no selected candidate pair');
     assert.equal(pair.remote, '127.0.0.1', `the server's only address: ${JSON.stringify(pair)}`);
     // Without the flag Chromium has no loopback candidate of its own.

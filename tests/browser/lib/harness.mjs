@@ -609,6 +609,39 @@ export async function joinFromPrejoin(page, name) {
   return { ...joined, tJoin };
 }
 
+/**
+ * In the page: the selected ICE candidate pair of the connection carrying `identity`'s
+ * camera to this page (receiver) and of this page's own camera (sender): {receive, send},
+ * each null when there is none yet.
+ */
+export async function selectedPairs(page, identity) {
+  return page.evaluate(async (identity) => {
+    const pair = async (report) => {
+      const stats = [...report.values()];
+      const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+      const selected = transport
+        ? stats.find((s) => s.id === transport.selectedCandidatePairId)
+        : stats.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+      if (!selected) return null;
+      const local = stats.find((s) => s.id === selected.localCandidateId);
+      const remote = stats.find((s) => s.id === selected.remoteCandidateId);
+      return {
+        local: { protocol: local?.protocol, tcpType: local?.tcpType, address: local?.address },
+        remote: { protocol: remote?.protocol, tcpType: remote?.tcpType, address: remote?.address, port: remote?.port },
+        bytesReceived: selected.bytesReceived,
+        bytesSent: selected.bytesSent,
+      };
+    };
+    const room = window.tchapVisio.room;
+    const remoteTrack = room.remoteParticipants.get(identity)?.getTrackPublication('camera')?.track;
+    const localTrack = room.localParticipant.getTrackPublication('camera')?.track;
+    return {
+      receive: remoteTrack?.receiver ? await pair(await remoteTrack.receiver.getStats()) : null,
+      send: localTrack?.sender ? await pair(await localTrack.sender.getStats()) : null,
+    };
+  }, identity);
+}
+
 export async function screenshot(page, name) {
   fs.mkdirSync(SCREENSHOT_DIR, { recursive: true });
   await page.screenshot({ path: path.join(SCREENSHOT_DIR, `${name}.png`) });

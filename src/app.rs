@@ -17,14 +17,14 @@ use crate::bridge::sfu_events::SfuEventWorker;
 use crate::bridge::{self, Bridge, BridgeContext};
 use crate::config::Config;
 use crate::http::api::BotApiContext;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, PingOnlyState};
 use crate::matrix::bot::Bot;
 use crate::matrix::client::{CallError, MatrixClient};
 use crate::matrix::inbox::InboxWorker;
 use crate::matrix::queue::{self, OutboundRequest, OutboundWorker};
 use crate::observability;
 use crate::sfu::{EngineConfig, SfuHandle};
-use crate::signal::{self, SignalState};
+use crate::signal::SignalState;
 use crate::store::{Store, redact_uri};
 use crate::webhooks::Webhooks;
 
@@ -153,11 +153,13 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         bot_user_id: bot.user_id.clone(),
         max_body_bytes: config.appservice.max_body_bytes,
         inbox_wake,
-        metrics: Some(metrics),
-        pings: None,
-        sfu_keys: sfu_keys.clone(),
+        metrics,
         public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
         bot_api,
+        signal: SignalState {
+            sfu,
+            keys: sfu_keys,
+        },
     };
     tracing::info!(
         %addr,
@@ -168,10 +170,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         "tchap-visio is running"
     );
     let server_shutdown = shutdown.clone();
-    let router = http::router(state).merge(signal::routes(SignalState {
-        sfu,
-        keys: sfu_keys,
-    }));
+    let router = http::router(state);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         wait_for_signal().await;
         server_shutdown.cancel();
@@ -317,21 +316,10 @@ pub async fn check_config(config: &Config) -> anyhow::Result<String> {
     let (ping_tx, mut ping_rx) = mpsc::unbounded_channel();
     let serving_ourselves = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
-            let store = Store::connect("sqlite::memory:", 1).await?;
-            let state = AppState {
-                store,
+            let state = PingOnlyState {
                 hs_token: SecretToken::new(&config.appservice.hs_token),
-                bot_user_id: config.bot_user_id(),
                 max_body_bytes: config.appservice.max_body_bytes,
-                inbox_wake: Arc::new(Notify::new()),
-                metrics: None,
-                pings: Some(ping_tx),
-                sfu_keys: Arc::new(SfuKeys::generate()),
-                public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
-                bot_api: BotApiContext {
-                    outbound_wake: Arc::new(Notify::new()),
-                    bridge: Arc::new(BridgeContext::from_config(config, None, None)),
-                },
+                pings: ping_tx,
             };
             let stop = shutdown.clone();
             tokio::spawn(async move {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +25,7 @@ use tokio::sync::Notify;
 use super::AppState;
 use super::appservice::{parse_json_body, read_body};
 use super::error::MatrixError;
+use crate::auth::Bearer;
 use crate::auth::api_token::{self, TokenScope};
 use crate::bridge::BridgeContext;
 use crate::i18n;
@@ -114,16 +114,11 @@ async fn connection(
 /// Checks `Authorization: Bearer <token>` against the stored tokens: none → 401
 /// `M_MISSING_TOKEN`; unknown, revoked or malformed → 401 `M_UNKNOWN_TOKEN`.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<BotToken, MatrixError> {
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err(MatrixError::missing_token());
+    let presented = match crate::auth::bearer(headers) {
+        Bearer::Absent => return Err(MatrixError::missing_token()),
+        Bearer::Malformed => return Err(unknown_token()),
+        Bearer::Token(token) => token,
     };
-    let presented = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(unknown_token)?;
     let mut conn = connection(state).await?;
     let tokens = api_tokens::active(&mut conn)
         .await
@@ -317,7 +312,7 @@ pub async fn get_meeting(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !headers.contains_key(AUTHORIZATION) {
+    if crate::auth::bearer(&headers) == Bearer::Absent {
         return super::join::info(State(state), Path(key))
             .await
             .into_response();

@@ -5,12 +5,12 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use super::AppState;
 use super::error::MatrixError;
+use crate::auth::Bearer;
 use crate::auth::token::can_join;
 use crate::ids::MeetingSlug;
 use crate::meeting::ChatMessage;
@@ -66,17 +66,11 @@ fn unknown_token(reason: impl std::fmt::Display) -> MatrixError {
 
 /// `Authorization: Bearer <token>`; none → 401 `M_MISSING_TOKEN`.
 fn bearer(headers: &HeaderMap) -> Result<&str, MatrixError> {
-    let value = headers
-        .get(AUTHORIZATION)
-        .ok_or_else(MatrixError::missing_token)?;
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| unknown_token("expected `Bearer <token>`"))
+    match crate::auth::bearer(headers) {
+        Bearer::Absent => Err(MatrixError::missing_token()),
+        Bearer::Token(token) if !token.is_empty() => Ok(token),
+        Bearer::Token(_) | Bearer::Malformed => Err(unknown_token("expected `Bearer <token>`")),
+    }
 }
 
 /// The history: 401 without a valid token, 404 for an unknown slug or an ended meeting
@@ -88,7 +82,8 @@ pub async fn history(
 ) -> Result<Json<ChatHistory>, MatrixError> {
     let token = bearer(&headers)?;
     let claims = state
-        .sfu_keys
+        .signal
+        .keys
         .verify(token, store::now_ms())
         .map_err(unknown_token)?;
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;

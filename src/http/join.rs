@@ -95,7 +95,7 @@ pub async fn join(
         store::now_ms(),
         JOIN_TOKEN_TTL_SECS,
     );
-    let token = state.sfu_keys.issue(&claims);
+    let token = state.signal.keys.issue(&claims);
     metrics::counter!("tchap_visio_join_tokens_issued_total").increment(1);
     tracing::info!(meeting = %meeting.id, %identity, "join token issued");
     let secure = state.public_ws_url.starts_with("wss://");
@@ -229,7 +229,7 @@ mod tests {
         the_page_is_served_with_a_strict_policy,
         |store: Store| async move {
             use tower::ServiceExt;
-            let response = crate::http::router(crate::http::tests::state(store.clone()))
+            let response = crate::http::router(crate::http::tests::state(store.clone()).await)
                 .oneshot(
                     Request::get("/m/anything")
                         .body(Body::empty())
@@ -249,7 +249,7 @@ mod tests {
                 csp.contains("default-src 'self'") && csp.contains(TEST_WS_URL),
                 "{csp}"
             );
-            let missing = crate::http::router(crate::http::tests::state(store.clone()))
+            let missing = crate::http::router(crate::http::tests::state(store.clone()).await)
                 .oneshot(
                     Request::get("/assets/nope.js")
                         .body(Body::empty())

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRef, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
@@ -35,18 +35,18 @@ pub struct SignalState {
     pub keys: Arc<SfuKeys>,
 }
 
-/// `/rtc` and `/rtc/validate`, with their state applied.
-pub fn routes(state: SignalState) -> Router {
+/// `/rtc`, `/rtc/v1` and their `validate` routes, for any router whose state holds a
+/// [`SignalState`] (`http::router` mounts them).
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    SignalState: FromRef<S>,
+{
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
         .route("/rtc/v1", get(rtc_v1))
         .route("/rtc/v1/validate", get(validate_v1))
-        .route(
-            "/api/v1/rooms/{room}/chat",
-            axum::routing::post(server_chat),
-        )
-        .with_state(state)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,14 +73,13 @@ fn refuse(status: StatusCode, text: impl Into<String>) -> Response {
     (status, text.into()).into_response()
 }
 
+/// The token from `Authorization: Bearer`, else from the query (browsers cannot set
+/// headers on a WebSocket).
 fn token_from(headers: &HeaderMap, params: &RtcParams) -> Option<String> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    bearer.or_else(|| params.access_token.clone())
+    crate::auth::bearer(headers)
+        .token()
+        .map(str::to_owned)
+        .or_else(|| params.access_token.clone())
 }
 
 /// Checks the token and the grant to join its room.
@@ -107,59 +106,6 @@ fn authorize(
         ));
     }
     Ok(claims)
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ServerChat {
-    /// Display name of the original author (a Matrix user, say).
-    name: String,
-    text: String,
-}
-
-/// `POST /api/v1/rooms/{room}/chat`: chat into a room as the server participant, with a
-/// LiveKit token granting `roomAdmin` on that room.
-async fn server_chat(
-    State(state): State<SignalState>,
-    axum::extract::Path(room): axum::extract::Path<String>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let Some(token) = token_from(&headers, &RtcParams::default()) else {
-        return refuse(StatusCode::UNAUTHORIZED, "missing access token");
-    };
-    let claims = match state.keys.verify(&token, crate::sfu::unix_ms()) {
-        Ok(claims) => claims,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
-    };
-    if !claims.video.room_admin || claims.video.room != room {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "the access token does not grant roomAdmin on this room",
-        );
-    }
-    let chat: ServerChat = match serde_json::from_slice(&body) {
-        Ok(chat) => chat,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"name\", \"text\"}}: {e}"),
-            );
-        }
-    };
-    if chat.text.is_empty() || chat.text.len() > 16 * 1024 {
-        return refuse(StatusCode::BAD_REQUEST, "text must be 1 to 16384 bytes");
-    }
-    // The author is shown to every participant: the same rules as any name, and marked
-    // as coming from a server-side tool, so it cannot pass for a person in the meeting.
-    let name = match crate::names::normalise_display_name(&chat.name, 48) {
-        Ok(name) => format!("{name} (bot)"),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("name: {e}")),
-    };
-    if state.sfu.inject_chat(room, None, name, chat.text).await {
-        refuse(StatusCode::OK, "sent")
-    } else {
-        refuse(StatusCode::NOT_FOUND, "nobody is in this room")
-    }
 }
 
 /// `/rtc/v1/validate`: as `/rtc/validate`, and the join request must decode (checked

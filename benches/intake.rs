@@ -72,7 +72,7 @@ fn example_config() -> tchap_visio::config::Config {
 }
 
 /// The signalling part of the state: an SFU on a loopback port, unused by the intake.
-async fn signal_state(shutdown: CancellationToken) -> SignalState {
+async fn signal_state(store: Store, shutdown: CancellationToken) -> SignalState {
     let config = EngineConfig {
         candidates: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
         max_participants_per_room: 100,
@@ -90,6 +90,7 @@ async fn signal_state(shutdown: CancellationToken) -> SignalState {
     SignalState {
         sfu,
         keys: Arc::new(SfuKeys::generate()),
+        rooms: Arc::new(tchap_visio::http::join::StoredMeetings { store }),
     }
 }
 
@@ -130,7 +131,7 @@ async fn run(label: &str, uri: &str) {
                 None,
             )),
         },
-        signal: signal_state(shutdown.clone()).await,
+        signal: signal_state(store.clone(), shutdown.clone()).await,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

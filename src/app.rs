@@ -159,6 +159,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         signal: SignalState {
             sfu,
             keys: sfu_keys,
+            rooms: Arc::new(http::join::StoredMeetings {
+                store: store.clone(),
+            }),
         },
     };
     tracing::info!(

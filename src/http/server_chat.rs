@@ -54,6 +54,9 @@ async fn server_chat(
             "the access token does not grant roomAdmin on this room",
         );
     }
+    if let Err((status, text)) = signal.rooms.room_access(&room).await.refusal() {
+        return refuse(status, text);
+    }
     let chat: ServerChat = match serde_json::from_slice(&body) {
         Ok(chat) => chat,
         Err(e) => {

@@ -43,7 +43,7 @@ fn bridge_context() -> crate::bridge::BridgeContext {
 
 /// The signalling state of tests: a real SFU on a loopback port of its own (it stops
 /// with the test's runtime).
-pub(super) async fn signal_state() -> SignalState {
+pub(super) async fn signal_state(store: Store) -> SignalState {
     let config = crate::sfu::EngineConfig {
         candidates: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 9))],
         max_participants_per_room: 100,
@@ -61,12 +61,13 @@ pub(super) async fn signal_state() -> SignalState {
     SignalState {
         sfu,
         keys: Arc::new(sfu_keys()),
+        rooms: Arc::new(join::StoredMeetings { store }),
     }
 }
 
 pub(super) async fn state(store: Store) -> AppState {
     AppState {
-        signal: signal_state().await,
+        signal: signal_state(store.clone()).await,
         store,
         hs_token: SecretToken::new(TOKEN),
         bot_user_id: "@visio:localhost".try_into().expect("id"),

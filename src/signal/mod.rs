@@ -2,6 +2,10 @@
 //! `/rtc/v1` (single peer connection, the join request in the query, see [`v1`]): token
 //! checks, protobuf framing, pings, and resume after a dropped socket, mapped onto the
 //! SFU's commands. Query strings carry tokens and SDPs: nothing here logs them.
+//!
+//! Whether a token's room may open is asked of a [`RoomGate`] (the stored meetings,
+//! behind a trait so that this module needs no store): an ended meeting stays ended
+//! whatever the SFU remembers, across restarts too.
 
 pub mod v1;
 
@@ -14,6 +18,7 @@ use axum::extract::{FromRef, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
@@ -33,6 +38,43 @@ pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 pub struct SignalState {
     pub sfu: SfuHandle,
     pub keys: Arc<SfuKeys>,
+    /// Which rooms may open.
+    pub rooms: Arc<dyn RoomGate>,
+}
+
+/// Says whether a room may open now, from what outlives the SFU's memory (the meeting's
+/// stored state): the SFU's own list of closed rooms is bounded and lost on restart.
+pub trait RoomGate: Send + Sync {
+    fn room_access<'a>(&'a self, room: &'a str) -> BoxFuture<'a, RoomAccess>;
+}
+
+/// A [`RoomGate`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomAccess {
+    /// A meeting that has not ended, or a room that is no meeting.
+    Open,
+    /// The meeting has ended; it does not open again.
+    Ended,
+    /// The room is named like a meeting nobody created.
+    Unknown,
+    /// The answer could not be read (the database is down): the client may retry.
+    Unavailable,
+}
+
+impl RoomAccess {
+    /// `Ok` when the room may open, else the refusal: 4xx tells LiveKit's SDKs not to
+    /// retry, 503 that they may.
+    pub fn refusal(self) -> Result<(), (StatusCode, &'static str)> {
+        match self {
+            RoomAccess::Open => Ok(()),
+            RoomAccess::Ended => Err((StatusCode::FORBIDDEN, "the meeting has ended")),
+            RoomAccess::Unknown => Err((StatusCode::FORBIDDEN, "no such meeting")),
+            RoomAccess::Unavailable => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the meeting cannot be checked now; try again",
+            )),
+        }
+    }
 }
 
 /// `/rtc`, `/rtc/v1` and their `validate` routes, for any router whose state holds a
@@ -82,8 +124,8 @@ fn token_from(headers: &HeaderMap, params: &RtcParams) -> Option<String> {
         .or_else(|| params.access_token.clone())
 }
 
-/// Checks the token and the grant to join its room.
-fn authorize(
+/// Checks the token, the grant to join its room, and that the room may open.
+async fn authorize(
     state: &SignalState,
     headers: &HeaderMap,
     params: &RtcParams,
@@ -105,6 +147,16 @@ fn authorize(
             "the access token does not grant roomJoin".into(),
         ));
     }
+    let access = state.rooms.room_access(&claims.video.room).await;
+    if let Err((status, text)) = access.refusal() {
+        let reason = match access {
+            RoomAccess::Ended => "ended",
+            RoomAccess::Unknown => "unknown_meeting",
+            _ => "unavailable",
+        };
+        metrics::counter!("tchap_visio_signal_refused_total", "reason" => reason).increment(1);
+        return Err((status, text.into()));
+    }
     Ok(claims)
 }
 
@@ -115,7 +167,7 @@ async fn validate_v1(
     Query(params): Query<RtcParams>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err((status, text)) = authorize(&state, &headers, &params) {
+    if let Err((status, text)) = authorize(&state, &headers, &params).await {
         return refuse(status, text);
     }
     if let Err(e) = v1::decode(params.join_request.as_deref()) {
@@ -129,7 +181,7 @@ async fn validate(
     Query(params): Query<RtcParams>,
     headers: HeaderMap,
 ) -> Response {
-    let claims = match authorize(&state, &headers, &params) {
+    let claims = match authorize(&state, &headers, &params).await {
         Ok(claims) => claims,
         Err((status, text)) => return refuse(status, text),
     };
@@ -149,7 +201,7 @@ async fn rtc(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let claims = match authorize(&state, &headers, &params) {
+    let claims = match authorize(&state, &headers, &params).await {
         Ok(claims) => claims,
         Err((status, text)) => return refuse(status, text),
     };
@@ -170,7 +222,7 @@ async fn rtc_v1(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let claims = match authorize(&state, &headers, &params) {
+    let claims = match authorize(&state, &headers, &params).await {
         Ok(claims) => claims,
         Err((status, text)) => return refuse(status, text),
     };

@@ -97,7 +97,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     );
     {
         let mut conn = store.pool().acquire().await?;
-        bridge::recover(&mut conn, crate::store::now_ms()).await?;
+        bridge::recover(&mut conn, crate::clock::now_ms()).await?;
     }
     let bot_api = BotApiContext {
         outbound_wake: outbound_wake.clone(),
@@ -437,7 +437,7 @@ pub async fn create_meeting(
                 .with_context(|| format!("`{room}` is not a room id like !abc:example.org"))
         })
         .transpose()?;
-    let meeting = crate::meeting::Meeting::new(title, room, None, crate::store::now_ms())
+    let meeting = crate::meeting::Meeting::new(title, room, None, crate::clock::now_ms())
         .context("--title")?;
     let store = open_store(config).await?;
     let mut conn = store.pool().acquire().await?;
@@ -483,7 +483,7 @@ pub async fn create_api_token(config: &Config, new: &NewApiToken) -> anyhow::Res
             scope: &scope.to_stored(),
             read_only: new.read_only,
         },
-        crate::store::now_ms(),
+        crate::clock::now_ms(),
     )
     .await?;
     drop(conn);
@@ -513,7 +513,7 @@ pub async fn list_api_tokens(
 pub async fn revoke_api_token(config: &Config, name: &str) -> anyhow::Result<()> {
     let store = open_store(config).await?;
     let mut conn = store.pool().acquire().await?;
-    let revoked = crate::store::api_tokens::revoke(&mut conn, name, crate::store::now_ms()).await?;
+    let revoked = crate::store::api_tokens::revoke(&mut conn, name, crate::clock::now_ms()).await?;
     drop(conn);
     store.close().await;
     if !revoked {

@@ -138,7 +138,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<BotTo
         scope,
         read_only: found.read_only,
     };
-    if let Err(e) = api_tokens::touch(&mut conn, &token.name, store::now_ms()).await {
+    if let Err(e) = api_tokens::touch(&mut conn, &token.name, crate::clock::now_ms()).await {
         tracing::warn!(token_name = %token.name, error = %e, "cannot record the token's use");
     }
     Ok(token)
@@ -337,7 +337,7 @@ async fn bot_get_meeting(
     let chat = store::chat::list_for_meeting(&mut conn, &meeting.id)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    let attendance: Vec<AttendeeView> = meeting::attendance(&sessions, store::now_ms())
+    let attendance: Vec<AttendeeView> = meeting::attendance(&sessions, crate::clock::now_ms())
         .into_iter()
         .map(AttendeeView::from)
         .collect();

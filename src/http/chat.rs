@@ -14,7 +14,7 @@ use crate::auth::Bearer;
 use crate::auth::token::can_join;
 use crate::ids::MeetingSlug;
 use crate::meeting::ChatMessage;
-use crate::store::{self, chat};
+use crate::store::chat;
 
 /// How many of the latest messages a joining page gets.
 pub const HISTORY_LIMIT: i64 = 100;
@@ -84,7 +84,7 @@ pub async fn history(
     let claims = state
         .signal
         .keys
-        .verify(token, store::now_ms())
+        .verify(token, crate::clock::now_ms())
         .map_err(unknown_token)?;
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
     let meeting = super::join::joinable_meeting(&state, &slug).await?;
@@ -123,7 +123,7 @@ mod tests {
     use crate::store::{Store, meetings};
 
     async fn stored_meeting(store: &Store, title: &str) -> Meeting {
-        let meeting = Meeting::new(title, None, None, store::now_ms()).expect("valid");
+        let meeting = Meeting::new(title, None, None, crate::clock::now_ms()).expect("valid");
         let mut conn = store.pool().acquire().await.expect("conn");
         meetings::create(&mut conn, &meeting).await.expect("create");
         meeting
@@ -135,7 +135,7 @@ mod tests {
             &identity,
             "Zoé",
             room,
-            store::now_ms(),
+            crate::clock::now_ms(),
             600,
         ))
     }
@@ -220,7 +220,7 @@ mod tests {
                 &ParticipantIdentity::for_join(None),
                 "Zoé",
                 meeting.id.as_str(),
-                store::now_ms() - 3_600_000,
+                crate::clock::now_ms() - 3_600_000,
                 600,
             ));
             let foreign = crate::auth::token::issue(
@@ -230,7 +230,7 @@ mod tests {
                     &ParticipantIdentity::for_join(None),
                     "Zoé",
                     meeting.id.as_str(),
-                    store::now_ms(),
+                    crate::clock::now_ms(),
                     600,
                 ),
             );

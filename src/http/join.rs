@@ -20,7 +20,7 @@ use crate::ids::{MeetingId, MeetingSlug, ParticipantIdentity};
 use crate::meeting::Meeting;
 use crate::meeting::validate_display_name;
 use crate::signal::{RoomAccess, RoomGate};
-use crate::store::{self, Store, meetings};
+use crate::store::{Store, meetings};
 
 /// Largest join request body: a name and an id, with room to spare.
 pub const JOIN_BODY_LIMIT: usize = 4096;
@@ -94,7 +94,7 @@ pub async fn join(
         &identity,
         &name,
         meeting.id.as_str(),
-        store::now_ms(),
+        crate::clock::now_ms(),
         JOIN_TOKEN_TTL_SECS,
     );
     let token = state.signal.keys.issue(&claims);
@@ -219,7 +219,8 @@ mod tests {
     use crate::store::testing::both_dialects;
 
     async fn stored_meeting(store: &Store) -> Meeting {
-        let meeting = Meeting::new("Point hebdo", None, None, store::now_ms()).expect("valid");
+        let meeting =
+            Meeting::new("Point hebdo", None, None, crate::clock::now_ms()).expect("valid");
         let mut conn = store.pool().acquire().await.expect("conn");
         meetings::create(&mut conn, &meeting).await.expect("create");
         meeting
@@ -325,7 +326,7 @@ mod tests {
             &ParticipantIdentity::for_join(None),
             "Zoé",
             room,
-            store::now_ms(),
+            crate::clock::now_ms(),
             JOIN_TOKEN_TTL_SECS,
         ))
     }
@@ -342,14 +343,14 @@ mod tests {
             let mut tx = store.begin().await.expect("begin");
             for _ in 0..ENDED {
                 let meeting =
-                    Meeting::new("Point hebdo", None, None, store::now_ms()).expect("valid");
+                    Meeting::new("Point hebdo", None, None, crate::clock::now_ms()).expect("valid");
                 meetings::create(&mut tx, &meeting).await.expect("create");
                 ended.push(meeting.id);
             }
             let first_token = token_for(ended[0].as_str());
             for id in &ended {
                 assert!(
-                    meetings::set_state(&mut tx, id, MeetingState::Ended, store::now_ms())
+                    meetings::set_state(&mut tx, id, MeetingState::Ended, crate::clock::now_ms())
                         .await
                         .expect("end")
                 );
@@ -376,7 +377,7 @@ mod tests {
                 &ParticipantIdentity::for_join(None),
                 "Outil",
                 ended[0].as_str(),
-                store::now_ms(),
+                crate::clock::now_ms(),
                 JOIN_TOKEN_TTL_SECS,
             );
             admin.video.room_join = false;
@@ -461,7 +462,7 @@ mod tests {
 
             let token = json["token"].as_str().expect("token");
             let claims = sfu_keys()
-                .verify(token, store::now_ms())
+                .verify(token, crate::clock::now_ms())
                 .expect("a valid token");
             assert_eq!(claims.iss, TEST_SFU_KEY);
             assert_eq!(claims.name, "Zoé");

@@ -44,7 +44,7 @@ async fn server_chat(
         return refuse(StatusCode::UNAUTHORIZED, "missing access token");
     };
     let signal = &state.signal;
-    let claims = match signal.keys.verify(token, crate::store::now_ms()) {
+    let claims = match signal.keys.verify(token, crate::clock::now_ms()) {
         Ok(claims) => claims,
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
     };

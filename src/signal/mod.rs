@@ -135,7 +135,7 @@ async fn authorize(
     };
     let claims = state
         .keys
-        .verify(&token, crate::sfu::unix_ms())
+        .verify(&token, crate::clock::now_ms())
         .map_err(|e: TokenError| {
             metrics::counter!("tchap_visio_signal_refused_total", "reason" => "token").increment(1);
             (StatusCode::UNAUTHORIZED, e.to_string())
@@ -392,7 +392,7 @@ async fn session(
                 match message {
                     // Pings are answered here, without a trip through the engine.
                     signal_request::Message::Ping(timestamp) => {
-                        let pong = signal_response::Message::Pong(crate::sfu::unix_ms().max(timestamp));
+                        let pong = signal_response::Message::Pong(crate::clock::now_ms().max(timestamp));
                         if !send_within(&mut ws_tx, pong).await {
                             break;
                         }
@@ -400,7 +400,7 @@ async fn session(
                     signal_request::Message::PingReq(ping) => {
                         let pong = signal_response::Message::PongResp(lk::Pong {
                             last_ping_timestamp: ping.timestamp,
-                            timestamp: crate::sfu::unix_ms(),
+                            timestamp: crate::clock::now_ms(),
                         });
                         if !send_within(&mut ws_tx, pong).await {
                             break;

@@ -4,6 +4,7 @@
 //! `cargo bench --bench intake` (PostgreSQL when `TCHAP_VISIO_TEST_POSTGRES_URL` points
 //! at a server where databases can be created; `scripts/bench.sh` starts one).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use tchap_visio::config::{Language, PermissionLevel};
 use tchap_visio::http::{AppState, router};
 use tchap_visio::matrix::bot::Bot;
 use tchap_visio::matrix::inbox::InboxWorker;
+use tchap_visio::sfu::{EngineConfig, SfuHandle};
+use tchap_visio::signal::SignalState;
 use tchap_visio::store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +71,29 @@ fn example_config() -> tchap_visio::config::Config {
         .expect("the example config parses")
 }
 
+/// The signalling part of the state: an SFU on a loopback port, unused by the intake.
+async fn signal_state(store: Store, shutdown: CancellationToken) -> SignalState {
+    let config = EngineConfig {
+        candidates: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+        max_participants_per_room: 100,
+        max_participants: 1000,
+        ice_servers: Vec::new(),
+    };
+    let (sfu, _task) = SfuHandle::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        None,
+        config,
+        shutdown,
+    )
+    .await
+    .expect("an SFU on a loopback port");
+    SignalState {
+        sfu,
+        keys: Arc::new(SfuKeys::generate()),
+        rooms: Arc::new(tchap_visio::http::join::StoredMeetings { store }),
+    }
+}
+
 async fn run(label: &str, uri: &str) {
     let store = Store::open(uri, 8).await.expect("open store");
     let inbox_wake = Arc::new(Notify::new());
@@ -95,9 +121,7 @@ async fn run(label: &str, uri: &str) {
         bot_user_id: "@visio:localhost".try_into().expect("id"),
         max_body_bytes: 10 << 20,
         inbox_wake,
-        metrics: None,
-        pings: None,
-        sfu_keys: Arc::new(SfuKeys::generate()),
+        metrics: tchap_visio::observability::metrics_handle(),
         public_ws_url: "ws://127.0.0.1".into(),
         bot_api: tchap_visio::http::api::BotApiContext {
             outbound_wake: Arc::new(Notify::new()),
@@ -107,6 +131,7 @@ async fn run(label: &str, uri: &str) {
                 None,
             )),
         },
+        signal: signal_state(store.clone(), shutdown.clone()).await,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -17,14 +17,14 @@ use crate::bridge::sfu_events::SfuEventWorker;
 use crate::bridge::{self, Bridge, BridgeContext};
 use crate::config::Config;
 use crate::http::api::BotApiContext;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, PingOnlyState};
 use crate::matrix::bot::Bot;
 use crate::matrix::client::{CallError, MatrixClient};
 use crate::matrix::inbox::InboxWorker;
 use crate::matrix::queue::{self, OutboundRequest, OutboundWorker};
 use crate::observability;
 use crate::sfu::{EngineConfig, SfuHandle};
-use crate::signal::{self, SignalState};
+use crate::signal::SignalState;
 use crate::store::{Store, redact_uri};
 use crate::webhooks::Webhooks;
 
@@ -97,7 +97,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     );
     {
         let mut conn = store.pool().acquire().await?;
-        bridge::recover(&mut conn, crate::store::now_ms()).await?;
+        bridge::recover(&mut conn, crate::clock::now_ms()).await?;
     }
     let bot_api = BotApiContext {
         outbound_wake: outbound_wake.clone(),
@@ -153,11 +153,16 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         bot_user_id: bot.user_id.clone(),
         max_body_bytes: config.appservice.max_body_bytes,
         inbox_wake,
-        metrics: Some(metrics),
-        pings: None,
-        sfu_keys: sfu_keys.clone(),
+        metrics,
         public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
         bot_api,
+        signal: SignalState {
+            sfu,
+            keys: sfu_keys,
+            rooms: Arc::new(http::join::StoredMeetings {
+                store: store.clone(),
+            }),
+        },
     };
     tracing::info!(
         %addr,
@@ -168,10 +173,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         "tchap-visio is running"
     );
     let server_shutdown = shutdown.clone();
-    let router = http::router(state).merge(signal::routes(SignalState {
-        sfu,
-        keys: sfu_keys,
-    }));
+    let router = http::router(state);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         wait_for_signal().await;
         server_shutdown.cancel();
@@ -317,21 +319,10 @@ pub async fn check_config(config: &Config) -> anyhow::Result<String> {
     let (ping_tx, mut ping_rx) = mpsc::unbounded_channel();
     let serving_ourselves = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
-            let store = Store::connect("sqlite::memory:", 1).await?;
-            let state = AppState {
-                store,
+            let state = PingOnlyState {
                 hs_token: SecretToken::new(&config.appservice.hs_token),
-                bot_user_id: config.bot_user_id(),
                 max_body_bytes: config.appservice.max_body_bytes,
-                inbox_wake: Arc::new(Notify::new()),
-                metrics: None,
-                pings: Some(ping_tx),
-                sfu_keys: Arc::new(SfuKeys::generate()),
-                public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
-                bot_api: BotApiContext {
-                    outbound_wake: Arc::new(Notify::new()),
-                    bridge: Arc::new(BridgeContext::from_config(config, None, None)),
-                },
+                pings: ping_tx,
             };
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -446,7 +437,7 @@ pub async fn create_meeting(
                 .with_context(|| format!("`{room}` is not a room id like !abc:example.org"))
         })
         .transpose()?;
-    let meeting = crate::meeting::Meeting::new(title, room, None, crate::store::now_ms())
+    let meeting = crate::meeting::Meeting::new(title, room, None, crate::clock::now_ms())
         .context("--title")?;
     let store = open_store(config).await?;
     let mut conn = store.pool().acquire().await?;
@@ -492,7 +483,7 @@ pub async fn create_api_token(config: &Config, new: &NewApiToken) -> anyhow::Res
             scope: &scope.to_stored(),
             read_only: new.read_only,
         },
-        crate::store::now_ms(),
+        crate::clock::now_ms(),
     )
     .await?;
     drop(conn);
@@ -522,7 +513,7 @@ pub async fn list_api_tokens(
 pub async fn revoke_api_token(config: &Config, name: &str) -> anyhow::Result<()> {
     let store = open_store(config).await?;
     let mut conn = store.pool().acquire().await?;
-    let revoked = crate::store::api_tokens::revoke(&mut conn, name, crate::store::now_ms()).await?;
+    let revoked = crate::store::api_tokens::revoke(&mut conn, name, crate::clock::now_ms()).await?;
     drop(conn);
     store.close().await;
     if !revoked {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +25,7 @@ use tokio::sync::Notify;
 use super::AppState;
 use super::appservice::{parse_json_body, read_body};
 use super::error::MatrixError;
+use crate::auth::Bearer;
 use crate::auth::api_token::{self, TokenScope};
 use crate::bridge::BridgeContext;
 use crate::i18n;
@@ -114,16 +114,11 @@ async fn connection(
 /// Checks `Authorization: Bearer <token>` against the stored tokens: none → 401
 /// `M_MISSING_TOKEN`; unknown, revoked or malformed → 401 `M_UNKNOWN_TOKEN`.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<BotToken, MatrixError> {
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err(MatrixError::missing_token());
+    let presented = match crate::auth::bearer(headers) {
+        Bearer::Absent => return Err(MatrixError::missing_token()),
+        Bearer::Malformed => return Err(unknown_token()),
+        Bearer::Token(token) => token,
     };
-    let presented = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(unknown_token)?;
     let mut conn = connection(state).await?;
     let tokens = api_tokens::active(&mut conn)
         .await
@@ -143,7 +138,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<BotTo
         scope,
         read_only: found.read_only,
     };
-    if let Err(e) = api_tokens::touch(&mut conn, &token.name, store::now_ms()).await {
+    if let Err(e) = api_tokens::touch(&mut conn, &token.name, crate::clock::now_ms()).await {
         tracing::warn!(token_name = %token.name, error = %e, "cannot record the token's use");
     }
     Ok(token)
@@ -317,7 +312,7 @@ pub async fn get_meeting(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !headers.contains_key(AUTHORIZATION) {
+    if crate::auth::bearer(&headers) == Bearer::Absent {
         return super::join::info(State(state), Path(key))
             .await
             .into_response();
@@ -342,7 +337,7 @@ async fn bot_get_meeting(
     let chat = store::chat::list_for_meeting(&mut conn, &meeting.id)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
-    let attendance: Vec<AttendeeView> = meeting::attendance(&sessions, store::now_ms())
+    let attendance: Vec<AttendeeView> = meeting::attendance(&sessions, crate::clock::now_ms())
         .into_iter()
         .map(AttendeeView::from)
         .collect();

@@ -4,14 +4,15 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::AppState;
 use super::error::MatrixError;
+use super::{AppState, PingOnlyState};
+use crate::auth::{SecretToken, bearer};
 use crate::matrix::intake::{IntakeError, parse_transaction};
 use crate::store::inbox::TransactionOutcome;
 
@@ -23,16 +24,15 @@ pub struct TokenQuery {
 /// Accepts `Authorization: Bearer <hs_token>` or the legacy `access_token` query
 /// parameter; when both are sent both must match.
 pub async fn require_hs_token(
-    State(state): State<AppState>,
+    State(hs_token): State<SecretToken>,
     Query(query): Query<TokenQuery>,
     request: Request,
     next: Next,
 ) -> Result<Response, MatrixError> {
-    let header = bearer(request.headers());
+    let header = bearer(request.headers()).token();
     let presented: Vec<&str> = header
-        .iter()
-        .chain(query.access_token.as_ref())
-        .map(String::as_str)
+        .into_iter()
+        .chain(query.access_token.as_deref())
         .collect();
     if presented.is_empty() {
         return Err(MatrixError::missing_token());
@@ -40,7 +40,7 @@ pub async fn require_hs_token(
     // Check every presented token (no short-circuit), so timing does not tell which failed.
     let all_match = presented
         .iter()
-        .fold(true, |ok, token| state.hs_token.matches(token) & ok);
+        .fold(true, |ok, token| hs_token.matches(token) & ok);
     if !all_match {
         return Err(MatrixError::forbidden());
     }
@@ -57,14 +57,6 @@ pub async fn require_hs_token(
         metrics::counter!("tchap_visio_hs_token_in_query_total").increment(1);
     }
     Ok(next.run(request).await)
-}
-
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
 }
 
 /// Reads a body up to `limit` bytes; over it, 413 `M_TOO_LARGE` without reading the rest.
@@ -197,21 +189,42 @@ pub async fn ping(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
-    let bytes = read_body(&headers, body, state.max_body_bytes).await?;
-    if !bytes.is_empty() {
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
-            MatrixError::new(
-                StatusCode::BAD_REQUEST,
-                "M_NOT_JSON",
-                "the body is not valid JSON",
-            )
-        })?;
-        if let Some(txn) = value.get("transaction_id").and_then(|t| t.as_str()) {
-            tracing::info!(transaction_id = txn, "ping from the homeserver");
-            if let Some(pings) = &state.pings {
-                let _ = pings.send(txn.to_owned());
-            }
-        }
+    ping_transaction_id(&headers, body, state.max_body_bytes).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// The ping route of `check-config`'s stand-in: also reports the ping's transaction id.
+pub async fn check_ping(
+    State(state): State<PingOnlyState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, MatrixError> {
+    if let Some(txn) = ping_transaction_id(&headers, body, state.max_body_bytes).await? {
+        let _ = state.pings.send(txn);
     }
     Ok(Json(serde_json::json!({})))
+}
+
+/// Reads a ping's body (empty, or JSON with an optional `transaction_id`) and logs it.
+async fn ping_transaction_id(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Option<String>, MatrixError> {
+    let bytes = read_body(headers, body, limit).await?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+        MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            "M_NOT_JSON",
+            "the body is not valid JSON",
+        )
+    })?;
+    let txn = value.get("transaction_id").and_then(|t| t.as_str());
+    if let Some(txn) = txn {
+        tracing::info!(transaction_id = txn, "ping from the homeserver");
+    }
+    Ok(txn.map(str::to_owned))
 }

@@ -5,16 +5,16 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use super::AppState;
 use super::error::MatrixError;
+use crate::auth::Bearer;
 use crate::auth::token::can_join;
 use crate::ids::MeetingSlug;
 use crate::meeting::ChatMessage;
-use crate::store::{self, chat};
+use crate::store::chat;
 
 /// How many of the latest messages a joining page gets.
 pub const HISTORY_LIMIT: i64 = 100;
@@ -66,17 +66,11 @@ fn unknown_token(reason: impl std::fmt::Display) -> MatrixError {
 
 /// `Authorization: Bearer <token>`; none → 401 `M_MISSING_TOKEN`.
 fn bearer(headers: &HeaderMap) -> Result<&str, MatrixError> {
-    let value = headers
-        .get(AUTHORIZATION)
-        .ok_or_else(MatrixError::missing_token)?;
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| unknown_token("expected `Bearer <token>`"))
+    match crate::auth::bearer(headers) {
+        Bearer::Absent => Err(MatrixError::missing_token()),
+        Bearer::Token(token) if !token.is_empty() => Ok(token),
+        Bearer::Token(_) | Bearer::Malformed => Err(unknown_token("expected `Bearer <token>`")),
+    }
 }
 
 /// The history: 401 without a valid token, 404 for an unknown slug or an ended meeting
@@ -88,8 +82,9 @@ pub async fn history(
 ) -> Result<Json<ChatHistory>, MatrixError> {
     let token = bearer(&headers)?;
     let claims = state
-        .sfu_keys
-        .verify(token, store::now_ms())
+        .signal
+        .keys
+        .verify(token, crate::clock::now_ms())
         .map_err(unknown_token)?;
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
     let meeting = super::join::joinable_meeting(&state, &slug).await?;
@@ -128,7 +123,7 @@ mod tests {
     use crate::store::{Store, meetings};
 
     async fn stored_meeting(store: &Store, title: &str) -> Meeting {
-        let meeting = Meeting::new(title, None, None, store::now_ms()).expect("valid");
+        let meeting = Meeting::new(title, None, None, crate::clock::now_ms()).expect("valid");
         let mut conn = store.pool().acquire().await.expect("conn");
         meetings::create(&mut conn, &meeting).await.expect("create");
         meeting
@@ -140,7 +135,7 @@ mod tests {
             &identity,
             "Zoé",
             room,
-            store::now_ms(),
+            crate::clock::now_ms(),
             600,
         ))
     }
@@ -225,7 +220,7 @@ mod tests {
                 &ParticipantIdentity::for_join(None),
                 "Zoé",
                 meeting.id.as_str(),
-                store::now_ms() - 3_600_000,
+                crate::clock::now_ms() - 3_600_000,
                 600,
             ));
             let foreign = crate::auth::token::issue(
@@ -235,7 +230,7 @@ mod tests {
                     &ParticipantIdentity::for_join(None),
                     "Zoé",
                     meeting.id.as_str(),
-                    store::now_ms(),
+                    crate::clock::now_ms(),
                     600,
                 ),
             );

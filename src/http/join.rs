@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -15,10 +16,11 @@ use super::appservice::{parse_json_body, read_body};
 use super::error::MatrixError;
 use crate::auth::browser::BrowserIds;
 use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
-use crate::ids::{MeetingSlug, ParticipantIdentity};
+use crate::ids::{MeetingId, MeetingSlug, ParticipantIdentity};
 use crate::meeting::Meeting;
 use crate::meeting::validate_display_name;
-use crate::store::{self, meetings};
+use crate::signal::{RoomAccess, RoomGate};
+use crate::store::{Store, meetings};
 
 /// Largest join request body: a name and an id, with room to spare.
 pub const JOIN_BODY_LIMIT: usize = 4096;
@@ -92,10 +94,10 @@ pub async fn join(
         &identity,
         &name,
         meeting.id.as_str(),
-        store::now_ms(),
+        crate::clock::now_ms(),
         JOIN_TOKEN_TTL_SECS,
     );
-    let token = state.sfu_keys.issue(&claims);
+    let token = state.signal.keys.issue(&claims);
     metrics::counter!("tchap_visio_join_tokens_issued_total").increment(1);
     tracing::info!(meeting = %meeting.id, %identity, "join token issued");
     let secure = state.public_ws_url.starts_with("wss://");
@@ -130,6 +132,37 @@ pub(super) async fn joinable_meeting(
         .map_err(|e| MatrixError::internal(&e))?
         .filter(|meeting| meeting.is_joinable())
         .ok_or_else(|| MatrixError::not_found("Meeting"))
+}
+
+/// The stored meetings as the signalling routes' [`RoomGate`]: a meeting's room opens
+/// while [`Meeting::is_joinable`], the rule the join endpoint and the chat history apply.
+pub struct StoredMeetings {
+    pub store: Store,
+}
+
+impl RoomGate for StoredMeetings {
+    fn room_access<'a>(&'a self, room: &'a str) -> BoxFuture<'a, RoomAccess> {
+        Box::pin(async move {
+            // A room that is not named like a meeting is none: tokens for it come only
+            // from whoever holds the API keys (LiveKit's tools, load tests), not from us.
+            let Ok(id) = MeetingId::parse(room) else {
+                return RoomAccess::Open;
+            };
+            let found = match self.store.pool().acquire().await {
+                Ok(mut conn) => meetings::get_by_id(&mut conn, &id).await,
+                Err(e) => Err(e.into()),
+            };
+            match found {
+                Ok(Some(meeting)) if meeting.is_joinable() => RoomAccess::Open,
+                Ok(Some(_)) => RoomAccess::Ended,
+                Ok(None) => RoomAccess::Unknown,
+                Err(e) => {
+                    tracing::warn!(meeting = %id, error = %e, "cannot read whether a meeting has ended");
+                    RoomAccess::Unavailable
+                }
+            }
+        })
+    }
 }
 
 /// What the pre-join page shows about a meeting.
@@ -180,12 +213,14 @@ mod tests {
     use super::super::tests::{TEST_SFU_KEY, TEST_WS_URL, call, sfu_keys};
     use super::*;
     use crate::auth::token::can_join;
+    use crate::http::AppState;
     use crate::meeting::{Meeting, MeetingState};
     use crate::store::Store;
     use crate::store::testing::both_dialects;
 
     async fn stored_meeting(store: &Store) -> Meeting {
-        let meeting = Meeting::new("Point hebdo", None, None, store::now_ms()).expect("valid");
+        let meeting =
+            Meeting::new("Point hebdo", None, None, crate::clock::now_ms()).expect("valid");
         let mut conn = store.pool().acquire().await.expect("conn");
         meetings::create(&mut conn, &meeting).await.expect("create");
         meeting
@@ -229,7 +264,7 @@ mod tests {
         the_page_is_served_with_a_strict_policy,
         |store: Store| async move {
             use tower::ServiceExt;
-            let response = crate::http::router(crate::http::tests::state(store.clone()))
+            let response = crate::http::router(crate::http::tests::state(store.clone()).await)
                 .oneshot(
                     Request::get("/m/anything")
                         .body(Body::empty())
@@ -249,7 +284,7 @@ mod tests {
                 csp.contains("default-src 'self'") && csp.contains(TEST_WS_URL),
                 "{csp}"
             );
-            let missing = crate::http::router(crate::http::tests::state(store.clone()))
+            let missing = crate::http::router(crate::http::tests::state(store.clone()).await)
                 .oneshot(
                     Request::get("/assets/nope.js")
                         .body(Body::empty())
@@ -258,6 +293,118 @@ mod tests {
                 .await
                 .expect("infallible");
             assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        }
+    );
+
+    /// One request through the whole router on `state`; the status and the body as text
+    /// (LiveKit-style refusals are plain text).
+    async fn call_text(state: &AppState, request: Request<Body>) -> (StatusCode, String) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let response = crate::http::router(state.clone())
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn validate(path: &str, token: &str) -> Request<Body> {
+        Request::get(format!("{path}?access_token={token}"))
+            .body(Body::empty())
+            .expect("request")
+    }
+
+    fn token_for(room: &str) -> String {
+        sfu_keys().issue(&Claims::participant(
+            &ParticipantIdentity::for_join(None),
+            "Zoé",
+            room,
+            crate::clock::now_ms(),
+            JOIN_TOKEN_TTL_SECS,
+        ))
+    }
+
+    both_dialects!(
+        ended_meetings_stay_ended_after_ten_thousand_and_one_closed_rooms,
+        |store: Store| async move {
+            let state = crate::http::tests::state(store.clone()).await;
+            // 10,001 meetings, each with a token issued while it was open, then all
+            // ended, and their rooms closed in the SFU (whose memory of closed rooms is
+            // bounded): more than it keeps, so it has forgotten the first.
+            const ENDED: usize = 10_001;
+            let mut ended = Vec::with_capacity(ENDED);
+            let mut tx = store.begin().await.expect("begin");
+            for _ in 0..ENDED {
+                let meeting =
+                    Meeting::new("Point hebdo", None, None, crate::clock::now_ms()).expect("valid");
+                meetings::create(&mut tx, &meeting).await.expect("create");
+                ended.push(meeting.id);
+            }
+            let first_token = token_for(ended[0].as_str());
+            for id in &ended {
+                assert!(
+                    meetings::set_state(&mut tx, id, MeetingState::Ended, crate::clock::now_ms())
+                        .await
+                        .expect("end")
+                );
+            }
+            tx.commit().await.expect("commit");
+            for id in &ended {
+                state.signal.sfu.close_room(id.as_str().to_owned()).await;
+            }
+            let open = stored_meeting(&store).await;
+
+            for path in ["/rtc/validate", "/rtc/v1/validate"] {
+                let (status, text) = call_text(&state, validate(path, &first_token)).await;
+                assert_eq!(
+                    (status, text.as_str()),
+                    (StatusCode::FORBIDDEN, "the meeting has ended"),
+                    "{path}"
+                );
+            }
+            // The last one too, and the server's chat into it.
+            let last_token = token_for(ended[ENDED - 1].as_str());
+            let (status, _) = call_text(&state, validate("/rtc/validate", &last_token)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            let mut admin = Claims::participant(
+                &ParticipantIdentity::for_join(None),
+                "Outil",
+                ended[0].as_str(),
+                crate::clock::now_ms(),
+                JOIN_TOKEN_TTL_SECS,
+            );
+            admin.video.room_join = false;
+            admin.video.room_admin = true;
+            let chat = Request::post(format!("/api/v1/rooms/{}/chat", ended[0]))
+                .header(
+                    "authorization",
+                    format!("Bearer {}", sfu_keys().issue(&admin)),
+                )
+                .body(Body::from(r#"{"name":"Alice","text":"bonjour"}"#))
+                .expect("request");
+            assert_eq!(
+                call_text(&state, chat).await,
+                (StatusCode::FORBIDDEN, "the meeting has ended".to_owned())
+            );
+
+            // Controls: an open meeting, and a room that is no meeting, are let in; a
+            // room named like a meeting nobody created is not.
+            for (room, expected) in [
+                (open.id.as_str(), StatusCode::OK),
+                ("operator-room", StatusCode::OK),
+                (MeetingId::generate().as_str(), StatusCode::FORBIDDEN),
+            ] {
+                let (status, text) =
+                    call_text(&state, validate("/rtc/validate", &token_for(room))).await;
+                assert_eq!(status, expected, "{room}: {text}");
+            }
         }
     );
 
@@ -315,7 +462,7 @@ mod tests {
 
             let token = json["token"].as_str().expect("token");
             let claims = sfu_keys()
-                .verify(token, store::now_ms())
+                .verify(token, crate::clock::now_ms())
                 .expect("a valid token");
             assert_eq!(claims.iss, TEST_SFU_KEY);
             assert_eq!(claims.name, "Zoé");

@@ -1,18 +1,20 @@
-//! The HTTP server (axum): the appservice API, the meeting page and its join endpoint,
-//! the bot API (`api`), health and metrics. `router()` is a plain function so handlers
-//! are tested without a socket.
+//! The HTTP server (axum), the service's one HTTP surface: the appservice API, the
+//! meeting page and its join endpoint, the bot API (`api`), LiveKit's signalling
+//! (`signal::routes`, mounted here on its own sub-state), server-side chat, health and
+//! metrics. `router()` is a plain function so handlers are tested without a socket.
 
 pub mod api;
 pub mod appservice;
 pub mod chat;
 pub mod error;
 pub mod join;
+pub mod server_chat;
 pub mod web;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
@@ -21,7 +23,7 @@ use ruma::OwnedUserId;
 use tokio::sync::{Notify, mpsc};
 
 use crate::auth::SecretToken;
-use crate::auth::token::SfuKeys;
+use crate::signal::{self, SignalState};
 use crate::store::Store;
 use error::MatrixError;
 
@@ -34,21 +36,30 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Wakes the inbox worker when a transaction is stored.
     pub inbox_wake: Arc<Notify>,
-    pub metrics: Option<PrometheusHandle>,
-    /// Receives the transaction ids of pings (used by `check-config`).
-    pub pings: Option<mpsc::UnboundedSender<String>>,
-    /// Keys that sign the access tokens we issue (and that the SFU checks).
-    pub sfu_keys: Arc<SfuKeys>,
+    pub metrics: PrometheusHandle,
     /// Base `ws(s)://` URL of the SFU handed to joining clients
     /// (see [`join::ws_base_url`]).
     pub public_ws_url: String,
     /// What the bot API needs besides.
     pub bot_api: api::BotApiContext,
+    /// The SFU, the keys that sign the access tokens we issue (and that `/rtc` checks),
+    /// and the stored meetings' say on which rooms may open.
+    pub signal: SignalState,
+}
+
+impl FromRef<AppState> for SignalState {
+    fn from_ref(state: &AppState) -> Self {
+        state.signal.clone()
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .merge(appservice_routes(state.clone()))
+        .merge(appservice_routes(state.hs_token.clone()))
+        // LiveKit's side of the surface, described in docs/signalling.md: signalling, and
+        // chat with a LiveKit token; the bot API's OpenAPI document does not cover them.
+        .merge(signal::routes())
+        .merge(server_chat::routes())
         .route("/api/v1/meetings/{slug}/join", post(join::join))
         // With a bearer token the bot API (by id), without one the page's info (by slug).
         .route("/api/v1/meetings/{slug}", get(api::get_meeting))
@@ -68,19 +79,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What `check-config` serves while the service itself is not running: the ping route
+/// alone, which hands the transaction ids of the pings it receives to `pings`.
+#[derive(Clone)]
+pub struct PingOnlyState {
+    pub hs_token: SecretToken,
+    pub max_body_bytes: usize,
+    pub pings: mpsc::UnboundedSender<String>,
+}
+
 /// Only the ping route, for `check-config` when the service itself is not running.
-pub fn ping_only_router(state: AppState) -> Router {
+pub fn ping_only_router(state: PingOnlyState) -> Router {
     Router::new()
-        .route("/_matrix/app/v1/ping", post(appservice::ping))
+        .route("/_matrix/app/v1/ping", post(appservice::check_ping))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.hs_token.clone(),
             appservice::require_hs_token,
         ))
         .fallback(|| async { MatrixError::unrecognized() })
         .with_state(state)
 }
 
-fn appservice_routes(state: AppState) -> Router<AppState> {
+fn appservice_routes(hs_token: SecretToken) -> Router<AppState> {
     Router::new()
         .route(
             "/_matrix/app/v1/transactions/{txn_id}",
@@ -93,7 +113,7 @@ fn appservice_routes(state: AppState) -> Router<AppState> {
         .route("/_matrix/app/v1/rooms/{alias}", get(appservice::query_room))
         .route("/_matrix/app/v1/ping", post(appservice::ping))
         .route_layer(axum::middleware::from_fn_with_state(
-            state,
+            hs_token,
             appservice::require_hs_token,
         ))
 }
@@ -115,15 +135,11 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    match &state.metrics {
-        Some(handle) => (
-            StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => MatrixError::unrecognized().into_response(),
-    }
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 #[cfg(test)]

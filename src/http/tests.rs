@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 
 use super::*;
+use crate::auth::token::SfuKeys;
 use crate::store::testing::both_dialects;
 
 const TOKEN: &str = "hs-token-for-tests-0123456789abcdef";
@@ -40,16 +41,39 @@ fn bridge_context() -> crate::bridge::BridgeContext {
     crate::bridge::BridgeContext::from_config(&config, None, None)
 }
 
-pub(super) fn state(store: Store) -> AppState {
+/// The signalling state of tests: a real SFU on a loopback port of its own (it stops
+/// with the test's runtime).
+pub(super) async fn signal_state(store: Store) -> SignalState {
+    let config = crate::sfu::EngineConfig {
+        candidates: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 9))],
+        max_participants_per_room: 100,
+        max_participants: 1000,
+        ice_servers: Vec::new(),
+    };
+    let (sfu, _task) = crate::sfu::SfuHandle::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        None,
+        config,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("an SFU on a loopback port");
+    SignalState {
+        sfu,
+        keys: Arc::new(sfu_keys()),
+        rooms: Arc::new(join::StoredMeetings { store }),
+    }
+}
+
+pub(super) async fn state(store: Store) -> AppState {
     AppState {
+        signal: signal_state(store.clone()).await,
         store,
         hs_token: SecretToken::new(TOKEN),
         bot_user_id: "@visio:localhost".try_into().expect("id"),
         max_body_bytes: 4096,
         inbox_wake: Arc::new(Notify::new()),
-        metrics: None,
-        pings: None,
-        sfu_keys: Arc::new(sfu_keys()),
+        metrics: crate::observability::metrics_handle(),
         public_ws_url: TEST_WS_URL.into(),
         bot_api: api::BotApiContext {
             outbound_wake: Arc::new(Notify::new()),
@@ -68,7 +92,7 @@ pub(super) async fn call_with_headers(
     store: &Store,
     request: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
-    let response = router(state(store.clone()))
+    let response = router(state(store.clone()).await)
         .oneshot(request)
         .await
         .expect("infallible");

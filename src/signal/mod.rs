@@ -2,6 +2,10 @@
 //! `/rtc/v1` (single peer connection, the join request in the query, see [`v1`]): token
 //! checks, protobuf framing, pings, and resume after a dropped socket, mapped onto the
 //! SFU's commands. Query strings carry tokens and SDPs: nothing here logs them.
+//!
+//! Whether a token's room may open is asked of a [`RoomGate`] (the stored meetings,
+//! behind a trait so that this module needs no store): an ended meeting stays ended
+//! whatever the SFU remembers, across restarts too.
 
 pub mod v1;
 
@@ -10,10 +14,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRef, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
@@ -33,20 +38,57 @@ pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 pub struct SignalState {
     pub sfu: SfuHandle,
     pub keys: Arc<SfuKeys>,
+    /// Which rooms may open.
+    pub rooms: Arc<dyn RoomGate>,
 }
 
-/// `/rtc` and `/rtc/validate`, with their state applied.
-pub fn routes(state: SignalState) -> Router {
+/// Says whether a room may open now, from what outlives the SFU's memory (the meeting's
+/// stored state): the SFU's own list of closed rooms is bounded and lost on restart.
+pub trait RoomGate: Send + Sync {
+    fn room_access<'a>(&'a self, room: &'a str) -> BoxFuture<'a, RoomAccess>;
+}
+
+/// A [`RoomGate`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomAccess {
+    /// A meeting that has not ended, or a room that is no meeting.
+    Open,
+    /// The meeting has ended; it does not open again.
+    Ended,
+    /// The room is named like a meeting nobody created.
+    Unknown,
+    /// The answer could not be read (the database is down): the client may retry.
+    Unavailable,
+}
+
+impl RoomAccess {
+    /// `Ok` when the room may open, else the refusal: 4xx tells LiveKit's SDKs not to
+    /// retry, 503 that they may.
+    pub fn refusal(self) -> Result<(), (StatusCode, &'static str)> {
+        match self {
+            RoomAccess::Open => Ok(()),
+            RoomAccess::Ended => Err((StatusCode::FORBIDDEN, "the meeting has ended")),
+            RoomAccess::Unknown => Err((StatusCode::FORBIDDEN, "no such meeting")),
+            RoomAccess::Unavailable => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the meeting cannot be checked now; try again",
+            )),
+        }
+    }
+}
+
+/// `/rtc`, `/rtc/v1` and their `validate` routes, for any router whose state holds a
+/// [`SignalState`] (`http::router` mounts them).
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    SignalState: FromRef<S>,
+{
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
         .route("/rtc/v1", get(rtc_v1))
         .route("/rtc/v1/validate", get(validate_v1))
-        .route(
-            "/api/v1/rooms/{room}/chat",
-            axum::routing::post(server_chat),
-        )
-        .with_state(state)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,18 +115,17 @@ fn refuse(status: StatusCode, text: impl Into<String>) -> Response {
     (status, text.into()).into_response()
 }
 
+/// The token from `Authorization: Bearer`, else from the query (browsers cannot set
+/// headers on a WebSocket).
 fn token_from(headers: &HeaderMap, params: &RtcParams) -> Option<String> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    bearer.or_else(|| params.access_token.clone())
+    crate::auth::bearer(headers)
+        .token()
+        .map(str::to_owned)
+        .or_else(|| params.access_token.clone())
 }
 
-/// Checks the token and the grant to join its room.
-fn authorize(
+/// Checks the token, the grant to join its room, and that the room may open.
+async fn authorize(
     state: &SignalState,
     headers: &HeaderMap,
     params: &RtcParams,
@@ -94,7 +135,7 @@ fn authorize(
     };
     let claims = state
         .keys
-        .verify(&token, crate::sfu::unix_ms())
+        .verify(&token, crate::clock::now_ms())
         .map_err(|e: TokenError| {
             metrics::counter!("tchap_visio_signal_refused_total", "reason" => "token").increment(1);
             (StatusCode::UNAUTHORIZED, e.to_string())
@@ -106,60 +147,17 @@ fn authorize(
             "the access token does not grant roomJoin".into(),
         ));
     }
+    let access = state.rooms.room_access(&claims.video.room).await;
+    if let Err((status, text)) = access.refusal() {
+        let reason = match access {
+            RoomAccess::Ended => "ended",
+            RoomAccess::Unknown => "unknown_meeting",
+            _ => "unavailable",
+        };
+        metrics::counter!("tchap_visio_signal_refused_total", "reason" => reason).increment(1);
+        return Err((status, text.into()));
+    }
     Ok(claims)
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ServerChat {
-    /// Display name of the original author (a Matrix user, say).
-    name: String,
-    text: String,
-}
-
-/// `POST /api/v1/rooms/{room}/chat`: chat into a room as the server participant, with a
-/// LiveKit token granting `roomAdmin` on that room.
-async fn server_chat(
-    State(state): State<SignalState>,
-    axum::extract::Path(room): axum::extract::Path<String>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let Some(token) = token_from(&headers, &RtcParams::default()) else {
-        return refuse(StatusCode::UNAUTHORIZED, "missing access token");
-    };
-    let claims = match state.keys.verify(&token, crate::sfu::unix_ms()) {
-        Ok(claims) => claims,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
-    };
-    if !claims.video.room_admin || claims.video.room != room {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "the access token does not grant roomAdmin on this room",
-        );
-    }
-    let chat: ServerChat = match serde_json::from_slice(&body) {
-        Ok(chat) => chat,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"name\", \"text\"}}: {e}"),
-            );
-        }
-    };
-    if chat.text.is_empty() || chat.text.len() > 16 * 1024 {
-        return refuse(StatusCode::BAD_REQUEST, "text must be 1 to 16384 bytes");
-    }
-    // The author is shown to every participant: the same rules as any name, and marked
-    // as coming from a server-side tool, so it cannot pass for a person in the meeting.
-    let name = match crate::names::normalise_display_name(&chat.name, 48) {
-        Ok(name) => format!("{name} (bot)"),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("name: {e}")),
-    };
-    if state.sfu.inject_chat(room, None, name, chat.text).await {
-        refuse(StatusCode::OK, "sent")
-    } else {
-        refuse(StatusCode::NOT_FOUND, "nobody is in this room")
-    }
 }
 
 /// `/rtc/v1/validate`: as `/rtc/validate`, and the join request must decode (checked
@@ -169,7 +167,7 @@ async fn validate_v1(
     Query(params): Query<RtcParams>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err((status, text)) = authorize(&state, &headers, &params) {
+    if let Err((status, text)) = authorize(&state, &headers, &params).await {
         return refuse(status, text);
     }
     if let Err(e) = v1::decode(params.join_request.as_deref()) {
@@ -183,7 +181,7 @@ async fn validate(
     Query(params): Query<RtcParams>,
     headers: HeaderMap,
 ) -> Response {
-    let claims = match authorize(&state, &headers, &params) {
+    let claims = match authorize(&state, &headers, &params).await {
         Ok(claims) => claims,
         Err((status, text)) => return refuse(status, text),
     };
@@ -203,7 +201,7 @@ async fn rtc(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let claims = match authorize(&state, &headers, &params) {
+    let claims = match authorize(&state, &headers, &params).await {
         Ok(claims) => claims,
         Err((status, text)) => return refuse(status, text),
     };
@@ -224,7 +222,7 @@ async fn rtc_v1(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let claims = match authorize(&state, &headers, &params) {
+    let claims = match authorize(&state, &headers, &params).await {
         Ok(claims) => claims,
         Err((status, text)) => return refuse(status, text),
     };
@@ -394,7 +392,7 @@ async fn session(
                 match message {
                     // Pings are answered here, without a trip through the engine.
                     signal_request::Message::Ping(timestamp) => {
-                        let pong = signal_response::Message::Pong(crate::sfu::unix_ms().max(timestamp));
+                        let pong = signal_response::Message::Pong(crate::clock::now_ms().max(timestamp));
                         if !send_within(&mut ws_tx, pong).await {
                             break;
                         }
@@ -402,7 +400,7 @@ async fn session(
                     signal_request::Message::PingReq(ping) => {
                         let pong = signal_response::Message::PongResp(lk::Pong {
                             last_ping_timestamp: ping.timestamp,
-                            timestamp: crate::sfu::unix_ms(),
+                            timestamp: crate::clock::now_ms(),
                         });
                         if !send_within(&mut ws_tx, pong).await {
                             break;

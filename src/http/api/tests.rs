@@ -532,7 +532,7 @@ both_dialects!(
             .extract()
             .expect("the example config parses");
         config.language = crate::config::Language::En;
-        let mut state = crate::http::tests::state(store.clone());
+        let mut state = crate::http::tests::state(store.clone()).await;
         state.bot_api.bridge = Arc::new(BridgeContext::from_config(&config, None, None));
         let response = crate::http::router(state)
             .oneshot(summary(

@@ -1,0 +1,469 @@
+//! Typed configuration: loading (YAML file + `TCHAP_VISIO_*` environment overrides),
+//! defaults, and `validate()`, whose messages name the bad key and say how to fix it.
+//! Split: `validate` (the checks), `tests`. Depends on nothing else in the crate.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::{Deserialize, Serialize};
+
+mod validate;
+
+/// Prefix of environment variables that override config keys (`TCHAP_VISIO_DATABASE__URI`).
+pub const ENV_PREFIX: &str = "TCHAP_VISIO_";
+
+/// Top-level keys; other `TCHAP_VISIO_*` variables (a test harness's, say) are not config.
+const SECTIONS: &[&str] = &[
+    "homeserver",
+    "appservice",
+    "database",
+    "permissions",
+    "sfu",
+    "meetings",
+    "language",
+    "logging",
+    "webhooks",
+];
+
+/// Value the example config holds until `generate-registration` writes real tokens.
+pub const TOKEN_PLACEHOLDER: &str = "This value is generated when generating the registration";
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a key had the wrong type.
+    #[error("cannot load the configuration: {0}")]
+    Load(String),
+    /// A key holds a value that cannot work; the message names the key and the fix.
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub homeserver: HomeserverConfig,
+    pub appservice: AppserviceConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub permissions: BTreeMap<String, PermissionLevel>,
+    #[serde(default)]
+    pub sfu: SfuConfig,
+    #[serde(default)]
+    pub meetings: MeetingsConfig,
+    #[serde(default)]
+    pub language: Language,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Receivers of signed meeting events.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook receiver.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// Key of the HMAC-SHA256 signature; the receiver knows it too.
+    pub secret: String,
+}
+
+/// Shortest webhook secret accepted (as for `sfu.keys`: 256 bits in hex).
+pub const WEBHOOK_SECRET_MIN_LEN: usize = 32;
+
+// The secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeserverConfig {
+    /// Base URL of the homeserver's client-server API.
+    pub address: String,
+    /// The homeserver's server name.
+    pub domain: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppserviceConfig {
+    #[serde(default = "default_id")]
+    pub id: String,
+    /// URL the homeserver uses to reach us.
+    pub address: String,
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Public base URL of join links.
+    pub public_address: String,
+    pub as_token: String,
+    pub hs_token: String,
+    #[serde(default = "default_username_template")]
+    pub username_template: String,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default)]
+    pub bot: BotConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    #[serde(default = "default_bot_username")]
+    pub username: String,
+    #[serde(default = "default_bot_displayname")]
+    pub displayname: String,
+    #[serde(default)]
+    pub avatar: String,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        Self {
+            username: default_bot_username(),
+            displayname: default_bot_displayname(),
+            avatar: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default = "default_database_uri")]
+    pub uri: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            uri: default_database_uri(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// What a user may do with the bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PermissionLevel {
+    /// Ignored: invites are refused, commands get a refusal.
+    None,
+    /// May invite the bot and start meetings.
+    User,
+    /// May also end any meeting.
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SfuConfig {
+    #[serde(default = "default_udp_port")]
+    pub udp_port: u16,
+    #[serde(default = "default_tcp_port")]
+    pub tcp_port: u16,
+    /// The address the media ports listen on: all interfaces by default.
+    #[serde(default = "default_media_bind_ip")]
+    pub bind_ip: String,
+    #[serde(default)]
+    pub advertised_ip: String,
+    #[serde(default)]
+    pub ice_servers: Vec<IceServer>,
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+    /// The key of `keys` that signs the tokens we issue (the newest); required when
+    /// there are several.
+    #[serde(default)]
+    pub signing_key: String,
+    #[serde(default = "default_node_participants")]
+    pub max_participants: u32,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            udp_port: default_udp_port(),
+            tcp_port: default_tcp_port(),
+            bind_ip: default_media_bind_ip(),
+            advertised_ip: String::new(),
+            ice_servers: Vec::new(),
+            keys: BTreeMap::new(),
+            signing_key: String::new(),
+            max_participants: default_node_participants(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingsConfig {
+    #[serde(default = "default_grace_period_secs")]
+    pub grace_period_secs: u64,
+    #[serde(default = "default_max_participants")]
+    pub max_participants: u32,
+    /// Least room power level that may end a meeting (its creator always may).
+    #[serde(default = "default_end_power_level")]
+    pub end_power_level: i64,
+    /// Also set an `im.vector.modular.widgets` widget in the room (Element clients).
+    #[serde(default)]
+    pub widget: bool,
+    /// Mirror the room's main timeline into the meeting chat while a meeting runs (the
+    /// meeting's thread is always mirrored).
+    #[serde(default)]
+    pub mirror_room_timeline: bool,
+    /// IANA time zone of the times in notices and summaries.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+impl Default for MeetingsConfig {
+    fn default() -> Self {
+        Self {
+            grace_period_secs: default_grace_period_secs(),
+            max_participants: default_max_participants(),
+            end_power_level: default_end_power_level(),
+            widget: false,
+            mirror_room_timeline: false,
+            timezone: default_timezone(),
+        }
+    }
+}
+
+fn default_end_power_level() -> i64 {
+    50
+}
+
+fn default_timezone() -> String {
+    "Europe/Paris".into()
+}
+
+/// Language of every text users see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    #[default]
+    Fr,
+    En,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub json: bool,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            json: false,
+        }
+    }
+}
+
+fn default_id() -> String {
+    "tchap-visio".into()
+}
+fn default_hostname() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    29330
+}
+fn default_username_template() -> String {
+    "visio_{id}".into()
+}
+fn default_max_body_bytes() -> usize {
+    10 * 1024 * 1024
+}
+fn default_bot_username() -> String {
+    "visio".into()
+}
+fn default_bot_displayname() -> String {
+    "Visio".into()
+}
+fn default_database_uri() -> String {
+    "sqlite://data/tchap-visio.db".into()
+}
+fn default_max_connections() -> u32 {
+    5
+}
+fn default_udp_port() -> u16 {
+    7882
+}
+fn default_tcp_port() -> u16 {
+    7881
+}
+
+fn default_media_bind_ip() -> String {
+    "0.0.0.0".into()
+}
+fn default_node_participants() -> u32 {
+    1000
+}
+fn default_grace_period_secs() -> u64 {
+    120
+}
+fn default_max_participants() -> u32 {
+    100
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Whether a token still holds a value that `generate-registration` is meant to replace.
+pub fn is_placeholder_token(token: &str) -> bool {
+    let token = token.trim();
+    token.is_empty() || token == TOKEN_PLACEHOLDER || token.eq_ignore_ascii_case("generate")
+}
+
+impl Config {
+    /// Reads the YAML file, then applies `TCHAP_VISIO_<SECTION>__<KEY>` overrides.
+    /// Does not validate: callers decide whether placeholder tokens are acceptable.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Load(format!(
+                "{} does not exist; copy config/example-config.yaml there and edit it",
+                path.display()
+            )));
+        }
+        Figment::new()
+            .merge(Yaml::file_exact(path))
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| {
+                        let section = key.as_str().split("__").next().unwrap_or_default();
+                        SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+                    })
+                    .split("__"),
+            )
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// Loads and validates in one step, as `run` needs.
+    pub fn load_valid(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::load(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Values that work but put someone at risk, to log as warnings at start: plain
+    /// `http://` where tokens, chat or signed events travel to another machine.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if is_remote_http(&self.appservice.public_address) {
+            warnings.push(format!(
+                "appservice.public_address `{}` is plain http on a non-loopback host: join tokens and the page's traffic travel unencrypted; serve it over https behind a reverse proxy",
+                redact_url(&self.appservice.public_address)
+            ));
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if is_remote_http(&hook.url) {
+                warnings.push(format!(
+                    "webhooks entry {} ({}) is plain http on a non-loopback host: meeting chat and attendance travel unencrypted; use https",
+                    i + 1,
+                    redact_url(&hook.url)
+                ));
+            }
+        }
+        warnings
+    }
+
+    /// The permission map in force: the configured one, or the homeserver's own users.
+    pub fn effective_permissions(&self) -> BTreeMap<String, PermissionLevel> {
+        if self.permissions.is_empty() {
+            BTreeMap::from([(self.homeserver.domain.clone(), PermissionLevel::User)])
+        } else {
+            self.permissions.clone()
+        }
+    }
+
+    /// Fully-qualified user ID of the bot.
+    pub fn bot_user_id(&self) -> ruma::OwnedUserId {
+        ruma::UserId::parse(format!(
+            "@{}:{}",
+            self.appservice.bot.username, self.homeserver.domain
+        ))
+        .expect("validate() checked that the bot username makes a valid user ID")
+    }
+}
+
+/// A URL as logs and messages may show it: scheme, host and port, never the path, query
+/// or user info, which may hold credentials (webhook receivers often carry a token).
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) => {
+            let host = url.host_str().unwrap_or("?");
+            let elided =
+                url.path().len() > 1 || url.query().is_some() || !url.username().is_empty();
+            match url.port() {
+                Some(port) => format!(
+                    "{}://{host}:{port}{}",
+                    url.scheme(),
+                    if elided { "/…" } else { "" }
+                ),
+                None => format!(
+                    "{}://{host}{}",
+                    url.scheme(),
+                    if elided { "/…" } else { "" }
+                ),
+            }
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// `http://` to a host other than this machine's loopback.
+fn is_remote_http(raw: &str) -> bool {
+    let Ok(url) = url::Url::parse(raw) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Domain(d)) => d != "localhost",
+        Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! The configuration's loading and validation, key by key.
+
+#[test]
+fn urls_are_redacted_and_plain_http_is_warned_about() {
+    assert_eq!(
+        redact_url("https://user:pw@bot.example/hooks/visio?token=abc"),
+        "https://bot.example/…"
+    );
+    assert_eq!(
+        redact_url("http://127.0.0.1:9000/"),
+        "http://127.0.0.1:9000"
+    );
+    assert_eq!(redact_url("nope"), "(not a URL)");
+    let mut config = with_tokens(example());
+    config.appservice.public_address = "http://visio.example.gouv.fr".into();
+    config.webhooks = vec![WebhookConfig {
+        url: "http://bot.example/hooks?token=s3cret".into(),
+        secret: "0123456789abcdef0123456789abcdef".into(),
+    }];
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings.iter().all(|w| !w.contains("s3cret")),
+        "{warnings:?}"
+    );
+    config.appservice.public_address = "http://127.0.0.1:29330".into();
+    config.webhooks[0].url = "https://bot.example/hooks".into();
+    assert!(config.warnings().is_empty());
+    // The example's placeholder secret is refused, and the message hides the URL's secrets.
+    config.webhooks[0] = WebhookConfig {
+        url: "https://bot.example/hooks?token=s3cret".into(),
+        secret: "change-me-to-the-output-of-openssl-rand-hex-32".into(),
+    };
+    let err = config
+        .validate()
+        .expect_err("placeholder secret")
+        .to_string();
+    assert!(
+        err.contains("placeholder") && !err.contains("s3cret"),
+        "{err}"
+    );
+}
+
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../config/example-config.yaml");
+
+fn example() -> Config {
+    Figment::new()
+        .merge(Yaml::string(EXAMPLE))
+        .extract()
+        .expect("the example config parses")
+}
+
+fn with_tokens(mut config: Config) -> Config {
+    config.appservice.as_token = "a".repeat(64);
+    config.appservice.hs_token = "b".repeat(64);
+    config
+}
+
+#[test]
+fn example_config_is_valid_once_tokens_are_generated() {
+    let config = example();
+    config.validate_except_tokens().expect("valid");
+    let err = config.validate().expect_err("placeholders refused");
+    assert!(
+        err.to_string().contains("run generate-registration first"),
+        "{err}"
+    );
+    with_tokens(config).validate().expect("valid with tokens");
+}
+
+#[test]
+fn errors_name_the_key() {
+    let mut config = with_tokens(example());
+    config.homeserver.address = "localhost:8008".into();
+    let err = config.validate().expect_err("bad url").to_string();
+    assert!(err.contains("homeserver.address"), "{err}");
+
+    let mut config = with_tokens(example());
+    config.database.uri = "mysql://x".into();
+    assert!(
+        config
+            .validate()
+            .expect_err("bad db")
+            .to_string()
+            .contains("database.uri")
+    );
+
+    let mut config = with_tokens(example());
+    config.appservice.username_template = "visio".into();
+    assert!(
+        config
+            .validate()
+            .expect_err("no id")
+            .to_string()
+            .contains("{id}")
+    );
+
+    let mut config = with_tokens(example());
+    config
+        .permissions
+        .insert("not a server!".into(), PermissionLevel::User);
+    assert!(
+        config
+            .validate()
+            .expect_err("bad key")
+            .to_string()
+            .contains("permissions")
+    );
+
+    // Several SFU keys: the one that signs must be named, and be one of them.
+    let mut config = with_tokens(example());
+    let secret = "0123456789abcdef0123456789abcdef".to_owned();
+    config.sfu.keys = [
+        ("old".to_owned(), secret.clone()),
+        ("new".to_owned(), secret),
+    ]
+    .into();
+    let err = config.validate().expect_err("no signing key").to_string();
+    assert!(
+        err.contains("sfu.signing_key") && err.contains("newest"),
+        "{err}"
+    );
+    config.sfu.signing_key = "newer".into();
+    let err = config
+        .validate()
+        .expect_err("unknown signing key")
+        .to_string();
+    assert!(
+        err.contains("sfu.signing_key") && err.contains("newer"),
+        "{err}"
+    );
+    config.sfu.signing_key = "new".into();
+    config.validate().expect("named key");
+
+    let mut config = with_tokens(example());
+    config.sfu.bind_ip = "localhost".into();
+    let err = config.validate().expect_err("bad bind ip").to_string();
+    assert!(
+        err.contains("sfu.bind_ip") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn webhooks_are_checked_without_showing_secrets() {
+    let secret = "s3cret-".repeat(6);
+    let hook = |url: &str, secret: &str| WebhookConfig {
+        url: url.into(),
+        secret: secret.into(),
+    };
+    let mut config = with_tokens(example());
+    config.webhooks = vec![hook("https://bot.example/hook", &secret)];
+    config.validate().expect("valid");
+    assert!(!format!("{config:?}").contains("s3cret"));
+
+    let cases = [
+        (
+            vec![hook("ftp://bot.example/hook", &secret)],
+            "entry 1: url",
+        ),
+        (vec![hook("bot.example/hook", &secret)], "entry 1: url"),
+        (
+            vec![
+                hook("https://a.example/h", &secret),
+                hook("https://a.example/h", &secret),
+            ],
+            "entry 2: url `https://a.example/…` is listed twice",
+        ),
+        (
+            vec![hook("https://a.example/h", "short-s3cret")],
+            "entry 1 (https://a.example/…): secret is shorter",
+        ),
+    ];
+    for (hooks, expected) in cases {
+        let mut config = with_tokens(example());
+        config.webhooks = hooks;
+        let err = config.validate().expect_err("invalid").to_string();
+        assert!(
+            err.contains("`webhooks`") && err.contains(expected),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let yaml = format!("{EXAMPLE}\nsurprise: 1\n");
+    let err = Figment::new()
+        .merge(Yaml::string(&yaml))
+        .extract::<Config>()
+        .expect_err("unknown key");
+    assert!(err.to_string().contains("surprise"), "{err}");
+}
+
+#[test]
+fn empty_permissions_mean_own_domain() {
+    let mut config = example();
+    config.permissions.clear();
+    let map = config.effective_permissions();
+    assert_eq!(map.get("localhost"), Some(&PermissionLevel::User));
+    assert_eq!(map.len(), 1);
+}

@@ -1,0 +1,295 @@
+//! `validate()`: every value that cannot work, refused with a message that names the
+//! key and says how to fix it.
+
+use std::net::IpAddr;
+
+use super::{
+    Config, ConfigError, WEBHOOK_SECRET_MIN_LEN, invalid, is_placeholder_token, redact_url,
+};
+
+impl Config {
+    /// Checks every value that cannot work, naming the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_except_tokens()?;
+        for (key, token) in [
+            ("appservice.as_token", &self.appservice.as_token),
+            ("appservice.hs_token", &self.appservice.hs_token),
+        ] {
+            if is_placeholder_token(token) {
+                return Err(invalid(
+                    key,
+                    "still holds its placeholder: run generate-registration first \
+                     (tchap-visio generate-registration -c config.yaml -r registration.yaml)",
+                ));
+            }
+            if token.len() < 32 {
+                return Err(invalid(
+                    key,
+                    "is shorter than 32 characters; run generate-registration --force for a strong token",
+                ));
+            }
+        }
+        if self.appservice.as_token == self.appservice.hs_token {
+            return Err(invalid(
+                "appservice.hs_token",
+                "must differ from appservice.as_token; run generate-registration --force",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Everything `validate` checks except the tokens, which `generate-registration` is
+    /// about to write.
+    pub fn validate_except_tokens(&self) -> Result<(), ConfigError> {
+        check_http_url("homeserver.address", &self.homeserver.address)?;
+        if ruma::ServerName::parse(&self.homeserver.domain).is_err() {
+            return Err(invalid(
+                "homeserver.domain",
+                format!(
+                    "`{}` is not a valid server name; use the part after the colon in your user IDs, e.g. `tchap.gouv.fr`",
+                    self.homeserver.domain
+                ),
+            ));
+        }
+        let appservice = &self.appservice;
+        if appservice.id.trim().is_empty() {
+            return Err(invalid(
+                "appservice.id",
+                "is empty; use a unique name such as `tchap-visio`",
+            ));
+        }
+        check_http_url("appservice.address", &appservice.address)?;
+        check_http_url("appservice.public_address", &appservice.public_address)?;
+        if appservice.hostname.parse::<IpAddr>().is_err() && appservice.hostname != "localhost" {
+            return Err(invalid(
+                "appservice.hostname",
+                format!(
+                    "`{}` is not an IP address; use 127.0.0.1 (local only) or 0.0.0.0 (all interfaces)",
+                    appservice.hostname
+                ),
+            ));
+        }
+        if appservice.port == 0 {
+            return Err(invalid(
+                "appservice.port",
+                "must be a port between 1 and 65535",
+            ));
+        }
+        if !appservice.username_template.contains("{id}") {
+            return Err(invalid(
+                "appservice.username_template",
+                "must contain `{id}`, e.g. `visio_{id}`",
+            ));
+        }
+        let template_localpart = appservice.username_template.replace("{id}", "x");
+        if ruma::UserId::parse(format!("@{template_localpart}:{}", self.homeserver.domain)).is_err()
+        {
+            return Err(invalid(
+                "appservice.username_template",
+                "makes invalid user IDs; use lowercase letters, digits, `_`, `-`, `.` around `{id}`",
+            ));
+        }
+        if appservice.max_body_bytes < 1024 {
+            return Err(invalid(
+                "appservice.max_body_bytes",
+                "is below 1024 bytes; homeserver transactions would be refused (default 10485760)",
+            ));
+        }
+        if ruma::UserId::parse(format!(
+            "@{}:{}",
+            appservice.bot.username, self.homeserver.domain
+        ))
+        .is_err()
+        {
+            return Err(invalid(
+                "appservice.bot.username",
+                format!(
+                    "`{}` is not a valid localpart; use lowercase letters, digits, `_`, `-`, `.`",
+                    appservice.bot.username
+                ),
+            ));
+        }
+        if appservice
+            .bot
+            .username
+            .starts_with(&appservice.username_template.replace("{id}", ""))
+        {
+            return Err(invalid(
+                "appservice.bot.username",
+                "falls inside the ghost users' namespace (appservice.username_template); pick another name",
+            ));
+        }
+        if !appservice.bot.avatar.is_empty() && !appservice.bot.avatar.starts_with("mxc://") {
+            return Err(invalid(
+                "appservice.bot.avatar",
+                "must be an mxc:// URI (upload the image to your homeserver first) or empty",
+            ));
+        }
+        let uri = &self.database.uri;
+        if !(uri.starts_with("sqlite:")
+            || uri.starts_with("postgres://")
+            || uri.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.uri",
+                "must start with sqlite:// (e.g. sqlite://data/tchap-visio.db) or postgres://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        for key in self.permissions.keys() {
+            let ok = key == "*"
+                || (key.starts_with('@') && ruma::UserId::parse(key).is_ok())
+                || (!key.starts_with('@') && ruma::ServerName::parse(key).is_ok());
+            if !ok {
+                return Err(invalid(
+                    "permissions",
+                    format!(
+                        "`{key}` is neither `*`, a server name nor a user ID like @alice:example.org"
+                    ),
+                ));
+            }
+        }
+        if self.sfu.bind_ip.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "sfu.bind_ip",
+                format!(
+                    "`{}` is not an IP address; use 0.0.0.0 (all interfaces) or 127.0.0.1 (this machine only)",
+                    self.sfu.bind_ip
+                ),
+            ));
+        }
+        if !self.sfu.advertised_ip.is_empty() && self.sfu.advertised_ip.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "sfu.advertised_ip",
+                format!(
+                    "`{}` is not an IP address; leave it empty or give the public IP",
+                    self.sfu.advertised_ip
+                ),
+            ));
+        }
+        if self.sfu.udp_port == 0 || self.sfu.tcp_port == 0 {
+            return Err(invalid(
+                "sfu.udp_port",
+                "sfu.udp_port and sfu.tcp_port must be between 1 and 65535",
+            ));
+        }
+        for server in &self.sfu.ice_servers {
+            if server.urls.is_empty()
+                || server.urls.iter().any(|u| {
+                    !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:"))
+                })
+            {
+                return Err(invalid(
+                    "sfu.ice_servers",
+                    "every entry needs `urls` starting with stun:, turn: or turns:",
+                ));
+            }
+        }
+        for (name, secret) in &self.sfu.keys {
+            if secret.len() < 32 {
+                return Err(invalid(
+                    "sfu.keys",
+                    format!(
+                        "the secret of key `{name}` is shorter than 32 characters; use e.g. `openssl rand -hex 32`"
+                    ),
+                ));
+            }
+        }
+        if !self.sfu.signing_key.is_empty() && !self.sfu.keys.contains_key(&self.sfu.signing_key) {
+            return Err(invalid(
+                "sfu.signing_key",
+                format!(
+                    "`{}` is not one of the keys in sfu.keys; name the newest of them",
+                    self.sfu.signing_key
+                ),
+            ));
+        }
+        if self.sfu.signing_key.is_empty() && self.sfu.keys.len() > 1 {
+            return Err(invalid(
+                "sfu.signing_key",
+                "several keys are set in sfu.keys: name the newest, which signs the tokens we issue (the others still verify theirs until they expire)",
+            ));
+        }
+        if self.sfu.max_participants == 0 {
+            return Err(invalid("sfu.max_participants", "must be at least 1"));
+        }
+        if jiff::tz::TimeZone::get(&self.meetings.timezone).is_err() {
+            return Err(invalid(
+                "meetings.timezone",
+                format!(
+                    "`{}` is not a known time zone; use an IANA name such as Europe/Paris",
+                    self.meetings.timezone
+                ),
+            ));
+        }
+        if self.meetings.max_participants == 0 {
+            return Err(invalid("meetings.max_participants", "must be at least 1"));
+        }
+        let mut urls = std::collections::BTreeSet::new();
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            let n = i + 1;
+            match url::Url::parse(&hook.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "webhooks",
+                        format!(
+                            "entry {n}: url `{}` is not an http(s) URL, e.g. https://bot.example.gouv.fr/hooks/visio",
+                            redact_url(&hook.url)
+                        ),
+                    ));
+                }
+            }
+            if !urls.insert(hook.url.as_str()) {
+                return Err(invalid(
+                    "webhooks",
+                    format!(
+                        "entry {n}: url `{}` is listed twice; keep one entry per receiver",
+                        redact_url(&hook.url)
+                    ),
+                ));
+            }
+            // The message names the entry, never the secret.
+            if hook.secret.trim().len() < WEBHOOK_SECRET_MIN_LEN {
+                return Err(invalid(
+                    "webhooks",
+                    format!(
+                        "entry {n} ({}): secret is shorter than {WEBHOOK_SECRET_MIN_LEN} characters; use e.g. `openssl rand -hex 32` and give the receiver the same value",
+                        redact_url(&hook.url)
+                    ),
+                ));
+            }
+            if hook.secret.contains("change-me") {
+                return Err(invalid(
+                    "webhooks",
+                    format!(
+                        "entry {n} ({}): secret is still the example's placeholder; use the output of `openssl rand -hex 32` and give the receiver the same value",
+                        redact_url(&hook.url)
+                    ),
+                ));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return Err(invalid(
+                "logging.level",
+                format!(
+                    "`{}` is not a level; use error, warn, info, debug or trace",
+                    self.logging.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_http_url(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
+        _ => Err(invalid(
+            key,
+            format!("`{value}` is not an http(s) URL, e.g. http://127.0.0.1:8008"),
+        )),
+    }
+}

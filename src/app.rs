@@ -35,22 +35,6 @@ pub struct RunOptions {
     pub hold_inbox: bool,
 }
 
-fn listen_addr(config: &Config) -> anyhow::Result<SocketAddr> {
-    let host = if config.appservice.hostname == "localhost" {
-        "127.0.0.1"
-    } else {
-        &config.appservice.hostname
-    };
-    format!("{host}:{}", config.appservice.port)
-        .parse()
-        .with_context(|| {
-            format!(
-                "appservice.hostname `{}` is not an IP address",
-                config.appservice.hostname
-            )
-        })
-}
-
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.database.uri, config.database.max_connections)
         .await
@@ -75,7 +59,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     queue_bot_profile(&store, &config).await?;
     crate::http::api::warn_about_legacy_tokens(&store).await?;
 
-    let addr = listen_addr(&config)?;
+    let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (appservice.hostname / appservice.port): is another instance running?")
     })?;
@@ -199,13 +183,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
 /// arrive (tests/browser/loopback.test.mjs, tests/integration/test_demo.py).
 pub fn media_candidates(config: &Config) -> Vec<SocketAddr> {
     let port = config.sfu.udp_port;
-    if let Ok(ip) = config.sfu.advertised_ip.parse::<std::net::IpAddr>() {
+    if let Some(ip) = config.sfu.advertised_ip {
         return vec![SocketAddr::new(ip, port)];
     }
-    if let Ok(ip) = config.sfu.bind_ip.parse::<std::net::IpAddr>()
-        && !ip.is_unspecified()
-    {
-        return vec![SocketAddr::new(ip, port)];
+    if !config.sfu.bind_ip.is_unspecified() {
+        return vec![SocketAddr::new(config.sfu.bind_ip, port)];
     }
     let mut candidates = Vec::new();
     if let Some(ip) = primary_ipv4() {
@@ -243,14 +225,8 @@ async fn start_sfu(
             })
             .collect(),
     };
-    let bind_ip = config
-        .sfu
-        .bind_ip
-        .parse()
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let bind = SocketAddr::new(bind_ip, config.sfu.udp_port);
     // ICE over TCP on the same addresses, for networks that block UDP.
-    let tcp_bind = SocketAddr::new(bind.ip(), config.sfu.tcp_port);
+    let (bind, tcp_bind) = config.media_bind_addrs();
     let candidates = format!("{:?}", engine_config.candidates);
     let (handle, task) = SfuHandle::start(bind, Some(tcp_bind), engine_config, shutdown).await?;
     tracing::info!(%bind, %tcp_bind, %candidates, "media server listening");
@@ -314,7 +290,7 @@ pub async fn check_config(config: &Config) -> anyhow::Result<String> {
     ));
 
     // When the service is not running, answer the homeserver's ping ourselves.
-    let addr = listen_addr(config)?;
+    let addr = config.listen_addr();
     let shutdown = CancellationToken::new();
     let (ping_tx, mut ping_rx) = mpsc::unbounded_channel();
     let serving_ourselves = match tokio::net::TcpListener::bind(addr).await {
@@ -570,10 +546,10 @@ mod tests {
         // All interfaces: loopback is always among the candidates.
         assert!(media_candidates(&config).contains(&loopback));
         // One address bound: only it, since nothing else listens.
-        config.sfu.bind_ip = "127.0.0.1".into();
+        config.sfu.bind_ip = [127, 0, 0, 1].into();
         assert_eq!(media_candidates(&config), [loopback]);
         // An advertised address (NAT) wins over both.
-        config.sfu.advertised_ip = "203.0.113.7".into();
+        config.sfu.advertised_ip = Some([203, 0, 113, 7].into());
         assert_eq!(
             media_candidates(&config),
             [SocketAddr::from(([203, 0, 113, 7], port))]

@@ -1,14 +1,17 @@
 //! Typed configuration: loading (YAML file + `TCHAP_VISIO_*` environment overrides),
 //! defaults, and `validate()`, whose messages name the bad key and say how to fix it.
-//! Split: `validate` (the checks), `tests`. Depends on nothing else in the crate.
+//! Split: `addr` (IP addresses read at load), `validate` (the checks), `tests`. Depends on
+//! nothing else in the crate.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
 use serde::{Deserialize, Serialize};
 
+mod addr;
 mod validate;
 
 /// Prefix of environment variables that override config keys (`TCHAP_VISIO_DATABASE__URI`).
@@ -110,8 +113,9 @@ pub struct AppserviceConfig {
     pub id: String,
     /// URL the homeserver uses to reach us.
     pub address: String,
-    #[serde(default = "default_hostname")]
-    pub hostname: String,
+    /// The local address the HTTP server listens on; `localhost` reads as 127.0.0.1.
+    #[serde(default = "default_hostname", deserialize_with = "addr::listen_ip")]
+    pub hostname: IpAddr,
     #[serde(default = "default_port")]
     pub port: u16,
     /// Public base URL of join links.
@@ -195,10 +199,18 @@ pub struct SfuConfig {
     #[serde(default = "default_tcp_port")]
     pub tcp_port: u16,
     /// The address the media ports listen on: all interfaces by default.
-    #[serde(default = "default_media_bind_ip")]
-    pub bind_ip: String,
-    #[serde(default)]
-    pub advertised_ip: String,
+    #[serde(
+        default = "default_media_bind_ip",
+        deserialize_with = "addr::media_bind_ip"
+    )]
+    pub bind_ip: IpAddr,
+    /// The address announced to clients (NAT); empty in the file: none.
+    #[serde(
+        default,
+        deserialize_with = "addr::advertised_ip",
+        serialize_with = "addr::serialize_optional_ip"
+    )]
+    pub advertised_ip: Option<IpAddr>,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
     #[serde(default)]
@@ -217,7 +229,7 @@ impl Default for SfuConfig {
             udp_port: default_udp_port(),
             tcp_port: default_tcp_port(),
             bind_ip: default_media_bind_ip(),
-            advertised_ip: String::new(),
+            advertised_ip: None,
             ice_servers: Vec::new(),
             keys: BTreeMap::new(),
             signing_key: String::new(),
@@ -299,8 +311,8 @@ impl Default for LoggingConfig {
 fn default_id() -> String {
     "tchap-visio".into()
 }
-fn default_hostname() -> String {
-    "127.0.0.1".into()
+fn default_hostname() -> IpAddr {
+    Ipv4Addr::LOCALHOST.into()
 }
 fn default_port() -> u16 {
     29330
@@ -330,8 +342,8 @@ fn default_tcp_port() -> u16 {
     7881
 }
 
-fn default_media_bind_ip() -> String {
-    "0.0.0.0".into()
+fn default_media_bind_ip() -> IpAddr {
+    Ipv4Addr::UNSPECIFIED.into()
 }
 fn default_node_participants() -> u32 {
     1000
@@ -403,6 +415,20 @@ impl Config {
             }
         }
         warnings
+    }
+
+    /// The address the HTTP server listens on (`appservice.hostname`, `appservice.port`).
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.appservice.hostname, self.appservice.port)
+    }
+
+    /// The addresses the media ports listen on: UDP, then ICE over TCP (`sfu.bind_ip`,
+    /// `sfu.udp_port`, `sfu.tcp_port`).
+    pub fn media_bind_addrs(&self) -> (SocketAddr, SocketAddr) {
+        (
+            SocketAddr::new(self.sfu.bind_ip, self.sfu.udp_port),
+            SocketAddr::new(self.sfu.bind_ip, self.sfu.tcp_port),
+        )
     }
 
     /// The permission map in force: the configured one, or the homeserver's own users.

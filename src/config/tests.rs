@@ -133,13 +133,53 @@ fn errors_name_the_key() {
     );
     config.sfu.signing_key = "new".into();
     config.validate().expect("named key");
+}
 
-    let mut config = with_tokens(example());
-    config.sfu.bind_ip = "localhost".into();
-    let err = config.validate().expect_err("bad bind ip").to_string();
+/// Loads the example with `overrides` (YAML) merged over it.
+fn load_example_with(overrides: &str) -> Result<Config, String> {
+    Figment::new()
+        .merge(Yaml::string(EXAMPLE))
+        .merge(Yaml::string(overrides))
+        .extract()
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn ip_addresses_are_read_at_load_and_errors_name_the_key() {
+    let err = load_example_with("sfu: {bind_ip: localhost}").expect_err("bad bind ip");
     assert!(
         err.contains("sfu.bind_ip") && err.contains("127.0.0.1"),
         "{err}"
+    );
+    let err = load_example_with("appservice: {hostname: visio.example}").expect_err("bad hostname");
+    assert!(
+        err.contains("appservice.hostname") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+    let err = load_example_with("sfu: {advertised_ip: 203.0.113}").expect_err("bad advertised ip");
+    assert!(
+        err.contains("sfu.advertised_ip") && err.contains("public IP"),
+        "{err}"
+    );
+
+    let config = example();
+    assert_eq!(
+        config.listen_addr(),
+        SocketAddr::from(([127, 0, 0, 1], 29330))
+    );
+    assert_eq!(config.sfu.advertised_ip, None, "empty means none");
+    let (udp, tcp) = config.media_bind_addrs();
+    assert_eq!(udp, SocketAddr::from(([0, 0, 0, 0], config.sfu.udp_port)));
+    assert_eq!(tcp, SocketAddr::from(([0, 0, 0, 0], config.sfu.tcp_port)));
+    let config = load_example_with(
+        "appservice: {hostname: localhost}\nsfu: {bind_ip: '::1', advertised_ip: 203.0.113.7}",
+    )
+    .expect("valid addresses");
+    assert_eq!(config.appservice.hostname, IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(config.sfu.bind_ip, "::1".parse::<IpAddr>().expect("ip"));
+    assert_eq!(
+        config.sfu.advertised_ip,
+        Some(IpAddr::from([203, 0, 113, 7]))
     );
 }
 

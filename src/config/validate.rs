@@ -1,7 +1,5 @@
 //! `validate()`: every value that cannot work, refused with a message that names the
-//! key and says how to fix it.
-
-use std::net::IpAddr;
+//! key and says how to fix it. IP addresses are already checked at load (`addr`).
 
 use super::{
     Config, ConfigError, WEBHOOK_SECRET_MIN_LEN, invalid, is_placeholder_token, redact_url,
@@ -60,15 +58,6 @@ impl Config {
         }
         check_http_url("appservice.address", &appservice.address)?;
         check_http_url("appservice.public_address", &appservice.public_address)?;
-        if appservice.hostname.parse::<IpAddr>().is_err() && appservice.hostname != "localhost" {
-            return Err(invalid(
-                "appservice.hostname",
-                format!(
-                    "`{}` is not an IP address; use 127.0.0.1 (local only) or 0.0.0.0 (all interfaces)",
-                    appservice.hostname
-                ),
-            ));
-        }
         if appservice.port == 0 {
             return Err(invalid(
                 "appservice.port",
@@ -150,24 +139,6 @@ impl Config {
                     ),
                 ));
             }
-        }
-        if self.sfu.bind_ip.parse::<IpAddr>().is_err() {
-            return Err(invalid(
-                "sfu.bind_ip",
-                format!(
-                    "`{}` is not an IP address; use 0.0.0.0 (all interfaces) or 127.0.0.1 (this machine only)",
-                    self.sfu.bind_ip
-                ),
-            ));
-        }
-        if !self.sfu.advertised_ip.is_empty() && self.sfu.advertised_ip.parse::<IpAddr>().is_err() {
-            return Err(invalid(
-                "sfu.advertised_ip",
-                format!(
-                    "`{}` is not an IP address; leave it empty or give the public IP",
-                    self.sfu.advertised_ip
-                ),
-            ));
         }
         if self.sfu.udp_port == 0 || self.sfu.tcp_port == 0 {
             return Err(invalid(

@@ -1,0 +1,71 @@
+//! IP addresses read at load, so that the rest of the crate gets `IpAddr`s. A bad value
+//! fails the load with the key's path (figment adds it) and the same advice `validate()`
+//! gives for other keys.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Deserializer, Serializer, de};
+
+/// `appservice.hostname`: an IP address, or `localhost` for 127.0.0.1.
+pub(super) fn listen_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    parse_listen_ip(&raw).map_err(de::Error::custom)
+}
+
+/// `sfu.bind_ip`: an IP address.
+pub(super) fn media_bind_ip<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<IpAddr, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    parse_media_bind_ip(&raw).map_err(de::Error::custom)
+}
+
+/// `sfu.advertised_ip`: an IP address, or empty for none.
+pub(super) fn advertised_ip<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<IpAddr>, D::Error> {
+    let raw = Option::<String>::deserialize(deserializer)?.unwrap_or_default();
+    parse_advertised_ip(&raw).map_err(de::Error::custom)
+}
+
+/// Writes `None` as the file spells it: an empty string.
+pub(super) fn serialize_optional_ip<S: Serializer>(
+    ip: &Option<IpAddr>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match ip {
+        Some(ip) => serializer.collect_str(ip),
+        None => serializer.serialize_str(""),
+    }
+}
+
+fn parse_listen_ip(raw: &str) -> Result<IpAddr, String> {
+    let raw = raw.trim();
+    if raw == "localhost" {
+        return Ok(Ipv4Addr::LOCALHOST.into());
+    }
+    raw.parse().map_err(|_| {
+        format!(
+            "`{raw}` is not an IP address; use 127.0.0.1 (local only) or 0.0.0.0 (all interfaces)"
+        )
+    })
+}
+
+fn parse_media_bind_ip(raw: &str) -> Result<IpAddr, String> {
+    let raw = raw.trim();
+    raw.parse().map_err(|_| {
+        format!(
+            "`{raw}` is not an IP address; use 0.0.0.0 (all interfaces) or 127.0.0.1 (this machine only)"
+        )
+    })
+}
+
+fn parse_advertised_ip(raw: &str) -> Result<Option<IpAddr>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse()
+        .map(Some)
+        .map_err(|_| format!("`{raw}` is not an IP address; leave it empty or give the public IP"))
+}

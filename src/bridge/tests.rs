@@ -559,3 +559,109 @@ both_dialects!(
         assert_eq!(count, 1);
     }
 );
+
+/// Closed sessions in the database, all meetings together.
+async fn closed_sessions(store: &Store) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM participant_sessions WHERE left_at IS NOT NULL")
+        .fetch_one(store.pool())
+        .await
+        .expect("count")
+}
+
+fn flood_join(room: &str, identity: &str) -> crate::sfu::JoinRequest {
+    crate::sfu::JoinRequest {
+        room: room.to_owned(),
+        identity: identity.to_owned(),
+        name: identity.to_owned(),
+        metadata: String::new(),
+        attributes: HashMap::new(),
+        can_publish: false,
+        can_subscribe: true,
+        can_publish_data: true,
+        can_update_own_metadata: false,
+        can_publish_sources: Vec::new(),
+        auto_subscribe: false,
+        single_pc: false,
+        publisher_offer: None,
+    }
+}
+
+both_dialects!(
+    a_flood_of_sfu_events_is_recorded_exactly,
+    |store: Store| async move {
+        const MEETINGS: usize = 110;
+        const PER_MEETING: usize = 10;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let config = crate::sfu::EngineConfig {
+            candidates: vec!["127.0.0.1:9".parse().expect("address")],
+            max_participants_per_room: PER_MEETING,
+            max_participants: MEETINGS * PER_MEETING,
+            ice_servers: Vec::new(),
+        };
+        let bind = "127.0.0.1:0".parse().expect("address");
+        let (sfu, events, _driver) = SfuHandle::start(bind, None, config, shutdown.clone())
+            .await
+            .expect("the SFU starts");
+        let mut meetings_made = Vec::new();
+        {
+            let mut conn = store.pool().acquire().await.expect("conn");
+            for i in 0..MEETINGS {
+                let meeting =
+                    Meeting::new(&format!("Flood {i}"), None, None, now_ms()).expect("meeting");
+                meetings::create(&mut conn, &meeting).await.expect("create");
+                meetings_made.push(meeting);
+            }
+        }
+        // Every meeting fills and ends before the bridge reads anything: twice as many
+        // joins and leaves as the channel holds wait for it.
+        for meeting in &meetings_made {
+            for p in 0..PER_MEETING {
+                let (sink, _) = crate::sfu::driver::signal_channel();
+                let identity = format!("b{p}-{}", meeting.id);
+                sfu.join(flood_join(meeting.id.as_str(), &identity), sink, 1)
+                    .await
+                    .expect("admitted");
+            }
+            assert_eq!(sfu.close_room(meeting.id.to_string()).await, PER_MEETING);
+        }
+        let ctx = Arc::new(ctx());
+        let worker = tokio::spawn(
+            crate::bridge::sfu_events::SfuEventWorker {
+                ctx: ctx.clone(),
+                store: store.clone(),
+                events,
+                outbound_wake: Arc::new(tokio::sync::Notify::new()),
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+        let total = (MEETINGS * PER_MEETING) as i64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while closed_sessions(&store).await < total {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {total} sessions closed",
+                closed_sessions(&store).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        worker.await.expect("the worker stops");
+        let mut conn = store.pool().acquire().await.expect("conn");
+        for meeting in &meetings_made {
+            let all = sessions::list_for_meeting(&mut conn, &meeting.id)
+                .await
+                .expect("sessions");
+            assert_eq!(all.len(), PER_MEETING, "one session per participant");
+            assert!(all.iter().all(|s| s.left_at.is_some()), "everyone left");
+            let attendees = meeting::attendance(&all, i64::MAX / 4);
+            let mut keys: Vec<String> = attendees.into_iter().map(|a| a.attendee_key).collect();
+            keys.sort();
+            let mut expected: Vec<String> = (0..PER_MEETING)
+                .map(|p| attendee_key(&format!("b{p}-{}", meeting.id)))
+                .collect();
+            expected.sort();
+            assert_eq!(keys, expected, "attendance of {}", meeting.id);
+        }
+    }
+);

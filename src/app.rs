@@ -111,6 +111,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         }
         .run(),
     );
+    if let Some(effects) = bridge.effects_worker(store.clone(), shutdown.clone()) {
+        workers.spawn(effects.run());
+    }
     workers.spawn(
         SfuEventWorker {
             ctx: bridge.clone(),

@@ -104,6 +104,7 @@ impl SfuEventWorker {
             let mut tx = self.store.begin().await?;
             end_meeting(&self.ctx, &mut tx, &meeting, now).await?;
             tx.commit().await?;
+            self.ctx.effects_committed();
             self.outbound_wake.notify_one();
         }
         Ok(())

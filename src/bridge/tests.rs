@@ -665,3 +665,150 @@ both_dialects!(
         }
     }
 );
+
+/// Handles events with the bridge, then fails its batch once: after the bridge decided
+/// everything, before the transaction commits.
+struct FailsOnceBeforeCommit {
+    bridge: Bridge,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl EventHandler for FailsOnceBeforeCommit {
+    async fn prepare(&self, batch: &[InboxEvent]) {
+        self.bridge.prepare(batch).await;
+    }
+
+    async fn handle(&self, event: &InboxEvent, conn: &mut Connection) -> Result<(), StoreError> {
+        self.bridge.handle(event, conn).await?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Corrupt {
+                table: "inbox",
+                detail: "fault injected before the commit".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.bridge.committed();
+    }
+}
+
+/// An SFU that records the effects it receives.
+#[derive(Default)]
+struct FakeRooms {
+    chat: Mutex<Vec<(String, String, String, String)>>,
+    closed: Mutex<Vec<String>>,
+}
+
+impl effects::MeetingRooms for Arc<FakeRooms> {
+    async fn inject_chat(&self, room: String, id: String, author: String, text: String) -> bool {
+        self.chat
+            .lock()
+            .expect("no panic while holding the lock")
+            .push((room, id, author, text));
+        true
+    }
+
+    async fn close_room(&self, room: String) -> usize {
+        self.closed
+            .lock()
+            .expect("no panic while holding the lock")
+            .push(room);
+        1
+    }
+}
+
+both_dialects!(
+    a_batch_retried_after_a_failure_puts_its_chat_into_the_meeting_once,
+    |store: Store| async move {
+        let ctx = Arc::new(ctx());
+        let bridge = Bridge { ctx: ctx.clone() };
+        feed(&store, &bridge, text("$1", "@alice:localhost", "!visio")).await;
+        let meeting = active(&store).await.expect("a meeting");
+        {
+            let mut conn = store.pool().acquire().await.expect("conn");
+            meetings::set_thread_root(&mut conn, &meeting.id, "$root")
+                .await
+                .expect("root");
+        }
+        let reply = message(
+            "$t1",
+            "@bob:localhost",
+            serde_json::json!({
+                "msgtype": "m.text", "body": "Je serai en retard",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"},
+            }),
+        );
+        store
+            .store_transaction(
+                "txn1",
+                &[crate::store::inbox::NewInboxEvent {
+                    event_id: reply.event_id.clone(),
+                    room_id: Some(ROOM.into()),
+                    json: reply.json.clone(),
+                }],
+            )
+            .await
+            .expect("stored");
+        let inbox = crate::matrix::inbox::InboxWorker {
+            store: store.clone(),
+            handler: FailsOnceBeforeCommit {
+                bridge: Bridge { ctx: ctx.clone() },
+                armed: true.into(),
+            },
+            wake: Arc::new(Notify::new()),
+            outbound_wake: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
+        };
+        let rooms = Arc::new(FakeRooms::default());
+        let mut worker = effects::SfuEffectsWorker::new(
+            store.clone(),
+            rooms.clone(),
+            Arc::new(Notify::new()),
+            CancellationToken::new(),
+        );
+        assert!(inbox.process_batch().await.is_err(), "the fault fires");
+        assert_eq!(worker.apply_pending().await.expect("apply"), 0);
+        assert!(
+            rooms.chat.lock().expect("lock").is_empty(),
+            "nothing before a commit"
+        );
+        assert_eq!(inbox.process_batch().await.expect("the retry"), 1);
+        assert_eq!(worker.apply_pending().await.expect("apply"), 1);
+        assert_eq!(
+            worker.apply_pending().await.expect("apply"),
+            0,
+            "applied once"
+        );
+        assert_eq!(
+            *rooms.chat.lock().expect("lock"),
+            vec![(
+                meeting.id.to_string(),
+                "$t1".to_owned(),
+                "bob".to_owned(),
+                "Je serai en retard".to_owned()
+            )]
+        );
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let stored = chat::list_for_meeting(&mut conn, &meeting.id)
+            .await
+            .expect("chat");
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        drop(conn);
+
+        // Ending the meeting closes its room, once, after the commit.
+        feed(
+            &store,
+            &bridge,
+            text("$2", "@alice:localhost", "!visio fin"),
+        )
+        .await;
+        assert!(rooms.closed.lock().expect("lock").is_empty());
+        assert_eq!(worker.apply_pending().await.expect("apply"), 1);
+        assert_eq!(
+            *rooms.closed.lock().expect("lock"),
+            vec![meeting.id.to_string()]
+        );
+    }
+);

@@ -28,7 +28,7 @@ use crate::config::{Config, Language, PermissionLevel};
 use crate::ids::ParticipantIdentity;
 use crate::matrix::bot::{Bot, EventEnvelope};
 use crate::matrix::client::MatrixClient;
-use crate::matrix::commands::{self, CommandAction, Parsed};
+use crate::matrix::commands::{self, CommandAction, Dispatch};
 use crate::matrix::inbox::EventHandler;
 use crate::matrix::queue::{self, Attribution, OutboundRequest};
 use crate::meeting::{self, ChatMessage, ChatOrigin, Meeting, MeetingState};
@@ -366,14 +366,18 @@ impl EventHandler for Bridge {
             let Some(body) = text_of(&message) else {
                 continue;
             };
-            let parsed = commands::parse(&body);
-            if matches!(&parsed, Parsed::Command { spec, .. } if spec.action == CommandAction::End)
+            let level = self.ctx.bot.level_for(&envelope.sender);
+            let names: Vec<&str> = self.ctx.bot_names.iter().map(String::as_str).collect();
+            let mention = self
+                .mentions_bot(&message, &body)
+                .then_some(names.as_slice());
+            let dispatch = commands::process(&body, level, mention, self.ctx.lang);
+            if matches!(&dispatch, Dispatch::Run { spec, .. } if spec.action == CommandAction::End)
                 && !power_rooms.contains(&envelope.room_id)
             {
                 power_rooms.push(envelope.room_id.clone());
             }
-            let for_the_bot =
-                !matches!(parsed, Parsed::NotACommand) || self.mentions_bot(&message, &body);
+            let for_the_bot = !matches!(dispatch, Dispatch::NotACommand);
             let may_be_mirrored = matches!(message.relates_to, Some(Relation::Thread(_)))
                 || self.ctx.mirror_room_timeline;
             if !for_the_bot && may_be_mirrored && !authors.contains(&envelope.sender) {
@@ -463,28 +467,35 @@ impl Bridge {
             return Ok(false);
         };
         let level = self.ctx.bot.level_for(&event.sender);
-        let permitted = level >= PermissionLevel::User;
-        match commands::parse(&body) {
-            Parsed::Command { spec, args } if spec.action != CommandAction::Help => {
-                if !permitted || level < spec.permission {
-                    return Ok(false); // the bot says it is not permitted
-                }
+        let names: Vec<&str> = self.ctx.bot_names.iter().map(String::as_str).collect();
+        let mention = self
+            .mentions_bot(&message, &body)
+            .then_some(names.as_slice());
+        match commands::process(&body, level, mention, self.ctx.lang) {
+            Dispatch::Run { spec, args } => {
                 self.on_command(event, &message, spec.action, args, conn)
                     .await?;
-                return Ok(true);
+                Ok(true)
             }
-            Parsed::NotACommand => {}
-            _ => return Ok(false),
-        }
-        if permitted && self.mentions_bot(&message, &body) {
-            let names: Vec<&str> = self.ctx.bot_names.iter().map(String::as_str).collect();
-            if commands::asks_for_a_call(&body, &names) {
-                self.on_command(event, &message, CommandAction::Start, "", conn)
+            // Help, hints and refusals answer typed text only, never other bots' notices.
+            Dispatch::Answer(plain, html) if matches!(message.msgtype, MessageType::Text(_)) => {
+                tracing::debug!(room = %event.room_id, sender = %event.sender, "answering a command");
+                self.ctx
+                    .bot
+                    .reply(
+                        &event.room_id,
+                        &event.event_id,
+                        message.relates_to.clone(),
+                        plain,
+                        html,
+                        conn,
+                    )
                     .await?;
-                return Ok(true);
+                Ok(true)
             }
+            Dispatch::Answer(..) => Ok(true),
+            Dispatch::NotACommand => self.mirror_into_meeting(event, &message, body, conn).await,
         }
-        self.mirror_into_meeting(event, &message, body, conn).await
     }
 
     fn mentions_bot(&self, message: &RoomMessageEventContent, body: &str) -> bool {
@@ -548,7 +559,8 @@ impl Bridge {
             }
             (CommandAction::End, Some(meeting)) => {
                 let is_creator = meeting.creator.as_deref() == Some(event.sender.as_str());
-                let is_admin = ctx.bot.level_for(&event.sender) >= PermissionLevel::Admin;
+                let is_admin =
+                    commands::permitted(ctx.bot.level_for(&event.sender), PermissionLevel::Admin);
                 if is_creator
                     || is_admin
                     || ctx.power_level(conn, room, &event.sender).await? >= ctx.end_power_level
@@ -575,7 +587,8 @@ impl Bridge {
             (CommandAction::Status | CommandAction::Link | CommandAction::End, None) => {
                 notices::no_meeting(lang)
             }
-            (CommandAction::Help, _) => crate::matrix::commands::help(lang),
+            // The dispatcher answers it; kept for a complete match.
+            (CommandAction::Help, _) => commands::help(lang),
         };
         ctx.bot
             .reply(

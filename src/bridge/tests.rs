@@ -812,3 +812,82 @@ both_dialects!(
         );
     }
 );
+
+// Moved from `matrix::bot`: the dispatcher answers help, hints and refusals.
+both_dialects!(
+    commands_get_replies_and_ours_are_ignored,
+    |store: Store| async move {
+        let bridge = Bridge {
+            ctx: Arc::new(ctx()),
+        };
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@alice:localhost", "!visio aide"),
+        )
+        .await;
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@visio:localhost", "!visio aide"),
+        )
+        .await;
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@visio_guest:localhost", "!visio aide"),
+        )
+        .await;
+        feed(&store, &bridge, text("$msg", "@alice:localhost", "bonjour")).await;
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@alice:localhost", "!visio aied"),
+        )
+        .await;
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@eve:elsewhere.org", "!visio aide"),
+        )
+        .await;
+        let requests = queued(&store).await;
+        let bodies: Vec<_> = requests
+            .iter()
+            .map(|r| match r {
+                OutboundRequest::Send { content, .. } => content.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(bodies.len(), 3, "{bodies:?}");
+        assert!(
+            bodies[0]["body"]
+                .as_str()
+                .expect("body")
+                .starts_with("Commandes")
+        );
+        assert_eq!(
+            bodies[0]["m.relates_to"]["m.in_reply_to"]["event_id"],
+            "$msg"
+        );
+        assert_eq!(bodies[0]["msgtype"], "m.notice");
+        assert!(
+            bodies[1]["body"]
+                .as_str()
+                .expect("body")
+                .contains("« aied »")
+        );
+        assert!(
+            bodies[1]["body"]
+                .as_str()
+                .expect("body")
+                .contains("!visio aide")
+        );
+        assert!(
+            bodies[2]["body"]
+                .as_str()
+                .expect("body")
+                .contains("pas le droit")
+        );
+    }
+);

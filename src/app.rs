@@ -23,6 +23,7 @@ use crate::matrix::client::{CallError, MatrixClient};
 use crate::matrix::inbox::InboxWorker;
 use crate::matrix::queue::{self, OutboundRequest, OutboundWorker};
 use crate::observability;
+use crate::sfu::driver::EngineEvents;
 use crate::sfu::{EngineConfig, SfuHandle};
 use crate::signal::SignalState;
 use crate::store::{Store, redact_uri};
@@ -69,12 +70,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     // The bridge queues events through clones of `webhooks`, which share its wake-up.
     let webhooks = Webhooks::from_config(&config.webhooks);
     workers.spawn(webhooks.worker(store.clone(), shutdown.clone()).run());
-    let (sfu, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
+    let (sfu, sfu_events, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
     workers.spawn(async move {
         let _ = sfu_task.await;
     });
-    // Subscribed before anything can join, so no event is missed.
-    let sfu_events = sfu.subscribe();
     let bridge = Arc::new(
         BridgeContext::from_config(&config, Some(sfu.clone()), Some(client.clone()))
             .with_webhooks(webhooks.clone()),
@@ -96,6 +95,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         }
         .run(),
     );
+    if let Some(effects) = bridge.effects_worker(store.clone(), shutdown.clone()) {
+        workers.spawn(effects.run());
+    }
     workers.spawn(
         SfuEventWorker {
             ctx: bridge.clone(),
@@ -209,7 +211,7 @@ fn primary_ipv4() -> Option<std::net::IpAddr> {
 async fn start_sfu(
     config: &Config,
     shutdown: CancellationToken,
-) -> anyhow::Result<(SfuHandle, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(SfuHandle, EngineEvents, tokio::task::JoinHandle<()>)> {
     let engine_config = EngineConfig {
         candidates: media_candidates(config),
         max_participants_per_room: config.meetings.max_participants as usize,
@@ -228,9 +230,10 @@ async fn start_sfu(
     // ICE over TCP on the same addresses, for networks that block UDP.
     let (bind, tcp_bind) = config.media_bind_addrs();
     let candidates = format!("{:?}", engine_config.candidates);
-    let (handle, task) = SfuHandle::start(bind, Some(tcp_bind), engine_config, shutdown).await?;
+    let (handle, events, task) =
+        SfuHandle::start(bind, Some(tcp_bind), engine_config, shutdown).await?;
     tracing::info!(%bind, %tcp_bind, %candidates, "media server listening");
-    Ok((handle, task))
+    Ok((handle, events, task))
 }
 
 async fn wait_for_signal() {

@@ -2,16 +2,23 @@
 //! the meeting's thread); the SFU's joins, leaves and chat become attendance and thread
 //! messages; thread replies become meeting chat; an ended meeting gets its summary.
 //! The one module that knows both Matrix and the SFU (DESIGN §3). Everything it decides
-//! is written in one database transaction together with the requests it queues, so a
-//! restart neither loses nor repeats a link, a message or a summary.
+//! is written in one database transaction together with the requests it queues (to the
+//! homeserver through the outbound queue, to the SFU through [`effects`]), so a restart
+//! neither loses nor repeats a link, a message or a summary. Nothing outside the
+//! database happens inside that transaction: what it needs from the homeserver (names,
+//! power levels) is looked up before it opens.
 
+pub mod effects;
 pub mod ghosts;
 pub mod notices;
 pub mod sfu_events;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use jiff::tz::TimeZone;
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
@@ -21,15 +28,16 @@ use crate::config::{Config, Language, PermissionLevel};
 use crate::ids::ParticipantIdentity;
 use crate::matrix::bot::{Bot, EventEnvelope};
 use crate::matrix::client::MatrixClient;
-use crate::matrix::commands::{self, CommandAction, Parsed};
+use crate::matrix::commands::{self, CommandAction, Dispatch};
 use crate::matrix::inbox::EventHandler;
 use crate::matrix::queue::{self, Attribution, OutboundRequest};
 use crate::meeting::{self, ChatMessage, ChatOrigin, Meeting, MeetingState};
 use crate::sfu::SfuHandle;
 use crate::sfu::bucket::TokenBucket;
 use crate::store::inbox::InboxEvent;
-use crate::store::{Connection, StoreError, chat, meetings, now_ms, rooms, sessions};
+use crate::store::{Connection, Store, StoreError, chat, meetings, now_ms, rooms, sessions};
 use crate::webhooks::{self, WebhookKind, Webhooks};
+use effects::{SfuEffect, SfuEffectsWorker};
 use ghosts::GhostNamer;
 
 /// Meetings nobody ever joined are closed after this long.
@@ -56,8 +64,14 @@ pub struct BridgeContext {
     pub timezone: TimeZone,
     pub lang: Language,
     pub ghosts: GhostNamer,
-    /// The SFU, to inject room messages into meetings and close ended ones.
+    /// The SFU, where the effects worker injects room messages into meetings and
+    /// closes ended ones.
     pub sfu: Option<SfuHandle>,
+    /// Wakes the effects worker once a transaction that queued effects committed.
+    sfu_effects_wake: Arc<Notify>,
+    /// Rooms' power levels (`m.room.power_levels` content) fetched before a batch's
+    /// transaction, for rooms whose state the homeserver never sent us.
+    fetched_power_levels: Mutex<HashMap<OwnedRoomId, (String, Instant)>>,
     /// For the rare lookups the bridge makes in passing (power levels, display names).
     pub client: Option<MatrixClient>,
     /// Receivers of meeting events; queued in the bridge's own transactions.
@@ -122,6 +136,8 @@ impl BridgeContext {
             client,
             webhooks: Webhooks::none(),
             display_names: Mutex::new(HashMap::new()),
+            sfu_effects_wake: Arc::new(Notify::new()),
+            fetched_power_levels: Mutex::new(HashMap::new()),
             chat_mirror_pace: Mutex::new(HashMap::new()),
             member_names: Mutex::new(HashMap::new()),
         }
@@ -136,18 +152,47 @@ impl BridgeContext {
         meeting.link(&self.public_address)
     }
 
-    /// A room member's display name, looked up at the homeserver (cached); the user id's
-    /// localpart when it cannot say.
-    async fn display_name(&self, user: &UserId) -> String {
-        if let Some((name, at)) = self.cached_name(user)
+    /// The worker that applies the SFU effects this bridge queues; `None` without an SFU.
+    pub fn effects_worker(
+        &self,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Option<SfuEffectsWorker<SfuHandle>> {
+        let sfu = self.sfu.clone()?;
+        Some(SfuEffectsWorker::new(
+            store,
+            sfu,
+            self.sfu_effects_wake.clone(),
+            shutdown,
+        ))
+    }
+
+    /// Tells the effects worker that a transaction which may have queued effects
+    /// committed; call it after the commit, never before.
+    pub fn effects_committed(&self) {
+        self.sfu_effects_wake.notify_one();
+    }
+
+    /// A user's display name as last looked up (by [`Self::look_up_display_name`],
+    /// before the transaction); the user id's localpart when unknown.
+    fn display_name(&self, user: &UserId) -> String {
+        self.cached_name(user)
+            .map_or_else(|| user.localpart().to_owned(), |(name, _)| name)
+    }
+
+    /// Looks a user's display name up at the homeserver unless known recently, and
+    /// remembers it (the localpart when the homeserver cannot say). Called before a
+    /// batch's transaction, never inside one.
+    async fn look_up_display_name(&self, user: &UserId) {
+        if let Some((_, at)) = self.cached_name(user)
             && at.elapsed() < DISPLAY_NAME_TTL
         {
-            return name;
+            return;
         }
-        let fallback = user.localpart().to_owned();
         let Some(client) = &self.client else {
-            return fallback;
+            return;
         };
+        let fallback = user.localpart().to_owned();
         #[allow(deprecated)] // the per-field endpoint works on every homeserver version
         let request =
             ruma::api::client::profile::get_display_name::v3::Request::new(user.to_owned());
@@ -160,9 +205,8 @@ impl BridgeContext {
             if cache.len() > 10_000 {
                 cache.clear();
             }
-            cache.insert(user.to_owned(), (name.clone(), Instant::now()));
+            cache.insert(user.to_owned(), (name, Instant::now()));
         }
-        name
     }
 
     /// A member's display name in a room as last seen, if we know it and it is fresh;
@@ -223,30 +267,57 @@ impl BridgeContext {
         self.display_names.lock().ok()?.get(user).cloned()
     }
 
-    /// A user's power level in a room: from the state the homeserver sent us, else asked.
-    async fn power_level(&self, conn: &mut Connection, room: &OwnedRoomId, user: &UserId) -> i64 {
-        let mut json = rooms::power_levels(conn, room.as_str())
-            .await
-            .ok()
-            .flatten();
-        if json.is_none()
-            && let Some(client) = &self.client
-        {
-            let request = ruma::api::client::state::get_state_event_for_key::v3::Request::new(
-                room.clone(),
-                ruma::events::StateEventType::RoomPowerLevels,
-                String::new(),
-            );
-            if let Ok(Ok(response)) =
-                tokio::time::timeout(LOOKUP_TIMEOUT, client.call(request, None)).await
-            {
-                let text = response.event_or_content.get().to_owned();
-                let _ = rooms::set_power_levels(conn, room.as_str(), &text).await;
+    /// A user's power level in a room: from the state the homeserver sent us, else from
+    /// the lookup made before the transaction (then stored with the room).
+    async fn power_level(
+        &self,
+        conn: &mut Connection,
+        room: &OwnedRoomId,
+        user: &UserId,
+    ) -> Result<i64, StoreError> {
+        let mut json = rooms::power_levels(conn, room.as_str()).await?;
+        if json.is_none() {
+            let fetched = self
+                .fetched_power_levels
+                .lock()
+                .ok()
+                .and_then(|cache| cache.get(room).map(|(text, _)| text.clone()));
+            if let Some(text) = fetched {
+                rooms::set_power_levels(conn, room.as_str(), &text).await?;
                 json = Some(text);
             }
         }
-        json.and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
-            .map_or(0, |levels| level_in(&levels, user))
+        Ok(json
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .map_or(0, |levels| level_in(&levels, user)))
+    }
+
+    /// Asks the homeserver for a room's power levels unless fetched recently, and keeps
+    /// them for the transaction to come. Called before a batch's transaction.
+    async fn look_up_power_levels(&self, room: &OwnedRoomId) {
+        let fresh = self.fetched_power_levels.lock().ok().is_some_and(|cache| {
+            cache
+                .get(room)
+                .is_some_and(|(_, at)| at.elapsed() < DISPLAY_NAME_TTL)
+        });
+        let Some(client) = self.client.as_ref().filter(|_| !fresh) else {
+            return;
+        };
+        let request = ruma::api::client::state::get_state_event_for_key::v3::Request::new(
+            room.clone(),
+            ruma::events::StateEventType::RoomPowerLevels,
+            String::new(),
+        );
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(LOOKUP_TIMEOUT, client.call(request, None)).await
+            && let Ok(mut cache) = self.fetched_power_levels.lock()
+        {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            let text = response.event_or_content.get().to_owned();
+            cache.insert(room.clone(), (text, Instant::now()));
+        }
     }
 }
 
@@ -271,10 +342,15 @@ pub struct Bridge {
 }
 
 impl EventHandler for Bridge {
-    /// Looks up, before the transaction, the room display names of those who send the
-    /// bot a command (notices name them), where no member event told us already.
+    /// Looks up, before the transaction, what handling the batch may need from the
+    /// homeserver: the room display names of those who send the bot a command (notices
+    /// name them) where no member event told us already, the power levels of rooms where
+    /// someone asks to end a meeting, and the display names of those whose messages may
+    /// go into a meeting's chat.
     async fn prepare(&self, batch: &[InboxEvent]) {
         let mut wanted = Vec::new();
+        let mut power_rooms: Vec<OwnedRoomId> = Vec::new();
+        let mut authors: Vec<OwnedUserId> = Vec::new();
         for event in batch {
             let Ok(envelope) = serde_json::from_str::<EventEnvelope>(&event.json) else {
                 continue;
@@ -287,10 +363,26 @@ impl EventHandler for Bridge {
             else {
                 continue;
             };
-            let for_the_bot = text_of(&message).is_some_and(|body| {
-                !matches!(commands::parse(&body), Parsed::NotACommand)
-                    || self.mentions_bot(&message, &body)
-            });
+            let Some(body) = text_of(&message) else {
+                continue;
+            };
+            let level = self.ctx.bot.level_for(&envelope.sender);
+            let names: Vec<&str> = self.ctx.bot_names.iter().map(String::as_str).collect();
+            let mention = self
+                .mentions_bot(&message, &body)
+                .then_some(names.as_slice());
+            let dispatch = commands::process(&body, level, mention, self.ctx.lang);
+            if matches!(&dispatch, Dispatch::Run { spec, .. } if spec.action == CommandAction::End)
+                && !power_rooms.contains(&envelope.room_id)
+            {
+                power_rooms.push(envelope.room_id.clone());
+            }
+            let for_the_bot = !matches!(dispatch, Dispatch::NotACommand);
+            let may_be_mirrored = matches!(message.relates_to, Some(Relation::Thread(_)))
+                || self.ctx.mirror_room_timeline;
+            if !for_the_bot && may_be_mirrored && !authors.contains(&envelope.sender) {
+                authors.push(envelope.sender.clone());
+            }
             let key = (envelope.room_id, envelope.sender);
             if for_the_bot
                 && self.ctx.member_name(&key.0, &key.1).is_none()
@@ -302,6 +394,16 @@ impl EventHandler for Bridge {
         for (room, user) in wanted {
             self.ctx.look_up_member_name(&room, &user).await;
         }
+        for room in power_rooms {
+            self.ctx.look_up_power_levels(&room).await;
+        }
+        for author in authors {
+            self.ctx.look_up_display_name(&author).await;
+        }
+    }
+
+    fn committed(&self) {
+        self.ctx.effects_committed();
     }
 
     async fn handle(&self, event: &InboxEvent, conn: &mut Connection) -> Result<(), StoreError> {
@@ -365,28 +467,35 @@ impl Bridge {
             return Ok(false);
         };
         let level = self.ctx.bot.level_for(&event.sender);
-        let permitted = level >= PermissionLevel::User;
-        match commands::parse(&body) {
-            Parsed::Command { spec, args } if spec.action != CommandAction::Help => {
-                if !permitted || level < spec.permission {
-                    return Ok(false); // the bot says it is not permitted
-                }
+        let names: Vec<&str> = self.ctx.bot_names.iter().map(String::as_str).collect();
+        let mention = self
+            .mentions_bot(&message, &body)
+            .then_some(names.as_slice());
+        match commands::process(&body, level, mention, self.ctx.lang) {
+            Dispatch::Run { spec, args } => {
                 self.on_command(event, &message, spec.action, args, conn)
                     .await?;
-                return Ok(true);
+                Ok(true)
             }
-            Parsed::NotACommand => {}
-            _ => return Ok(false),
-        }
-        if permitted && self.mentions_bot(&message, &body) {
-            let names: Vec<&str> = self.ctx.bot_names.iter().map(String::as_str).collect();
-            if commands::asks_for_a_call(&body, &names) {
-                self.on_command(event, &message, CommandAction::Start, "", conn)
+            // Help, hints and refusals answer typed text only, never other bots' notices.
+            Dispatch::Answer(plain, html) if matches!(message.msgtype, MessageType::Text(_)) => {
+                tracing::debug!(room = %event.room_id, sender = %event.sender, "answering a command");
+                self.ctx
+                    .bot
+                    .reply(
+                        &event.room_id,
+                        &event.event_id,
+                        message.relates_to.clone(),
+                        plain,
+                        html,
+                        conn,
+                    )
                     .await?;
-                return Ok(true);
+                Ok(true)
             }
+            Dispatch::Answer(..) => Ok(true),
+            Dispatch::NotACommand => self.mirror_into_meeting(event, &message, body, conn).await,
         }
-        self.mirror_into_meeting(event, &message, body, conn).await
     }
 
     fn mentions_bot(&self, message: &RoomMessageEventContent, body: &str) -> bool {
@@ -450,10 +559,11 @@ impl Bridge {
             }
             (CommandAction::End, Some(meeting)) => {
                 let is_creator = meeting.creator.as_deref() == Some(event.sender.as_str());
-                let is_admin = ctx.bot.level_for(&event.sender) >= PermissionLevel::Admin;
+                let is_admin =
+                    commands::permitted(ctx.bot.level_for(&event.sender), PermissionLevel::Admin);
                 if is_creator
                     || is_admin
-                    || ctx.power_level(conn, room, &event.sender).await >= ctx.end_power_level
+                    || ctx.power_level(conn, room, &event.sender).await? >= ctx.end_power_level
                 {
                     let name = ctx.name_in_room(room, &event.sender);
                     let (plain, html) =
@@ -477,7 +587,8 @@ impl Bridge {
             (CommandAction::Status | CommandAction::Link | CommandAction::End, None) => {
                 notices::no_meeting(lang)
             }
-            (CommandAction::Help, _) => crate::matrix::commands::help(lang),
+            // The dispatcher answers it; kept for a complete match.
+            (CommandAction::Help, _) => commands::help(lang),
         };
         ctx.bot
             .reply(
@@ -564,7 +675,7 @@ impl Bridge {
         let Some(meeting) = meeting.filter(|m| m.state != MeetingState::Ended) else {
             return Ok(false);
         };
-        let author = ctx.display_name(&event.sender).await;
+        let author = ctx.display_name(&event.sender);
         let message = ChatMessage {
             meeting_id: meeting.id.clone(),
             message_id: event.event_id.to_string(),
@@ -585,25 +696,16 @@ impl Bridge {
             return Ok(true);
         }
         ctx.webhooks.wake();
-        // The event id as the stream id: a page that loaded the history meanwhile shows
-        // the live copy once. False when the SFU has no room for the meeting (empty).
-        let live = match &ctx.sfu {
-            Some(sfu) => {
-                sfu.inject_chat(
-                    meeting.id.to_string(),
-                    Some(message.message_id.clone()),
-                    author,
-                    body,
-                )
-                .await
-            }
-            None => false,
-        };
-        if !live {
-            return Ok(true);
-        }
-        metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_meeting")
-            .increment(1);
+        effects::enqueue(
+            conn,
+            &SfuEffect::InjectChat {
+                meeting: meeting.id.to_string(),
+                message_id: message.message_id,
+                author,
+                text: body,
+            },
+        )
+        .await?;
         Ok(true)
     }
 }
@@ -741,8 +843,10 @@ pub async fn post_summary(
 }
 
 /// Ends a meeting once: closes its sessions, posts the summary in its thread and one
-/// line in the room, removes its widget, and tells the SFU to close the room (whose
-/// participants see "meeting ended"). Returns false if it had ended already.
+/// line in the room, removes its widget, and queues the closing of its SFU room (whose
+/// participants see "meeting ended"); the caller wakes the effects worker
+/// ([`BridgeContext::effects_committed`]) after committing. Returns false if it had
+/// ended already.
 pub async fn end_meeting(
     ctx: &BridgeContext,
     conn: &mut Connection,
@@ -798,10 +902,13 @@ pub async fn end_meeting(
         )
         .await?;
     ctx.webhooks.wake();
-    // Not transactional, and need not be: closing an already closed room does nothing.
-    if let Some(sfu) = &ctx.sfu {
-        sfu.close_room(meeting.id.to_string()).await;
-    }
+    effects::enqueue(
+        conn,
+        &SfuEffect::CloseRoom {
+            meeting: meeting.id.to_string(),
+        },
+    )
+    .await?;
     metrics::counter!("tchap_visio_meetings_ended_total").increment(1);
     tracing::info!(meeting = %meeting.id, attendees = attendees.len(), chat_messages, "meeting ended");
     Ok(true)

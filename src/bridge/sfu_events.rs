@@ -1,12 +1,13 @@
 //! The SFU side of the bridge: one task that turns the SFU's room events (joins, leaves,
 //! chat) into attendance, thread messages and, on a timer, ended meetings. Each event is
-//! handled in its own database transaction with the requests it queues.
+//! handled in its own database transaction with the requests it queues, and retried
+//! until it is recorded: the SFU keeps later events waiting meanwhile, losing none.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ruma::events::room::message::RoomMessageEventContent;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -16,6 +17,7 @@ use super::{
 use crate::ids::MeetingId;
 use crate::meeting::{ChatMessage, ChatOrigin, Meeting, MeetingState, Session};
 use crate::sfu::EngineEvent;
+use crate::sfu::driver::EngineEvents;
 use crate::store::{Connection, Store, StoreError, meetings, now_ms, sessions};
 use crate::webhooks::{self, WebhookKind};
 
@@ -25,7 +27,7 @@ const TOUCH_PERIOD: Duration = Duration::from_secs(10);
 pub struct SfuEventWorker {
     pub ctx: Arc<BridgeContext>,
     pub store: Store,
-    pub events: broadcast::Receiver<EngineEvent>,
+    pub events: EngineEvents,
     /// Woken after queuing requests for the homeserver.
     pub outbound_wake: Arc<Notify>,
     pub shutdown: CancellationToken,
@@ -42,12 +44,8 @@ impl SfuEventWorker {
         loop {
             tokio::select! {
                 event = self.events.recv() => match event {
-                    Ok(event) => self.apply(event).await,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        metrics::counter!("tchap_visio_bridge_events_missed_total").increment(missed);
-                        tracing::error!(missed, "the bridge fell behind the SFU's events; some were lost");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Some(event) => self.apply(event).await,
+                    None => return,
                 },
                 _ = ticker.tick() => {
                     let touch = last_touch.elapsed() >= TOUCH_PERIOD;
@@ -63,8 +61,11 @@ impl SfuEventWorker {
         }
     }
 
+    /// Records one event, retrying (with backoff) until the database takes it or the
+    /// service stops: skipping it would make attendance wrong.
     async fn apply(&self, event: EngineEvent) {
-        for attempt in 0..3 {
+        let mut attempt: u32 = 0;
+        loop {
             match self.apply_once(&event).await {
                 Ok(()) => {
                     self.outbound_wake.notify_one();
@@ -72,8 +73,13 @@ impl SfuEventWorker {
                     return;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, attempt, "cannot record an SFU event");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    tracing::error!(error = %e, attempt, "cannot record an SFU event; retrying");
+                    let wait = Duration::from_millis(200 << attempt.min(5));
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
                 }
             }
         }
@@ -98,6 +104,7 @@ impl SfuEventWorker {
             let mut tx = self.store.begin().await?;
             end_meeting(&self.ctx, &mut tx, &meeting, now).await?;
             tx.commit().await?;
+            self.ctx.effects_committed();
             self.outbound_wake.notify_one();
         }
         Ok(())

@@ -559,3 +559,335 @@ both_dialects!(
         assert_eq!(count, 1);
     }
 );
+
+/// Closed sessions in the database, all meetings together.
+async fn closed_sessions(store: &Store) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM participant_sessions WHERE left_at IS NOT NULL")
+        .fetch_one(store.pool())
+        .await
+        .expect("count")
+}
+
+fn flood_join(room: &str, identity: &str) -> crate::sfu::JoinRequest {
+    crate::sfu::JoinRequest {
+        room: room.to_owned(),
+        identity: identity.to_owned(),
+        name: identity.to_owned(),
+        metadata: String::new(),
+        attributes: HashMap::new(),
+        can_publish: false,
+        can_subscribe: true,
+        can_publish_data: true,
+        can_update_own_metadata: false,
+        can_publish_sources: Vec::new(),
+        auto_subscribe: false,
+        single_pc: false,
+        publisher_offer: None,
+    }
+}
+
+both_dialects!(
+    a_flood_of_sfu_events_is_recorded_exactly,
+    |store: Store| async move {
+        const MEETINGS: usize = 110;
+        const PER_MEETING: usize = 10;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let config = crate::sfu::EngineConfig {
+            candidates: vec!["127.0.0.1:9".parse().expect("address")],
+            max_participants_per_room: PER_MEETING,
+            max_participants: MEETINGS * PER_MEETING,
+            ice_servers: Vec::new(),
+        };
+        let bind = "127.0.0.1:0".parse().expect("address");
+        let (sfu, events, _driver) = SfuHandle::start(bind, None, config, shutdown.clone())
+            .await
+            .expect("the SFU starts");
+        let mut meetings_made = Vec::new();
+        {
+            let mut conn = store.pool().acquire().await.expect("conn");
+            for i in 0..MEETINGS {
+                let meeting =
+                    Meeting::new(&format!("Flood {i}"), None, None, now_ms()).expect("meeting");
+                meetings::create(&mut conn, &meeting).await.expect("create");
+                meetings_made.push(meeting);
+            }
+        }
+        // Every meeting fills and ends before the bridge reads anything: twice as many
+        // joins and leaves as the channel holds wait for it.
+        for meeting in &meetings_made {
+            for p in 0..PER_MEETING {
+                let (sink, _) = crate::sfu::driver::signal_channel();
+                let identity = format!("b{p}-{}", meeting.id);
+                sfu.join(flood_join(meeting.id.as_str(), &identity), sink, 1)
+                    .await
+                    .expect("admitted");
+            }
+            assert_eq!(sfu.close_room(meeting.id.to_string()).await, PER_MEETING);
+        }
+        let ctx = Arc::new(ctx());
+        let worker = tokio::spawn(
+            crate::bridge::sfu_events::SfuEventWorker {
+                ctx: ctx.clone(),
+                store: store.clone(),
+                events,
+                outbound_wake: Arc::new(tokio::sync::Notify::new()),
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+        let total = (MEETINGS * PER_MEETING) as i64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while closed_sessions(&store).await < total {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {total} sessions closed",
+                closed_sessions(&store).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        worker.await.expect("the worker stops");
+        let mut conn = store.pool().acquire().await.expect("conn");
+        for meeting in &meetings_made {
+            let all = sessions::list_for_meeting(&mut conn, &meeting.id)
+                .await
+                .expect("sessions");
+            assert_eq!(all.len(), PER_MEETING, "one session per participant");
+            assert!(all.iter().all(|s| s.left_at.is_some()), "everyone left");
+            let attendees = meeting::attendance(&all, i64::MAX / 4);
+            let mut keys: Vec<String> = attendees.into_iter().map(|a| a.attendee_key).collect();
+            keys.sort();
+            let mut expected: Vec<String> = (0..PER_MEETING)
+                .map(|p| attendee_key(&format!("b{p}-{}", meeting.id)))
+                .collect();
+            expected.sort();
+            assert_eq!(keys, expected, "attendance of {}", meeting.id);
+        }
+    }
+);
+
+/// Handles events with the bridge, then fails its batch once: after the bridge decided
+/// everything, before the transaction commits.
+struct FailsOnceBeforeCommit {
+    bridge: Bridge,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl EventHandler for FailsOnceBeforeCommit {
+    async fn prepare(&self, batch: &[InboxEvent]) {
+        self.bridge.prepare(batch).await;
+    }
+
+    async fn handle(&self, event: &InboxEvent, conn: &mut Connection) -> Result<(), StoreError> {
+        self.bridge.handle(event, conn).await?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Corrupt {
+                table: "inbox",
+                detail: "fault injected before the commit".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.bridge.committed();
+    }
+}
+
+/// An SFU that records the effects it receives.
+#[derive(Default)]
+struct FakeRooms {
+    chat: Mutex<Vec<(String, String, String, String)>>,
+    closed: Mutex<Vec<String>>,
+}
+
+impl effects::MeetingRooms for Arc<FakeRooms> {
+    async fn inject_chat(&self, room: String, id: String, author: String, text: String) -> bool {
+        self.chat
+            .lock()
+            .expect("no panic while holding the lock")
+            .push((room, id, author, text));
+        true
+    }
+
+    async fn close_room(&self, room: String) -> usize {
+        self.closed
+            .lock()
+            .expect("no panic while holding the lock")
+            .push(room);
+        1
+    }
+}
+
+both_dialects!(
+    a_batch_retried_after_a_failure_puts_its_chat_into_the_meeting_once,
+    |store: Store| async move {
+        let ctx = Arc::new(ctx());
+        let bridge = Bridge { ctx: ctx.clone() };
+        feed(&store, &bridge, text("$1", "@alice:localhost", "!visio")).await;
+        let meeting = active(&store).await.expect("a meeting");
+        {
+            let mut conn = store.pool().acquire().await.expect("conn");
+            meetings::set_thread_root(&mut conn, &meeting.id, "$root")
+                .await
+                .expect("root");
+        }
+        let reply = message(
+            "$t1",
+            "@bob:localhost",
+            serde_json::json!({
+                "msgtype": "m.text", "body": "Je serai en retard",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"},
+            }),
+        );
+        store
+            .store_transaction(
+                "txn1",
+                &[crate::store::inbox::NewInboxEvent {
+                    event_id: reply.event_id.clone(),
+                    room_id: Some(ROOM.into()),
+                    json: reply.json.clone(),
+                }],
+            )
+            .await
+            .expect("stored");
+        let inbox = crate::matrix::inbox::InboxWorker {
+            store: store.clone(),
+            handler: FailsOnceBeforeCommit {
+                bridge: Bridge { ctx: ctx.clone() },
+                armed: true.into(),
+            },
+            wake: Arc::new(Notify::new()),
+            outbound_wake: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
+        };
+        let rooms = Arc::new(FakeRooms::default());
+        let mut worker = effects::SfuEffectsWorker::new(
+            store.clone(),
+            rooms.clone(),
+            Arc::new(Notify::new()),
+            CancellationToken::new(),
+        );
+        assert!(inbox.process_batch().await.is_err(), "the fault fires");
+        assert_eq!(worker.apply_pending().await.expect("apply"), 0);
+        assert!(
+            rooms.chat.lock().expect("lock").is_empty(),
+            "nothing before a commit"
+        );
+        assert_eq!(inbox.process_batch().await.expect("the retry"), 1);
+        assert_eq!(worker.apply_pending().await.expect("apply"), 1);
+        assert_eq!(
+            worker.apply_pending().await.expect("apply"),
+            0,
+            "applied once"
+        );
+        assert_eq!(
+            *rooms.chat.lock().expect("lock"),
+            vec![(
+                meeting.id.to_string(),
+                "$t1".to_owned(),
+                "bob".to_owned(),
+                "Je serai en retard".to_owned()
+            )]
+        );
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let stored = chat::list_for_meeting(&mut conn, &meeting.id)
+            .await
+            .expect("chat");
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        drop(conn);
+
+        // Ending the meeting closes its room, once, after the commit.
+        feed(
+            &store,
+            &bridge,
+            text("$2", "@alice:localhost", "!visio fin"),
+        )
+        .await;
+        assert!(rooms.closed.lock().expect("lock").is_empty());
+        assert_eq!(worker.apply_pending().await.expect("apply"), 1);
+        assert_eq!(
+            *rooms.closed.lock().expect("lock"),
+            vec![meeting.id.to_string()]
+        );
+    }
+);
+
+// Moved from `matrix::bot`: the dispatcher answers help, hints and refusals.
+both_dialects!(
+    commands_get_replies_and_ours_are_ignored,
+    |store: Store| async move {
+        let bridge = Bridge {
+            ctx: Arc::new(ctx()),
+        };
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@alice:localhost", "!visio aide"),
+        )
+        .await;
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@visio:localhost", "!visio aide"),
+        )
+        .await;
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@visio_guest:localhost", "!visio aide"),
+        )
+        .await;
+        feed(&store, &bridge, text("$msg", "@alice:localhost", "bonjour")).await;
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@alice:localhost", "!visio aied"),
+        )
+        .await;
+        feed(
+            &store,
+            &bridge,
+            text("$msg", "@eve:elsewhere.org", "!visio aide"),
+        )
+        .await;
+        let requests = queued(&store).await;
+        let bodies: Vec<_> = requests
+            .iter()
+            .map(|r| match r {
+                OutboundRequest::Send { content, .. } => content.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(bodies.len(), 3, "{bodies:?}");
+        assert!(
+            bodies[0]["body"]
+                .as_str()
+                .expect("body")
+                .starts_with("Commandes")
+        );
+        assert_eq!(
+            bodies[0]["m.relates_to"]["m.in_reply_to"]["event_id"],
+            "$msg"
+        );
+        assert_eq!(bodies[0]["msgtype"], "m.notice");
+        assert!(
+            bodies[1]["body"]
+                .as_str()
+                .expect("body")
+                .contains("« aied »")
+        );
+        assert!(
+            bodies[1]["body"]
+                .as_str()
+                .expect("body")
+                .contains("!visio aide")
+        );
+        assert!(
+            bodies[2]["body"]
+                .as_str()
+                .expect("body")
+                .contains("pas le droit")
+        );
+    }
+);

@@ -1,17 +1,19 @@
 //! The bot: joins rooms it is invited to by permitted users (and refuses the others with
-//! a reason), warns once in encrypted rooms, and answers commands from the table in
-//! [`super::commands`]. Every reaction is queued in the event's database transaction.
+//! a reason), warns once in encrypted rooms, and keeps rooms' power levels. Commands are
+//! not its business: [`super::commands::process`] dispatches them, called by the event
+//! handler that sees messages (the bridge). Every reaction is queued in the event's
+//! database transaction.
 
 use std::collections::BTreeMap;
 
 use ruma::events::Mentions;
 use ruma::events::relation::{InReplyTo, Reply, Thread};
 use ruma::events::room::member::{MembershipState, RoomMemberEventContent};
-use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
+use ruma::events::room::message::{Relation, RoomMessageEventContent};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
 use serde::Deserialize;
 
-use super::commands::{self, CommandAction, Parsed};
+use super::commands;
 use super::inbox::EventHandler;
 use super::permissions::level_for;
 use super::queue::{self, OutboundRequest};
@@ -91,8 +93,7 @@ impl Bot {
         level_for(user, &self.permissions)
     }
 
-    /// Handles an event the bridge did not take: invites, encryption, power levels,
-    /// help and hints.
+    /// Handles an event the bridge did not take: invites, encryption, power levels.
     pub async fn on_event(
         &self,
         event: EventEnvelope,
@@ -110,7 +111,6 @@ impl Bot {
             "m.room.encrypted" if !self.is_ours(&event.sender) => {
                 self.on_encrypted(&event.room_id, conn).await
             }
-            "m.room.message" if !self.is_ours(&event.sender) => self.on_message(event, conn).await,
             _ => Ok(()),
         }
     }
@@ -126,7 +126,7 @@ impl Bot {
         match member.membership {
             MembershipState::Invite => {
                 let level = level_for(&event.sender, &self.permissions);
-                if level >= PermissionLevel::User {
+                if commands::permitted(level, PermissionLevel::User) {
                     tracing::info!(room = %event.room_id, inviter = %event.sender, "invited; joining");
                     if invite_state_is_encrypted(&event.unsigned) {
                         let mut info = rooms::get(conn, event.room_id.as_str()).await?;
@@ -194,55 +194,6 @@ impl Bot {
         rooms::put(conn, room_id.as_str(), &info).await
     }
 
-    async fn on_message(
-        &self,
-        event: EventEnvelope,
-        conn: &mut Connection,
-    ) -> Result<(), StoreError> {
-        let Ok(message) = serde_json::from_value::<RoomMessageEventContent>(event.content) else {
-            return Ok(());
-        };
-        let MessageType::Text(text) = &message.msgtype else {
-            return Ok(());
-        };
-        let parsed = commands::parse(&text.body);
-        if parsed == Parsed::NotACommand {
-            return Ok(());
-        }
-        let level = level_for(&event.sender, &self.permissions);
-        let (plain, html) = match parsed {
-            Parsed::NotACommand => return Ok(()),
-            Parsed::Command { spec, .. } if level < spec.permission => not_permitted(self.lang),
-            _ if level < PermissionLevel::User => not_permitted(self.lang),
-            // Meeting commands are the bridge's; without one, the help says what exists.
-            Parsed::Command { spec, .. } => match spec.action {
-                CommandAction::Help
-                | CommandAction::Start
-                | CommandAction::Status
-                | CommandAction::Link
-                | CommandAction::End => commands::help(self.lang),
-            },
-            Parsed::Unknown { word, suggestion } => {
-                let plain = i18n::UNKNOWN_COMMAND
-                    .get(self.lang)
-                    .replace("{word}", word)
-                    .replace("{suggestion}", suggestion);
-                let html = i18n::html_escape(&plain);
-                (plain, html)
-            }
-        };
-        tracing::debug!(room = %event.room_id, sender = %event.sender, "answering a command");
-        self.reply(
-            &event.room_id,
-            &event.event_id,
-            message.relates_to,
-            plain,
-            html,
-            conn,
-        )
-        .await
-    }
-
     /// Queues a notice answering `event_id`, in its thread if it was in one.
     pub async fn reply(
         &self,
@@ -284,11 +235,6 @@ impl Bot {
         .await?;
         Ok(())
     }
-}
-
-fn not_permitted(lang: Language) -> (String, String) {
-    let text = i18n::NOT_PERMITTED.get(lang);
-    (text.to_owned(), i18n::html_escape(text))
 }
 
 /// A reply stays in the thread the command was typed in.
@@ -378,13 +324,6 @@ mod tests {
         })
     }
 
-    fn message(sender: &str, body: &str) -> serde_json::Value {
-        serde_json::json!({
-            "type": "m.room.message", "event_id": "$msg", "room_id": "!r:localhost", "sender": sender,
-            "origin_server_ts": 1, "content": {"msgtype": "m.text", "body": body}
-        })
-    }
-
     both_dialects!(
         permitted_invites_are_joined_others_refused,
         |store: Store| async move {
@@ -429,54 +368,4 @@ mod tests {
         assert_eq!(notices.len(), 1, "{requests:?}");
         assert!(notices[0].contains("chiffré"), "{}", notices[0]);
     });
-
-    both_dialects!(
-        commands_get_replies_and_ours_are_ignored,
-        |store: Store| async move {
-            feed(&store, message("@alice:localhost", "!visio aide")).await;
-            feed(&store, message("@visio:localhost", "!visio aide")).await;
-            feed(&store, message("@visio_guest:localhost", "!visio aide")).await;
-            feed(&store, message("@alice:localhost", "bonjour")).await;
-            feed(&store, message("@alice:localhost", "!visio aied")).await;
-            feed(&store, message("@eve:elsewhere.org", "!visio aide")).await;
-            let requests = queued(&store).await;
-            let bodies: Vec<_> = requests
-                .iter()
-                .map(|r| match r {
-                    OutboundRequest::Send { content, .. } => content.clone(),
-                    other => panic!("unexpected {other:?}"),
-                })
-                .collect();
-            assert_eq!(bodies.len(), 3, "{bodies:?}");
-            assert!(
-                bodies[0]["body"]
-                    .as_str()
-                    .expect("body")
-                    .starts_with("Commandes")
-            );
-            assert_eq!(
-                bodies[0]["m.relates_to"]["m.in_reply_to"]["event_id"],
-                "$msg"
-            );
-            assert_eq!(bodies[0]["msgtype"], "m.notice");
-            assert!(
-                bodies[1]["body"]
-                    .as_str()
-                    .expect("body")
-                    .contains("« aied »")
-            );
-            assert!(
-                bodies[1]["body"]
-                    .as_str()
-                    .expect("body")
-                    .contains("!visio aide")
-            );
-            assert!(
-                bodies[2]["body"]
-                    .as_str()
-                    .expect("body")
-                    .contains("pas le droit")
-            );
-        }
-    );
 }

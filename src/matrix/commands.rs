@@ -1,5 +1,11 @@
 //! Bot commands declared as data: the dispatcher and the help text read the same table,
 //! so a command added here is parsed, permission-checked and documented at once.
+//!
+//! [`process`] is the one dispatcher (the shape of mautrix-go's `commands/processor.go`):
+//! it parses a message once, checks the sender's permission once ([`permitted`], the one
+//! rule), answers what needs no meeting (help, hints, refusals) itself, and hands the
+//! meeting commands to their handler by kind. Those handlers live in `bridge/`, which
+//! knows meetings and the SFU; this module knows neither, so dependencies point one way.
 
 use crate::config::{Language, PermissionLevel};
 use crate::i18n::{self, Text};
@@ -7,7 +13,7 @@ use crate::i18n::{self, Text};
 /// The prefix every command starts with.
 pub const PREFIX: &str = "!visio";
 
-/// What a command does once recognised.
+/// What a command does once recognised; the kind its handler is chosen by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandAction {
     /// Start a meeting (the arguments are its title), or repeat the running one's link.
@@ -32,8 +38,8 @@ pub struct CommandSpec {
     /// Argument synopsis shown in the help, if the command takes any.
     pub args: Option<Text>,
     pub help: Text,
-    /// Least permission level needed (ending a meeting also needs the room's power level
-    /// or being its creator, checked by the bridge).
+    /// Least permission level needed, checked by [`permitted`] (ending a meeting also
+    /// needs the room's power level or being its creator, checked by its handler).
     pub permission: PermissionLevel,
     pub action: CommandAction,
 }
@@ -228,6 +234,81 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// Whether a user at `level` may use a command that requires `required`: the one
+/// permission rule. Nobody below [`PermissionLevel::User`] may use the bot at all.
+pub fn permitted(level: PermissionLevel, required: PermissionLevel) -> bool {
+    level >= PermissionLevel::User && level >= required
+}
+
+/// What a message is to the bot, once parsed and permission-checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dispatch<'a> {
+    /// Not addressed to the bot: other handlers (meeting chat) may take it.
+    NotACommand,
+    /// A permitted command whose handler must run: the meeting commands.
+    Run {
+        spec: &'static CommandSpec,
+        args: &'a str,
+    },
+    /// The answer to give, needing no handler (help, a hint, a refusal): (plain, HTML).
+    Answer(String, String),
+}
+
+/// The one command dispatcher: parses `body` (from a sender at `level`), checks the
+/// permission, and says what to do. `mention` is the bot's names when the message
+/// mentions the bot: a mention that asks for a call starts a meeting.
+pub fn process<'a>(
+    body: &'a str,
+    level: PermissionLevel,
+    mention: Option<&[&str]>,
+    lang: Language,
+) -> Dispatch<'a> {
+    let (parsed, by_mention) = match parse(body) {
+        Parsed::NotACommand => match mention {
+            Some(names) if asks_for_a_call(body, names) => {
+                let start = spec_for(CommandAction::Start);
+                (
+                    Parsed::Command {
+                        spec: start,
+                        args: "",
+                    },
+                    true,
+                )
+            }
+            _ => return Dispatch::NotACommand,
+        },
+        parsed => (parsed, false),
+    };
+    let required = match &parsed {
+        Parsed::Command { spec, .. } => spec.permission,
+        _ => PermissionLevel::User,
+    };
+    if !permitted(level, required) {
+        // A mention is not a command: nobody is told off for talking about calls.
+        if by_mention {
+            return Dispatch::NotACommand;
+        }
+        let text = i18n::NOT_PERMITTED.get(lang);
+        return Dispatch::Answer(text.to_owned(), i18n::html_escape(text));
+    }
+    match parsed {
+        Parsed::NotACommand => Dispatch::NotACommand,
+        Parsed::Command { spec, .. } if spec.action == CommandAction::Help => {
+            let (plain, html) = help(lang);
+            Dispatch::Answer(plain, html)
+        }
+        Parsed::Command { spec, args } => Dispatch::Run { spec, args },
+        Parsed::Unknown { word, suggestion } => {
+            let plain = i18n::UNKNOWN_COMMAND
+                .get(lang)
+                .replace("{word}", word)
+                .replace("{suggestion}", suggestion);
+            let html = i18n::html_escape(&plain);
+            Dispatch::Answer(plain, html)
+        }
+    }
+}
+
 /// Words that, next to a mention of the bot, ask for a meeting.
 const CALL_WORDS: &[&str] = &["visio", "appel", "réunion", "reunion", "call", "meeting"];
 
@@ -415,5 +496,52 @@ mod tests {
         for spec in COMMANDS {
             assert!(help(Language::Fr).0.contains(spec.name));
         }
+    }
+
+    #[test]
+    fn the_dispatcher_checks_permission_once_for_commands_and_mentions() {
+        let names = ["@visio:localhost", "Visio"];
+        let user = PermissionLevel::User;
+        let none = PermissionLevel::None;
+        assert!(matches!(
+            process("!visio fin", user, None, Language::Fr),
+            Dispatch::Run { spec, .. } if spec.action == CommandAction::End
+        ));
+        assert!(matches!(
+            process("!visio aide", user, None, Language::Fr),
+            Dispatch::Answer(plain, _) if plain.starts_with("Commandes")
+        ));
+        assert!(matches!(
+            process("!visio staut", user, None, Language::Fr),
+            Dispatch::Answer(plain, _) if plain.contains("statut")
+        ));
+        for body in ["!visio", "!visio aide", "!visio staut"] {
+            assert!(
+                matches!(process(body, none, None, Language::Fr), Dispatch::Answer(plain, _) if plain == i18n::NOT_PERMITTED.get(Language::Fr)),
+                "{body}"
+            );
+        }
+        // A mention asking for a call starts a meeting; from someone not permitted it
+        // is plain talk, with no refusal.
+        assert!(matches!(
+            process("Visio: on fait un appel ?", user, Some(&names), Language::Fr),
+            Dispatch::Run { spec, args: "" } if spec.action == CommandAction::Start
+        ));
+        assert_eq!(
+            process(
+                "Visio: on fait un appel ?",
+                none,
+                Some(&names),
+                Language::Fr
+            ),
+            Dispatch::NotACommand
+        );
+        assert_eq!(
+            process("on fait un appel ?", user, None, Language::Fr),
+            Dispatch::NotACommand
+        );
+        assert!(permitted(PermissionLevel::Admin, PermissionLevel::User));
+        assert!(!permitted(PermissionLevel::User, PermissionLevel::Admin));
+        assert!(!permitted(PermissionLevel::None, PermissionLevel::None));
     }
 }

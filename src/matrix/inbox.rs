@@ -26,6 +26,10 @@ pub trait EventHandler: Send + Sync + 'static {
         event: &InboxEvent,
         conn: &mut Connection,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Runs after a batch's transaction committed: the place to wake the workers that
+    /// apply what it queued.
+    fn committed(&self) {}
 }
 
 pub struct InboxWorker<H> {
@@ -80,6 +84,7 @@ impl<H: EventHandler> InboxWorker<H> {
             mark_processed(&mut tx, event.seq).await?;
         }
         tx.commit().await?;
+        self.handler.committed();
         metrics::counter!("tchap_visio_events_processed_total").increment(batch.len() as u64);
         metrics::gauge!("tchap_visio_inbox_pending").decrement(batch.len() as f64);
         self.outbound_wake.notify_one();

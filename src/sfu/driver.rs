@@ -1,15 +1,24 @@
 //! The driver: one task that owns the media sockets and the engine's clock, and carries
 //! commands from signalling sessions in and signalling, packets and events out. The
 //! engine itself is never shared, so nothing on the forwarding path takes a lock.
+//!
+//! Room events (joins, leaves, chat, room empty) go to exactly one consumer, the bridge,
+//! and none is ever dropped: attendance and summaries are built from them. The driver
+//! never waits for that consumer, since media would then stall behind the bridge's
+//! database: events go into a bounded channel ([`EVENT_QUEUE`]) while it has room, and
+//! beyond that wait in order in the driver's backlog, handed over as the bridge frees
+//! room (`tchap_visio_sfu_events_backlog` shows its depth). The backlog is bounded by
+//! what the engine itself admits: participants (`max_participants`) and their chat
+//! (rate-limited per participant), a few hundred bytes per event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use livekit_protocol::{signal_request, signal_response};
 use str0m::net::Protocol;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, EngineConfig, JoinError, JoinRequest, Output};
@@ -31,13 +40,22 @@ pub fn signal_channel() -> (SignalSink, mpsc::Receiver<signal_response::Message>
     mpsc::channel(SIGNAL_QUEUE)
 }
 
+/// Room events waiting in the channel to the bridge; more wait in the driver's backlog.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// The bridge's end of the SFU's room events: lossless, in the order they happened.
+pub type EngineEvents = mpsc::Receiver<EngineEvent>;
+
+/// What the rest of the service asks of the driver.
 enum Command {
+    /// Admit a participant into a room; its signalling goes to `sink`.
     Join {
         request: Box<JoinRequest>,
         sink: SignalSink,
         session: u64,
         reply: oneshot::Sender<Result<ParticipantKey, JoinError>>,
     },
+    /// Reattach a new WebSocket to a participant whose signalling dropped.
     Resume {
         room: String,
         sid: String,
@@ -46,14 +64,14 @@ enum Command {
         session: u64,
         reply: oneshot::Sender<Result<ParticipantKey, JoinError>>,
     },
+    /// A signalling message from a participant's WebSocket.
     Signal {
         key: ParticipantKey,
         message: Box<signal_request::Message>,
     },
-    SignalLost {
-        key: ParticipantKey,
-        session: u64,
-    },
+    /// The WebSocket `session` of a participant closed.
+    SignalLost { key: ParticipantKey, session: u64 },
+    /// Chat from outside the room (Matrix), sent by the server participant.
     InjectChat {
         room: String,
         /// The stream id to use (the Matrix event id); random when absent.
@@ -62,13 +80,14 @@ enum Command {
         text: String,
         reply: oneshot::Sender<bool>,
     },
-    Stats {
-        reply: oneshot::Sender<usize>,
-    },
+    /// How many participants are connected, server-wide.
+    Stats { reply: oneshot::Sender<usize> },
+    /// End a room: its participants are told and removed, and it cannot reopen.
     CloseRoom {
         room: String,
         reply: oneshot::Sender<usize>,
     },
+    /// Whether a join would be admitted now, without joining.
     Admit {
         room: String,
         identity: String,
@@ -80,7 +99,6 @@ enum Command {
 #[derive(Clone)]
 pub struct SfuHandle {
     commands: mpsc::UnboundedSender<Command>,
-    events: broadcast::Sender<EngineEvent>,
 }
 
 /// Why the SFU could not start.
@@ -102,13 +120,14 @@ pub enum DriverError {
 
 impl SfuHandle {
     /// Binds the media socket (and the ICE-TCP listener when `tcp_bind` is set) and
-    /// starts the driver task.
+    /// starts the driver task. The room events come out of the one [`EngineEvents`]
+    /// returned, from the first join on.
     pub async fn start(
         bind: SocketAddr,
         tcp_bind: Option<SocketAddr>,
         config: EngineConfig,
         shutdown: CancellationToken,
-    ) -> Result<(Self, tokio::task::JoinHandle<()>), DriverError> {
+    ) -> Result<(Self, EngineEvents, tokio::task::JoinHandle<()>), DriverError> {
         let socket = UdpSocket::bind(bind)
             .await
             .map_err(|source| DriverError::Bind { addr: bind, source })?;
@@ -121,13 +140,10 @@ impl SfuHandle {
             None => None,
         };
         let (commands, rx) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(1024);
-        let handle = Self {
-            commands,
-            events: events.clone(),
-        };
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let handle = Self { commands };
         let task = tokio::spawn(run(socket, listener, config, rx, events, shutdown));
-        Ok((handle, task))
+        Ok((handle, events_rx, task))
     }
 
     /// Joins a room; the participant's signalling arrives on `sink`. `session` names the
@@ -145,7 +161,7 @@ impl SfuHandle {
             session,
             reply,
         });
-        answer.await.unwrap_or(Err(JoinError::ServerFull))
+        answer.await.unwrap_or(Err(JoinError::Stopped))
     }
 
     /// Reattaches signalling to a participant of `room` whose WebSocket dropped.
@@ -166,7 +182,7 @@ impl SfuHandle {
             session,
             reply,
         });
-        answer.await.unwrap_or(Err(JoinError::UnknownSession))
+        answer.await.unwrap_or(Err(JoinError::Stopped))
     }
 
     pub fn signal(&self, key: ParticipantKey, message: signal_request::Message) {
@@ -208,7 +224,7 @@ impl SfuHandle {
             identity,
             reply,
         });
-        answer.await.unwrap_or(Err(JoinError::ServerFull))
+        answer.await.unwrap_or(Err(JoinError::Stopped))
     }
 
     /// Ends a room: its participants are told the meeting is over and removed, and the
@@ -224,11 +240,6 @@ impl SfuHandle {
         let _ = self.commands.send(Command::Stats { reply });
         answer.await.unwrap_or(0)
     }
-
-    /// Room events: joins, leaves, chat.
-    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
-        self.events.subscribe()
-    }
 }
 
 async fn run(
@@ -236,9 +247,10 @@ async fn run(
     listener: Option<TcpListener>,
     config: EngineConfig,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    events: broadcast::Sender<EngineEvent>,
+    events: mpsc::Sender<EngineEvent>,
     shutdown: CancellationToken,
 ) {
+    let mut backlog = EventBacklog::default();
     let mut engine = Engine::new(config, Instant::now());
     let mut sinks: HashMap<ParticipantKey, (SignalSink, u64)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
@@ -294,6 +306,11 @@ async fn run(
                 handle_command(&mut engine, &mut sinks, command);
             }
             _ = tokio::time::sleep_until(deadline) => engine.handle_timeout(Instant::now()),
+            room = events.reserve(), if !backlog.is_empty() => match room {
+                Ok(permit) => backlog.hand_over(permit, &events),
+                // The bridge stopped: nobody is left to tell.
+                Err(_) => backlog.clear(),
+            },
             _ = shutdown.cancelled() => return,
         }
         while let Some(output) = engine.poll_output() {
@@ -348,7 +365,7 @@ async fn run(
                 }
                 Output::Event(event) => {
                     record(&event);
-                    let _ = events.send(event);
+                    backlog.send(&events, event);
                 }
             }
         }
@@ -360,6 +377,62 @@ async fn run(
             participants = engine.participant_count();
             metrics::gauge!("tchap_visio_sfu_participants").set(participants as f64);
         }
+    }
+}
+
+/// Room events the bridge's channel had no room for, oldest first. Once one waits here,
+/// later ones queue behind it, so the bridge sees them in the order they happened.
+#[derive(Default)]
+struct EventBacklog {
+    waiting: VecDeque<EngineEvent>,
+}
+
+impl EventBacklog {
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Sends `event` now if nothing waits and the channel has room; otherwise queues it.
+    fn send(&mut self, events: &mpsc::Sender<EngineEvent>, event: EngineEvent) {
+        if self.waiting.is_empty() {
+            match events.try_send(event) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(event)) => self.waiting.push_back(event),
+                // No bridge (tests, check mode): nobody to tell.
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        } else {
+            self.waiting.push_back(event);
+        }
+        metrics::gauge!("tchap_visio_sfu_events_backlog").set(self.waiting.len() as f64);
+    }
+
+    /// Moves waiting events into the channel, the first into the slot `permit` holds,
+    /// then as many as fit.
+    fn hand_over(
+        &mut self,
+        permit: mpsc::Permit<'_, EngineEvent>,
+        events: &mpsc::Sender<EngineEvent>,
+    ) {
+        let first = self
+            .waiting
+            .pop_front()
+            .expect("a slot is only reserved while events wait");
+        permit.send(first);
+        while let Some(event) = self.waiting.pop_front() {
+            if let Err(e) = events.try_send(event) {
+                if let mpsc::error::TrySendError::Full(event) = e {
+                    self.waiting.push_front(event);
+                }
+                break;
+            }
+        }
+        metrics::gauge!("tchap_visio_sfu_events_backlog").set(self.waiting.len() as f64);
+    }
+
+    fn clear(&mut self) {
+        self.waiting.clear();
+        metrics::gauge!("tchap_visio_sfu_events_backlog").set(0.0);
     }
 }
 

@@ -116,6 +116,8 @@ pub enum JoinError {
     ReservedIdentity(String),
     #[error("the meeting has ended")]
     RoomClosed,
+    #[error("the media server is stopped")]
+    Stopped,
 }
 
 /// What the engine wants done.

@@ -188,7 +188,7 @@ async fn validate(
     // Clients ask here why a WebSocket was refused: say when the meeting is full.
     match state.sfu.admit(claims.video.room, claims.sub).await {
         Ok(()) => refuse(StatusCode::OK, "success"),
-        Err(e @ (JoinError::RoomFull(_) | JoinError::ServerFull)) => {
+        Err(e @ (JoinError::RoomFull(_) | JoinError::ServerFull | JoinError::Stopped)) => {
             refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
         Err(e) => refuse(StatusCode::FORBIDDEN, e.to_string()),
@@ -277,7 +277,7 @@ async fn connect(
     let key = match joined {
         Ok(key) => Some(key),
         Err(JoinError::UnknownSession) => None,
-        Err(e @ (JoinError::RoomFull(_) | JoinError::ServerFull)) => {
+        Err(e @ (JoinError::RoomFull(_) | JoinError::ServerFull | JoinError::Stopped)) => {
             return refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         }
         Err(e) => return refuse(StatusCode::FORBIDDEN, e.to_string()),

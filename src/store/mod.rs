@@ -10,6 +10,7 @@ pub mod meetings;
 pub mod outbound;
 pub mod rooms;
 pub mod sessions;
+pub mod sfu_effects;
 pub mod webhooks;
 
 use std::path::Path;

@@ -1,0 +1,164 @@
+//! The SFU outbox: what the bridge decides to do to a meeting's SFU room (show a Matrix
+//! message in its chat, close it) is stored as a row in the decision's own database
+//! transaction, and applied by one worker after that transaction commits, each row
+//! once. A batch that rolls back and is retried thus leaves no trace in the meeting, and
+//! no appservice transaction waits behind the SFU.
+//!
+//! Applying an effect cannot fail for good: a room the SFU no longer has (everyone left,
+//! or the service restarted) makes the effect moot, and it is done all the same. A row
+//! applied but not yet marked done (the database failed in between) is remembered by id
+//! in memory, so the worker does not apply it twice; after a restart the SFU has no
+//! rooms, so applying it again does nothing either.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::sfu::SfuHandle;
+use crate::store::{self, Connection, Store, StoreError};
+
+/// An effect on a meeting's SFU room, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SfuEffect {
+    /// Show a message from the Matrix room in the meeting chat, as the server
+    /// participant, under its author's name; `message_id` (the Matrix event id) is its
+    /// stream id, so a page that loaded the stored chat shows it once.
+    InjectChat {
+        meeting: String,
+        message_id: String,
+        author: String,
+        text: String,
+    },
+    /// End the meeting's room: participants are told the meeting is over and removed.
+    CloseRoom { meeting: String },
+}
+
+/// Stores an effect, inside the caller's database transaction.
+pub async fn enqueue(conn: &mut Connection, effect: &SfuEffect) -> Result<i64, StoreError> {
+    let json = serde_json::to_string(effect).expect("SfuEffect always serialises");
+    store::sfu_effects::enqueue(conn, &json).await
+}
+
+/// Where effects land: the SFU, or a fake in tests.
+pub trait MeetingRooms: Send + Sync + 'static {
+    /// Sends chat into a room; false when the SFU has no such room.
+    fn inject_chat(
+        &self,
+        room: String,
+        id: String,
+        author: String,
+        text: String,
+    ) -> impl Future<Output = bool> + Send;
+    /// Closes a room; how many participants it had.
+    fn close_room(&self, room: String) -> impl Future<Output = usize> + Send;
+}
+
+impl MeetingRooms for SfuHandle {
+    async fn inject_chat(&self, room: String, id: String, author: String, text: String) -> bool {
+        SfuHandle::inject_chat(self, room, Some(id), author, text).await
+    }
+
+    async fn close_room(&self, room: String) -> usize {
+        SfuHandle::close_room(self, room).await
+    }
+}
+
+/// Applies stored effects in order, after their transactions committed.
+pub struct SfuEffectsWorker<R> {
+    pub store: Store,
+    pub rooms: R,
+    /// Woken after a transaction that stored effects committed.
+    pub wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+    /// Applied, but not yet recorded as done.
+    applied: BTreeSet<i64>,
+}
+
+impl<R: MeetingRooms> SfuEffectsWorker<R> {
+    pub fn new(store: Store, rooms: R, wake: Arc<Notify>, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            rooms,
+            wake,
+            shutdown,
+            applied: BTreeSet::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            let wait = match self.apply_pending().await {
+                Ok(0) => Duration::from_secs(30),
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the SFU outbox; retrying in 1 s");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                // A safety net: the wake-up after each commit is the normal path.
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Applies the effects waiting now, oldest first; returns how many it applied.
+    pub async fn apply_pending(&mut self) -> Result<usize, StoreError> {
+        let pending = self.store.pending_sfu_effects(100).await?;
+        let mut applied = 0;
+        for (id, json) in pending {
+            if self.applied.insert(id) {
+                match serde_json::from_str::<SfuEffect>(&json) {
+                    Ok(effect) => {
+                        self.apply(&effect).await;
+                        applied += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(id, error = %e, "unreadable SFU effect; skipping it")
+                    }
+                }
+            }
+            self.store.mark_sfu_effect_done(id).await?;
+            self.applied.remove(&id);
+        }
+        Ok(applied)
+    }
+
+    async fn apply(&self, effect: &SfuEffect) {
+        match effect {
+            SfuEffect::InjectChat {
+                meeting,
+                message_id,
+                author,
+                text,
+            } => {
+                let live = self
+                    .rooms
+                    .inject_chat(
+                        meeting.clone(),
+                        message_id.clone(),
+                        author.clone(),
+                        text.clone(),
+                    )
+                    .await;
+                // Nobody in the meeting: whoever joins later loads the stored chat.
+                if live {
+                    metrics::counter!("tchap_visio_chat_mirrored_total", "direction" => "to_meeting")
+                        .increment(1);
+                }
+            }
+            SfuEffect::CloseRoom { meeting } => {
+                let removed = self.rooms.close_room(meeting.clone()).await;
+                tracing::debug!(meeting, removed, "meeting room closed");
+            }
+        }
+    }
+}

@@ -30,6 +30,7 @@ use super::data::{self, SeenChat, TextStreams};
 use super::rewrite::TimestampRewriter;
 use super::sdp::{self, SlotMsid};
 use super::simulcast::{self, Dynacast, LAYER_RIDS, LAYERS, LayerSelector, Verdict};
+use super::speakers::{self, Voice};
 use super::{EngineEvent, ParticipantKey, Pc, random_id};
 
 /// Version reported to clients: at least 1.9.0 so current SDKs use text streams for
@@ -50,9 +51,6 @@ pub const AUTHOR_ATTRIBUTE: &str = "tchap.author_name";
 
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(500);
 const QUALITY_PERIOD: Duration = Duration::from_secs(5);
-/// Audio level (dBov, 0 loudest, -127 silence) above which a participant is speaking.
-const SPEAKING_DBOV: i8 = -50;
-const SPEAKING_HOLD: Duration = Duration::from_millis(1000);
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 /// The bandwidth estimate a subscriber starts with, before TWCC feedback refines it: the
 /// middle layer of a 720p camera and audio fit, and probing finds more within seconds.
@@ -271,8 +269,7 @@ struct Participant {
     limits: ParticipantLimits,
     signal_connected: bool,
     last_seen: Instant,
-    speaking_until: Option<Instant>,
-    audio_level: f32,
+    voice: Voice,
     version: u32,
     /// The subscriber connection's bandwidth estimate (TWCC), once there is one.
     bandwidth_bps: Option<u64>,
@@ -605,8 +602,7 @@ impl Engine {
             limits: ParticipantLimits::new(now),
             signal_connected: true,
             last_seen: now,
-            speaking_until: None,
-            audio_level: 0.0,
+            voice: Voice::default(),
             bandwidth_bps: None,
             version: 1,
             single: single_pc.then(SinglePc::default),
@@ -1790,10 +1786,8 @@ impl Engine {
         if kind == MediaKind::Audio
             && !muted
             && let Some(level) = data.ext_vals.audio_level
-            && level > SPEAKING_DBOV
         {
-            p.speaking_until = Some(now + SPEAKING_HOLD);
-            p.audio_level = (1.0 + f32::from(level) / 127.0).clamp(0.0, 1.0);
+            p.voice.heard(now, level);
         }
         if muted {
             return;
@@ -2183,40 +2177,27 @@ impl Engine {
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for name in rooms {
             let room = &self.rooms[&name];
-            let mut speakers: Vec<(String, f32)> = room
-                .members
-                .iter()
-                .map(|&k| &self.participants[k])
-                .filter(|p| p.speaking_until.is_some_and(|t| t > now))
-                .map(|p| (p.sid.clone(), p.audio_level))
-                .collect();
-            speakers.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let sids: Vec<String> = speakers.iter().map(|(s, _)| s.clone()).collect();
-            if sids == room.speakers {
+            let voices = room.members.iter().map(|&k| {
+                let p = &self.participants[k];
+                (p.sid.as_str(), &p.voice)
+            });
+            let Some(decision) = speakers::choose(now, voices, &room.speakers) else {
                 continue;
-            }
-            let mut changed: Vec<lk::SpeakerInfo> = speakers
-                .iter()
-                .map(|(sid, level)| lk::SpeakerInfo {
-                    sid: sid.clone(),
-                    level: *level,
-                    active: true,
+            };
+            let changed: Vec<lk::SpeakerInfo> = decision
+                .changes
+                .into_iter()
+                .map(|c| lk::SpeakerInfo {
+                    sid: c.sid,
+                    level: c.level,
+                    active: c.active,
                 })
                 .collect();
-            for old in &room.speakers {
-                if !sids.contains(old) {
-                    changed.push(lk::SpeakerInfo {
-                        sid: old.clone(),
-                        level: 0.0,
-                        active: false,
-                    });
-                }
-            }
             let members = room.members.clone();
             self.rooms
                 .get_mut(&name)
                 .expect("iterating existing rooms")
-                .speakers = sids;
+                .speakers = decision.speakers;
             for member in members {
                 self.send(
                     member,

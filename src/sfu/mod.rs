@@ -12,6 +12,7 @@ pub mod gso;
 pub mod rewrite;
 pub mod sdp;
 pub mod simulcast;
+pub mod speakers;
 pub mod stun;
 pub mod tcp;
 

@@ -5,11 +5,16 @@
 //! or the database; `signal/` carries LiveKit's signalling to and from it.
 
 pub mod bucket;
+mod closed;
 pub mod data;
 pub mod driver;
 pub mod engine;
+pub mod forward;
 pub mod gso;
+pub mod negotiate;
+pub mod participant;
 pub mod rewrite;
+pub mod room;
 pub mod sdp;
 pub mod simulcast;
 pub mod speakers;

@@ -1138,6 +1138,24 @@ fn a_closed_room_tells_everyone_it_ended_and_stays_closed() {
 }
 
 #[test]
+fn closing_more_rooms_than_kept_forgets_only_the_oldest() {
+    let mut world = World::new();
+    for i in 0..10_001 {
+        world.engine.close_room(world.now, &format!("closed-{i}"));
+    }
+    // The set is bounded by forgetting the oldest entry, not by clearing it: every room
+    // closed after the first is still refused.
+    for i in [1, 2, 5_000, 9_999, 10_000] {
+        assert_eq!(
+            world.engine.admit(&format!("closed-{i}"), "alice"),
+            Err(super::JoinError::RoomClosed),
+            "closed-{i}"
+        );
+    }
+    assert_eq!(world.engine.admit("closed-0", "alice"), Ok(None));
+}
+
+#[test]
 fn a_single_pc_client_receives_on_the_slots_it_offers() {
     let mut world = World::new();
     let alice = world.join("alice");

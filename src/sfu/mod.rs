@@ -20,6 +20,8 @@ pub mod simulcast;
 pub mod speakers;
 pub mod stun;
 pub mod tcp;
+#[doc(hidden)]
+pub mod testing;
 
 use rand::distr::{Alphanumeric, SampleString};
 

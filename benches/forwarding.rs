@@ -29,16 +29,17 @@ use std::time::{Duration, Instant};
 
 use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::SdpPendingOffer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
+use str0m::{Event, Input, Output as RtcOutput, Rtc};
 use tchap_visio::sfu::engine::Output;
 use tchap_visio::sfu::gso;
+use tchap_visio::sfu::testing::{
+    SERVER, accept_answer, answer_offer, client_rtc, description, from_server,
+};
 use tchap_visio::sfu::{Engine, EngineConfig, JoinRequest, ParticipantKey};
 
-const SERVER: &str = "10.0.0.1:7882";
 /// Virtual-time step: the driver wakes at least this often under load.
 const STEP: Duration = Duration::from_millis(1);
 /// Publisher load: 60 frames/s of 12 kB, about 660 RTP packets/s (≈ 5.8 Mbit/s, a
@@ -207,21 +208,6 @@ struct World {
     socket: Option<Sink>,
     send_time: Duration,
     gso_time: Duration,
-}
-
-fn client_rtc(addr: SocketAddr, now: Instant) -> Rtc {
-    let mut rtc = Rtc::builder().build(now);
-    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
-    rtc
-}
-
-fn description(kind: &str, sdp: String, id: u32) -> lk::SessionDescription {
-    lk::SessionDescription {
-        r#type: kind.into(),
-        sdp,
-        id,
-        ..Default::default()
-    }
 }
 
 /// RTP, not RTCP, DTLS or STUN (RFC 7983 demultiplexing, RFC 5761 for RTCP types).
@@ -538,16 +524,7 @@ impl World {
                         } else {
                             &mut client.publisher
                         };
-                        let input = Input::Receive(
-                            self.now,
-                            Receive {
-                                proto: Protocol::Udp,
-                                source: server,
-                                destination,
-                                contents: contents.as_slice().try_into().expect("a datagram"),
-                            },
-                        );
-                        let _ = rtc.handle_input(input);
+                        let _ = rtc.handle_input(from_server(self.now, destination, &contents));
                     }
                     Output::Signal { key, message } => self.signals.push((key, *message)),
                     Output::CloseSignal { .. } | Output::Event(_) => {}
@@ -576,30 +553,13 @@ impl World {
         let client = &mut self.clients[index];
         match message {
             signal_response::Message::Offer(offer) => {
-                let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("a valid offer");
-                let answer = client
-                    .subscriber
-                    .sdp_api()
-                    .accept_offer(offer)
-                    .expect("accept the offer");
-                self.engine.signal(
-                    now,
-                    key,
-                    signal_request::Message::Answer(description(
-                        "answer",
-                        answer.to_sdp_string(),
-                        0,
-                    )),
-                );
+                let answer = answer_offer(&mut client.subscriber, &offer);
+                self.engine
+                    .signal(now, key, signal_request::Message::Answer(answer));
             }
             signal_response::Message::Answer(answer) => {
-                let answer = SdpAnswer::from_sdp_string(&answer.sdp).expect("a valid answer");
                 if let Some(pending) = client.pending.take() {
-                    client
-                        .publisher
-                        .sdp_api()
-                        .accept_answer(pending, answer)
-                        .expect("accept the answer");
+                    accept_answer(&mut client.publisher, pending, &answer);
                 }
             }
             _ => {}

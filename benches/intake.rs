@@ -79,7 +79,7 @@ async fn signal_state(store: Store, shutdown: CancellationToken) -> SignalState 
         max_participants: 1000,
         ice_servers: Vec::new(),
     };
-    let (sfu, _task) = SfuHandle::start(
+    let (sfu, _events, _task) = SfuHandle::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         None,
         config,

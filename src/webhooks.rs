@@ -27,10 +27,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::WebhookConfig;
 use crate::meeting::{Attendee, ChatMessage, Meeting, Session};
 use crate::store::webhooks::{DeliveryRow, NewDelivery};
-use crate::store::{self, Store, StoreError, now_ms};
+use crate::store::{self, Store, StoreError};
 
 /// Attempts of one delivery before giving up: with [`backoff`], about an hour of trying.
 pub const MAX_ATTEMPTS: i64 = 20;

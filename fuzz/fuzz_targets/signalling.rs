@@ -37,6 +37,9 @@ fn request(single_pc: bool) -> JoinRequest {
         can_publish: true,
         can_subscribe: true,
         can_publish_data: true,
+        // Granted, so that renames and attribute updates reach the engine too.
+        can_update_own_metadata: true,
+        can_publish_sources: Vec::new(),
         auto_subscribe: true,
         single_pc,
         publisher_offer: None,

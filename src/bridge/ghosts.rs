@@ -5,8 +5,9 @@
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_ms;
 use crate::matrix::queue::{self, OutboundRequest};
-use crate::store::{Connection, StoreError, ghosts, now_ms};
+use crate::store::{Connection, StoreError, ghosts};
 
 /// How ghost ids are made: the registration's username template and the server name.
 #[derive(Debug, Clone)]

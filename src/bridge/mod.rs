@@ -24,6 +24,7 @@ use jiff::tz::TimeZone;
 use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent};
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 
+use crate::clock::now_ms;
 use crate::config::{Config, Language, PermissionLevel};
 use crate::ids::ParticipantIdentity;
 use crate::matrix::bot::{Bot, EventEnvelope};
@@ -35,7 +36,7 @@ use crate::meeting::{self, ChatMessage, ChatOrigin, Meeting, MeetingState};
 use crate::sfu::SfuHandle;
 use crate::sfu::bucket::TokenBucket;
 use crate::store::inbox::InboxEvent;
-use crate::store::{Connection, Store, StoreError, chat, meetings, now_ms, rooms, sessions};
+use crate::store::{Connection, Store, StoreError, chat, meetings, rooms, sessions};
 use crate::webhooks::{self, WebhookKind, Webhooks};
 use effects::{SfuEffect, SfuEffectsWorker};
 use ghosts::GhostNamer;
@@ -785,7 +786,7 @@ pub async fn post_in_thread(
     speaker: Option<(OwnedUserId, Attribution)>,
     content: RoomMessageEventContent,
 ) -> Result<(), StoreError> {
-    post_in_thread_not_before(conn, meeting, speaker, content, crate::store::now_ms()).await
+    post_in_thread_not_before(conn, meeting, speaker, content, crate::clock::now_ms()).await
 }
 
 /// [`post_in_thread`], not sent before `not_before_ms`.

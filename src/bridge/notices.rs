@@ -154,7 +154,7 @@ pub fn status(
         (Some(start), Language::Fr) => format!(
             "Visio « {title} » en cours depuis {} ({}), {} participant·e·s : {}.",
             clock(start, tz),
-            duration(crate::store::now_ms() - start),
+            duration(crate::clock::now_ms() - start),
             present.len(),
             if present.is_empty() {
                 "personne pour l’instant".to_owned()
@@ -165,7 +165,7 @@ pub fn status(
         (Some(start), Language::En) => format!(
             "Meeting “{title}” running since {} ({}), {} participant(s): {}.",
             clock(start, tz),
-            duration(crate::store::now_ms() - start),
+            duration(crate::clock::now_ms() - start),
             present.len(),
             if present.is_empty() {
                 "nobody right now".to_owned()

@@ -14,11 +14,12 @@ use super::{
     BridgeContext, attendee_key, end_meeting, ghosts, notices, post_in_thread,
     post_in_thread_not_before, record_chat, room_of,
 };
+use crate::clock::now_ms;
 use crate::ids::MeetingId;
 use crate::meeting::{ChatMessage, ChatOrigin, Meeting, MeetingState, Session};
 use crate::sfu::EngineEvent;
 use crate::sfu::driver::EngineEvents;
-use crate::store::{Connection, Store, StoreError, meetings, now_ms, sessions};
+use crate::store::{Connection, Store, StoreError, meetings, sessions};
 use crate::webhooks::{self, WebhookKind};
 
 /// How often open sessions are marked alive (what a crash can lose of attendance).

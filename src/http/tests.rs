@@ -50,7 +50,7 @@ pub(super) async fn signal_state(store: Store) -> SignalState {
         max_participants: 1000,
         ice_servers: Vec::new(),
     };
-    let (sfu, _task) = crate::sfu::SfuHandle::start(
+    let (sfu, _events, _task) = crate::sfu::SfuHandle::start(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         None,
         config,

@@ -297,7 +297,7 @@ mod tests {
 
     async fn queued(store: &Store) -> Vec<OutboundRequest> {
         let mut out = Vec::new();
-        let now = crate::store::now_ms();
+        let now = crate::clock::now_ms();
         while let Some(row) = store.next_due_outbound(now).await.expect("next") {
             out.push(serde_json::from_str(&row.request_json).expect("request"));
             store.mark_outbound_sent(row.id, "{}").await.expect("sent");

@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{CallError, MatrixClient};
-use crate::store::{self, Store, StoreError, now_ms};
+use crate::clock::now_ms;
+use crate::store::{self, Store, StoreError};
 
 /// A change to make on the homeserver, as stored in the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,7 +107,7 @@ pub async fn enqueue(
     conn: &mut store::Connection,
     request: &OutboundRequest,
 ) -> Result<i64, StoreError> {
-    enqueue_not_before(conn, request, store::now_ms()).await
+    enqueue_not_before(conn, request, crate::clock::now_ms()).await
 }
 
 /// Like [`enqueue`], not sent before `not_before_ms` (pacing a flood of chat).

@@ -253,7 +253,7 @@ pub fn chat_in(packet: &DataPacket, streams: &mut TextStreams) -> Option<Chat> {
             Some(Chat {
                 id: trailer.stream_id.clone(),
                 text,
-                timestamp_ms: crate::sfu::unix_ms(),
+                timestamp_ms: crate::clock::now_ms(),
             })
         }
         data_packet::Value::User(user) if user.topic.as_deref() == Some(LEGACY_CHAT_TOPIC) => {
@@ -299,7 +299,7 @@ pub fn server_chat_packets(
     };
     let header = data_stream::Header {
         stream_id: stream_id.to_owned(),
-        timestamp: crate::sfu::unix_ms(),
+        timestamp: crate::clock::now_ms(),
         topic: CHAT_TOPIC.to_owned(),
         mime_type: "text/plain".to_owned(),
         total_length: Some(text.len() as u64),

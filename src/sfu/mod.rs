@@ -5,15 +5,23 @@
 //! or the database; `signal/` carries LiveKit's signalling to and from it.
 
 pub mod bucket;
+mod closed;
 pub mod data;
 pub mod driver;
 pub mod engine;
+pub mod forward;
 pub mod gso;
+pub mod negotiate;
+pub mod participant;
 pub mod rewrite;
+pub mod room;
 pub mod sdp;
 pub mod simulcast;
+pub mod speakers;
 pub mod stun;
 pub mod tcp;
+#[doc(hidden)]
+pub mod testing;
 
 use rand::distr::{Alphanumeric, SampleString};
 
@@ -69,13 +77,6 @@ pub fn random_id(prefix: &str, len: usize) -> String {
         "{prefix}{}",
         Alphanumeric.sample_string(&mut rand::rng(), len)
     )
-}
-
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -8,15 +8,13 @@ use std::time::{Duration, Instant};
 use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use prost::Message;
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::SdpPendingOffer;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
+use str0m::{Event, Input, Output as RtcOutput, Rtc};
 
 use super::engine::{Engine, EngineConfig, JoinError, JoinRequest, Output};
+use super::testing::{SERVER, accept_answer, answer_offer, client_rtc, description, from_server};
 use super::{EngineEvent, ParticipantKey};
-
-const SERVER: &str = "10.0.0.1:7882";
 
 fn config() -> EngineConfig {
     EngineConfig {
@@ -64,22 +62,6 @@ struct Client {
     keyframes_asked: Vec<Option<str0m::media::Rid>>,
     /// Single peer connection (`/rtc/v1`): only `publisher` is used.
     single: bool,
-}
-
-/// A LiveKit session description as a client sends it.
-fn description(kind: &str, sdp: impl Into<String>, id: u32) -> lk::SessionDescription {
-    lk::SessionDescription {
-        r#type: kind.into(),
-        sdp: sdp.into(),
-        id,
-        ..Default::default()
-    }
-}
-
-fn client_rtc(addr: SocketAddr, now: Instant) -> Rtc {
-    let mut rtc = Rtc::builder().build(now);
-    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
-    rtc
 }
 
 struct World {
@@ -235,15 +217,7 @@ impl World {
                     .iter_mut()
                     .find(|c| c.subscriber_addr == destination)
                 {
-                    let input = Input::Receive(
-                        self.now,
-                        Receive {
-                            proto: Protocol::Udp,
-                            source: SERVER.parse().expect("addr"),
-                            destination,
-                            contents: contents.as_slice().try_into().expect("datagram"),
-                        },
-                    );
+                    let input = from_server(self.now, destination, &contents);
                     let _ = client.subscriber.handle_input(input);
                 }
             }
@@ -325,16 +299,7 @@ impl World {
                             } else {
                                 continue;
                             };
-                            let input = Input::Receive(
-                                self.now,
-                                Receive {
-                                    proto: Protocol::Udp,
-                                    source: SERVER.parse().expect("addr"),
-                                    destination,
-                                    contents: contents.as_slice().try_into().expect("datagram"),
-                                },
-                            );
-                            let _ = rtc.handle_input(input);
+                            let _ = rtc.handle_input(from_server(self.now, destination, &contents));
                         }
                     }
                     Output::Signal { key, message } => self.deliver(key, *message),
@@ -356,37 +321,19 @@ impl World {
         let client = &mut self.clients[index];
         match &message {
             signal_response::Message::Offer(offer) => {
-                let offer = SdpOffer::from_sdp_string(&offer.sdp).expect("engine offers valid SDP");
-                let answer = client
-                    .subscriber
-                    .sdp_api()
-                    .accept_offer(offer)
-                    .expect("accept offer");
+                let answer = answer_offer(&mut client.subscriber, offer);
                 let key = client.key;
-                self.engine.signal(
-                    now,
-                    key,
-                    signal_request::Message::Answer(description(
-                        "answer",
-                        answer.to_sdp_string(),
-                        0,
-                    )),
-                );
+                self.engine
+                    .signal(now, key, signal_request::Message::Answer(answer));
             }
             signal_response::Message::Answer(answer) => {
-                let answer =
-                    SdpAnswer::from_sdp_string(&answer.sdp).expect("engine answers valid SDP");
                 let pending = client.pending.take().unwrap_or_else(|| {
                     panic!(
                         "an offer was pending for client {index} ({} signals)",
                         client.signals.len()
                     )
                 });
-                client
-                    .publisher
-                    .sdp_api()
-                    .accept_answer(pending, answer)
-                    .expect("accept answer");
+                accept_answer(&mut client.publisher, pending, answer);
             }
             // As livekit-client does: add the receive-only m-lines asked for, offer again.
             signal_response::Message::MediaSectionsRequirement(need) => {
@@ -1135,6 +1082,24 @@ fn a_closed_room_tells_everyone_it_ended_and_stays_closed() {
         Err(super::JoinError::RoomClosed)
     ));
     assert_eq!(world.engine.close_room(world.now, "never-opened"), 0);
+}
+
+#[test]
+fn closing_more_rooms_than_kept_forgets_only_the_oldest() {
+    let mut world = World::new();
+    for i in 0..10_001 {
+        world.engine.close_room(world.now, &format!("closed-{i}"));
+    }
+    // The set is bounded by forgetting the oldest entry, not by clearing it: every room
+    // closed after the first is still refused.
+    for i in [1, 2, 5_000, 9_999, 10_000] {
+        assert_eq!(
+            world.engine.admit(&format!("closed-{i}"), "alice"),
+            Err(super::JoinError::RoomClosed),
+            "closed-{i}"
+        );
+    }
+    assert_eq!(world.engine.admit("closed-0", "alice"), Ok(None));
 }
 
 #[test]

@@ -3,7 +3,8 @@
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::{Connection, Store, StoreError, now_ms};
+use super::{Connection, Store, StoreError};
+use crate::clock::now_ms;
 
 /// One event of a transaction, ready to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

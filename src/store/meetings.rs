@@ -242,8 +242,9 @@ pub async fn set_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::now_ms;
+    use crate::store::Store;
     use crate::store::testing::both_dialects;
-    use crate::store::{Store, now_ms};
 
     fn meeting(title: &str, room: Option<&str>, created_at: i64) -> Meeting {
         Meeting::new(

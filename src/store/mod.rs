@@ -15,7 +15,6 @@ pub mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -85,14 +84,6 @@ fn create_private(file: &Path) -> std::io::Result<()> {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
-}
-
-/// Milliseconds since the Unix epoch: the one time format in the database.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Store {

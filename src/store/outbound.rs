@@ -3,7 +3,8 @@
 
 use sqlx::Row;
 
-use super::{Connection, Store, StoreError, now_ms};
+use super::{Connection, Store, StoreError};
+use crate::clock::now_ms;
 
 /// A queued request due for an attempt.
 #[derive(Debug, Clone)]

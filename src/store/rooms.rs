@@ -2,7 +2,8 @@
 
 use sqlx::Row;
 
-use super::{Connection, StoreError, now_ms};
+use super::{Connection, StoreError};
+use crate::clock::now_ms;
 
 /// The bot's knowledge of one room.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

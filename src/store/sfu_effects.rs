@@ -3,7 +3,8 @@
 
 use sqlx::Row;
 
-use super::{Connection, Store, StoreError, now_ms};
+use super::{Connection, Store, StoreError};
+use crate::clock::now_ms;
 
 /// Stores an effect; call it inside the transaction that decided it.
 pub async fn enqueue(conn: &mut Connection, effect_json: &str) -> Result<i64, StoreError> {

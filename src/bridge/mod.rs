@@ -625,7 +625,7 @@ impl Bridge {
         let (plain, html) = notices::link_notice(meeting, creator_name.as_deref(), &link, ctx.lang);
         let mut content = RoomMessageEventContent::notice_html(plain, html);
         content.mentions = Some(ruma::events::Mentions::new());
-        queue::enqueue(
+        let link_notice = queue::enqueue(
             conn,
             &OutboundRequest::Send {
                 room_id: room.clone(),
@@ -633,11 +633,11 @@ impl Bridge {
                 event_type: "m.room.message".into(),
                 content: serde_json::to_value(&content).expect("message content serialises"),
                 in_thread_of: None,
-                root_of: Some(meeting.id.as_str().to_owned()),
                 attribution: None,
             },
         )
         .await?;
+        meetings::set_link_notice(conn, &meeting.id, link_notice).await?;
         if ctx.widget {
             let state_key = format!("tchap_visio_{}", meeting.id);
             queue::enqueue(
@@ -808,8 +808,7 @@ pub async fn post_in_thread_not_before(
         as_user,
         event_type: "m.room.message".into(),
         content: serde_json::to_value(&content).expect("message content serialises"),
-        in_thread_of: Some(meeting.id.as_str().to_owned()),
-        root_of: None,
+        in_thread_of: meeting.link_notice_id,
         attribution,
     };
     queue::enqueue_not_before(conn, &request, not_before_ms).await?;

@@ -63,7 +63,10 @@ async fn queued(store: &Store) -> Vec<OutboundRequest> {
     let mut out = Vec::new();
     while let Some(row) = store.next_due_outbound(i64::MAX).await.expect("next") {
         out.push(serde_json::from_str(&row.request_json).expect("request"));
-        store.mark_outbound_sent(row.id, "{}").await.expect("sent");
+        store
+            .mark_outbound_sent(row.id, "{}", None)
+            .await
+            .expect("sent");
     }
     out
 }
@@ -104,11 +107,13 @@ both_dialects!(
         match &requests[0] {
             OutboundRequest::Send {
                 content,
-                root_of,
                 in_thread_of,
                 ..
             } => {
-                assert_eq!(root_of.as_deref(), Some(meeting.id.as_str()));
+                assert!(
+                    meeting.link_notice_id.is_some(),
+                    "the meeting knows its link notice, its thread's root"
+                );
                 assert!(in_thread_of.is_none());
                 assert!(
                     content["body"]
@@ -514,7 +519,7 @@ both_dialects!(
         let meeting = active(&store).await.expect("a meeting");
         {
             let mut conn = store.pool().acquire().await.expect("conn");
-            meetings::set_thread_root(&mut conn, &meeting.id, "$root")
+            meetings::link_notice_sent_as(&mut conn, &meeting.id, "$root")
                 .await
                 .expect("root");
         }
@@ -728,7 +733,7 @@ both_dialects!(
         let meeting = active(&store).await.expect("a meeting");
         {
             let mut conn = store.pool().acquire().await.expect("conn");
-            meetings::set_thread_root(&mut conn, &meeting.id, "$root")
+            meetings::link_notice_sent_as(&mut conn, &meeting.id, "$root")
                 .await
                 .expect("root");
         }

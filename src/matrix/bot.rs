@@ -228,7 +228,6 @@ impl Bot {
                 event_type: "m.room.message".into(),
                 content,
                 in_thread_of: None,
-                root_of: None,
                 attribution: None,
             },
         )
@@ -300,7 +299,10 @@ mod tests {
         let now = crate::clock::now_ms();
         while let Some(row) = store.next_due_outbound(now).await.expect("next") {
             out.push(serde_json::from_str(&row.request_json).expect("request"));
-            store.mark_outbound_sent(row.id, "{}").await.expect("sent");
+            store
+                .mark_outbound_sent(row.id, "{}", None)
+                .await
+                .expect("sent");
         }
         out
     }

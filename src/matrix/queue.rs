@@ -40,13 +40,11 @@ pub enum OutboundRequest {
         as_user: Option<OwnedUserId>,
         event_type: String,
         content: serde_json::Value,
-        /// Post it in this meeting's thread: the relation is added when sent, since the
-        /// thread root's event id is only known once the link notice is out.
+        /// Post it in the thread whose root is the event this queued request (its row id)
+        /// created: the relation is added when sent, since the root's event id is only
+        /// known once that request is out. The room's order makes it out first.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        in_thread_of: Option<String>,
-        /// This is the link notice of this meeting: record its event id as the thread root.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        root_of: Option<String>,
+        in_thread_of: Option<i64>,
         /// Who speaks, for a ghost's message: if the homeserver refuses the ghost (it
         /// is not in the room, typically because the bot may not invite there), the bot
         /// posts the message instead, with this name in front, rather than losing it.
@@ -236,28 +234,14 @@ impl OutboundWorker {
                 Err(error) => result = Err(error),
             }
         }
-        if let (
-            Ok(result),
-            OutboundRequest::Send {
-                root_of: Some(meeting),
-                ..
-            },
-        ) = (&result, &request)
-            && let Some(event_id) = result.get("event_id").and_then(|e| e.as_str())
-            && let Err(e) = self.record_thread_root(meeting, event_id).await
-        {
-            // Not marked sent: the retry reuses the transaction id, so the homeserver
-            // returns the same event and the root is recorded then.
-            tracing::error!(id = row.id, error = %e, "cannot record the thread root");
-            return;
-        }
         metrics::histogram!("tchap_visio_outbound_send_seconds")
             .record(started.elapsed().as_secs_f64());
         let recorded = match result {
             Ok(result_json) => {
                 tracing::debug!(id = row.id, kind = kind(&request), "sent");
+                let event_id = result_json.get("event_id").and_then(|e| e.as_str());
                 self.store
-                    .mark_outbound_sent(row.id, &result_json.to_string())
+                    .mark_outbound_sent(row.id, &result_json.to_string(), event_id)
                     .await
             }
             Err(error) if error.is_transient() => {
@@ -289,39 +273,26 @@ impl OutboundWorker {
 }
 
 impl OutboundWorker {
-    /// Adds the thread relation to a message bound for a meeting's thread. Without a
-    /// recorded root (its link notice failed for good) the message goes to the main
+    /// Adds the thread relation to a message bound for a thread. Without a root (the
+    /// request that was to create it failed for good) the message goes to the main
     /// timeline rather than nowhere.
     async fn link_to_thread(&self, request: &mut OutboundRequest) -> Result<(), StoreError> {
         let OutboundRequest::Send {
-            in_thread_of: Some(meeting),
+            in_thread_of: Some(root_request),
             content,
             ..
         } = request
         else {
             return Ok(());
         };
-        let Ok(id) = crate::ids::MeetingId::parse(meeting) else {
-            return Ok(());
-        };
         let mut conn = self.store.pool().acquire().await?;
-        let root = store::meetings::get_by_id(&mut conn, &id)
-            .await?
-            .and_then(|m| m.thread_root_event_id);
+        let root = store::outbound::sent_event_id(&mut conn, *root_request).await?;
         if let (Some(root), Some(object)) = (root, content.as_object_mut()) {
             object
                 .entry("m.relates_to")
                 .or_insert_with(|| thread_relation(&root));
         }
         Ok(())
-    }
-
-    async fn record_thread_root(&self, meeting: &str, event_id: &str) -> Result<(), StoreError> {
-        let Ok(id) = crate::ids::MeetingId::parse(meeting) else {
-            return Ok(());
-        };
-        let mut conn = self.store.pool().acquire().await?;
-        store::meetings::set_thread_root(&mut conn, &id, event_id).await
     }
 }
 
@@ -403,8 +374,7 @@ fn attributed_to_bot(request: &OutboundRequest) -> Option<OutboundRequest> {
         as_user: None,
         event_type: event_type.clone(),
         content,
-        in_thread_of: in_thread_of.clone(),
-        root_of: None,
+        in_thread_of: *in_thread_of,
         attribution: None,
     })
 }
@@ -574,7 +544,6 @@ mod tests {
             event_type: "m.room.message".into(),
             content: serde_json::json!({"msgtype": "m.notice", "body": "bonjour"}),
             in_thread_of: None,
-            root_of: None,
             attribution: None,
         };
         let json = serde_json::to_string(&request).expect("serialise");
@@ -593,8 +562,7 @@ mod tests {
             as_user: Some("@visio_g1:localhost".try_into().expect("user id")),
             event_type: "m.room.message".into(),
             content,
-            in_thread_of: Some("mtg".into()),
-            root_of: None,
+            in_thread_of: Some(7),
             attribution: Some(Attribution {
                 name: "Zoé <3 (invitée)".into(),
                 separator: "\u{202f}: ".into(),
@@ -604,14 +572,14 @@ mod tests {
         let Some(OutboundRequest::Send {
             as_user: None,
             content,
-            in_thread_of: Some(meeting),
+            in_thread_of: Some(thread_root_request),
             attribution: None,
             ..
         }) = attributed_to_bot(&plain)
         else {
             panic!("a ghost's message with an attribution has a bot version");
         };
-        assert_eq!(meeting, "mtg");
+        assert_eq!(thread_root_request, 7);
         assert_eq!(content["msgtype"], "m.text");
         assert_eq!(content["body"], "Zoé <3 (invitée)\u{202f}:\n> a < b\n> c");
         assert_eq!(

@@ -80,6 +80,9 @@ pub struct Meeting {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
+    /// The queued link notice (its outbound row): the meeting's thread hangs from the
+    /// event it becomes.
+    pub link_notice_id: Option<i64>,
     /// Event id of the link notice, the root of the meeting's thread, once sent.
     pub thread_root_event_id: Option<String>,
     /// Most participants present at once.
@@ -108,6 +111,7 @@ impl Meeting {
             created_at: now_ms,
             started_at: None,
             ended_at: None,
+            link_notice_id: None,
             thread_root_event_id: None,
             peak_participants: 0,
             empty_since: None,

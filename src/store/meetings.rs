@@ -8,13 +8,17 @@ use super::{Connection, StoreError};
 use crate::ids::{MeetingId, MeetingSlug};
 use crate::meeting::{Meeting, MeetingState};
 
-/// `SELECT <every column> FROM meetings <rest>`, as a `&'static str`.
+/// `SELECT <every column> FROM meetings <rest>`, as a `&'static str`. The thread root
+/// is the event the link notice became, kept on its outbound row; `<rest>` names the
+/// meeting's columns without a prefix, so the outbound row's are prefixed `o.`.
 macro_rules! select {
     ($rest:literal) => {
         concat!(
-            "SELECT id, slug, title, matrix_room_id, creator, state, created_at, started_at, \
-             ended_at, thread_root_event_id, peak_participants, empty_since, widget_state_key \
-             FROM meetings ",
+            "SELECT * FROM (SELECT m.id, m.slug, m.title, m.matrix_room_id, m.creator, \
+             m.state, m.created_at, m.started_at, m.ended_at, m.link_notice_id, \
+             o.event_id AS thread_root_event_id, m.peak_participants, m.empty_since, \
+             m.widget_state_key FROM meetings m LEFT JOIN outbound o ON o.id = m.link_notice_id) \
+             AS meetings ",
             $rest
         )
     };
@@ -42,6 +46,7 @@ fn from_row(row: &AnyRow) -> Result<Meeting, StoreError> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
+        link_notice_id: row.try_get("link_notice_id")?,
         thread_root_event_id: row.try_get("thread_root_event_id")?,
         peak_participants: row.try_get("peak_participants")?,
         empty_since: row.try_get("empty_since")?,
@@ -53,7 +58,7 @@ fn from_row(row: &AnyRow) -> Result<Meeting, StoreError> {
 pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO meetings (id, slug, title, matrix_room_id, creator, state, created_at, \
-         started_at, ended_at, thread_root_event_id, peak_participants, empty_since, \
+         started_at, ended_at, link_notice_id, peak_participants, empty_since, \
          widget_state_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(meeting.id.as_str())
@@ -65,7 +70,7 @@ pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), Stor
     .bind(meeting.created_at)
     .bind(meeting.started_at)
     .bind(meeting.ended_at)
-    .bind(meeting.thread_root_event_id.as_deref())
+    .bind(meeting.link_notice_id)
     .bind(meeting.peak_participants)
     .bind(meeting.empty_since)
     .bind(meeting.widget_state_key.as_deref())
@@ -150,14 +155,49 @@ pub async fn get_by_thread_root(
     row.as_ref().map(from_row).transpose()
 }
 
-/// Records the event id of a meeting's link notice (the root of its thread).
-pub async fn set_thread_root(
+/// Records which queued request is the meeting's link notice (its thread's root).
+pub async fn set_link_notice(
+    conn: &mut Connection,
+    id: &MeetingId,
+    outbound_id: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE meetings SET link_notice_id = $2 WHERE id = $1")
+        .bind(id.as_str())
+        .bind(outbound_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// For tests: the meeting's link notice went out and became `event_id` (a notice row
+/// is queued first for a meeting that has none).
+#[cfg(test)]
+pub async fn link_notice_sent_as(
     conn: &mut Connection,
     id: &MeetingId,
     event_id: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE meetings SET thread_root_event_id = $2 WHERE id = $1")
-        .bind(id.as_str())
+    let meeting = get_by_id(conn, id).await?.expect("the meeting exists");
+    let notice = match meeting.link_notice_id {
+        Some(notice) => notice,
+        None => {
+            let request = serde_json::json!({
+                "kind": "send", "room_id": meeting.matrix_room_id,
+                "event_type": "m.room.message", "content": {"body": "link"},
+            });
+            let notice = super::outbound::enqueue(
+                conn,
+                meeting.matrix_room_id.as_deref(),
+                &format!("test-{id}"),
+                &request.to_string(),
+            )
+            .await?;
+            set_link_notice(conn, id, notice).await?;
+            notice
+        }
+    };
+    sqlx::query("UPDATE outbound SET state = 'sent', event_id = $2 WHERE id = $1")
+        .bind(notice)
         .bind(event_id)
         .execute(conn)
         .await?;
@@ -381,7 +421,7 @@ mod tests {
                 .expect("get"),
             Some(m.clone())
         );
-        set_thread_root(&mut conn, &m.id, "$root")
+        link_notice_sent_as(&mut conn, &m.id, "$root")
             .await
             .expect("set");
         set_empty_since(&mut conn, &m.id, Some(7))
@@ -443,4 +483,138 @@ mod tests {
             "{err}"
         );
     });
+
+    /// An install upgraded with a meeting in its thread, a message waiting for that
+    /// thread and a link notice not sent yet: the thread roots move to the link notices'
+    /// outbound rows and the waiting message still reaches its thread.
+    async fn thread_roots_survive_the_move_to_outbound_rows(db: crate::store::testing::TestDb) {
+        let store = db.store;
+        store.migrate_to(8).await.expect("migrate to 0008");
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let sent = meeting("Point hebdo", Some("!r:localhost"), 1);
+        let waiting = meeting("Comité", Some("!r:localhost"), 2);
+        for (m, root) in [(&sent, Some("$root")), (&waiting, None)] {
+            sqlx::query(
+                "INSERT INTO meetings (id, slug, title, matrix_room_id, creator, state, \
+                 created_at, thread_root_event_id, peak_participants) \
+                 VALUES ($1, $2, $3, '!r:localhost', NULL, 'scheduled', 1, $4, 0)",
+            )
+            .bind(m.id.as_str())
+            .bind(m.slug.expose())
+            .bind(&m.title)
+            .bind(root)
+            .execute(&mut *conn)
+            .await
+            .expect("a meeting as 0008 kept it");
+        }
+        let send = |extra: &str| {
+            format!(
+                r#"{{"kind":"send","room_id":"!r:localhost","event_type":"m.room.message","content":{{"body":"b"}}{extra}}}"#
+            )
+        };
+        let rows = [
+            (
+                "t1",
+                send(&format!(r#","root_of":"{}""#, sent.id)),
+                "sent",
+                Some(r#"{"event_id":"$root"}"#),
+            ),
+            (
+                "t2",
+                send(&format!(r#","in_thread_of":"{}""#, sent.id)),
+                "pending",
+                None,
+            ),
+            (
+                "t3",
+                send(&format!(r#","root_of":"{}""#, waiting.id)),
+                "pending",
+                None,
+            ),
+        ];
+        let mut ids = Vec::new();
+        for (txn, request, state, result) in rows {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO outbound (room_id, txn_id, request_json, state, attempts, \
+                 next_attempt_at, result_json, created_at) \
+                 VALUES ('!r:localhost', $1, $2, $3, 0, 0, $4, 0) RETURNING id",
+            )
+            .bind(txn)
+            .bind(request)
+            .bind(state)
+            .bind(result)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("an outbound row as 0008 kept it");
+            ids.push(id);
+        }
+        drop(conn);
+
+        store.migrate().await.expect("migrate to the latest");
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let stored = get_by_thread_root(&mut conn, "!r:localhost", "$root")
+            .await
+            .expect("read")
+            .expect("the meeting is still found by its thread");
+        assert_eq!(
+            (
+                stored.id.as_str(),
+                stored.link_notice_id,
+                stored.thread_root_event_id.as_deref()
+            ),
+            (sent.id.as_str(), Some(ids[0]), Some("$root"))
+        );
+        let stored = get_by_id(&mut conn, &waiting.id)
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(
+            (stored.link_notice_id, stored.thread_root_event_id),
+            (Some(ids[2]), None)
+        );
+        let requests: Vec<String> = sqlx::query_scalar(
+            "SELECT request_json FROM outbound WHERE id IN ($1, $2) ORDER BY id",
+        )
+        .bind(ids[1])
+        .bind(ids[2])
+        .fetch_all(&mut *conn)
+        .await
+        .expect("read");
+        assert!(
+            requests.iter().all(|r| !r.contains("root_of")),
+            "no meeting id is left in the queue: {requests:?}"
+        );
+        let requests: Vec<crate::matrix::queue::OutboundRequest> = requests
+            .iter()
+            .map(|r| serde_json::from_str(r).expect("the new code reads migrated rows"))
+            .collect();
+        let threads: Vec<Option<i64>> = requests
+            .iter()
+            .map(|r| match r {
+                crate::matrix::queue::OutboundRequest::Send { in_thread_of, .. } => *in_thread_of,
+                other => panic!("still a send: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            threads,
+            [Some(ids[0]), None],
+            "the waiting message names its root's row"
+        );
+    }
+
+    #[tokio::test]
+    async fn thread_roots_survive_the_move_to_outbound_rows_sqlite() {
+        thread_roots_survive_the_move_to_outbound_rows(
+            crate::store::testing::sqlite_unmigrated().await,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn thread_roots_survive_the_move_to_outbound_rows_postgres() {
+        thread_roots_survive_the_move_to_outbound_rows(
+            crate::store::testing::postgres_unmigrated().await,
+        )
+        .await;
+    }
 }

@@ -162,6 +162,27 @@ impl Store {
         Ok(after.saturating_sub(before))
     }
 
+    /// Applies the migrations up to `version` only: tests of a migration fill the
+    /// database as the version before it left it.
+    #[cfg(test)]
+    pub async fn migrate_to(&self, version: i64) -> Result<(), StoreError> {
+        let all = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let migrator = Migrator {
+            migrations: all
+                .iter()
+                .filter(|m| m.version <= version)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..Migrator::DEFAULT
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
     async fn applied_migrations(&self) -> Result<usize, sqlx::Error> {
         let count: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = $1")
@@ -215,9 +236,15 @@ pub(crate) mod testing {
     }
 
     pub async fn sqlite() -> TestDb {
+        let db = sqlite_unmigrated().await;
+        db.store.migrate().await.expect("migrate sqlite");
+        db
+    }
+
+    pub async fn sqlite_unmigrated() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let uri = format!("sqlite://{}/test.db", dir.path().display());
-        let store = Store::open(&uri, 5).await.expect("open sqlite");
+        let store = Store::connect(&uri, 5).await.expect("open sqlite");
         TestDb {
             store,
             _dir: Some(dir),
@@ -225,6 +252,12 @@ pub(crate) mod testing {
     }
 
     pub async fn postgres() -> TestDb {
+        let db = postgres_unmigrated().await;
+        db.store.migrate().await.expect("migrate postgres");
+        db
+    }
+
+    pub async fn postgres_unmigrated() -> TestDb {
         let admin_url = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
             panic!("{POSTGRES_ENV} is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
         });
@@ -241,7 +274,9 @@ pub(crate) mod testing {
         admin.close().await;
         let mut url = url::Url::parse(&admin_url).expect("valid URL");
         url.set_path(&name);
-        let store = Store::open(url.as_str(), 5).await.expect("open postgres");
+        let store = Store::connect(url.as_str(), 5)
+            .await
+            .expect("open postgres");
         TestDb { store, _dir: None }
     }
 

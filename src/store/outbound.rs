@@ -50,6 +50,16 @@ pub async fn enqueue_not_before(
     Ok(id)
 }
 
+/// The event a sent request created (`None` while it waits, or when it failed).
+pub async fn sent_event_id(conn: &mut Connection, id: i64) -> Result<Option<String>, StoreError> {
+    let event_id: Option<Option<String>> =
+        sqlx::query_scalar("SELECT event_id FROM outbound WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(event_id.flatten())
+}
+
 impl Store {
     /// The oldest pending request that is due and has no earlier pending request in
     /// the same room (so a room's messages keep their order through retries).
@@ -97,13 +107,21 @@ impl Store {
         )
     }
 
-    pub async fn mark_outbound_sent(&self, id: i64, result_json: &str) -> Result<(), StoreError> {
-        self.finish_outbound(id, "sent", None, Some(result_json))
+    /// Records the homeserver's answer; `event_id` is the event the request created, if
+    /// any, kept apart so that later requests can refer to it (a thread's root).
+    pub async fn mark_outbound_sent(
+        &self,
+        id: i64,
+        result_json: &str,
+        event_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.finish_outbound(id, "sent", None, Some(result_json), event_id)
             .await
     }
 
     pub async fn mark_outbound_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.finish_outbound(id, "failed", Some(error), None).await
+        self.finish_outbound(id, "failed", Some(error), None, None)
+            .await
     }
 
     async fn finish_outbound(
@@ -112,14 +130,16 @@ impl Store {
         state: &str,
         error: Option<&str>,
         result: Option<&str>,
+        event_id: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE outbound SET state = $1, attempts = attempts + 1, last_error = $2, \
-             result_json = $3, finished_at = $4 WHERE id = $5",
+             result_json = $3, event_id = $4, finished_at = $5 WHERE id = $6",
         )
         .bind(state)
         .bind(error)
         .bind(result)
+        .bind(event_id)
         .bind(now_ms())
         .bind(id)
         .execute(&self.pool)
@@ -185,7 +205,10 @@ mod tests {
                 .map(|r| r.id),
             Some(b1)
         );
-        store.mark_outbound_sent(b1, "{}").await.expect("sent");
+        store
+            .mark_outbound_sent(b1, "{}", None)
+            .await
+            .expect("sent");
         assert!(store.next_due_outbound(now).await.expect("next").is_none());
         assert_eq!(
             store.next_outbound_due_at().await.expect("due"),

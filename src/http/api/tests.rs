@@ -280,9 +280,14 @@ both_dialects!(
         let auth = format!("Bearer {}", token(&store, "bot").await);
         let m = stored_meeting(&store, "Comité", Some(ROOM), 1).await;
         let mut conn = store.pool().acquire().await.expect("conn");
-        meetings::set_thread_root(&mut conn, &m.id, "$root")
+        meetings::link_notice_sent_as(&mut conn, &m.id, "$root")
             .await
             .expect("root");
+        let link_notice = meetings::get_by_id(&mut conn, &m.id)
+            .await
+            .expect("read")
+            .and_then(|m| m.link_notice_id)
+            .expect("a link notice");
         drop(conn);
         let markdown = "# Décisions\n\n<script>alert('x')</script>\n\n<iframe src=\"https://evil.example\"></iframe>\n\n<p onclick=\"alert(1)\">Cliquez</p>\n\n- [doc](https://example.org)\n- [piège](javascript:alert(1))";
         let body = serde_json::json!({ "markdown": markdown }).to_string();
@@ -315,9 +320,8 @@ both_dialects!(
             "posted by the named ghost"
         );
         assert_eq!(
-            send["in_thread_of"],
-            m.id.as_str(),
-            "in the meeting's thread"
+            send["in_thread_of"], link_notice,
+            "in the meeting's thread, the one its link notice starts"
         );
         let content = &send["content"];
         assert_eq!(content["msgtype"], "m.notice");

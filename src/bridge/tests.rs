@@ -4,11 +4,12 @@
 use figment::Figment;
 use figment::providers::{Format, Yaml};
 
+use super::names::level_in;
 use super::sfu_events::handle_event;
 use super::*;
 use crate::sfu::EngineEvent;
-use crate::store::Store;
 use crate::store::testing::both_dialects;
+use crate::store::{Store, rooms};
 
 const ROOM: &str = "!room:localhost";
 

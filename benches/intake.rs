@@ -101,7 +101,7 @@ async fn run(label: &str, uri: &str) {
     let bot = Bot {
         user_id: "@visio:localhost".try_into().expect("id"),
         ghost_prefix: "@visio_".into(),
-        domain: "localhost".into(),
+        domain: ruma::server_name!("localhost").to_owned(),
         permissions: [("localhost".to_owned(), PermissionLevel::User)].into(),
         lang: Language::Fr,
     };

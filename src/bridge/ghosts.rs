@@ -14,7 +14,7 @@ use crate::store::{Connection, StoreError, ghosts};
 pub struct GhostNamer {
     /// `visio_{id}`.
     pub template: String,
-    pub domain: String,
+    pub domain: ruma::OwnedServerName,
 }
 
 impl GhostNamer {
@@ -97,7 +97,7 @@ mod tests {
     fn ghost_ids_are_stable_valid_and_do_not_reveal_the_key() {
         let namer = GhostNamer {
             template: "visio_{id}".into(),
-            domain: "localhost".into(),
+            domain: ruma::server_name!("localhost").to_owned(),
         };
         let a = namer.guest("B-7F3A/secret browser id");
         assert_eq!(a, namer.guest("B-7F3A/secret browser id"));

@@ -1,10 +1,24 @@
-//! IP addresses read at load, so that the rest of the crate gets `IpAddr`s. A bad value
+//! IP addresses and the server name read at load, so that the rest of the crate gets
+//! `IpAddr`s and an `OwnedServerName`. A bad value
 //! fails the load with the key's path (figment adds it) and the same advice `validate()`
 //! gives for other keys.
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use ruma::OwnedServerName;
 use serde::{Deserialize, Deserializer, Serializer, de};
+
+/// `homeserver.domain`: a Matrix server name.
+pub(super) fn server_name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OwnedServerName, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    OwnedServerName::try_from(raw.trim()).map_err(|_| {
+        de::Error::custom(format!(
+            "`{raw}` is not a valid server name; use the part after the colon in your user IDs, e.g. `tchap.gouv.fr`"
+        ))
+    })
+}
 
 /// `appservice.hostname`: an IP address, or `localhost` for 127.0.0.1.
 pub(super) fn listen_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {

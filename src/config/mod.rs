@@ -9,6 +9,7 @@ use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Yaml};
+use ruma::OwnedServerName;
 use serde::{Deserialize, Serialize};
 
 mod addr;
@@ -103,7 +104,8 @@ pub struct HomeserverConfig {
     /// Base URL of the homeserver's client-server API.
     pub address: String,
     /// The homeserver's server name.
-    pub domain: String,
+    #[serde(deserialize_with = "addr::server_name")]
+    pub domain: OwnedServerName,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -434,7 +436,7 @@ impl Config {
     /// The permission map in force: the configured one, or the homeserver's own users.
     pub fn effective_permissions(&self) -> BTreeMap<String, PermissionLevel> {
         if self.permissions.is_empty() {
-            BTreeMap::from([(self.homeserver.domain.clone(), PermissionLevel::User)])
+            BTreeMap::from([(self.homeserver.domain.to_string(), PermissionLevel::User)])
         } else {
             self.permissions.clone()
         }

@@ -145,6 +145,17 @@ fn load_example_with(overrides: &str) -> Result<Config, String> {
 }
 
 #[test]
+fn the_server_name_is_read_at_load_and_errors_name_the_key() {
+    let err = load_example_with("homeserver: {domain: 'tchap gouv fr'}").expect_err("bad domain");
+    assert!(
+        err.contains("homeserver.domain") && err.contains("after the colon"),
+        "{err}"
+    );
+    let config = load_example_with("homeserver: {domain: agent.tchap.gouv.fr}").expect("valid");
+    assert_eq!(config.homeserver.domain.as_str(), "agent.tchap.gouv.fr");
+}
+
+#[test]
 fn ip_addresses_are_read_at_load_and_errors_name_the_key() {
     let err = load_example_with("sfu: {bind_ip: localhost}").expect_err("bad bind ip");
     assert!(

@@ -1,5 +1,5 @@
 //! `validate()`: every value that cannot work, refused with a message that names the
-//! key and says how to fix it. IP addresses are already checked at load (`addr`).
+//! key and says how to fix it. IP addresses and the server name are already checked at load (`addr`).
 
 use super::{
     Config, ConfigError, WEBHOOK_SECRET_MIN_LEN, invalid, is_placeholder_token, redact_url,
@@ -40,15 +40,6 @@ impl Config {
     /// about to write.
     pub fn validate_except_tokens(&self) -> Result<(), ConfigError> {
         check_http_url("homeserver.address", &self.homeserver.address)?;
-        if ruma::ServerName::parse(&self.homeserver.domain).is_err() {
-            return Err(invalid(
-                "homeserver.domain",
-                format!(
-                    "`{}` is not a valid server name; use the part after the colon in your user IDs, e.g. `tchap.gouv.fr`",
-                    self.homeserver.domain
-                ),
-            ));
-        }
         let appservice = &self.appservice;
         if appservice.id.trim().is_empty() {
             return Err(invalid(

@@ -28,7 +28,7 @@ pub struct Bot {
     pub user_id: OwnedUserId,
     /// `@` + the ghost template's part before `{id}`: every ghost's ID starts with it.
     pub ghost_prefix: String,
-    pub domain: String,
+    pub domain: ruma::OwnedServerName,
     pub permissions: BTreeMap<String, PermissionLevel>,
     pub lang: Language,
 }
@@ -84,8 +84,7 @@ impl Bot {
     /// Whether a user is the bot or one of our ghosts (never answered, never mirrored).
     pub fn is_ours(&self, user: &UserId) -> bool {
         user == self.user_id
-            || (user.as_str().starts_with(&self.ghost_prefix)
-                && user.server_name() == self.domain.as_str())
+            || (user.as_str().starts_with(&self.ghost_prefix) && user.server_name() == self.domain)
     }
 
     /// A user's permission level from the configuration.
@@ -280,7 +279,7 @@ mod tests {
         Bot {
             user_id: UserId::parse("@visio:localhost").expect("id"),
             ghost_prefix: "@visio_".into(),
-            domain: "localhost".into(),
+            domain: ruma::server_name!("localhost").to_owned(),
             permissions: BTreeMap::from([("localhost".to_owned(), PermissionLevel::User)]),
             lang: Language::Fr,
         }

@@ -61,7 +61,7 @@ pub struct Namespace {
 
 /// The registration for a config and a pair of tokens.
 pub fn registration(config: &Config, as_token: &str, hs_token: &str) -> Registration {
-    let domain = regex_escape(&config.homeserver.domain);
+    let domain = regex_escape(config.homeserver.domain.as_str());
     let (before, after) = config
         .appservice
         .username_template
@@ -280,7 +280,7 @@ mod tests {
     #[test]
     fn ghost_namespace_regex_matches_template_users_only() {
         let mut config: Config = serde_yaml_ng::from_str(EXAMPLE).expect("example");
-        config.homeserver.domain = "tchap.gouv.fr".into();
+        config.homeserver.domain = "tchap.gouv.fr".try_into().expect("a server name");
         let reg = registration(&config, "a", "b");
         assert_eq!(reg.namespaces.users[0].regex, r"@visio_.*:tchap\.gouv\.fr");
         assert_eq!(reg.namespaces.users[1].regex, r"@visio:tchap\.gouv\.fr");

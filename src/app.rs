@@ -50,7 +50,10 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     let store = open_store(&config).await?;
     let metrics = observability::metrics_handle();
-    let client = MatrixClient::new(&config.homeserver.address, &config.appservice.as_token);
+    let client = MatrixClient::new(
+        config.homeserver.address.as_str(),
+        &config.appservice.as_token,
+    );
     let bot = Bot::from_config(&config);
     let shutdown = CancellationToken::new();
     let inbox_wake = Arc::new(Notify::new());
@@ -140,7 +143,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         max_body_bytes: config.appservice.max_body_bytes,
         inbox_wake,
         metrics,
-        public_ws_url: http::join::ws_base_url(&config.appservice.public_address),
+        public_ws_url: http::join::ws_base_url(config.appservice.public_address.as_str()),
         bot_api,
         signal: SignalState {
             sfu,
@@ -319,7 +322,10 @@ pub async fn check_config(config: &Config) -> anyhow::Result<String> {
         format!("service: something already listens on {addr} (the running service, presumably)")
     });
 
-    let client = MatrixClient::new(&config.homeserver.address, &config.appservice.as_token);
+    let client = MatrixClient::new(
+        config.homeserver.address.as_str(),
+        &config.appservice.as_token,
+    );
     let txn_id = format!("check-{}", ruma::TransactionId::new());
     let mut request = request_ping::v1::Request::new(config.appservice.id.clone());
     request.transaction_id = Some(txn_id.as_str().into());
@@ -425,7 +431,7 @@ pub async fn create_meeting(
     store.close().await;
     tracing::info!(meeting = %meeting.id, "meeting created from the command line");
     Ok(CreatedMeeting {
-        link: meeting.link(&config.appservice.public_address),
+        link: meeting.link(config.appservice.public_address.as_str()),
         id: meeting.id,
         title: meeting.title,
     })
@@ -537,7 +543,8 @@ mod tests {
             .extract()
             .expect("the example config parses");
         config.database.uri = database_uri.to_owned();
-        config.appservice.public_address = "https://visio.example/".into();
+        config.appservice.public_address =
+            crate::config::HttpUrl::parse("https://visio.example/").expect("url");
         config
     }
 

@@ -123,7 +123,7 @@ impl BridgeContext {
         Self {
             bot,
             bot_names,
-            public_address: config.appservice.public_address.clone(),
+            public_address: config.appservice.public_address.to_string(),
             grace_ms: (config.meetings.grace_period_secs as i64).saturating_mul(1000),
             end_power_level: config.meetings.end_power_level,
             widget: config.meetings.widget,

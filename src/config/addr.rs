@@ -1,5 +1,5 @@
-//! IP addresses and the server name read at load, so that the rest of the crate gets
-//! `IpAddr`s and an `OwnedServerName`. A bad value
+//! IP addresses, http(s) URLs and the server name read at load, so that the rest of the
+//! crate gets `IpAddr`s, [`HttpUrl`]s and an `OwnedServerName`. A bad value
 //! fails the load with the key's path (figment adds it) and the same advice `validate()`
 //! gives for other keys.
 
@@ -7,6 +7,50 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ruma::OwnedServerName;
 use serde::{Deserialize, Deserializer, Serializer, de};
+
+/// An http(s) URL with a host (`homeserver.address`, `appservice.address`,
+/// `appservice.public_address`), checked at load. Read as a base: without the trailing
+/// slash, so that paths are appended with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(String);
+
+impl HttpUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        match url::Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Ok(Self(url.as_str().trim_end_matches('/').to_owned()))
+            }
+            _ => Err(format!(
+                "`{raw}` is not an http(s) URL, e.g. http://127.0.0.1:8008"
+            )),
+        }
+    }
+
+    /// The URL without a trailing slash.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(de::Error::custom)
+    }
+}
+
+impl serde::Serialize for HttpUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 /// `homeserver.domain`: a Matrix server name.
 pub(super) fn server_name<'de, D: Deserializer<'de>>(

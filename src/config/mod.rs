@@ -13,6 +13,7 @@ use ruma::OwnedServerName;
 use serde::{Deserialize, Serialize};
 
 mod addr;
+pub use addr::HttpUrl;
 mod validate;
 
 /// Prefix of environment variables that override config keys (`TCHAP_VISIO_DATABASE__URI`).
@@ -102,7 +103,7 @@ impl std::fmt::Debug for WebhookConfig {
 #[serde(deny_unknown_fields)]
 pub struct HomeserverConfig {
     /// Base URL of the homeserver's client-server API.
-    pub address: String,
+    pub address: HttpUrl,
     /// The homeserver's server name.
     #[serde(deserialize_with = "addr::server_name")]
     pub domain: OwnedServerName,
@@ -114,14 +115,14 @@ pub struct AppserviceConfig {
     #[serde(default = "default_id")]
     pub id: String,
     /// URL the homeserver uses to reach us.
-    pub address: String,
+    pub address: HttpUrl,
     /// The local address the HTTP server listens on; `localhost` reads as 127.0.0.1.
     #[serde(default = "default_hostname", deserialize_with = "addr::listen_ip")]
     pub hostname: IpAddr,
     #[serde(default = "default_port")]
     pub port: u16,
     /// Public base URL of join links.
-    pub public_address: String,
+    pub public_address: HttpUrl,
     pub as_token: String,
     pub hs_token: String,
     #[serde(default = "default_username_template")]
@@ -401,10 +402,10 @@ impl Config {
     /// `http://` where tokens, chat or signed events travel to another machine.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if is_remote_http(&self.appservice.public_address) {
+        if is_remote_http(self.appservice.public_address.as_str()) {
             warnings.push(format!(
                 "appservice.public_address `{}` is plain http on a non-loopback host: join tokens and the page's traffic travel unencrypted; serve it over https behind a reverse proxy",
-                redact_url(&self.appservice.public_address)
+                redact_url(self.appservice.public_address.as_str())
             ));
         }
         for (i, hook) in self.webhooks.iter().enumerate() {

@@ -12,7 +12,7 @@ fn urls_are_redacted_and_plain_http_is_warned_about() {
     );
     assert_eq!(redact_url("nope"), "(not a URL)");
     let mut config = with_tokens(example());
-    config.appservice.public_address = "http://visio.example.gouv.fr".into();
+    config.appservice.public_address = HttpUrl::parse("http://visio.example.gouv.fr").expect("url");
     config.webhooks = vec![WebhookConfig {
         url: "http://bot.example/hooks?token=s3cret".into(),
         secret: "0123456789abcdef0123456789abcdef".into(),
@@ -23,7 +23,7 @@ fn urls_are_redacted_and_plain_http_is_warned_about() {
         warnings.iter().all(|w| !w.contains("s3cret")),
         "{warnings:?}"
     );
-    config.appservice.public_address = "http://127.0.0.1:29330".into();
+    config.appservice.public_address = HttpUrl::parse("http://127.0.0.1:29330").expect("url");
     config.webhooks[0].url = "https://bot.example/hooks".into();
     assert!(config.warnings().is_empty());
     // The example's placeholder secret is refused, and the message hides the URL's secrets.
@@ -72,10 +72,21 @@ fn example_config_is_valid_once_tokens_are_generated() {
 
 #[test]
 fn errors_name_the_key() {
-    let mut config = with_tokens(example());
-    config.homeserver.address = "localhost:8008".into();
-    let err = config.validate().expect_err("bad url").to_string();
-    assert!(err.contains("homeserver.address"), "{err}");
+    let err = load_example_with("homeserver: {address: 'localhost:8008'}").expect_err("bad url");
+    assert!(
+        err.contains("homeserver.address") && err.contains("http://127.0.0.1:8008"),
+        "{err}"
+    );
+    let err = load_example_with("appservice: {public_address: 'ftp://visio.example'}")
+        .expect_err("not http");
+    assert!(err.contains("appservice.public_address"), "{err}");
+    let config =
+        load_example_with("appservice: {public_address: 'https://visio.example/'}").expect("valid");
+    assert_eq!(
+        config.appservice.public_address.as_str(),
+        "https://visio.example",
+        "read as a base, without the trailing slash"
+    );
 
     let mut config = with_tokens(example());
     config.database.uri = "mysql://x".into();

@@ -39,7 +39,6 @@ impl Config {
     /// Everything `validate` checks except the tokens, which `generate-registration` is
     /// about to write.
     pub fn validate_except_tokens(&self) -> Result<(), ConfigError> {
-        check_http_url("homeserver.address", &self.homeserver.address)?;
         let appservice = &self.appservice;
         if appservice.id.trim().is_empty() {
             return Err(invalid(
@@ -47,8 +46,6 @@ impl Config {
                 "is empty; use a unique name such as `tchap-visio`",
             ));
         }
-        check_http_url("appservice.address", &appservice.address)?;
-        check_http_url("appservice.public_address", &appservice.public_address)?;
         if appservice.port == 0 {
             return Err(invalid(
                 "appservice.port",
@@ -243,15 +240,5 @@ impl Config {
             ));
         }
         Ok(())
-    }
-}
-
-fn check_http_url(key: &'static str, value: &str) -> Result<(), ConfigError> {
-    match url::Url::parse(value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
-        _ => Err(invalid(
-            key,
-            format!("`{value}` is not an http(s) URL, e.g. http://127.0.0.1:8008"),
-        )),
     }
 }

@@ -69,7 +69,7 @@ pub fn registration(config: &Config, as_token: &str, hs_token: &str) -> Registra
         .expect("validate() checked that the template contains {id}");
     Registration {
         id: config.appservice.id.clone(),
-        url: config.appservice.address.clone(),
+        url: config.appservice.address.to_string(),
         as_token: as_token.to_owned(),
         hs_token: hs_token.to_owned(),
         sender_localpart: config.appservice.bot.username.clone(),

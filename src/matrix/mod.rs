@@ -4,6 +4,7 @@
 pub mod bot;
 pub mod client;
 pub mod commands;
+pub mod crypto;
 pub mod inbox;
 pub mod intake;
 pub mod permissions;

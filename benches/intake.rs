@@ -104,6 +104,7 @@ async fn run(label: &str, uri: &str) {
         domain: ruma::server_name!("localhost").to_owned(),
         permissions: [("localhost".to_owned(), PermissionLevel::User)].into(),
         lang: Language::Fr,
+        reads_encrypted: false,
     };
     let worker = tokio::spawn(
         InboxWorker {

@@ -20,6 +20,9 @@ use crate::http::api::BotApiContext;
 use crate::http::{self, AppState, PingOnlyState};
 use crate::matrix::bot::Bot;
 use crate::matrix::client::{CallError, MatrixClient};
+use crate::matrix::crypto::device::{BotDevice, DeviceSlot};
+use crate::matrix::crypto::events::Decrypting;
+use crate::matrix::crypto::worker::{CryptoWorker, SyncLoop};
 use crate::matrix::inbox::InboxWorker;
 use crate::matrix::queue::{self, OutboundRequest, OutboundWorker};
 use crate::observability;
@@ -54,10 +57,20 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         config.homeserver.address.as_str(),
         &config.appservice.as_token,
     );
+    register_bot(&config, &store, &client).await?;
+    let client = if config.bot_is_sender() {
+        client
+    } else {
+        client.with_bot(config.bot_user_id())
+    };
     let bot = Bot::from_config(&config);
     let shutdown = CancellationToken::new();
     let inbox_wake = Arc::new(Notify::new());
     let outbound_wake = Arc::new(Notify::new());
+    let device_slot: Option<DeviceSlot> = config
+        .encryption
+        .enabled
+        .then(|| Arc::new(std::sync::OnceLock::new()));
 
     metrics::gauge!("tchap_visio_inbox_pending").set(store.inbox_pending_count().await? as f64);
     queue_bot_profile(&store, &config).await?;
@@ -69,6 +82,16 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let mut workers = tokio::task::JoinSet::new();
+    if let Some(slot) = &device_slot {
+        workers.spawn(bring_up_device(
+            config.clone(),
+            store.clone(),
+            client.clone(),
+            slot.clone(),
+            inbox_wake.clone(),
+            shutdown.clone(),
+        ));
+    }
     // Webhook deliveries have their own worker: a slow receiver delays nothing else.
     // The bridge queues events through clones of `webhooks`, which share its wake-up.
     let webhooks = Webhooks::from_config(&config.webhooks);
@@ -93,6 +116,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         OutboundWorker {
             store: store.clone(),
             client,
+            device: device_slot.clone(),
             wake: outbound_wake.clone(),
             shutdown: shutdown.clone(),
         }
@@ -117,9 +141,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         workers.spawn(
             InboxWorker {
                 store: store.clone(),
-                handler: Bridge {
-                    ctx: bridge.clone(),
-                },
+                handler: Decrypting::new(
+                    Bridge {
+                        ctx: bridge.clone(),
+                    },
+                    device_slot.clone(),
+                ),
                 wake: inbox_wake.clone(),
                 outbound_wake,
                 shutdown: shutdown.clone(),
@@ -248,6 +275,101 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Registers the bot as a user of the namespace, at its first start, when it is not the
+/// registration's sender: the homeserver refuses calls made as the bot until it exists.
+async fn register_bot(config: &Config, store: &Store, client: &MatrixClient) -> anyhow::Result<()> {
+    const REGISTERED: &str = "bot_registered";
+    if config.bot_is_sender() {
+        return Ok(());
+    }
+    let mut conn = store.pool().acquire().await?;
+    if crate::store::crypto::state(&mut conn, REGISTERED)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    drop(conn);
+    let request = OutboundRequest::RegisterGhost {
+        localpart: config.appservice.bot.username.clone(),
+    };
+    let mut attempts = 0;
+    loop {
+        match queue::execute(client, &request, "").await {
+            Ok(_) => break,
+            Err(e) if e.is_transient() && attempts < 20 => {
+                attempts += 1;
+                let wait = queue::backoff(attempts);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot register the bot yet");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => bail!(
+                "cannot register the bot {}: {e}. Does the homeserver load this registration (its namespace holds the bot)? tchap-visio check-config tells",
+                config.bot_user_id()
+            ),
+        }
+    }
+    let mut conn = store.pool().acquire().await?;
+    crate::store::crypto::set_state(&mut conn, REGISTERED, "1").await?;
+    tracing::info!(bot = %config.bot_user_id(), "registered the bot");
+    Ok(())
+}
+
+/// Opens or creates the bot's device (retrying while the homeserver is away), checks
+/// that its keys are on the server, then runs its workers: the one that feeds it and,
+/// with `encryption.to_device: sync`, its `/sync`.
+async fn bring_up_device(
+    config: Config,
+    store: Store,
+    client: MatrixClient,
+    slot: DeviceSlot,
+    inbox_wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0;
+    let device = loop {
+        match BotDevice::start(&config, store.clone(), client.clone()).await {
+            Ok(device) => break device,
+            Err(e) => {
+                failures += 1;
+                let wait = queue::backoff(failures).max(Duration::from_secs(1));
+                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot set up the bot's device; encrypted rooms wait");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    if let Err(e) = device.flush().await {
+        tracing::warn!(error = %e, "cannot upload the device's keys yet; retrying in the background");
+    }
+    match device.keys_on_server().await {
+        Ok(true) => {
+            metrics::gauge!("tchap_visio_device_keys_on_server").set(1.0);
+            tracing::info!(device = %device.device_id, identity = %device.crypto.identity_keys().ed25519, "self-check: the bot's device keys are on the homeserver");
+        }
+        Ok(false) => {
+            metrics::gauge!("tchap_visio_device_keys_on_server").set(0.0);
+            tracing::error!(device = %device.device_id, "self-check failed: the homeserver does not hold our device's keys; nobody can encrypt for the bot");
+        }
+        Err(e) => tracing::warn!(error = %e, "self-check: cannot query our device's keys"),
+    }
+    let _ = slot.set(device.clone());
+    inbox_wake.notify_one();
+    let worker = CryptoWorker {
+        device: device.clone(),
+        inbox_wake,
+        shutdown: shutdown.clone(),
+    };
+    if config.encryption.to_device == crate::config::ToDeviceSource::Sync {
+        let sync = SyncLoop { device, shutdown };
+        tokio::join!(worker.run(), sync.run());
+    } else {
+        worker.run().await;
+    }
 }
 
 /// Queues the bot's display name and avatar from the config.

@@ -46,12 +46,21 @@ fn short_hash(text: &str) -> String {
 
 /// Queues whatever makes `ghost` a member of `room` named `display_name`: registration
 /// and invitation the first time, a rename when the name changed.
+///
+/// Nothing in an encrypted room: a ghost has no device there, so the outbound worker
+/// has the bot relay its words with its name in front.
 pub async fn ensure_in_room(
     conn: &mut Connection,
     ghost: &OwnedUserId,
     display_name: &str,
     room: &OwnedRoomId,
 ) -> Result<(), StoreError> {
+    if crate::store::rooms::get(conn, room.as_str())
+        .await?
+        .encrypted
+    {
+        return Ok(());
+    }
     let known = ghosts::display_name(conn, ghost.as_str()).await?;
     if known.is_none() {
         let request = OutboundRequest::RegisterGhost {

@@ -30,6 +30,7 @@ const SECTIONS: &[&str] = &[
     "language",
     "logging",
     "webhooks",
+    "encryption",
 ];
 
 /// Value the example config holds until `generate-registration` writes real tokens.
@@ -74,6 +75,77 @@ pub struct Config {
     /// Receivers of signed meeting events.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// End-to-end encryption (Tchap's rooms are encrypted by default).
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+}
+
+/// Where the bot device's encryption input (to-device messages, device-list changes,
+/// one-time-key counts) comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToDeviceSource {
+    /// The bot's device runs its own `/sync`, filtered to encryption: nothing is lost
+    /// while the service is down.
+    #[default]
+    Sync,
+    /// Appservice transactions (MSC2409/MSC3202): Synapse drops the to-device messages
+    /// of transactions that failed or were caught up (element-hq/synapse#14710).
+    Transactions,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Read and write encrypted rooms; `false`: the bot says once that it cannot.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub to_device: ToDeviceSource,
+    /// Encrypts the crypto store and the exported cross-signing keys. Written by
+    /// `generate-registration`; never change it once the service has started.
+    #[serde(default)]
+    pub passphrase: String,
+    /// Share room keys only with devices their owner cross-signed.
+    #[serde(default)]
+    pub exclude_insecure_devices: bool,
+    /// The crypto store (SQLite): the bot device's keys. Keep it on a persistent volume
+    /// and never restore it from a backup.
+    #[serde(default = "default_crypto_store")]
+    pub store_path: String,
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            to_device: ToDeviceSource::default(),
+            passphrase: String::new(),
+            exclude_insecure_devices: false,
+            store_path: default_crypto_store(),
+        }
+    }
+}
+
+// The passphrase never reaches a log through `{:?}`.
+impl std::fmt::Debug for EncryptionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionConfig")
+            .field("enabled", &self.enabled)
+            .field("to_device", &self.to_device)
+            .field("passphrase", &"***")
+            .field("exclude_insecure_devices", &self.exclude_insecure_devices)
+            .field("store_path", &self.store_path)
+            .finish()
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_crypto_store() -> String {
+    "data/crypto-store.sqlite3".into()
 }
 
 /// One webhook receiver.
@@ -129,6 +201,11 @@ pub struct AppserviceConfig {
     pub username_template: String,
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The registration's `sender_localpart`: a user of ours nobody sees, since Synapse
+    /// refuses `/sync` to it. Written by `generate-registration`; empty (older installs):
+    /// the bot's username.
+    #[serde(default)]
+    pub sender_localpart: String,
     #[serde(default)]
     pub bot: BotConfig,
 }
@@ -441,6 +518,21 @@ impl Config {
         } else {
             self.permissions.clone()
         }
+    }
+
+    /// The registration's `sender_localpart` in force.
+    pub fn sender_localpart(&self) -> &str {
+        let sender = self.appservice.sender_localpart.trim();
+        if is_placeholder_token(sender) {
+            &self.appservice.bot.username
+        } else {
+            sender
+        }
+    }
+
+    /// Whether the bot is the appservice's sender, rather than a user of its namespace.
+    pub fn bot_is_sender(&self) -> bool {
+        self.sender_localpart() == self.appservice.bot.username
     }
 
     /// Fully-qualified user ID of the bot.

@@ -52,10 +52,50 @@ fn example() -> Config {
         .expect("the example config parses")
 }
 
+/// What `generate-registration` writes: tokens, a sender that is not the bot, a
+/// passphrase.
 fn with_tokens(mut config: Config) -> Config {
     config.appservice.as_token = "a".repeat(64);
     config.appservice.hs_token = "b".repeat(64);
+    config.appservice.sender_localpart = "_tv_abcdefabcdef".into();
+    config.encryption.passphrase = "c".repeat(64);
     config
+}
+
+#[test]
+fn encryption_needs_a_passphrase_and_a_sender_that_is_not_the_bot() {
+    let mut config = with_tokens(example());
+    config.encryption.passphrase = String::new();
+    let err = config.validate().expect_err("no passphrase").to_string();
+    assert!(
+        err.contains("encryption.passphrase") && err.contains("generate-registration"),
+        "{err}"
+    );
+    config.encryption.enabled = false;
+    config.validate().expect("no passphrase needed without encryption");
+
+    // An install from before: the bot is the sender, which may not /sync.
+    let mut config = with_tokens(example());
+    config.appservice.sender_localpart = String::new();
+    assert!(config.bot_is_sender());
+    let err = config.validate().expect_err("sync as the sender").to_string();
+    assert!(
+        err.contains("appservice.sender_localpart")
+            && err.contains("generate-registration --force")
+            && err.contains("encryption.to_device: transactions"),
+        "{err}"
+    );
+    config.encryption.to_device = crate::config::ToDeviceSource::Transactions;
+    config.validate().expect("transactions need no sync");
+
+    let mut config = with_tokens(example());
+    config.encryption.passphrase = "short".into();
+    let err = config.validate().expect_err("short").to_string();
+    assert!(err.contains("encryption.passphrase"), "{err}");
+    assert!(
+        !format!("{:?}", with_tokens(example()).encryption).contains("cccc"),
+        "the passphrase never reaches a log"
+    );
 }
 
 #[test]

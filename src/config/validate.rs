@@ -27,6 +27,26 @@ impl Config {
                 ));
             }
         }
+        if self.encryption.enabled && is_placeholder_token(&self.encryption.passphrase) {
+            return Err(invalid(
+                "encryption.passphrase",
+                "is empty: run generate-registration, which writes one, or set 32 random characters \
+                 (openssl rand -hex 32); or set encryption.enabled: false to stay out of encrypted rooms",
+            ));
+        }
+        if self.encryption.enabled
+            && self.encryption.to_device == super::ToDeviceSource::Sync
+            && self.bot_is_sender()
+        {
+            return Err(invalid(
+                "appservice.sender_localpart",
+                "is the bot's own username, and Synapse refuses /sync to an appservice's sender, \
+                 which encryption.to_device: sync needs. Run generate-registration --force (it writes \
+                 a random sender and keeps the bot as a user of the namespace), give the homeserver \
+                 the new registration and restart it (docs/admin.md, \"Encrypted rooms\"); or set \
+                 encryption.to_device: transactions",
+            ));
+        }
         if self.appservice.as_token == self.appservice.hs_token {
             return Err(invalid(
                 "appservice.hs_token",
@@ -100,6 +120,29 @@ impl Config {
             return Err(invalid(
                 "appservice.bot.avatar",
                 "must be an mxc:// URI (upload the image to your homeserver first) or empty",
+            ));
+        }
+        let sender = self.sender_localpart();
+        if ruma::UserId::parse(format!("@{sender}:{}", self.homeserver.domain)).is_err() {
+            return Err(invalid(
+                "appservice.sender_localpart",
+                format!("`{sender}` is not a valid localpart; run generate-registration --force"),
+            ));
+        }
+        if self.encryption.enabled && self.encryption.store_path.trim().is_empty() {
+            return Err(invalid(
+                "encryption.store_path",
+                "is empty; use a file on a persistent volume, e.g. data/crypto-store.sqlite3",
+            ));
+        }
+        if self.encryption.enabled
+            && !is_placeholder_token(&self.encryption.passphrase)
+            && self.encryption.passphrase.len() < 16
+        {
+            return Err(invalid(
+                "encryption.passphrase",
+                "is shorter than 16 characters; it protects the bot's keys (openssl rand -hex 32). \
+                 Change it only before the first start: the crypto store is encrypted with it",
             ));
         }
         let uri = &self.database.uri;

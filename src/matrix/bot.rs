@@ -31,6 +31,9 @@ pub struct Bot {
     pub domain: ruma::OwnedServerName,
     pub permissions: BTreeMap<String, PermissionLevel>,
     pub lang: Language,
+    /// The bot has a device and reads encrypted rooms; otherwise it says once that it
+    /// cannot.
+    pub reads_encrypted: bool,
 }
 
 /// The fields every event has, with the content left for the handler to type.
@@ -78,6 +81,7 @@ impl Bot {
             domain: config.homeserver.domain.clone(),
             permissions: config.effective_permissions(),
             lang: config.language,
+            reads_encrypted: config.encryption.enabled,
         }
     }
 
@@ -106,6 +110,7 @@ impl Bot {
             "m.room.member" if event.state_key.as_deref() == Some(self.user_id.as_str()) => {
                 self.on_own_membership(event, conn).await
             }
+            "m.room.encryption" | "m.room.encrypted" if self.reads_encrypted => Ok(()),
             "m.room.encryption" => self.on_encrypted(&event.room_id, conn).await,
             "m.room.encrypted" if !self.is_ours(&event.sender) => {
                 self.on_encrypted(&event.room_id, conn).await
@@ -157,7 +162,7 @@ impl Bot {
             }
             MembershipState::Join => {
                 let info = rooms::get(conn, event.room_id.as_str()).await?;
-                if info.encrypted && !info.encryption_notice_sent {
+                if info.encrypted && !info.encryption_notice_sent && !self.reads_encrypted {
                     self.send_encryption_notice(&event.room_id, conn).await?;
                 }
                 Ok(())
@@ -282,6 +287,7 @@ mod tests {
             domain: ruma::server_name!("localhost").to_owned(),
             permissions: BTreeMap::from([("localhost".to_owned(), PermissionLevel::User)]),
             lang: Language::Fr,
+            reads_encrypted: false,
         }
     }
 

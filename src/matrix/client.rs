@@ -71,6 +71,11 @@ pub struct MatrixClient {
     base_url: String,
     as_token: String,
     versions: SupportedVersions,
+    /// Who "the bot" is in calls made without `as_user`: the bot's user when it is not
+    /// the registration's sender (so that it may `/sync`), else the sender itself.
+    bot: Option<ruma::OwnedUserId>,
+    /// A long-poll `/sync` waits up to 30 s on the server: its own, longer timeout.
+    sync_http: reqwest::Client,
 }
 
 impl MatrixClient {
@@ -79,6 +84,12 @@ impl MatrixClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
+            .user_agent(concat!("tchap-visio/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a client with static settings always builds");
+        let sync_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(90))
             .user_agent(concat!("tchap-visio/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a client with static settings always builds");
@@ -91,7 +102,71 @@ impl MatrixClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             as_token: as_token.to_owned(),
             versions,
+            bot: None,
+            sync_http,
         }
+    }
+
+    /// Calls made without `as_user` assert this user: the bot, when it is a user of the
+    /// namespace rather than the registration's sender.
+    pub fn with_bot(mut self, bot: ruma::OwnedUserId) -> Self {
+        self.bot = Some(bot);
+        self
+    }
+
+    /// A call the crypto core or the sync loop built themselves: method, path with its
+    /// query, JSON body; as the bot (or `as_user`) and, for end-to-end encryption, as one
+    /// of its devices (`device_id`, MSC4190/MSC4326). Returns the JSON answer.
+    pub async fn call_json(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        as_user: Option<&UserId>,
+        device_id: Option<&str>,
+    ) -> Result<serde_json::Value, CallError> {
+        let mut url = url::Url::parse(&format!("{}{}", self.base_url, path_and_query))
+            .map_err(|e| CallError::Build(e.to_string()))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(user) = as_user.or(self.bot.as_deref()) {
+                query.append_pair("user_id", user.as_str());
+            }
+            if let Some(device) = device_id {
+                query.append_pair("device_id", device);
+            }
+        }
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| CallError::Build(e.to_string()))?;
+        let long_poll = path_and_query.starts_with("/_matrix/client/v3/sync");
+        let http = if long_poll {
+            &self.sync_http
+        } else {
+            &self.http
+        };
+        let mut request = http.request(method, url).bearer_auth(&self.as_token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(without_url(e)))?;
+        let status = response.status();
+        let retry_after_header = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::Unreachable(without_url(e)))?;
+        if !status.is_success() {
+            return Err(matrix_error(status.as_u16(), &bytes, retry_after_header));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| CallError::BadResponse(e.to_string()))
     }
 
     /// Makes one client-server API call, as the bot (`as_user: None`) or as a ghost.
@@ -104,7 +179,7 @@ impl MatrixClient {
         R: OutgoingRequest<PathBuilder = VersionHistory>,
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
     {
-        let identity = match as_user {
+        let identity = match as_user.or(self.bot.as_deref()) {
             Some(user) => AppserviceUserIdentity::new(user),
             None => AppserviceUserIdentity::default(),
         };

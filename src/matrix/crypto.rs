@@ -430,8 +430,11 @@ impl Crypto {
             .iter()
             .filter_map(|m| UserId::parse(m).ok())
             .collect();
+        // Plain slices of references: an iterator built by a closure makes the future
+        // not `Send` for every lifetime, which spawned workers need.
+        let member_refs: Vec<&UserId> = members.iter().map(|m| &**m).collect();
         self.machine
-            .update_tracked_users(members.iter().map(|m| m.as_ref()))
+            .update_tracked_users(member_refs.clone())
             .await
             .map_err(store_err)?;
         // Devices must be known before sessions can be claimed with them.
@@ -446,7 +449,7 @@ impl Crypto {
         }
         if let Some((id, claim)) = self
             .machine
-            .get_missing_sessions(members.iter().map(|m| m.as_ref()))
+            .get_missing_sessions(member_refs.clone().into_iter())
             .await
             .map_err(store_err)?
         {
@@ -463,7 +466,7 @@ impl Crypto {
         };
         let shares = self
             .machine
-            .share_room_key(&room, members.iter().map(|m| m.as_ref()), settings)
+            .share_room_key(&room, member_refs.clone().into_iter(), settings)
             .await
             .map_err(|e| CryptoError::Encrypt {
                 room: room.to_string(),
@@ -548,6 +551,20 @@ impl Crypto {
     }
 }
 
+impl Crypto {
+    /// Whether the room key of `session_id` in `room` has arrived.
+    pub async fn has_room_key(&self, room: &str, session_id: &str) -> Result<bool, CryptoError> {
+        let room = room_id(room)?;
+        Ok(self
+            .machine
+            .store()
+            .get_inbound_group_session(&room, session_id)
+            .await
+            .map_err(store_err)?
+            .is_some())
+    }
+}
+
 fn decryption_settings() -> DecryptionSettings {
     DecryptionSettings {
         sender_device_trust_requirement: TrustRequirement::Untrusted,
@@ -565,6 +582,11 @@ fn to_device_call(
     );
     Ok(call!(id, CallKind::ToDevice, send))
 }
+
+pub mod device;
+pub mod events;
+pub mod outbound;
+pub mod worker;
 
 #[cfg(test)]
 mod tests;

@@ -142,6 +142,9 @@ pub async fn enqueue_in_order_of(
 pub struct OutboundWorker {
     pub store: Store,
     pub client: MatrixClient,
+    /// The bot's device, which encrypts what goes into encrypted rooms; `None` with
+    /// `encryption.enabled: false`.
+    pub device: Option<super::crypto::device::DeviceSlot>,
     /// Woken whenever something is enqueued.
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
@@ -210,6 +213,47 @@ impl OutboundWorker {
                 .reschedule_outbound(row.id, now_ms() + 1000, &e.to_string())
                 .await;
             return;
+        }
+        if let Some(slot) = &self.device {
+            let sealed = match slot.get() {
+                Some(device) => {
+                    super::crypto::outbound::seal(device, &request, attributed_to_bot).await
+                }
+                // Whether the room is encrypted is not known without it; the homeserver
+                // it waits for would not take the message either.
+                None if matches!(request, OutboundRequest::Send { .. }) => {
+                    Err(super::crypto::device::DeviceError::Call(
+                        CallError::Unreachable("the bot's device is not ready yet".into()),
+                    ))
+                }
+                None => Ok(request.clone()),
+            };
+            match sealed {
+                Ok(sealed) => request = sealed,
+                Err(error) => {
+                    metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
+                    let recorded = if error.is_transient() {
+                        let wait = backoff(row.attempts);
+                        tracing::warn!(id = row.id, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot encrypt yet; will retry");
+                        self.store
+                            .reschedule_outbound(
+                                row.id,
+                                now_ms() + wait.as_millis() as i64,
+                                &error.to_string(),
+                            )
+                            .await
+                    } else {
+                        tracing::error!(id = row.id, error = %error, "cannot encrypt; giving up");
+                        self.store
+                            .mark_outbound_failed(row.id, &error.to_string())
+                            .await
+                    };
+                    if let Err(e) = recorded {
+                        tracing::error!(id = row.id, error = %e, "cannot record the send result");
+                    }
+                    return;
+                }
+            }
         }
         let started = Instant::now();
         tracing::trace!(id = row.id, kind = kind(&request), "sending");

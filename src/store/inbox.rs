@@ -56,6 +56,20 @@ impl Store {
         txn_id: &str,
         events: &[NewInboxEvent],
     ) -> Result<TransactionOutcome, StoreError> {
+        self.store_transaction_with_crypto(txn_id, events, None)
+            .await
+    }
+
+    /// Like [`Self::store_transaction`], with the transaction's encryption input
+    /// (MSC2409/MSC3202 fields) stored in the same database transaction, so that a
+    /// transaction the homeserver sees acknowledged never loses its to-device messages.
+    /// A replay stores neither again.
+    pub async fn store_transaction_with_crypto(
+        &self,
+        txn_id: &str,
+        events: &[NewInboxEvent],
+        crypto_input: Option<&str>,
+    ) -> Result<TransactionOutcome, StoreError> {
         let now = now_ms();
         let digest = events_digest(events);
         let mut tx = self.begin().await?;
@@ -104,6 +118,9 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected() as usize;
+        }
+        if let Some(input) = crypto_input {
+            super::crypto::push_input(&mut tx, input).await?;
         }
         tx.commit().await?;
         Ok(if reused {

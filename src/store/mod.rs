@@ -4,6 +4,7 @@
 
 pub mod api_tokens;
 pub mod chat;
+pub mod crypto;
 pub mod ghosts;
 pub mod inbox;
 pub mod meetings;
@@ -44,6 +45,9 @@ pub enum StoreError {
     /// A stored row could not be decoded (written by an incompatible version?).
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// The crypto store (matrix-sdk-crypto's own database) failed; retried like a query.
+    #[error("the crypto store failed: {0}")]
+    CryptoStore(String),
 }
 
 /// Which SQL dialect the pool speaks; only migrations differ between them.

@@ -1,0 +1,429 @@
+//! What end-to-end encryption keeps in our database (the crypto store is a second
+//! database, owned by matrix-sdk-crypto): our device, where the to-device stream stands,
+//! encryption input not yet fed to the crypto store, events parked until their room key
+//! arrives, and rooms' members and settings for encrypting.
+
+use sqlx::Row;
+
+use super::{Connection, Store, StoreError};
+use crate::clock::now_ms;
+
+/// Names in `crypto_state`.
+pub const DEVICE_ID: &str = "device_id";
+pub const SYNC_TOKEN: &str = "sync_token";
+pub const CROSS_SIGNING: &str = "cross_signing";
+
+pub async fn state(conn: &mut Connection, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM crypto_state WHERE name = $1")
+            .bind(name)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+pub async fn set_state(conn: &mut Connection, name: &str, value: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO crypto_state (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = $2",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores encryption input, inside the caller's transaction (with the events or the sync
+/// token it came with).
+pub async fn push_input(conn: &mut Connection, input_json: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO crypto_inbox (input_json, received_at) VALUES ($1, $2)")
+        .bind(input_json)
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One stored batch of encryption input.
+#[derive(Debug, Clone)]
+pub struct StoredInput {
+    pub seq: i64,
+    pub json: String,
+}
+
+/// A parked event whose room key arrived or whose wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub inbox_seq: i64,
+    pub room_id: String,
+}
+
+impl Store {
+    /// The oldest encryption input not yet fed, in arrival order.
+    pub async fn pending_crypto_input(&self, limit: i64) -> Result<Vec<StoredInput>, StoreError> {
+        let rows = sqlx::query("SELECT seq, input_json FROM crypto_inbox ORDER BY seq LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredInput {
+                    seq: row.try_get(0)?,
+                    json: row.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets input the crypto store has taken.
+    pub async fn crypto_input_fed(&self, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM crypto_inbox WHERE seq = $1")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the events waiting for `session_id` pending again; returns how many.
+    pub async fn unpark_session(&self, session_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE inbox SET processed_at = NULL WHERE seq IN \
+             (SELECT inbox_seq FROM parked_events WHERE session_id = $1)",
+        )
+        .bind(session_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM parked_events WHERE session_id = $1")
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Drops the parked events that waited since before `parked_before` (ms); returns
+    /// them, for counting and logging.
+    pub async fn give_up_parked(&self, parked_before: i64) -> Result<Vec<Parked>, StoreError> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "SELECT inbox_seq, room_id FROM parked_events WHERE parked_at < $1 ORDER BY inbox_seq",
+        )
+        .bind(parked_before)
+        .fetch_all(&mut *tx)
+        .await?;
+        let dropped = rows
+            .iter()
+            .map(|row| {
+                Ok(Parked {
+                    inbox_seq: row.try_get(0)?,
+                    room_id: row.try_get(1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        sqlx::query("DELETE FROM parked_events WHERE parked_at < $1")
+            .bind(parked_before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(dropped)
+    }
+
+    /// The sessions parked events wait for: (room, session).
+    pub async fn parked_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT room_id, session_id FROM parked_events ORDER BY room_id, session_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn parked_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM parked_events")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
+/// Parks an encrypted event until its room key arrives (inside the inbox transaction
+/// that marks it processed).
+pub async fn park(
+    conn: &mut Connection,
+    inbox_seq: i64,
+    room_id: &str,
+    session_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO parked_events (inbox_seq, room_id, session_id, parked_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (inbox_seq) DO NOTHING",
+    )
+    .bind(inbox_seq)
+    .bind(room_id)
+    .bind(session_id)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What the outbound worker needs to encrypt for a room.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomCrypto {
+    /// Whether we know if the room is encrypted (from its state, an invite, or asking).
+    pub encryption_known: bool,
+    /// The room's `m.room.encryption` content; `None`: clear, or not known.
+    pub encryption_json: Option<String>,
+    pub history_visibility: Option<String>,
+    pub members_loaded: bool,
+}
+
+pub async fn room(conn: &mut Connection, room_id: &str) -> Result<RoomCrypto, StoreError> {
+    let row = sqlx::query(
+        "SELECT encryption_json, history_visibility, members_loaded, encrypted FROM rooms WHERE room_id = $1",
+    )
+    .bind(room_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        Some(row) => {
+            let encrypted = row.try_get::<i64, _>(3)? != 0;
+            let json: Option<String> = row.try_get(0)?;
+            RoomCrypto {
+                encryption_known: encrypted || json.is_some(),
+                // `''`: asked, and clear. A room known encrypted before its settings (an
+                // invite's stripped state) has the defaults.
+                encryption_json: match json {
+                    Some(json) if !json.is_empty() => Some(json),
+                    _ if encrypted => Some("{}".to_owned()),
+                    _ => None,
+                },
+                history_visibility: row.try_get(1)?,
+                members_loaded: row.try_get::<i64, _>(2)? != 0,
+            }
+        }
+        None => RoomCrypto::default(),
+    })
+}
+
+/// Records a room's `m.room.encryption` content (encryption is never turned off).
+pub async fn set_room_encryption(
+    conn: &mut Connection,
+    room_id: &str,
+    content_json: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO rooms (room_id, encrypted, encryption_notice_sent, updated_at, encryption_json) \
+         VALUES ($1, 1, 0, $2, $3) \
+         ON CONFLICT (room_id) DO UPDATE SET encrypted = 1, encryption_json = $3, updated_at = $2",
+    )
+    .bind(room_id)
+    .bind(now_ms())
+    .bind(content_json)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that the homeserver said the room is not encrypted (until an
+/// `m.room.encryption` event says otherwise).
+pub async fn set_room_clear(conn: &mut Connection, room_id: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO rooms (room_id, encrypted, encryption_notice_sent, updated_at, encryption_json) \
+         VALUES ($1, 0, 0, $2, '') \
+         ON CONFLICT (room_id) DO UPDATE SET encryption_json = '', updated_at = $2 \
+         WHERE rooms.encrypted = 0",
+    )
+    .bind(room_id)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_history_visibility(
+    conn: &mut Connection,
+    room_id: &str,
+    visibility: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO rooms (room_id, encrypted, encryption_notice_sent, updated_at, history_visibility) \
+         VALUES ($1, 0, 0, $2, $3) \
+         ON CONFLICT (room_id) DO UPDATE SET history_visibility = $3, updated_at = $2",
+    )
+    .bind(room_id)
+    .bind(now_ms())
+    .bind(visibility)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records one membership (`join`, `invite`, `leave`, `ban`, `knock`).
+pub async fn set_member(
+    conn: &mut Connection,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO room_members (room_id, user_id, membership) VALUES ($1, $2, $3) \
+         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = $3",
+    )
+    .bind(room_id)
+    .bind(user_id)
+    .bind(membership)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a room's member list as the homeserver gave it (the current truth: it
+/// overrides what earlier events said) and marks it loaded.
+pub async fn load_members(
+    conn: &mut Connection,
+    room_id: &str,
+    members: &[(String, String)],
+) -> Result<(), StoreError> {
+    for (user, membership) in members {
+        sqlx::query(
+            "INSERT INTO room_members (room_id, user_id, membership) VALUES ($1, $2, $3) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = $3",
+        )
+        .bind(room_id)
+        .bind(user)
+        .bind(membership)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO rooms (room_id, encrypted, encryption_notice_sent, updated_at, members_loaded) \
+         VALUES ($1, 0, 0, $2, 1) \
+         ON CONFLICT (room_id) DO UPDATE SET members_loaded = 1, updated_at = $2",
+    )
+    .bind(room_id)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Users of a room with one of `memberships`.
+pub async fn members(
+    conn: &mut Connection,
+    room_id: &str,
+    memberships: &[&str],
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT user_id, membership FROM room_members WHERE room_id = $1 ORDER BY user_id",
+    )
+    .bind(room_id)
+    .fetch_all(conn)
+    .await?;
+    let mut users = Vec::new();
+    for row in rows {
+        let membership: String = row.try_get(1)?;
+        if memberships.contains(&membership.as_str()) {
+            users.push(row.try_get(0)?);
+        }
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::inbox::NewInboxEvent;
+    use crate::store::testing::both_dialects;
+
+    both_dialects!(
+        parked_events_come_back_when_their_key_arrives,
+        |store: Store| async move {
+            let event = |id: &str| NewInboxEvent {
+                event_id: id.into(),
+                room_id: Some("!r:x".into()),
+                json: "{}".into(),
+            };
+            store
+                .store_transaction("t", &[event("$a"), event("$b")])
+                .await
+                .expect("store");
+            let batch = store.pending_inbox(10).await.expect("pending");
+            let mut tx = store.begin().await.expect("begin");
+            for e in &batch {
+                park(
+                    &mut tx,
+                    e.seq,
+                    "!r:x",
+                    if e.event_id == "$a" { "s1" } else { "s2" },
+                )
+                .await
+                .expect("park");
+                crate::store::inbox::mark_processed(&mut tx, e.seq)
+                    .await
+                    .expect("processed");
+            }
+            tx.commit().await.expect("commit");
+            assert!(store.pending_inbox(10).await.expect("pending").is_empty());
+            assert_eq!(store.unpark_session("s1").await.expect("unpark"), 1);
+            assert_eq!(store.unpark_session("s1").await.expect("again"), 0);
+            let pending = store.pending_inbox(10).await.expect("pending");
+            assert_eq!(pending.len(), 1);
+            assert_eq!(pending[0].event_id, "$a");
+            let dropped = store.give_up_parked(now_ms() + 1).await.expect("give up");
+            assert_eq!(dropped.len(), 1);
+            assert_eq!(store.parked_count().await.expect("count"), 0);
+        }
+    );
+
+    both_dialects!(members_and_settings, |store: Store| async move {
+        let mut conn = store.pool().acquire().await.expect("conn");
+        assert_eq!(
+            room(&mut conn, "!r:x").await.expect("room"),
+            RoomCrypto::default()
+        );
+        load_members(
+            &mut conn,
+            "!r:x",
+            &[
+                ("@a:x".into(), "join".into()),
+                ("@b:x".into(), "join".into()),
+                ("@c:x".into(), "invite".into()),
+            ],
+        )
+        .await
+        .expect("load");
+        // Events after the load update it.
+        set_member(&mut conn, "!r:x", "@b:x", "leave")
+            .await
+            .expect("member");
+        set_room_encryption(&mut conn, "!r:x", r#"{"algorithm":"m.megolm.v1.aes-sha2"}"#)
+            .await
+            .expect("encryption");
+        let info = room(&mut conn, "!r:x").await.expect("room");
+        assert!(info.members_loaded);
+        assert!(info.encryption_json.is_some());
+        assert_eq!(
+            members(&mut conn, "!r:x", &["join"])
+                .await
+                .expect("members"),
+            ["@a:x"]
+        );
+        assert_eq!(
+            members(&mut conn, "!r:x", &["join", "invite"])
+                .await
+                .expect("members"),
+            ["@a:x", "@c:x"]
+        );
+        set_state(&mut conn, DEVICE_ID, "TVABC").await.expect("set");
+        set_state(&mut conn, DEVICE_ID, "TVDEF").await.expect("set");
+        assert_eq!(
+            state(&mut conn, DEVICE_ID).await.expect("get").as_deref(),
+            Some("TVDEF")
+        );
+    });
+}

@@ -72,13 +72,18 @@ fn encryption_needs_a_passphrase_and_a_sender_that_is_not_the_bot() {
         "{err}"
     );
     config.encryption.enabled = false;
-    config.validate().expect("no passphrase needed without encryption");
+    config
+        .validate()
+        .expect("no passphrase needed without encryption");
 
     // An install from before: the bot is the sender, which may not /sync.
     let mut config = with_tokens(example());
     config.appservice.sender_localpart = String::new();
     assert!(config.bot_is_sender());
-    let err = config.validate().expect_err("sync as the sender").to_string();
+    let err = config
+        .validate()
+        .expect_err("sync as the sender")
+        .to_string();
     assert!(
         err.contains("appservice.sender_localpart")
             && err.contains("generate-registration --force")

@@ -58,6 +58,13 @@ impl<H: EventHandler> InboxWorker<H> {
                     }
                 }
                 Ok(_) => {}
+                Err(StoreError::DeviceNotReady) => {
+                    tracing::debug!("encrypted events wait for the bot's device");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "inbox processing failed; retrying in 1 s");
                     tokio::select! {

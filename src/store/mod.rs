@@ -48,6 +48,9 @@ pub enum StoreError {
     /// The crypto store (matrix-sdk-crypto's own database) failed; retried like a query.
     #[error("the crypto store failed: {0}")]
     CryptoStore(String),
+    /// Encrypted events wait for the bot's device, which starts in the background.
+    #[error("the bot's device is not ready yet")]
+    DeviceNotReady,
 }
 
 /// Which SQL dialect the pool speaks; only migrations differ between them.

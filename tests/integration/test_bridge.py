@@ -23,12 +23,21 @@ except Exception as e:  # noqa: BLE001 - any import failure means the SDK is unu
 
 from harness import Env, wait_for
 from harness.lkpeer import Peer
+from harness.meetings import (
+    LINK,
+    NOTICE_S,
+    body,
+    events,
+    in_thread,
+    join,
+    peer_chats,
+    send_in_thread,
+    start_meeting,
+    wait_event,
+)
 from harness.webhooks import WebhookReceiver
 
 GRACE_S = 3
-# Generous deadlines for a loaded 2-core machine; they bound waits, they are not speed claims.
-NOTICE_S = 30
-LINK = re.compile(r"https?://\S+/m/([A-Za-z0-9]+)")
 
 
 @pytest.fixture(scope="module")
@@ -47,65 +56,6 @@ def env(tmp_path_factory, hooks):
     )
     yield e
     e.close()
-
-
-def events(user, room: str) -> list[dict]:
-    return user.timelines.get(room, [])
-
-
-def wait_event(user, room: str, pred, what: str, timeout: float = NOTICE_S) -> dict:
-    """Sync until an event of the room's timeline satisfies `pred`; returns it."""
-
-    def found():
-        for e in events(user, room):
-            if pred(e):
-                return e
-        user.sync(500)
-        return next((e for e in events(user, room) if pred(e)), None)
-
-    return wait_for(found, timeout, what, interval=0)
-
-
-def body(e: dict) -> str:
-    return e.get("content", {}).get("body", "") if e.get("type") == "m.room.message" else ""
-
-
-def in_thread(e: dict, root: str) -> bool:
-    rel = e.get("content", {}).get("m.relates_to") or {}
-    return rel.get("rel_type") == "m.thread" and rel.get("event_id") == root
-
-
-def start_meeting(env, user, room: str, command: str, title: str) -> tuple[dict, str]:
-    """Sends `command`; returns (the link notice event, the slug of its link)."""
-    user.send_text(room, command)
-    notice = wait_event(
-        user,
-        room,
-        lambda e: e.get("sender") == env.bot and title in body(e) and LINK.search(body(e)),
-        f"the link notice for {title!r}",
-    )
-    return notice, LINK.search(body(notice)).group(1)
-
-
-def join(env, tmp_path, slug: str, name: str, **kwargs) -> tuple[Peer, dict]:
-    r = requests.post(f"{env.service.url}/api/v1/meetings/{slug}/join", json={"name": name}, timeout=10)
-    assert r.status_code == 200, r.text
-    grant = r.json()
-    return Peer(tmp_path, name.lower(), grant["url"], grant["token"], **kwargs), grant
-
-
-def peer_chats(peer: Peer, sender: str, text: str) -> list[dict]:
-    return [c for c in peer.state().get("chat", []) if c["from"] == sender and c["text"] == text]
-
-
-def send_in_thread(user, room: str, root: str, text: str) -> str:
-    content = {
-        "msgtype": "m.text",
-        "body": text,
-        "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": True, "m.in_reply_to": {"event_id": root}},
-    }
-    resp = user._run(user.client.room_send(room, "m.room.message", content))
-    return resp.event_id
 
 
 def test_call_request_to_summary_with_chat_both_ways(env, hooks, tmp_path):

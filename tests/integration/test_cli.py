@@ -24,7 +24,11 @@ def test_generate_registration_matches_config(tmp_path):
     placeholder = yaml.safe_load(EXAMPLE_CONFIG.read_text())["appservice"]["as_token"]
     for token in (reg["as_token"], reg["hs_token"]):
         assert token != placeholder and len(token) >= 32, token
-    assert reg["sender_localpart"] == asv["bot"]["username"] == "visio"
+    # A sender nobody sees, so that the bot (a user of the namespace) may /sync.
+    assert reg["sender_localpart"] == asv["sender_localpart"] != asv["bot"]["username"] == "visio"
+    assert re.fullmatch(r"_tv_[a-z0-9]{12}", reg["sender_localpart"]), reg["sender_localpart"]
+    assert len(svc.config["encryption"]["passphrase"]) >= 32
+    assert "org.matrix.msc3202" not in reg, "only encryption.to_device: transactions asks for it"
     assert reg["rate_limited"] is False
     assert reg["io.element.msc4190"] is True
     assert reg["receive_ephemeral"] is True

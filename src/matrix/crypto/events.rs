@@ -128,9 +128,7 @@ impl<H: EventHandler> EventHandler for Decrypting<H> {
         }
         let Some(device) = slot.get() else {
             // Encrypted events wait (the batch is retried) until the device is up.
-            return Err(StoreError::CryptoStore(
-                "the bot's device is not ready yet".into(),
-            ));
+            return Err(StoreError::DeviceNotReady);
         };
         let prepared = self
             .outcomes

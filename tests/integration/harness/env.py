@@ -42,6 +42,17 @@ class Env:
             self.users[localpart] = MatrixUser(self.synapse.url, user_id, PASSWORD)
         return self.users[localpart]
 
+    def e2ee_user(self, localpart: str, device: str = "main") -> MatrixUser:
+        """Like user(), with a client that encrypts (matrix-nio with its own key store);
+        one per name and device, each its own Matrix device."""
+        key = f"{localpart}/{device}"
+        if key not in self.users:
+            user_id = self.synapse.register_user(localpart, PASSWORD)
+            store = self.dir / "e2ee" / localpart / device
+            store.mkdir(parents=True, exist_ok=True)
+            self.users[key] = MatrixUser(self.synapse.url, user_id, PASSWORD, store_path=str(store), device_name=device)
+        return self.users[key]
+
     def room_with_bot(self, owner: str = "alice", **kwargs) -> tuple[MatrixUser, str]:
         """`owner` creates a room and invites the bot; returns once the bot has joined."""
         user = self.user(owner)

@@ -22,16 +22,23 @@ def quoted(word: str) -> re.Pattern:
 class MatrixUser:
     """A logged-in user on the test Synapse, through matrix-nio's AsyncClient."""
 
-    def __init__(self, homeserver_url: str, user_id: str, password: str):
+    def __init__(self, homeserver_url: str, user_id: str, password: str, store_path: str | None = None, device_name: str = "integration-test"):
+        """With `store_path` (a directory), the client encrypts: it keeps its keys there,
+        answers key requests after every sync, and decrypts what it receives."""
         self.user_id = user_id
+        self.encrypted = store_path is not None
         self.loop = asyncio.new_event_loop()
         self.client = nio.AsyncClient(
             homeserver_url,
             user_id,
-            config=nio.AsyncClientConfig(encryption_enabled=False, max_timeouts=5, request_timeout=30),
+            store_path=store_path or "",
+            config=nio.AsyncClientConfig(
+                encryption_enabled=self.encrypted, store_sync_tokens=self.encrypted, max_timeouts=5, request_timeout=30
+            ),
         )
-        resp = self._run(self.client.login(password, device_name="integration-test"))
+        resp = self._run(self.client.login(password, device_name=device_name))
         assert isinstance(resp, nio.LoginResponse), f"login of {user_id} failed: {resp}"
+        self.device_id = resp.device_id
         # Timeline events seen by sync, per joined room, oldest first (raw dicts).
         self.timelines: dict[str, list[dict[str, Any]]] = {}
         self.sync(0)
@@ -60,7 +67,11 @@ class MatrixUser:
         assert isinstance(resp, nio.RoomInviteResponse), f"invite of {user_id} failed: {resp}"
 
     def send_text(self, room_id: str, body: str, msgtype: str = "m.text") -> str:
-        resp = self._run(self.client.room_send(room_id, "m.room.message", {"msgtype": msgtype, "body": body}))
+        return self.send(room_id, {"msgtype": msgtype, "body": body})
+
+    def send(self, room_id: str, content: dict[str, Any]) -> str:
+        """An m.room.message; encrypted in an encrypted room (for every device, verified or not)."""
+        resp = self._run(self.client.room_send(room_id, "m.room.message", content, ignore_unverified_devices=True))
         assert isinstance(resp, nio.RoomSendResponse), f"send failed: {resp}"
         return resp.event_id
 
@@ -86,9 +97,32 @@ class MatrixUser:
         """One sync (long-polls up to timeout_ms); appends new timeline events."""
         resp = self._run(self.client.sync(timeout=timeout_ms, sync_filter=_SYNC_FILTER))
         assert isinstance(resp, nio.SyncResponse), f"sync failed: {resp}"
+        if self.encrypted:
+            self.keep_keys()
         for room_id, room in resp.rooms.join.items():
             assert not (room.timeline.limited and room_id in self.timelines), f"sync of {room_id} was limited"
-            self.timelines.setdefault(room_id, []).extend(e.source for e in room.timeline.events)
+            self.timelines.setdefault(room_id, []).extend(self._as_dict(e) for e in room.timeline.events)
+
+    @staticmethod
+    def _as_dict(event) -> dict[str, Any]:
+        """The event as a dict: decrypted ones as their clear event (with `decrypted`
+        set), undecryptable ones as received (with `undecryptable` set)."""
+        source = dict(event.source)
+        if getattr(event, "decrypted", False):
+            source["decrypted"] = True
+        if isinstance(event, nio.MegolmEvent):
+            source["undecryptable"] = True
+        return source
+
+    def keep_keys(self) -> None:
+        """What an encrypting client does after each sync: upload its keys, learn others'
+        devices, claim one-time keys for new sessions."""
+        if self.client.should_upload_keys:
+            self._run(self.client.keys_upload())
+        if self.client.should_query_keys:
+            self._run(self.client.keys_query())
+        if self.client.should_claim_keys:
+            self._run(self.client.keys_claim(self.client.get_users_for_key_claiming()))
 
     def notices(self, room_id: str, sender: str) -> list[str]:
         """Bodies of the m.notice messages from `sender` in the room, in timeline order."""

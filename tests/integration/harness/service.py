@@ -125,7 +125,8 @@ class Service:
         self.hs_token = self.registration["hs_token"]
         self.as_token = self.registration["as_token"]
         assert self.config["appservice"]["hs_token"] == self.hs_token, "config and registration disagree on hs_token"
-        self.bot_user_id = f"@{self.registration['sender_localpart']}:{synapse.server_name}"
+        # The bot is a user of the namespace; the registration's sender is another one.
+        self.bot_user_id = f"@{self.config['appservice']['bot']['username']}:{synapse.server_name}"
 
         # The embedded SFU: LiveKit's SDKs take this base URL and append /rtc themselves.
         sfu = self.config.get("sfu") or {}
@@ -175,6 +176,21 @@ class Service:
                 return False
 
         wait_for(healthy, timeout, f"tchap-visio /health on {self.url}", interval=0.05)
+        if (self.config.get("encryption") or {}).get("enabled", True):
+            # The bot's device is set up in the background (it needs the homeserver):
+            # until its keys are published, nobody can encrypt for it.
+            wait_for(lambda: self.bot_devices(), timeout, "the bot's device keys on the homeserver", interval=0.1)
+
+    def bot_devices(self) -> dict:
+        """The bot's devices with their keys, as the homeserver publishes them."""
+        r = requests.post(
+            f"{self.synapse.url}/_matrix/client/v3/keys/query",
+            json={"device_keys": {self.bot_user_id: []}},
+            headers={"Authorization": f"Bearer {self.as_token}"},
+            timeout=10,
+        )
+        r.raise_for_status()
+        return r.json().get("device_keys", {}).get(self.bot_user_id, {})
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM and wait; returns the exit code."""

@@ -346,6 +346,9 @@ async fn bring_up_device(
     if let Err(e) = device.flush().await {
         tracing::warn!(error = %e, "cannot upload the device's keys yet; retrying in the background");
     }
+    if let Err(e) = device.cross_sign(&config.encryption.passphrase).await {
+        tracing::error!(error = %e, "cannot cross-sign the bot's device; clients show it as not verified by its owner");
+    }
     match device.keys_on_server().await {
         Ok(true) => {
             metrics::gauge!("tchap_visio_device_keys_on_server").set(1.0);

@@ -109,8 +109,8 @@ pub struct EncryptionConfig {
     /// Share room keys only with devices their owner cross-signed.
     #[serde(default)]
     pub exclude_insecure_devices: bool,
-    /// The crypto store (SQLite): the bot device's keys. Keep it on a persistent volume
-    /// and never restore it from a backup.
+    /// The crypto store (a directory holding matrix-sdk-crypto's SQLite database): the
+    /// bot device's keys. Keep it on a persistent volume; never restore it from a backup.
     #[serde(default = "default_crypto_store")]
     pub store_path: String,
 }
@@ -145,7 +145,7 @@ fn default_true() -> bool {
 }
 
 fn default_crypto_store() -> String {
-    "data/crypto-store.sqlite3".into()
+    "data/crypto-store".into()
 }
 
 /// One webhook receiver.

@@ -132,7 +132,7 @@ impl Config {
         if self.encryption.enabled && self.encryption.store_path.trim().is_empty() {
             return Err(invalid(
                 "encryption.store_path",
-                "is empty; use a file on a persistent volume, e.g. data/crypto-store.sqlite3",
+                "is empty; use a directory on a persistent volume, e.g. data/crypto-store",
             ));
         }
         if self.encryption.enabled

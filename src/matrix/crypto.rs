@@ -75,6 +75,8 @@ pub enum CallKind {
     KeysClaim,
     ToDevice,
     SignatureUpload,
+    /// A call whose answer the machine does not track (cross-signing set-up).
+    Untracked,
 }
 
 /// What the homeserver said that concerns encryption, from a `/sync` response or an
@@ -408,6 +410,7 @@ impl Crypto {
                     .mark_request_as_sent(&id, AnyIncomingResponse::SignatureUpload(&r))
                     .await
             }
+            CallKind::Untracked => Ok(()),
         };
         result.map_err(store_err)
     }
@@ -552,6 +555,154 @@ impl Crypto {
 }
 
 impl Crypto {
+    /// Whether this device holds the private cross-signing keys of its user.
+    pub async fn has_cross_signing_keys(&self) -> bool {
+        self.machine.cross_signing_status().await.is_complete()
+    }
+
+    /// Creates the bot's cross-signing identity (master, self-signing and user-signing
+    /// keys) and signs this device with it: the calls to make, in order. The homeserver
+    /// takes a first identity without interactive authentication (MSC3967), and an
+    /// appservice's replacement too (MSC4190).
+    pub async fn bootstrap_cross_signing(&self) -> Result<Vec<CryptoCall>, CryptoError> {
+        let requests = self
+            .machine
+            .bootstrap_cross_signing(false)
+            .await
+            .map_err(store_err)?;
+        let mut calls = Vec::new();
+        if let Some(upload) = &requests.upload_keys_req
+            && let AnyOutgoingRequest::KeysUpload(r) = upload.request()
+        {
+            calls.push(call!(
+                upload.request_id().to_string(),
+                CallKind::KeysUpload,
+                r.clone()
+            ));
+        }
+        let keys = &requests.upload_signing_keys_req;
+        let to_json = |key: &Option<matrix_sdk_crypto::types::CrossSigningKey>| {
+            key.as_ref()
+                .map(|k| serde_json::to_value(k).expect("a key always serialises"))
+        };
+        let mut body = serde_json::Map::new();
+        for (name, key) in [
+            ("master_key", to_json(&keys.master_key)),
+            ("self_signing_key", to_json(&keys.self_signing_key)),
+            ("user_signing_key", to_json(&keys.user_signing_key)),
+        ] {
+            if let Some(key) = key {
+                body.insert(name.into(), key);
+            }
+        }
+        calls.push(CryptoCall {
+            id: "cross-signing-keys".into(),
+            kind: CallKind::Untracked,
+            method: "POST",
+            path: "/_matrix/client/v3/keys/device_signing/upload".into(),
+            body: body.into(),
+        });
+        calls.push(call!(
+            "cross-signing-signatures".to_owned(),
+            CallKind::Untracked,
+            requests.upload_signatures_req.clone()
+        ));
+        Ok(calls)
+    }
+
+    /// The private cross-signing keys, encrypted with `passphrase` (to keep in our
+    /// database, where a lost crypto store cannot take them along); `None` before
+    /// [`Self::bootstrap_cross_signing`].
+    pub async fn export_cross_signing(
+        &self,
+        passphrase: &str,
+    ) -> Result<Option<String>, CryptoError> {
+        let Some(export) = self
+            .machine
+            .export_cross_signing_keys()
+            .await
+            .map_err(store_err)?
+        else {
+            return Ok(None);
+        };
+        let keys = serde_json::json!({
+            "master_key": export.master_key,
+            "self_signing_key": export.self_signing_key,
+            "user_signing_key": export.user_signing_key,
+        });
+        let cipher = matrix_sdk_store_encryption::StoreCipher::new().map_err(store_err)?;
+        let sealed = serde_json::json!({
+            "cipher": base64_encode(&cipher.export(passphrase).map_err(store_err)?),
+            "keys": base64_encode(&cipher.encrypt_value(&keys).map_err(store_err)?),
+        });
+        Ok(Some(sealed.to_string()))
+    }
+
+    /// Takes back the cross-signing keys [`Self::export_cross_signing`] sealed, and
+    /// signs this device with them: returns the signature upload to make. Our own
+    /// identity must be known first (a key query for our user, see
+    /// [`Self::track_own_user`]).
+    pub async fn import_cross_signing(
+        &self,
+        sealed: &str,
+        passphrase: &str,
+    ) -> Result<Vec<CryptoCall>, CryptoError> {
+        let sealed: serde_json::Value =
+            serde_json::from_str(sealed).map_err(|e| CryptoError::Malformed(e.to_string()))?;
+        let field = |name: &str| {
+            sealed
+                .get(name)
+                .and_then(|v| v.as_str())
+                .and_then(base64_decode)
+                .ok_or_else(|| CryptoError::Malformed(format!("the kept keys lack `{name}`")))
+        };
+        let cipher =
+            matrix_sdk_store_encryption::StoreCipher::import(passphrase, &field("cipher")?)
+                .map_err(|e| CryptoError::Open(format!("the kept cross-signing keys: {e}")))?;
+        let keys: serde_json::Value = cipher
+            .decrypt_value(&field("keys")?)
+            .map_err(|e| CryptoError::Open(format!("the kept cross-signing keys: {e}")))?;
+        let seed = |name: &str| keys.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let export = matrix_sdk_crypto::store::types::CrossSigningKeyExport {
+            master_key: seed("master_key"),
+            self_signing_key: seed("self_signing_key"),
+            user_signing_key: seed("user_signing_key"),
+        };
+        self.machine
+            .import_cross_signing_keys(export)
+            .await
+            .map_err(|e| CryptoError::Open(format!("cannot import the cross-signing keys: {e}")))?;
+        let own = self
+            .machine
+            .get_device(self.machine.user_id(), self.machine.device_id(), None)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| CryptoError::Store("our own device is not in the store".into()))?;
+        let signature = own
+            .verify()
+            .await
+            .map_err(|e| CryptoError::Store(format!("cannot sign our device: {e}")))?;
+        Ok(vec![call!(
+            "own-device-signature".to_owned(),
+            CallKind::Untracked,
+            signature
+        )])
+    }
+
+    /// Asks the machine to query our own user's devices and identity (so that kept
+    /// cross-signing keys can be checked against it).
+    pub async fn track_own_user(&self) -> Result<(), CryptoError> {
+        let own = self.machine.user_id().to_owned();
+        self.machine
+            .mark_all_tracked_users_as_dirty()
+            .await
+            .map_err(store_err)?;
+        self.machine
+            .update_tracked_users([own.as_ref()])
+            .await
+            .map_err(store_err)
+    }
+
     /// Whether the room key of `session_id` in `room` has arrived.
     pub async fn has_room_key(&self, room: &str, session_id: &str) -> Result<bool, CryptoError> {
         let room = room_id(room)?;
@@ -563,6 +714,18 @@ impl Crypto {
             .map_err(store_err)?
             .is_some())
     }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(text)
+        .ok()
 }
 
 fn decryption_settings() -> DecryptionSettings {

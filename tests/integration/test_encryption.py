@@ -6,6 +6,7 @@ Python SDK as meeting guests.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -158,3 +159,106 @@ def test_restart_keeps_the_device_and_the_next_command_is_answered(env):
 def device_of(env: Env) -> dict:
     """The bot's devices and their keys, as the homeserver publishes them."""
     return env.service.bot_devices()
+
+
+def cross_signing(env: Env) -> dict:
+    """The bot's published identity: master and self-signing keys, devices."""
+    r = requests.post(
+        f"{env.synapse.url}/_matrix/client/v3/keys/query",
+        json={"device_keys": {env.bot: []}},
+        headers={"Authorization": f"Bearer {env.service.as_token}"},
+        timeout=10,
+    )
+    r.raise_for_status()
+    answer = r.json()
+    return {
+        "master": next(iter(answer.get("master_keys", {}).get(env.bot, {}).get("keys", {}).values()), None),
+        "self_signing": next(iter(answer.get("self_signing_keys", {}).get(env.bot, {}).get("keys", {}).items()), None),
+        "devices": answer["device_keys"].get(env.bot, {}),
+    }
+
+
+def signed_by_self_signing_key(identity: dict, device_id: str) -> bool:
+    """Whether the device carries a signature by the bot's self-signing key."""
+    if not identity["self_signing"] or device_id not in identity["devices"]:
+        return False
+    key_id, _ = identity["self_signing"]
+    signatures = identity["devices"][device_id].get("signatures", {})
+    return any(key_id in by_user for by_user in signatures.values())
+
+
+def test_the_bot_cross_signs_its_device_and_a_lost_crypto_store_keeps_the_identity(env):
+    alice, room = encrypted_room_with_bot(env, "emile", "Magasin perdu")
+    identity = wait_for(lambda: (i := cross_signing(env))["self_signing"] and i, 20, "the bot's cross-signing keys")
+    (old_device,) = identity["devices"]
+    assert signed_by_self_signing_key(identity, old_device), identity["devices"][old_device]
+
+    env.service.stop()
+    store = env.service.dir / "data" / "crypto-store"
+    assert store.is_dir()
+    shutil.rmtree(store)
+    env.service.start()
+
+    after = wait_for(
+        lambda: (i := cross_signing(env))["devices"].keys() != {old_device} and len(i["devices"]) == 1 and i, 30, "the new device alone"
+    )
+    (new_device,) = after["devices"]
+    assert new_device != old_device, "a device id is never reused with new keys"
+    assert after["master"] == identity["master"], "the cross-signing identity stays"
+    wait_for(lambda: signed_by_self_signing_key(cross_signing(env), new_device), 20, "the new device signed by the kept keys")
+
+    # The new device is told about by the homeserver; the next command is answered.
+    alice.sync(0)
+
+    def answers() -> int:
+        return len([e for e in events(alice, room) if e.get("sender") == env.bot and e.get("decrypted") and "!visio aide" in body(e)])
+
+    alice.send_text(room, "!visio aide")
+    wait_event(alice, room, lambda e: answers() >= 1, "the help from the new device")
+
+
+def test_a_command_sent_while_the_service_is_down_is_answered_after_start_to_a_new_device(env):
+    alice, room = encrypted_room_with_bot(env, "fanny", "Service arrêté")
+    alice.send_text(room, "!visio aide")
+    wait_event(alice, room, lambda e: e.get("sender") == env.bot and e.get("decrypted") and "!visio aide" in body(e), "the first help")
+
+    env.service.stop()
+    # A second device of hers, logged in while the service is down, sends the command:
+    # its room key waits at the homeserver for the bot's device.
+    phone = env.e2ee_user("fanny", "phone")
+    phone.sync(0)
+    phone.send_text(room, "!visio aide")
+    env.service.start()
+
+    def answered_on_phone():
+        return [e for e in events(phone, room) if e.get("sender") == env.bot and e.get("decrypted") and "!visio aide" in body(e)]
+
+    wait_event(phone, room, lambda e: answered_on_phone(), "the answer, decrypted by the new device")
+
+
+def test_an_event_that_cannot_be_decrypted_blocks_nothing(env):
+    alice, room = encrypted_room_with_bot(env, "gaston", "Indéchiffrable")
+    other_user, other_room = encrypted_room_with_bot(env, "helene", "Autre salon")
+    parked_before = env.service.metric("tchap_visio_events_parked_total")
+    invalid_before = env.service.metric("tchap_visio_events_undecryptable_total", reason="invalid")
+    # Two encrypted events as the homeserver would deliver them: one whose room key
+    # nobody will ever send (a real ciphertext under a session nobody shared), one that
+    # is not even a ciphertext.
+    real = server_copy(env, alice, room, alice.send_text(room, "un message"))
+    unknown_session = dict(real, event_id="$key-never-sent", content=dict(real["content"], session_id="A" * 43))
+    garbage = dict(real, event_id="$garbage", content=dict(real["content"], ciphertext="AwgAEnB"))
+    for e in (unknown_session, garbage):
+        e.pop("unsigned", None)
+    assert env.service.put_transaction("forged-1", {"events": [unknown_session, garbage]}).status_code == 200
+    wait_for(lambda: env.service.metric("tchap_visio_events_parked_total") > parked_before, 20, "the first event to wait for its key")
+    wait_for(
+        lambda: env.service.metric("tchap_visio_events_undecryptable_total", reason="invalid") > invalid_before,
+        20,
+        "the second to be counted as undecryptable",
+    )
+    other_user.send_text(other_room, "!visio aide")
+    wait_event(other_user, other_room, lambda e: e.get("sender") == env.bot and e.get("decrypted") and "!visio aide" in body(e), "the other room's answer")
+    alice.send_text(room, "!visio aide")
+    wait_event(alice, room, lambda e: e.get("sender") == env.bot and e.get("decrypted") and "!visio aide" in body(e), "the same room's next answer")
+    assert env.service.metric("tchap_visio_events_waiting_for_key") >= 1
+    assert env.service.proc.poll() is None, "the service is still running"

@@ -220,6 +220,54 @@ impl BotDevice {
         }
     }
 
+    /// Makes sure the bot's device is signed by the bot's own cross-signing identity (so
+    /// clients show it as verified by its owner): creates the identity at first start
+    /// and keeps its private keys in our database, sealed with `passphrase`; a new
+    /// device (the crypto store was lost) is signed with the kept keys, so the identity
+    /// stays the same.
+    pub async fn cross_sign(&self, passphrase: &str) -> Result<(), DeviceError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let kept = stored::state(&mut conn, stored::CROSS_SIGNING).await?;
+        drop(conn);
+        if self.crypto.has_cross_signing_keys().await {
+            if kept.is_none() {
+                self.keep_cross_signing(passphrase).await?;
+            }
+            return Ok(());
+        }
+        let _one_at_a_time = self.calls.lock().await;
+        let calls = match &kept {
+            Some(sealed) => {
+                // The kept keys are checked against our identity as the server has it.
+                self.crypto.track_own_user().await?;
+                for call in self.crypto.outgoing_calls().await? {
+                    self.make(&call).await?;
+                }
+                self.crypto.import_cross_signing(sealed, passphrase).await?
+            }
+            None => self.crypto.bootstrap_cross_signing().await?,
+        };
+        for call in &calls {
+            self.make(call).await?;
+        }
+        drop(_one_at_a_time);
+        if kept.is_none() {
+            self.keep_cross_signing(passphrase).await?;
+            tracing::info!("created the bot's cross-signing identity and signed its device");
+        } else {
+            tracing::info!(device = %self.device_id, "signed the new device with the kept cross-signing keys");
+        }
+        Ok(())
+    }
+
+    async fn keep_cross_signing(&self, passphrase: &str) -> Result<(), DeviceError> {
+        if let Some(sealed) = self.crypto.export_cross_signing(passphrase).await? {
+            let mut conn = self.store.pool().acquire().await?;
+            stored::set_state(&mut conn, stored::CROSS_SIGNING, &sealed).await?;
+        }
+        Ok(())
+    }
+
     /// Whether the homeserver holds our device's keys as we know them.
     pub async fn keys_on_server(&self) -> Result<bool, DeviceError> {
         let query = serde_json::json!({

@@ -94,7 +94,7 @@ impl FakeHomeserver {
                 }
                 json!({})
             }
-            CallKind::SignatureUpload => json!({"failures": {}}),
+            CallKind::SignatureUpload | CallKind::Untracked => json!({"failures": {}}),
         }
     }
 
@@ -399,4 +399,56 @@ fn rotation_follows_the_rooms_encryption_event() {
         Rotation::from_encryption_event(&json!({"algorithm": "m.megolm.v1.aes-sha2"})),
         Rotation::default()
     );
+}
+
+#[tokio::test]
+async fn cross_signing_keys_are_sealed_with_the_passphrase() {
+    let bot = Crypto::in_memory("@visio:localhost", "TVBOT")
+        .await
+        .expect("machine");
+    assert!(!bot.has_cross_signing_keys().await);
+    assert!(
+        bot.export_cross_signing("a passphrase of some length")
+            .await
+            .expect("export")
+            .is_none(),
+        "nothing to export before the identity exists"
+    );
+    let calls = bot.bootstrap_cross_signing().await.expect("bootstrap");
+    let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
+    assert!(
+        paths.contains(&"/_matrix/client/v3/keys/device_signing/upload"),
+        "{paths:?}"
+    );
+    assert!(
+        calls
+            .last()
+            .is_some_and(|c| c.path.ends_with("/keys/signatures/upload")),
+        "the device's signature goes last: {paths:?}"
+    );
+    assert!(bot.has_cross_signing_keys().await);
+    let sealed = bot
+        .export_cross_signing("a passphrase of some length")
+        .await
+        .expect("export")
+        .expect("keys");
+    let master = calls
+        .iter()
+        .find_map(|c| c.body.get("master_key"))
+        .expect("the master key is uploaded");
+    let public = master["keys"]
+        .as_object()
+        .expect("keys")
+        .values()
+        .next()
+        .expect("one key");
+    assert!(!sealed.contains(public.as_str().expect("base64")));
+    let other = Crypto::in_memory("@visio:localhost", "TVNEW")
+        .await
+        .expect("machine");
+    let err = other
+        .import_cross_signing(&sealed, "another passphrase entirely")
+        .await
+        .expect_err("wrong passphrase");
+    assert!(err.to_string().contains("cross-signing"), "{err}");
 }

@@ -18,6 +18,7 @@ use crate::bridge::{self, Bridge, BridgeContext};
 use crate::config::Config;
 use crate::http::api::BotApiContext;
 use crate::http::{self, AppState, PingOnlyState};
+use crate::matrix::account;
 use crate::matrix::bot::Bot;
 use crate::matrix::client::{CallError, MatrixClient};
 use crate::matrix::crypto::device::{BotDevice, DeviceSlot};
@@ -53,15 +54,24 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     let store = open_store(&config).await?;
     let metrics = observability::metrics_handle();
-    let client = MatrixClient::new(
-        config.homeserver.address.as_str(),
-        &config.appservice.as_token,
-    );
-    register_bot(&config, &store, &client).await?;
-    let client = if config.bot_is_sender() {
-        client
+    let bot_mode = config.mode == crate::config::Mode::Bot;
+    let (client, account_device) = if bot_mode {
+        let session = account::session(&config, &store).await?;
+        let client =
+            MatrixClient::for_account(config.homeserver.address.as_str(), &session.access_token);
+        (client, Some(session.device_id))
     } else {
-        client.with_bot(config.bot_user_id())
+        let client = MatrixClient::new(
+            config.homeserver.address.as_str(),
+            &config.appservice.as_token,
+        );
+        register_bot(&config, &store, &client).await?;
+        let client = if config.bot_is_sender() {
+            client
+        } else {
+            client.with_bot(config.bot_user_id())
+        };
+        (client, None)
     };
     let bot = Bot::from_config(&config);
     let shutdown = CancellationToken::new();
@@ -87,10 +97,24 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             config.clone(),
             store.clone(),
             client.clone(),
+            account_device.clone(),
             slot.clone(),
             inbox_wake.clone(),
             shutdown.clone(),
         ));
+    }
+    if bot_mode {
+        workers.spawn(
+            account::AccountSync {
+                client: client.clone(),
+                store: store.clone(),
+                bot: config.bot_user_id(),
+                device: device_slot.clone(),
+                inbox_wake: inbox_wake.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
     }
     // Webhook deliveries have their own worker: a slow receiver delays nothing else.
     // The bridge queues events through clones of `webhooks`, which share its wake-up.
@@ -117,6 +141,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             store: store.clone(),
             client,
             device: device_slot.clone(),
+            relay_only: bot_mode,
             wake: outbound_wake.clone(),
             shutdown: shutdown.clone(),
         }
@@ -165,7 +190,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     let state = AppState {
         store: store.clone(),
-        hs_token: SecretToken::new(&config.appservice.hs_token),
+        // In `mode: bot` nobody may call the appservice API: a token nobody knows.
+        hs_token: SecretToken::new(&if bot_mode {
+            crate::matrix::registration::random_token()
+        } else {
+            config.appservice.hs_token.clone()
+        }),
         bot_user_id: bot.user_id.clone(),
         max_body_bytes: config.appservice.max_body_bytes,
         inbox_wake,
@@ -179,6 +209,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 store: store.clone(),
             }),
         },
+        to_device_in_transactions: device_slot
+            .clone()
+            .filter(|_| config.encryption.to_device == crate::config::ToDeviceSource::Transactions),
     };
     tracing::info!(
         %addr,
@@ -324,13 +357,21 @@ async fn bring_up_device(
     config: Config,
     store: Store,
     client: MatrixClient,
+    account_device: Option<String>,
     slot: DeviceSlot,
     inbox_wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut failures = 0;
     let device = loop {
-        match BotDevice::start(&config, store.clone(), client.clone()).await {
+        match BotDevice::start(
+            &config,
+            store.clone(),
+            client.clone(),
+            account_device.as_deref(),
+        )
+        .await
+        {
             Ok(device) => break device,
             Err(e) => {
                 failures += 1;
@@ -367,7 +408,10 @@ async fn bring_up_device(
         inbox_wake,
         shutdown: shutdown.clone(),
     };
-    if config.encryption.to_device == crate::config::ToDeviceSource::Sync {
+    // In `mode: bot` the account's one sync brings the device's input.
+    if account_device.is_none()
+        && config.encryption.to_device == crate::config::ToDeviceSource::Sync
+    {
         let sync = SyncLoop { device, shutdown };
         tokio::join!(worker.run(), sync.run());
     } else {
@@ -409,8 +453,45 @@ pub async fn migrate(config: &Config) -> anyhow::Result<usize> {
 
 /// `check-config`: the config is valid, the database opens, and the homeserver and this
 /// service reach each other (the homeserver's appservice ping). Returns a report.
-pub async fn check_config(config: &Config) -> anyhow::Result<String> {
+pub async fn check_config(
+    config: &Config,
+    registration: &std::path::Path,
+) -> anyhow::Result<String> {
     let mut report = vec!["configuration: valid".to_owned()];
+    if config.mode == crate::config::Mode::Bot {
+        report.push(format!(
+            "mode: bot, as {}: no registration, no ping; the service logs in at start",
+            config.bot_account.user_id
+        ));
+        return Ok(report.join("\n"));
+    }
+    match std::fs::read_to_string(registration) {
+        Ok(text) => {
+            let missing = crate::matrix::registration::missing_keys(config, &text);
+            if missing.is_empty() {
+                report.push(format!(
+                    "registration {}: has what this configuration needs",
+                    registration.display()
+                ));
+            } else {
+                bail!(
+                    "{}\nregistration {} lacks, for this configuration: {}. Run generate-registration --force (or add them), give the homeserver the file and restart it{}",
+                    report.join("\n"),
+                    registration.display(),
+                    missing.join(", "),
+                    if config.encryption.to_device == crate::config::ToDeviceSource::Transactions {
+                        "; the homeserver also needs experimental_features: {msc2409_to_device_messages_enabled: true, msc3202_transaction_extensions: true}"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Err(_) => report.push(format!(
+            "registration {}: not found here, not checked (-r names the homeserver's copy)",
+            registration.display()
+        )),
+    }
     let store = Store::connect(&config.database.uri, 1)
         .await
         .with_context(|| format!("database.uri {}", redact_uri(&config.database.uri)))?;

@@ -40,6 +40,10 @@ pub const INVITE_REFUSED: Text = Text::new(
     "Ce bot ne rejoint que les salons où l’invite une personne autorisée par l’administration du service.",
     "This bot only joins rooms when invited by someone the service's administrators allow.",
 );
+pub const DIRECT_ROOM_REFUSED: Text = Text::new(
+    "Cette conversation privée est réservée à deux personnes : je n’y entre pas. Pour une visio, ouvrez une conversation privée avec moi ou invitez-moi dans un salon, puis tapez !visio ; ou partagez ici le lien d’une visio lancée ailleurs.",
+    "This direct chat is for two people only: I will not join it. For a meeting, start a direct chat with me or invite me to a room, then type !visio; or share here the link of a meeting started elsewhere.",
+);
 pub const ENCRYPTED_ROOM: Text = Text::new(
     "Ce salon est chiffré : je ne peux pas encore lire les messages chiffrés, donc je ne verrai pas les commandes !visio ici. Utilisez un salon non chiffré en attendant.",
     "This room is encrypted: I cannot read encrypted messages yet, so I will not see !visio commands here. Use an unencrypted room for now.",

@@ -32,7 +32,9 @@ enum Command {
     GenerateRegistration {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
-        #[arg(short, long, default_value = "registration.yaml")]
+        /// Where the registration is written: under data/ (ignored by git) by default,
+        /// so that real tokens never land in the tracked example at the root.
+        #[arg(short, long, default_value = "data/registration.yaml")]
         registration: PathBuf,
         /// Replace tokens that already exist.
         #[arg(long)]
@@ -45,6 +47,10 @@ enum Command {
     CheckConfig {
         #[arg(short, long, default_value = "config.yaml")]
         config: PathBuf,
+        /// The registration the homeserver loads, checked for the keys this
+        /// configuration needs (skipped when the file does not exist).
+        #[arg(short, long, default_value = "data/registration.yaml")]
+        registration: PathBuf,
     },
     /// Apply database migrations.
     Migrate {
@@ -205,9 +211,12 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::CheckConfig { config } => {
+        Command::CheckConfig {
+            config,
+            registration,
+        } => {
             let config = Config::load_valid(&config)?;
-            println!("{}", app::check_config(&config).await?);
+            println!("{}", app::check_config(&config, &registration).await?);
             Ok(())
         }
         Command::Migrate { config } => {

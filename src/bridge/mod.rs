@@ -66,6 +66,8 @@ pub struct BridgeContext {
     pub timezone: TimeZone,
     pub lang: Language,
     pub ghosts: GhostNamer,
+    /// `mode: bot`: no ghosts; the bot relays guests' and bots' words itself.
+    pub relay_only: bool,
     /// The SFU, where the effects worker injects room messages into meetings and
     /// closes ended ones.
     pub sfu: Option<SfuHandle>,
@@ -134,6 +136,7 @@ impl BridgeContext {
                 template: config.appservice.username_template.clone(),
                 domain: config.homeserver.domain.clone(),
             },
+            relay_only: config.mode == crate::config::Mode::Bot,
             sfu,
             client,
             webhooks: Webhooks::none(),
@@ -672,7 +675,9 @@ pub async fn post_summary(
     };
     let ghost = ctx.ghosts.author(token_id, author);
     let shown = notices::BOT_NAME.get(ctx.lang).replace("{name}", author);
-    ghosts::ensure_in_room(conn, &ghost, &shown, &room).await?;
+    if !ctx.relay_only {
+        ghosts::ensure_in_room(conn, &ghost, &shown, &room).await?;
+    }
     post_in_thread(
         conn,
         meeting,

@@ -245,7 +245,9 @@ pub async fn handle_event(
             }
             if let Some(room) = room_of(&meeting) {
                 let ghost = ctx.ghosts.guest(&attendee_key(sender_identity));
-                ghosts::ensure_in_room(conn, &ghost, &name, &room).await?;
+                if !ctx.relay_only {
+                    ghosts::ensure_in_room(conn, &ghost, &name, &room).await?;
+                }
                 let speaker = (ghost, notices::attribution(ctx.lang, &name));
                 let slot = ctx.chat_mirror_slot(meeting.id.as_str(), now);
                 if slot > now {

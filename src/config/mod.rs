@@ -31,6 +31,8 @@ const SECTIONS: &[&str] = &[
     "logging",
     "webhooks",
     "encryption",
+    "mode",
+    "bot_account",
 ];
 
 /// Value the example config holds until `generate-registration` writes real tokens.
@@ -78,6 +80,52 @@ pub struct Config {
     /// End-to-end encryption (Tchap's rooms are encrypted by default).
     #[serde(default)]
     pub encryption: EncryptionConfig,
+    /// How the service meets the homeserver: as an application service, or as an
+    /// ordinary account where appservices are refused.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The account of `mode: bot`.
+    #[serde(default)]
+    pub bot_account: BotAccountConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Registered with the homeserver (`generate-registration`): transactions push
+    /// events, ghosts speak for meeting guests.
+    #[default]
+    Appservice,
+    /// An ordinary account that logs in and runs `/sync`; the bot speaks for guests.
+    Bot,
+}
+
+/// The ordinary account of `mode: bot`: a password (the service logs in, keeping its
+/// device across restarts), or an access token with its device.
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotAccountConfig {
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub access_token: String,
+    #[serde(default)]
+    pub device_id: String,
+}
+
+// Neither the password nor the token reaches a log through `{:?}`.
+impl std::fmt::Debug for BotAccountConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "" } else { "***" };
+        f.debug_struct("BotAccountConfig")
+            .field("user_id", &self.user_id)
+            .field("password", &hidden(&self.password))
+            .field("access_token", &hidden(&self.access_token))
+            .field("device_id", &self.device_id)
+            .finish()
+    }
 }
 
 /// Where the bot device's encryption input (to-device messages, device-list changes,
@@ -532,11 +580,15 @@ impl Config {
 
     /// Whether the bot is the appservice's sender, rather than a user of its namespace.
     pub fn bot_is_sender(&self) -> bool {
-        self.sender_localpart() == self.appservice.bot.username
+        self.mode == Mode::Appservice && self.sender_localpart() == self.appservice.bot.username
     }
 
     /// Fully-qualified user ID of the bot.
     pub fn bot_user_id(&self) -> ruma::OwnedUserId {
+        if self.mode == Mode::Bot {
+            return ruma::UserId::parse(self.bot_account.user_id.trim())
+                .expect("validate() checked bot_account.user_id");
+        }
         ruma::UserId::parse(format!(
             "@{}:{}",
             self.appservice.bot.username, self.homeserver.domain

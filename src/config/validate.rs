@@ -9,6 +9,9 @@ impl Config {
     /// Checks every value that cannot work, naming the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_except_tokens()?;
+        if self.mode == super::Mode::Bot {
+            return self.validate_bot_account();
+        }
         for (key, token) in [
             ("appservice.as_token", &self.appservice.as_token),
             ("appservice.hs_token", &self.appservice.hs_token),
@@ -51,6 +54,51 @@ impl Config {
             return Err(invalid(
                 "appservice.hs_token",
                 "must differ from appservice.as_token; run generate-registration --force",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `mode: bot`: an account to log in with; the appservice's tokens are not used.
+    fn validate_bot_account(&self) -> Result<(), ConfigError> {
+        let account = &self.bot_account;
+        let Ok(user) = ruma::UserId::parse(account.user_id.trim()) else {
+            return Err(invalid(
+                "bot_account.user_id",
+                format!(
+                    "`{}` is not a user ID; mode: bot needs the bot's account, e.g. @visio:agent.tchap.gouv.fr",
+                    account.user_id
+                ),
+            ));
+        };
+        if user.server_name() != self.homeserver.domain {
+            return Err(invalid(
+                "bot_account.user_id",
+                format!(
+                    "`{user}` is not on homeserver.domain `{}`; the bot logs in to that homeserver",
+                    self.homeserver.domain
+                ),
+            ));
+        }
+        let by_password = !account.password.is_empty();
+        let by_token = !account.access_token.is_empty();
+        if by_password == by_token {
+            return Err(invalid(
+                "bot_account.password",
+                "set either bot_account.password (the service logs in and keeps its device) or \
+                 bot_account.access_token with bot_account.device_id, not both",
+            ));
+        }
+        if by_token && account.device_id.trim().is_empty() {
+            return Err(invalid(
+                "bot_account.device_id",
+                "is required with bot_account.access_token: the device the token belongs to (its keys are the bot's)",
+            ));
+        }
+        if self.encryption.enabled && is_placeholder_token(&self.encryption.passphrase) {
+            return Err(invalid(
+                "encryption.passphrase",
+                "is empty: set 32 random characters (openssl rand -hex 32), or encryption.enabled: false",
             ));
         }
         Ok(())

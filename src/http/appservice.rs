@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::error::MatrixError;
 use super::{AppState, PingOnlyState};
 use crate::auth::{SecretToken, bearer};
+use crate::matrix::crypto::CryptoInput;
 use crate::matrix::intake::{IntakeError, parse_transaction};
 use crate::store::inbox::TransactionOutcome;
 
@@ -117,11 +118,25 @@ pub async fn put_transaction(
         first_event = events.first().map(|e| e.event_id.as_str()),
         "transaction received"
     );
+    let crypto_input = state.to_device_in_transactions.as_ref().and_then(|slot| {
+        let body: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let device = slot.get().map(|d| d.device_id.as_str());
+        let input = CryptoInput::from_transaction(&body, state.bot_user_id.as_str(), device)?;
+        Some(serde_json::to_string(&input).expect("crypto input always serialises"))
+    });
     let outcome = state
         .store
-        .store_transaction(&txn_id, &events)
+        .store_transaction_with_crypto(&txn_id, &events, crypto_input.as_deref())
         .await
         .map_err(|e| MatrixError::internal(&e))?;
+    if crypto_input.is_some()
+        && let Some(device) = state
+            .to_device_in_transactions
+            .as_ref()
+            .and_then(|s| s.get())
+    {
+        device.input_wake.notify_one();
+    }
     match outcome {
         TransactionOutcome::Stored { new_events } | TransactionOutcome::ReusedId { new_events } => {
             if matches!(outcome, TransactionOutcome::ReusedId { .. }) {

@@ -45,6 +45,9 @@ pub struct AppState {
     /// The SFU, the keys that sign the access tokens we issue (and that `/rtc` checks),
     /// and the stored meetings' say on which rooms may open.
     pub signal: SignalState,
+    /// With `encryption.to_device: transactions`, the bot's device, whose to-device
+    /// messages, device lists and key counts come with transactions.
+    pub to_device_in_transactions: Option<crate::matrix::crypto::device::DeviceSlot>,
 }
 
 impl FromRef<AppState> for SignalState {

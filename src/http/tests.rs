@@ -79,6 +79,7 @@ pub(super) async fn state(store: Store) -> AppState {
             outbound_wake: Arc::new(Notify::new()),
             bridge: Arc::new(bridge_context()),
         },
+        to_device_in_transactions: None,
     }
 }
 

@@ -130,7 +130,19 @@ impl Bot {
         match member.membership {
             MembershipState::Invite => {
                 let level = level_for(&event.sender, &self.permissions);
-                if commands::permitted(level, PermissionLevel::User) {
+                if into_others_direct_room(&event.unsigned, member.is_direct) {
+                    tracing::info!(room = %event.room_id, inviter = %event.sender, "invited into a direct room of two other people; refusing");
+                    let reason = Some(i18n::DIRECT_ROOM_REFUSED.get(self.lang).to_owned());
+                    queue::enqueue(
+                        conn,
+                        &OutboundRequest::Leave {
+                            room_id: event.room_id,
+                            as_user: None,
+                            reason,
+                        },
+                    )
+                    .await?;
+                } else if commands::permitted(level, PermissionLevel::User) {
                     tracing::info!(room = %event.room_id, inviter = %event.sender, "invited; joining");
                     if invite_state_is_encrypted(&event.unsigned) {
                         let mut info = rooms::get(conn, event.room_id.as_str()).await?;
@@ -253,6 +265,25 @@ fn reply_relation(
     }
 }
 
+/// Whether an invite is into a Tchap direct room (`im.vector.room.access_rules`:
+/// `direct`, which holds exactly two members) that is not a direct chat with the bot:
+/// the invite does not say it is one (`is_direct`). Tchap's homeserver shows the rule in
+/// the invite's stripped state (Synapse: `room_prejoin_state`).
+fn into_others_direct_room(unsigned: &serde_json::Value, is_direct: Option<bool>) -> bool {
+    if is_direct == Some(true) {
+        return false;
+    }
+    unsigned
+        .get("invite_room_state")
+        .and_then(|s| s.as_array())
+        .is_some_and(|events| {
+            events.iter().any(|e| {
+                e.get("type").and_then(|t| t.as_str()) == Some("im.vector.room.access_rules")
+                    && e.pointer("/content/rule").and_then(|r| r.as_str()) == Some("direct")
+            })
+        })
+}
+
 /// Whether an invite's stripped room state says the room is encrypted.
 fn invite_state_is_encrypted(unsigned: &serde_json::Value) -> bool {
     unsigned
@@ -349,6 +380,38 @@ mod tests {
                 other => panic!("expected a refusal, got {other:?}"),
             }
             assert_eq!(requests.len(), 2);
+        }
+    );
+
+    both_dialects!(
+        direct_rooms_of_two_others_are_refused_a_direct_chat_is_joined,
+        |store: Store| async move {
+            let direct_rule = serde_json::json!([{"type": "im.vector.room.access_rules", "state_key": "",
+                "sender": "@alice:localhost", "content": {"rule": "direct"}}]);
+            let mut into_others = invite("@alice:localhost", false);
+            into_others["unsigned"]["invite_room_state"] = direct_rule.clone();
+            feed(&store, into_others).await;
+            let mut with_the_bot = invite("@alice:localhost", false);
+            with_the_bot["event_id"] = "$dm".into();
+            with_the_bot["room_id"] = "!dm:localhost".into();
+            with_the_bot["content"]["is_direct"] = true.into();
+            with_the_bot["unsigned"]["invite_room_state"] = direct_rule;
+            feed(&store, with_the_bot).await;
+            let requests = queued(&store).await;
+            match &requests[0] {
+                OutboundRequest::Leave {
+                    reason: Some(reason),
+                    ..
+                } => assert!(
+                    reason.contains("deux personnes") && reason.contains("!visio"),
+                    "{reason}"
+                ),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+            assert!(
+                matches!(&requests[1], OutboundRequest::Join { room_id, .. } if room_id == "!dm:localhost"),
+                "{requests:?}"
+            );
         }
     );
 

@@ -11,7 +11,7 @@ use ruma::api::auth_scheme::{AuthScheme, SendAccessToken};
 use ruma::api::path_builder::VersionHistory;
 use ruma::api::{
     AppserviceUserIdentity, IncomingResponseExt, MatrixVersion, OutgoingRequest,
-    OutgoingRequestAppserviceExt, SupportedVersions,
+    OutgoingRequestAppserviceExt, OutgoingRequestExt, SupportedVersions,
 };
 
 /// Why a call to the homeserver did not succeed.
@@ -76,6 +76,9 @@ pub struct MatrixClient {
     bot: Option<ruma::OwnedUserId>,
     /// A long-poll `/sync` waits up to 30 s on the server: its own, longer timeout.
     sync_http: reqwest::Client,
+    /// `mode: bot`: `as_token` is the account's access token, and calls assert no user
+    /// or device (the token is the bot's own).
+    ordinary_account: bool,
 }
 
 impl MatrixClient {
@@ -104,7 +107,20 @@ impl MatrixClient {
             versions,
             bot: None,
             sync_http,
+            ordinary_account: false,
         }
+    }
+
+    /// A client for an ordinary account (`mode: bot`), with its access token.
+    pub fn for_account(base_url: &str, access_token: &str) -> Self {
+        let mut client = Self::new(base_url, access_token);
+        client.ordinary_account = true;
+        client
+    }
+
+    /// Whether this client speaks as an ordinary account rather than an appservice.
+    pub fn is_ordinary_account(&self) -> bool {
+        self.ordinary_account
     }
 
     /// Calls made without `as_user` assert this user: the bot, when it is a user of the
@@ -127,7 +143,7 @@ impl MatrixClient {
     ) -> Result<serde_json::Value, CallError> {
         let mut url = url::Url::parse(&format!("{}{}", self.base_url, path_and_query))
             .map_err(|e| CallError::Build(e.to_string()))?;
-        {
+        if !self.ordinary_account {
             let mut query = url.query_pairs_mut();
             if let Some(user) = as_user.or(self.bot.as_deref()) {
                 query.append_pair("user_id", user.as_str());
@@ -179,18 +195,25 @@ impl MatrixClient {
         R: OutgoingRequest<PathBuilder = VersionHistory>,
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
     {
-        let identity = match as_user.or(self.bot.as_deref()) {
-            Some(user) => AppserviceUserIdentity::new(user),
-            None => AppserviceUserIdentity::default(),
-        };
-        let http_request = request
-            .try_into_http_request_with_identity::<Vec<u8>>(
+        let http_request = if self.ordinary_account {
+            request.try_into_http_request::<Vec<u8>>(
+                &self.base_url,
+                SendAccessToken::IfRequired(&self.as_token),
+                Cow::Borrowed(&self.versions),
+            )
+        } else {
+            let identity = match as_user.or(self.bot.as_deref()) {
+                Some(user) => AppserviceUserIdentity::new(user),
+                None => AppserviceUserIdentity::default(),
+            };
+            request.try_into_http_request_with_identity::<Vec<u8>>(
                 &self.base_url,
                 SendAccessToken::Appservice(&self.as_token),
                 identity,
                 Cow::Borrowed(&self.versions),
             )
-            .map_err(|e| CallError::Build(e.to_string()))?;
+        }
+        .map_err(|e| CallError::Build(e.to_string()))?;
         let (parts, body) = http_request.into_parts();
         let response = self
             .http

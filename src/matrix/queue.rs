@@ -145,6 +145,9 @@ pub struct OutboundWorker {
     /// The bot's device, which encrypts what goes into encrypted rooms; `None` with
     /// `encryption.enabled: false`.
     pub device: Option<super::crypto::device::DeviceSlot>,
+    /// `mode: bot`: there are no ghosts; the bot posts their messages itself, their
+    /// speaker's name in front.
+    pub relay_only: bool,
     /// Woken whenever something is enqueued.
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
@@ -213,6 +216,19 @@ impl OutboundWorker {
                 .reschedule_outbound(row.id, now_ms() + 1000, &e.to_string())
                 .await;
             return;
+        }
+        if self.relay_only
+            && let OutboundRequest::Send {
+                as_user: Some(_), ..
+            } = &request
+        {
+            request = attributed_to_bot(&request).unwrap_or_else(|| {
+                let mut plain = request.clone();
+                if let OutboundRequest::Send { as_user, .. } = &mut plain {
+                    *as_user = None;
+                }
+                plain
+            });
         }
         if let Some(slot) = &self.device {
             let sealed = match slot.get() {

@@ -130,6 +130,41 @@ impl Store {
         })
     }
 
+    /// Stores one `/sync` answer of `mode: bot`: its events (an event already in the
+    /// inbox is skipped), its encryption input and its `next_batch`, in one database
+    /// transaction, so that a crash either keeps all of it or asks for it again.
+    pub async fn store_sync_batch(
+        &self,
+        next_batch: &str,
+        events: &[NewInboxEvent],
+        crypto_input: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let txn_id = format!("sync:{next_batch}");
+        let mut tx = self.begin().await?;
+        let mut new_events = 0;
+        for event in events {
+            new_events += sqlx::query(
+                "INSERT INTO inbox (event_id, txn_id, room_id, event_json, received_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(&event.event_id)
+            .bind(&txn_id)
+            .bind(event.room_id.as_deref())
+            .bind(&event.json)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as usize;
+        }
+        if let Some(input) = crypto_input {
+            super::crypto::push_input(&mut tx, input).await?;
+        }
+        super::crypto::set_state(&mut tx, super::crypto::SYNC_TOKEN, next_batch).await?;
+        tx.commit().await?;
+        Ok(new_events)
+    }
+
     /// The oldest unprocessed events, in arrival order.
     pub async fn pending_inbox(&self, limit: i64) -> Result<Vec<InboxEvent>, StoreError> {
         let rows = sqlx::query(

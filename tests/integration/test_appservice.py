@@ -1,6 +1,8 @@
 """The bot against a real Synapse: invites, commands, replayed transactions (SQLite)."""
 
-from harness import scenarios
+from contextlib import closing
+
+from harness import Env, scenarios
 from harness.matrix import quoted
 from harness import wait_for
 from harness.scenarios import is_help, marker, wait_help
@@ -27,7 +29,14 @@ def test_unknown_commands_get_hints_in_order(env):
     assert order == words, f"hints out of order or repeated: {notices}"
 
 
-def test_encrypted_room_gets_one_plain_notice(env):
+def test_with_encryption_off_an_encrypted_room_gets_one_plain_notice(tmp_path_factory):
+    """`encryption.enabled: false`: the bot stays out of encrypted rooms' content and says
+    so once (with it on, the bot reads them: test_encryption.py)."""
+    with closing(Env(tmp_path_factory.mktemp("clear-only"), overrides={"encryption": {"enabled": False}})) as env:
+        check_one_plain_notice(env)
+
+
+def check_one_plain_notice(env):
     alice, room = env.room_with_bot("alice", name="Chiffré", encrypted=True)
     body = alice.wait_notice_matching(room, env.bot, "chiffr")
     event = next(e for e in alice.timelines[room] if e.get("content", {}).get("body") == body)

@@ -23,6 +23,8 @@ import requests
 from harness import Env, wait_for
 from harness.meetings import (
     NOTICE_S,
+    encrypted_room_with_bot,
+    server_copy,
     body,
     events,
     in_thread,
@@ -40,28 +42,6 @@ def env(tmp_path_factory):
     e = Env(tmp_path_factory.mktemp("e2ee"), overrides={"meetings": {"grace_period_secs": GRACE_S}})
     yield e
     e.close()
-
-
-def encrypted_room_with_bot(env: Env, owner: str, name: str, device: str = "main"):
-    """`owner` (an encrypting client) creates an encrypted room and invites the bot;
-    returns once the bot has joined."""
-    user = env.e2ee_user(owner, device)
-    room = user.create_room(name=name, encrypted=True)
-    user.invite(room, env.bot)
-    user.wait_membership(room, env.bot, "join")
-    user.sync(0)
-    return user, room
-
-
-def server_copy(env: Env, user, room: str, event_id: str) -> dict:
-    """The event as the homeserver stores it (nio would decrypt it)."""
-    r = requests.get(
-        f"{env.synapse.url}/_matrix/client/v3/rooms/{room}/event/{event_id}",
-        headers={"Authorization": f"Bearer {user.client.access_token}"},
-        timeout=10,
-    )
-    r.raise_for_status()
-    return r.json()
 
 
 def cannot_read_notices(user, room: str, bot: str) -> list[str]:
@@ -166,7 +146,7 @@ def cross_signing(env: Env) -> dict:
     r = requests.post(
         f"{env.synapse.url}/_matrix/client/v3/keys/query",
         json={"device_keys": {env.bot: []}},
-        headers={"Authorization": f"Bearer {env.service.as_token}"},
+        headers={"Authorization": f"Bearer {env.service.observer_token()}"},
         timeout=10,
     )
     r.raise_for_status()

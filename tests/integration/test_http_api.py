@@ -116,6 +116,24 @@ def test_check_config_round_trip(env):
     assert re.search(r"ping|round.?trip|aller.?retour", r.stdout, re.I), f"no word of the round trip: {r.stdout}"
 
 
+def test_check_config_reads_the_registration_for_the_keys_encryption_needs(env, tmp_path):
+    svc = env.service
+    r = svc.cli("check-config", "-c", str(svc.config_path), "-r", str(svc.registration_path))
+    assert r.returncode == 0, r.stdout
+    assert "has what this configuration needs" in r.stdout, r.stdout
+    # A registration from before encryption: the bot as sender, no MSC4190.
+    old = tmp_path / "old-registration.yaml"
+    text = svc.registration_path.read_text()
+    old.write_text(
+        text.replace(f"sender_localpart: {svc.registration['sender_localpart']}", "sender_localpart: visio").replace(
+            "io.element.msc4190: true", "io.element.msc4190: false"
+        )
+    )
+    r = svc.cli("check-config", "-c", str(svc.config_path), "-r", str(old))
+    assert r.returncode != 0, r.stdout
+    assert "sender_localpart" in r.stdout and "io.element.msc4190: true" in r.stdout, r.stdout
+
+
 def test_check_config_with_wrong_as_token_fails(env):
     r = env.service.cli(
         "check-config", "-c", str(env.service.config_path), env={"TCHAP_VISIO_APPSERVICE__AS_TOKEN": "wrong-token"}

@@ -79,40 +79,66 @@ impl BotDevice {
     /// from the crypto store. A crypto store that is missing or belongs to another
     /// device means the keys are gone: a new device replaces the old one (deleted at the
     /// homeserver), never the old id with new keys.
+    ///
+    /// `account_device`: in `mode: bot`, the device the account logged in with (the
+    /// login made it; a lost store made the login take a new one).
     pub async fn start(
         config: &Config,
         store: Store,
         client: MatrixClient,
+        account_device: Option<&str>,
     ) -> Result<Arc<Self>, DeviceError> {
         let bot = config.bot_user_id();
         let path = PathBuf::from(&config.encryption.store_path);
         let mut conn = store.pool().acquire().await?;
         let known = stored::state(&mut conn, stored::DEVICE_ID).await?;
         drop(conn);
-        let (device_id, crypto) = match known {
-            Some(device) if path.exists() => {
-                match Crypto::open(bot.as_str(), &device, &path, &config.encryption.passphrase)
-                    .await
-                {
-                    Ok(crypto) => (device, crypto),
-                    Err(e) => {
-                        tracing::error!(device = %device, error = %e, "the crypto store cannot be opened for our device; setting it aside and starting a new device");
-                        set_aside(&path);
-                        replace_device(config, &store, &client, &bot, Some(device), &path).await?
-                    }
-                }
-            }
-            Some(device) => {
-                tracing::warn!(device = %device, store = %path.display(), "the crypto store is missing: its keys are lost; a new device replaces the old one");
-                replace_device(config, &store, &client, &bot, Some(device), &path).await?
-            }
-            None => {
-                if path.exists() {
-                    tracing::warn!(store = %path.display(), "a crypto store without a device in the database; setting it aside");
+        let (device_id, crypto) = match (account_device, known) {
+            (Some(device), known) => {
+                if known.as_deref() != Some(device) && path.exists() {
+                    tracing::warn!(device, store = %path.display(), "the account's device changed; setting the old crypto store aside");
                     set_aside(&path);
                 }
-                replace_device(config, &store, &client, &bot, None, &path).await?
+                if let Some(parent) = path.parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        CryptoError::Open(format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                let crypto =
+                    Crypto::open(bot.as_str(), device, &path, &config.encryption.passphrase)
+                        .await?;
+                let mut conn = store.pool().acquire().await?;
+                stored::set_state(&mut conn, stored::DEVICE_ID, device).await?;
+                (device.to_owned(), crypto)
             }
+            (None, known) => match known {
+                Some(device) if path.exists() => {
+                    match Crypto::open(bot.as_str(), &device, &path, &config.encryption.passphrase)
+                        .await
+                    {
+                        Ok(crypto) => (device, crypto),
+                        Err(e) => {
+                            tracing::error!(device = %device, error = %e, "the crypto store cannot be opened for our device; setting it aside and starting a new device");
+                            set_aside(&path);
+                            replace_device(config, &store, &client, &bot, Some(device), &path)
+                                .await?
+                        }
+                    }
+                }
+                Some(device) => {
+                    tracing::warn!(device = %device, store = %path.display(), "the crypto store is missing: its keys are lost; a new device replaces the old one");
+                    replace_device(config, &store, &client, &bot, Some(device), &path).await?
+                }
+                None => {
+                    if path.exists() {
+                        tracing::warn!(store = %path.display(), "a crypto store without a device in the database; setting it aside");
+                        set_aside(&path);
+                    }
+                    replace_device(config, &store, &client, &bot, None, &path).await?
+                }
+            },
         };
         let device = Arc::new(Self {
             crypto,
@@ -437,22 +463,22 @@ impl CryptoInput {
     }
 
     /// The MSC2409/MSC3202 fields of an appservice transaction that concern `user`'s
-    /// `device`; `None` when there are none.
-    pub fn from_transaction(body: &serde_json::Value, user: &str, device: &str) -> Option<Self> {
+    /// `device` (any of its devices while the device is not known yet: the bot has one);
+    /// `None` when there are none.
+    pub fn from_transaction(
+        body: &serde_json::Value,
+        user: &str,
+        device: Option<&str>,
+    ) -> Option<Self> {
+        let for_us = |e: &serde_json::Value| {
+            e.get("to_user_id").and_then(|u| u.as_str()) == Some(user)
+                && device.is_none_or(|d| e.get("to_device_id").and_then(|v| v.as_str()) == Some(d))
+        };
         let to_device: Vec<serde_json::Value> = body
             .get("de.sorunome.msc2409.to_device")
             .or_else(|| body.get("to_device"))
             .and_then(|v| v.as_array())
-            .map(|events| {
-                events
-                    .iter()
-                    .filter(|e| {
-                        e.get("to_user_id").and_then(|u| u.as_str()) == Some(user)
-                            && e.get("to_device_id").and_then(|d| d.as_str()) == Some(device)
-                    })
-                    .cloned()
-                    .collect()
-            })
+            .map(|events| events.iter().filter(|e| for_us(e)).cloned().collect())
             .unwrap_or_default();
         let lists = body
             .get("org.matrix.msc3202.device_lists")
@@ -469,10 +495,11 @@ impl CryptoInput {
                 .unwrap_or_default()
         };
         let ours = |key: &str| {
-            body.get(key)
-                .and_then(|v| v.get(user))
-                .and_then(|v| v.get(device))
-                .cloned()
+            let devices = body.get(key).and_then(|v| v.get(user))?;
+            match device {
+                Some(device) => devices.get(device).cloned(),
+                None => devices.as_object()?.values().next().cloned(),
+            }
         };
         let input = Self {
             to_device,

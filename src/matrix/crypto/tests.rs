@@ -452,3 +452,54 @@ async fn cross_signing_keys_are_sealed_with_the_passphrase() {
         .expect_err("wrong passphrase");
     assert!(err.to_string().contains("cross-signing"), "{err}");
 }
+
+#[test]
+fn encryption_input_is_read_from_sync_responses_and_transactions() {
+    let sync = json!({
+        "next_batch": "s1",
+        "to_device": {"events": [{"type": "m.room.encrypted", "sender": "@a:x", "content": {}}]},
+        "device_lists": {"changed": ["@a:x"], "left": ["@b:x"]},
+        "device_one_time_keys_count": {"signed_curve25519": 12},
+        "device_unused_fallback_key_types": ["signed_curve25519"],
+    });
+    let input = CryptoInput::from_sync(&sync);
+    assert_eq!(input.to_device.len(), 1);
+    assert_eq!(input.changed, ["@a:x"]);
+    assert_eq!(input.left, ["@b:x"]);
+    assert_eq!(input.one_time_key_counts["signed_curve25519"], 12);
+    assert_eq!(
+        input.unused_fallback_keys.as_deref(),
+        Some(&["signed_curve25519".to_owned()][..])
+    );
+    assert_eq!(
+        CryptoInput::from_sync(&json!({"next_batch": "s2"})),
+        CryptoInput::default()
+    );
+
+    let transaction = json!({
+        "events": [],
+        "de.sorunome.msc2409.to_device": [
+            {"type": "m.room.encrypted", "sender": "@a:x", "to_user_id": "@visio:x", "to_device_id": "TVBOT", "content": {}},
+            {"type": "m.room.encrypted", "sender": "@a:x", "to_user_id": "@visio_g1:x", "to_device_id": "G", "content": {}},
+            {"type": "m.room.encrypted", "sender": "@a:x", "to_user_id": "@visio:x", "to_device_id": "OLD", "content": {}},
+        ],
+        "org.matrix.msc3202.device_lists": {"changed": ["@a:x"], "left": []},
+        "org.matrix.msc3202.device_one_time_keys_count": {"@visio:x": {"TVBOT": {"signed_curve25519": 3}}},
+    });
+    let ours =
+        CryptoInput::from_transaction(&transaction, "@visio:x", Some("TVBOT")).expect("input");
+    assert_eq!(ours.to_device.len(), 1, "only our device's messages");
+    assert_eq!(ours.changed, ["@a:x"]);
+    assert_eq!(ours.one_time_key_counts["signed_curve25519"], 3);
+    let before_the_device =
+        CryptoInput::from_transaction(&transaction, "@visio:x", None).expect("input");
+    assert_eq!(
+        before_the_device.to_device.len(),
+        2,
+        "the bot's user, any device"
+    );
+    assert_eq!(
+        CryptoInput::from_transaction(&json!({"events": []}), "@visio:x", Some("TVBOT")),
+        None
+    );
+}

@@ -18,14 +18,26 @@ class Env:
     service_env is the environment the service starts with (TCHAP_VISIO_* overrides).
     """
 
-    def __init__(self, workdir: Path, *, service_env: dict[str, str] | None = None, **service_kwargs):
+    def __init__(
+        self, workdir: Path, *, service_env: dict[str, str] | None = None, bot_account: str | None = None, **service_kwargs
+    ):
+        """bot_account: run the service in `mode: bot` as this ordinary user (registered
+        here like any other), with no appservice registration at the homeserver."""
         self.dir = Path(workdir)
         self.synapse = Synapse(self.dir / "synapse")
         self.service: Service | None = None
         self.users: dict[str, MatrixUser] = {}
         try:
+            if bot_account:
+                overrides = dict(service_kwargs.pop("overrides", None) or {})
+                overrides["mode"] = "bot"
+                overrides["bot_account"] = {"user_id": f"@{bot_account}:localhost", "password": PASSWORD}
+                service_kwargs["overrides"] = overrides
+                service_kwargs["appservice"] = False
             self.service = Service(self.dir / "service", self.synapse, **service_kwargs)
             self.synapse.start()
+            if bot_account:
+                self.synapse.register_user(bot_account, PASSWORD)
             self.service.start(env=service_env)
         except BaseException:
             self.close()

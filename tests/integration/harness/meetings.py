@@ -71,3 +71,25 @@ def send_in_thread(user, room: str, root: str, text: str) -> str:
         "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": True, "m.in_reply_to": {"event_id": root}},
     }
     return user.send(room, content)
+
+
+def encrypted_room_with_bot(env, owner: str, name: str, device: str = "main"):
+    """`owner` (an encrypting client) creates an encrypted room and invites the bot;
+    returns once the bot has joined."""
+    user = env.e2ee_user(owner, device)
+    room = user.create_room(name=name, encrypted=True)
+    user.invite(room, env.bot)
+    user.wait_membership(room, env.bot, "join")
+    user.sync(0)
+    return user, room
+
+
+def server_copy(env, user, room: str, event_id: str) -> dict:
+    """The event as the homeserver stores it (nio would decrypt it)."""
+    r = requests.get(
+        f"{env.synapse.url}/_matrix/client/v3/rooms/{room}/event/{event_id}",
+        headers={"Authorization": f"Bearer {user.client.access_token}"},
+        timeout=10,
+    )
+    r.raise_for_status()
+    return r.json()

@@ -71,7 +71,9 @@ class Service:
         permissions: dict[str, str] | None = None,
         language: str = "fr",
         overrides: dict | None = None,
+        appservice: bool = True,
     ):
+        """appservice=False: the homeserver does not load the registration (`mode: bot`)."""
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.bin = binary()
@@ -118,7 +120,8 @@ class Service:
         # As the binary wrote it, before the harness adds anything (test_cli checks it).
         self.generated_registration = yaml.safe_load(self.registration_path.read_text())
         ensure_registration_extras(self.registration_path)
-        synapse.add_appservice(self.registration_path)
+        if appservice:
+            synapse.add_appservice(self.registration_path)
 
         self.config = yaml.safe_load(self.config_path.read_text())
         self.registration = yaml.safe_load(self.registration_path.read_text())
@@ -126,7 +129,10 @@ class Service:
         self.as_token = self.registration["as_token"]
         assert self.config["appservice"]["hs_token"] == self.hs_token, "config and registration disagree on hs_token"
         # The bot is a user of the namespace; the registration's sender is another one.
-        self.bot_user_id = f"@{self.config['appservice']['bot']['username']}:{synapse.server_name}"
+        if self.config.get("mode") == "bot":
+            self.bot_user_id = self.config["bot_account"]["user_id"]
+        else:
+            self.bot_user_id = f"@{self.config['appservice']['bot']['username']}:{synapse.server_name}"
 
         # The embedded SFU: LiveKit's SDKs take this base URL and append /rtc themselves.
         sfu = self.config.get("sfu") or {}
@@ -176,17 +182,36 @@ class Service:
                 return False
 
         wait_for(healthy, timeout, f"tchap-visio /health on {self.url}", interval=0.05)
-        if (self.config.get("encryption") or {}).get("enabled", True):
+        synapse_up = self.synapse.proc is not None and self.synapse.proc.poll() is None
+        if (self.config.get("encryption") or {}).get("enabled", True) and synapse_up:
             # The bot's device is set up in the background (it needs the homeserver):
             # until its keys are published, nobody can encrypt for it.
             wait_for(lambda: self.bot_devices(), timeout, "the bot's device keys on the homeserver", interval=0.1)
+
+    def observer_token(self) -> str:
+        """A token to read public key material with: the appservice's, or (`mode: bot`)
+        a throwaway user's."""
+        if self.config.get("mode") != "bot":
+            return self.as_token
+        if not getattr(self, "_observer", None):
+            from .synapse import register_user
+
+            register_user(self.synapse.url, self.synapse.shared_secret, "keyobserver", "keyobserver-password")
+            r = requests.post(
+                f"{self.synapse.url}/_matrix/client/v3/login",
+                json={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "keyobserver"}, "password": "keyobserver-password"},
+                timeout=30,
+            )
+            r.raise_for_status()
+            self._observer = r.json()["access_token"]
+        return self._observer
 
     def bot_devices(self) -> dict:
         """The bot's devices with their keys, as the homeserver publishes them."""
         r = requests.post(
             f"{self.synapse.url}/_matrix/client/v3/keys/query",
             json={"device_keys": {self.bot_user_id: []}},
-            headers={"Authorization": f"Bearer {self.as_token}"},
+            headers={"Authorization": f"Bearer {self.observer_token()}"},
             timeout=10,
         )
         r.raise_for_status()

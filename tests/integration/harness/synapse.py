@@ -56,6 +56,10 @@ def homeserver_config(
         # Presence adds ephemeral traffic to the appservice that no test wants yet.
         "presence": {"enabled": False},
         "app_service_config_files": [str(Path(p).resolve()) for p in app_service_config_files],
+        # As Tchap: invites show the room's access rule (a direct room holds two people).
+        "room_prejoin_state": {"additional_event_types": ["im.vector.room.access_rules"]},
+        # Appservice devices are kept (element-hq/synapse#18161).
+        "track_appservice_user_ips": True,
         "experimental_features": {
             "msc2409_to_device_messages_enabled": True,
             "msc3202_transaction_extensions": True,

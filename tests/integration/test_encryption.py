@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import closing
 
 import pytest
 
@@ -242,3 +243,35 @@ def test_an_event_that_cannot_be_decrypted_blocks_nothing(env):
     wait_event(alice, room, lambda e: e.get("sender") == env.bot and e.get("decrypted") and "!visio aide" in body(e), "the same room's next answer")
     assert env.service.metric("tchap_visio_events_waiting_for_key") >= 1
     assert env.service.proc.poll() is None, "the service is still running"
+
+
+def test_with_to_device_from_transactions_encrypted_rooms_work_and_a_stop_costs_at_most_keys(tmp_path_factory):
+    """`encryption.to_device: transactions` (MSC2409/MSC3202). Synapse drops to-device
+    messages of transactions that failed or were caught up (element-hq/synapse#14710): a
+    command sent while the service was down may stay undecryptable, counted, never a
+    crash, and the next ones are answered."""
+    with closing(Env(tmp_path_factory.mktemp("tx"), overrides={"encryption": {"to_device": "transactions"}})) as env:
+        assert env.service.registration.get("org.matrix.msc3202") is True
+        alice, room = encrypted_room_with_bot(env, "ines", "Transactions")
+
+        def answers(user) -> list[dict]:
+            return [e for e in events(user, room) if e.get("sender") == env.bot and e.get("decrypted") and "!visio aide" in body(e)]
+
+        alice.send_text(room, "!visio aide")
+        wait_event(alice, room, lambda e: answers(alice), "the help, through keys from transactions")
+
+        env.service.stop()
+        phone = env.e2ee_user("ines", "phone")
+        phone.sync(0)
+        parked = env.service.metric  # read after the restart: metrics are per process
+        phone.send_text(room, "!visio aide")
+        env.service.start()
+        wait_for(
+            lambda: phone.sync(500) or answers(phone) or parked("tchap_visio_events_parked_total") >= 1,
+            NOTICE_S,
+            "the phone's command answered, or waiting for a key Synapse dropped",
+        )
+        before = len(answers(alice))
+        alice.send_text(room, "!visio aide")
+        wait_event(alice, room, lambda e: len(answers(alice)) > before, "the next command answered")
+        assert env.service.proc.poll() is None

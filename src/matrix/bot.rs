@@ -130,46 +130,35 @@ impl Bot {
         match member.membership {
             MembershipState::Invite => {
                 let level = level_for(&event.sender, &self.permissions);
-                if into_others_direct_room(&event.unsigned, member.is_direct) {
+                let refusal = if into_others_direct_room(&event.unsigned, member.is_direct) {
                     tracing::info!(room = %event.room_id, inviter = %event.sender, "invited into a direct room of two other people; refusing");
-                    let reason = Some(i18n::DIRECT_ROOM_REFUSED.get(self.lang).to_owned());
-                    queue::enqueue(
-                        conn,
-                        &OutboundRequest::Leave {
-                            room_id: event.room_id,
-                            as_user: None,
-                            reason,
-                        },
-                    )
-                    .await?;
-                } else if commands::permitted(level, PermissionLevel::User) {
-                    tracing::info!(room = %event.room_id, inviter = %event.sender, "invited; joining");
-                    if invite_state_is_encrypted(&event.unsigned) {
-                        let mut info = rooms::get(conn, event.room_id.as_str()).await?;
-                        info.encrypted = true;
-                        rooms::put(conn, event.room_id.as_str(), &info).await?;
-                    }
-                    queue::enqueue(
-                        conn,
-                        &OutboundRequest::Join {
-                            room_id: event.room_id,
-                            as_user: None,
-                        },
-                    )
-                    .await?;
-                } else {
+                    Some(i18n::DIRECT_ROOM_REFUSED)
+                } else if !commands::permitted(level, PermissionLevel::User) {
                     tracing::info!(room = %event.room_id, inviter = %event.sender, "invite from a user without permission; refusing");
-                    let reason = Some(i18n::INVITE_REFUSED.get(self.lang).to_owned());
-                    queue::enqueue(
-                        conn,
-                        &OutboundRequest::Leave {
+                    Some(i18n::INVITE_REFUSED)
+                } else {
+                    None
+                };
+                let request = match refusal {
+                    Some(reason) => OutboundRequest::Leave {
+                        room_id: event.room_id,
+                        as_user: None,
+                        reason: Some(reason.get(self.lang).to_owned()),
+                    },
+                    None => {
+                        tracing::info!(room = %event.room_id, inviter = %event.sender, "invited; joining");
+                        if invite_state_is_encrypted(&event.unsigned) {
+                            let mut info = rooms::get(conn, event.room_id.as_str()).await?;
+                            info.encrypted = true;
+                            rooms::put(conn, event.room_id.as_str(), &info).await?;
+                        }
+                        OutboundRequest::Join {
                             room_id: event.room_id,
                             as_user: None,
-                            reason,
-                        },
-                    )
-                    .await?;
-                }
+                        }
+                    }
+                };
+                queue::enqueue(conn, &request).await?;
                 Ok(())
             }
             MembershipState::Join => {

@@ -160,28 +160,15 @@ impl MatrixClient {
         } else {
             &self.http
         };
-        let mut request = http.request(method, url).bearer_auth(&self.as_token);
+        let mut request = http.request(method, url);
+        // An empty token: a call that needs none (the login).
+        if !self.as_token.is_empty() {
+            request = request.bearer_auth(&self.as_token);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| CallError::Unreachable(without_url(e)))?;
-        let status = response.status();
-        let retry_after_header = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Unreachable(without_url(e)))?;
-        if !status.is_success() {
-            return Err(matrix_error(status.as_u16(), &bytes, retry_after_header));
-        }
+        let (_, bytes) = send(request).await?;
         serde_json::from_slice(&bytes).map_err(|e| CallError::BadResponse(e.to_string()))
     }
 
@@ -215,35 +202,45 @@ impl MatrixClient {
         }
         .map_err(|e| CallError::Build(e.to_string()))?;
         let (parts, body) = http_request.into_parts();
-        let response = self
+        let request = self
             .http
             .request(parts.method, parts.uri.to_string())
             .headers(parts.headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| CallError::Unreachable(without_url(e)))?;
-        let status = response.status();
-        let retry_after_header = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Unreachable(without_url(e)))?;
-        if !status.is_success() {
-            return Err(matrix_error(status.as_u16(), &bytes, retry_after_header));
-        }
+            .body(body);
+        let (status, bytes) = send(request).await?;
         let http_response = http::Response::builder()
             .status(status)
-            .body(bytes.as_ref())
+            .body(bytes.as_slice())
             .map_err(|e| CallError::BadResponse(e.to_string()))?;
         R::IncomingResponse::try_from_http_response(http_response)
             .map_err(|e| CallError::BadResponse(e.to_string()))
     }
+}
+
+/// Sends a request; the status and body of a success, else the homeserver's error
+/// (with the wait it asked for, from `retry_after_ms` or `Retry-After`).
+async fn send(
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, Vec<u8>), CallError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| CallError::Unreachable(without_url(e)))?;
+    let status = response.status();
+    let retry_after_header = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| CallError::Unreachable(without_url(e)))?;
+    if !status.is_success() {
+        return Err(matrix_error(status.as_u16(), &bytes, retry_after_header));
+    }
+    Ok((status, bytes.to_vec()))
 }
 
 /// Makes ring rustls's process-wide crypto provider (reqwest is built without one, to

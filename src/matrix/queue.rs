@@ -217,24 +217,12 @@ impl OutboundWorker {
                 .await;
             return;
         }
-        if self.relay_only
-            && let OutboundRequest::Send {
-                as_user: Some(_), ..
-            } = &request
-        {
-            request = attributed_to_bot(&request).unwrap_or_else(|| {
-                let mut plain = request.clone();
-                if let OutboundRequest::Send { as_user, .. } = &mut plain {
-                    *as_user = None;
-                }
-                plain
-            });
+        if self.relay_only {
+            request = spoken_by_bot(&request);
         }
         if let Some(slot) = &self.device {
             let sealed = match slot.get() {
-                Some(device) => {
-                    super::crypto::outbound::seal(device, &request, attributed_to_bot).await
-                }
+                Some(device) => super::crypto::outbound::seal(device, &request).await,
                 // Whether the room is encrypted is not known without it; the homeserver
                 // it waits for would not take the message either.
                 None if matches!(request, OutboundRequest::Send { .. }) => {
@@ -247,24 +235,16 @@ impl OutboundWorker {
             match sealed {
                 Ok(sealed) => request = sealed,
                 Err(error) => {
-                    metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
-                    let recorded = if error.is_transient() {
-                        let wait = backoff(row.attempts);
-                        tracing::warn!(id = row.id, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot encrypt yet; will retry");
-                        self.store
-                            .reschedule_outbound(
-                                row.id,
-                                now_ms() + wait.as_millis() as i64,
-                                &error.to_string(),
-                            )
-                            .await
-                    } else {
-                        tracing::error!(id = row.id, error = %error, "cannot encrypt; giving up");
-                        self.store
-                            .mark_outbound_failed(row.id, &error.to_string())
-                            .await
-                    };
-                    if let Err(e) = recorded {
+                    let retry_in = error.is_transient().then(|| backoff(row.attempts));
+                    match retry_in {
+                        Some(wait) => {
+                            tracing::warn!(id = row.id, error = %error, retry_in_ms = wait.as_millis() as u64, "cannot encrypt yet; will retry")
+                        }
+                        None => {
+                            tracing::error!(id = row.id, error = %error, "cannot encrypt; giving up")
+                        }
+                    }
+                    if let Err(e) = self.failed(&row, &error.to_string(), retry_in).await {
                         tracing::error!(id = row.id, error = %e, "cannot record the send result");
                     }
                     return;
@@ -305,24 +285,14 @@ impl OutboundWorker {
                     .await
             }
             Err(error) if error.is_transient() => {
-                metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
                 let wait = error.retry_after().unwrap_or_else(|| backoff(row.attempts));
                 tracing::warn!(id = row.id, kind = kind(&request), attempts = row.attempts + 1,
                     retry_in_ms = wait.as_millis() as u64, error = %error, "send failed; will retry");
-                self.store
-                    .reschedule_outbound(
-                        row.id,
-                        now_ms() + wait.as_millis() as i64,
-                        &error.to_string(),
-                    )
-                    .await
+                self.failed(&row, &error.to_string(), Some(wait)).await
             }
             Err(error) => {
-                metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
                 tracing::warn!(id = row.id, kind = kind(&request), error = %error, "send refused; giving up");
-                self.store
-                    .mark_outbound_failed(row.id, &error.to_string())
-                    .await
+                self.failed(&row, &error.to_string(), None).await
             }
         };
         if let Err(e) = recorded {
@@ -333,6 +303,24 @@ impl OutboundWorker {
 }
 
 impl OutboundWorker {
+    /// Records a failed attempt: tried again after `retry_in`, or (`None`) given up.
+    async fn failed(
+        &self,
+        row: &store::outbound::OutboundRow,
+        error: &str,
+        retry_in: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        metrics::counter!("tchap_visio_outbound_send_failures_total").increment(1);
+        match retry_in {
+            Some(wait) => {
+                self.store
+                    .reschedule_outbound(row.id, now_ms() + wait.as_millis() as i64, error)
+                    .await
+            }
+            None => self.store.mark_outbound_failed(row.id, error).await,
+        }
+    }
+
     /// Adds the thread relation to a message bound for a thread. Without a root (the
     /// request that was to create it failed for good) the message goes to the main
     /// timeline rather than nowhere.
@@ -437,6 +425,20 @@ fn attributed_to_bot(request: &OutboundRequest) -> Option<OutboundRequest> {
         in_thread_of: *in_thread_of,
         attribution: None,
     })
+}
+
+/// A ghost's message as the bot's: with the speaker's name in front when it has one,
+/// else as it is; anything else unchanged. Where ghosts cannot speak (an encrypted room,
+/// `mode: bot`).
+pub fn spoken_by_bot(request: &OutboundRequest) -> OutboundRequest {
+    if let Some(as_bot) = attributed_to_bot(request) {
+        return as_bot;
+    }
+    let mut plain = request.clone();
+    if let OutboundRequest::Send { as_user, .. } = &mut plain {
+        *as_user = None;
+    }
+    plain
 }
 
 /// An `m.thread` relation with the reply fallback for clients without threads.

@@ -104,21 +104,7 @@ impl Store {
             }
             true
         };
-        let mut new_events = 0;
-        for event in events {
-            new_events += sqlx::query(
-                "INSERT INTO inbox (event_id, txn_id, room_id, event_json, received_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(&event.event_id)
-            .bind(txn_id)
-            .bind(event.room_id.as_deref())
-            .bind(&event.json)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as usize;
-        }
+        let new_events = insert_events(&mut tx, txn_id, events, now).await?;
         if let Some(input) = crypto_input {
             super::crypto::push_input(&mut tx, input).await?;
         }
@@ -142,21 +128,7 @@ impl Store {
         let now = now_ms();
         let txn_id = format!("sync:{next_batch}");
         let mut tx = self.begin().await?;
-        let mut new_events = 0;
-        for event in events {
-            new_events += sqlx::query(
-                "INSERT INTO inbox (event_id, txn_id, room_id, event_json, received_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(&event.event_id)
-            .bind(&txn_id)
-            .bind(event.room_id.as_deref())
-            .bind(&event.json)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as usize;
-        }
+        let new_events = insert_events(&mut tx, &txn_id, events, now).await?;
         if let Some(input) = crypto_input {
             super::crypto::push_input(&mut tx, input).await?;
         }
@@ -192,6 +164,31 @@ impl Store {
                 .await?,
         )
     }
+}
+
+/// Inserts events into the inbox, skipping those already there; returns how many were new.
+async fn insert_events(
+    conn: &mut Connection,
+    txn_id: &str,
+    events: &[NewInboxEvent],
+    now: i64,
+) -> Result<usize, StoreError> {
+    let mut new_events = 0;
+    for event in events {
+        new_events += sqlx::query(
+            "INSERT INTO inbox (event_id, txn_id, room_id, event_json, received_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(&event.event_id)
+        .bind(txn_id)
+        .bind(event.room_id.as_deref())
+        .bind(&event.json)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected() as usize;
+    }
+    Ok(new_events)
 }
 
 /// Marks an event processed; called in the same database transaction as its effects,

@@ -19,7 +19,6 @@ except Exception as e:  # noqa: BLE001 - any import failure means the SDK is unu
     pytest.skip(f"LiveKit's Python SDK cannot be imported: {e!r}", allow_module_level=True)
 
 import nio
-import requests
 
 from harness import Env, wait_for
 from harness.meetings import (
@@ -144,14 +143,7 @@ def device_of(env: Env) -> dict:
 
 def cross_signing(env: Env) -> dict:
     """The bot's published identity: master and self-signing keys, devices."""
-    r = requests.post(
-        f"{env.synapse.url}/_matrix/client/v3/keys/query",
-        json={"device_keys": {env.bot: []}},
-        headers={"Authorization": f"Bearer {env.service.observer_token()}"},
-        timeout=10,
-    )
-    r.raise_for_status()
-    answer = r.json()
+    answer = env.service.bot_keys()
     return {
         "master": next(iter(answer.get("master_keys", {}).get(env.bot, {}).get("keys", {}).values()), None),
         "self_signing": next(iter(answer.get("self_signing_keys", {}).get(env.bot, {}).get("keys", {}).items()), None),

@@ -431,19 +431,22 @@ fn json_pointer_escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
+/// The strings of a JSON list (user ids); nothing for anything else.
+fn string_list(value: Option<&serde_json::Value>) -> Vec<String> {
+    value
+        .and_then(|v| v.as_array())
+        .map(|list| {
+            list.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl CryptoInput {
     /// The encryption fields of a `/sync` response.
     pub fn from_sync(sync: &serde_json::Value) -> Self {
-        let strings = |pointer: &str| -> Vec<String> {
-            sync.pointer(pointer)
-                .and_then(|v| v.as_array())
-                .map(|list| {
-                    list.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let strings = |pointer: &str| string_list(sync.pointer(pointer));
         Self {
             to_device: sync
                 .pointer("/to_device/events")
@@ -483,17 +486,7 @@ impl CryptoInput {
         let lists = body
             .get("org.matrix.msc3202.device_lists")
             .or_else(|| body.get("device_lists"));
-        let strings = |key: &str| -> Vec<String> {
-            lists
-                .and_then(|l| l.get(key))
-                .and_then(|v| v.as_array())
-                .map(|list| {
-                    list.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let strings = |key: &str| string_list(lists.and_then(|l| l.get(key)));
         let ours = |key: &str| {
             let devices = body.get(key).and_then(|v| v.get(user))?;
             match device {

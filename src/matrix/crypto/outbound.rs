@@ -7,16 +7,15 @@
 use super::Rotation;
 use super::device::{BotDevice, DeviceError};
 use crate::matrix::client::CallError;
-use crate::matrix::queue::OutboundRequest;
+use crate::matrix::queue::{OutboundRequest, spoken_by_bot};
 use crate::store::crypto as stored;
 
 /// The request as it must go out: unchanged in a clear room (or for anything but a
-/// message), encrypted as the bot in an encrypted one. `as_bot` is the bot's version of
-/// a ghost's message (its attribution in front); `None` when it has none.
+/// message), encrypted as the bot in an encrypted one (a ghost's words with its name in
+/// front).
 pub async fn seal(
     device: &BotDevice,
     request: &OutboundRequest,
-    as_bot: fn(&OutboundRequest) -> Option<OutboundRequest>,
 ) -> Result<OutboundRequest, DeviceError> {
     let OutboundRequest::Send { room_id, .. } = request else {
         return Ok(request.clone());
@@ -25,18 +24,7 @@ pub async fn seal(
     let Some(encryption) = room_encryption(device, room).await? else {
         return Ok(request.clone());
     };
-    let speaking = match request {
-        OutboundRequest::Send {
-            as_user: Some(_), ..
-        } => as_bot(request).unwrap_or_else(|| {
-            let mut plain = request.clone();
-            if let OutboundRequest::Send { as_user, .. } = &mut plain {
-                *as_user = None;
-            }
-            plain
-        }),
-        _ => request.clone(),
-    };
+    let speaking = spoken_by_bot(request);
     let OutboundRequest::Send {
         room_id,
         event_type,

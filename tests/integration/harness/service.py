@@ -206,8 +206,8 @@ class Service:
             self._observer = r.json()["access_token"]
         return self._observer
 
-    def bot_devices(self) -> dict:
-        """The bot's devices with their keys, as the homeserver publishes them."""
+    def bot_keys(self) -> dict:
+        """The homeserver's keys/query answer for the bot (devices, cross-signing keys)."""
         r = requests.post(
             f"{self.synapse.url}/_matrix/client/v3/keys/query",
             json={"device_keys": {self.bot_user_id: []}},
@@ -215,7 +215,11 @@ class Service:
             timeout=10,
         )
         r.raise_for_status()
-        return r.json().get("device_keys", {}).get(self.bot_user_id, {})
+        return r.json()
+
+    def bot_devices(self) -> dict:
+        """The bot's devices with their keys, as the homeserver publishes them."""
+        return self.bot_keys().get("device_keys", {}).get(self.bot_user_id, {})
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM and wait; returns the exit code."""

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -65,14 +66,16 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             config.homeserver.address.as_str(),
             &config.appservice.as_token,
         );
-        register_bot(&config, &store, &client).await?;
-        let client = if config.bot_is_sender() {
-            client
-        } else {
-            client.with_bot(config.bot_user_id())
-        };
         (client, None)
     };
+    // As the registration's sender: the bot may not exist yet.
+    let sender_client = client.clone();
+    let client = if bot_mode || config.bot_is_sender() {
+        client
+    } else {
+        client.with_bot(config.bot_user_id())
+    };
+    let bot_ready = Arc::new(AtomicBool::new(bot_registered(&config, &store).await?));
     let bot = Bot::from_config(&config);
     let shutdown = CancellationToken::new();
     let inbox_wake = Arc::new(Notify::new());
@@ -92,16 +95,38 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     })?;
 
     let mut workers = tokio::task::JoinSet::new();
-    if let Some(slot) = &device_slot {
-        workers.spawn(bring_up_device(
+    {
+        let (config, store, client, account_device) = (
             config.clone(),
             store.clone(),
             client.clone(),
             account_device.clone(),
-            slot.clone(),
+        );
+        let (slot, ready, inbox_wake, shutdown) = (
+            device_slot.clone(),
+            bot_ready.clone(),
             inbox_wake.clone(),
             shutdown.clone(),
-        ));
+        );
+        workers.spawn(async move {
+            if !ready.load(Ordering::Acquire) {
+                register_bot(&config, &store, &sender_client, &ready, &shutdown).await;
+            }
+            if let Some(slot) = slot
+                && ready.load(Ordering::Acquire)
+            {
+                bring_up_device(
+                    config,
+                    store,
+                    client,
+                    account_device,
+                    slot,
+                    inbox_wake,
+                    shutdown,
+                )
+                .await;
+            }
+        });
     }
     if bot_mode {
         workers.spawn(
@@ -142,6 +167,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             client,
             device: device_slot.clone(),
             relay_only: bot_mode,
+            bot_ready: bot_ready.clone(),
             wake: outbound_wake.clone(),
             shutdown: shutdown.clone(),
         }
@@ -310,44 +336,65 @@ async fn wait_for_signal() {
     tracing::info!("shutting down");
 }
 
-/// Registers the bot as a user of the namespace, at its first start, when it is not the
-/// registration's sender: the homeserver refuses calls made as the bot until it exists.
-async fn register_bot(config: &Config, store: &Store, client: &MatrixClient) -> anyhow::Result<()> {
-    const REGISTERED: &str = "bot_registered";
-    if config.bot_is_sender() {
-        return Ok(());
+/// Whether calls as the bot may be made now: it is the registration's sender, or it was
+/// registered as a user of the namespace at an earlier start.
+async fn bot_registered(config: &Config, store: &Store) -> anyhow::Result<bool> {
+    if config.mode == crate::config::Mode::Bot || config.bot_is_sender() {
+        return Ok(true);
     }
     let mut conn = store.pool().acquire().await?;
-    if crate::store::crypto::state(&mut conn, REGISTERED)
+    Ok(crate::store::crypto::state(&mut conn, BOT_REGISTERED)
         .await?
-        .is_some()
-    {
-        return Ok(());
-    }
-    drop(conn);
+        .is_some())
+}
+
+const BOT_REGISTERED: &str = "bot_registered";
+
+/// Registers the bot as a user of the namespace (first start only; the homeserver
+/// refuses calls made as the bot until it exists), retrying while the homeserver is
+/// away or refuses (a registration it has not loaded yet), then sets `ready`.
+async fn register_bot(
+    config: &Config,
+    store: &Store,
+    client: &MatrixClient,
+    ready: &AtomicBool,
+    shutdown: &CancellationToken,
+) {
     let request = OutboundRequest::RegisterGhost {
         localpart: config.appservice.bot.username.clone(),
     };
     let mut attempts = 0;
     loop {
-        match queue::execute(client, &request, "").await {
-            Ok(_) => break,
-            Err(e) if e.is_transient() && attempts < 20 => {
+        let wait = match queue::execute(client, &request, "").await {
+            Ok(_) => {
+                let recorded = async {
+                    let mut conn = store.pool().acquire().await?;
+                    crate::store::crypto::set_state(&mut conn, BOT_REGISTERED, "1").await
+                }
+                .await;
+                if let Err(e) = recorded {
+                    tracing::warn!(error = %e, "cannot record the bot's registration; it is asked again at next start");
+                }
+                tracing::info!(bot = %config.bot_user_id(), "registered the bot");
+                ready.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) if e.is_transient() => {
                 attempts += 1;
                 let wait = queue::backoff(attempts);
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot register the bot yet");
-                tokio::time::sleep(wait).await;
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot register the bot yet; nothing is sent until then");
+                wait
             }
-            Err(e) => bail!(
-                "cannot register the bot {}: {e}. Does the homeserver load this registration (its namespace holds the bot)? tchap-visio check-config tells",
-                config.bot_user_id()
-            ),
+            Err(e) => {
+                tracing::error!(bot = %config.bot_user_id(), error = %e, "cannot register the bot: does the homeserver load this registration (its namespace holds the bot)? tchap-visio check-config tells; retrying in a minute");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
-    let mut conn = store.pool().acquire().await?;
-    crate::store::crypto::set_state(&mut conn, REGISTERED, "1").await?;
-    tracing::info!(bot = %config.bot_user_id(), "registered the bot");
-    Ok(())
 }
 
 /// Opens or creates the bot's device (retrying while the homeserver is away), checks

@@ -148,6 +148,9 @@ pub struct OutboundWorker {
     /// `mode: bot`: there are no ghosts; the bot posts their messages itself, their
     /// speaker's name in front.
     pub relay_only: bool,
+    /// Whether calls as the bot may be made: false until the bot, a user of the
+    /// namespace, is registered (its first start).
+    pub bot_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Woken whenever something is enqueued.
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
@@ -215,6 +218,22 @@ impl OutboundWorker {
                 .store
                 .reschedule_outbound(row.id, now_ms() + 1000, &e.to_string())
                 .await;
+            return;
+        }
+        if !self.bot_ready.load(std::sync::atomic::Ordering::Acquire) {
+            let wait = backoff(row.attempts);
+            tracing::debug!(id = row.id, "the bot is not registered yet; waiting");
+            if let Err(e) = self
+                .store
+                .reschedule_outbound(
+                    row.id,
+                    now_ms() + wait.as_millis() as i64,
+                    "the bot is not registered yet",
+                )
+                .await
+            {
+                tracing::error!(id = row.id, error = %e, "cannot record the send result");
+            }
             return;
         }
         if self.relay_only {

@@ -225,7 +225,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         bot_user_id: bot.user_id.clone(),
         max_body_bytes: config.appservice.max_body_bytes,
         inbox_wake,
-        metrics,
+        metrics: metrics.clone(),
         public_ws_url: http::join::ws_base_url(config.appservice.public_address.as_str()),
         bot_api,
         signal: SignalState {
@@ -247,6 +247,25 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_millis() as u64,
         "tchap-visio is running"
     );
+    if config.metrics.enabled {
+        let metrics_addr = config.metrics_addr();
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {metrics_addr} (metrics.hostname / metrics.port): is another instance running?")
+            })?;
+        let stop = shutdown.clone();
+        let router = http::metrics_router(metrics.clone());
+        workers.spawn(async move {
+            let served = axum::serve(metrics_listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+        tracing::info!(%metrics_addr, "metrics at /metrics");
+    }
     let server_shutdown = shutdown.clone();
     let router = http::router(state);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {

@@ -33,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "encryption",
     "mode",
     "bot_account",
+    "metrics",
 ];
 
 /// Value the example config holds until `generate-registration` writes real tokens.
@@ -87,6 +88,36 @@ pub struct Config {
     /// The account of `mode: bot`.
     #[serde(default)]
     pub bot_account: BotAccountConfig,
+    /// Where `/metrics` is served: its own listener, never the public port.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The address `/metrics` listens on: loopback by default (or a private network the
+    /// collector reaches).
+    #[serde(default = "default_hostname", deserialize_with = "addr::listen_ip")]
+    pub hostname: IpAddr,
+    #[serde(default = "default_metrics_port")]
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hostname: default_hostname(),
+            port: default_metrics_port(),
+        }
+    }
+}
+
+fn default_metrics_port() -> u16 {
+    29331
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -543,6 +574,11 @@ impl Config {
             }
         }
         warnings
+    }
+
+    /// The address `/metrics` listens on (`metrics.hostname`, `metrics.port`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.metrics.hostname, self.metrics.port)
     }
 
     /// The address the HTTP server listens on (`appservice.hostname`, `appservice.port`).

@@ -310,3 +310,14 @@ fn empty_permissions_mean_own_domain() {
     assert_eq!(map.get("localhost"), Some(&PermissionLevel::User));
     assert_eq!(map.len(), 1);
 }
+
+#[test]
+fn metrics_get_a_listener_of_their_own() {
+    let mut config = with_tokens(example());
+    assert_eq!(config.metrics_addr().to_string(), "127.0.0.1:29331");
+    config.metrics.port = config.appservice.port;
+    let err = config.validate().expect_err("same port").to_string();
+    assert!(err.contains("metrics.port") && err.contains("own"), "{err}");
+    config.metrics.enabled = false;
+    config.validate().expect("no listener, no clash");
+}

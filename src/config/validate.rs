@@ -193,6 +193,18 @@ impl Config {
                  Change it only before the first start: the crypto store is encrypted with it",
             ));
         }
+        if self.metrics.enabled && self.metrics.port == 0 {
+            return Err(invalid(
+                "metrics.port",
+                "must be a port between 1 and 65535",
+            ));
+        }
+        if self.metrics.enabled && self.metrics.port == appservice.port {
+            return Err(invalid(
+                "metrics.port",
+                "is appservice.port: /metrics gets a listener of its own, never the public one; pick another port (default 29331)",
+            ));
+        }
         let uri = &self.database.uri;
         if !(uri.starts_with("sqlite:")
             || uri.starts_with("postgres://")

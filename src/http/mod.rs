@@ -76,7 +76,6 @@ pub fn router(state: AppState) -> Router {
         .route("/m/{slug}", get(web::page))
         .route("/assets/{*path}", get(web::asset))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
         .fallback(|| async { MatrixError::unrecognized() })
         .method_not_allowed_fallback(|| async { MatrixError::method_not_allowed() })
         .with_state(state)
@@ -137,11 +136,22 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
+/// `/metrics` (Prometheus), on a listener of its own (`metrics.hostname`,
+/// `metrics.port`): never on the public port, where it would tell anyone how many
+/// meetings run and who is in them.
+pub fn metrics_router(handle: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    StatusCode::OK,
+                    [("content-type", "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
     )
 }
 

@@ -123,7 +123,7 @@ await withFixture('bench', async (fx) => {
 async function waitParticipantsGone(server, identity) {
   const deadline = performance.now() + 10_000;
   for (;;) {
-    const text = await (await fetch(`${server.url}/metrics`)).text();
+    const text = await (await fetch(server.metricsUrl())).text();
     const m = /^tchap_visio_sfu_participants(?:\{[^}]*\})?\s+(\S+)/m.exec(text);
     if (!m || Number(m[1]) <= 1) return;
     if (performance.now() > deadline) throw new Error(`participant ${identity} still counted by the SFU after 10 s`);

@@ -2,6 +2,8 @@
 
 from contextlib import closing
 
+import requests
+
 from harness import Env, scenarios
 from harness.matrix import quoted
 from harness import wait_for
@@ -58,6 +60,8 @@ def test_metrics_are_exported(env):
     wait_help(alice, room, env.bot)
 
     metrics = env.service.metrics()
+    # On their own listener only: the public port (behind the reverse proxy) has none.
+    assert requests.get(f"{env.service.url}/metrics", timeout=10).status_code == 404
     names = {key.partition("{")[0] for key in metrics}
     expected = {
         "tchap_visio_transactions_received_total",

@@ -225,6 +225,7 @@ export class Server {
     this.url = `http://127.0.0.1:${this.port}`;
     this.host = `127.0.0.1:${this.port}`;
     this.livekitUrl = `ws://127.0.0.1:${this.port}`;
+    this.metricsUrl = () => `http://127.0.0.1:${this.metricsPort}/metrics`;
     this.apiKey = 'devkey';
     // 48 characters (the SFU wants secrets of at least 32).
     this.apiSecret = crypto.randomBytes(36).toString('base64url');
@@ -242,6 +243,7 @@ export class Server {
       'sfu.advertised_ip': '',
       'sfu.keys': { [this.apiKey]: this.apiSecret },
       'logging.level': 'info',
+      'metrics.port': (this.metricsPort = await freeTcpPort()),
       language,
       ...extra,
     };
@@ -296,7 +298,7 @@ export class Server {
 
   /** The sum of a Prometheus series over the series carrying `labels` (0 when absent). */
   async metric(name, labels = {}) {
-    const r = await fetch(`${this.url}/metrics`);
+    const r = await fetch(this.metricsUrl());
     if (!r.ok) throw new Error(`/metrics answered ${r.status}`);
     let total = 0;
     for (const line of (await r.text()).split('\n')) {

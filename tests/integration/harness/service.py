@@ -108,6 +108,9 @@ class Service:
             cfg["sfu"]["advertised_ip"] = ""
             cfg["sfu"]["keys"] = {"devkey": secrets.token_urlsafe(36)}  # 48 characters
         cfg["logging"]["level"] = "info,tchap_visio=debug"
+        self.metrics_port = free_port()
+        cfg["metrics"] = {"enabled": True, "hostname": "127.0.0.1", "port": self.metrics_port}
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         for section, values in (overrides or {}).items():
             if isinstance(values, dict):
                 cfg.setdefault(section, {}).update(values)
@@ -247,7 +250,7 @@ class Service:
     # -- HTTP ----------------------------------------------------------------
 
     def metrics(self) -> dict[str, float]:
-        r = requests.get(f"{self.url}/metrics", timeout=10)
+        r = requests.get(self.metrics_url, timeout=10)
         r.raise_for_status()
         return parse_metrics(r.text)
 

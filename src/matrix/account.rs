@@ -192,23 +192,11 @@ impl AccountSync {
         let mut conn = self.store.pool().acquire().await?;
         let since = stored::state(&mut conn, stored::SYNC_TOKEN).await?;
         drop(conn);
-        let mut path = format!(
-            "/_matrix/client/v3/sync?timeout={}&filter={}",
-            Duration::from_secs(30).as_millis(),
-            urlencode(FILTER)
-        );
-        if let Some(since) = &since {
-            path.push_str("&since=");
-            path.push_str(&urlencode(since));
-        }
-        let sync = self
+        let (sync, next) = self
             .client
-            .call_json("GET", &path, None, None, None)
+            .sync(FILTER, since.as_deref(), Duration::from_secs(30), None)
             .await?;
-        let next = sync
-            .get("next_batch")
-            .and_then(|n| n.as_str())
-            .context("a sync answer without next_batch")?;
+        let next = next.as_str();
         let events = inbox_events(&sync, self.bot.as_str(), since.is_none(), next);
         let input = self
             .device
@@ -307,10 +295,6 @@ pub fn inbox_events(
         }
     }
     rows
-}
-
-fn urlencode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 #[cfg(test)]

@@ -172,6 +172,33 @@ impl MatrixClient {
         serde_json::from_slice(&bytes).map_err(|e| CallError::BadResponse(e.to_string()))
     }
 
+    /// One long-poll `/sync` (as the bot, as `device_id` when given) with `filter`;
+    /// returns the answer and its `next_batch`.
+    pub async fn sync(
+        &self,
+        filter: &str,
+        since: Option<&str>,
+        timeout: Duration,
+        device_id: Option<&str>,
+    ) -> Result<(serde_json::Value, String), CallError> {
+        let mut path = format!(
+            "/_matrix/client/v3/sync?timeout={}&filter={}",
+            timeout.as_millis(),
+            url_component(filter)
+        );
+        if let Some(since) = since {
+            path.push_str("&since=");
+            path.push_str(&url_component(since));
+        }
+        let answer = self.call_json("GET", &path, None, None, device_id).await?;
+        let next = answer
+            .get("next_batch")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| CallError::BadResponse("a sync answer without next_batch".into()))?
+            .to_owned();
+        Ok((answer, next))
+    }
+
     /// Makes one client-server API call, as the bot (`as_user: None`) or as a ghost.
     pub async fn call<R>(
         &self,
@@ -215,6 +242,11 @@ impl MatrixClient {
         R::IncomingResponse::try_from_http_response(http_response)
             .map_err(|e| CallError::BadResponse(e.to_string()))
     }
+}
+
+/// Text as one component of a path or query (room ids, tokens, filters).
+pub fn url_component(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// Sends a request; the status and body of a success, else the homeserver's error

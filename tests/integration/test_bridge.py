@@ -14,12 +14,9 @@ import re
 import pytest
 import requests
 
-try:
-    import livekit.rtc  # noqa: F401
-except Exception as e:  # noqa: BLE001 - any import failure means the SDK is unusable here
-    if os.environ.get("CI"):
-        pytest.fail(f"LiveKit's Python SDK cannot be imported in CI: {e!r}", pytrace=False)
-    pytest.skip(f"LiveKit's Python SDK cannot be imported: {e!r}", allow_module_level=True)
+from harness.util import require_livekit_sdk
+
+require_livekit_sdk()
 
 from harness import Env, wait_for
 from harness.lkpeer import Peer

@@ -5,18 +5,14 @@ Python SDK as meeting guests.
 
 from __future__ import annotations
 
-import os
 import shutil
 from contextlib import closing
 
 import pytest
 
-try:
-    import livekit.rtc  # noqa: F401
-except Exception as e:  # noqa: BLE001 - any import failure means the SDK is unusable here
-    if os.environ.get("CI"):
-        pytest.fail(f"LiveKit's Python SDK cannot be imported in CI: {e!r}", pytrace=False)
-    pytest.skip(f"LiveKit's Python SDK cannot be imported: {e!r}", allow_module_level=True)
+from harness.util import require_livekit_sdk
+
+require_livekit_sdk()
 
 import nio
 

@@ -332,24 +332,10 @@ impl BotDevice {
         // Rooms, presence and account data are not wanted: the appservice receives the
         // rooms' events in its transactions.
         let filter = r#"{"room":{"rooms":[]},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}"#;
-        let mut path = format!(
-            "/_matrix/client/v3/sync?timeout={}&filter={}",
-            timeout.as_millis(),
-            urlencode(filter)
-        );
-        if let Some(since) = since {
-            path.push_str("&since=");
-            path.push_str(&urlencode(since));
-        }
-        let answer = self
+        let (answer, next) = self
             .client
-            .call_json("GET", &path, None, None, Some(&self.device_id))
+            .sync(filter, since, timeout, Some(&self.device_id))
             .await?;
-        let next = answer
-            .get("next_batch")
-            .and_then(|n| n.as_str())
-            .ok_or_else(|| CallError::BadResponse("a sync without next_batch".into()))?
-            .to_owned();
         Ok((next, CryptoInput::from_sync(&answer)))
     }
 }
@@ -421,10 +407,6 @@ fn set_aside(path: &Path) {
     if let Err(e) = std::fs::rename(path, &aside) {
         tracing::error!(error = %e, "cannot move the unusable crypto store aside");
     }
-}
-
-fn urlencode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 fn json_pointer_escape(segment: &str) -> String {

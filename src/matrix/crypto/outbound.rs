@@ -6,7 +6,7 @@
 
 use super::Rotation;
 use super::device::{BotDevice, DeviceError};
-use crate::matrix::client::CallError;
+use crate::matrix::client::{CallError, url_component};
 use crate::matrix::queue::{OutboundRequest, spoken_by_bot};
 use crate::store::crypto as stored;
 
@@ -21,7 +21,10 @@ pub async fn seal(
         return Ok(request.clone());
     };
     let room = room_id.as_str();
-    let Some(encryption) = room_encryption(device, room).await? else {
+    let mut conn = device.store.pool().acquire().await?;
+    let known = stored::room(&mut conn, room).await?;
+    drop(conn);
+    let Some(encryption) = room_encryption(device, room, &known).await? else {
         return Ok(request.clone());
     };
     let speaking = spoken_by_bot(request);
@@ -35,7 +38,7 @@ pub async fn seal(
     else {
         unreachable!("a send stays a send");
     };
-    let members = members_to_share_with(device, room).await?;
+    let members = members_to_share_with(device, room, &known).await?;
     let rotation =
         Rotation::from_encryption_event(&serde_json::from_str(&encryption).unwrap_or_default());
     device.share_room_key(room, &members, rotation).await?;
@@ -53,19 +56,17 @@ pub async fn seal(
 
 /// The room's `m.room.encryption` content, or `None` for a clear room; asked of the
 /// homeserver once for a room we know nothing of (the bot joined after it was set).
-pub async fn room_encryption(
+async fn room_encryption(
     device: &BotDevice,
     room: &str,
+    known: &stored::RoomCrypto,
 ) -> Result<Option<String>, DeviceError> {
-    let mut conn = device.store.pool().acquire().await?;
-    let known = stored::room(&mut conn, room).await?;
     if known.encryption_known {
-        return Ok(known.encryption_json);
+        return Ok(known.encryption_json.clone());
     }
-    drop(conn);
     let path = format!(
         "/_matrix/client/v3/rooms/{}/state/m.room.encryption/",
-        urlencode(room)
+        url_component(room)
     );
     let found = match device
         .client()
@@ -87,12 +88,13 @@ pub async fn room_encryption(
 /// Who gets the room key: joined members, and invited ones unless the room's history is
 /// visible to joined members only. The list is read from the homeserver once, then kept
 /// by the membership events the inbox records.
-async fn members_to_share_with(device: &BotDevice, room: &str) -> Result<Vec<String>, DeviceError> {
-    let mut conn = device.store.pool().acquire().await?;
-    let known = stored::room(&mut conn, room).await?;
-    drop(conn);
+async fn members_to_share_with(
+    device: &BotDevice,
+    room: &str,
+    known: &stored::RoomCrypto,
+) -> Result<Vec<String>, DeviceError> {
     if !known.members_loaded {
-        let path = format!("/_matrix/client/v3/rooms/{}/members", urlencode(room));
+        let path = format!("/_matrix/client/v3/rooms/{}/members", url_component(room));
         let answer = device
             .client()
             .call_json("GET", &path, None, None, None)
@@ -119,8 +121,4 @@ async fn members_to_share_with(device: &BotDevice, room: &str) -> Result<Vec<Str
     };
     let mut conn = device.store.pool().acquire().await?;
     Ok(stored::members(&mut conn, room, memberships).await?)
-}
-
-fn urlencode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

@@ -37,6 +37,13 @@ pub enum SfuEffect {
     },
     /// End the meeting's room: participants are told the meeting is over and removed.
     CloseRoom { meeting: String },
+    /// Take one participant out (a moderator, a departure from the room, a stricter
+    /// level); its tokens were revoked in the same transaction.
+    RemoveParticipant {
+        meeting: String,
+        identity: String,
+        why: String,
+    },
 }
 
 /// Stores an effect, inside the caller's database transaction.
@@ -57,6 +64,13 @@ pub trait MeetingRooms: Send + Sync + 'static {
     ) -> impl Future<Output = bool> + Send;
     /// Closes a room; how many participants it had.
     fn close_room(&self, room: String) -> impl Future<Output = usize> + Send;
+    /// Removes one participant; false when it was not there.
+    fn remove_identity(
+        &self,
+        room: String,
+        identity: String,
+        why: String,
+    ) -> impl Future<Output = bool> + Send;
 }
 
 impl MeetingRooms for SfuHandle {
@@ -66,6 +80,10 @@ impl MeetingRooms for SfuHandle {
 
     async fn close_room(&self, room: String) -> usize {
         SfuHandle::close_room(self, room).await
+    }
+
+    async fn remove_identity(&self, room: String, identity: String, why: String) -> bool {
+        SfuHandle::remove_identity(self, room, identity, why).await
     }
 }
 
@@ -158,6 +176,17 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
             SfuEffect::CloseRoom { meeting } => {
                 let removed = self.rooms.close_room(meeting.clone()).await;
                 tracing::debug!(meeting, removed, "meeting room closed");
+            }
+            SfuEffect::RemoveParticipant {
+                meeting,
+                identity,
+                why,
+            } => {
+                let removed = self
+                    .rooms
+                    .remove_identity(meeting.clone(), identity.clone(), why.clone())
+                    .await;
+                tracing::info!(meeting, identity, why, removed, "participant removed");
             }
         }
     }

@@ -705,6 +705,7 @@ impl EventHandler for FailsOnceBeforeCommit {
 struct FakeRooms {
     chat: Mutex<Vec<(String, String, String, String)>>,
     closed: Mutex<Vec<String>>,
+    removed: Mutex<Vec<(String, String)>>,
 }
 
 impl effects::MeetingRooms for Arc<FakeRooms> {
@@ -722,6 +723,14 @@ impl effects::MeetingRooms for Arc<FakeRooms> {
             .expect("no panic while holding the lock")
             .push(room);
         1
+    }
+
+    async fn remove_identity(&self, room: String, identity: String, _why: String) -> bool {
+        self.removed
+            .lock()
+            .expect("no panic while holding the lock")
+            .push((room, identity));
+        true
     }
 }
 

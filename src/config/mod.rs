@@ -417,6 +417,14 @@ pub struct MeetingsConfig {
     /// IANA time zone of the times in notices and summaries.
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// Access level of new meetings started from a room: `public`, `trusted` or
+    /// `members` (moderators change it with `!visio accès`).
+    #[serde(default)]
+    pub default_access: crate::meeting::AccessLevel,
+    /// Servers whose users never enter a meeting of a room whose Tchap access rule is
+    /// `restricted` (Tchap's externs: `agent.externe.tchap.gouv.fr`).
+    #[serde(default)]
+    pub external_servers: Vec<String>,
 }
 
 impl Default for MeetingsConfig {
@@ -428,6 +436,8 @@ impl Default for MeetingsConfig {
             widget: false,
             mirror_room_timeline: false,
             timezone: default_timezone(),
+            default_access: crate::meeting::AccessLevel::default(),
+            external_servers: Vec::new(),
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The meeting domain: what a meeting is and how its state may change. No I/O; the
 //! store persists it, the bridge and the HTTP layer act on it. Depends on `ids` and `names` only.
 
+pub mod access;
+
 use crate::ids::{MeetingId, MeetingSlug};
+pub use access::AccessLevel;
 
 /// Longest title, in characters (it appears in notices and in the page header).
 pub const TITLE_MAX_CHARS: usize = 200;
@@ -91,6 +94,11 @@ pub struct Meeting {
     pub empty_since: Option<i64>,
     /// State key of the room widget set for this meeting, removed when it ends.
     pub widget_state_key: Option<String>,
+    /// Who may enter, as set (a restricted room never makes it public; see
+    /// [`access::RoomRule::effective`]).
+    pub access: AccessLevel,
+    /// The lobby notice (its outbound row), edited as guests come and go.
+    pub lobby_notice_id: Option<i64>,
 }
 
 impl Meeting {
@@ -116,6 +124,8 @@ impl Meeting {
             peak_participants: 0,
             empty_since: None,
             widget_state_key: None,
+            access: AccessLevel::Public,
+            lobby_notice_id: None,
         })
     }
 

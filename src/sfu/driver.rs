@@ -87,6 +87,13 @@ enum Command {
         room: String,
         reply: oneshot::Sender<usize>,
     },
+    /// Remove one participant (a moderator's decision, or the access rules').
+    RemoveIdentity {
+        room: String,
+        identity: String,
+        why: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// Whether a join would be admitted now, without joining.
     Admit {
         room: String,
@@ -233,6 +240,19 @@ impl SfuHandle {
         let (reply, answer) = oneshot::channel();
         let _ = self.commands.send(Command::CloseRoom { room, reply });
         answer.await.unwrap_or(0)
+    }
+
+    /// Removes `identity` from `room`, telling it why LiveKit's way; false when it is
+    /// not there.
+    pub async fn remove_identity(&self, room: String, identity: String, why: String) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::RemoveIdentity {
+            room,
+            identity,
+            why,
+            reply,
+        });
+        answer.await.unwrap_or(false)
     }
 
     pub async fn participant_count(&self) -> usize {
@@ -491,6 +511,14 @@ fn handle_command(
         }
         Command::CloseRoom { room, reply } => {
             let _ = reply.send(engine.close_room(now, &room));
+        }
+        Command::RemoveIdentity {
+            room,
+            identity,
+            why,
+            reply,
+        } => {
+            let _ = reply.send(engine.remove_identity(now, &room, &identity, &why));
         }
         Command::InjectChat {
             room,

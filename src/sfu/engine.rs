@@ -215,6 +215,13 @@ impl Engine {
         injected
     }
 
+    /// Removes one participant by identity; see [`Rooms::remove_identity`].
+    pub fn remove_identity(&mut self, now: Instant, room: &str, identity: &str, why: &str) -> bool {
+        let removed = self.rooms.remove_identity(room, identity, why);
+        self.drain(now);
+        removed
+    }
+
     /// Ends a room for good: every participant is told the room was deleted (the page
     /// shows its "meeting ended" screen) and removed, and later joins are refused.
     /// Returns how many participants were in it.

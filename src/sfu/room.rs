@@ -405,6 +405,25 @@ impl Rooms {
         }
     }
 
+    /// Removes `identity` from `room` at a moderator's or the access rules' request: it
+    /// is told it was removed (LiveKit's `PARTICIPANT_REMOVED`, which the page shows)
+    /// and the room sees it leave. False when it is not there.
+    pub fn remove_identity(&mut self, room_name: &str, identity: &str, why: &str) -> bool {
+        let Some(key) = self.find_identity(room_name, identity) else {
+            return false;
+        };
+        self.send(
+            key,
+            signal_response::Message::Leave(lk::LeaveRequest {
+                reason: lk::DisconnectReason::ParticipantRemoved as i32,
+                action: lk::leave_request::Action::Disconnect as i32,
+                ..Default::default()
+            }),
+        );
+        self.remove(key, why);
+        true
+    }
+
     /// Ends a room for good: every participant is told the room was deleted (the page
     /// shows its "meeting ended" screen) and removed, and later joins are refused.
     /// Returns how many participants were in it.

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 
 use super::{Connection, StoreError};
 use crate::ids::{MeetingId, MeetingSlug};
-use crate::meeting::{Meeting, MeetingState};
+use crate::meeting::{AccessLevel, Meeting, MeetingState};
 
 /// `SELECT <every column> FROM meetings <rest>`, as a `&'static str`. The thread root
 /// is the event the link notice became, kept on its outbound row; `<rest>` names the
@@ -17,7 +17,7 @@ macro_rules! select {
             "SELECT * FROM (SELECT m.id, m.slug, m.title, m.matrix_room_id, m.creator, \
              m.state, m.created_at, m.started_at, m.ended_at, m.link_notice_id, \
              o.event_id AS thread_root_event_id, m.peak_participants, m.empty_since, \
-             m.widget_state_key FROM meetings m LEFT JOIN outbound o ON o.id = m.link_notice_id) \
+             m.widget_state_key, m.access, m.lobby_notice_id FROM meetings m LEFT JOIN outbound o ON o.id = m.link_notice_id) \
              AS meetings ",
             $rest
         )
@@ -51,6 +51,12 @@ fn from_row(row: &AnyRow) -> Result<Meeting, StoreError> {
         peak_participants: row.try_get("peak_participants")?,
         empty_since: row.try_get("empty_since")?,
         widget_state_key: row.try_get("widget_state_key")?,
+        access: {
+            let access: String = row.try_get("access")?;
+            AccessLevel::parse(&access)
+                .ok_or_else(|| corrupt(format!("access `{access}` of {id}")))?
+        },
+        lobby_notice_id: row.try_get("lobby_notice_id")?,
     })
 }
 
@@ -59,7 +65,8 @@ pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), Stor
     sqlx::query(
         "INSERT INTO meetings (id, slug, title, matrix_room_id, creator, state, created_at, \
          started_at, ended_at, link_notice_id, peak_participants, empty_since, \
-         widget_state_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         widget_state_key, access, lobby_notice_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(meeting.id.as_str())
     .bind(meeting.slug.expose())
@@ -74,6 +81,8 @@ pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), Stor
     .bind(meeting.peak_participants)
     .bind(meeting.empty_since)
     .bind(meeting.widget_state_key.as_deref())
+    .bind(meeting.access.as_str())
+    .bind(meeting.lobby_notice_id)
     .execute(conn)
     .await?;
     Ok(())

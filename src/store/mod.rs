@@ -2,6 +2,7 @@
 //! over `sqlx::Any` and embedded, numbered migrations per dialect. Owns the schema;
 //! knows nothing of HTTP, Matrix semantics or media.
 
+pub mod access;
 pub mod api_tokens;
 pub mod chat;
 pub mod crypto;

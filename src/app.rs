@@ -151,7 +151,8 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     });
     let bridge = Arc::new(
         BridgeContext::from_config(&config, Some(sfu.clone()), Some(client.clone()))
-            .with_webhooks(webhooks.clone()),
+            .with_webhooks(webhooks.clone())
+            .with_store(store.clone()),
     );
     {
         let mut conn = store.pool().acquire().await?;

@@ -5,6 +5,7 @@
 
 pub mod api_token;
 pub mod browser;
+pub mod membership;
 pub mod token;
 
 use axum::http::HeaderMap;

@@ -8,6 +8,7 @@
 //! database happens inside that transaction: what it needs from the homeserver (names,
 //! power levels) is looked up before it opens.
 
+pub mod access;
 pub mod effects;
 pub mod ghosts;
 mod names;
@@ -85,6 +86,10 @@ pub struct BridgeContext {
     /// Per meeting, the pace at which its chat goes into the room: a burst freely, then
     /// one message a second, later ones queued (stored, never dropped).
     chat_mirror_pace: Mutex<HashMap<String, TokenBucket>>,
+    /// Access levels, identity codes and the lobby.
+    pub access: access::AccessRuntime,
+    /// For what the lookups before a batch must read (an identity code's meeting).
+    pub store: Option<Store>,
 }
 
 /// Meeting chat mirrored into the room: messages per second, and how many go at once.
@@ -138,14 +143,27 @@ impl BridgeContext {
             },
             relay_only: config.mode == crate::config::Mode::Bot,
             sfu,
-            client,
             webhooks: Webhooks::none(),
             display_names: Mutex::new(HashMap::new()),
             sfu_effects_wake: Arc::new(Notify::new()),
             fetched_power_levels: Mutex::new(HashMap::new()),
             chat_mirror_pace: Mutex::new(HashMap::new()),
             member_names: Mutex::new(HashMap::new()),
+            access: access::AccessRuntime::new(
+                config.meetings.default_access,
+                Arc::new(crate::auth::membership::RoomView::new(
+                    client.clone(),
+                    config.meetings.external_servers.clone(),
+                )),
+            ),
+            client,
+            store: None,
         }
+    }
+
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
     }
 
     pub fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
@@ -176,6 +194,7 @@ impl BridgeContext {
     /// committed; call it after the commit, never before.
     pub fn effects_committed(&self) {
         self.sfu_effects_wake.notify_one();
+        self.access.changed.notify_waiters();
     }
 }
 
@@ -195,11 +214,20 @@ impl EventHandler for Bridge {
         let mut wanted = Vec::new();
         let mut power_rooms: Vec<OwnedRoomId> = Vec::new();
         let mut authors: Vec<OwnedUserId> = Vec::new();
+        let mut codes: Vec<(String, OwnedUserId)> = Vec::new();
+        let mut rule_rooms: Vec<OwnedRoomId> = Vec::new();
         for event in batch {
             let Ok(envelope) = serde_json::from_str::<EventEnvelope>(&event.json) else {
                 continue;
             };
-            if envelope.kind != "m.room.message" || self.ctx.bot.is_ours(&envelope.sender) {
+            if self.ctx.bot.is_ours(&envelope.sender) {
+                continue;
+            }
+            // A reaction may be a moderator's lobby decision.
+            if envelope.kind == "m.reaction" && !power_rooms.contains(&envelope.room_id) {
+                power_rooms.push(envelope.room_id.clone());
+            }
+            if envelope.kind != "m.room.message" {
                 continue;
             }
             let Ok(message) =
@@ -216,10 +244,26 @@ impl EventHandler for Bridge {
                 .mentions_bot(&message, &body)
                 .then_some(names.as_slice());
             let dispatch = commands::process(&body, level, mention, self.ctx.lang);
-            if matches!(&dispatch, Dispatch::Run { spec, .. } if spec.action == CommandAction::End)
-                && !power_rooms.contains(&envelope.room_id)
-            {
-                power_rooms.push(envelope.room_id.clone());
+            if let Dispatch::Run { spec, args } = &dispatch {
+                let moderating = matches!(
+                    spec.action,
+                    CommandAction::End
+                        | CommandAction::Access
+                        | CommandAction::Admit
+                        | CommandAction::Deny
+                        | CommandAction::Remove
+                );
+                if moderating && !power_rooms.contains(&envelope.room_id) {
+                    power_rooms.push(envelope.room_id.clone());
+                }
+                if matches!(spec.action, CommandAction::Start | CommandAction::Access)
+                    && !rule_rooms.contains(&envelope.room_id)
+                {
+                    rule_rooms.push(envelope.room_id.clone());
+                }
+                if spec.action == CommandAction::Enter {
+                    codes.push(((*args).to_owned(), envelope.sender.clone()));
+                }
             }
             let for_the_bot = !matches!(dispatch, Dispatch::NotACommand);
             let may_be_mirrored = matches!(message.relates_to, Some(Relation::Thread(_)))
@@ -244,6 +288,7 @@ impl EventHandler for Bridge {
         for author in authors {
             self.ctx.look_up_display_name(&author).await;
         }
+        self.ctx.prepare_access(&codes, &rule_rooms).await;
     }
 
     fn committed(&self) {
@@ -260,11 +305,23 @@ impl EventHandler for Bridge {
                 .as_deref()
                 .and_then(|k| UserId::parse(k).ok())
         {
-            let joined =
-                envelope.content.get("membership").and_then(|m| m.as_str()) == Some("join");
+            let membership = envelope
+                .content
+                .get("membership")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default();
             let name = envelope.content.get("displayname").and_then(|n| n.as_str());
-            self.ctx
-                .remember_member_name(&envelope.room_id, &user, name.filter(|_| joined));
+            self.ctx.remember_member_name(
+                &envelope.room_id,
+                &user,
+                name.filter(|_| membership == "join"),
+            );
+            if !self.ctx.bot.is_ours(&user) {
+                self.on_membership(&envelope, &user, membership, conn).await?;
+            }
+        }
+        if envelope.kind == "m.reaction" && !self.ctx.bot.is_ours(&envelope.sender) {
+            return self.on_reaction(&envelope, conn).await;
         }
         if envelope.kind == "m.room.message"
             && !self.ctx.bot.is_ours(&envelope.sender)
@@ -382,7 +439,11 @@ impl Bridge {
                     Some(event.sender.to_string()),
                     now_ms(),
                 ) {
-                    Ok(meeting) => {
+                    Ok(mut meeting) => {
+                        meeting.access = ctx
+                            .access
+                            .rule(room.as_str())
+                            .effective(ctx.access.default_level);
                         self.open_meeting(&meeting, conn).await?;
                         return Ok(());
                     }
@@ -428,9 +489,37 @@ impl Bridge {
                 tracing::info!(meeting = %meeting.id, user = %event.sender, "end refused: not creator nor moderator");
                 notices::end_refused(ctx.end_power_level, lang)
             }
-            (CommandAction::Status | CommandAction::Link | CommandAction::End, None) => {
-                notices::no_meeting(lang)
+            (CommandAction::Enter, _) => {
+                return self.on_enter(event, message, args, conn).await;
             }
+            (CommandAction::Access, Some(meeting)) => {
+                return self.on_access(event, message, args, meeting, conn).await;
+            }
+            (action @ (CommandAction::Admit | CommandAction::Deny), Some(meeting)) => {
+                return self
+                    .on_lobby_command(
+                        event,
+                        message,
+                        args,
+                        action == CommandAction::Admit,
+                        meeting,
+                        conn,
+                    )
+                    .await;
+            }
+            (CommandAction::Remove, Some(meeting)) => {
+                return self.on_remove(event, message, args, meeting, conn).await;
+            }
+            (
+                CommandAction::Status
+                | CommandAction::Link
+                | CommandAction::End
+                | CommandAction::Access
+                | CommandAction::Admit
+                | CommandAction::Deny
+                | CommandAction::Remove,
+                None,
+            ) => notices::no_meeting(lang),
             // The dispatcher answers it; kept for a complete match.
             (CommandAction::Help, _) => commands::help(lang),
         };

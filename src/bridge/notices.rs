@@ -36,6 +36,10 @@ const ENDING: Text = Text::new(
     "Meeting “{title}” ended at {user}'s request.",
 );
 const JOIN: Text = Text::new("Rejoindre la visio", "Join the meeting");
+const ACCESS_LINE: Text = Text::new(
+    "🔒 Accès : {level} — {explain} (!visio accès pour changer).",
+    "🔒 Access: {level} — {explain} (!visio access to change it).",
+);
 
 /// A `https://matrix.to` link to a user, shown as their display name in the room where
 /// we know it, else their id (the bot never pings: its messages carry empty mentions).
@@ -69,19 +73,24 @@ pub fn link_notice(
             "The meeting's chat arrives in this thread; reply here to write to the participants.",
         ),
     };
+    let access = ACCESS_LINE
+        .get(lang)
+        .replace("{level}", meeting.access.label(lang))
+        .replace("{explain}", meeting.access.explain(lang));
     let plain = format!(
-        "📹 {}\n{}: {link}\n{thread}",
+        "📹 {}\n{}: {link}\n{access}\n{thread}",
         intro
             .replace("{title}", &meeting.title)
             .replace("{user}", creator_name.unwrap_or(creator)),
         JOIN.get(lang)
     );
     let html = format!(
-        "<p>📹 <strong>{}</strong></p><p>{}</p><p><em>{}</em></p>",
+        "<p>📹 <strong>{}</strong></p><p>{}</p><p>{}</p><p><em>{}</em></p>",
         intro
             .replace("{title}", &html_escape(&meeting.title))
             .replace("{user}", &user_html(creator, creator_name)),
         link_html(link, lang),
+        html_escape(&access),
         html_escape(thread)
     );
     (plain, html)

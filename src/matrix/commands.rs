@@ -26,6 +26,16 @@ pub enum CommandAction {
     End,
     /// Show the command list.
     Help,
+    /// Set the running meeting's access level (moderators).
+    Access,
+    /// Bind a page to the sender's Matrix identity with the code it shows.
+    Enter,
+    /// Let a guest waiting in the lobby in (moderators).
+    Admit,
+    /// Turn a guest waiting in the lobby away (moderators).
+    Deny,
+    /// Take a participant out of the meeting (moderators).
+    Remove,
 }
 
 /// One command of the table.
@@ -89,6 +99,61 @@ pub static COMMANDS: &[CommandSpec] = &[
         ),
         permission: PermissionLevel::User,
         action: CommandAction::End,
+    },
+    CommandSpec {
+        name: "accès",
+        aliases: &["access", "acces"],
+        args: Some(Text::new("public|confiance|membres", "public|trusted|members")),
+        help: Text::new(
+            "qui entre dans la visio en cours : tout le monde, les membres (les autres attendent), ou les membres seulement (modération)",
+            "who enters the running meeting: anyone, members (others wait), or members only (moderators)",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::Access,
+    },
+    CommandSpec {
+        name: "entrer",
+        aliases: &["join"],
+        args: Some(Text::new("<code>", "<code>")),
+        help: Text::new(
+            "relie la page de la visio à votre compte, avec le code qu’elle affiche",
+            "links the meeting page to your account, with the code it shows",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::Enter,
+    },
+    CommandSpec {
+        name: "admettre",
+        aliases: &["admit"],
+        args: Some(Text::new("<numéro>", "<number>")),
+        help: Text::new(
+            "fait entrer la personne n° <numéro> de la salle d’attente (modération)",
+            "lets person no. <number> in from the lobby (moderators)",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::Admit,
+    },
+    CommandSpec {
+        name: "refuser",
+        aliases: &["deny"],
+        args: Some(Text::new("<numéro>", "<number>")),
+        help: Text::new(
+            "refuse l’entrée à la personne n° <numéro> de la salle d’attente (modération)",
+            "turns person no. <number> in the lobby away (moderators)",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::Deny,
+    },
+    CommandSpec {
+        name: "exclure",
+        aliases: &["remove"],
+        args: Some(Text::new("<nom>", "<name>")),
+        help: Text::new(
+            "retire une personne de la visio en cours (modération)",
+            "removes someone from the running meeting (moderators)",
+        ),
+        permission: PermissionLevel::User,
+        action: CommandAction::Remove,
     },
     CommandSpec {
         name: "aide",

@@ -75,6 +75,20 @@ pub enum OutboundRequest {
     },
     /// Register a ghost user in our namespace (`inhibit_login`, as MSC4190 requires).
     RegisterGhost { localpart: String },
+    /// Replace a message the bot queued earlier (`of`: its row id) with `content` (a
+    /// message content): sent as an `m.replace` edit once that message is out, or as a
+    /// new message should it never have gone out.
+    Edit {
+        room_id: OwnedRoomId,
+        of: i64,
+        content: serde_json::Value,
+    },
+    /// A notice for one user's eyes: sent in their one-to-one room with the bot, which is
+    /// made (and remembered) the first time.
+    SendDirect {
+        user_id: OwnedUserId,
+        content: serde_json::Value,
+    },
 }
 
 /// A speaker's name and what separates it from their words, in the room's language
@@ -93,7 +107,8 @@ impl OutboundRequest {
             | Self::Leave { room_id, .. }
             | Self::Send { room_id, .. }
             | Self::Invite { room_id, .. }
-            | Self::SetState { room_id, .. } => Some(room_id),
+            | Self::SetState { room_id, .. }
+            | Self::Edit { room_id, .. } => Some(room_id),
             _ => None,
         }
     }
@@ -212,6 +227,17 @@ impl OutboundWorker {
                 return;
             }
         };
+        match self.resolve(request).await {
+            Ok(resolved) => request = resolved,
+            Err(error) => {
+                let retry_in = error.is_transient().then(|| backoff(row.attempts));
+                tracing::warn!(id = row.id, error = %error, "cannot prepare an edit or a private notice");
+                if let Err(e) = self.failed(&row, &error.to_string(), retry_in).await {
+                    tracing::error!(id = row.id, error = %e, "cannot record the send result");
+                }
+                return;
+            }
+        }
         if let Err(e) = self.link_to_thread(&mut request).await {
             tracing::error!(id = row.id, error = %e, "cannot read the thread root; retrying in 1 s");
             let _ = self
@@ -340,6 +366,88 @@ impl OutboundWorker {
         }
     }
 
+    /// An edit or a private notice as the send it becomes; anything else unchanged.
+    async fn resolve(&self, request: OutboundRequest) -> Result<OutboundRequest, CallError> {
+        let unavailable = |e: StoreError| CallError::Unreachable(format!("database: {e}"));
+        match request {
+            OutboundRequest::Edit {
+                room_id,
+                of,
+                content,
+            } => {
+                let mut conn = self.store.pool().acquire().await.map_err(|e| unavailable(e.into()))?;
+                let original = store::outbound::sent_event_id(&mut conn, of)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(OutboundRequest::Send {
+                    room_id,
+                    as_user: None,
+                    event_type: "m.room.message".into(),
+                    content: match original {
+                        Some(original) => edit_content(&original, content),
+                        None => content,
+                    },
+                    in_thread_of: None,
+                    attribution: None,
+                })
+            }
+            OutboundRequest::SendDirect { user_id, content } => {
+                let room_id = self.direct_room(&user_id).await?;
+                Ok(OutboundRequest::Send {
+                    room_id,
+                    as_user: None,
+                    event_type: "m.room.message".into(),
+                    content,
+                    in_thread_of: None,
+                    attribution: None,
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// The bot's one-to-one room with `user`, made on first use: private, marked direct,
+    /// encrypted when the bot has a device.
+    async fn direct_room(&self, user: &OwnedUserId) -> Result<OwnedRoomId, CallError> {
+        let unavailable = |e: StoreError| CallError::Unreachable(format!("database: {e}"));
+        let mut conn = self.store.pool().acquire().await.map_err(|e| unavailable(e.into()))?;
+        if let Some(room) = store::access::direct_room(&mut conn, user.as_str())
+            .await
+            .map_err(unavailable)?
+            && let Ok(room) = OwnedRoomId::try_from(room)
+        {
+            return Ok(room);
+        }
+        drop(conn);
+        let mut body = serde_json::json!({
+            "preset": "trusted_private_chat",
+            "is_direct": true,
+            "invite": [user],
+        });
+        if self.device.is_some() {
+            body["initial_state"] = serde_json::json!([{
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+            }]);
+        }
+        let created = self
+            .client
+            .call_json("POST", "/_matrix/client/v3/createRoom", Some(&body), None, None)
+            .await?;
+        let room = created
+            .get("room_id")
+            .and_then(|r| r.as_str())
+            .and_then(|r| OwnedRoomId::try_from(r).ok())
+            .ok_or_else(|| CallError::Build("createRoom answered without a room id".into()))?;
+        tracing::info!(room = %room, user = %user, "one-to-one room made for private notices");
+        let mut conn = self.store.pool().acquire().await.map_err(|e| unavailable(e.into()))?;
+        store::access::set_direct_room(&mut conn, user.as_str(), room.as_str(), now_ms())
+            .await
+            .map_err(unavailable)?;
+        Ok(room)
+    }
+
     /// Adds the thread relation to a message bound for a thread. Without a root (the
     /// request that was to create it failed for good) the message goes to the main
     /// timeline rather than nowhere.
@@ -361,6 +469,27 @@ impl OutboundWorker {
         }
         Ok(())
     }
+}
+
+/// `content` as an edit of `original`: the new content under `m.new_content`, and a
+/// fallback body marked with `*` for clients that do not show edits.
+fn edit_content(original: &str, content: serde_json::Value) -> serde_json::Value {
+    let mut fallback = content.clone();
+    if let Some(object) = fallback.as_object_mut() {
+        for key in ["body", "formatted_body"] {
+            if let Some(text) = object.get(key).and_then(|t| t.as_str()) {
+                let starred = format!("* {text}");
+                object.insert(key.into(), starred.into());
+            }
+        }
+        object.remove("m.relates_to");
+        object.insert("m.new_content".into(), content);
+        object.insert(
+            "m.relates_to".into(),
+            serde_json::json!({"rel_type": "m.replace", "event_id": original}),
+        );
+    }
+    fallback
 }
 
 /// Whether the ghost of a refused message never got into the room (the bot could not
@@ -480,6 +609,8 @@ fn kind(request: &OutboundRequest) -> &'static str {
         OutboundRequest::RegisterGhost { .. } => "register_ghost",
         OutboundRequest::Invite { .. } => "invite",
         OutboundRequest::SetState { .. } => "set_state",
+        OutboundRequest::Edit { .. } => "edit",
+        OutboundRequest::SendDirect { .. } => "send_direct",
     }
 }
 
@@ -589,6 +720,10 @@ pub async fn execute(
             let res = client.call(req, None).await?;
             Ok(serde_json::json!({ "event_id": res.event_id }))
         }
+        // The worker turns these into sends first ([`OutboundWorker::resolve`]).
+        OutboundRequest::Edit { .. } | OutboundRequest::SendDirect { .. } => Err(
+            CallError::Build("an edit or a private notice is resolved before sending".into()),
+        ),
         OutboundRequest::RegisterGhost { localpart } => {
             let mut req = account::register::v3::Request::new();
             req.username = Some(localpart.clone());

@@ -1,0 +1,116 @@
+//! Room membership and rules as the homeserver sees them, never as a page claims: the
+//! one place the join endpoint, identity codes and (later) Element Call's token service
+//! ask who is in a meeting's room. Lookups are made as the bot, which is in every
+//! meeting's room; rules (which change rarely) are kept briefly, memberships never.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::matrix::client::{CallError, MatrixClient, url_component};
+use crate::meeting::access::{Person, RoomRule, is_external};
+
+/// How long a room's Tchap rule and power levels are reused.
+const RULE_TTL: Duration = Duration::from_secs(30);
+/// Longest wait for one lookup: a join must answer, homeserver or not.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the homeserver's view could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the room's membership from the homeserver: {0}")]
+pub struct LookupError(#[from] CallError);
+
+/// The homeserver's view of meeting rooms.
+#[derive(Debug)]
+pub struct RoomView {
+    client: Option<MatrixClient>,
+    external_servers: Vec<String>,
+    rules: Mutex<HashMap<String, (RoomRule, Instant)>>,
+}
+
+impl RoomView {
+    pub fn new(client: Option<MatrixClient>, external_servers: Vec<String>) -> Self {
+        Self {
+            client,
+            external_servers,
+            rules: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn state(
+        &self,
+        room: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<serde_json::Value>, LookupError> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{}/{}",
+            url_component(room),
+            url_component(event_type),
+            url_component(state_key)
+        );
+        let call = client.call_json("GET", &path, None, None, None);
+        match tokio::time::timeout(LOOKUP_TIMEOUT, call).await {
+            Ok(Ok(content)) => Ok(Some(content)),
+            Ok(Err(CallError::Matrix { status: 404, .. })) => Ok(None),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(CallError::Unreachable("the lookup timed out".into()).into()),
+        }
+    }
+
+    /// `user`'s membership of `room` (`join`, `invite`, `leave`, `ban`, `knock`), `None`
+    /// when they never were in it.
+    pub async fn membership(&self, room: &str, user: &str) -> Result<Option<String>, LookupError> {
+        Ok(self
+            .state(room, "m.room.member", user)
+            .await?
+            .and_then(|c| c.get("membership")?.as_str().map(str::to_owned)))
+    }
+
+    /// The room's Tchap access rule.
+    pub async fn rule(&self, room: &str) -> Result<RoomRule, LookupError> {
+        if let Some((rule, at)) = self.rules.lock().ok().and_then(|c| c.get(room).copied())
+            && at.elapsed() < RULE_TTL
+        {
+            return Ok(rule);
+        }
+        let content = self.state(room, "im.vector.room.access_rules", "").await?;
+        let rule = RoomRule::from_rule(
+            content
+                .as_ref()
+                .and_then(|c| c.get("rule"))
+                .and_then(|r| r.as_str()),
+        );
+        if let Ok(mut cache) = self.rules.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(room.to_owned(), (rule, Instant::now()));
+        }
+        Ok(rule)
+    }
+
+    /// The room's power levels content (empty when it has none).
+    pub async fn power_levels(&self, room: &str) -> Result<serde_json::Value, LookupError> {
+        Ok(self
+            .state(room, "m.room.power_levels", "")
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Whether `user` is of an external server.
+    pub fn is_external(&self, user: &str) -> bool {
+        is_external(user, &self.external_servers)
+    }
+
+    /// `user` as the admission rule sees them in `room`.
+    pub async fn person(&self, room: &str, user: &str) -> Result<Person, LookupError> {
+        Ok(Person::Identified {
+            membership: self.membership(room, user).await?,
+            external: self.is_external(user),
+        })
+    }
+}

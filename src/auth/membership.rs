@@ -106,11 +106,30 @@ impl RoomView {
         is_external(user, &self.external_servers)
     }
 
-    /// `user` as the admission rule sees them in `room`.
-    pub async fn person(&self, room: &str, user: &str) -> Result<Person, LookupError> {
-        Ok(Person::Identified {
-            membership: self.membership(room, user).await?,
-            external: self.is_external(user),
-        })
+    /// `user` as the admission rule sees them in `room`, and their display name there.
+    pub async fn person(
+        &self,
+        room: &str,
+        user: &str,
+    ) -> Result<(Person, Option<String>), LookupError> {
+        let content = self.state(room, "m.room.member", user).await?;
+        let field = |name: &str| {
+            content
+                .as_ref()
+                .and_then(|c| c.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let membership = field("membership");
+        let name = field("displayname")
+            .filter(|_| membership.as_deref() == Some("join"))
+            .and_then(|n| crate::meeting::validate_display_name(&n).ok());
+        Ok((
+            Person::Identified {
+                membership,
+                external: self.is_external(user),
+            },
+            name,
+        ))
     }
 }

@@ -27,13 +27,13 @@ use crate::ids::ParticipantIdentity;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: i64 = 10;
 
-/// Lifetime of the tokens the join endpoint issues, in seconds (LiveKit's SDKs default
-/// to 6 hours too).
-pub const JOIN_TOKEN_TTL_SECS: i64 = 6 * 60 * 60;
+/// Lifetime of the tokens the join endpoint issues, in seconds: long enough to connect;
+/// a connected participant gets fresh ones (LiveKit's `refresh_token`) for reconnects.
+pub const JOIN_TOKEN_TTL_SECS: i64 = 10 * 60;
 
-/// Longest a token may still be valid when presented, whoever made it: a token minted
-/// elsewhere with a key we accept cannot outlive what we would issue.
-pub const MAX_TOKEN_LIFETIME_SECS: i64 = JOIN_TOKEN_TTL_SECS;
+/// Longest a token may still be valid when presented, whoever made it: tokens minted
+/// with a configured API key by LiveKit's tools default to 6 hours.
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = 6 * 60 * 60;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -67,6 +67,9 @@ impl RemovalReason {
     }
 }
 
+/// A membership looked up before a batch (`None`: never in the room), and when.
+type LookedUp = (Option<String>, Instant);
+
 /// What the access features keep between batches.
 pub struct AccessRuntime {
     /// Level of new meetings (`meetings.default_access`).
@@ -77,7 +80,7 @@ pub struct AccessRuntime {
     /// waiting pages answer at once.
     pub changed: Arc<Notify>,
     code_failures: Mutex<HashMap<OwnedUserId, VecDeque<Instant>>>,
-    memberships: Mutex<HashMap<(String, OwnedUserId), (Option<String>, Instant)>>,
+    memberships: Mutex<HashMap<(String, OwnedUserId), LookedUp>>,
     rules: Mutex<HashMap<String, RoomRule>>,
 }
 
@@ -95,7 +98,10 @@ impl AccessRuntime {
 
     /// Whether `user` sent too many wrong codes lately (then their codes are not read).
     fn codes_refused(&self, user: &UserId) -> bool {
-        let mut failures = self.code_failures.lock().expect("no panic holding the lock");
+        let mut failures = self
+            .code_failures
+            .lock()
+            .expect("no panic holding the lock");
         let Some(times) = failures.get_mut(user) else {
             return false;
         };
@@ -109,11 +115,17 @@ impl AccessRuntime {
     }
 
     fn code_failed(&self, user: &UserId) {
-        let mut failures = self.code_failures.lock().expect("no panic holding the lock");
+        let mut failures = self
+            .code_failures
+            .lock()
+            .expect("no panic holding the lock");
         if failures.len() > 100_000 {
             failures.retain(|_, t| t.back().is_some_and(|t| t.elapsed() < CODE_FAILURE_WINDOW));
         }
-        failures.entry(user.to_owned()).or_default().push_back(Instant::now());
+        failures
+            .entry(user.to_owned())
+            .or_default()
+            .push_back(Instant::now());
     }
 
     fn membership(&self, room: &str, user: &UserId) -> Option<Option<String>> {
@@ -134,7 +146,11 @@ impl AccessRuntime {
 impl BridgeContext {
     /// Before a batch's transaction: the memberships `!visio entrer` needs (the code's
     /// meeting's room) and the rules of rooms where a meeting starts or changes level.
-    pub(super) async fn prepare_access(&self, enter: &[(String, OwnedUserId)], rule_rooms: &[OwnedRoomId]) {
+    pub(super) async fn prepare_access(
+        &self,
+        enter: &[(String, OwnedUserId)],
+        rule_rooms: &[OwnedRoomId],
+    ) {
         for room in rule_rooms {
             if let Ok(rule) = self.access.view.rule(room.as_str()).await
                 && let Ok(mut rules) = self.access.rules.lock()
@@ -320,7 +336,10 @@ impl Bridge {
     ) -> Result<(), StoreError> {
         let ctx = &self.ctx;
         let lang = ctx.lang;
-        if !self.moderator_or_refuse(event, message, &meeting, conn).await? {
+        if !self
+            .moderator_or_refuse(event, message, &meeting, conn)
+            .await?
+        {
             return Ok(());
         }
         let Some(level) = AccessLevel::from_command(args) else {
@@ -342,8 +361,14 @@ impl Bridge {
         // Those who no longer qualify leave at once; their tokens die with it.
         for grant in stored::live_grants(conn, meeting.id.as_str()).await? {
             if !grant.via.still_allowed(level) {
-                remove_participant(conn, &meeting, &grant.identity, RemovalReason::AccessChanged, now)
-                    .await?;
+                remove_participant(
+                    conn,
+                    &meeting,
+                    &grant.identity,
+                    RemovalReason::AccessChanged,
+                    now,
+                )
+                .await?;
             }
         }
         let mut meeting = meeting;
@@ -422,7 +447,8 @@ impl Bridge {
             }
         }
         let prompt = CONFIRM_PROMPT.get(lang).replace("{title}", &meeting.title);
-        let mut content = RoomMessageEventContent::notice_html(prompt.clone(), html_escape(&prompt));
+        let mut content =
+            RoomMessageEventContent::notice_html(prompt.clone(), html_escape(&prompt));
         content.mentions = Some(ruma::events::Mentions::new());
         let prompt_id = queue::enqueue(
             conn,
@@ -446,7 +472,9 @@ impl Bridge {
         }
         metrics::counter!("tchap_visio_identity_codes_total", "outcome" => "claimed").increment(1);
         tracing::info!(meeting = %meeting.id, user = %event.sender, "identity code claimed; asking for confirmation");
-        let in_direct_room = stored::direct_room(conn, event.sender.as_str()).await?.as_deref()
+        let in_direct_room = stored::direct_room(conn, event.sender.as_str())
+            .await?
+            .as_deref()
             == Some(event.room_id.as_str());
         if in_direct_room {
             return Ok(());
@@ -465,7 +493,10 @@ impl Bridge {
         meeting: Meeting,
         conn: &mut Connection,
     ) -> Result<(), StoreError> {
-        if !self.moderator_or_refuse(event, message, &meeting, conn).await? {
+        if !self
+            .moderator_or_refuse(event, message, &meeting, conn)
+            .await?
+        {
             return Ok(());
         }
         let number = args
@@ -499,7 +530,10 @@ impl Bridge {
         meeting: Meeting,
         conn: &mut Connection,
     ) -> Result<(), StoreError> {
-        if !self.moderator_or_refuse(event, message, &meeting, conn).await? {
+        if !self
+            .moderator_or_refuse(event, message, &meeting, conn)
+            .await?
+        {
             return Ok(());
         }
         let lang = self.ctx.lang;
@@ -517,7 +551,9 @@ impl Bridge {
             .collect::<Vec<_>>();
         let exact: Vec<_> = connected
             .iter()
-            .filter(|g| g.name.to_lowercase() == wanted || g.user_id.as_deref() == Some(args.trim()))
+            .filter(|g| {
+                g.name.to_lowercase() == wanted || g.user_id.as_deref() == Some(args.trim())
+            })
             .collect();
         let matching: Vec<_> = if exact.is_empty() {
             connected
@@ -529,8 +565,14 @@ impl Bridge {
         };
         let reply = match matching.as_slice() {
             [one] => {
-                remove_participant(conn, &meeting, &one.identity, RemovalReason::Removed, now_ms())
-                    .await?;
+                remove_participant(
+                    conn,
+                    &meeting,
+                    &one.identity,
+                    RemovalReason::Removed,
+                    now_ms(),
+                )
+                .await?;
                 tracing::info!(meeting = %meeting.id, identity = %one.identity, by = %event.sender, "participant removed by a moderator");
                 REMOVED.get(lang).replace("{name}", &one.name)
             }
@@ -549,7 +591,9 @@ impl Bridge {
     ) -> Result<(), StoreError> {
         let relation = event.content.get("m.relates_to");
         let (Some(target), Some(key)) = (
-            relation.and_then(|r| r.get("event_id")).and_then(|e| e.as_str()),
+            relation
+                .and_then(|r| r.get("event_id"))
+                .and_then(|e| e.as_str()),
             relation.and_then(|r| r.get("key")).and_then(|k| k.as_str()),
         ) else {
             return Ok(());
@@ -582,7 +626,11 @@ impl Bridge {
             return Ok(());
         }
         // One notice for the whole lobby: a reaction decides for whoever waits longest.
-        let Some(first) = waiting_guests(conn, &meeting, now_ms()).await?.into_iter().next() else {
+        let Some(first) = waiting_guests(conn, &meeting, now_ms())
+            .await?
+            .into_iter()
+            .next()
+        else {
             return Ok(());
         };
         decide(&self.ctx, conn, &meeting, &first, yes, &event.sender).await
@@ -611,7 +659,8 @@ impl Bridge {
         if !moved {
             return Ok(());
         }
-        metrics::counter!("tchap_visio_identity_codes_total", "outcome" => "confirmed").increment(1);
+        metrics::counter!("tchap_visio_identity_codes_total", "outcome" => "confirmed")
+            .increment(1);
         tracing::info!(meeting = %verification.meeting_id, user = %event.sender, "identity confirmed");
         let title = match crate::ids::MeetingId::parse(&verification.meeting_id) {
             Ok(id) => meetings::get_by_id(conn, &id).await?.map(|m| m.title),
@@ -750,7 +799,11 @@ pub async fn refresh_lobby_notice(
         .filter_map(|r| r.decided_by.as_deref())
         .filter_map(|user| {
             let id = UserId::parse(user).ok()?;
-            Some((user.to_owned(), ctx.name_in_room(&room, &id).unwrap_or_else(|| user.to_owned())))
+            Some((
+                user.to_owned(),
+                ctx.name_in_room(&room, &id)
+                    .unwrap_or_else(|| user.to_owned()),
+            ))
         })
         .collect();
     let restricted = ctx.access.rule(room.as_str()) == RoomRule::Restricted;
@@ -825,7 +878,9 @@ pub fn lobby_notice(
     for (i, r) in waiting.iter().enumerate() {
         let n = r.number;
         let how = match (i, fr) {
-            (0, true) => format!("réagissez ✅ / ❌, ou `!visio admettre {n}` / `!visio refuser {n}`"),
+            (0, true) => {
+                format!("réagissez ✅ / ❌, ou `!visio admettre {n}` / `!visio refuser {n}`")
+            }
             (0, false) => format!("react ✅ / ❌, or `!visio admit {n}` / `!visio deny {n}`"),
             (_, true) => format!("`!visio admettre {n}` / `!visio refuser {n}`"),
             (_, false) => format!("`!visio admit {n}` / `!visio deny {n}`"),
@@ -834,15 +889,30 @@ pub fn lobby_notice(
         lines.push(format!("{n}. {} {waits} — {how}", who(r)));
     }
     if waiting.is_empty() {
-        lines.push(if fr { "Personne n’attend." } else { "Nobody is waiting." }.to_owned());
+        lines.push(
+            if fr {
+                "Personne n’attend."
+            } else {
+                "Nobody is waiting."
+            }
+            .to_owned(),
+        );
     } else if waiting.len() >= LOBBY_CAPACITY {
-        lines.push(if fr { "Salle d’attente pleine." } else { "The lobby is full." }.to_owned());
+        lines.push(
+            if fr {
+                "Salle d’attente pleine."
+            } else {
+                "The lobby is full."
+            }
+            .to_owned(),
+        );
     }
     let mut decided: Vec<&LobbyRequest> = requests
         .iter()
         .filter(|r| r.state != LobbyState::Waiting || lobby_expired(r, now))
         .collect();
-    decided.sort_by_key(|r| std::cmp::Reverse(r.decided_at.unwrap_or(r.created_at + LOBBY_WAIT_MS)));
+    decided
+        .sort_by_key(|r| std::cmp::Reverse(r.decided_at.unwrap_or(r.created_at + LOBBY_WAIT_MS)));
     for r in decided.into_iter().take(DECISIONS_SHOWN) {
         let by = r
             .decided_by
@@ -923,13 +993,22 @@ mod tests {
             plain.contains("2. Marc (invité·e) attend — réagissez ✅ / ❌, ou `!visio admettre 2` / `!visio refuser 2`"),
             "{plain}"
         );
-        assert!(plain.contains("3. Léa (invité·e) attend — `!visio admettre 3`"), "{plain}");
-        assert!(plain.contains("1. Zoé (invité·e) — ✅ admis·e par Alice"), "{plain}");
+        assert!(
+            plain.contains("3. Léa (invité·e) attend — `!visio admettre 3`"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("1. Zoé (invité·e) — ✅ admis·e par Alice"),
+            "{plain}"
+        );
         assert!(html.contains("<code>!visio admettre 2</code>"), "{html}");
 
         let (plain, _) = lobby_notice(&meeting, &requests[..1], &names, true, 5_000, Language::En);
         assert!(plain.contains("Nobody is waiting."), "{plain}");
-        assert!(plain.contains("Zoé (not identified) — ✅ admitted by Alice"), "{plain}");
+        assert!(
+            plain.contains("Zoé (not identified) — ✅ admitted by Alice"),
+            "{plain}"
+        );
     }
 
     #[test]
@@ -962,9 +1041,16 @@ mod tests {
         }
         assert!(runtime.codes_refused(&mallory));
         assert!(!runtime.codes_refused(&alice));
-        if let Some(times) = runtime.code_failures.lock().expect("lock").get_mut(&mallory) {
+        if let Some(times) = runtime
+            .code_failures
+            .lock()
+            .expect("lock")
+            .get_mut(&mallory)
+        {
             for t in times.iter_mut() {
-                *t = t.checked_sub(CODE_FAILURE_WINDOW).expect("the clock runs long enough");
+                *t = t
+                    .checked_sub(CODE_FAILURE_WINDOW)
+                    .expect("the clock runs long enough");
             }
         }
         assert!(!runtime.codes_refused(&mallory));

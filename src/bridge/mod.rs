@@ -317,7 +317,8 @@ impl EventHandler for Bridge {
                 name.filter(|_| membership == "join"),
             );
             if !self.ctx.bot.is_ours(&user) {
-                self.on_membership(&envelope, &user, membership, conn).await?;
+                self.on_membership(&envelope, &user, membership, conn)
+                    .await?;
             }
         }
         if envelope.kind == "m.reaction" && !self.ctx.bot.is_ours(&envelope.sender) {

@@ -1,25 +1,25 @@
 //! `POST /api/v1/meetings/{slug}/join`: the meeting page trades the secret slug of its
 //! link and a display name for the SFU's base URL and a LiveKit access token for the
-//! meeting's room. Anyone holding the link may join (the `public` access level); Matrix
-//! OpenID checks for the other levels come later.
+//! meeting's room, within the meeting's access level (see [`super::access`]).
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use super::access::{Browser, issue_join, use_verification};
 use super::appservice::{parse_json_body, read_body};
 use super::error::MatrixError;
-use crate::auth::browser::BrowserIds;
-use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
 use crate::ids::{MeetingId, MeetingSlug, ParticipantIdentity};
 use crate::meeting::Meeting;
+use crate::meeting::access::{Admission, Person, Refusal, Via, decide};
 use crate::meeting::validate_display_name;
 use crate::signal::{RoomAccess, RoomGate};
+use crate::store::access::{self as stored, LobbyRequest, LobbyState};
 use crate::store::{Store, meetings};
 
 /// Largest join request body: a name and an id, with room to spare.
@@ -30,8 +30,12 @@ pub const JOIN_BODY_LIMIT: usize = 4096;
 /// value from the body could be anyone's.
 #[derive(Debug, Deserialize)]
 pub struct JoinRequest {
-    /// Display name shown to the others, 1 to 64 visible characters.
+    /// Display name shown to the others, 1 to 64 visible characters (an identified
+    /// member is shown under their name in the room when it has one).
     pub name: String,
+    /// A verification this browser had confirmed from Matrix (`!visio entrer <code>`).
+    #[serde(default)]
+    pub verification: Option<String>,
 }
 
 /// What the page gets back: enough for `room.connect(url, token)` in livekit-client.
@@ -39,11 +43,14 @@ pub struct JoinRequest {
 pub struct JoinResponse {
     /// Base `ws(s)://` URL of the SFU; LiveKit's SDKs append `/rtc` themselves.
     pub url: String,
-    /// LiveKit-format access token for the meeting's room.
+    /// LiveKit-format access token for the meeting's room, valid 10 minutes to connect.
     pub token: String,
     /// The identity inside the token (unique to this join).
     pub identity: String,
     pub meeting: MeetingSummary,
+    /// The Matrix user the participant is identified as, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,54 +73,159 @@ pub fn ws_base_url(public_address: &str) -> String {
     }
 }
 
+/// 403 `M_FORBIDDEN` with the reason the page shows (`reason`: a stable name).
+fn refusal(refusal: Refusal, lang: crate::config::Language) -> Response {
+    metrics::counter!("tchap_visio_joins_refused_total", "reason" => refusal.as_str()).increment(1);
+    (
+        StatusCode::FORBIDDEN,
+        Json(serde_json::json!({
+            "errcode": "M_FORBIDDEN",
+            "error": refusal.message(lang),
+            "reason": refusal.as_str(),
+        })),
+    )
+        .into_response()
+}
+
+fn homeserver_unavailable(e: &dyn std::fmt::Display) -> MatrixError {
+    tracing::warn!(error = %e, "cannot check room membership");
+    MatrixError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "M_UNAVAILABLE",
+        "The homeserver cannot be asked who is in the room right now; try again",
+    )
+}
+
+/// `POST /api/v1/meetings/{slug}/join`: 200 with a token, 202 with a lobby request to
+/// wait on, or 403 with the reason, by the meeting's access level and what the
+/// homeserver says of the person (a verification names them; otherwise a guest).
 pub async fn join(
     State(state): State<AppState>,
     Path(slug): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<impl IntoResponse, MatrixError> {
+) -> Result<Response, MatrixError> {
     // A slug of the wrong shape is as unknown as a well-formed one nobody issued.
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
     let bytes = read_body(&headers, body, JOIN_BODY_LIMIT).await?;
-    let request: JoinRequest = parse_json_body(&bytes, "{name}")?;
+    let request: JoinRequest = parse_json_body(&bytes, "{name, verification?}")?;
     let name =
         validate_display_name(&request.name).map_err(|e| MatrixError::bad_json(e.to_string()))?;
-
     let meeting = joinable_meeting(&state, &slug).await?;
+    let browser = Browser::of(&state, &headers);
+    let bridge = &state.bot_api.bridge;
+    let lang = bridge.lang;
+    let identity = ParticipantIdentity::for_join(Some(&browser.pseudonym));
+    let user_id = match &request.verification {
+        Some(id) => Some(use_verification(&state, &meeting, id, &browser).await?),
+        None => None,
+    };
+    let Some(room) = meeting.matrix_room_id.clone() else {
+        // A meeting an admin made has no room to be a member of: its link is the key.
+        let joined = issue_join(&state, &meeting, &identity, &name, None, Via::Public).await?;
+        return Ok((browser.set_cookie(), Json(joined)).into_response());
+    };
+    let view = &bridge.access.view;
+    let rule = view
+        .rule(&room)
+        .await
+        .map_err(|e| homeserver_unavailable(&e))?;
+    let (person, shown_name) = match &user_id {
+        Some(user) => {
+            let (person, room_name) = view
+                .person(&room, user)
+                .await
+                .map_err(|e| homeserver_unavailable(&e))?;
+            (person, room_name.unwrap_or_else(|| name.clone()))
+        }
+        None => (Person::Guest, name.clone()),
+    };
+    match decide(meeting.access, rule, &person) {
+        Admission::Enter => {
+            let via = if matches!(&person, Person::Identified { membership: Some(m), .. } if m == "join")
+            {
+                Via::Member
+            } else {
+                Via::Public
+            };
+            let joined = issue_join(
+                &state,
+                &meeting,
+                &identity,
+                &shown_name,
+                user_id.as_deref(),
+                via,
+            )
+            .await?;
+            Ok((browser.set_cookie(), Json(joined)).into_response())
+        }
+        Admission::Refuse(why) => {
+            tracing::info!(meeting = %meeting.id, reason = why.as_str(), identified = user_id.is_some(), "join refused");
+            Ok(refusal(why, lang))
+        }
+        Admission::Lobby => {
+            let lobby =
+                enter_lobby(&state, &meeting, &browser, &identity, &shown_name, user_id).await?;
+            Ok((StatusCode::ACCEPTED, browser.set_cookie(), Json(lobby)).into_response())
+        }
+    }
+}
 
-    let browser_ids = BrowserIds::from_secret(&state.hs_token);
-    let known = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(BrowserIds::cookie_in)
-        .find_map(|cookie| browser_ids.verify(cookie).map(|id| (id, cookie.to_owned())));
-    let (browser_id, cookie) = known.unwrap_or_else(|| browser_ids.issue());
-    let identity = ParticipantIdentity::for_join(Some(&browser_ids.pseudonym(&browser_id)));
-    let claims = Claims::participant(
-        &identity,
-        &name,
-        meeting.id.as_str(),
-        crate::clock::now_ms(),
-        JOIN_TOKEN_TTL_SECS,
-    );
-    let token = state.signal.keys.issue(&claims);
-    metrics::counter!("tchap_visio_join_tokens_issued_total").increment(1);
-    tracing::info!(meeting = %meeting.id, %identity, "join token issued");
-    let secure = state.public_ws_url.starts_with("wss://");
-    let set_cookie = [(header::SET_COOKIE, BrowserIds::set_cookie(&cookie, secure))];
-    Ok((
-        set_cookie,
-        Json(JoinResponse {
-            url: state.public_ws_url.clone(),
-            token,
-            identity: identity.as_str().to_owned(),
-            meeting: MeetingSummary {
-                id: meeting.id.as_str().to_owned(),
-                title: meeting.title,
+/// Puts a guest in the meeting's lobby and updates its notice in the thread.
+async fn enter_lobby(
+    state: &AppState,
+    meeting: &Meeting,
+    browser: &Browser,
+    identity: &ParticipantIdentity,
+    name: &str,
+    user_id: Option<String>,
+) -> Result<serde_json::Value, MatrixError> {
+    let bridge = &state.bot_api.bridge;
+    let now = crate::clock::now_ms();
+    let mut tx = state
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    let waiting = crate::bridge::access::waiting_guests(&mut tx, meeting, now)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    if waiting.len() >= crate::bridge::access::LOBBY_CAPACITY {
+        return Err(MatrixError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "M_LIMIT_EXCEEDED",
+            match bridge.lang {
+                crate::config::Language::Fr => "Salle d’attente pleine : réessayez plus tard.",
+                crate::config::Language::En => "The lobby is full: try again later.",
             },
-        }),
-    ))
+        ));
+    }
+    let request = LobbyRequest {
+        id: crate::ids::random_base32(24),
+        meeting_id: meeting.id.as_str().to_owned(),
+        number: 0,
+        name: name.to_owned(),
+        user_id,
+        browser: browser.pseudonym.as_str().to_owned(),
+        identity: identity.as_str().to_owned(),
+        state: LobbyState::Waiting,
+        decided_by: None,
+        reason: None,
+        created_at: now,
+        decided_at: None,
+    };
+    let number = stored::enter_lobby(&mut tx, &request)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    crate::bridge::access::refresh_lobby_notice(bridge, &mut tx, meeting)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    tx.commit().await.map_err(|e| MatrixError::internal(&e))?;
+    state.bot_api.outbound_wake.notify_one();
+    metrics::counter!("tchap_visio_lobby_requests_total").increment(1);
+    tracing::info!(meeting = %meeting.id, number, "guest waiting in the lobby");
+    Ok(serde_json::json!({ "lobby": { "id": request.id, "number": number } }))
 }
 
 /// The meeting a slug opens, if it can still be joined; 404 otherwise.
@@ -141,27 +253,44 @@ pub struct StoredMeetings {
 }
 
 impl RoomGate for StoredMeetings {
-    fn room_access<'a>(&'a self, room: &'a str) -> BoxFuture<'a, RoomAccess> {
+    fn room_access<'a>(&'a self, room: &'a str, identity: &'a str) -> BoxFuture<'a, RoomAccess> {
         Box::pin(async move {
             // A room that is not named like a meeting is none: tokens for it come only
             // from whoever holds the API keys (LiveKit's tools, load tests), not from us.
             let Ok(id) = MeetingId::parse(room) else {
                 return RoomAccess::Open;
             };
-            let found = match self.store.pool().acquire().await {
-                Ok(mut conn) => meetings::get_by_id(&mut conn, &id).await,
-                Err(e) => Err(e.into()),
+            let found = async {
+                let mut conn = self.store.pool().acquire().await?;
+                let meeting = meetings::get_by_id(&mut conn, &id).await?;
+                let revoked = match (&meeting, identity.is_empty()) {
+                    (Some(_), false) => stored::revocation(&mut conn, room, identity).await?,
+                    _ => None,
+                };
+                Ok::<_, crate::store::StoreError>((meeting, revoked))
             };
-            match found {
-                Ok(Some(meeting)) if meeting.is_joinable() => RoomAccess::Open,
-                Ok(Some(_)) => RoomAccess::Ended,
-                Ok(None) => RoomAccess::Unknown,
+            match found.await {
+                Ok((Some(meeting), _)) if !meeting.is_joinable() => RoomAccess::Ended,
+                Ok((Some(_), Some(reason))) => RoomAccess::Removed(removal_text(&reason)),
+                Ok((Some(_), None)) => RoomAccess::Open,
+                Ok((None, _)) => RoomAccess::Unknown,
                 Err(e) => {
                     tracing::warn!(meeting = %id, error = %e, "cannot read whether a meeting has ended");
                     RoomAccess::Unavailable
                 }
             }
         })
+    }
+}
+
+/// What `/rtc` answers a removed participant: a stable prefix, then the reason's name,
+/// which the page turns into a sentence.
+fn removal_text(reason: &str) -> &'static str {
+    match reason {
+        "left_room" => "removed from the meeting: left_room",
+        "banned" => "removed from the meeting: banned",
+        "access_changed" => "removed from the meeting: access_changed",
+        _ => "removed from the meeting: removed",
     }
 }
 
@@ -213,10 +342,12 @@ mod tests {
     use super::super::tests::{TEST_SFU_KEY, TEST_WS_URL, call, sfu_keys};
     use super::*;
     use crate::auth::token::can_join;
+    use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
     use crate::http::AppState;
     use crate::meeting::{Meeting, MeetingState};
     use crate::store::Store;
     use crate::store::testing::both_dialects;
+    use axum::http::header;
 
     async fn stored_meeting(store: &Store) -> Meeting {
         let meeting =

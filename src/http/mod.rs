@@ -3,6 +3,7 @@
 //! (`signal::routes`, mounted here on its own sub-state), server-side chat, health and
 //! metrics. `router()` is a plain function so handlers are tested without a socket.
 
+pub mod access;
 pub mod api;
 pub mod appservice;
 pub mod chat;
@@ -64,6 +65,15 @@ pub fn router(state: AppState) -> Router {
         .merge(signal::routes())
         .merge(server_chat::routes())
         .route("/api/v1/meetings/{slug}/join", post(join::join))
+        .route(
+            "/api/v1/meetings/{slug}/verification",
+            post(access::create_verification),
+        )
+        .route(
+            "/api/v1/meetings/{slug}/verification/{id}",
+            get(access::verification),
+        )
+        .route("/api/v1/meetings/{slug}/lobby/{id}", get(access::lobby))
         // With a bearer token the bot API (by id), without one the page's info (by slug).
         .route("/api/v1/meetings/{slug}", get(api::get_meeting))
         .route("/api/v1/meetings/{slug}/summary", post(api::post_summary))

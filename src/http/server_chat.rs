@@ -54,7 +54,7 @@ async fn server_chat(
             "the access token does not grant roomAdmin on this room",
         );
     }
-    if let Err((status, text)) = signal.rooms.room_access(&room).await.refusal() {
+    if let Err((status, text)) = signal.rooms.room_access(&room, "").await.refusal() {
         return refuse(status, text);
     }
     let chat: ServerChat = match serde_json::from_slice(&body) {

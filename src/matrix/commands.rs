@@ -103,7 +103,10 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "accès",
         aliases: &["access", "acces"],
-        args: Some(Text::new("public|confiance|membres", "public|trusted|members")),
+        args: Some(Text::new(
+            "public|confiance|membres",
+            "public|trusted|members",
+        )),
         help: Text::new(
             "qui entre dans la visio en cours : tout le monde, les membres (les autres attendent), ou les membres seulement (modération)",
             "who enters the running meeting: anyone, members (others wait), or members only (moderators)",
@@ -267,7 +270,7 @@ fn near_command(word: &str) -> Option<&'static str> {
         .filter(|c| !c.name.is_empty())
         .flat_map(|c| std::iter::once(c.name).chain(c.aliases.iter().copied()))
         .map(|name| (edit_distance(word, name), name))
-        .filter(|(d, name)| *d <= 2.min(name.chars().count() - 2))
+        .filter(|(d, name)| *d <= if name.chars().count() <= 4 { 1 } else { 2 })
         .min_by_key(|(d, _)| *d)
         .map(|(_, name)| name)
 }

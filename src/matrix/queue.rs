@@ -375,7 +375,12 @@ impl OutboundWorker {
                 of,
                 content,
             } => {
-                let mut conn = self.store.pool().acquire().await.map_err(|e| unavailable(e.into()))?;
+                let mut conn = self
+                    .store
+                    .pool()
+                    .acquire()
+                    .await
+                    .map_err(|e| unavailable(e.into()))?;
                 let original = store::outbound::sent_event_id(&mut conn, of)
                     .await
                     .map_err(unavailable)?;
@@ -410,7 +415,12 @@ impl OutboundWorker {
     /// encrypted when the bot has a device.
     async fn direct_room(&self, user: &OwnedUserId) -> Result<OwnedRoomId, CallError> {
         let unavailable = |e: StoreError| CallError::Unreachable(format!("database: {e}"));
-        let mut conn = self.store.pool().acquire().await.map_err(|e| unavailable(e.into()))?;
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| unavailable(e.into()))?;
         if let Some(room) = store::access::direct_room(&mut conn, user.as_str())
             .await
             .map_err(unavailable)?
@@ -433,7 +443,13 @@ impl OutboundWorker {
         }
         let created = self
             .client
-            .call_json("POST", "/_matrix/client/v3/createRoom", Some(&body), None, None)
+            .call_json(
+                "POST",
+                "/_matrix/client/v3/createRoom",
+                Some(&body),
+                None,
+                None,
+            )
             .await?;
         let room = created
             .get("room_id")
@@ -441,7 +457,12 @@ impl OutboundWorker {
             .and_then(|r| OwnedRoomId::try_from(r).ok())
             .ok_or_else(|| CallError::Build("createRoom answered without a room id".into()))?;
         tracing::info!(room = %room, user = %user, "one-to-one room made for private notices");
-        let mut conn = self.store.pool().acquire().await.map_err(|e| unavailable(e.into()))?;
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| unavailable(e.into()))?;
         store::access::set_direct_room(&mut conn, user.as_str(), room.as_str(), now_ms())
             .await
             .map_err(unavailable)?;
@@ -721,9 +742,9 @@ pub async fn execute(
             Ok(serde_json::json!({ "event_id": res.event_id }))
         }
         // The worker turns these into sends first ([`OutboundWorker::resolve`]).
-        OutboundRequest::Edit { .. } | OutboundRequest::SendDirect { .. } => Err(
-            CallError::Build("an edit or a private notice is resolved before sending".into()),
-        ),
+        OutboundRequest::Edit { .. } | OutboundRequest::SendDirect { .. } => Err(CallError::Build(
+            "an edit or a private notice is resolved before sending".into(),
+        )),
         OutboundRequest::RegisterGhost { localpart } => {
             let mut req = account::register::v3::Request::new();
             req.username = Some(localpart.clone());

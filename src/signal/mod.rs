@@ -45,7 +45,8 @@ pub struct SignalState {
 /// Says whether a room may open now, from what outlives the SFU's memory (the meeting's
 /// stored state): the SFU's own list of closed rooms is bounded and lost on restart.
 pub trait RoomGate: Send + Sync {
-    fn room_access<'a>(&'a self, room: &'a str) -> BoxFuture<'a, RoomAccess>;
+    /// Whether `identity` (empty for a server-side caller) may be in `room` now.
+    fn room_access<'a>(&'a self, room: &'a str, identity: &'a str) -> BoxFuture<'a, RoomAccess>;
 }
 
 /// A [`RoomGate`]'s answer.
@@ -59,6 +60,10 @@ pub enum RoomAccess {
     Unknown,
     /// The answer could not be read (the database is down): the client may retry.
     Unavailable,
+    /// This participant was taken out of the meeting (by a moderator, for leaving the
+    /// room, or by a stricter level): its tokens open nothing any more. The reason is
+    /// a stable name the page shows a sentence for.
+    Removed(&'static str),
 }
 
 impl RoomAccess {
@@ -68,6 +73,7 @@ impl RoomAccess {
         match self {
             RoomAccess::Open => Ok(()),
             RoomAccess::Ended => Err((StatusCode::FORBIDDEN, "the meeting has ended")),
+            RoomAccess::Removed(reason) => Err((StatusCode::FORBIDDEN, reason)),
             RoomAccess::Unknown => Err((StatusCode::FORBIDDEN, "no such meeting")),
             RoomAccess::Unavailable => Err((
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -147,10 +153,14 @@ async fn authorize(
             "the access token does not grant roomJoin".into(),
         ));
     }
-    let access = state.rooms.room_access(&claims.video.room).await;
+    let access = state
+        .rooms
+        .room_access(&claims.video.room, &claims.sub)
+        .await;
     if let Err((status, text)) = access.refusal() {
         let reason = match access {
             RoomAccess::Ended => "ended",
+            RoomAccess::Removed(_) => "removed",
             RoomAccess::Unknown => "unknown_meeting",
             _ => "unavailable",
         };

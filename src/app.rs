@@ -236,6 +236,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 store: store.clone(),
             }),
         },
+        rate_limits: http::limits::RateLimits::new(&config.rate_limits),
         to_device_in_transactions: device_slot
             .clone()
             .filter(|_| config.encryption.to_device == crate::config::ToDeviceSource::Transactions),
@@ -268,8 +269,13 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         tracing::info!(%metrics_addr, "metrics at /metrics");
     }
     let server_shutdown = shutdown.clone();
+    if let Some(limits) = state.rate_limits.clone() {
+        workers.spawn(limits.sweep(shutdown.clone()));
+    }
     let router = http::router(state);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    // The peer's address is what the rate limits count by.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         wait_for_signal().await;
         server_shutdown.cancel();
     });

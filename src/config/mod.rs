@@ -91,6 +91,29 @@ pub struct Config {
     /// Where `/metrics` is served: its own listener, never the public port.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Per-address and per-meeting limits on the public endpoints.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (its last address);
+    /// from anyone else the header is ignored, so it cannot be forged.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

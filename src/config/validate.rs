@@ -286,6 +286,19 @@ impl Config {
                 ),
             ));
         }
+        if let Some(bad) = self
+            .meetings
+            .external_servers
+            .iter()
+            .find(|s| ruma::ServerName::parse(s.as_str()).is_err())
+        {
+            return Err(invalid(
+                "meetings.external_servers",
+                &format!(
+                    "`{bad}` is not a server name; list server names such as agent.externe.tchap.gouv.fr"
+                ),
+            ));
+        }
         if self.meetings.max_participants == 0 {
             return Err(invalid("meetings.max_participants", "must be at least 1"));
         }

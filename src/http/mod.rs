@@ -9,6 +9,7 @@ pub mod appservice;
 pub mod chat;
 pub mod error;
 pub mod join;
+pub mod limits;
 pub mod server_chat;
 pub mod web;
 
@@ -22,6 +23,7 @@ use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use ruma::OwnedUserId;
 use tokio::sync::{Notify, mpsc};
+use tower_governor::GovernorLayer;
 
 use crate::auth::SecretToken;
 use crate::signal::{self, SignalState};
@@ -49,6 +51,8 @@ pub struct AppState {
     /// With `encryption.to_device: transactions`, the bot's device, whose to-device
     /// messages, device lists and key counts come with transactions.
     pub to_device_in_transactions: Option<crate::matrix::crypto::device::DeviceSlot>,
+    /// Limits on the public endpoints; `None` with `rate_limits.enabled: false`.
+    pub rate_limits: Option<limits::RateLimits>,
 }
 
 impl FromRef<AppState> for SignalState {
@@ -58,22 +62,52 @@ impl FromRef<AppState> for SignalState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(appservice_routes(state.hs_token.clone()))
-        // LiveKit's side of the surface, described in docs/signalling.md: signalling, and
-        // chat with a LiveKit token; the bot API's OpenAPI document does not cover them.
-        .merge(signal::routes())
-        .merge(server_chat::routes())
-        .route("/api/v1/meetings/{slug}/join", post(join::join))
-        .route(
+    let limits = state.rate_limits.clone();
+    let by_ip = |router: Router<AppState>, limit: Option<&limits::IpLimit>| match limit {
+        Some(limit) => router.route_layer(
+            GovernorLayer::new(limit.clone()).error_handler(limits::too_many_requests),
+        ),
+        None => router,
+    };
+    let by_meeting = |router: Router<AppState>| match &limits {
+        Some(limits) => router.route_layer(
+            GovernorLayer::new(limits.per_meeting.clone()).error_handler(limits::too_many_requests),
+        ),
+        None => router,
+    };
+    let codes = by_ip(
+        by_meeting(Router::new().route(
             "/api/v1/meetings/{slug}/verification",
             post(access::create_verification),
-        )
-        .route(
-            "/api/v1/meetings/{slug}/verification/{id}",
-            get(access::verification),
-        )
-        .route("/api/v1/meetings/{slug}/lobby/{id}", get(access::lobby))
+        )),
+        limits.as_ref().map(|l| &l.codes),
+    );
+    let joins = by_ip(
+        by_meeting(Router::new().route("/api/v1/meetings/{slug}/join", post(join::join))),
+        limits.as_ref().map(|l| &l.joins),
+    );
+    let reads = by_ip(
+        by_meeting(
+            Router::new()
+                .route(
+                    "/api/v1/meetings/{slug}/verification/{id}",
+                    get(access::verification),
+                )
+                .route("/api/v1/meetings/{slug}/lobby/{id}", get(access::lobby))
+                .route("/m/{slug}", get(web::page)),
+        ),
+        limits.as_ref().map(|l| &l.reads),
+    );
+    // LiveKit's side of the surface, described in docs/signalling.md: signalling, and
+    // chat with a LiveKit token; the bot API's OpenAPI document does not cover them.
+    let rtc = by_ip(signal::routes(), limits.as_ref().map(|l| &l.rtc));
+    Router::new()
+        .merge(appservice_routes(state.hs_token.clone()))
+        .merge(rtc)
+        .merge(server_chat::routes())
+        .merge(codes)
+        .merge(joins)
+        .merge(reads)
         // With a bearer token the bot API (by id), without one the page's info (by slug).
         .route("/api/v1/meetings/{slug}", get(api::get_meeting))
         .route("/api/v1/meetings/{slug}/summary", post(api::post_summary))
@@ -83,7 +117,6 @@ pub fn router(state: AppState) -> Router {
             get(api::list_room_meetings),
         )
         .route("/api/v1/openapi.json", get(api::openapi))
-        .route("/m/{slug}", get(web::page))
         .route("/assets/{*path}", get(web::asset))
         .route("/health", get(health))
         .fallback(|| async { MatrixError::unrecognized() })

@@ -80,6 +80,7 @@ pub(super) async fn state(store: Store) -> AppState {
             bridge: Arc::new(bridge_context()),
         },
         to_device_in_transactions: None,
+        rate_limits: None,
     }
 }
 

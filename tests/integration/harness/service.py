@@ -98,6 +98,8 @@ class Service:
         if permissions is not None:
             cfg["permissions"] = permissions
         cfg["language"] = language
+        # Most tests join as guests with the link; the access tests set their levels.
+        cfg["meetings"]["default_access"] = "public"
         if "sfu" in cfg:
             cfg["sfu"]["udp_port"] = free_port(socket.SOCK_DGRAM)
             cfg["sfu"]["tcp_port"] = free_port()

@@ -294,7 +294,7 @@ impl Config {
         {
             return Err(invalid(
                 "meetings.external_servers",
-                &format!(
+                format!(
                     "`{bad}` is not a server name; list server names such as agent.externe.tchap.gouv.fr"
                 ),
             ));

@@ -71,8 +71,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * The meeting page trades the link's slug and a display name for the SFU URL and a LiveKit access token.
-         * @description The browser's stable id (what merges a person's rejoins in the attendance and gives a guest one Matrix ghost) is issued by the server in an HttpOnly, SameSite=Strict cookie `tv_browser`, signed with a key only the service holds, and sent back by the browser on later joins; a request without a valid one gets a new one. It is never read from the body, and the LiveKit identity others see holds only a pseudonym derived from it.
+         * The meeting page trades the link's slug, a display name and optionally a confirmed Matrix identity for a LiveKit access token, a place in the lobby, or a refusal.
+         * @description The browser's stable id (what merges a person's rejoins in the attendance and gives a guest one Matrix ghost) is issued by the server in an HttpOnly, SameSite=Strict cookie `tv_browser`, signed with a key only the service holds, and sent back by the browser on later joins; a request without a valid one gets a new one. It is never read from the body, and the LiveKit identity others see holds only a pseudonym derived from it. What happens follows the meeting's access level (public, trusted, members) and what the homeserver says of the person: a `verification` (see the verification endpoints) identifies a member of the meeting's room, checked at the homeserver at this moment; without one the person is a guest. A guest of a `trusted` meeting waits in the lobby (202); a `members` meeting refuses guests and non-members (403), as does any meeting of a restricted room for users of external servers.
          */
         post: operations["joinMeeting"];
         delete?: never;
@@ -110,6 +110,60 @@ export interface paths {
         };
         /** This document. */
         get: operations["openapi"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/meetings/{key}/verification": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A code for this page's person to send the bot from Matrix (`!visio entrer <code>`), to be recognised as a member of the meeting's room.
+         * @description 8 characters from a 32-symbol alphabet without look-alikes, single-use, valid 5 minutes, bound to this browser (its `tv_browser` cookie). After the code is sent, the bot asks its sender privately to confirm with ✅; only then does the verification read `verified`. At most 10 requests per minute from one address.
+         */
+        post: operations["createVerification"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/meetings/{key}/verification/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Where a code stands: pending (not sent yet), confirming (sent; its sender has not confirmed), verified (with the Matrix user), expired. */
+        get: operations["getVerification"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/meetings/{key}/lobby/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A waiting guest's state, with the join token once a moderator admitted them. */
+        get: operations["getLobbyRequest"];
         put?: never;
         post?: never;
         delete?: never;
@@ -205,6 +259,19 @@ export interface components {
             body: string;
             sent_at: number;
         };
+        JoinGranted: {
+            /** @description Base ws(s):// URL of the SFU. */
+            url: string;
+            /** @description LiveKit-format access token, valid 10 minutes to connect; while connected the server sends fresh ones. */
+            token: string;
+            identity: string;
+            meeting: {
+                id: string;
+                title: string;
+            };
+            /** @description The Matrix user the participant is identified as (a verified member). */
+            user_id?: string;
+        };
     };
     responses: {
         /** @description No token (M_MISSING_TOKEN), or a token that is unknown or revoked (M_UNKNOWN_TOKEN). */
@@ -245,6 +312,26 @@ export interface components {
         };
         /** @description The body, or the rendered summary, is over the limit (M_TOO_LARGE). */
         TooLarge: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
+        /** @description Too many requests from this address or for this meeting (M_LIMIT_EXCEEDED); wait the `Retry-After` seconds. */
+        TooManyRequests: {
+            headers: {
+                /** @description Seconds to wait. */
+                "Retry-After"?: number;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
+        /** @description The homeserver cannot be asked about the room right now (M_UNAVAILABLE), or the lobby is full (M_LIMIT_EXCEEDED); try again later. */
+        Unavailable: {
             headers: {
                 [name: string]: unknown;
             };
@@ -377,6 +464,8 @@ export interface operations {
             content: {
                 "application/json": {
                     name: components["schemas"]["DisplayName"];
+                    /** @description The id of a verification this browser had confirmed from Matrix; single-use. */
+                    verification?: string;
                 };
             };
         };
@@ -387,22 +476,41 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
+                    "application/json": components["schemas"]["JoinGranted"];
+                };
+            };
+            /** @description The person waits in the lobby until a moderator decides: poll GET .../lobby/{id}. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
                     "application/json": {
-                        /** @description Base ws(s):// URL of the SFU. */
-                        url: string;
-                        /** @description LiveKit-format access token. */
-                        token: string;
-                        identity: string;
-                        meeting: {
+                        lobby: {
                             id: string;
-                            title: string;
+                            /** @description What moderators admit this guest by (!visio admettre <number>). */
+                            number: number;
                         };
                     };
                 };
             };
             400: components["responses"]["BadRequest"];
+            /** @description Not allowed in (M_FORBIDDEN): `reason` is `members_only`, `external` or `banned`, and `error` the sentence to show; or a verification that is not confirmed, expired or used. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        reason?: "members_only" | "external" | "banned";
+                    };
+                };
+            };
             404: components["responses"]["NotFound"];
             413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
         };
     };
     getMeetingChat: {
@@ -457,6 +565,121 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+        };
+    };
+    createVerification: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The secret slug of the join link; any other value is not found. */
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The code to show, and the id to poll. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        id: string;
+                        code: string;
+                        /** @description Seconds. */
+                        expires_in: number;
+                        /** @description What to send, e.g. `!visio entrer 7KQ2M9XD`. */
+                        command: string;
+                    };
+                };
+            };
+            404: components["responses"]["NotFound"];
+            /** @description The meeting has no Matrix room (an admin made it): there is nobody to be a member of (M_FORBIDDEN). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            429: components["responses"]["TooManyRequests"];
+        };
+    };
+    getVerification: {
+        parameters: {
+            query?: {
+                /** @description Long-poll: answer as soon as the state changes, or after this many seconds (at most 25) with the unchanged state. */
+                wait?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The secret slug of the join link; any other value is not found. */
+                key: string;
+                /** @description The verification id this browser was given. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The state. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {string} */
+                        state: "pending" | "confirming" | "verified" | "expired";
+                        /** @description Once verified. */
+                        user_id?: string;
+                    };
+                };
+            };
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+        };
+    };
+    getLobbyRequest: {
+        parameters: {
+            query?: {
+                /** @description Long-poll: answer as soon as the state changes, or after this many seconds (at most 25) with the unchanged state. */
+                wait?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The secret slug of the join link; any other value is not found. */
+                key: string;
+                /** @description The lobby request id this browser was given. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `waiting`, `admitted` (with url, token, identity, meeting), `refused`, `expired` (waited 10 minutes) or `ended`. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {string} */
+                        state: "waiting" | "admitted" | "refused" | "expired" | "ended";
+                        number: number;
+                        url?: string;
+                        token?: string;
+                        identity?: string;
+                        meeting?: Record<string, never>;
+                        user_id?: string;
+                    };
+                };
+            };
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
         };
     };
 }

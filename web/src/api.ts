@@ -6,6 +6,9 @@ import type { components, operations } from './api-types';
 // (`npm run api-types`; the build fails while that file is stale).
 type Schemas = components['schemas'];
 type JoinOperation = operations['joinMeeting'];
+type VerificationCreateOperation = operations['createVerification'];
+type VerificationOperation = operations['getVerification'];
+type LobbyOperation = operations['getLobbyRequest'];
 
 /** What the pre-join page shows (GET /api/v1/meetings/{slug}). */
 export type MeetingInfo = Schemas['MeetingInfo'];
@@ -14,6 +17,33 @@ export type HistoryMessage = Schemas['HistoryMessage'];
 export type ChatHistory = Schemas['ChatHistory'];
 export type JoinRequest = JoinOperation['requestBody']['content']['application/json'];
 export type JoinResponse = JoinOperation['responses'][200]['content']['application/json'];
+/** 202: the guest waits in the lobby under this number. */
+export type LobbyTicket = JoinOperation['responses'][202]['content']['application/json']['lobby'];
+/** What a join ends in: a token to connect with, or a place in the lobby. */
+export type JoinOutcome = { kind: 'granted'; join: JoinResponse } | { kind: 'lobby'; lobby: LobbyTicket };
+export type VerificationCreated = VerificationCreateOperation['responses'][201]['content']['application/json'];
+export type VerificationStatus = VerificationOperation['responses'][200]['content']['application/json'];
+export type LobbyStatus = LobbyOperation['responses'][200]['content']['application/json'];
+
+/** A guest waiting in the lobby, as moderators see them (GET .../lobby). */
+export interface WaitingGuest {
+  id: string;
+  number: number;
+  name: string;
+  user_id?: string;
+  /** When they started waiting (ms since the epoch). */
+  since?: number;
+}
+
+/** What a moderator may do from the page (POST .../moderation). */
+export type ModerationAction =
+  | { action: 'admit' | 'refuse'; lobby_id: string }
+  | { action: 'mute'; identity: string; source: 'microphone' | 'camera' }
+  | { action: 'remove'; identity: string }
+  | { action: 'end' };
+
+/** Why a join was refused (403 `reason`). */
+export type RefusalReason = 'members_only' | 'external' | 'banned';
 
 /** An answer other than 2xx; status 0 when the server could not be reached. */
 export class ApiError extends Error {
@@ -23,13 +53,25 @@ export class ApiError extends Error {
     message: string,
     /** The answer was a Matrix-style JSON error (not some proxy's page). */
     readonly isJson = false,
+    /** The 403's `reason`, when the server gave one. */
+    readonly reason?: string,
+    /** Seconds to wait before trying again (429 `Retry-After`). */
+    readonly retryAfter?: number,
   ) {
     super(message);
     this.name = 'ApiError';
   }
 }
 
-async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown, bearer?: string): Promise<T> {
+interface CallOptions {
+  body?: unknown;
+  bearer?: string;
+  signal?: AbortSignal;
+}
+
+/** One request; the answer's status and JSON body when it is 2xx, an ApiError otherwise. */
+async function request<T>(method: 'GET' | 'POST', path: string, options: CallOptions = {}): Promise<{ status: number; json: T }> {
+  const { body, bearer, signal } = options;
   let response: Response;
   const headers: Record<string, string> = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -41,8 +83,10 @@ async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown, bea
       body: body === undefined ? undefined : JSON.stringify(body),
       credentials: 'same-origin',
       cache: 'no-store',
+      signal,
     });
   } catch (error) {
+    if (signal?.aborted) throw error;
     throw new ApiError(0, 'NETWORK', error instanceof Error ? error.message : String(error));
   }
   let json: unknown = null;
@@ -53,16 +97,23 @@ async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown, bea
     json = null;
   }
   if (!response.ok) {
-    const err = (json ?? {}) as { errcode?: unknown; error?: unknown };
+    const err = (json ?? {}) as { errcode?: unknown; error?: unknown; reason?: unknown };
     const isJson = typeof err.errcode === 'string';
+    const retry = Number(response.headers.get('Retry-After'));
     throw new ApiError(
       response.status,
       isJson ? (err.errcode as string) : '',
       typeof err.error === 'string' ? err.error : response.statusText,
       isJson,
+      typeof err.reason === 'string' ? err.reason : undefined,
+      Number.isFinite(retry) && retry > 0 ? retry : undefined,
     );
   }
-  return json as T;
+  return { status: response.status, json: json as T };
+}
+
+async function call<T>(method: 'GET' | 'POST', path: string, body?: unknown, bearer?: string): Promise<T> {
+  return (await request<T>(method, path, { body, bearer })).json;
 }
 
 const enc = encodeURIComponent;
@@ -77,12 +128,43 @@ export function getChatHistory(slug: string, token: string): Promise<ChatHistory
 }
 
 /**
- * Joins with a display name. The browser's stable id travels in an HttpOnly cookie the
- * server sets (same origin, sent by fetch by default); the page never sees it.
+ * Joins with a display name, and a confirmed verification for an identified member. The
+ * browser's stable id travels in an HttpOnly cookie the server sets (same origin, sent by
+ * fetch by default); the page never sees it. 200: a token; 202: a place in the lobby.
  */
-export function joinMeeting(slug: string, name: string): Promise<JoinResponse> {
-  const body: JoinRequest = { name };
-  return call<JoinResponse>('POST', `/api/v1/meetings/${enc(slug)}/join`, body);
+export async function joinMeeting(slug: string, name: string, verification?: string): Promise<JoinOutcome> {
+  const body: JoinRequest = verification ? { name, verification } : { name };
+  const { status, json } = await request<JoinResponse & { lobby?: LobbyTicket }>('POST', `/api/v1/meetings/${enc(slug)}/join`, { body });
+  if (status === 202 && json.lobby) return { kind: 'lobby', lobby: json.lobby };
+  return { kind: 'granted', join: json };
+}
+
+/** A code for the person to send the bot from Matrix (`!visio entrer CODE`). */
+export function createVerification(slug: string): Promise<VerificationCreated> {
+  return call<VerificationCreated>('POST', `/api/v1/meetings/${enc(slug)}/verification`);
+}
+
+/** Where a code stands; `wait` seconds of long-poll (the answer comes as soon as it changes). */
+export async function getVerification(slug: string, id: string, wait: number, signal?: AbortSignal): Promise<VerificationStatus> {
+  const path = `/api/v1/meetings/${enc(slug)}/verification/${enc(id)}?wait=${wait}`;
+  return (await request<VerificationStatus>('GET', path, { signal })).json;
+}
+
+/** A waiting guest's state (long-poll); the join token comes with `admitted`. */
+export async function getLobbyStatus(slug: string, id: string, wait: number, signal?: AbortSignal): Promise<LobbyStatus> {
+  const path = `/api/v1/meetings/${enc(slug)}/lobby/${enc(id)}?wait=${wait}`;
+  return (await request<LobbyStatus>('GET', path, { signal })).json;
+}
+
+/** Who waits in the lobby (a connected moderator's browser only). */
+export async function getLobbyList(slug: string): Promise<WaitingGuest[]> {
+  const json = await call<{ waiting?: WaitingGuest[] }>('GET', `/api/v1/meetings/${enc(slug)}/lobby`);
+  return Array.isArray(json?.waiting) ? json.waiting : [];
+}
+
+/** A moderator's action (admit, refuse, mute, remove, end). */
+export async function moderate(slug: string, action: ModerationAction): Promise<void> {
+  await call<unknown>('POST', `/api/v1/meetings/${enc(slug)}/moderation`, action);
 }
 
 /**

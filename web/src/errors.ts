@@ -20,7 +20,16 @@ export type ErrorKind =
   | 'connection-lost' // connected, then lost for good
   | 'duplicate' // the same identity joined elsewhere
   | 'removed' // removed by a moderator
+  | 'left-room' // removed: left the meeting's Matrix room
+  | 'banned' // removed: banned from the meeting's Matrix room
+  | 'access-changed' // removed: the access level became stricter
   | 'forbidden' // the server refused the join (access level)
+  | 'members-only' // the meeting is for identified members of its room
+  | 'lobby-refused' // a moderator refused the guest waiting in the lobby
+  | 'lobby-expired' // nobody let the guest in in time
+  | 'lobby-full' // too many guests wait already
+  | 'unavailable' // the homeserver cannot say who is a member right now
+  | 'rate-limited' // too many requests (429)
   | 'unsupported' // browser without WebRTC
   | 'generic';
 
@@ -34,13 +43,32 @@ const TEXTS: Record<ErrorKind, { title: Key; body: Key; hint?: Key }> = {
   'connection-lost': { title: 'err.lost.title', body: 'err.lost.body', hint: 'err.noMedia.hint' },
   duplicate: { title: 'err.duplicate.title', body: 'err.duplicate.body' },
   removed: { title: 'err.removed.title', body: 'err.removed.body' },
+  'left-room': { title: 'err.leftRoom.title', body: 'err.leftRoom.body' },
+  banned: { title: 'err.banned.title', body: 'err.banned.body' },
+  'access-changed': { title: 'err.accessChanged.title', body: 'err.accessChanged.body', hint: 'err.accessChanged.hint' },
   forbidden: { title: 'err.forbidden.title', body: 'err.forbidden.body' },
+  'members-only': { title: 'err.membersOnly.title', body: 'err.forbidden.body' },
+  'lobby-refused': { title: 'err.refused.title', body: 'err.refused.body' },
+  'lobby-expired': { title: 'err.lobbyExpired.title', body: 'err.lobbyExpired.body' },
+  'lobby-full': { title: 'err.lobbyFull.title', body: 'err.lobbyFull.body' },
+  unavailable: { title: 'err.unavailable.title', body: 'err.unavailable.body' },
+  'rate-limited': { title: 'err.rateLimited.title', body: 'err.rateLimited.body' },
   unsupported: { title: 'err.unsupported.title', body: 'err.unsupported.body' },
   generic: { title: 'err.generic.title', body: 'err.generic.body' },
 };
 
 /** Kinds after which trying again may help. */
-const RETRYABLE = new Set<ErrorKind>(['no-media-connection', 'full', 'connection', 'connection-lost', 'duplicate', 'generic']);
+const RETRYABLE = new Set<ErrorKind>([
+  'no-media-connection', 'full', 'connection', 'connection-lost', 'duplicate', 'generic',
+  'access-changed', 'lobby-expired', 'lobby-full', 'unavailable', 'rate-limited',
+]);
+
+/** A button of an error screen besides "Try again". */
+export interface ErrorAction {
+  label: Key;
+  run: () => void;
+  testid?: string;
+}
 
 export interface ErrorOptions {
   detail?: string;
@@ -48,6 +76,10 @@ export interface ErrorOptions {
   meeting?: { title?: string; endedAt?: number };
   /** "Try again" action; defaults to reloading the page. */
   onRetry?: () => void;
+  /** The server's own sentence (a 403's `error`), shown instead of the default body. */
+  body?: string;
+  /** More buttons (the first one primary when the kind has no "Try again"). */
+  actions?: ErrorAction[];
 }
 
 /** Replaces the page with a full-screen error. */
@@ -96,17 +128,28 @@ export function errorBox(kind: ErrorKind, options: ErrorOptions = {}, fullScreen
     heading,
     options.meeting?.title ? h('p', { class: 'error-meeting-title', 'data-testid': 'ended-title' }, options.meeting.title) : null,
     options.meeting?.endedAt ? h('p', { 'data-testid': 'ended-at' }, t('err.ended.when', { date: formatDate(options.meeting.endedAt) })) : null,
-    h('p', {}, t(texts.body)),
+    h('p', { 'data-testid': 'error-body' }, options.body ?? t(texts.body)),
     texts.hint ? h('p', { class: 'hint' }, t(texts.hint)) : null,
     options.detail ? h('details', { class: 'error-detail' }, h('summary', {}, t('err.details')), h('code', {}, options.detail)) : null,
   );
   if (fullScreen) {
     const actions = h('div', { class: 'actions' });
-    if (RETRYABLE.has(kind)) {
+    const retry = RETRYABLE.has(kind);
+    if (retry) {
       actions.appendChild(
         h('button', { type: 'button', class: 'btn primary', onclick: options.onRetry ?? (() => window.location.reload()) }, t('err.retry')),
       );
     }
+    (options.actions ?? []).forEach((action, i) => {
+      actions.appendChild(
+        h('button', {
+          type: 'button',
+          class: !retry && i === 0 ? 'btn primary' : 'btn',
+          'data-testid': action.testid,
+          onclick: action.run,
+        }, t(action.label)),
+      );
+    });
     box.appendChild(actions);
   }
   return box;
@@ -122,7 +165,11 @@ export function kindOfApiError(error: ApiError): ErrorKind | null {
   if (error.status === 410) return 'ended';
   if (error.status === 404) return /\bended\b|terminée/i.test(error.message) ? 'ended' : 'not-found';
   if (error.status === 400) return null;
+  if (error.status === 403 && error.reason === 'members_only') return 'members-only';
   if (error.status === 403 || error.status === 401) return 'forbidden';
+  if (error.status === 429) return 'rate-limited';
+  if (error.status === 503 && error.errcode === 'M_UNAVAILABLE') return 'unavailable';
+  if (error.status === 503 && error.errcode === 'M_LIMIT_EXCEEDED') return 'lobby-full';
   if (error.status === 503 || /full|complète|M_RESOURCE_LIMIT_EXCEEDED/i.test(`${error.errcode} ${error.message}`)) return 'full';
   if (error.status >= 500) return 'connection';
   return 'generic';
@@ -170,5 +217,27 @@ export function kindOfDisconnect(reason: DisconnectReason | undefined): ErrorKin
       return 'removed';
     default:
       return 'connection-lost';
+  }
+}
+
+/**
+ * Why `/rtc/validate` refused a token, as an error kind: `removed from the meeting:
+ * <reason>` (removed, left_room, banned, access_changed) or `the meeting has ended`; null
+ * when the answer says neither (the token may simply have expired).
+ */
+export function kindOfRefusalText(status: number, text: string): ErrorKind | null {
+  if (status !== 403 && status !== 404 && status !== 410) return null;
+  if (/meeting has ended/i.test(text)) return 'ended';
+  const match = /removed from the meeting:\s*([a-z_]+)/i.exec(text);
+  if (!match) return null;
+  switch (match[1]) {
+    case 'left_room':
+      return 'left-room';
+    case 'banned':
+      return 'banned';
+    case 'access_changed':
+      return 'access-changed';
+    default:
+      return 'removed';
   }
 }

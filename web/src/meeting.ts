@@ -24,10 +24,11 @@ import { SERVER_IDENTITY } from './chat';
 import { ControlButtons } from './controls';
 import { diagnostics } from './diagnostics';
 import { clear, h } from './dom';
-import { isMediaDenied, kindOfConnectError, kindOfDisconnect, showErrorScreen, showLeftScreen, type ErrorKind } from './errors';
+import { isMediaDenied, kindOfConnectError, kindOfDisconnect, kindOfRefusalText, showErrorScreen, showLeftScreen, type ErrorKind } from './errors';
 import { signalBars } from './icons';
 import { t } from './i18n';
 import { Stage, type ParticipantView } from './layout';
+import { isModerator, matrixIdOf, Moderation } from './moderation';
 import { Notices } from './notices';
 import { audioCaptureOptions, videoCaptureOptions, type Joined, type LocalMedia } from './prejoin';
 import { REACTION_TOPIC, Reactions } from './reactions';
@@ -54,6 +55,9 @@ export class Meeting {
   private readonly names = new Map<string, string>();
   private readonly devices: Joined['devices'];
   private readonly identity: string;
+  /** The latest access token (the join's, or a fresh one the server sent): asks /rtc/validate why we were removed. */
+  private token: string;
+  private readonly watchedEngines = new WeakSet<object>();
   private readonly resizeObserver: ResizeObserver;
 
   // DOM
@@ -66,6 +70,7 @@ export class Meeting {
   private readonly reconnectBanner = h('div', { class: 'banner warn', 'data-testid': 'reconnecting-banner', role: 'status', hidden: true }, t('meeting.reconnecting'));
   private readonly connectingOverlay = h('div', { class: 'connecting', role: 'status' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), t('meeting.connecting'));
   private readonly notices = new Notices();
+  private readonly moderation: Moderation;
   private readonly stage = new Stage(() => this.identityOf(this.room.localParticipant), () => this.scheduleRender());
   private readonly reactions: Reactions;
   private readonly shortcuts: Shortcuts;
@@ -78,6 +83,8 @@ export class Meeting {
   ) {
     this.devices = { ...joined.devices };
     this.identity = joined.join.identity;
+    this.token = joined.join.token;
+    this.moderation = new Moderation(joined.slug, this.notices);
     void joined.media.then((media) => {
       this.media = media;
       if (this.phase === 'done') {
@@ -99,6 +106,7 @@ export class Meeting {
       notices: this.notices,
       main: this.main,
       relayout: () => this.layout(),
+      moderation: this.moderation,
     });
     this.settings = new SettingsDialog(this.room, this.devices, (message) => this.notices.toast(message));
     this.reactions = new Reactions(
@@ -143,9 +151,10 @@ export class Meeting {
     } catch (error) {
       if (this.phase === 'done') return;
       let kind = kindOfConnectError(error, this.signalConnected);
-      if (!this.signalConnected && kind !== 'full') {
+      if ((!this.signalConnected && kind !== 'full') || kind === 'removed') {
         const probe = await probeSignal(url, token);
         if (probe && (probe.status === 503 || /full/i.test(probe.text))) kind = 'full';
+        else if (probe) kind = kindOfRefusalText(probe.status, probe.text) ?? kind;
       }
       console.warn('connection failed', error);
       this.finish(kind, error instanceof Error ? error.message : String(error));
@@ -157,6 +166,7 @@ export class Meeting {
       return;
     }
     this.phase = 'connected';
+    this.watchToken();
     diagnostics.timings.connected = performance.now();
     this.connectingOverlay.hidden = true;
     this.notices.announce(t('meeting.joined'));
@@ -241,6 +251,7 @@ export class Meeting {
       this.audio.container,
       this.shortcuts.helpDialog,
       this.settings.el,
+      this.moderation.dialog.el,
     );
     this.controls.id = 'meeting-controls';
     this.controls.tabIndex = -1;
@@ -248,10 +259,39 @@ export class Meeting {
     this.resizeObserver.observe(this.stage.el);
   }
 
+  /** Keeps the fresh tokens the server sends (if it does): /rtc/validate is asked with the latest. */
+  private watchToken(): void {
+    const engine = this.room.engine;
+    if (!engine || this.watchedEngines.has(engine)) return;
+    this.watchedEngines.add(engine);
+    engine.on('tokenRefreshed', (token: string) => { this.token = token; });
+  }
+
+  /**
+   * Removed from the meeting: the server says why at /rtc/validate (a moderator, the
+   * room left, a ban, a stricter access level, or the meeting's end).
+   */
+  private async finishRemoved(): Promise<void> {
+    if (this.phase === 'done') return;
+    const { url } = this.joined.join;
+    this.teardown();
+    const probe = await probeSignal(url, this.token);
+    const kind = (probe && kindOfRefusalText(probe.status, probe.text)) ?? 'removed';
+    showErrorScreen(this.root, kind);
+  }
+
   /** Leaves the meeting view for an end screen; stops everything local. */
   private finish(kind: ErrorKind | 'left', detail?: string): void {
     if (this.phase === 'done') return;
+    this.teardown();
+    if (kind === 'left') showLeftScreen(this.root);
+    else showErrorScreen(this.root, kind, { detail });
+  }
+
+  /** Stops everything local (tracks, timers, the room); the caller shows what comes next. */
+  private teardown(): void {
     this.phase = 'done';
+    this.moderation.stop();
     this.shortcuts.stop();
     this.resizeObserver.disconnect();
     this.stage.destroy();
@@ -259,8 +299,6 @@ export class Meeting {
     this.media.audio?.stop();
     for (const pub of this.room.localParticipant.trackPublications.values()) pub.track?.stop();
     void this.room.disconnect(true);
-    if (kind === 'left') showLeftScreen(this.root);
-    else showErrorScreen(this.root, kind, { detail });
   }
 
   async leave(): Promise<void> {
@@ -313,6 +351,9 @@ export class Meeting {
         rerender();
       })
       .on(RoomEvent.ParticipantAttributesChanged, (changed: Record<string, string>, p: Participant) => {
+        if (p === room.localParticipant && 'tchap.moderator' in changed) {
+          this.notices.announce(t(isModerator(p) ? 'meeting.nowModerator' : 'meeting.noLongerModerator'));
+        }
         if ('hand' in changed && p !== room.localParticipant && p.attributes.hand === 'up') {
           this.notices.toast(t('meeting.handRaisedBy', { name: participantName(p) }));
         }
@@ -325,6 +366,7 @@ export class Meeting {
       .on(RoomEvent.SignalReconnecting, () => this.setReconnecting(true))
       .on(RoomEvent.Reconnected, () => {
         this.setReconnecting(false);
+        this.watchToken();
         // Whoever has not come back a few seconds after the reconnection really left.
         window.setTimeout(() => {
           for (const identity of this.droppedWhileReconnecting) {
@@ -343,8 +385,13 @@ export class Meeting {
       .on(RoomEvent.MediaDevicesChanged, () => { if (this.settings.isOpen) void this.settings.fill(); })
       .on(RoomEvent.Disconnected, (reason?: DisconnectReason) => {
         if (this.phase !== 'connected') return; // a failed connect is reported by start()
+        if (reason === DisconnectReason.PARTICIPANT_REMOVED) {
+          void this.finishRemoved();
+          return;
+        }
         this.finish(reason === DisconnectReason.CLIENT_INITIATED ? 'left' : kindOfDisconnect(reason));
       });
+
   }
 
   private setReconnecting(on: boolean): void {
@@ -403,6 +450,7 @@ export class Meeting {
           micMuted: !micPub || micPub.isMuted,
           hand: p.attributes?.hand === 'up',
           quality: p.connectionQuality,
+          matrixId: matrixIdOf(p),
         },
         speaking: p.isSpeaking,
         camera: camTrack,
@@ -420,6 +468,7 @@ export class Meeting {
     const people = this.participants();
     const count = people.length;
     this.headerCount.textContent = t('meeting.count', { count });
+    this.moderation.setActive(isModerator(this.room.localParticipant));
     this.side.renderParticipants(people, this.room.localParticipant);
   }
 

@@ -14,9 +14,10 @@ import {
   type AudioCaptureOptions,
   type VideoCaptureOptions,
 } from 'livekit-client';
-import { ApiError, getMeeting, joinMeeting, type JoinResponse } from './api';
+import { IdentifyStep, LobbyStep } from './access';
+import { ApiError, getMeeting, joinMeeting, type JoinResponse, type LobbyTicket } from './api';
 import { clear, h, toggleAttr } from './dom';
-import { errorBox, isMediaDenied, kindOfApiError, showErrorScreen, type ErrorOptions } from './errors';
+import { errorBox, isMediaDenied, kindOfApiError, showErrorScreen, type ErrorKind, type ErrorOptions } from './errors';
 import { icon } from './icons';
 import { langSwitchLink, t } from './i18n';
 import { load, loadBool, save, saveBool } from './storage';
@@ -203,6 +204,15 @@ export class PreJoin {
   private readonly speakerSelect = h('select', { id: 'speaker-select', 'data-testid': 'speaker-select' });
   private readonly joinButton = h('button', { type: 'submit', class: 'btn primary join-btn', 'data-testid': 'join' }, t('prejoin.join'));
   private readonly status = h('p', { class: 'join-status', role: 'status', 'aria-live': 'polite' });
+  /** How the person joins: identified as a member of the room, or as a guest. */
+  private joinAs: 'member' | 'guest' = load('join-as') === 'member' ? 'member' : 'guest';
+  private readonly memberRadio = h('input', { type: 'radio', name: 'join-as', id: 'join-as-member', value: 'member', 'data-testid': 'join-as-member', 'aria-describedby': 'join-as-member-hint' });
+  private readonly guestRadio = h('input', { type: 'radio', name: 'join-as', id: 'join-as-guest', value: 'guest', 'data-testid': 'join-as-guest', 'aria-describedby': 'join-as-guest-hint' });
+  private form: HTMLFormElement | null = null;
+  /** Where the identity code, the waiting room and refusals show, in place of the form. */
+  private readonly stepArea = h('div', { class: 'step-area', hidden: true });
+  private identify: IdentifyStep | null = null;
+  private lobby: LobbyStep | null = null;
   private readonly onDeviceChange = () => void this.refreshDevices();
 
   constructor(
@@ -228,12 +238,33 @@ export class PreJoin {
     this.speakerSelect.addEventListener('change', () => void this.queueMedia(() => this.chooseDevice('audiooutput', this.speakerSelect.value)));
     this.nameInput.addEventListener('input', () => this.setNameError(null));
 
+    this.memberRadio.checked = this.joinAs === 'member';
+    this.guestRadio.checked = this.joinAs === 'guest';
+    for (const radio of [this.memberRadio, this.guestRadio]) {
+      radio.addEventListener('change', () => {
+        if (!radio.checked) return;
+        this.joinAs = radio.value === 'member' ? 'member' : 'guest';
+        save('join-as', this.joinAs);
+        this.updateJoinButton();
+      });
+    }
     const form = h(
       'form',
       { class: 'join-form', novalidate: true, onsubmit: (e: Event) => void this.submit(e) },
       h('label', { for: 'display-name' }, t('prejoin.name')),
       this.nameInput,
       this.nameError,
+      h(
+        'fieldset',
+        { class: 'join-as', 'data-testid': 'join-as' },
+        h('legend', {}, t('prejoin.who')),
+        h('div', { class: 'choice' }, this.memberRadio,
+          h('label', { for: 'join-as-member' }, t('prejoin.asMember')),
+          h('p', { class: 'choice-hint', id: 'join-as-member-hint' }, t('prejoin.asMemberHint'))),
+        h('div', { class: 'choice' }, this.guestRadio,
+          h('label', { for: 'join-as-guest' }, t('prejoin.asGuest')),
+          h('p', { class: 'choice-hint', id: 'join-as-guest-hint' }, t('prejoin.asGuestHint'))),
+      ),
       h(
         'details',
         { class: 'devices', open: window.matchMedia('(min-width: 720px)').matches },
@@ -248,6 +279,8 @@ export class PreJoin {
       this.joinButton,
       this.status,
     );
+    this.form = form;
+    this.updateJoinButton();
 
     const main = h(
       'main',
@@ -269,6 +302,7 @@ export class PreJoin {
           h('p', { class: 'eyebrow', id: 'join-heading' }, t('prejoin.heading')),
           this.title,
           form,
+          this.stepArea,
         ),
       ),
       h('footer', { class: 'prejoin-footer' }, h('span', {}, t('app.name')), langSwitchLink()),
@@ -301,9 +335,9 @@ export class PreJoin {
     }
   }
 
-  private fail(kind: Parameters<typeof showErrorScreen>[1], detail?: string, meeting?: ErrorOptions['meeting']): void {
+  private fail(kind: ErrorKind, detail?: string, meeting?: ErrorOptions['meeting'], body?: string): void {
     this.destroy(true);
-    showErrorScreen(this.root, kind, { detail, meeting });
+    showErrorScreen(this.root, kind, { detail, meeting, body });
   }
 
   private queueMedia(op: () => Promise<void>): Promise<void> {
@@ -516,50 +550,170 @@ export class PreJoin {
     this.nameError.textContent = key ? t(key) + (detail ? ` (${detail})` : '') : '';
   }
 
-  private async submit(event: Event): Promise<void> {
-    event.preventDefault();
-    if (this.joining) return;
+  private updateJoinButton(): void {
+    this.joinButton.textContent = t(this.joinAs === 'member' ? 'prejoin.getCode' : 'prejoin.join');
+  }
+
+  /** The name as typed (spaces tidied), or null after saying it is missing. */
+  private readName(): string | null {
     const name = this.nameInput.value.trim().replace(/\s+/g, ' ');
     if (!name) {
       this.setNameError('prejoin.nameRequired');
       this.nameInput.focus();
-      return;
+      return null;
     }
     save('name', name);
+    return name;
+  }
+
+  private async submit(event: Event): Promise<void> {
+    event.preventDefault();
+    if (this.joining) return;
+    const name = this.readName();
+    if (!name) return;
+    if (this.joinAs === 'member') {
+      this.startIdentify(name);
+      return;
+    }
+    await this.join(name);
+  }
+
+  /** Shows `step` in the join pane instead of the form, and moves the focus to `heading`. */
+  private showStep(step: HTMLElement, heading: HTMLElement): void {
+    if (this.gone) return;
+    if (this.form) this.form.hidden = true;
+    this.stepArea.hidden = false;
+    this.stepArea.replaceChildren(step);
+    heading.focus();
+  }
+
+  /** Back to the form (the choice, the name), the focus on the join button. */
+  private backToForm(): void {
+    this.identify?.stop();
+    this.lobby?.stop();
+    this.identify = null;
+    this.lobby = null;
+    this.joining = false;
+    this.joinButton.disabled = false;
+    this.status.textContent = '';
+    this.updateToggles();
+    this.stepArea.replaceChildren();
+    this.stepArea.hidden = true;
+    if (this.form) this.form.hidden = false;
+    this.joinButton.focus();
+  }
+
+  /** The identity code, then the join with the verification once confirmed. */
+  private startIdentify(name: string): void {
+    this.identify?.stop();
+    const step = new IdentifyStep(this.slug, { show: (el, heading) => this.showStep(el, heading) }, {
+      verified: (verification) => void this.join(name, verification),
+      cancelled: () => this.backToForm(),
+    });
+    this.identify = step;
+    void step.start();
+  }
+
+  /** Asks to join (as identified with `verification`, or as a guest) and goes where the answer says. */
+  private async join(name: string, verification?: string): Promise<void> {
+    if (this.joining) return;
     diagnostics.timings.joinClicked = performance.now();
     this.joining = true;
     this.joinButton.disabled = true;
     this.updateToggles();
     this.status.textContent = t('prejoin.joining');
-    let join: JoinResponse;
+    let outcome: Awaited<ReturnType<typeof joinMeeting>>;
     try {
-      join = await joinMeeting(this.slug, name);
+      outcome = await joinMeeting(this.slug, name, verification);
     } catch (error) {
       this.joining = false;
       this.joinButton.disabled = false;
       this.status.textContent = '';
       this.updateToggles();
-      if (error instanceof ApiError) {
-        const kind = kindOfApiError(error);
-        if (kind === null) {
-          this.setNameError('prejoin.nameInvalid', error.message);
-          this.nameInput.focus();
-          return;
-        }
-        if (kind === 'not-found') {
-          // The meeting may have ended while this screen was open: say so, not "unknown".
-          const info = await getMeeting(this.slug).catch(() => null);
-          if (info?.state === 'ended') {
-            this.fail('ended', undefined, { title: info.title, endedAt: info.ended_at });
-            return;
-          }
-        }
-        this.fail(kind, error.message);
-        return;
-      }
+      await this.refused(error, name, verification);
+      return;
+    }
+    if (this.gone) return;
+    if (outcome.kind === 'lobby') {
+      this.waitInLobby(name, outcome.lobby);
+      return;
+    }
+    this.enter(name, outcome.join);
+  }
+
+  /** A refused join: the name, an identity to redo, or a screen saying why. */
+  private async refused(error: unknown, name: string, verification?: string): Promise<void> {
+    if (!(error instanceof ApiError)) {
       this.fail('generic', String(error));
       return;
     }
+    const kind = kindOfApiError(error);
+    if (kind === null) {
+      this.backToForm();
+      this.setNameError('prejoin.nameInvalid', error.message);
+      this.nameInput.focus();
+      return;
+    }
+    if (kind === 'members-only' && !verification) {
+      this.showMembersOnly(name, error.message);
+      return;
+    }
+    if (kind === 'forbidden' && verification && !error.reason && this.identify) {
+      // The verification was not usable (expired, or used meanwhile): a new code.
+      this.identify.expired();
+      return;
+    }
+    if (kind === 'not-found') {
+      // The meeting may have ended while this screen was open: say so, not "unknown".
+      const info = await getMeeting(this.slug).catch(() => null);
+      if (info?.state === 'ended') {
+        this.fail('ended', undefined, { title: info.title, endedAt: info.ended_at });
+        return;
+      }
+    }
+    const body = error.isJson && (error.status === 403 || kind === 'members-only') && error.reason ? error.message : undefined;
+    this.fail(kind, error.message, undefined, body);
+  }
+
+  /** A guest at a members-only meeting: the server's sentence, and a way to identify. */
+  private showMembersOnly(name: string, sentence: string): void {
+    const heading = h('h2', { class: 'step-title', tabindex: '-1' }, t('err.membersOnly.title'));
+    const identify = h('button', {
+      type: 'button',
+      class: 'btn primary',
+      'data-testid': 'refusal-identify',
+      onclick: () => {
+        this.joinAs = 'member';
+        this.memberRadio.checked = true;
+        save('join-as', 'member');
+        this.updateJoinButton();
+        this.startIdentify(name);
+      },
+    }, t('refusal.identify'));
+    const back = h('button', { type: 'button', class: 'btn', onclick: () => this.backToForm() }, t('refusal.back'));
+    this.showStep(
+      h('section', { class: 'access-step refusal', 'data-testid': 'refusal', 'data-reason': 'members_only', role: 'alert' },
+        heading,
+        h('p', { 'data-testid': 'refusal-text' }, sentence),
+        h('div', { class: 'step-actions' }, identify, back)),
+      heading,
+    );
+  }
+
+  private waitInLobby(name: string, ticket: LobbyTicket): void {
+    this.status.textContent = '';
+    const step = new LobbyStep(this.slug, ticket, { show: (el, heading) => this.showStep(el, heading) }, {
+      admitted: (join) => this.enter(name, join),
+      finished: (kind) => this.fail(kind),
+      cancelled: () => this.backToForm(),
+    });
+    this.lobby = step;
+    step.start();
+  }
+
+  /** Hands the tracks to the meeting and goes in. */
+  private enter(name: string, join: JoinResponse): void {
+    if (this.gone) return;
     // Tracks still opening go to the meeting when ready; nothing here stops them now.
     this.handedOver = true;
     const media = this.mediaTask.then((): LocalMedia => {
@@ -575,6 +729,8 @@ export class PreJoin {
   /** Leaves the screen; `stopTracks` false hands the open tracks to the meeting. */
   destroy(stopTracks: boolean): void {
     this.gone = true;
+    this.identify?.stop();
+    this.lobby?.stop();
     this.meter.stop();
     navigator.mediaDevices?.removeEventListener?.('devicechange', this.onDeviceChange);
     if (this.video) this.video.detach(this.previewVideo);

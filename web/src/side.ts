@@ -8,6 +8,7 @@ import type { ControlButtons } from './controls';
 import { h } from './dom';
 import { t } from './i18n';
 import type { Notices } from './notices';
+import type { Moderation } from './moderation';
 import { ParticipantsPanel, type Naming } from './participants';
 
 export type PanelName = 'chat' | 'participants';
@@ -24,6 +25,8 @@ export interface SideHost {
   main: HTMLElement;
   /** The stage changed width: lay it out again. */
   relayout: () => void;
+  /** The moderator's tools, shown in the participants panel. */
+  moderation?: Moderation;
 }
 
 export class SidePanels {
@@ -44,7 +47,7 @@ export class SidePanels {
       (count, latest) => this.onUnread(count, latest),
       (message) => host.notices.toast(message),
     );
-    this.participants = new ParticipantsPanel(host.naming, () => this.set(null));
+    this.participants = new ParticipantsPanel(host.naming, () => this.set(null), host.moderation);
     this.el.append(this.chat.el, this.participants.el);
     this.chatButton = host.buttons.make('toggle-chat', 'chat', 'meeting.chat', () => this.toggle('chat'), 'C');
     this.chatButton.setAttribute('aria-controls', 'chat-panel');
@@ -73,6 +76,7 @@ export class SidePanels {
     this.el.hidden = panel === null;
     this.chat.setOpen(panel === 'chat');
     this.participants.el.hidden = panel !== 'participants';
+    this.host.moderation?.setPanelOpen(panel === 'participants');
     this.chatButton.setAttribute('aria-expanded', String(panel === 'chat'));
     this.peopleButton.setAttribute('aria-expanded', String(panel === 'participants'));
     this.chatButton.classList.toggle('active', panel === 'chat');

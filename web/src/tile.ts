@@ -14,6 +14,8 @@ export interface TileState {
   micMuted: boolean;
   hand: boolean;
   quality: ConnectionQuality;
+  /** The Matrix ID of an identified member of the room. */
+  matrixId?: string;
   speaking: boolean;
   pinned: boolean;
   track: VideoTrack | undefined;
@@ -40,6 +42,7 @@ export class Tile {
   private readonly avatar: HTMLElement;
   private readonly nameEl: HTMLElement;
   private readonly micSlot: HTMLElement;
+  private readonly badgeSlot: HTMLElement;
   private readonly handEl: HTMLElement;
   private readonly qualityEl: HTMLElement;
   private readonly pinButton: HTMLButtonElement;
@@ -64,6 +67,7 @@ export class Tile {
     this.avatar = h('div', { class: 'avatar', 'aria-hidden': 'true' });
     this.nameEl = h('span', { class: 'tile-name' });
     this.micSlot = h('span', { class: 'mic-slot' });
+    this.badgeSlot = h('span', { class: 'badge-slot' });
     this.handEl = h('span', { class: 'tile-hand', role: 'img', 'aria-label': t('tile.handRaised'), title: t('tile.handRaised'), hidden: true }, icon('hand'));
     this.qualityEl = h('span', { class: 'tile-quality', role: 'img' }, signalBars());
     this.pinButton = h('button', { type: 'button', class: 'icon-btn pin-btn', 'aria-pressed': 'false' }, icon('pin'));
@@ -80,7 +84,7 @@ export class Tile {
       this.video,
       this.avatar,
       h('div', { class: 'tile-top' }, this.handEl, this.qualityEl, this.pinButton),
-      h('div', { class: 'tile-label' }, this.micSlot, this.nameEl),
+      h('div', { class: 'tile-label' }, this.micSlot, this.nameEl, this.badgeSlot),
     );
     this.el.addEventListener('dblclick', () => onPin(this.key));
   }
@@ -104,6 +108,15 @@ export class Tile {
       if (state.micMuted) {
         this.micSlot.appendChild(
           h('span', { class: 'muted-icon', 'data-testid': 'muted-icon', role: 'img', 'aria-label': t('tile.micMuted'), title: t('tile.micMuted') }, icon('micOff')),
+        );
+      }
+    }
+    if (state.matrixId !== last.matrixId) {
+      this.badgeSlot.replaceChildren();
+      if (state.matrixId && this.source === 'camera') {
+        const label = t('participants.identifiedAs', { user: state.matrixId });
+        this.badgeSlot.appendChild(
+          h('span', { class: 'tile-id-badge', 'data-testid': 'identified-badge', 'data-matrix-id': state.matrixId, role: 'img', 'aria-label': label, title: label }, icon('verified')),
         );
       }
     }

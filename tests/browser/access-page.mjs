@@ -9,6 +9,13 @@
 //     Progress: {"event":"refusal","text"} {"event":"code","code","command","copied"}
 //     {"event":"confirming"} {"event":"joined","identity","verifiedAs"} {"event":"badge","matrixId"}
 //
+//   With --moderate GUEST (the identified person moderates the meeting): waits for the
+//   moderator attribute {"event":"moderator"} (or {"event":"no-moderation"} when the
+//   server has no moderation API for the page, and exits), then for GUEST in the waiting
+//   room panel {"event":"guest-waiting","number"}, lets them in {"event":"guest-in",
+//   "identity"}, mutes their microphone {"event":"guest-muted"}, removes them
+//   {"event":"guest-removed"} and ends the meeting for everyone {"event":"ended"}.
+//
 //   node tests/browser/access-page.mjs --scenario lobby --link URL --name NAME --expect admitted|refused [--then removed]
 //     Joins as a guest, waits in the waiting room: {"event":"lobby","number"}; then either
 //     {"event":"joined","identity"} (and with --then removed, the screen saying why:
@@ -30,6 +37,7 @@ const { values: args } = parseArgs({
     start: { type: 'string', default: 'member' },
     expect: { type: 'string', default: 'admitted' },
     then: { type: 'string', default: '' },
+    moderate: { type: 'string', default: '' },
     timeout: { type: 'string', default: '90' },
   },
 });
@@ -131,6 +139,56 @@ async function identify(page) {
     { timeout: 5000, what: 'the badge in the participant list', describe: describeAccess });
   await shots(page, 'identified-meeting');
   say('badge', { matrixId, listed });
+  if (args.moderate) await moderate(page, args.moderate);
+}
+
+/** The moderator's tools on the page, used on the guest named `guest`. */
+async function moderate(page, guest) {
+  const slug = new URL(args.link).pathname.split('/').pop();
+  const route = await page.evaluate(async (slug) => (await fetch(`/api/v1/meetings/${slug}/lobby`)).status, slug);
+  if (route === 404 || route === 405) {
+    say('no-moderation', { status: route });
+    return;
+  }
+  await pageWait(page, () => window.tchapVisio?.room?.localParticipant?.attributes?.['tchap.moderator'] === 'true' || null, undefined,
+    { timeout: 20_000, what: 'the moderator attribute', describe: describeAccess });
+  await pageWait(page, () => document.querySelector('[data-testid=moderation]:not([hidden]) [data-testid=end-for-all]') !== null || null, undefined,
+    { timeout: 10_000, what: 'the moderation tools in the participant list', describe: describeAccess });
+  say('moderator');
+
+  const number = await pageWait(page, (guest) => {
+    const item = [...document.querySelectorAll('[data-testid=lobby-guest]')].find((el) => el.textContent.includes(guest));
+    return item ? Number(item.dataset.number) : null;
+  }, guest, { timeout, what: `${guest} in the waiting room panel`, describe: describeAccess });
+  await shots(page, 'moderator-lobby');
+  say('guest-waiting', { number });
+  await page.locator('[data-testid=lobby-guest]', { hasText: guest }).locator('[data-testid=lobby-admit]').click();
+
+  const identity = await pageWait(page, (guest) => {
+    const room = window.tchapVisio.room;
+    return [...room.remoteParticipants.values()].find((p) => p.name === guest && p.getTrackPublication('microphone'))?.identity ?? null;
+  }, guest, { timeout, what: `${guest} in the meeting with a microphone`, describe: describeAccess });
+  say('guest-in', { identity });
+
+  const row = page.locator(`[data-testid=participant-item][data-identity=${JSON.stringify(identity)}]`);
+  await row.locator('[data-testid=mod-mute-mic]').click();
+  await pageWait(page, (identity) => window.tchapVisio.room.remoteParticipants.get(identity)?.getTrackPublication('microphone')?.isMuted || null, identity,
+    { timeout, what: `${guest}'s microphone muted`, describe: describeAccess });
+  say('guest-muted');
+
+  await row.locator('[data-testid=mod-remove]').click();
+  await page.locator('[data-testid=confirm-dialog][open] [data-testid=confirm-yes]').waitFor({ timeout: 5000 });
+  await shots(page, 'moderator-confirm');
+  await page.locator('[data-testid=confirm-yes]').click();
+  await pageWait(page, (identity) => !window.tchapVisio.room.remoteParticipants.has(identity) || null, identity,
+    { timeout, what: `${guest} gone from the meeting`, describe: describeAccess });
+  say('guest-removed');
+
+  await page.locator('[data-testid=end-for-all]').click();
+  await page.locator('[data-testid=confirm-yes]').click();
+  await pageWait(page, () => document.querySelector('[data-testid=error][data-error=ended]') !== null || null, undefined,
+    { timeout, what: 'the "meeting ended" screen', describe: describeAccess });
+  say('ended');
 }
 
 async function lobby(page) {

@@ -131,8 +131,11 @@ export class IdentifyStep {
             : 'identify.failed';
       status.textContent = t(key);
       status.classList.add('error');
-      const retry = h('button', { type: 'button', class: 'btn', 'data-testid': 'identify-retry', onclick: () => void this.start() }, t('err.retry'));
-      status.after(h('div', { class: 'step-actions' }, retry));
+      // A meeting without a room has nobody to be a member of: no point trying again.
+      if (key !== 'identify.noRoom') {
+        const retry = h('button', { type: 'button', class: 'btn primary', 'data-testid': 'identify-retry', onclick: () => void this.start() }, t('err.retry'));
+        status.after(h('div', { class: 'step-actions' }, retry));
+      }
       return;
     }
     if (signal.aborted) return;
@@ -158,7 +161,12 @@ export class IdentifyStep {
 
   /** A value to copy (the code, the command) with its button; `big` for the code. */
   private copyable(value: string, label: Parameters<typeof t>[0], testid: string, big: boolean, feedback: HTMLElement): HTMLElement {
-    const shown = h(big ? 'output' : 'code', { class: big ? 'code-value' : 'command-value', 'data-testid': testid, translate: 'no' }, value);
+    const shown = h(big ? 'output' : 'code', {
+      class: big ? 'code-value' : 'command-value',
+      'data-testid': testid,
+      translate: 'no',
+      'aria-labelledby': big ? 'identify-code-label' : null,
+    }, value);
     const button = h('button', {
       type: 'button',
       class: 'btn small copy-btn',

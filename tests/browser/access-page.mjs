@@ -21,12 +21,14 @@
 //     {"event":"joined","identity"} (and with --then removed, the screen saying why:
 //     {"event":"removed","kind","title"}) or {"event":"refused","title"}.
 //
-// Screenshots go to target/browser-screenshots/access-*.png (desktop and phone widths).
+// Screenshots go to target/browser-screenshots/access-*.png (desktop and phone widths),
+// each screen checked by axe-core first (no serious or critical violation).
 // Every wait has a deadline (--timeout seconds each). Exits 0 after the last event, 1 on
 // any failure (the reason and the page's console on stderr).
 
 import { parseArgs } from 'node:util';
 
+import { expectAccessible } from './lib/axe.mjs';
 import { Fixture, openPrejoin, pageLogs, pageWait, screenshot } from './lib/harness.mjs';
 
 const { values: args } = parseArgs({
@@ -45,11 +47,13 @@ const timeout = Number(args.timeout) * 1000;
 const say = (event, fields = {}) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`);
 const PHONE = { width: 390, height: 844 };
 
-/** Screenshots at the page's width, then at a phone's, then back. */
+/** Screenshots at the page's width, then at a phone's, then back; axe-core at both. */
 async function shots(page, name) {
+  await expectAccessible(page, `the ${name} screen`);
   await screenshot(page, `access-${name}`);
   const size = page.viewportSize();
   await page.setViewportSize(PHONE);
+  await expectAccessible(page, `the ${name} screen on a phone`);
   await screenshot(page, `access-${name}-phone`);
   await page.setViewportSize(size);
 }

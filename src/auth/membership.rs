@@ -101,6 +101,11 @@ impl RoomView {
             .unwrap_or_default())
     }
 
+    /// `user`'s power level in `room`.
+    pub async fn power_level(&self, room: &str, user: &str) -> Result<i64, LookupError> {
+        Ok(power_level_in(&self.power_levels(room).await?, user))
+    }
+
     /// Whether `user` is of an external server.
     pub fn is_external(&self, user: &str) -> bool {
         is_external(user, &self.external_servers)
@@ -132,4 +137,18 @@ impl RoomView {
             name,
         ))
     }
+}
+
+/// A user's level in `m.room.power_levels` content (`users`, else `users_default`).
+pub fn power_level_in(levels: &serde_json::Value, user: &str) -> i64 {
+    let as_int = |v: &serde_json::Value| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    levels
+        .get("users")
+        .and_then(|u| u.get(user))
+        .and_then(as_int)
+        .or_else(|| levels.get("users_default").and_then(as_int))
+        .unwrap_or(0)
 }

@@ -166,14 +166,5 @@ impl BridgeContext {
 
 /// A user's level in `m.room.power_levels` content (`users`, else `users_default`).
 pub(super) fn level_in(levels: &serde_json::Value, user: &UserId) -> i64 {
-    let as_int = |v: &serde_json::Value| {
-        v.as_i64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    };
-    levels
-        .get("users")
-        .and_then(|u| u.get(user.as_str()))
-        .and_then(as_int)
-        .or_else(|| levels.get("users_default").and_then(as_int))
-        .unwrap_or(0)
+    crate::auth::membership::power_level_in(levels, user.as_str())
 }

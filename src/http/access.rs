@@ -344,6 +344,8 @@ pub async fn lobby(
         let revoked = stored::revocation(&mut conn, meeting.id.as_str(), &request.identity)
             .await
             .map_err(|e| MatrixError::internal(&e))?;
+        // One connection at a time: SQLite's pool may hold only one.
+        drop(conn);
         if revoked.is_some() {
             return Ok(Json(LobbyStatus {
                 state: "refused",
@@ -362,6 +364,7 @@ pub async fn lobby(
                 &request.name,
                 request.user_id.as_deref(),
                 Via::Admitted,
+                false,
             )
             .await?,
         )
@@ -388,6 +391,7 @@ pub(super) async fn issue_join(
     name: &str,
     user_id: Option<&str>,
     via: Via,
+    moderator: bool,
 ) -> Result<JoinResponse, MatrixError> {
     let now = now_ms();
     let mut claims = Claims::participant(
@@ -405,6 +409,14 @@ pub(super) async fn issue_join(
     claims
         .attributes
         .insert(ACCESS_ATTRIBUTE.to_owned(), via.as_str().to_owned());
+    if moderator {
+        // LiveKit's own mark of a moderator: the page and SDKs may call the room
+        // service for this room with the token.
+        claims.video.room_admin = true;
+        claims
+            .attributes
+            .insert(MODERATOR_ATTRIBUTE.to_owned(), "true".to_owned());
+    }
     let mut conn = state
         .store
         .pool()
@@ -445,6 +457,8 @@ pub(super) async fn issue_join(
 pub const MATRIX_ID_ATTRIBUTE: &str = "tchap.matrix_id";
 /// Participant attribute saying how someone got in (`member`, `admitted`, `public`).
 pub const ACCESS_ATTRIBUTE: &str = "tchap.access";
+/// Participant attribute marking a moderator (`"true"`): the page shows it the controls.
+pub const MODERATOR_ATTRIBUTE: &str = "tchap.moderator";
 
 #[cfg(test)]
 mod tests {

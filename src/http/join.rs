@@ -122,7 +122,8 @@ pub async fn join(
     };
     let Some(room) = meeting.matrix_room_id.clone() else {
         // A meeting an admin made has no room to be a member of: its link is the key.
-        let joined = issue_join(&state, &meeting, &identity, &name, None, Via::Public).await?;
+        let joined =
+            issue_join(&state, &meeting, &identity, &name, None, Via::Public, false).await?;
         return Ok((browser.set_cookie(), Json(joined)).into_response());
     };
     let view = &bridge.access.view;
@@ -148,6 +149,17 @@ pub async fn join(
             } else {
                 Via::Public
             };
+            let moderator = match (&user_id, via) {
+                (Some(user), Via::Member) => {
+                    meeting.creator.as_deref() == Some(user.as_str())
+                        || view
+                            .power_level(&room, user)
+                            .await
+                            .map_err(|e| homeserver_unavailable(&e))?
+                            >= bridge.end_power_level
+                }
+                _ => false,
+            };
             let joined = issue_join(
                 &state,
                 &meeting,
@@ -155,6 +167,7 @@ pub async fn join(
                 &shown_name,
                 user_id.as_deref(),
                 via,
+                moderator,
             )
             .await?;
             Ok((browser.set_cookie(), Json(joined)).into_response())

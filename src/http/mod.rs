@@ -10,6 +10,7 @@ pub mod chat;
 pub mod error;
 pub mod join;
 pub mod limits;
+pub mod moderation;
 pub mod server_chat;
 pub mod web;
 
@@ -117,6 +118,12 @@ pub fn router(state: AppState) -> Router {
             get(api::list_room_meetings),
         )
         .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/api/v1/meetings/{slug}/lobby", get(moderation::waiting))
+        .route("/api/v1/meetings/{slug}/moderation", post(moderation::act))
+        .route(
+            "/twirp/livekit.RoomService/{method}",
+            post(moderation::room_service),
+        )
         .route("/assets/{*path}", get(web::asset))
         .route("/health", get(health))
         .fallback(|| async { MatrixError::unrecognized() })

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use livekit_protocol as lk;
 use livekit_protocol::{signal_request, signal_response};
 use str0m::net::Protocol;
 use tokio::net::{TcpListener, UdpSocket};
@@ -93,6 +94,31 @@ enum Command {
         identity: String,
         why: String,
         reply: oneshot::Sender<bool>,
+    },
+    /// The open rooms.
+    ListRooms {
+        reply: oneshot::Sender<Vec<lk::Room>>,
+    },
+    /// A room's participants (`None`: not open).
+    Participants {
+        room: String,
+        reply: oneshot::Sender<Option<Vec<lk::ParticipantInfo>>>,
+    },
+    /// Mute or unmute a participant's track from the server side.
+    MuteTrack {
+        room: String,
+        identity: String,
+        track_sid: Option<String>,
+        source: Option<i32>,
+        muted: bool,
+        reply: oneshot::Sender<Option<lk::TrackInfo>>,
+    },
+    /// Change a participant from the server side.
+    UpdateParticipant {
+        room: String,
+        identity: String,
+        change: super::room::ParticipantChange,
+        reply: oneshot::Sender<Option<lk::ParticipantInfo>>,
     },
     /// Whether a join would be admitted now, without joining.
     Admit {
@@ -253,6 +279,59 @@ impl SfuHandle {
             reply,
         });
         answer.await.unwrap_or(false)
+    }
+
+    /// The open rooms (empty when the SFU stopped).
+    pub async fn list_rooms(&self) -> Vec<lk::Room> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::ListRooms { reply });
+        answer.await.unwrap_or_default()
+    }
+
+    /// A room's participants; `None` when it is not open.
+    pub async fn participants(&self, room: String) -> Option<Vec<lk::ParticipantInfo>> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::Participants { room, reply });
+        answer.await.ok().flatten()
+    }
+
+    /// Mutes or unmutes a participant's track (by sid, else by source); the track, or
+    /// `None` when there is no such participant or track.
+    pub async fn mute_track(
+        &self,
+        room: String,
+        identity: String,
+        track_sid: Option<String>,
+        source: Option<i32>,
+        muted: bool,
+    ) -> Option<lk::TrackInfo> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::MuteTrack {
+            room,
+            identity,
+            track_sid,
+            source,
+            muted,
+            reply,
+        });
+        answer.await.ok().flatten()
+    }
+
+    /// Changes a participant; `None` when it is not in the room.
+    pub async fn update_participant(
+        &self,
+        room: String,
+        identity: String,
+        change: super::room::ParticipantChange,
+    ) -> Option<lk::ParticipantInfo> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::UpdateParticipant {
+            room,
+            identity,
+            change,
+            reply,
+        });
+        answer.await.ok().flatten()
     }
 
     pub async fn participant_count(&self) -> usize {
@@ -511,6 +590,37 @@ fn handle_command(
         }
         Command::CloseRoom { room, reply } => {
             let _ = reply.send(engine.close_room(now, &room));
+        }
+        Command::ListRooms { reply } => {
+            let _ = reply.send(engine.list_rooms());
+        }
+        Command::Participants { room, reply } => {
+            let _ = reply.send(engine.participants_of(&room));
+        }
+        Command::MuteTrack {
+            room,
+            identity,
+            track_sid,
+            source,
+            muted,
+            reply,
+        } => {
+            let _ = reply.send(engine.mute_published(
+                now,
+                &room,
+                &identity,
+                track_sid.as_deref(),
+                source,
+                muted,
+            ));
+        }
+        Command::UpdateParticipant {
+            room,
+            identity,
+            change,
+            reply,
+        } => {
+            let _ = reply.send(engine.update_participant(now, &room, &identity, change));
         }
         Command::RemoveIdentity {
             room,

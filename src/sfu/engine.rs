@@ -222,6 +222,46 @@ impl Engine {
         removed
     }
 
+    /// The open rooms; see [`Rooms::list_rooms`].
+    pub fn list_rooms(&self) -> Vec<lk::Room> {
+        self.rooms.list_rooms()
+    }
+
+    /// A room's participants; see [`Rooms::participants_of`].
+    pub fn participants_of(&self, room: &str) -> Option<Vec<lk::ParticipantInfo>> {
+        self.rooms.participants_of(room)
+    }
+
+    /// See [`Rooms::mute_published`].
+    pub fn mute_published(
+        &mut self,
+        now: Instant,
+        room: &str,
+        identity: &str,
+        track_sid: Option<&str>,
+        source: Option<i32>,
+        muted: bool,
+    ) -> Option<lk::TrackInfo> {
+        let track = self
+            .rooms
+            .mute_published(room, identity, track_sid, source, muted);
+        self.drain(now);
+        track
+    }
+
+    /// See [`Rooms::update_participant`].
+    pub fn update_participant(
+        &mut self,
+        now: Instant,
+        room: &str,
+        identity: &str,
+        change: super::room::ParticipantChange,
+    ) -> Option<lk::ParticipantInfo> {
+        let info = self.rooms.update_participant(room, identity, change);
+        self.drain(now);
+        info
+    }
+
     /// Ends a room for good: every participant is told the room was deleted (the page
     /// shows its "meeting ended" screen) and removed, and later joins are refused.
     /// Returns how many participants were in it.

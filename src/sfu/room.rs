@@ -98,6 +98,15 @@ pub struct Rooms {
     removed: Vec<ParticipantKey>,
 }
 
+/// What a server-side update changes in a participant (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct ParticipantChange {
+    pub name: Option<String>,
+    pub metadata: Option<String>,
+    pub attributes: HashMap<String, String>,
+    pub permission: Option<lk::ParticipantPermission>,
+}
+
 impl Rooms {
     pub fn new(config: EngineConfig) -> Self {
         Self {
@@ -422,6 +431,91 @@ impl Rooms {
         );
         self.remove(key, why);
         true
+    }
+
+    /// The rooms open now: their descriptions (LiveKit's `Room`).
+    pub fn list_rooms(&self) -> Vec<lk::Room> {
+        let mut names: Vec<&String> = self.rooms.keys().collect();
+        names.sort();
+        names.into_iter().map(|name| self.room_info(name)).collect()
+    }
+
+    /// A room's participants as LiveKit describes them; `None` for a room not open.
+    pub fn participants_of(&self, room_name: &str) -> Option<Vec<lk::ParticipantInfo>> {
+        let room = self.rooms.get(room_name)?;
+        Some(room.members.iter().map(|&k| self.info(k)).collect())
+    }
+
+    /// Mutes (or unmutes) one of a participant's tracks from the server side, chosen by
+    /// sid or, without one, by source (`TrackSource`): forwarding stops at once, the
+    /// participant's client is asked to mute too (livekit-client obeys), and the room
+    /// sees the change. The track as it is now, or `None` when there is no such track.
+    pub fn mute_published(
+        &mut self,
+        room_name: &str,
+        identity: &str,
+        track_sid: Option<&str>,
+        source: Option<i32>,
+        muted: bool,
+    ) -> Option<lk::TrackInfo> {
+        let key = self.find_identity(room_name, identity)?;
+        let info = self
+            .net
+            .media
+            .published(key)
+            .map(|(_, t)| t.info.clone())
+            .find(|t| match track_sid {
+                Some(sid) => t.sid == sid,
+                None => source.is_some_and(|s| t.source == s),
+            })?;
+        self.net.media.set_muted(key, &info.sid, muted);
+        self.send(
+            key,
+            signal_response::Message::Mute(lk::MuteTrackRequest {
+                sid: info.sid.clone(),
+                muted,
+            }),
+        );
+        let p = &mut self.participants[key];
+        p.version += 1;
+        let room = p.room.clone();
+        let participant = self.info(key);
+        self.broadcast_update(&room, usize::MAX, vec![participant.clone()]);
+        participant.tracks.into_iter().find(|t| t.sid == info.sid)
+    }
+
+    /// Changes a participant from the server side (LiveKit's `UpdateParticipant`): name,
+    /// metadata, attributes (an empty value removes one), permission. Everyone, the
+    /// participant included, is told. `None` when it is not in the room.
+    pub fn update_participant(
+        &mut self,
+        room_name: &str,
+        identity: &str,
+        update: ParticipantChange,
+    ) -> Option<lk::ParticipantInfo> {
+        let key = self.find_identity(room_name, identity)?;
+        let p = &mut self.participants[key];
+        if let Some(name) = update.name {
+            p.name = name;
+        }
+        if let Some(metadata) = update.metadata {
+            p.metadata = metadata;
+        }
+        for (k, v) in update.attributes {
+            if v.is_empty() {
+                p.attributes.remove(&k);
+            } else {
+                p.attributes.insert(k, v);
+            }
+        }
+        if let Some(permission) = update.permission {
+            p.permission = permission;
+        }
+        p.version += 1;
+        let room = p.room.clone();
+        let info = self.info(key);
+        self.broadcast_update(&room, usize::MAX, vec![info.clone()]);
+        Some(info)
     }
 
     /// Ends a room for good: every participant is told the room was deleted (the page

@@ -292,9 +292,57 @@ async fn connect(
         }
         Err(e) => return refuse(StatusCode::FORBIDDEN, e.to_string()),
     };
+    let sfu = state.sfu.clone();
+    let refresh = Refresher::new(state, claims);
     upgrade
         .max_message_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| session(socket, state.sfu, key, session_id, outgoing))
+        .on_upgrade(move |socket| session(socket, sfu, key, session_id, outgoing, refresh))
+}
+
+/// Fresh tokens for a connected participant (LiveKit's `refresh_token`), so that a full
+/// reconnect after its join token expired still works: each one lives as long as the
+/// one it replaces, and comes at half its lifetime (5 minutes for our 10-minute tokens).
+/// None comes once the participant was removed or the meeting ended.
+struct Refresher {
+    state: SignalState,
+    claims: Claims,
+    lifetime_secs: i64,
+    next: tokio::time::Instant,
+}
+
+impl Refresher {
+    fn new(state: SignalState, claims: Claims) -> Self {
+        let lifetime_secs =
+            (claims.exp - claims.nbf.max(0)).clamp(10, crate::auth::token::MAX_TOKEN_LIFETIME_SECS);
+        Self {
+            next: tokio::time::Instant::now() + Self::interval(lifetime_secs),
+            state,
+            claims,
+            lifetime_secs,
+        }
+    }
+
+    fn interval(lifetime_secs: i64) -> Duration {
+        Duration::from_secs((lifetime_secs / 2).max(5) as u64)
+    }
+
+    /// The next token, or `None` when the participant may no longer be in the room.
+    async fn token(&mut self) -> Option<String> {
+        self.next = tokio::time::Instant::now() + Self::interval(self.lifetime_secs);
+        let access = self
+            .state
+            .rooms
+            .room_access(&self.claims.video.room, &self.claims.sub)
+            .await;
+        if access != RoomAccess::Open {
+            return None;
+        }
+        let now = crate::clock::now_ms().div_euclid(1000);
+        self.claims.nbf = now;
+        self.claims.exp = now + self.lifetime_secs;
+        metrics::counter!("tchap_visio_tokens_refreshed_total").increment(1);
+        Some(self.state.keys.issue(&self.claims))
+    }
 }
 
 fn join_request(claims: &Claims, auto_subscribe: Option<bool>) -> JoinRequest {
@@ -348,6 +396,7 @@ async fn session(
     key: Option<ParticipantKey>,
     session_id: u64,
     mut outgoing: mpsc::Receiver<signal_response::Message>,
+    mut refresh: Refresher,
 ) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let Some(key) = key else {
@@ -422,6 +471,13 @@ async fn session(
                         return;
                     }
                     other => sfu.signal(key, other),
+                }
+            }
+            _ = tokio::time::sleep_until(refresh.next) => {
+                if let Some(token) = refresh.token().await
+                    && !send_within(&mut ws_tx, signal_response::Message::RefreshToken(token)).await
+                {
+                    break;
                 }
             }
             message = outgoing.recv() => {

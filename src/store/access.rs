@@ -494,7 +494,9 @@ pub async fn revocation(
     Ok(reason.flatten())
 }
 
-/// Refuses an identity's tokens for good; false when it was revoked already.
+/// Refuses an identity's tokens for good, whoever issued them (a token minted with an
+/// API key has no grant yet: one is recorded, revoked); false when it was revoked
+/// already.
 pub async fn revoke(
     conn: &mut Connection,
     meeting_id: &str,
@@ -503,8 +505,10 @@ pub async fn revoke(
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "UPDATE join_grants SET revoked_at = $3, revoke_reason = $4 \
-         WHERE meeting_id = $1 AND identity = $2 AND revoked_at IS NULL",
+        "INSERT INTO join_grants (meeting_id, identity, user_id, name, via, issued_at, \
+         revoked_at, revoke_reason) VALUES ($1, $2, NULL, '', 'public', $3, $3, $4) \
+         ON CONFLICT (meeting_id, identity) DO UPDATE SET revoked_at = $3, revoke_reason = $4 \
+         WHERE join_grants.revoked_at IS NULL",
     )
     .bind(meeting_id)
     .bind(identity)

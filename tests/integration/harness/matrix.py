@@ -41,6 +41,8 @@ class MatrixUser:
         self.device_id = resp.device_id
         # Timeline events seen by sync, per joined room, oldest first (raw dicts).
         self.timelines: dict[str, list[dict[str, Any]]] = {}
+        # Rooms this user was invited to, as sync reported them.
+        self.invited: set[str] = set()
         self.sync(0)
 
     def _run(self, coro):
@@ -75,6 +77,33 @@ class MatrixUser:
         assert isinstance(resp, nio.RoomSendResponse), f"send failed: {resp}"
         return resp.event_id
 
+    def react(self, room_id: str, event_id: str, key: str) -> str:
+        """An m.reaction (annotation) on `event_id`; encrypted in an encrypted room."""
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
+        resp = self._run(self.client.room_send(room_id, "m.reaction", content, ignore_unverified_devices=True))
+        assert isinstance(resp, nio.RoomSendResponse), f"reaction failed: {resp}"
+        return resp.event_id
+
+    def join(self, room_id: str) -> None:
+        resp = self._run(self.client.join(room_id))
+        assert isinstance(resp, nio.JoinResponse), f"join of {room_id} failed: {resp}"
+
+    def leave(self, room_id: str) -> None:
+        resp = self._run(self.client.room_leave(room_id))
+        assert isinstance(resp, nio.RoomLeaveResponse), f"leave of {room_id} failed: {resp}"
+
+    def ban(self, room_id: str, user_id: str) -> None:
+        resp = self._run(self.client.room_ban(room_id, user_id))
+        assert isinstance(resp, nio.RoomBanResponse), f"ban of {user_id} failed: {resp}"
+
+    def set_power_level(self, room_id: str, user_id: str, level: int) -> None:
+        resp = self._run(self.client.room_get_state_event(room_id, "m.room.power_levels", ""))
+        assert isinstance(resp, nio.RoomGetStateEventResponse), f"power levels: {resp}"
+        content = dict(resp.content)
+        content.setdefault("users", {})[user_id] = level
+        put = self._run(self.client.room_put_state(room_id, "m.room.power_levels", content))
+        assert isinstance(put, nio.RoomPutStateResponse), f"power levels: {put}"
+
     def member(self, room_id: str, user_id: str) -> dict[str, Any] | None:
         """Content of `user_id`'s m.room.member event in the room, None if there is none."""
         resp = self._run(self.client.room_get_state_event(room_id, "m.room.member", user_id))
@@ -99,6 +128,7 @@ class MatrixUser:
         assert isinstance(resp, nio.SyncResponse), f"sync failed: {resp}"
         if self.encrypted:
             self.keep_keys()
+        self.invited.update(resp.rooms.invite.keys())
         for room_id, room in resp.rooms.join.items():
             assert not (room.timeline.limited and room_id in self.timelines), f"sync of {room_id} was limited"
             self.timelines.setdefault(room_id, []).extend(self._as_dict(e) for e in room.timeline.events)

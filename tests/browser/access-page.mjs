@@ -8,6 +8,7 @@
 //     for the confirmation step, then for the meeting with its « identifié·e » badge.
 //     Progress: {"event":"refusal","text"} {"event":"code","code","command","copied"}
 //     {"event":"confirming"} {"event":"joined","identity","verifiedAs"} {"event":"badge","matrixId"}
+//     and, with --then removed, the screen saying why it was sent out: {"event":"removed","kind","title"}.
 //
 //   With --moderate GUEST (the identified person moderates the meeting): waits for the
 //   moderator attribute {"event":"moderator"} (or {"event":"no-moderation"} when the
@@ -144,6 +145,7 @@ async function identify(page) {
   await shots(page, 'identified-meeting');
   say('badge', { matrixId, listed });
   if (args.moderate) await moderate(page, args.moderate);
+  else if (args.then === 'removed') await waitRemoved(page);
 }
 
 /** The moderator's tools on the page, used on the guest named `guest`. */
@@ -213,7 +215,11 @@ async function lobby(page) {
   }
   const { identity } = await waitConnected(page);
   say('joined', { identity });
-  if (args.then !== 'removed') return;
+  if (args.then === 'removed') await waitRemoved(page);
+}
+
+/** The screen saying why the page was sent out of the meeting: {"event":"removed","kind","title"}. */
+async function waitRemoved(page) {
   const removed = await pageWait(
     page,
     () => {

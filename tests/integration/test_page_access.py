@@ -5,6 +5,8 @@ by matrix-nio clients:
 - a member of the room identifies with a code: `!visio entrer CODE` sent from the room,
   ✅ on the bot's private prompt (an encrypted one-to-one room), the page says who they
   are and enters a members-only meeting, where they carry the « identifié·e » badge;
+- a member who identified from the meeting's thread and then leaves the room is sent
+  out of the meeting, and the page says why;
 - a guest of a `confiance` meeting waits in the lobby, a moderator's ✅ on the lobby
   notice lets them in, and `!visio exclure` removes them: the page says why;
 - a guest admitted with `!visio admettre <n>` is sent out when the level becomes
@@ -26,7 +28,7 @@ import threading
 import pytest
 
 from harness import Env, wait_for
-from harness.meetings import NOTICE_S, body, in_thread, start_meeting, wait_event
+from harness.meetings import NOTICE_S, body, in_thread, send_in_thread, start_meeting, wait_event
 from harness.util import ROOT
 
 # Each wait of the page script, and of the test for the page (Chromium on 2 loaded cores).
@@ -191,6 +193,37 @@ def test_a_member_identifies_with_a_code_and_enters_a_members_only_meeting(env):
     finally:
         page.close()
     bot_reply(env, amelie, direct, "C’est confirmé", "the bot's confirmation in the private conversation")
+
+
+def test_a_member_identified_from_the_thread_who_leaves_the_room_leaves_the_meeting(env):
+    """The code sent as a reply in the meeting's thread; the member then leaves the
+    Matrix room, and the page says that is why it left the meeting."""
+    gabriel, room = moderator_room(env, "gabriel", "Départ")
+    fanny = env.e2ee_user("fanny")
+    gabriel.invite(room, fanny.user_id)
+    fanny._run(fanny.client.join(room))
+    gabriel.wait_membership(room, fanny.user_id, "join")
+    fanny.sync(0)
+    notice, slug = start_meeting(env, gabriel, room, "!visio Point d’étape", "Point d’étape")
+    link = f"{env.service.url}/m/{slug}"
+    set_access(env, gabriel, room, "membres", "membres")
+
+    page = PageScript(env, "--scenario", "identify", "--link", link, "--name", "Fanny", "--then", "removed")
+    try:
+        code = page.reached("code")
+        send_in_thread(fanny, room, notice["event_id"], code["command"])
+        direct = accept_bot_invite(env, fanny)
+        prompt = wait_event(fanny, direct, lambda e: e.get("sender") == env.bot and "✅" in body(e), "the private confirmation prompt")
+        react(fanny, direct, prompt["event_id"])
+        assert page.reached("badge")["matrixId"] == fanny.user_id
+
+        fanny._run(fanny.client.room_leave(room))
+        removed = page.reached("removed")
+        assert removed["kind"] == "left-room", removed
+        assert removed["title"] == "Vous avez quitté le salon", removed
+        page.finish()
+    finally:
+        page.close()
 
 
 def test_a_guest_waits_is_let_in_with_a_reaction_then_removed(env):

@@ -14,6 +14,7 @@ import {
   type VerificationCreated,
 } from './api';
 import { h } from './dom';
+import { icon } from './icons';
 import type { ErrorKind } from './errors';
 import { t } from './i18n';
 
@@ -255,7 +256,8 @@ export class IdentifyStep {
       this.section(
         'confirming',
         title,
-        h('div', { class: 'step-emoji', 'aria-hidden': 'true' }, '✅'),
+        // The reaction to add, drawn (not every system has a colour emoji font).
+        h('div', { class: 'step-emoji', 'aria-hidden': 'true' }, icon('checkBox', 'icon big')),
         status,
         h('p', { class: 'hint' }, t('identify.confirmIgnore')),
         h('div', { class: 'step-actions' }, this.cancelButton()),

@@ -15,7 +15,8 @@
 //   server has no moderation API for the page, and exits), then for GUEST in the waiting
 //   room panel {"event":"guest-waiting","number"}, lets them in {"event":"guest-in",
 //   "identity"}, mutes their microphone {"event":"guest-muted"}, removes them
-//   {"event":"guest-removed"} and ends the meeting for everyone {"event":"ended"}.
+//   {"event":"guest-removed"} and, once the line "end" comes on stdin, ends the meeting
+//   for everyone {"event":"ended"}.
 //
 //   node tests/browser/access-page.mjs --scenario lobby --link URL --name NAME --expect admitted|refused [--then removed]
 //     Joins as a guest, waits in the waiting room: {"event":"lobby","number"}; then either
@@ -190,6 +191,8 @@ async function moderate(page, guest) {
     { timeout, what: `${guest} gone from the meeting`, describe: describeAccess });
   say('guest-removed');
 
+  // The test says when (once the guest's page showed why it was removed): one line on stdin.
+  await nextLine('end');
   await page.locator('[data-testid=end-for-all]').click();
   await page.locator('[data-testid=confirm-yes]').click();
   await pageWait(page, () => document.querySelector('[data-testid=error][data-error=ended]') !== null || null, undefined,
@@ -232,6 +235,26 @@ async function waitRemoved(page) {
   );
   await shots(page, `removed-${removed.kind}`);
   say('removed', removed);
+}
+
+/** Waits for the line `word` on stdin (from the test driving this script), with the deadline. */
+function nextLine(word) {
+  return new Promise((resolve, reject) => {
+    let buffered = '';
+    const timer = setTimeout(() => reject(new Error(`no ${JSON.stringify(word)} on stdin within ${timeout} ms`)), timeout);
+    const onData = (chunk) => {
+      buffered += chunk;
+      if (buffered.split('\n').some((line) => line.trim() === word)) {
+        clearTimeout(timer);
+        process.stdin.off('data', onData);
+        process.stdin.pause();
+        resolve();
+      }
+    };
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', onData);
+    process.stdin.resume();
+  });
 }
 
 const fixture = new Fixture('access-page');

@@ -58,6 +58,7 @@ class PageScript:
     def __init__(self, env, *args: str):
         self.proc = subprocess.Popen(
             ["node", str(ROOT / "tests/browser/access-page.mjs"), "--timeout", str(PAGE_S), *args],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -93,6 +94,11 @@ class PageScript:
             return wait_for(found, timeout, f"the page's {event!r}", interval=0.1)
         except RuntimeError as e:
             raise AssertionError(str(e)) from None
+
+    def tell(self, line: str) -> None:
+        """One line to the script (it waits for some before going on)."""
+        self.proc.stdin.write(f"{line}\n")
+        self.proc.stdin.flush()
 
     def finish(self) -> None:
         assert self.proc.wait(60) == 0, self.stderr
@@ -345,6 +351,7 @@ def test_a_moderator_lets_in_mutes_and_removes_a_guest_then_ends_the_meeting_fro
         removed = guest.reached("removed")
         assert removed["kind"] == "removed", removed
         moderator.reached("guest-removed")
+        moderator.tell("end")
         moderator.reached("ended")
         guest.finish()
         moderator.finish()

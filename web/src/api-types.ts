@@ -172,6 +172,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/meetings/{key}/lobby": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Who waits in the lobby, for a moderator connected from this browser.
+         * @description The browser (its `tv_browser` cookie) must have joined the meeting as an identified member who may moderate it: its creator, or at the room's power level `meetings.end_power_level`, checked at the homeserver on every call.
+         */
+        get: operations["listLobby"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/meetings/{key}/moderation": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A moderator's action from the page: admit or refuse a waiting guest, mute someone's microphone or camera, remove a participant (their tokens are refused from then on), or end the meeting for all.
+         * @description Same moderators as GET .../lobby. LiveKit's server SDKs do the same through the RoomService subset at /twirp/livekit.RoomService/ (ListRooms, ListParticipants, GetParticipant, RemoveParticipant, MutePublishedTrack, UpdateParticipant, DeleteRoom) with a token signed by an API key of `sfu.keys`.
+         */
+        post: operations["moderate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -639,6 +679,7 @@ export interface operations {
                     };
                 };
             };
+            400: components["responses"]["BadRequest"];
             404: components["responses"]["NotFound"];
             429: components["responses"]["TooManyRequests"];
         };
@@ -678,8 +719,111 @@ export interface operations {
                     };
                 };
             };
+            400: components["responses"]["BadRequest"];
             404: components["responses"]["NotFound"];
             429: components["responses"]["TooManyRequests"];
+        };
+    };
+    listLobby: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The secret slug of the join link; any other value is not found. */
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Guests waiting, longest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        waiting: {
+                            id: string;
+                            number: number;
+                            name: string;
+                            user_id?: string | null;
+                            since: number;
+                        }[];
+                    };
+                };
+            };
+            /** @description Not a moderator of this meeting (M_FORBIDDEN). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            404: components["responses"]["NotFound"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    moderate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The secret slug of the join link; any other value is not found. */
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @enum {unknown} */
+                    action: "admit" | "refuse";
+                    lobby_id: string;
+                } | {
+                    /** @constant */
+                    action: "mute";
+                    identity: string;
+                    /** @enum {unknown} */
+                    source: "microphone" | "camera" | "screen_share";
+                } | {
+                    /** @constant */
+                    action: "remove";
+                    identity: string;
+                } | {
+                    /** @constant */
+                    action: "end";
+                };
+            };
+        };
+        responses: {
+            /** @description Done. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @constant */
+                        done: true;
+                    };
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            /** @description Not a moderator of this meeting (M_FORBIDDEN). */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            503: components["responses"]["Unavailable"];
         };
     };
 }

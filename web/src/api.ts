@@ -25,22 +25,14 @@ export type VerificationCreated = VerificationCreateOperation['responses'][201][
 export type VerificationStatus = VerificationOperation['responses'][200]['content']['application/json'];
 export type LobbyStatus = LobbyOperation['responses'][200]['content']['application/json'];
 
+type ListLobbyOperation = operations['listLobby'];
+type ModerateOperation = operations['moderate'];
+
 /** A guest waiting in the lobby, as moderators see them (GET .../lobby). */
-export interface WaitingGuest {
-  id: string;
-  number: number;
-  name: string;
-  user_id?: string;
-  /** When they started waiting (ms since the epoch). */
-  since?: number;
-}
+export type WaitingGuest = ListLobbyOperation['responses'][200]['content']['application/json']['waiting'][number];
 
 /** What a moderator may do from the page (POST .../moderation). */
-export type ModerationAction =
-  | { action: 'admit' | 'refuse'; lobby_id: string }
-  | { action: 'mute'; identity: string; source: 'microphone' | 'camera' }
-  | { action: 'remove'; identity: string }
-  | { action: 'end' };
+export type ModerationAction = ModerateOperation['requestBody']['content']['application/json'];
 
 /** Why a join was refused (403 `reason`). */
 export type RefusalReason = 'members_only' | 'external' | 'banned';

@@ -276,8 +276,10 @@ export class Meeting {
     const { url } = this.joined.join;
     this.teardown();
     const probe = await probeSignal(url, this.token);
-    const kind = (probe && kindOfRefusalText(probe.status, probe.text)) ?? 'removed';
-    showErrorScreen(this.root, kind);
+    const said = probe ? kindOfRefusalText(probe.status, probe.text) : null;
+    // The server said "removed" (PARTICIPANT_REMOVED): a meeting that ended since then
+    // does not change that, only the reason is unknown.
+    showErrorScreen(this.root, said && said !== 'ended' ? said : 'removed');
   }
 
   /** Leaves the meeting view for an end screen; stops everything local. */

@@ -100,7 +100,7 @@ export class Moderation {
   ) {
     this.lobbySection = h('section', { class: 'lobby-panel', 'aria-labelledby': 'lobby-heading', 'data-testid': 'lobby-panel', hidden: true },
       this.lobbyHeading, this.lobbyEmpty, this.lobbyList);
-    const end = h('button', { type: 'button', class: 'btn danger-btn end-all', 'data-testid': 'end-for-all', onclick: () => void this.endForAll() },
+    const end = h('button', { type: 'button', class: 'btn small danger-btn end-all', 'data-testid': 'end-for-all', onclick: () => void this.endForAll() },
       icon('leave'), t('moderation.end'));
     this.el = h('div', { class: 'moderation', 'data-testid': 'moderation', hidden: true },
       this.lobbySection,

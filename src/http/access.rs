@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::AppState;
 use super::error::MatrixError;
@@ -63,10 +63,25 @@ impl Browser {
 }
 
 /// `?wait=<seconds>`: long-poll until the state changes, at most [`LONG_POLL_MAX_SECS`].
-#[derive(Debug, Deserialize, Default)]
-pub struct WaitQuery {
-    #[serde(default)]
-    pub wait: Option<u64>,
+/// Read from the raw query so that any bad value gets a Matrix-shaped 400.
+fn wait_seconds(query: Option<&str>) -> Result<Option<u64>, MatrixError> {
+    let bad = || {
+        MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            format!("wait is one number of seconds from 0 to {LONG_POLL_MAX_SECS}"),
+        )
+    };
+    let values: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "wait")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    match values.as_slice() {
+        [] => Ok(None),
+        [one] if one.is_empty() => Ok(None),
+        [one] => one.parse().map(Some).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -188,15 +203,16 @@ where
 pub async fn verification(
     State(state): State<AppState>,
     Path((slug, id)): Path<(String, String)>,
-    Query(query): Query<WaitQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<VerificationStatus>, MatrixError> {
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
+    let wait = wait_seconds(query.as_deref())?;
     let meeting = meeting_by_slug(&state, &slug).await?;
     let browser = Browser::of(&state, &headers);
     let first = read_verification(&state, &meeting, &id, &browser).await?;
     let initial = verification_status(&first, now_ms()).state;
-    let status = long_poll(&state, query.wait, || async {
+    let status = long_poll(&state, wait, || async {
         let v = read_verification(&state, &meeting, &id, &browser).await?;
         let status = verification_status(&v, now_ms());
         let settled = status.state != initial || matches!(status.state, "verified" | "expired");
@@ -292,12 +308,13 @@ pub struct LobbyStatus {
 pub async fn lobby(
     State(state): State<AppState>,
     Path((slug, id)): Path<(String, String)>,
-    Query(query): Query<WaitQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, MatrixError> {
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
+    let wait = wait_seconds(query.as_deref())?;
     let browser = Browser::of(&state, &headers);
-    let request = long_poll(&state, query.wait, || async {
+    let request = long_poll(&state, wait, || async {
         let meeting = meeting_by_slug(&state, &slug).await?;
         let mut conn = state
             .store

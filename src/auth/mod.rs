@@ -1,11 +1,12 @@
 //! Secrets presented to us: the homeserver's `hs_token`, and LiveKit-format access
-//! tokens (`token`); Matrix OpenID verification later; the one reader of
+//! tokens (`token`); Matrix OpenID tokens (`openid`); room membership (`membership`); the one reader of
 //! `Authorization: Bearer` headers ([`bearer`]). Comparisons are constant-time and never
 //! log the secret.
 
 pub mod api_token;
 pub mod browser;
 pub mod membership;
+pub mod openid;
 pub mod token;
 
 use axum::http::HeaderMap;

@@ -79,16 +79,23 @@ pub struct AccessRuntime {
     /// Woken after every commit that may have decided a lobby request or a code, so that
     /// waiting pages answer at once.
     pub changed: Arc<Notify>,
+    /// Checks the OpenID tokens of Element-based clients (no code needed there).
+    pub openid: crate::auth::openid::OpenIdVerifier,
     code_failures: Mutex<HashMap<OwnedUserId, VecDeque<Instant>>>,
     memberships: Mutex<HashMap<(String, OwnedUserId), LookedUp>>,
     rules: Mutex<HashMap<String, RoomRule>>,
 }
 
 impl AccessRuntime {
-    pub fn new(default_level: AccessLevel, view: Arc<RoomView>) -> Self {
+    pub fn new(
+        default_level: AccessLevel,
+        view: Arc<RoomView>,
+        openid: crate::auth::openid::OpenIdVerifier,
+    ) -> Self {
         Self {
             default_level,
             view,
+            openid,
             changed: Arc::new(Notify::new()),
             code_failures: Mutex::new(HashMap::new()),
             memberships: Mutex::new(HashMap::new()),
@@ -927,6 +934,8 @@ pub fn lobby_notice(
             (LobbyState::Refused, Some(by), false) => format!("❌ turned away by {by}"),
             (LobbyState::Refused, None, true) => "❌ refusé·e".to_owned(),
             (LobbyState::Refused, None, false) => "❌ turned away".to_owned(),
+            (LobbyState::Left, _, true) => "🚪 est parti·e".to_owned(),
+            (LobbyState::Left, _, false) => "🚪 left".to_owned(),
             (_, _, true) => "⌛ a attendu trop longtemps".to_owned(),
             (_, _, false) => "⌛ waited too long".to_owned(),
         };
@@ -1032,6 +1041,10 @@ mod tests {
         let runtime = AccessRuntime::new(
             AccessLevel::Trusted,
             Arc::new(RoomView::new(None, Vec::new())),
+            crate::auth::openid::OpenIdVerifier::new(
+                ruma::ServerName::parse("hs").expect("name"),
+                "http://127.0.0.1:1",
+            ),
         );
         let mallory = UserId::parse("@mallory:hs").expect("user");
         let alice = UserId::parse("@alice:hs").expect("user");

@@ -155,6 +155,10 @@ impl BridgeContext {
                     client.clone(),
                     config.meetings.external_servers.clone(),
                 )),
+                crate::auth::openid::OpenIdVerifier::new(
+                    config.homeserver.domain.clone(),
+                    config.homeserver.address.as_str(),
+                ),
             ),
             client,
             store: None,

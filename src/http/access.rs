@@ -399,6 +399,43 @@ pub async fn lobby(
         .into_response())
 }
 
+/// `DELETE /api/v1/meetings/{slug}/lobby/{id}`: the guest stops waiting; the notice
+/// says they left. 204, also when they were no longer waiting.
+pub async fn leave_lobby(
+    State(state): State<AppState>,
+    Path((slug, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, MatrixError> {
+    let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
+    let meeting = meeting_by_slug(&state, &slug).await?;
+    let browser = Browser::of(&state, &headers);
+    let mut tx = state
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    let request = stored::lobby_request_by_id(&mut tx, &id)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?
+        .filter(|r| r.meeting_id == meeting.id.as_str() && r.browser == browser.pseudonym.as_str())
+        .ok_or_else(|| MatrixError::not_found("Lobby request"))?;
+    let left = stored::decide_lobby(&mut tx, &request.id, LobbyState::Left, None, None, now_ms())
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    if left {
+        crate::bridge::access::refresh_lobby_notice(&state.bot_api.bridge, &mut tx, &meeting)
+            .await
+            .map_err(|e| MatrixError::internal(&e))?;
+    }
+    tx.commit().await.map_err(|e| MatrixError::internal(&e))?;
+    if left {
+        state.bot_api.outbound_wake.notify_one();
+        tracing::info!(meeting = %meeting.id, number = request.number, "guest left the lobby");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// Issues a join token for `identity` (10 minutes to connect) and records the grant,
 /// so that a removal can reach it.
 pub(super) async fn issue_join(

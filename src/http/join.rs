@@ -36,6 +36,10 @@ pub struct JoinRequest {
     /// A verification this browser had confirmed from Matrix (`!visio entrer <code>`).
     #[serde(default)]
     pub verification: Option<String>,
+    /// Inside an Element-based client: the widget API's `get_openid` answer, checked at
+    /// the user's homeserver instead of a code.
+    #[serde(default)]
+    pub openid_token: Option<crate::auth::openid::OpenIdToken>,
 }
 
 /// What the page gets back: enough for `room.connect(url, token)` in livekit-client.
@@ -108,7 +112,7 @@ pub async fn join(
     // A slug of the wrong shape is as unknown as a well-formed one nobody issued.
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
     let bytes = read_body(&headers, body, JOIN_BODY_LIMIT).await?;
-    let request: JoinRequest = parse_json_body(&bytes, "{name, verification?}")?;
+    let request: JoinRequest = parse_json_body(&bytes, "{name, verification?, openid_token?}")?;
     let name =
         validate_display_name(&request.name).map_err(|e| MatrixError::bad_json(e.to_string()))?;
     let meeting = joinable_meeting(&state, &slug).await?;
@@ -116,9 +120,10 @@ pub async fn join(
     let bridge = &state.bot_api.bridge;
     let lang = bridge.lang;
     let identity = ParticipantIdentity::for_join(Some(&browser.pseudonym));
-    let user_id = match &request.verification {
-        Some(id) => Some(use_verification(&state, &meeting, id, &browser).await?),
-        None => None,
+    let user_id = match (&request.verification, &request.openid_token) {
+        (Some(id), _) => Some(use_verification(&state, &meeting, id, &browser).await?),
+        (None, Some(token)) => Some(openid_user(&state, token).await?),
+        (None, None) => None,
     };
     let Some(room) = meeting.matrix_room_id.clone() else {
         // A meeting an admin made has no room to be a member of: its link is the key.
@@ -181,6 +186,27 @@ pub async fn join(
                 enter_lobby(&state, &meeting, &browser, &identity, &shown_name, user_id).await?;
             Ok((StatusCode::ACCEPTED, browser.set_cookie(), Json(lobby)).into_response())
         }
+    }
+}
+
+/// The Matrix user an OpenID token belongs to, as their homeserver says.
+async fn openid_user(
+    state: &AppState,
+    token: &crate::auth::openid::OpenIdToken,
+) -> Result<String, MatrixError> {
+    use crate::auth::openid::OpenIdError;
+    match state.bot_api.bridge.access.openid.verify(token).await {
+        Ok(user) => Ok(user.to_string()),
+        Err(e @ OpenIdError::Malformed(_)) => Err(MatrixError::bad_json(e.to_string())),
+        Err(e @ (OpenIdError::Rejected | OpenIdError::WrongServer)) => {
+            tracing::info!(error = %e, "OpenID token refused");
+            Err(MatrixError::new(
+                StatusCode::FORBIDDEN,
+                "M_FORBIDDEN",
+                e.to_string(),
+            ))
+        }
+        Err(e @ OpenIdError::Unreachable(_)) => Err(homeserver_unavailable(&e)),
     }
 }
 

@@ -94,7 +94,10 @@ pub fn router(state: AppState) -> Router {
                     "/api/v1/meetings/{slug}/verification/{id}",
                     get(access::verification),
                 )
-                .route("/api/v1/meetings/{slug}/lobby/{id}", get(access::lobby))
+                .route(
+                    "/api/v1/meetings/{slug}/lobby/{id}",
+                    get(access::lobby).delete(access::leave_lobby),
+                )
                 .route("/m/{slug}", get(web::page)),
         ),
         limits.as_ref().map(|l| &l.reads),

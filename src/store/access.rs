@@ -260,6 +260,8 @@ pub enum LobbyState {
     Admitted,
     Refused,
     Expired,
+    /// The guest gave up waiting (closed or cancelled their page).
+    Left,
 }
 
 impl LobbyState {
@@ -269,6 +271,7 @@ impl LobbyState {
             Self::Admitted => "admitted",
             Self::Refused => "refused",
             Self::Expired => "expired",
+            Self::Left => "left",
         }
     }
 
@@ -278,6 +281,7 @@ impl LobbyState {
             "admitted" => Some(Self::Admitted),
             "refused" => Some(Self::Refused),
             "expired" => Some(Self::Expired),
+            "left" => Some(Self::Left),
             _ => None,
         }
     }

@@ -229,6 +229,37 @@ def test_members_only_codes_confirmations_and_refusals(env, tmp_path):
     bob_peer.close()
 
 
+def openid_token(env, user) -> dict:
+    r = requests.post(
+        f"{env.synapse.url}/_matrix/client/v3/user/{user.user_id}/openid/request_token",
+        headers={"Authorization": f"Bearer {user.client.access_token}"},
+        json={},
+        timeout=10,
+    )
+    r.raise_for_status()
+    return r.json()
+
+
+def test_an_openid_token_identifies_a_member_without_a_code(env, tmp_path):
+    alice, room = room_with(env, "alice", ["bob"], "Salon OpenID")
+    bob = env.e2ee_user("bob")
+    _, slug = start_meeting(env, alice, room, "!visio Élément", "Élément")
+    alice.send_text(room, "!visio accès membres")
+    bot_reply(env, alice, room, "Accès à « Élément » : membres")
+    token = openid_token(env, bob)
+    joined = Page(env, slug).http.post(api(env, slug, "/join"), json={"name": "x", "openid_token": token}, timeout=20)
+    assert joined.status_code == 200, joined.text
+    assert joined.json()["user_id"] == bob.user_id
+    assert claims(joined.json()["token"])["attributes"]["tchap.matrix_id"] == bob.user_id
+    forged = dict(token, access_token="not-a-real-token")
+    refused = requests.post(api(env, slug, "/join"), json={"name": "x", "openid_token": forged}, timeout=20)
+    assert refused.status_code == 403, refused.text
+    # Carol's token is genuine, but she is no member: members only.
+    carol = env.e2ee_user("carol")
+    outsider = requests.post(api(env, slug, "/join"), json={"name": "x", "openid_token": openid_token(env, carol)}, timeout=20)
+    assert outsider.status_code == 403 and outsider.json()["reason"] == "members_only", outsider.text
+
+
 def test_restricted_rooms_keep_externs_out_and_are_never_public(env, tmp_path):
     alice, room = room_with(env, "alice", [], "Salon restreint")
     alice._run(alice.client.room_put_state(room, "im.vector.room.access_rules", {"rule": "restricted"}))
@@ -300,6 +331,12 @@ def test_trusted_lobby_decided_from_the_room(env, tmp_path):
     assert marc.lobby(m["id"])["state"] == "waiting"
     alice.send_text(room, "!visio refuser 2")
     assert "token" not in marc.wait_lobby(m["id"], "refused")
+    # A guest who gives up waiting leaves the notice.
+    quentin = Page(env, slug)
+    q = quentin.join("Quentin").json()["lobby"]
+    assert quentin.http.delete(api(env, slug, f"/lobby/{q['id']}"), timeout=10).status_code == 204
+    assert quentin.lobby(q["id"])["state"] == "left"
+    wait_event(alice, room, lambda e: "Quentin (invité·e) — 🚪 est parti·e" in e.get("content", {}).get("m.new_content", {}).get("body", ""), "the notice says he left")
     host_peer.close()
     zoe_peer.close()
 

@@ -8,6 +8,7 @@ import {
   ApiError,
   createVerification,
   getLobbyStatus,
+  leaveLobby,
   getVerification,
   type JoinResponse,
   type LobbyTicket,
@@ -328,6 +329,8 @@ export class LobbyStep {
       'data-testid': 'lobby-cancel',
       onclick: () => {
         this.stop();
+        // Best effort: the moderators' notice stops listing this guest.
+        void leaveLobby(this.slug, this.ticket.id).catch(() => undefined);
         this.events.cancelled();
       },
     }, t('lobby.cancel'));

@@ -166,7 +166,8 @@ export interface paths {
         get: operations["getLobbyRequest"];
         put?: never;
         post?: never;
-        delete?: never;
+        /** The guest stops waiting (the page was closed or cancelled); the lobby notice says they left. */
+        delete: operations["leaveLobby"];
         options?: never;
         head?: never;
         patch?: never;
@@ -506,6 +507,13 @@ export interface operations {
                     name: components["schemas"]["DisplayName"];
                     /** @description The id of a verification this browser had confirmed from Matrix; single-use. */
                     verification?: string;
+                    /** @description Inside an Element-based client: the widget API's get_openid answer (as /openid/request_token returns it), verified at the user's homeserver (/_matrix/federation/v1/openid/userinfo, found by .well-known then SRV then port 8448) instead of a code. */
+                    openid_token?: {
+                        access_token: string;
+                        matrix_server_name: string;
+                        token_type?: string;
+                        expires_in?: number;
+                    };
                 };
             };
         };
@@ -535,7 +543,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
-            /** @description Not allowed in (M_FORBIDDEN): `reason` is `members_only`, `external` or `banned`, and `error` the sentence to show; or a verification that is not confirmed, expired or used. */
+            /** @description Not allowed in (M_FORBIDDEN): `reason` is `members_only`, `external` or `banned`, and `error` the sentence to show; or a verification that is not confirmed, expired or used. An OpenID token its homeserver does not know (or that names a user of another server) is refused the same way. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -709,7 +717,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         /** @enum {string} */
-                        state: "waiting" | "admitted" | "refused" | "expired" | "ended";
+                        state: "waiting" | "admitted" | "refused" | "expired" | "ended" | "left";
                         number: number;
                         url?: string;
                         token?: string;
@@ -720,6 +728,31 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+        };
+    };
+    leaveLobby: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The secret slug of the join link; any other value is not found. */
+                key: string;
+                /** @description The lobby request id this browser was given. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description No longer waiting (also when they were not). */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             404: components["responses"]["NotFound"];
             429: components["responses"]["TooManyRequests"];
         };

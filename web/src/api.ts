@@ -62,7 +62,7 @@ interface CallOptions {
 }
 
 /** One request; the answer's status and JSON body when it is 2xx, an ApiError otherwise. */
-async function request<T>(method: 'GET' | 'POST', path: string, options: CallOptions = {}): Promise<{ status: number; json: T }> {
+async function request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, options: CallOptions = {}): Promise<{ status: number; json: T }> {
   const { body, bearer, signal } = options;
   let response: Response;
   const headers: Record<string, string> = { Accept: 'application/json' };
@@ -146,6 +146,11 @@ export async function getVerification(slug: string, id: string, wait: number, si
 export async function getLobbyStatus(slug: string, id: string, wait: number, signal?: AbortSignal): Promise<LobbyStatus> {
   const path = `/api/v1/meetings/${enc(slug)}/lobby/${enc(id)}?wait=${wait}`;
   return (await request<LobbyStatus>('GET', path, { signal })).json;
+}
+
+/** The guest stops waiting: the lobby notice in the room says they left. */
+export async function leaveLobby(slug: string, id: string): Promise<void> {
+  await request<unknown>('DELETE', `/api/v1/meetings/${enc(slug)}/lobby/${enc(id)}`);
 }
 
 /** Who waits in the lobby (a connected moderator's browser only). */

@@ -61,6 +61,7 @@ struct WellKnown {
 
 impl OpenIdVerifier {
     pub fn new(local_server: OwnedServerName, local_address: &str) -> Self {
+        crate::matrix::client::install_tls_provider();
         Self {
             http: reqwest::Client::builder()
                 .timeout(STEP_TIMEOUT)

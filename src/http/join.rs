@@ -125,6 +125,25 @@ pub async fn join(
         (None, Some(token)) => Some(openid_user(&state, token).await?),
         (None, None) => None,
     };
+    {
+        let mut conn = state
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| MatrixError::internal(&e))?;
+        let removed = stored::removed_by_moderator(
+            &mut conn,
+            meeting.id.as_str(),
+            user_id.as_deref(),
+            browser.pseudonym.as_str(),
+        )
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+        if removed {
+            return Ok(refusal(Refusal::Removed, lang));
+        }
+    }
     let Some(room) = meeting.matrix_room_id.clone() else {
         // A meeting an admin made has no room to be a member of: its link is the key.
         let joined =
@@ -181,12 +200,70 @@ pub async fn join(
             tracing::info!(meeting = %meeting.id, reason = why.as_str(), identified = user_id.is_some(), "join refused");
             Ok(refusal(why, lang))
         }
+        Admission::Lobby if !someone_may_admit(&state, &meeting, &room).await? => {
+            tracing::info!(meeting = %meeting.id, "guest turned away: no moderator active lately");
+            Ok(refusal(Refusal::NoModerator, lang))
+        }
         Admission::Lobby => {
             let lobby =
                 enter_lobby(&state, &meeting, &browser, &identity, &shown_name, user_id).await?;
             Ok((StatusCode::ACCEPTED, browser.set_cookie(), Json(lobby)).into_response())
         }
     }
+}
+
+/// How recently someone who may let guests in must have been seen for a guest to wait.
+const MODERATOR_ACTIVITY_MS: i64 = 30 * 60 * 1000;
+
+/// Whether anyone who may admit a guest was active lately: the meeting is young (its
+/// creator just asked for it), or a moderator sent something in the room, or is in the
+/// meeting. When the room's power levels cannot be read, a guest may wait.
+async fn someone_may_admit(
+    state: &AppState,
+    meeting: &Meeting,
+    room: &str,
+) -> Result<bool, MatrixError> {
+    let now = crate::clock::now_ms();
+    let since = now - MODERATOR_ACTIVITY_MS;
+    if meeting.created_at >= since {
+        return Ok(true);
+    }
+    let bridge = &state.bot_api.bridge;
+    let Ok(levels) = bridge.access.view.power_levels(room).await else {
+        return Ok(true);
+    };
+    let level = |user: &str| crate::auth::membership::power_level_in(&levels, user);
+    if level("@nobody:invalid") >= bridge.end_power_level {
+        return Ok(true);
+    }
+    let may_admit = |user: &str| {
+        meeting.creator.as_deref() == Some(user) || level(user) >= bridge.end_power_level
+    };
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    let active = stored::recent_senders(&mut conn, room, since)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    if active.iter().any(|user| may_admit(user)) {
+        return Ok(true);
+    }
+    let present: Vec<String> = crate::store::sessions::list_for_meeting(&mut conn, &meeting.id)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?
+        .into_iter()
+        .filter(|s| s.left_at.is_none())
+        .map(|s| s.identity.as_str().to_owned())
+        .collect();
+    let grants = stored::live_grants(&mut conn, meeting.id.as_str())
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    Ok(grants
+        .iter()
+        .any(|g| present.contains(&g.identity) && g.user_id.as_deref().is_some_and(may_admit)))
 }
 
 /// The Matrix user an OpenID token belongs to, as their homeserver says.
@@ -617,6 +694,48 @@ mod tests {
             .stable_part()
             .to_owned()
     }
+
+    both_dialects!(
+        a_guest_is_told_at_once_when_nobody_who_may_admit_was_active_for_30_minutes,
+        |store: Store| async move {
+            let long_ago = crate::clock::now_ms() - 31 * 60 * 1000;
+            let mut meeting = Meeting::new(
+                "Vieille réunion",
+                Some("!room:hs".into()),
+                Some("@alice:hs".into()),
+                long_ago,
+            )
+            .expect("valid");
+            meeting.access = crate::meeting::AccessLevel::Trusted;
+            {
+                let mut conn = store.pool().acquire().await.expect("conn");
+                meetings::create(&mut conn, &meeting).await.expect("create");
+            }
+            let slug = meeting.slug.expose();
+            let (status, json, _) =
+                join_with_cookie(&store, slug, r#"{"name": "Zoé"}"#, None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{json}");
+            assert_eq!(json["reason"], "no_moderator");
+            assert!(json["error"].as_str().expect("a sentence").contains("30"));
+
+            // Alice, who started it, says something in the room: now a guest may wait.
+            store
+                .store_transaction(
+                    "t1",
+                    &[crate::store::inbox::NewInboxEvent {
+                        event_id: "$recent".into(),
+                        room_id: Some("!room:hs".into()),
+                        json: r#"{"type":"m.room.message","sender":"@alice:hs","room_id":"!room:hs","event_id":"$recent","content":{}}"#.into(),
+                    }],
+                )
+                .await
+                .expect("stored");
+            let (status, json, _) =
+                join_with_cookie(&store, slug, r#"{"name": "Zoé"}"#, None).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+            assert_eq!(json["lobby"]["number"], 1);
+        }
+    );
 
     both_dialects!(
         a_join_returns_a_token_for_the_meeting_room,

@@ -136,6 +136,10 @@ pub enum Refusal {
     External,
     /// Banned from the room.
     Banned,
+    /// A moderator removed them from this meeting.
+    Removed,
+    /// Nobody who may let a guest in has been active lately: waiting would be in vain.
+    NoModerator,
 }
 
 impl Refusal {
@@ -145,6 +149,8 @@ impl Refusal {
             Self::MembersOnly => "members_only",
             Self::External => "external",
             Self::Banned => "banned",
+            Self::Removed => "removed",
+            Self::NoModerator => "no_moderator",
         }
     }
 
@@ -165,6 +171,16 @@ impl Refusal {
             }
             (Self::Banned, Language::Fr) => "Vous avez été banni·e du salon de cette réunion.",
             (Self::Banned, Language::En) => "You are banned from this meeting's room.",
+            (Self::Removed, Language::Fr) => {
+                "Un·e modérateur·rice vous a retiré·e de cette réunion."
+            }
+            (Self::Removed, Language::En) => "A moderator removed you from this meeting.",
+            (Self::NoModerator, Language::Fr) => {
+                "Personne ne peut vous faire entrer pour l’instant : aucun·e modérateur·rice n’a été actif·ve dans le salon ces 30 dernières minutes. Réessayez plus tard, ou prévenez un membre du salon."
+            }
+            (Self::NoModerator, Language::En) => {
+                "Nobody can let you in right now: no moderator has been active in the room in the last 30 minutes. Try again later, or tell a member of the room."
+            }
         }
     }
 }

@@ -523,6 +523,51 @@ pub async fn revoke(
     Ok(done.rows_affected() == 1)
 }
 
+/// Whether a moderator removed this Matrix user, or anyone from this browser (grants'
+/// identities start with the browser's pseudonym), from the meeting: they stay out.
+pub async fn removed_by_moderator(
+    conn: &mut Connection,
+    meeting_id: &str,
+    user_id: Option<&str>,
+    browser: &str,
+) -> Result<bool, StoreError> {
+    let prefix = format!("{browser}-%");
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM join_grants WHERE meeting_id = $1 AND revoke_reason = 'removed' \
+         AND (user_id = $2 OR identity LIKE $3) LIMIT 1",
+    )
+    .bind(meeting_id)
+    .bind(user_id)
+    .bind(prefix)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Senders of the events a room sent us since `since_ms` (the most recent thousand).
+pub async fn recent_senders(
+    conn: &mut Connection,
+    room_id: &str,
+    since_ms: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT event_json FROM inbox WHERE room_id = $1 AND received_at >= $2 \
+         ORDER BY seq DESC LIMIT 1000",
+    )
+    .bind(room_id)
+    .bind(since_ms)
+    .fetch_all(conn)
+    .await?;
+    let mut senders: Vec<String> = rows
+        .iter()
+        .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .filter_map(|event| event.get("sender")?.as_str().map(str::to_owned))
+        .collect();
+    senders.sort();
+    senders.dedup();
+    Ok(senders)
+}
+
 /// A meeting's grants not revoked, oldest first.
 pub async fn live_grants(
     conn: &mut Connection,

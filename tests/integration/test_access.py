@@ -380,7 +380,8 @@ def test_room_service_with_an_api_key(env, tmp_path):
     alice.send_text(room, "!visio accès public")
     bot_reply(env, alice, room, "Accès à « Service » : publique")
     speaker_grant = Page(env, slug).join("Orateur").json()
-    listener_grant = Page(env, slug).join("Auditeur").json()
+    listener_page = Page(env, slug)
+    listener_grant = listener_page.join("Auditeur").json()
     speaker = Peer(tmp_path, "speaker", speaker_grant["url"], speaker_grant["token"], publish=True)
     listener = Peer(tmp_path, "listener", listener_grant["url"], listener_grant["token"])
     speaker.wait_connected()
@@ -429,6 +430,9 @@ def test_room_service_with_an_api_key(env, tmp_path):
     again = Peer(tmp_path, "listener-again", listener_grant["url"], listener_grant["token"], once=True, wait_connected=False)
     code, st = again.wait_exit(30)
     assert code == 2, f"a removed participant's token opens nothing: {st.get('error')}"
+    # Nor does a new join from the same browser: removed means out of this meeting.
+    back = listener_page.join("Auditeur")
+    assert back.status_code == 403 and back.json()["reason"] == "removed", back.text
     speaker.close()
 
 

@@ -459,6 +459,10 @@ fn declared_api_routes() -> Vec<(String, String)> {
             .split("\n        .")
             .next()
             .unwrap_or_default()
+            // Routes of a nested router are indented deeper: cut at the next one.
+            .split(".route(")
+            .next()
+            .unwrap_or_default()
             .to_owned();
         let Some(path) = call.split('"').nth(1) else {
             continue;

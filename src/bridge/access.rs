@@ -81,6 +81,8 @@ pub struct AccessRuntime {
     pub changed: Arc<Notify>,
     /// Checks the OpenID tokens of Element-based clients (no code needed there).
     pub openid: crate::auth::openid::OpenIdVerifier,
+    /// Lifetime of the join tokens we issue (`meetings.join_token_ttl_secs`).
+    pub join_token_ttl_secs: i64,
     code_failures: Mutex<HashMap<OwnedUserId, VecDeque<Instant>>>,
     memberships: Mutex<HashMap<(String, OwnedUserId), LookedUp>>,
     rules: Mutex<HashMap<String, RoomRule>>,
@@ -96,6 +98,7 @@ impl AccessRuntime {
             default_level,
             view,
             openid,
+            join_token_ttl_secs: crate::auth::token::JOIN_TOKEN_TTL_SECS,
             changed: Arc::new(Notify::new()),
             code_failures: Mutex::new(HashMap::new()),
             memberships: Mutex::new(HashMap::new()),

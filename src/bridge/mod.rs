@@ -163,6 +163,12 @@ impl BridgeContext {
             client,
             store: None,
         }
+        .with_join_token_ttl(config.meetings.join_token_ttl_secs)
+    }
+
+    fn with_join_token_ttl(mut self, secs: i64) -> Self {
+        self.access.join_token_ttl_secs = secs;
+        self
     }
 
     pub fn with_store(mut self, store: Store) -> Self {

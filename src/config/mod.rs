@@ -448,6 +448,14 @@ pub struct MeetingsConfig {
     /// `restricted` (Tchap's externs: `agent.externe.tchap.gouv.fr`).
     #[serde(default)]
     pub external_servers: Vec<String>,
+    /// Seconds a join token lets its holder connect; connected participants get fresh
+    /// ones at half this (LiveKit's `refresh_token`).
+    #[serde(default = "default_join_token_ttl_secs")]
+    pub join_token_ttl_secs: i64,
+}
+
+fn default_join_token_ttl_secs() -> i64 {
+    crate::auth::token::JOIN_TOKEN_TTL_SECS
 }
 
 impl Default for MeetingsConfig {
@@ -461,6 +469,7 @@ impl Default for MeetingsConfig {
             timezone: default_timezone(),
             default_access: crate::meeting::AccessLevel::default(),
             external_servers: Vec::new(),
+            join_token_ttl_secs: default_join_token_ttl_secs(),
         }
     }
 }

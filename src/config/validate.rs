@@ -299,6 +299,17 @@ impl Config {
                 ),
             ));
         }
+        if !(20..=crate::auth::token::MAX_TOKEN_LIFETIME_SECS)
+            .contains(&self.meetings.join_token_ttl_secs)
+        {
+            return Err(invalid(
+                "meetings.join_token_ttl_secs",
+                format!(
+                    "must be between 20 and {} seconds (600 is the default)",
+                    crate::auth::token::MAX_TOKEN_LIFETIME_SECS
+                ),
+            ));
+        }
         if self.meetings.max_participants == 0 {
             return Err(invalid("meetings.max_participants", "must be at least 1"));
         }

@@ -18,7 +18,7 @@ use super::AppState;
 use super::error::MatrixError;
 use super::join::{JoinResponse, MeetingSummary, joinable_meeting};
 use crate::auth::browser::BrowserIds;
-use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
+use crate::auth::token::Claims;
 use crate::bridge::access::{CODE_LIFETIME_MS, VERIFIED_LIFETIME_MS};
 use crate::clock::now_ms;
 use crate::ids::{BrowserId, MeetingSlug, ParticipantIdentity};
@@ -453,7 +453,7 @@ pub(super) async fn issue_join(
         name,
         meeting.id.as_str(),
         now,
-        JOIN_TOKEN_TTL_SECS,
+        state.bot_api.bridge.access.join_token_ttl_secs,
     );
     if let Some(user) = user_id {
         claims

@@ -455,7 +455,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
 
-    use super::super::tests::{TEST_SFU_KEY, TEST_WS_URL, call, sfu_keys};
+    use super::super::tests::{TEST_SFU_KEY, TEST_WS_URL, call, sfu_keys, signal_state};
     use super::*;
     use crate::auth::token::can_join;
     use crate::auth::token::{Claims, JOIN_TOKEN_TTL_SECS};
@@ -734,6 +734,64 @@ mod tests {
                 join_with_cookie(&store, slug, r#"{"name": "Zoé"}"#, None).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{json}");
             assert_eq!(json["lobby"]["number"], 1);
+        }
+    );
+
+    both_dialects!(
+        connected_participants_get_fresh_tokens_until_removed,
+        |store: Store| async move {
+            let meeting = stored_meeting(&store).await;
+            let signal = signal_state(store.clone()).await;
+            let identity = ParticipantIdentity::parse("guest-1").expect("identity");
+            let issued_at = crate::clock::now_ms() - 400_000;
+            let claims = Claims::participant(
+                &identity,
+                "Zoé",
+                meeting.id.as_str(),
+                issued_at,
+                JOIN_TOKEN_TTL_SECS,
+            );
+            let mut refresher = crate::signal::Refresher::new(signal.clone(), claims.clone());
+            let fresh = refresher.token().await.expect("a fresh token");
+            let fresh = sfu_keys()
+                .verify(&fresh, crate::clock::now_ms())
+                .expect("a valid token");
+            assert_eq!(
+                (fresh.sub.as_str(), fresh.name.as_str()),
+                ("guest-1", "Zoé")
+            );
+            assert_eq!(fresh.video, claims.video);
+            assert_eq!(fresh.exp - fresh.nbf, JOIN_TOKEN_TTL_SECS);
+            assert!(fresh.exp > claims.exp + 300, "it outlives the join token");
+
+            // Removed: no more tokens.
+            {
+                let mut conn = store.pool().acquire().await.expect("conn");
+                stored::revoke(&mut conn, meeting.id.as_str(), "guest-1", "removed", 1)
+                    .await
+                    .expect("revoked");
+            }
+            assert_eq!(refresher.token().await, None);
+            // Nor for anyone once the meeting ended.
+            let other = ParticipantIdentity::parse("guest-2").expect("identity");
+            let mut refresher = crate::signal::Refresher::new(
+                signal,
+                Claims::participant(
+                    &other,
+                    "Marc",
+                    meeting.id.as_str(),
+                    issued_at,
+                    JOIN_TOKEN_TTL_SECS,
+                ),
+            );
+            assert!(refresher.token().await.is_some());
+            {
+                let mut conn = store.pool().acquire().await.expect("conn");
+                meetings::set_state(&mut conn, &meeting.id, MeetingState::Ended, 1)
+                    .await
+                    .expect("ended");
+            }
+            assert_eq!(refresher.token().await, None);
         }
     );
 

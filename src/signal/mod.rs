@@ -303,7 +303,7 @@ async fn connect(
 /// reconnect after its join token expired still works: each one lives as long as the
 /// one it replaces, and comes at half its lifetime (5 minutes for our 10-minute tokens).
 /// None comes once the participant was removed or the meeting ended.
-struct Refresher {
+pub(crate) struct Refresher {
     state: SignalState,
     claims: Claims,
     lifetime_secs: i64,
@@ -311,7 +311,7 @@ struct Refresher {
 }
 
 impl Refresher {
-    fn new(state: SignalState, claims: Claims) -> Self {
+    pub(crate) fn new(state: SignalState, claims: Claims) -> Self {
         let lifetime_secs =
             (claims.exp - claims.nbf.max(0)).clamp(10, crate::auth::token::MAX_TOKEN_LIFETIME_SECS);
         Self {
@@ -327,7 +327,7 @@ impl Refresher {
     }
 
     /// The next token, or `None` when the participant may no longer be in the room.
-    async fn token(&mut self) -> Option<String> {
+    pub(crate) async fn token(&mut self) -> Option<String> {
         self.next = tokio::time::Instant::now() + Self::interval(self.lifetime_secs);
         let access = self
             .state

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -21,6 +22,8 @@ from harness.meetings import NOTICE_S, body, events, in_thread, start_meeting, w
 from harness.lkpeer import Peer, PeerError
 
 CODE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{8}$")
+# Join tokens of this module's service: short, so that a token can expire during a test.
+TOKEN_TTL_S = 30
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def env(tmp_path_factory):
     # tested; the other rooms of these tests are not restricted, where it changes nothing.
     e = Env(
         tmp_path_factory.mktemp("access"),
-        overrides={"meetings": {"external_servers": ["localhost"], "grace_period_secs": 2}},
+        overrides={"meetings": {"external_servers": ["localhost"], "grace_period_secs": 2, "join_token_ttl_secs": TOKEN_TTL_S}},
     )
     yield e
     e.close()
@@ -181,7 +184,7 @@ def test_members_only_codes_confirmations_and_refusals(env, tmp_path):
     assert c["attributes"]["tchap.matrix_id"] == bob.user_id
     assert c["attributes"]["tchap.access"] == "member"
     assert "tchap.moderator" not in c["attributes"], "bob is below the power level"
-    assert c["exp"] - c["nbf"] == 600, "join tokens live 10 minutes"
+    assert c["exp"] - c["nbf"] == TOKEN_TTL_S, "join tokens live meetings.join_token_ttl_secs"
     # Single use; and bound to the browser that asked.
     assert page.join("Bob", verification=code["id"]).status_code == 403
     thief = Page(env, slug)
@@ -434,6 +437,28 @@ def test_room_service_with_an_api_key(env, tmp_path):
     back = listener_page.join("Auditeur")
     assert back.status_code == 403 and back.json()["reason"] == "removed", back.text
     speaker.close()
+
+
+def test_a_participant_connected_past_its_token_survives_a_full_reconnect(env, tmp_path):
+    alice, room = room_with(env, "alice", [], "Salon longue réunion")
+    _, slug = start_meeting(env, alice, room, "!visio Longue", "Longue")
+    alice.send_text(room, "!visio accès public")
+    bot_reply(env, alice, room, "Accès à « Longue » : publique")
+    grant = Page(env, slug).join("Patiente").json()
+    peer = Peer(tmp_path, "patiente", grant["url"], grant["token"], publish=True)
+    peer.wait_connected()
+    expiry = claims(grant["token"])["exp"] + 11  # past the server's 10 s leeway
+    wait_for(lambda: time.time() > expiry, TOKEN_TTL_S + 30, "the join token to expire", interval=0.5)
+    assert validate(env, grant["token"]).status_code == 401, "the join token itself has expired"
+    # A full reconnect (new signalling and media) uses the token the server refreshed.
+    peer.simulate("full_reconnect")
+    peer.wait(
+        lambda st: any(e.get("event") == "reconnected" for e in st.get("room_events", [])), 40, "the full reconnect"
+    )
+    assert peer.alive()
+    refreshed = [l for l in requests.get(env.service.metrics_url, timeout=10).text.splitlines() if l.startswith("tchap_visio_tokens_refreshed_total")]
+    assert refreshed and float(refreshed[0].split()[-1]) >= 1, refreshed
+    peer.close()
 
 
 def test_codes_are_throttled_per_user_and_per_address(env, tmp_path):

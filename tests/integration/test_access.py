@@ -334,6 +334,11 @@ def test_trusted_lobby_decided_from_the_room(env, tmp_path):
     assert marc.lobby(m["id"])["state"] == "waiting"
     alice.send_text(room, "!visio refuser 2")
     assert "token" not in marc.wait_lobby(m["id"], "refused")
+    # A ❌ on the notice turns away whoever waits longest.
+    noe = Page(env, slug)
+    n = noe.join("Noé").json()["lobby"]
+    alice.react(room, lobby_notice["event_id"], "❌")
+    assert "token" not in noe.wait_lobby(n["id"], "refused")
     # A guest who gives up waiting leaves the notice.
     quentin = Page(env, slug)
     q = quentin.join("Quentin").json()["lobby"]
@@ -365,9 +370,11 @@ def test_a_stricter_level_and_a_ban_take_people_out(env, tmp_path):
     assert refused.status_code == 403 and "access_changed" in refused.text, refused.text
     assert bob_peer.alive(), "a member stays"
 
+    banned_at = time.monotonic()
     alice.ban(room, bob.user_id)
     code, _ = bob_peer.wait_exit(5 + 10)
     assert code == 3
+    print(f"banned member out of the meeting after {time.monotonic() - banned_at:.2f} s")
     assert "banned" in validate(env, bob_grant["token"]).text
     assert validate(env, bob_grant["token"], "/rtc/v1/validate").status_code == 403
 

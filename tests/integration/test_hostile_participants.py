@@ -293,7 +293,8 @@ def test_renames_metadata_and_reserved_attributes_cannot_forge_an_identity(env, 
     )
     # Updates are applied in order: had any hostile one been accepted, bob would hold it.
     assert seen["metadata"] == "", seen
-    assert set(seen["attributes"]) == {"hand"}, seen
+    # Only the raised hand, besides what the server set at join (how she came in).
+    assert seen["attributes"] == {"hand": "up", "tchap.access": "public"}, seen
     assert refused("INVALID_NAME") >= before["INVALID_NAME"] + 3
     assert refused("NOT_ALLOWED") >= before["NOT_ALLOWED"] + 2
     assert refused("LIMIT_EXCEEDED") >= before["LIMIT_EXCEEDED"] + 2

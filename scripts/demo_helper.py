@@ -68,6 +68,9 @@ def cmd_write_config(args) -> None:
             ("database", "uri"): args.database,
             ("sfu", "udp_port"): args.udp_port,
             ("sfu", "tcp_port"): args.tcp_port,
+            # The demo's meetings let anyone with the link in (two browser tabs, no
+            # moderator at hand); `!visio accès confiance` in the room tries the lobby.
+            ("meetings", "default_access"): "public",
         },
     )
     Path(args.out).write_text(out)

@@ -543,7 +543,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
-            /** @description Not allowed in (M_FORBIDDEN): `reason` is `members_only`, `external` or `banned`, and `error` the sentence to show; or a verification that is not confirmed, expired or used. An OpenID token its homeserver does not know (or that names a user of another server) is refused the same way. */
+            /** @description Not allowed in (M_FORBIDDEN): `reason` is `members_only`, `external`, `banned`, `removed` (a moderator took this person out of this meeting) or `no_moderator` (nobody who may let a guest in was active for 30 minutes), and `error` the sentence to show; or a verification that is not confirmed, expired or used, or an OpenID token its homeserver does not know (or that names a user of another server). */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -551,7 +551,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        reason?: "members_only" | "external" | "banned";
+                        reason?: "members_only" | "external" | "banned" | "removed" | "no_moderator";
                     };
                 };
             };

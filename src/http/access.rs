@@ -123,12 +123,7 @@ pub async fn create_verification(
         created_at: now,
         expires_at: now + CODE_LIFETIME_MS,
     };
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     stored::create_verification(&mut conn, &verification)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
@@ -228,12 +223,7 @@ async fn read_verification(
     id: &str,
     browser: &Browser,
 ) -> Result<Verification, MatrixError> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     stored::verification_by_id(&mut conn, id)
         .await
         .map_err(|e| MatrixError::internal(&e))?
@@ -243,12 +233,7 @@ async fn read_verification(
 
 /// A meeting by slug, ended or not (a page waiting in the lobby must learn it ended).
 async fn meeting_by_slug(state: &AppState, slug: &MeetingSlug) -> Result<Meeting, MatrixError> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     crate::store::meetings::get_by_slug(&mut conn, slug)
         .await
         .map_err(|e| MatrixError::internal(&e))?
@@ -270,12 +255,7 @@ pub(super) async fn use_verification(
             "This verification is not confirmed, or no longer valid",
         ));
     }
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     let taken = stored::move_verification(
         &mut conn,
         &v.id,
@@ -316,12 +296,7 @@ pub async fn lobby(
     let browser = Browser::of(&state, &headers);
     let request = long_poll(&state, wait, || async {
         let meeting = meeting_by_slug(&state, &slug).await?;
-        let mut conn = state
-            .store
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| MatrixError::internal(&e))?;
+        let mut conn = state.conn().await?;
         let request = stored::lobby_request_by_id(&mut conn, &id)
             .await
             .map_err(|e| MatrixError::internal(&e))?
@@ -352,12 +327,7 @@ pub async fn lobby(
         other => other.as_str(),
     };
     let join = if state_name == "admitted" {
-        let mut conn = state
-            .store
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| MatrixError::internal(&e))?;
+        let mut conn = state.conn().await?;
         let revoked = stored::revocation(&mut conn, meeting.id.as_str(), &request.identity)
             .await
             .map_err(|e| MatrixError::internal(&e))?;
@@ -409,12 +379,7 @@ pub async fn leave_lobby(
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
     let meeting = meeting_by_slug(&state, &slug).await?;
     let browser = Browser::of(&state, &headers);
-    let mut tx = state
-        .store
-        .pool()
-        .begin()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut tx = state.begin().await?;
     let request = stored::lobby_request_by_id(&mut tx, &id)
         .await
         .map_err(|e| MatrixError::internal(&e))?
@@ -471,12 +436,7 @@ pub(super) async fn issue_join(
             .attributes
             .insert(MODERATOR_ATTRIBUTE.to_owned(), "true".to_owned());
     }
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     stored::record_grant(
         &mut conn,
         &Grant {

@@ -126,12 +126,7 @@ pub async fn join(
         (None, None) => None,
     };
     {
-        let mut conn = state
-            .store
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| MatrixError::internal(&e))?;
+        let mut conn = state.conn().await?;
         let removed = stored::removed_by_moderator(
             &mut conn,
             meeting.id.as_str(),
@@ -239,12 +234,7 @@ async fn someone_may_admit(
     let may_admit = |user: &str| {
         meeting.creator.as_deref() == Some(user) || level(user) >= bridge.end_power_level
     };
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     let active = stored::recent_senders(&mut conn, room, since)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
@@ -298,12 +288,7 @@ async fn enter_lobby(
 ) -> Result<serde_json::Value, MatrixError> {
     let bridge = &state.bot_api.bridge;
     let now = crate::clock::now_ms();
-    let mut tx = state
-        .store
-        .pool()
-        .begin()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut tx = state.begin().await?;
     let waiting = crate::bridge::access::waiting_guests(&mut tx, meeting, now)
         .await
         .map_err(|e| MatrixError::internal(&e))?;
@@ -349,12 +334,7 @@ pub(super) async fn joinable_meeting(
     state: &AppState,
     slug: &MeetingSlug,
 ) -> Result<Meeting, MatrixError> {
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     meetings::get_by_slug(&mut conn, slug)
         .await
         .map_err(|e| MatrixError::internal(&e))?
@@ -431,12 +411,7 @@ pub async fn info(
     Path(slug): Path<String>,
 ) -> Result<Json<MeetingInfo>, MatrixError> {
     let slug = MeetingSlug::parse(&slug).map_err(|_| MatrixError::not_found("Meeting"))?;
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     let meeting = meetings::get_by_slug(&mut conn, &slug)
         .await
         .map_err(|e| MatrixError::internal(&e))?

@@ -56,6 +56,26 @@ pub struct AppState {
     pub rate_limits: Option<limits::RateLimits>,
 }
 
+impl AppState {
+    /// A database connection, or the 500 the page and bot APIs answer without one.
+    pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, MatrixError> {
+        self.store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| MatrixError::internal(&e))
+    }
+
+    /// A database transaction, or that 500.
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, MatrixError> {
+        self.store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| MatrixError::internal(&e))
+    }
+}
+
 impl FromRef<AppState> for SignalState {
     fn from_ref(state: &AppState) -> Self {
         state.signal.clone()

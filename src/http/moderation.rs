@@ -34,30 +34,23 @@ const BODY_LIMIT: usize = 64 * 1024;
 
 // ----- the actions --------------------------------------------------------------------
 
+/// The meeting an SFU room is, if it is one.
+async fn meeting_named(state: &AppState, room: &str) -> Result<Option<Meeting>, MatrixError> {
+    let Ok(id) = MeetingId::parse(room) else {
+        return Ok(None);
+    };
+    let mut conn = state.conn().await?;
+    meetings::get_by_id(&mut conn, &id)
+        .await
+        .map_err(|e| MatrixError::internal(&e))
+}
+
 /// Takes `identity` out of `room`: for a meeting, its tokens are revoked for good.
 async fn remove(state: &AppState, room: &str, identity: &str) -> Result<(), MatrixError> {
-    let meeting = match MeetingId::parse(room) {
-        Ok(id) => {
-            let mut conn = state
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| MatrixError::internal(&e))?;
-            meetings::get_by_id(&mut conn, &id)
-                .await
-                .map_err(|e| MatrixError::internal(&e))?
-        }
-        Err(_) => None,
-    };
+    let meeting = meeting_named(state, room).await?;
     match meeting {
         Some(meeting) => {
-            let mut tx = state
-                .store
-                .pool()
-                .begin()
-                .await
-                .map_err(|e| MatrixError::internal(&e))?;
+            let mut tx = state.begin().await?;
             remove_participant(
                 &mut tx,
                 &meeting,
@@ -85,28 +78,10 @@ async fn remove(state: &AppState, room: &str, identity: &str) -> Result<(), Matr
 /// Ends a meeting as `!visio fin` does (summary, notice, SFU room closed); a room that
 /// is no meeting is closed.
 async fn end(state: &AppState, room: &str) -> Result<(), MatrixError> {
-    let meeting = match MeetingId::parse(room) {
-        Ok(id) => {
-            let mut conn = state
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| MatrixError::internal(&e))?;
-            meetings::get_by_id(&mut conn, &id)
-                .await
-                .map_err(|e| MatrixError::internal(&e))?
-        }
-        Err(_) => None,
-    };
+    let meeting = meeting_named(state, room).await?;
     match meeting {
         Some(meeting) => {
-            let mut tx = state
-                .store
-                .pool()
-                .begin()
-                .await
-                .map_err(|e| MatrixError::internal(&e))?;
+            let mut tx = state.begin().await?;
             crate::bridge::end_meeting(&state.bot_api.bridge, &mut tx, &meeting, now_ms())
                 .await
                 .map_err(|e| MatrixError::internal(&e))?;
@@ -139,12 +114,7 @@ async fn page_moderator(
     };
     let browser = Browser::of(state, headers);
     let prefix = format!("{}-", browser.pseudonym.as_str());
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     let grants = stored::live_grants(&mut conn, meeting.id.as_str())
         .await
         .map_err(|e| MatrixError::internal(&e))?;
@@ -196,12 +166,7 @@ pub async fn waiting(
 ) -> Result<Json<serde_json::Value>, MatrixError> {
     let meeting = joinable(&state, &slug).await?;
     page_moderator(&state, &meeting, &headers).await?;
-    let mut conn = state
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut conn = state.conn().await?;
     let waiting = crate::bridge::access::waiting_guests(&mut conn, &meeting, now_ms())
         .await
         .map_err(|e| MatrixError::internal(&e))?;
@@ -286,12 +251,7 @@ async fn decide(
     moderator: &str,
 ) -> Result<(), MatrixError> {
     let by = ruma::UserId::parse(moderator).map_err(|e| MatrixError::internal(&e))?;
-    let mut tx = state
-        .store
-        .pool()
-        .begin()
-        .await
-        .map_err(|e| MatrixError::internal(&e))?;
+    let mut tx = state.begin().await?;
     let request = stored::lobby_request_by_id(&mut tx, lobby_id)
         .await
         .map_err(|e| MatrixError::internal(&e))?

@@ -70,6 +70,13 @@ impl RoomView {
             .and_then(|c| c.get("membership")?.as_str().map(str::to_owned)))
     }
 
+    /// The room's Tchap rule as last looked up, if recently: for texts that must not wait
+    /// on the homeserver (a lobby notice written inside a transaction).
+    pub fn cached_rule(&self, room: &str) -> Option<RoomRule> {
+        let (rule, at) = self.rules.lock().ok()?.get(room).copied()?;
+        (at.elapsed() < RULE_TTL).then_some(rule)
+    }
+
     /// The room's Tchap access rule.
     pub async fn rule(&self, room: &str) -> Result<RoomRule, LookupError> {
         if let Some((rule, at)) = self.rules.lock().ok().and_then(|c| c.get(room).copied())

@@ -149,6 +149,7 @@ impl AccessRuntime {
             .lock()
             .ok()
             .and_then(|r| r.get(room).copied())
+            .or_else(|| self.view.cached_rule(room))
             .unwrap_or_default()
     }
 }

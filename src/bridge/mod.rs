@@ -27,7 +27,7 @@ use ruma::events::room::message::{MessageType, Relation, RoomMessageEventContent
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 
 use crate::clock::now_ms;
-use crate::config::{Config, Language, PermissionLevel};
+use crate::config::{Config, Language};
 use crate::ids::ParticipantIdentity;
 use crate::matrix::bot::{Bot, EventEnvelope};
 use crate::matrix::client::MatrixClient;
@@ -474,12 +474,9 @@ impl Bridge {
                 notices::status(&meeting, &present, &ctx.link(&meeting), &ctx.timezone, lang)
             }
             (CommandAction::End, Some(meeting)) => {
-                let is_creator = meeting.creator.as_deref() == Some(event.sender.as_str());
-                let is_admin =
-                    commands::permitted(ctx.bot.level_for(&event.sender), PermissionLevel::Admin);
-                if is_creator
-                    || is_admin
-                    || ctx.power_level(conn, room, &event.sender).await? >= ctx.end_power_level
+                if ctx
+                    .may_moderate(conn, room, &event.sender, &meeting)
+                    .await?
                 {
                     let name = ctx.name_in_room(room, &event.sender);
                     let (plain, html) =

@@ -135,6 +135,7 @@ async fn run(label: &str, uri: &str) {
         signal: signal_state(store.clone(), shutdown.clone()).await,
         to_device_in_transactions: None,
         rate_limits: None,
+        focus: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -177,6 +177,20 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     if let Some(effects) = bridge.effects_worker(store.clone(), shutdown.clone()) {
         workers.spawn(effects.run());
     }
+    let focus = config.element_call.enabled.then(|| {
+        let delayed = crate::focus::delayed::DelayedLeaves::new(
+            sfu.clone(),
+            config.homeserver.domain.to_string(),
+            config.homeserver.address.to_string(),
+            (!bot_mode).then(|| config.appservice.as_token.clone()),
+            shutdown.clone(),
+        );
+        tracing::info!(
+            publish_servers = ?config.element_call.publishers(config.homeserver.domain.as_str()),
+            "Element Call focus enabled (/get_token, /sfu/get, MSC4195)"
+        );
+        Arc::new(crate::focus::Focus::from_config(&config, delayed))
+    });
     workers.spawn(
         SfuEventWorker {
             ctx: bridge.clone(),
@@ -184,6 +198,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             events: sfu_events,
             outbound_wake: outbound_wake.clone(),
             shutdown: shutdown.clone(),
+            delayed_leaves: focus.as_ref().map(|f| f.delayed.clone()),
         }
         .run(),
     );
@@ -240,6 +255,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         to_device_in_transactions: device_slot
             .clone()
             .filter(|_| config.encryption.to_device == crate::config::ToDeviceSource::Transactions),
+        focus,
     };
     tracing::info!(
         %addr,

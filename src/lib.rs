@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bridge;
 pub mod clock;
 pub mod config;
+pub mod focus;
 pub mod http;
 pub mod i18n;
 pub mod ids;

@@ -20,6 +20,23 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 #[error("cannot read the room's membership from the homeserver: {0}")]
 pub struct LookupError(#[from] CallError);
 
+/// Whether a user is joined to a room, and who could tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Joined {
+    /// Joined; `bot_in_room` when the bot's own view said so (it is in the room), with
+    /// the user's display name there.
+    Yes {
+        bot_in_room: bool,
+        display_name: Option<String>,
+    },
+    /// Not joined (never was, left, banned, invited), or no such room.
+    No,
+    /// Nobody could tell: the bot is not in the room and the homeserver does not answer
+    /// MSC4502's `is_joined` to us (an ordinary account, or the flag is off). The text
+    /// says which.
+    Unknown(&'static str),
+}
+
 /// The homeserver's view of meeting rooms.
 #[derive(Debug)]
 pub struct RoomView {
@@ -68,6 +85,71 @@ impl RoomView {
             .state(room, "m.room.member", user)
             .await?
             .and_then(|c| c.get("membership")?.as_str().map(str::to_owned)))
+    }
+
+    /// Whether `user` is joined to `room`: the bot's view where the bot is in the room,
+    /// else MSC4502's `is_joined`, asked with the appservice's token (rooms the bot is not
+    /// in; the registration's `io.element.msc4502.scopes`).
+    pub async fn joined(&self, room: &str, user: &str) -> Result<Joined, LookupError> {
+        let Some(client) = &self.client else {
+            return Ok(Joined::Unknown("no homeserver client"));
+        };
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            url_component(room),
+            url_component(user)
+        );
+        let call = client.call_json("GET", &path, None, None, None);
+        match tokio::time::timeout(LOOKUP_TIMEOUT, call).await {
+            Ok(Ok(content)) => {
+                let field = |name: &str| content.get(name).and_then(|v| v.as_str());
+                return Ok(if field("membership") == Some("join") {
+                    Joined::Yes {
+                        bot_in_room: true,
+                        display_name: field("displayname")
+                            .and_then(|n| crate::meeting::validate_display_name(n).ok()),
+                    }
+                } else {
+                    Joined::No
+                });
+            }
+            // The bot is in the room, the user never was.
+            Ok(Err(CallError::Matrix { status: 404, .. })) => return Ok(Joined::No),
+            // The bot is not in the room (or there is no such room): ask MSC4502.
+            Ok(Err(CallError::Matrix { status: 403, .. })) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(CallError::Unreachable("the lookup timed out".into()).into()),
+        }
+        if client.is_ordinary_account() {
+            return Ok(Joined::Unknown(
+                "the bot is not in this room (an ordinary account cannot ask the homeserver otherwise)",
+            ));
+        }
+        let path = format!(
+            "/_matrix/client/unstable/io.element.msc4502/rooms/{}/is_joined?mxid={}",
+            url_component(room),
+            url_component(user)
+        );
+        let call = client.call_json("GET", &path, None, None, None);
+        match tokio::time::timeout(LOOKUP_TIMEOUT, call).await {
+            Ok(Ok(answer)) => Ok(match answer.get("joined").and_then(|j| j.as_bool()) {
+                Some(true) => Joined::Yes {
+                    bot_in_room: false,
+                    display_name: None,
+                },
+                Some(false) => Joined::No,
+                None => Joined::Unknown("the homeserver's is_joined answer holds no `joined`"),
+            }),
+            Ok(Err(CallError::Matrix {
+                status: 400 | 403 | 404 | 405,
+                ..
+            })) => Ok(Joined::Unknown(
+                "the bot is not in this room and the homeserver does not answer MSC4502's is_joined \
+                 (experimental_features.msc4502_enabled, and the registration's io.element.msc4502.scopes)",
+            )),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(CallError::Unreachable("the lookup timed out".into()).into()),
+        }
     }
 
     /// The room's Tchap rule as last looked up, if recently: for texts that must not wait

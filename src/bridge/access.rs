@@ -706,14 +706,17 @@ impl Bridge {
             "ban" => RemovalReason::Banned,
             _ => return Ok(()),
         };
-        let Some(meeting) = meetings::active_for_room(conn, event.room_id.as_str()).await? else {
-            return Ok(());
-        };
+        let room = event.room_id.as_str();
+        // The room's meeting and any Element Call call on our focus there.
+        let mut followed = meetings::live_calls_for_room(conn, room).await?;
+        followed.extend(meetings::active_for_room(conn, room).await?);
         let now = now_ms();
-        for grant in stored::live_grants(conn, meeting.id.as_str()).await? {
-            if grant.user_id.as_deref() == Some(user.as_str()) {
-                tracing::info!(meeting = %meeting.id, %user, membership, "member out of the room; out of the meeting too");
-                remove_participant(conn, &meeting, &grant.identity, reason, now).await?;
+        for meeting in followed {
+            for grant in stored::live_grants(conn, meeting.id.as_str()).await? {
+                if grant.user_id.as_deref() == Some(user.as_str()) {
+                    tracing::info!(meeting = %meeting.id, %user, membership, "member out of the room; out of the meeting too");
+                    remove_participant(conn, &meeting, &grant.identity, reason, now).await?;
+                }
             }
         }
         Ok(())
@@ -735,7 +738,7 @@ pub async fn remove_participant(
     effects::enqueue(
         conn,
         &SfuEffect::RemoveParticipant {
-            meeting: meeting.id.as_str().to_owned(),
+            meeting: meeting.sfu_room_name().to_owned(),
             identity: identity.to_owned(),
             why: reason.as_str().to_owned(),
         },

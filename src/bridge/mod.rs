@@ -45,6 +45,8 @@ use ghosts::GhostNamer;
 
 /// Meetings nobody ever joined are closed after this long.
 const UNUSED_MEETING_LIFETIME_MS: i64 = 24 * 3600 * 1000;
+/// A call record whose token nobody used: its token has expired by then.
+const UNUSED_CALL_LIFETIME_MS: i64 = 6 * 3600 * 1000 + 60_000;
 /// How long a looked-up display name is trusted.
 const DISPLAY_NAME_TTL: Duration = Duration::from_secs(300);
 /// Longest wait for the homeserver when the bridge must ask it something in passing.
@@ -613,7 +615,9 @@ impl Bridge {
                 .filter(|m| m.state == MeetingState::Running),
             _ => None,
         };
-        let Some(meeting) = meeting.filter(|m| m.state != MeetingState::Ended) else {
+        // A call's thread is not its chat: Element Call shows none from the SFU.
+        let Some(meeting) = meeting.filter(|m| m.state != MeetingState::Ended && !m.is_call())
+        else {
             return Ok(false);
         };
         let author = ctx.display_name(&event.sender);
@@ -784,6 +788,47 @@ pub async fn post_summary(
     .await
 }
 
+/// The « Appel en cours » notice that roots a call's thread, then the first-join line in
+/// it; nothing for a call followed outside any room the bot is in.
+pub async fn open_call_thread(
+    conn: &mut Connection,
+    ctx: &BridgeContext,
+    call: &Meeting,
+    first_name: &str,
+) -> Result<(), StoreError> {
+    let Some(room) = room_of(call) else {
+        return Ok(());
+    };
+    let (plain, html) = notices::call_notice(ctx.lang);
+    let mut content = RoomMessageEventContent::notice_html(plain, html);
+    content.mentions = Some(ruma::events::Mentions::new());
+    let notice = queue::enqueue(
+        conn,
+        &OutboundRequest::Send {
+            room_id: room,
+            as_user: None,
+            event_type: "m.room.message".into(),
+            content: serde_json::to_value(&content).expect("message content serialises"),
+            in_thread_of: None,
+            attribution: None,
+        },
+    )
+    .await?;
+    meetings::set_link_notice(conn, &call.id, notice).await?;
+    let call = Meeting {
+        link_notice_id: Some(notice),
+        ..call.clone()
+    };
+    let (plain, html) = notices::first_join_call(first_name, ctx.lang);
+    post_in_thread(
+        conn,
+        &call,
+        None,
+        RoomMessageEventContent::notice_html(plain, html),
+    )
+    .await
+}
+
 /// Ends a meeting once: closes its sessions, posts the summary in its thread and one
 /// line in the room, removes its widget, and queues the closing of its SFU room (whose
 /// participants see "meeting ended"); the caller wakes the effects worker
@@ -812,7 +857,9 @@ pub async fn end_meeting(
         attendees: &attendees,
         chat_messages,
     };
-    if let Some(room) = room_of(&meeting) {
+    // A call nobody joined never had a thread: nothing to close in the room.
+    let silent = meeting.is_call() && meeting.link_notice_id.is_none();
+    if let Some(room) = room_of(&meeting).filter(|_| !silent) {
         let (plain, html) = notices::summary(&facts, &ctx.timezone, ctx.lang);
         post_in_thread(
             conn,
@@ -847,7 +894,7 @@ pub async fn end_meeting(
     effects::enqueue(
         conn,
         &SfuEffect::CloseRoom {
-            meeting: meeting.id.to_string(),
+            meeting: meeting.sfu_room_name().to_owned(),
         },
     )
     .await?;
@@ -884,6 +931,7 @@ pub async fn due_for_end(
         .into_iter()
         .filter(|m| match m.state {
             MeetingState::Running => m.empty_since.is_some_and(|t| now - t >= ctx.grace_ms),
+            MeetingState::Scheduled if m.is_call() => now - m.created_at >= UNUSED_CALL_LIFETIME_MS,
             MeetingState::Scheduled => now - m.created_at >= UNUSED_MEETING_LIFETIME_MS,
             MeetingState::Ended => false,
         })

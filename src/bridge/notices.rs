@@ -193,6 +193,37 @@ pub fn status(
     )
 }
 
+/// The notice that starts an Element Call call's thread in its room.
+pub fn call_notice(lang: Language) -> (String, String) {
+    let (head, rest) = match lang {
+        Language::Fr => (
+            "📞 Appel en cours dans ce salon",
+            "Rejoignez-le depuis votre client (Element Call). Le compte rendu arrivera dans ce fil.",
+        ),
+        Language::En => (
+            "📞 Call in progress in this room",
+            "Join it from your client (Element Call). Its summary will arrive in this thread.",
+        ),
+    };
+    (
+        format!("{head}\n{rest}"),
+        format!(
+            "<p>📞 <strong>{}</strong></p><p>{}</p>",
+            html_escape(head.trim_start_matches("📞 ")),
+            html_escape(rest)
+        ),
+    )
+}
+
+/// The thread notice when the first person joins a call.
+pub fn first_join_call(name: &str, lang: Language) -> (String, String) {
+    let text = match lang {
+        Language::Fr => format!("{name} a rejoint l’appel : il commence."),
+        Language::En => format!("{name} joined: the call has started."),
+    };
+    plain_and_html(&text)
+}
+
 /// The thread notice when the first person joins.
 pub fn first_join(name: &str, lang: Language) -> (String, String) {
     let text = match lang {
@@ -218,15 +249,23 @@ pub struct SummaryFacts<'a> {
 pub fn summary(facts: &SummaryFacts<'_>, tz: &TimeZone, lang: Language) -> (String, String) {
     let m = facts.meeting;
     let Some(start) = m.started_at else {
-        let text = match lang {
-            Language::Fr => format!("Visio « {} » terminée : personne ne l’a rejointe.", m.title),
-            Language::En => format!("Meeting “{}” ended: nobody joined.", m.title),
+        let text = match (lang, m.is_call()) {
+            (Language::Fr, true) => "Appel terminé : personne ne l’a rejoint.".to_owned(),
+            (Language::En, true) => "Call ended: nobody joined.".to_owned(),
+            (Language::Fr, false) => {
+                format!("Visio « {} » terminée : personne ne l’a rejointe.", m.title)
+            }
+            (Language::En, false) => format!("Meeting “{}” ended: nobody joined.", m.title),
         };
         return plain_and_html(&text);
     };
     let (head, l_start, l_end, l_duration, l_people, l_chat) = match lang {
         Language::Fr => (
-            format!("Compte rendu de la visio « {} »", m.title),
+            if m.is_call() {
+                "Compte rendu de l’appel".to_owned()
+            } else {
+                format!("Compte rendu de la visio « {} »", m.title)
+            },
             "Début",
             "Fin",
             "Durée",
@@ -238,7 +277,11 @@ pub fn summary(facts: &SummaryFacts<'_>, tz: &TimeZone, lang: Language) -> (Stri
             format!("Messages dans la discussion : {}", facts.chat_messages),
         ),
         Language::En => (
-            format!("Summary of the meeting “{}”", m.title),
+            if m.is_call() {
+                "Summary of the call".to_owned()
+            } else {
+                format!("Summary of the meeting “{}”", m.title)
+            },
             "Start",
             "End",
             "Duration",
@@ -275,6 +318,10 @@ pub fn summary(facts: &SummaryFacts<'_>, tz: &TimeZone, lang: Language) -> (Stri
         html.push_str(&format!("<li>{}</li>", html_escape(&line)));
     }
     html.push_str("</ul>");
+    if m.is_call() {
+        // Element Call's chat is not ours to count.
+        return (plain.trim_end().to_owned(), html);
+    }
     plain.push_str(&l_chat);
     html.push_str(&format!("<p>{}</p>", html_escape(&l_chat)));
     (plain, html)
@@ -284,6 +331,21 @@ pub fn summary(facts: &SummaryFacts<'_>, tz: &TimeZone, lang: Language) -> (Stri
 pub fn summary_line(facts: &SummaryFacts<'_>, lang: Language) -> (String, String) {
     let m = facts.meeting;
     let took = m.started_at.map(|s| duration(facts.last_left_at - s));
+    if m.is_call() {
+        let text = match (lang, took) {
+            (Language::Fr, Some(took)) => format!(
+                "Appel terminé : {took}, {} participant·e·s. Compte rendu dans le fil.",
+                facts.attendees.len()
+            ),
+            (Language::En, Some(took)) => format!(
+                "Call ended: {took}, {} attendee(s). Summary in the thread.",
+                facts.attendees.len()
+            ),
+            (Language::Fr, None) => "Appel terminé sans participant.".to_owned(),
+            (Language::En, None) => "Call ended without attendees.".to_owned(),
+        };
+        return plain_and_html(&text);
+    }
     let text = match (lang, took) {
         (Language::Fr, Some(took)) => format!(
             "Visio « {} » terminée : {took}, {} participant·e·s, {} messages. Compte rendu dans le fil.",

@@ -32,6 +32,8 @@ pub struct SfuEventWorker {
     /// Woken after queuing requests for the homeserver.
     pub outbound_wake: Arc<Notify>,
     pub shutdown: CancellationToken,
+    /// Element Call's delegated leaves, which follow who is connected.
+    pub delayed_leaves: Option<Arc<crate::focus::delayed::DelayedLeaves>>,
 }
 
 impl SfuEventWorker {
@@ -45,7 +47,13 @@ impl SfuEventWorker {
         loop {
             tokio::select! {
                 event = self.events.recv() => match event {
-                    Some(event) => self.apply(event).await,
+                    Some(event) => {
+                        // Before recording: a leave must not wait on the database.
+                        if let Some(delayed) = &self.delayed_leaves {
+                            delayed.observe(&event);
+                        }
+                        self.apply(event).await
+                    }
                     None => return,
                 },
                 _ = ticker.tick() => {
@@ -114,7 +122,7 @@ impl SfuEventWorker {
 
 async fn live_meeting(conn: &mut Connection, room: &str) -> Result<Option<Meeting>, StoreError> {
     let Ok(id) = MeetingId::parse(room) else {
-        return Ok(None);
+        return meetings::live_call(conn, room).await;
     };
     Ok(meetings::get_by_id(conn, &id)
         .await?
@@ -138,13 +146,24 @@ pub async fn handle_event(
             let Some(meeting) = live_meeting(conn, room).await? else {
                 return Ok(());
             };
+            // A call's people are Matrix users, one whatever their devices.
+            let call_user = if meeting.is_call() {
+                crate::store::access::grant_user(conn, meeting.id.as_str(), identity).await?
+            } else {
+                None
+            };
             let session = Session {
                 meeting_id: meeting.id.clone(),
                 sid: sid.clone(),
                 identity: identity.clone(),
-                attendee_key: attendee_key(identity),
-                display_name: guest_name(ctx, name),
-                matrix_user_id: None,
+                attendee_key: call_user.clone().unwrap_or_else(|| attendee_key(identity)),
+                // A call's participants are members whose name the homeserver gave.
+                display_name: if meeting.is_call() {
+                    crate::meeting::validate_display_name(name).unwrap_or_else(|_| "?".to_owned())
+                } else {
+                    guest_name(ctx, name)
+                },
+                matrix_user_id: call_user,
                 joined_at: now,
                 left_at: None,
                 last_seen_at: now,
@@ -156,14 +175,20 @@ pub async fn handle_event(
             let present = sessions::open_count(conn, &meeting.id).await?;
             meetings::raise_peak(conn, &meeting.id, present).await?;
             if meetings::set_state(conn, &meeting.id, MeetingState::Running, now).await? {
-                let (plain, html) = notices::first_join(&session.display_name, ctx.lang);
-                post_in_thread(
-                    conn,
-                    &meeting,
-                    None,
-                    RoomMessageEventContent::notice_html(plain, html),
-                )
-                .await?;
+                if meeting.is_call() {
+                    // A call's thread starts when it does: a token nobody used posts
+                    // nothing.
+                    super::open_call_thread(conn, ctx, &meeting, &session.display_name).await?;
+                } else {
+                    let (plain, html) = notices::first_join(&session.display_name, ctx.lang);
+                    post_in_thread(
+                        conn,
+                        &meeting,
+                        None,
+                        RoomMessageEventContent::notice_html(plain, html),
+                    )
+                    .await?;
+                }
                 let started = meetings::get_by_id(conn, &meeting.id)
                     .await?
                     .unwrap_or_else(|| meeting.clone());

@@ -638,6 +638,7 @@ both_dialects!(
                 events,
                 outbound_wake: Arc::new(tokio::sync::Notify::new()),
                 shutdown: shutdown.clone(),
+                delayed_leaves: None,
             }
             .run(),
         );

@@ -94,6 +94,51 @@ pub struct Config {
     /// Per-address and per-meeting limits on the public endpoints.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Element Call's focus: lk-jwt-service's endpoints and MSC4195's token endpoint.
+    #[serde(default)]
+    pub element_call: ElementCallConfig,
+}
+
+/// The service as a homeserver's MatrixRTC focus (docs/element-call.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElementCallConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Servers whose users may publish; everyone else joined to the room only watches
+    /// and listens. Empty means the homeserver's own domain.
+    #[serde(default)]
+    pub publish_servers: Vec<String>,
+    /// Seconds a call token lets its holder connect; connected participants get fresh
+    /// ones at half this.
+    #[serde(default = "default_join_token_ttl_secs")]
+    pub token_ttl_secs: i64,
+    /// Post « Appel en cours » in the room (rooms the bot is in) and a summary in its
+    /// thread when the call ends.
+    #[serde(default = "default_true")]
+    pub thread: bool,
+}
+
+impl Default for ElementCallConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            publish_servers: Vec::new(),
+            token_ttl_secs: default_join_token_ttl_secs(),
+            thread: true,
+        }
+    }
+}
+
+impl ElementCallConfig {
+    /// The servers whose users may publish (the homeserver's own when none are set).
+    pub fn publishers(&self, own: &str) -> Vec<String> {
+        if self.publish_servers.is_empty() {
+            vec![own.to_owned()]
+        } else {
+            self.publish_servers.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

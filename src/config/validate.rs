@@ -313,6 +313,31 @@ impl Config {
         if self.meetings.max_participants == 0 {
             return Err(invalid("meetings.max_participants", "must be at least 1"));
         }
+        if let Some(bad) = self
+            .element_call
+            .publish_servers
+            .iter()
+            .find(|s| ruma::ServerName::parse(s.as_str()).is_err())
+        {
+            return Err(invalid(
+                "element_call.publish_servers",
+                format!(
+                    "`{bad}` is not a server name; list server names such as agent.tchap.gouv.fr \
+                     (leave it empty for this homeserver's own users only)"
+                ),
+            ));
+        }
+        if !(20..=crate::auth::token::MAX_TOKEN_LIFETIME_SECS)
+            .contains(&self.element_call.token_ttl_secs)
+        {
+            return Err(invalid(
+                "element_call.token_ttl_secs",
+                format!(
+                    "must be between 20 and {} seconds (600 is the default)",
+                    crate::auth::token::MAX_TOKEN_LIFETIME_SECS
+                ),
+            ));
+        }
         let mut urls = std::collections::BTreeSet::new();
         for (i, hook) in self.webhooks.iter().enumerate() {
             let n = i + 1;

@@ -11,6 +11,8 @@ pub struct MatrixError {
     pub status: StatusCode,
     pub errcode: &'static str,
     pub error: String,
+    /// A stable name for why, beside `error`, where an endpoint documents one.
+    pub reason: Option<&'static str>,
 }
 
 impl MatrixError {
@@ -19,7 +21,14 @@ impl MatrixError {
             status,
             errcode,
             error: error.into(),
+            reason: None,
         }
+    }
+
+    /// The same error, with a stable `reason` in its body.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     pub fn missing_token() -> Self {
@@ -84,7 +93,10 @@ impl MatrixError {
 
 impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "errcode": self.errcode, "error": self.error });
+        let mut body = serde_json::json!({ "errcode": self.errcode, "error": self.error });
+        if let Some(reason) = self.reason {
+            body["reason"] = reason.into();
+        }
         (self.status, Json(body)).into_response()
     }
 }

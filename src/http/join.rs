@@ -351,27 +351,34 @@ pub struct StoredMeetings {
 impl RoomGate for StoredMeetings {
     fn room_access<'a>(&'a self, room: &'a str, identity: &'a str) -> BoxFuture<'a, RoomAccess> {
         Box::pin(async move {
-            // A room that is not named like a meeting is none: tokens for it come only
-            // from whoever holds the API keys (LiveKit's tools, load tests), not from us.
-            let Ok(id) = MeetingId::parse(room) else {
-                return RoomAccess::Open;
-            };
+            let id = MeetingId::parse(room).ok();
             let found = async {
                 let mut conn = self.store.pool().acquire().await?;
-                let meeting = meetings::get_by_id(&mut conn, &id).await?;
+                let meeting = match &id {
+                    Some(id) => meetings::get_by_id(&mut conn, id).await?,
+                    // Not named like a meeting: an Element Call call on our focus, or a
+                    // room whose tokens come only from whoever holds the API keys
+                    // (LiveKit's tools, load tests), not from us.
+                    None => meetings::live_call(&mut conn, room).await?,
+                };
                 let revoked = match (&meeting, identity.is_empty()) {
-                    (Some(_), false) => stored::revocation(&mut conn, room, identity).await?,
+                    (Some(m), false) => {
+                        stored::revocation(&mut conn, m.id.as_str(), identity).await?
+                    }
                     _ => None,
                 };
                 Ok::<_, crate::store::StoreError>((meeting, revoked))
             };
-            match found.await {
-                Ok((Some(meeting), _)) if !meeting.is_joinable() => RoomAccess::Ended,
-                Ok((Some(_), Some(reason))) => RoomAccess::Removed(removal_text(&reason)),
-                Ok((Some(_), None)) => RoomAccess::Open,
-                Ok((None, _)) => RoomAccess::Unknown,
-                Err(e) => {
-                    tracing::warn!(meeting = %id, error = %e, "cannot read whether a meeting has ended");
+            match (found.await, id.is_some()) {
+                (Ok((Some(meeting), _)), _) if !meeting.is_joinable() => RoomAccess::Ended,
+                (Ok((Some(_), Some(reason))), _) => RoomAccess::Removed(removal_text(&reason)),
+                (Ok((Some(_), None)), _) => RoomAccess::Open,
+                (Ok((None, _)), true) => RoomAccess::Unknown,
+                // A call that ended stays open to a token issued for it (its next token
+                // request starts the call's next record), as any other room.
+                (Ok((None, _)), false) => RoomAccess::Open,
+                (Err(e), _) => {
+                    tracing::warn!(room, error = %e, "cannot read whether a meeting has ended");
                     RoomAccess::Unavailable
                 }
             }

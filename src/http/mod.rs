@@ -54,6 +54,8 @@ pub struct AppState {
     pub to_device_in_transactions: Option<crate::matrix::crypto::device::DeviceSlot>,
     /// Limits on the public endpoints; `None` with `rate_limits.enabled: false`.
     pub rate_limits: Option<limits::RateLimits>,
+    /// Element Call's focus (`element_call.enabled`).
+    pub focus: Option<Arc<crate::focus::Focus>>,
 }
 
 impl AppState {
@@ -125,7 +127,17 @@ pub fn router(state: AppState) -> Router {
     // LiveKit's side of the surface, described in docs/signalling.md: signalling, and
     // chat with a LiveKit token; the bot API's OpenAPI document does not cover them.
     let rtc = by_ip(signal::routes(), limits.as_ref().map(|l| &l.rtc));
+    // Element Call's token endpoints, limited as joins are; absent unless enabled, so
+    // that Element Call falls back to another focus on their 404.
+    let focus = match state.focus {
+        Some(_) => by_ip(
+            crate::focus::endpoints::routes(),
+            limits.as_ref().map(|l| &l.joins),
+        ),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(focus)
         .merge(appservice_routes(state.hs_token.clone()))
         .merge(rtc)
         .merge(server_chat::routes())

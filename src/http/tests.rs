@@ -81,6 +81,7 @@ pub(super) async fn state(store: Store) -> AppState {
         },
         to_device_in_transactions: None,
         rate_limits: None,
+        focus: None,
     }
 }
 

@@ -51,7 +51,32 @@ pub struct Registration {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub msc3202: bool,
+    /// With `element_call.enabled`: the homeserver authenticates Element Call's
+    /// `rtc/livekit/...` requests and forwards them here (MSC4512).
+    #[serde(
+        rename = "io.element.msc4512.proxy_prefix",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub proxy_prefix: Option<String>,
+    #[serde(
+        rename = "io.element.msc4512.proxy_url",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub proxy_url: Option<String>,
+    /// With `element_call.enabled`: may ask whether a user is in a room the bot is not in
+    /// (MSC4502).
+    #[serde(
+        rename = "io.element.msc4502.scopes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub msc4502_scopes: Vec<String>,
 }
+
+/// The path under `/_matrix/client/{version}/` that Synapse forwards to us (MSC4512
+/// allows only this prefix and paths below it).
+pub const MSC4512_PROXY_PREFIX: &str = "rtc/livekit";
+/// The MSC4502 scope that lets the appservice ask `rooms/{roomId}/is_joined`.
+pub const MSC4502_IS_JOINED_SCOPE: &str = "urn:matrix:client:io.element.msc4502:rooms:is_joined";
 
 #[derive(Debug, Serialize)]
 pub struct Namespaces {
@@ -68,6 +93,8 @@ pub struct Namespace {
 
 /// The registration for a config and a pair of tokens.
 pub fn registration(config: &Config, as_token: &str, hs_token: &str) -> Registration {
+    let element_call =
+        config.element_call.enabled && config.mode == crate::config::Mode::Appservice;
     let domain = regex_escape(config.homeserver.domain.as_str());
     let (before, after) = config
         .appservice
@@ -107,6 +134,20 @@ pub fn registration(config: &Config, as_token: &str, hs_token: &str) -> Registra
         msc4190: true,
         msc3202: config.encryption.enabled
             && config.encryption.to_device == crate::config::ToDeviceSource::Transactions,
+        proxy_prefix: element_call.then(|| MSC4512_PROXY_PREFIX.to_owned()),
+        proxy_url: element_call.then(|| {
+            config
+                .appservice
+                .address
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned()
+        }),
+        msc4502_scopes: if element_call {
+            vec![MSC4502_IS_JOINED_SCOPE.to_owned()]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -149,6 +190,37 @@ pub fn missing_keys(config: &Config, registration_yaml: &str) -> Vec<String> {
             if !is_true(key) {
                 missing.push(format!("{key}: true"));
             }
+        }
+    }
+    if config.element_call.enabled && config.mode == crate::config::Mode::Appservice {
+        let text = |key: &str| {
+            registration
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        if text("io.element.msc4512.proxy_prefix").as_deref() != Some(MSC4512_PROXY_PREFIX) {
+            missing.push(format!(
+                "io.element.msc4512.proxy_prefix: {MSC4512_PROXY_PREFIX} (element_call.enabled)"
+            ));
+        }
+        if text("io.element.msc4512.proxy_url").is_none() {
+            missing.push(format!(
+                "io.element.msc4512.proxy_url: {} (element_call.enabled)",
+                config.appservice.address.as_str().trim_end_matches('/')
+            ));
+        }
+        let scoped = registration
+            .get("io.element.msc4502.scopes")
+            .and_then(|v| v.as_sequence())
+            .is_some_and(|s| {
+                s.iter()
+                    .any(|v| v.as_str() == Some(MSC4502_IS_JOINED_SCOPE))
+            });
+        if !scoped {
+            missing.push(format!(
+                "io.element.msc4502.scopes: [\"{MSC4502_IS_JOINED_SCOPE}\"] (element_call.enabled)"
+            ));
         }
     }
     missing

@@ -99,6 +99,10 @@ pub struct Meeting {
     pub access: AccessLevel,
     /// The lobby notice (its outbound row), edited as guests come and go.
     pub lobby_notice_id: Option<i64>,
+    /// For an Element Call call this record follows (attendance, notice, summary): its
+    /// LiveKit room, named by the call's slot. `None` for a meeting, whose LiveKit room
+    /// is its id.
+    pub sfu_room: Option<String>,
 }
 
 impl Meeting {
@@ -126,7 +130,18 @@ impl Meeting {
             widget_state_key: None,
             access: AccessLevel::Public,
             lobby_notice_id: None,
+            sfu_room: None,
         })
+    }
+
+    /// The LiveKit room its participants are in.
+    pub fn sfu_room_name(&self) -> &str {
+        self.sfu_room.as_deref().unwrap_or(self.id.as_str())
+    }
+
+    /// Whether it follows an Element Call call rather than being a meeting of ours.
+    pub fn is_call(&self) -> bool {
+        self.sfu_room.is_some()
     }
 
     /// Whether the join link still lets people in.

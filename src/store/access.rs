@@ -481,6 +481,21 @@ pub async fn record_grant(conn: &mut Connection, g: &Grant) -> Result<(), StoreE
     Ok(())
 }
 
+/// The Matrix user a token for `identity` was issued to in a meeting, if one was.
+pub async fn grant_user(
+    conn: &mut Connection,
+    meeting_id: &str,
+    identity: &str,
+) -> Result<Option<String>, StoreError> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT user_id FROM join_grants WHERE meeting_id = $1 AND identity = $2")
+            .bind(meeting_id)
+            .bind(identity)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.and_then(|(user,)| user))
+}
+
 /// Why an identity's tokens are refused in a meeting, if they are.
 pub async fn revocation(
     conn: &mut Connection,

@@ -17,7 +17,7 @@ macro_rules! select {
             "SELECT * FROM (SELECT m.id, m.slug, m.title, m.matrix_room_id, m.creator, \
              m.state, m.created_at, m.started_at, m.ended_at, m.link_notice_id, \
              o.event_id AS thread_root_event_id, m.peak_participants, m.empty_since, \
-             m.widget_state_key, m.access, m.lobby_notice_id FROM meetings m LEFT JOIN outbound o ON o.id = m.link_notice_id) \
+             m.widget_state_key, m.access, m.lobby_notice_id, m.sfu_room FROM meetings m LEFT JOIN outbound o ON o.id = m.link_notice_id) \
              AS meetings ",
             $rest
         )
@@ -57,6 +57,7 @@ fn from_row(row: &AnyRow) -> Result<Meeting, StoreError> {
                 .ok_or_else(|| corrupt(format!("access `{access}` of {id}")))?
         },
         lobby_notice_id: row.try_get("lobby_notice_id")?,
+        sfu_room: row.try_get("sfu_room")?,
     })
 }
 
@@ -65,8 +66,8 @@ pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), Stor
     sqlx::query(
         "INSERT INTO meetings (id, slug, title, matrix_room_id, creator, state, created_at, \
          started_at, ended_at, link_notice_id, peak_participants, empty_since, \
-         widget_state_key, access, lobby_notice_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         widget_state_key, access, lobby_notice_id, sfu_room) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(meeting.id.as_str())
     .bind(meeting.slug.expose())
@@ -83,6 +84,7 @@ pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), Stor
     .bind(meeting.widget_state_key.as_deref())
     .bind(meeting.access.as_str())
     .bind(meeting.lobby_notice_id)
+    .bind(meeting.sfu_room.as_deref())
     .execute(conn)
     .await?;
     Ok(())
@@ -126,18 +128,49 @@ pub async fn list_by_room(
     rows.iter().map(from_row).collect()
 }
 
-/// The room's meeting that has not ended, if any (at most one by the bridge's rule).
+/// The room's meeting that has not ended, if any (at most one by the bridge's rule);
+/// Element Call calls are not the room's meeting (see [`live_calls_for_room`]).
 pub async fn active_for_room(
     conn: &mut Connection,
     matrix_room_id: &str,
 ) -> Result<Option<Meeting>, StoreError> {
     let row = sqlx::query(select!(
-        "WHERE matrix_room_id = $1 AND state != 'ended' ORDER BY created_at DESC, id LIMIT 1"
+        "WHERE matrix_room_id = $1 AND state != 'ended' AND sfu_room IS NULL \
+         ORDER BY created_at DESC, id LIMIT 1"
     ))
     .bind(matrix_room_id)
     .fetch_optional(conn)
     .await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// The record of the Element Call call in LiveKit room `sfu_room`, unless it ended.
+pub async fn live_call(
+    conn: &mut Connection,
+    sfu_room: &str,
+) -> Result<Option<Meeting>, StoreError> {
+    let row = sqlx::query(select!(
+        "WHERE sfu_room = $1 AND state != 'ended' ORDER BY created_at DESC, id LIMIT 1"
+    ))
+    .bind(sfu_room)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The Element Call calls of a Matrix room that have not ended.
+pub async fn live_calls_for_room(
+    conn: &mut Connection,
+    matrix_room_id: &str,
+) -> Result<Vec<Meeting>, StoreError> {
+    let rows = sqlx::query(select!(
+        "WHERE matrix_room_id = $1 AND state != 'ended' AND sfu_room IS NOT NULL \
+         ORDER BY created_at, id"
+    ))
+    .bind(matrix_room_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(from_row).collect()
 }
 
 /// Every meeting that has not ended, oldest first (start-up recovery, grace timers).

@@ -641,12 +641,65 @@ pub async fn check_config(
                         .push("warning: the homeserver's ping did not reach this check".into()),
                 }
             }
+            if config.element_call.enabled {
+                report.push(rtc_advertisement(config, &client).await);
+            }
             Ok(report.join("\n"))
         }
         Err(error) => bail!(
             "{}\n{}",
             report.join("\n"),
             explain_ping_error(config, &error)
+        ),
+    }
+}
+
+/// Whether the homeserver tells Element Call to use us (MSC4143's `rtc/transports`).
+async fn rtc_advertisement(config: &Config, client: &MatrixClient) -> String {
+    let ours = config
+        .appservice
+        .public_address
+        .as_str()
+        .trim_end_matches('/');
+    let snippet = format!(
+        "experimental_features: {{msc4143_enabled: true}} and matrix_rtc: {{transports: [{{type: livekit, livekit_service_url: \"{ours}\"}}]}} (docs/element-call.md)"
+    );
+    match client
+        .call_json(
+            "GET",
+            "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
+            None,
+            None,
+            None,
+        )
+        .await
+    {
+        Ok(answer) => {
+            let listed: Vec<String> = answer
+                .get("rtc_transports")
+                .and_then(|t| t.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.get("livekit_service_url")?.as_str())
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect();
+            if listed.iter().any(|u| u == ours) {
+                format!(
+                    "element_call: the homeserver advertises this focus ({ours}) in rtc/transports"
+                )
+            } else if listed.is_empty() {
+                format!(
+                    "warning: element_call is enabled but the homeserver advertises no focus; give it {snippet}"
+                )
+            } else {
+                format!(
+                    "warning: element_call is enabled but the homeserver advertises {} rather than {ours}; give it {snippet}",
+                    listed.join(", ")
+                )
+            }
+        }
+        Err(e) => format!(
+            "warning: element_call is enabled but the homeserver's rtc/transports cannot be read ({e}); give it {snippet}"
         ),
     }
 }

@@ -31,8 +31,8 @@ use crate::meeting::access::Via;
 use crate::store::{access as stored, meetings};
 
 /// lk-jwt-service's routes, with its CORS rules (any origin: Element Call runs on
-/// another origin than the focus), plus MSC4195's, which only the homeserver calls.
-pub fn routes() -> Router<AppState> {
+/// another origin than the focus).
+pub fn public_routes() -> Router<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
         .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
@@ -44,12 +44,23 @@ pub fn routes() -> Router<AppState> {
             header::HeaderName::from_static("x-csrf-token"),
         ])
         .max_age(Duration::from_secs(600));
-    let lk_jwt = Router::new()
-        .route("/sfu/get", post(sfu_get))
-        .route("/get_token", post(get_token))
-        .route("/delegate_delayed_leave", post(delegate_delayed_leave))
+    // OPTIONS has a route of its own: the service's method-not-allowed fallback would
+    // answer a preflight before the CORS layer saw it.
+    let preflight = || async { StatusCode::OK };
+    Router::new()
+        .route("/sfu/get", post(sfu_get).options(preflight))
+        .route("/get_token", post(get_token).options(preflight))
+        .route(
+            "/delegate_delayed_leave",
+            post(delegate_delayed_leave).options(preflight),
+        )
         .route("/healthz", get(healthz))
-        .layer(cors);
+        .layer(cors)
+}
+
+/// MSC4195's routes, which only the homeserver calls (through its MSC4512 proxy, which
+/// rate-limits each user itself).
+pub fn homeserver_routes() -> Router<AppState> {
     let mut msc4195 = Router::new();
     for version in ["v1", "unstable/io.element.msc4195"] {
         msc4195 = msc4195
@@ -62,7 +73,7 @@ pub fn routes() -> Router<AppState> {
                 post(homeserver_delegate_delayed_leave),
             );
     }
-    lk_jwt.merge(msc4195)
+    msc4195
 }
 
 fn focus(state: &AppState) -> Result<&Arc<Focus>, MatrixError> {

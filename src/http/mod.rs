@@ -131,9 +131,10 @@ pub fn router(state: AppState) -> Router {
     // that Element Call falls back to another focus on their 404.
     let focus = match state.focus {
         Some(_) => by_ip(
-            crate::focus::endpoints::routes(),
+            crate::focus::endpoints::public_routes(),
             limits.as_ref().map(|l| &l.joins),
-        ),
+        )
+        .merge(crate::focus::endpoints::homeserver_routes()),
         None => Router::new(),
     };
     Router::new()

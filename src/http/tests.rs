@@ -315,3 +315,239 @@ both_dialects!(queries_and_ping, |store: Store| async move {
     .await;
     assert_eq!((got, body["status"].as_str()), (StatusCode::OK, Some("ok")));
 });
+
+/// The state with Element Call's focus on (the test SFU; our homeserver `localhost`).
+async fn focus_state(store: Store) -> AppState {
+    let mut state = state(store).await;
+    let delayed = crate::focus::delayed::DelayedLeaves::new(
+        state.signal.sfu.clone(),
+        "localhost".into(),
+        "http://127.0.0.1:9".into(),
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    state.focus = Some(Arc::new(crate::focus::Focus {
+        publish_servers: vec!["localhost".into()],
+        token_ttl_secs: 600,
+        thread: true,
+        own_server: "localhost".into(),
+        delayed,
+    }));
+    state
+}
+
+async fn focus_call(
+    store: &Store,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let response = router(focus_state(store.clone()).await)
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+both_dialects!(
+    focus_endpoints_exist_only_when_enabled,
+    |store: Store| async move {
+        let post = Request::post("/get_token")
+            .body(Body::from("{}"))
+            .expect("req");
+        let (got, body) = call(&store, post).await;
+        // Element Call falls back to another focus on a 404.
+        assert_eq!(
+            (got, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_UNRECOGNIZED"))
+        );
+        let health = Request::get("/healthz").body(Body::empty()).expect("req");
+        assert_eq!(focus_call(&store, health).await.0, StatusCode::OK);
+    }
+);
+
+both_dialects!(
+    focus_refuses_bad_bodies_with_cors_headers,
+    |store: Store| async move {
+        let preflight = Request::options("/get_token")
+            .header("origin", "https://call.element.io")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .body(Body::empty())
+            .expect("req");
+        let (got, headers, _) = focus_call(&store, preflight).await;
+        assert!(got.is_success(), "{got}");
+        assert_eq!(headers["access-control-allow-origin"], "*");
+        let post = |uri: &str, body: &str| {
+            Request::post(uri)
+                .header("origin", "https://call.element.io")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_owned()))
+                .expect("req")
+        };
+        for (uri, body, errcode) in [
+            ("/get_token", "{not json", "M_NOT_JSON"),
+            ("/get_token", "{}", "M_BAD_JSON"),
+            (
+                "/get_token",
+                r#"{"room_id":"!r:localhost","slot_id":"m.call#ROOM","member":{"id":"m"}}"#,
+                "M_BAD_JSON",
+            ),
+            (
+                "/get_token",
+                r#"{"room_id":"!r:localhost","slot_id":"m.call#ROOM","member":{"id":"m","claimed_user_id":"@a:localhost","claimed_device_id":"D"}}"#,
+                "M_BAD_JSON",
+            ),
+            (
+                "/get_token",
+                r#"{"room_id":"!r:localhost","slot_id":"s","member":{"id":"m","claimed_user_id":"@a:localhost","claimed_device_id":"D"},"openid_token":{"access_token":"t","matrix_server_name":"localhost"},"delay_id":"syd_x"}"#,
+                "M_BAD_JSON",
+            ),
+            ("/sfu/get", r#"{"device_id":"D"}"#, "M_BAD_JSON"),
+            (
+                "/sfu/get",
+                r#"{"room":"!r:localhost","device_id":"D"}"#,
+                "M_BAD_JSON",
+            ),
+            (
+                "/delegate_delayed_leave",
+                r#"{"room_id":"!r:localhost","slot_id":"s"}"#,
+                "M_BAD_JSON",
+            ),
+        ] {
+            let (got, headers, json) = focus_call(&store, post(uri, body)).await;
+            assert_eq!(
+                (got, json["errcode"].as_str()),
+                (StatusCode::BAD_REQUEST, Some(errcode)),
+                "{uri} {body}: {json}"
+            );
+            assert_eq!(headers["access-control-allow-origin"], "*", "{uri}");
+        }
+        // A known path never answers 404: a wrong method is 405.
+        let get = Request::get("/get_token").body(Body::empty()).expect("req");
+        assert_eq!(
+            focus_call(&store, get).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        // Nothing was made for refused requests.
+        let mut conn = store.pool().acquire().await.expect("conn");
+        assert!(
+            crate::store::meetings::list_not_ended(&mut conn)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+    }
+);
+
+both_dialects!(
+    msc4195_believes_only_the_homeserver,
+    |store: Store| async move {
+        let request = |auth: Option<&str>, body: &str| {
+            let mut r = Request::post("/_matrix/client/v1/rtc/livekit/get_token")
+                .header("x-matrix-user-identifier", "@alice:localhost")
+                .header("content-type", "application/json");
+            if let Some(auth) = auth {
+                r = r.header("authorization", auth);
+            }
+            r.body(Body::from(body.to_owned())).expect("req")
+        };
+        let good = format!(
+            r#"{{"url":"{TEST_WS_URL}","room_id":"!r:localhost","slot_id":"m.call#ROOM","member_id":"m1"}}"#
+        );
+        // Anyone could forge the user header: without our hs_token it is not read.
+        for auth in [None, Some("Bearer not-the-hs-token"), Some("Basic abc")] {
+            let (got, _, json) = focus_call(&store, request(auth, &good)).await;
+            assert_eq!(got, StatusCode::UNAUTHORIZED, "{auth:?}: {json}");
+        }
+        let hs = format!("Bearer {TOKEN}");
+        let wrong_url = r#"{"url":"wss://elsewhere.example","room_id":"!r:localhost","slot_id":"s","member_id":"m1"}"#;
+        let (got, _, json) = focus_call(&store, request(Some(&hs), wrong_url)).await;
+        assert_eq!(
+            (got, json["errcode"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM"))
+        );
+        let other_server = format!(
+            r#"{{"server_name":"other.example","url":"{TEST_WS_URL}","room_id":"!r:localhost","slot_id":"s","member_id":"m1"}}"#
+        );
+        let (got, _, json) = focus_call(&store, request(Some(&hs), &other_server)).await;
+        assert_eq!(
+            (got, json["errcode"].as_str()),
+            (StatusCode::BAD_GATEWAY, Some("M_UNKNOWN"))
+        );
+        let unstable =
+            Request::post("/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token")
+                .header("x-matrix-user-identifier", "@alice:localhost")
+                .body(Body::from(good.clone()))
+                .expect("req");
+        assert_eq!(
+            focus_call(&store, unstable).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        // Without a homeserver client the membership cannot be told: refused, not granted.
+        let (got, _, json) = focus_call(&store, request(Some(&hs), &good)).await;
+        assert_eq!(
+            (got, json["errcode"].as_str(), json["reason"].as_str()),
+            (
+                StatusCode::FORBIDDEN,
+                Some("M_FORBIDDEN"),
+                Some("membership_unknown")
+            ),
+            "{json}"
+        );
+    }
+);
+
+both_dialects!(
+    focus_token_requests_are_limited_per_address_but_not_the_homeservers,
+    |store: Store| async move {
+        let mut state = focus_state(store.clone()).await;
+        state.rate_limits = limits::RateLimits::new(&crate::config::RateLimitsConfig::default());
+        let app = router(state);
+        let from = |mut request: Request<Body>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                std::net::SocketAddr::from(([192, 0, 2, 7], 5555)),
+            ));
+            request
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..=limits::JOINS_PER_IP.burst {
+            let request = from(
+                Request::post("/get_token")
+                    .body(Body::from("{}"))
+                    .expect("req"),
+            );
+            statuses.push(app.clone().oneshot(request).await.expect("answer").status());
+        }
+        assert!(
+            statuses[..statuses.len() - 1]
+                .iter()
+                .all(|s| *s == StatusCode::BAD_REQUEST),
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+        // The homeserver's proxy brings every user's requests from one address; it limits
+        // them per user itself.
+        for _ in 0..=limits::JOINS_PER_IP.burst {
+            let request = from(
+            Request::post("/_matrix/client/v1/rtc/livekit/get_token")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("x-matrix-user-identifier", "@alice:localhost")
+                .body(Body::from(r#"{"url":"wss://elsewhere.example","room_id":"!r:localhost","slot_id":"s","member_id":"m"}"#))
+                .expect("req"),
+        );
+            let status = app.clone().oneshot(request).await.expect("answer").status();
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+        }
+    }
+);

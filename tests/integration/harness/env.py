@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from .matrix import MatrixUser
 from .service import Service
-from .synapse import Synapse
+from .synapse import Synapse, merge_config
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -15,11 +16,20 @@ class Env:
     """Synapse and tchap-visio started in that order, sharing `workdir`.
 
     service_kwargs go to Service (database_uri, permissions, language, overrides);
-    service_env is the environment the service starts with (TCHAP_VISIO_* overrides).
+    service_env is the environment the service starts with (TCHAP_VISIO_* overrides);
+    synapse_config is extra homeserver.yaml merged into the harness's (harness.synapse.
+    merge_config): a dict, or a callable given the Service (its URL, registration) that
+    returns one, called after the Service is set up and before Synapse starts.
     """
 
     def __init__(
-        self, workdir: Path, *, service_env: dict[str, str] | None = None, bot_account: str | None = None, **service_kwargs
+        self,
+        workdir: Path,
+        *,
+        service_env: dict[str, str] | None = None,
+        bot_account: str | None = None,
+        synapse_config: dict | Callable[[Service], dict] | None = None,
+        **service_kwargs,
     ):
         """bot_account: run the service in `mode: bot` as this ordinary user (registered
         here like any other), with no appservice registration at the homeserver."""
@@ -35,6 +45,9 @@ class Env:
                 service_kwargs["overrides"] = overrides
                 service_kwargs["appservice"] = False
             self.service = Service(self.dir / "service", self.synapse, **service_kwargs)
+            if synapse_config is not None:
+                extra = synapse_config(self.service) if callable(synapse_config) else synapse_config
+                self.synapse.extra_config = merge_config(self.synapse.extra_config, extra)
             self.synapse.start()
             if bot_account:
                 self.synapse.register_user(bot_account, PASSWORD)

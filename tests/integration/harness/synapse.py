@@ -76,6 +76,17 @@ def homeserver_config(
     }
 
 
+def merge_config(base: dict, extra: dict) -> dict:
+    """`base` with `extra` merged in: nested dicts merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def log_config(log_file: Path) -> dict:
     return {
         "version": 1,
@@ -95,13 +106,17 @@ def log_config(log_file: Path) -> dict:
     }
 
 
-def write_config(data_dir: Path, port: int, shared_secret: str, app_service_config_files: list[Path]) -> Path:
-    """Write homeserver.yaml and log.config into data_dir; return homeserver.yaml's path."""
+def write_config(
+    data_dir: Path, port: int, shared_secret: str, app_service_config_files: list[Path], extra_config: dict | None = None
+) -> Path:
+    """Write homeserver.yaml and log.config into data_dir; return homeserver.yaml's path.
+
+    extra_config is merged into homeserver_config()'s (see merge_config)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "log.config").write_text(yaml.safe_dump(log_config(data_dir / "homeserver.log")))
     path = data_dir / "homeserver.yaml"
-    cfg = homeserver_config(data_dir, port, shared_secret, app_service_config_files)
+    cfg = merge_config(homeserver_config(data_dir, port, shared_secret, app_service_config_files), extra_config or {})
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -141,7 +156,9 @@ class Synapse:
 
     name = "synapse"
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, extra_config: dict | None = None):
+        """extra_config: merged into the generated homeserver.yaml at each start() (nested
+        dicts key by key, see merge_config); also settable later through `extra_config`."""
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -152,13 +169,14 @@ class Synapse:
         self.config_path = self.dir / "homeserver.yaml"
         self.log_path = self.dir / "homeserver.log"
         self.proc: subprocess.Popen | None = None
+        self.extra_config: dict = dict(extra_config or {})
 
     def add_appservice(self, registration: Path) -> None:
         """Load this registration at the next start()."""
         self.app_service_files.append(Path(registration))
 
     def start(self, timeout: float = 60) -> None:
-        write_config(self.dir, self.port, self.shared_secret, self.app_service_files)
+        write_config(self.dir, self.port, self.shared_secret, self.app_service_files, self.extra_config)
         if not (self.dir / "signing.key").exists():
             generate_keys(self.config_path)
         self.proc = spawn(

@@ -2,6 +2,8 @@
 
 fn main() {
     println!("cargo::rerun-if-changed=web/dist/index.html");
+    // The embedded migrations (sqlx::migrate!) are read when the crate compiles.
+    println!("cargo::rerun-if-changed=migrations");
     println!("cargo::rerun-if-env-changed=TCHAP_VISIO_ALLOW_MISSING_WEB");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let skip = std::env::var_os("TCHAP_VISIO_ALLOW_MISSING_WEB").is_some();

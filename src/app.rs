@@ -191,6 +191,19 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         );
         Arc::new(crate::focus::Focus::from_config(&config, delayed))
     });
+    if focus.is_some() {
+        workers.spawn(
+            crate::focus::sweep::MembershipSweep {
+                store: store.clone(),
+                view: bridge.access.view.clone(),
+                ctx: bridge.clone(),
+                outbound_wake: outbound_wake.clone(),
+                period: Duration::from_secs(config.element_call.membership_check_secs),
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+    }
     workers.spawn(
         SfuEventWorker {
             ctx: bridge.clone(),

@@ -117,6 +117,14 @@ pub struct ElementCallConfig {
     /// thread when the call ends.
     #[serde(default = "default_true")]
     pub thread: bool,
+    /// Seconds between checks that connected participants of calls in rooms the bot is
+    /// not in are still members (MSC4502; in the bot's rooms a departure acts at once).
+    #[serde(default = "default_membership_check_secs")]
+    pub membership_check_secs: u64,
+}
+
+fn default_membership_check_secs() -> u64 {
+    15
 }
 
 impl Default for ElementCallConfig {
@@ -126,6 +134,7 @@ impl Default for ElementCallConfig {
             publish_servers: Vec::new(),
             token_ttl_secs: default_join_token_ttl_secs(),
             thread: true,
+            membership_check_secs: default_membership_check_secs(),
         }
     }
 }

@@ -327,6 +327,12 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=3600).contains(&self.element_call.membership_check_secs) {
+            return Err(invalid(
+                "element_call.membership_check_secs",
+                "must be between 1 and 3600 seconds (15 is the default)",
+            ));
+        }
         if !(20..=crate::auth::token::MAX_TOKEN_LIFETIME_SECS)
             .contains(&self.element_call.token_ttl_secs)
         {

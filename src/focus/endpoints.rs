@@ -274,6 +274,7 @@ async fn grant(state: &AppState, focus: &Focus, ask: Ask<'_>) -> Result<String, 
             )
             .expect("a fixed title is valid");
             call.sfu_room = Some(room.clone());
+            call.call_room_id = Some(ask.room_id.to_owned());
             meetings::create(&mut tx, &call)
                 .await
                 .map_err(|e| MatrixError::internal(&e))?;

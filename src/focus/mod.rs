@@ -9,6 +9,7 @@
 pub mod delayed;
 pub mod endpoints;
 pub mod names;
+pub mod sweep;
 
 use std::sync::Arc;
 

@@ -103,6 +103,9 @@ pub struct Meeting {
     /// LiveKit room, named by the call's slot. `None` for a meeting, whose LiveKit room
     /// is its id.
     pub sfu_room: Option<String>,
+    /// For a call: its Matrix room (`matrix_room_id`, where notices go, is set only when
+    /// the bot is in it).
+    pub call_room_id: Option<String>,
 }
 
 impl Meeting {
@@ -131,6 +134,7 @@ impl Meeting {
             access: AccessLevel::Public,
             lobby_notice_id: None,
             sfu_room: None,
+            call_room_id: None,
         })
     }
 

@@ -17,7 +17,7 @@ macro_rules! select {
             "SELECT * FROM (SELECT m.id, m.slug, m.title, m.matrix_room_id, m.creator, \
              m.state, m.created_at, m.started_at, m.ended_at, m.link_notice_id, \
              o.event_id AS thread_root_event_id, m.peak_participants, m.empty_since, \
-             m.widget_state_key, m.access, m.lobby_notice_id, m.sfu_room FROM meetings m LEFT JOIN outbound o ON o.id = m.link_notice_id) \
+             m.widget_state_key, m.access, m.lobby_notice_id, m.sfu_room, m.call_room_id FROM meetings m LEFT JOIN outbound o ON o.id = m.link_notice_id) \
              AS meetings ",
             $rest
         )
@@ -58,6 +58,7 @@ fn from_row(row: &AnyRow) -> Result<Meeting, StoreError> {
         },
         lobby_notice_id: row.try_get("lobby_notice_id")?,
         sfu_room: row.try_get("sfu_room")?,
+        call_room_id: row.try_get("call_room_id")?,
     })
 }
 
@@ -66,8 +67,8 @@ pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), Stor
     sqlx::query(
         "INSERT INTO meetings (id, slug, title, matrix_room_id, creator, state, created_at, \
          started_at, ended_at, link_notice_id, peak_participants, empty_since, \
-         widget_state_key, access, lobby_notice_id, sfu_room) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         widget_state_key, access, lobby_notice_id, sfu_room, call_room_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(meeting.id.as_str())
     .bind(meeting.slug.expose())
@@ -85,6 +86,7 @@ pub async fn create(conn: &mut Connection, meeting: &Meeting) -> Result<(), Stor
     .bind(meeting.access.as_str())
     .bind(meeting.lobby_notice_id)
     .bind(meeting.sfu_room.as_deref())
+    .bind(meeting.call_room_id.as_deref())
     .execute(conn)
     .await?;
     Ok(())
@@ -164,10 +166,23 @@ pub async fn live_calls_for_room(
     matrix_room_id: &str,
 ) -> Result<Vec<Meeting>, StoreError> {
     let rows = sqlx::query(select!(
-        "WHERE matrix_room_id = $1 AND state != 'ended' AND sfu_room IS NOT NULL \
-         ORDER BY created_at, id"
+        "WHERE call_room_id = $1 AND state != 'ended' ORDER BY created_at, id"
     ))
     .bind(matrix_room_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// The Element Call calls that have not ended in rooms the bot is not in (whose
+/// departures the homeserver never tells us).
+pub async fn live_calls_outside_bot_rooms(
+    conn: &mut Connection,
+) -> Result<Vec<Meeting>, StoreError> {
+    let rows = sqlx::query(select!(
+        "WHERE call_room_id IS NOT NULL AND matrix_room_id IS NULL AND state != 'ended' \
+         ORDER BY created_at, id"
+    ))
     .fetch_all(conn)
     .await?;
     rows.iter().map(from_row).collect()

@@ -46,7 +46,7 @@ def env(tmp_path_factory):
         # Tens of token requests come from one address here; the per-address limit is
         # covered by the Rust tests (focus_token_requests_are_limited_per_address...).
         overrides={
-            "element_call": {"enabled": True},
+            "element_call": {"enabled": True, "membership_check_secs": 2},
             "meetings": {"grace_period_secs": GRACE_S},
             "rate_limits": {"enabled": False},
         },
@@ -386,8 +386,11 @@ def test_delayed_leave_kept_while_connected_and_sent_when_the_peer_vanishes(env,
         print(f"delayed leave ({how}) sent {time.monotonic() - killed:.2f} s after the peer was killed")
 
 
-def test_leaving_the_room_ends_ones_call(env, tmp_path, peers):
-    room = call_room(env, "alice", ("bob",), with_bot=True)
+@pytest.mark.parametrize("with_bot", [True, False], ids=["bot-in-room", "bot-not-in-room"])
+def test_leaving_the_room_ends_ones_call(env, tmp_path, peers, with_bot):
+    """In the bot's rooms the departure acts at once; elsewhere the periodic MSC4502
+    check (membership_check_secs, 2 s here) finds it."""
+    room = call_room(env, "alice", ("bob",), with_bot=with_bot)
     alice, bob = env.user("alice"), env.user("bob")
     a, b = grant(env, alice, room, "alice-m5"), grant(env, bob, room, "bob-m5")
     b_id = ec.alias(bob.user_id, bob.device_id, "bob-m5")

@@ -43,6 +43,10 @@ pub struct RoomView {
     client: Option<MatrixClient>,
     external_servers: Vec<String>,
     rules: Mutex<HashMap<String, (RoomRule, Instant)>>,
+    /// The bot's user id, whose own membership says whether its view of a room is
+    /// current (a room it left answers with the state at its departure).
+    bot_user: Option<String>,
+    bot_in: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
 impl RoomView {
@@ -51,7 +55,42 @@ impl RoomView {
             client,
             external_servers,
             rules: Mutex::new(HashMap::new()),
+            bot_user: None,
+            bot_in: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Names the bot, so that [`RoomView::joined`] uses its view only of rooms it is in.
+    pub fn with_bot_user(mut self, bot: &str) -> Self {
+        self.bot_user = Some(bot.to_owned());
+        self
+    }
+
+    /// Whether the bot is joined to `room` (kept [`RULE_TTL`]); true when it is not named.
+    async fn bot_is_in(&self, room: &str) -> Result<bool, LookupError> {
+        let Some(bot) = &self.bot_user else {
+            return Ok(true);
+        };
+        if let Some((inside, at)) = self.bot_in.lock().ok().and_then(|c| c.get(room).copied())
+            && at.elapsed() < RULE_TTL
+        {
+            return Ok(inside);
+        }
+        let inside = match self.state(room, "m.room.member", bot).await {
+            Ok(content) => {
+                content.and_then(|c| c.get("membership")?.as_str().map(str::to_owned))
+                    == Some("join".into())
+            }
+            Err(LookupError(CallError::Matrix { status: 403, .. })) => false,
+            Err(e) => return Err(e),
+        };
+        if let Ok(mut cache) = self.bot_in.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(room.to_owned(), (inside, Instant::now()));
+        }
+        Ok(inside)
     }
 
     async fn state(
@@ -99,7 +138,19 @@ impl RoomView {
             url_component(room),
             url_component(user)
         );
-        let call = client.call_json("GET", &path, None, None, None);
+        let bot_in = self.bot_is_in(room).await?;
+        let call = async {
+            if bot_in {
+                client.call_json("GET", &path, None, None, None).await
+            } else {
+                Err(CallError::Matrix {
+                    status: 403,
+                    errcode: "M_FORBIDDEN".into(),
+                    error: "the bot is not in the room".into(),
+                    retry_after: None,
+                })
+            }
+        };
         match tokio::time::timeout(LOOKUP_TIMEOUT, call).await {
             Ok(Ok(content)) => {
                 let field = |name: &str| content.get(name).and_then(|v| v.as_str());

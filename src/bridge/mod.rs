@@ -125,6 +125,7 @@ impl BridgeContext {
         client: Option<MatrixClient>,
     ) -> Self {
         let bot = Bot::from_config(config);
+        let bot_user = bot.user_id.to_string();
         let mut bot_names = vec![bot.user_id.to_string()];
         if !config.appservice.bot.displayname.trim().is_empty() {
             bot_names.push(config.appservice.bot.displayname.trim().to_owned());
@@ -153,10 +154,13 @@ impl BridgeContext {
             member_names: Mutex::new(HashMap::new()),
             access: access::AccessRuntime::new(
                 config.meetings.default_access,
-                Arc::new(crate::auth::membership::RoomView::new(
-                    client.clone(),
-                    config.meetings.external_servers.clone(),
-                )),
+                Arc::new(
+                    crate::auth::membership::RoomView::new(
+                        client.clone(),
+                        config.meetings.external_servers.clone(),
+                    )
+                    .with_bot_user(&bot_user),
+                ),
                 crate::auth::openid::OpenIdVerifier::new(
                     config.homeserver.domain.clone(),
                     config.homeserver.address.as_str(),

@@ -43,6 +43,24 @@ pub struct Delegation {
     pub server_name: String,
 }
 
+/// Whether a delegation's delay id and timeout are usable (checked before anything is
+/// granted, so that a refused request makes nothing).
+pub fn check(delay_id: &str, delay_timeout: Duration) -> Result<(), DelegationError> {
+    let timeout_ms = delay_timeout.as_millis() as u64;
+    if !(MIN_DELAY_TIMEOUT_MS..=MAX_DELAY_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(DelegationError::Timeout);
+    }
+    if delay_id.is_empty()
+        || delay_id.len() > 255
+        || delay_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(DelegationError::DelayId);
+    }
+    Ok(())
+}
+
 /// Why a delegation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DelegationError {
@@ -127,18 +145,7 @@ impl DelayedLeaves {
 
     /// Starts following a delegation; a newer one for the same participant replaces it.
     pub fn delegate(self: &Arc<Self>, d: Delegation) -> Result<(), DelegationError> {
-        let timeout_ms = d.delay_timeout.as_millis() as u64;
-        if !(MIN_DELAY_TIMEOUT_MS..=MAX_DELAY_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(DelegationError::Timeout);
-        }
-        if d.delay_id.is_empty()
-            || d.delay_id.len() > 255
-            || d.delay_id
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(DelegationError::DelayId);
-        }
+        check(&d.delay_id, d.delay_timeout)?;
         let key = (d.room.clone(), d.identity.clone());
         let cancel = self.shutdown.child_token();
         let job = self
@@ -342,4 +349,29 @@ enum Managed {
     /// The homeserver no longer has the event (sent or cancelled).
     Gone,
     Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_are_checked_before_anything_is_granted() {
+        let ok = Duration::from_millis(8000);
+        assert!(check("syd_abc", ok).is_ok());
+        assert!(matches!(
+            check("syd_abc", Duration::from_millis(1000)),
+            Err(DelegationError::Timeout)
+        ));
+        assert!(matches!(
+            check("syd_abc", Duration::from_secs(2 * 24 * 3600)),
+            Err(DelegationError::Timeout)
+        ));
+        for bad in ["", "a b", "a\nb", &"x".repeat(256)] {
+            assert!(
+                matches!(check(bad, ok), Err(DelegationError::DelayId)),
+                "{bad:?}"
+            );
+        }
+    }
 }

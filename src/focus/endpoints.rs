@@ -30,20 +30,9 @@ use crate::meeting::Meeting;
 use crate::meeting::access::Via;
 use crate::store::{access as stored, meetings};
 
-/// lk-jwt-service's routes, with its CORS rules (any origin: Element Call runs on
-/// another origin than the focus).
+/// lk-jwt-service's routes; their CORS rules ([`cors`]: any origin, since Element
+/// Call runs on another origin than the focus) are laid over them with the rate limit.
 pub fn public_routes() -> Router<AppState> {
-    let cors = CorsLayer::new()
-        .allow_origin(tower_http::cors::Any)
-        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
-        .allow_headers([
-            header::ACCEPT,
-            header::CONTENT_TYPE,
-            header::CONTENT_LENGTH,
-            header::ACCEPT_ENCODING,
-            header::HeaderName::from_static("x-csrf-token"),
-        ])
-        .max_age(Duration::from_secs(600));
     // OPTIONS has a route of its own: the service's method-not-allowed fallback would
     // answer a preflight before the CORS layer saw it.
     let preflight = || async { StatusCode::OK };
@@ -54,8 +43,27 @@ pub fn public_routes() -> Router<AppState> {
             "/delegate_delayed_leave",
             post(delegate_delayed_leave).options(preflight),
         )
-        .route("/healthz", get(healthz))
-        .layer(cors)
+}
+
+/// lk-jwt-service's CORS rules, laid outside the rate limit so that a 429 is readable
+/// by the page that got it.
+pub fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
+        .allow_headers([
+            header::ACCEPT,
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+            header::ACCEPT_ENCODING,
+            header::HeaderName::from_static("x-csrf-token"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+/// lk-jwt-service's health check, for whoever probes a focus (not rate-limited).
+pub fn health_routes() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz))
 }
 
 /// MSC4195's routes, which only the homeserver calls (through its MSC4512 proxy, which
@@ -286,15 +294,12 @@ async fn grant(state: &AppState, focus: &Focus, ask: Ask<'_>) -> Result<String, 
         .await
         .map_err(|e| MatrixError::internal(&e))?
     {
-        refused("removed");
-        return Err(forbidden(
-            "removed",
-            match reason.as_str() {
-                "left_room" => "You left the room: you were taken out of its call.",
-                "banned" => "You are banned from the room.",
-                _ => "You were taken out of this call.",
-            },
-        ));
+        // Taken out for leaving the room (or a ban since lifted), and a member again now:
+        // back in, as with meetings. Nobody else takes people out of a call.
+        tracing::info!(call = %call.id, reason, "a member back in the room may rejoin its call");
+        stored::lift_revocation(&mut tx, call.id.as_str(), &ask.identity)
+            .await
+            .map_err(|e| MatrixError::internal(&e))?;
     }
     stored::record_grant(
         &mut tx,
@@ -562,7 +567,13 @@ fn delay_of(
         timeout_ms.filter(|t| *t > 0),
     ) {
         (None, None) => Ok(None),
-        (Some(id), Some(ms)) => Ok(Some((id, Duration::from_millis(ms)))),
+        (Some(id), Some(ms)) => {
+            let timeout = Duration::from_millis(ms);
+            super::delayed::check(&id, timeout).map_err(|e| {
+                MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string())
+            })?;
+            Ok(Some((id, timeout)))
+        }
         _ => Err(MatrixError::bad_json(
             "the body is missing `delay_id` or `delay_timeout`",
         )),
@@ -757,8 +768,11 @@ async fn homeserver_delegate_delayed_leave(
             .clone()
             .filter(|d| !d.is_empty())
             .ok_or_else(|| MatrixError::bad_json("the body is missing `delay_id`"))?;
-        check_joined(&state, &req.room_id, &user).await?;
         let timeout = Duration::from_millis(req.delay_timeout.unwrap_or(DEFAULT_DELAY_TIMEOUT_MS));
+        super::delayed::check(&delay_id, timeout).map_err(|e| {
+            MatrixError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string())
+        })?;
+        check_joined(&state, &req.room_id, &user).await?;
         let identity = names::msc4195_identity(&user, &member_id);
         let room = names::room_name(&req.room_id, &req.slot_id);
         delegate(&focus, room, identity, delay_id, timeout, server_of(&user))?;

@@ -134,6 +134,8 @@ pub fn router(state: AppState) -> Router {
             crate::focus::endpoints::public_routes(),
             limits.as_ref().map(|l| &l.joins),
         )
+        .merge(crate::focus::endpoints::health_routes())
+        .layer(crate::focus::endpoints::cors())
         .merge(crate::focus::endpoints::homeserver_routes()),
         None => Router::new(),
     };

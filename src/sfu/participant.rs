@@ -273,12 +273,33 @@ pub fn track_info(request: &lk::AddTrackRequest) -> (MediaKind, lk::TrackInfo) {
         source: request.source,
         disable_red: request.disable_red,
         stream: truncate_chars(&request.stream, MAX_TRACK_NAME_CHARS),
+        // End-to-end encrypted media (MatrixRTC in encrypted rooms): subscribers turn
+        // their decryptors on from these two, and refuse to set one up without a type.
+        encryption: request.encryption,
+        mime_type: mime_type(kind, request),
         ..Default::default()
     };
     if kind == MediaKind::Video && request.layers.len() > 1 {
         super::simulcast::announce_layers(&mut info, &request.layers);
     }
     (kind, info)
+}
+
+/// The track's media type as LiveKit writes it (`video/VP8`, `audio/opus`): the codec the
+/// client announced for video, else VP8, the codec every client sends.
+fn mime_type(kind: MediaKind, request: &lk::AddTrackRequest) -> String {
+    if kind == MediaKind::Audio {
+        return "audio/opus".into();
+    }
+    let codec = request
+        .simulcast_codecs
+        .iter()
+        .map(|c| c.codec.trim())
+        .find(|c| !c.is_empty())
+        .map(|c| c.rsplit('/').next().unwrap_or(c))
+        .filter(|c| c.len() <= 16 && c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+        .unwrap_or("vp8");
+    format!("video/{}", codec.to_ascii_uppercase())
 }
 
 /// The media-less participant that speaks for the server, as members see it.
@@ -305,4 +326,45 @@ fn set_kind(packet: &mut lk::DataPacket, lossy: bool) {
 
 fn truncate_chars(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn track_info_carries_the_encryption_and_a_media_type() {
+        let request = lk::AddTrackRequest {
+            r#type: lk::TrackType::Video as i32,
+            encryption: lk::encryption::Type::Gcm as i32,
+            simulcast_codecs: vec![lk::SimulcastCodec {
+                codec: "vp9".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (_, info) = track_info(&request);
+        assert_eq!(info.encryption, lk::encryption::Type::Gcm as i32);
+        assert_eq!(info.mime_type, "video/VP9");
+        let plain = lk::AddTrackRequest {
+            r#type: lk::TrackType::Video as i32,
+            ..Default::default()
+        };
+        assert_eq!(track_info(&plain).1.mime_type, "video/VP8");
+        assert_eq!(track_info(&plain).1.encryption, 0);
+        let audio = lk::AddTrackRequest {
+            r#type: lk::TrackType::Audio as i32,
+            ..Default::default()
+        };
+        assert_eq!(track_info(&audio).1.mime_type, "audio/opus");
+        let hostile = lk::AddTrackRequest {
+            r#type: lk::TrackType::Video as i32,
+            simulcast_codecs: vec![lk::SimulcastCodec {
+                codec: "vp8\"><script>".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(track_info(&hostile).1.mime_type, "video/VP8");
+    }
 }

@@ -90,11 +90,21 @@ where
     S: Clone + Send + Sync + 'static,
     SignalState: FromRef<S>,
 {
+    // Element Call runs on another origin than its focus and reads here why its
+    // WebSocket was refused; the answers say nothing without a valid token.
+    let validation = Router::new()
+        .route("/rtc/validate", get(validate))
+        .route("/rtc/v1/validate", get(validate_v1))
+        .layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods([axum::http::Method::GET])
+                .allow_headers([axum::http::header::AUTHORIZATION]),
+        );
     Router::new()
         .route("/rtc", get(rtc))
-        .route("/rtc/validate", get(validate))
         .route("/rtc/v1", get(rtc_v1))
-        .route("/rtc/v1/validate", get(validate_v1))
+        .merge(validation)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,8 +126,8 @@ fn flag(value: &Option<String>) -> Option<bool> {
 
 /// A refusal in LiveKit's plain-text style, with the status its SDKs understand.
 fn refuse(status: StatusCode, text: impl Into<String>) -> Response {
-    // No CORS header: the page and the SDKs it serves are same-origin, native SDKs do not
-    // need one, and a browser page elsewhere has no business probing this server.
+    // CORS headers, where a browser elsewhere may read the answer (the validation
+    // routes), come from the router's layer.
     (status, text.into()).into_response()
 }
 

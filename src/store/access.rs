@@ -496,6 +496,23 @@ pub async fn grant_user(
     Ok(row.and_then(|(user,)| user))
 }
 
+/// Lets an identity's tokens in again (a call's member back in its room).
+pub async fn lift_revocation(
+    conn: &mut Connection,
+    meeting_id: &str,
+    identity: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE join_grants SET revoked_at = NULL, revoke_reason = NULL \
+         WHERE meeting_id = $1 AND identity = $2",
+    )
+    .bind(meeting_id)
+    .bind(identity)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Why an identity's tokens are refused in a meeting, if they are.
 pub async fn revocation(
     conn: &mut Connection,

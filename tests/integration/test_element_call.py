@@ -173,6 +173,12 @@ def test_get_token_for_a_member_without_the_bot_in_the_room(env):
     assert answer["url"] == env.service.livekit_url, "our own SFU"
     c = verified_claims(env, answer["jwt"])
     assert c["sub"] == ec.alias(alice.user_id, alice.device_id, "alice-m1")
+    # Element Call, on another origin, reads why a WebSocket was refused at validate.
+    for path in ("/rtc/validate", "/rtc/v1/validate"):
+        v = requests.get(
+            f"{env.service.url}{path}", params={"access_token": answer["jwt"]}, headers={"Origin": "https://call.example"}, timeout=10
+        )
+        assert v.headers.get("Access-Control-Allow-Origin") == "*", f"{path}: {v.status_code} {dict(v.headers)}"
     video = c["video"]
     assert video["room"] == ec.alias(room, ec.ROOM_SLOT)
     assert video.get("roomJoin") is True

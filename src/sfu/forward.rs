@@ -700,6 +700,11 @@ impl Forwarder {
         self.allocate_bandwidth(subscriber, peers);
     }
 
+    /// The last bandwidth estimate of what `subscriber` receives (TWCC), if any came.
+    pub fn bandwidth_estimate(&self, subscriber: ParticipantKey) -> Option<u64> {
+        self.members.get(subscriber).and_then(|m| m.bandwidth_bps)
+    }
+
     /// Caps each simulcast subscription of `subscriber` at the layer its share of the
     /// bandwidth estimate carries, and asks str0m's estimator to probe for what the
     /// subscriber wants.

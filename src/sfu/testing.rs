@@ -554,6 +554,13 @@ impl<P: Probe> World<P> {
                         contents,
                         ..
                     } => {
+                        let subscriber = self
+                            .by_addr
+                            .get(&destination)
+                            .and_then(|&i| self.clients.get(i))
+                            .is_some_and(|c| c.subscriber_addr == destination);
+                        // What the engine sends, whether or not a narrow link then loses it.
+                        self.probe.transmit(destination, subscriber, &contents);
                         if let Some(b) = &mut self.bottleneck
                             && b.destination == destination
                         {
@@ -567,12 +574,10 @@ impl<P: Probe> World<P> {
                             }
                             continue;
                         }
-                        let Some((rtc, subscriber)) =
-                            peer(&mut self.clients, &self.by_addr, destination)
+                        let Some((rtc, _)) = peer(&mut self.clients, &self.by_addr, destination)
                         else {
                             continue;
                         };
-                        self.probe.transmit(destination, subscriber, &contents);
                         let _ = rtc.handle_input(from_server(now, destination, &contents));
                     }
                     Output::Signal { key, message } => self.deliver(key, *message),

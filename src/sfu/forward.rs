@@ -289,6 +289,12 @@ impl Forwarder {
         {
             return None;
         }
+        tracing::debug!(
+            owner,
+            cid,
+            layers = ?layers.iter().map(|l| (l.quality, l.width, l.height, l.bitrate)).collect::<Vec<_>>(),
+            "track announced (layers: quality, width, height, bit rate)"
+        );
         let key = TrackKey(self.tracks.insert(UpTrack {
             owner,
             sid: info.sid.clone(),

@@ -540,6 +540,152 @@ fn a_narrow_link_gets_a_lower_layer_from_the_bandwidth_estimate() {
     assert_eq!(video.last().map(|v| v.0), Some(2), "f again on a wide link");
 }
 
+/// Runs `duration` of a simulcast publisher sending the `layers` given (0 = q, 1 = h,
+/// 2 = f) at 15 frames/s, less those the last `SubscribedQualityUpdate` paused: as
+/// LiveKit's SDKs do, by the quality each RID stands for (q LOW, h MEDIUM, f HIGH).
+fn run_layers(
+    world: &mut World,
+    publisher: usize,
+    frame: &mut u32,
+    duration: Duration,
+    layers: &[usize],
+) {
+    let mut step = 0u32;
+    world.run(duration, |w| {
+        step += 1;
+        if step.is_multiple_of(33) {
+            *frame += 1;
+            #[allow(deprecated)]
+            let paused: Vec<i32> = quality_updates(&w.clients[publisher])
+                .last()
+                .map(|u| {
+                    u.subscribed_qualities
+                        .iter()
+                        .filter(|q| !q.enabled)
+                        .map(|q| q.quality)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let sent: Vec<usize> = layers
+                .iter()
+                .copied()
+                .filter(|&l| !paused.contains(&(l as i32)))
+                .collect();
+            w.send_layers(publisher, *frame, &sent);
+        }
+    });
+}
+
+/// The sid of the first track `client` was told it published.
+fn published_sid(client: &Client) -> String {
+    client
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            signal_response::Message::TrackPublished(p) => p.track.as_ref().map(|t| t.sid.clone()),
+            _ => None,
+        })
+        .expect("track published")
+}
+
+/// The layers of the frames `client` received from the `from`th on (0 = q, 1 = h).
+fn layers_since(client: &Client, from: usize) -> Vec<u8> {
+    client.video[from..].iter().map(|v| v.0).collect()
+}
+
+/// Asks for `quality` of `sid` for `index` (the Python SDK's `set_video_quality`).
+fn ask_quality(world: &mut World, index: usize, sid: &str, quality: lk::VideoQuality) {
+    track_setting(
+        world,
+        index,
+        lk::UpdateTrackSettings {
+            track_sids: vec![sid.to_owned()],
+            quality: quality as i32,
+            ..Default::default()
+        },
+    );
+}
+
+/// Publishes a 640×360 camera with the simulcast `ladder` given (RID slot, quality
+/// announced, size divisor), runs it (the publisher following dynacast) and checks the
+/// layer bob receives: `best` unasked, then each quality asked with the layer expected.
+fn check_ladder(
+    ladder: &[(usize, lk::VideoQuality, u32)],
+    best: u8,
+    asks: &[(lk::VideoQuality, u8)],
+) {
+    use super::testing::{Camera, Layer};
+    let mut world = World::new(config());
+    let alice = world.join("alice");
+    let bob = world.join("bob");
+    world.exchange();
+    let camera = Camera {
+        cid: "camera-cid",
+        width: 640,
+        height: 360,
+        simulcast: None,
+        channel: false,
+    };
+    let layers: Vec<Layer> = ladder
+        .iter()
+        .map(|&(slot, quality, divisor)| Layer {
+            rid: ["q", "h", "f"][slot],
+            quality,
+            divisor,
+            bitrate: 0,
+        })
+        .collect();
+    let sent: Vec<usize> = ladder.iter().map(|l| l.0).collect();
+    world.publish_layers(alice, camera, &layers);
+    let mut frame = 0;
+    run_layers(&mut world, alice, &mut frame, Duration::from_secs(2), &sent);
+    let sid = published_sid(&world.clients[alice]);
+    let video = layers_since(&world.clients[bob], 0);
+    assert!(
+        video.len() > 10,
+        "{ladder:?}: bob received {} frames",
+        video.len()
+    );
+    // (Once the bandwidth estimate has seen what the best layer costs.)
+    assert!(
+        video[video.len() - 10..].iter().all(|&l| l == best),
+        "{ladder:?}: unasked, the best layer: {video:?}"
+    );
+    for &(quality, expected) in asks {
+        let before = world.clients[bob].video.len();
+        ask_quality(&mut world, bob, &sid, quality);
+        // Long enough for dynacast to pause what nobody wants (2 s) and for the
+        // publisher to follow.
+        run_layers(&mut world, alice, &mut frame, Duration::from_secs(4), &sent);
+        let after = layers_since(&world.clients[bob], before);
+        let tail = &after[after.len().saturating_sub(15)..];
+        assert!(
+            tail.len() == 15 && tail.iter().all(|&l| l == expected),
+            "{ladder:?}: asked {quality:?}: {after:?}"
+        );
+    }
+}
+
+#[test]
+fn a_two_layer_publisher_serves_its_low_layer_and_its_best() {
+    use lk::VideoQuality::{High, Low, Medium};
+    // What LiveKit's SDKs publish from 480 to 959 pixels: q and h, announced LOW and
+    // MEDIUM, no f. HIGH and MEDIUM both mean h, the best there is.
+    check_ladder(
+        &[(0, Low, 2), (1, Medium, 1)],
+        1,
+        &[(Low, 0), (High, 1), (Low, 0), (Medium, 1)],
+    );
+    // A publisher without q (h and f): LOW gets the lowest layer sent.
+    check_ladder(
+        &[(1, Medium, 2), (2, High, 1)],
+        2,
+        &[(Low, 1), (High, 2), (Medium, 1)],
+    );
+    // One RID only: whatever is asked, that layer.
+    check_ladder(&[(0, High, 1)], 0, &[(Low, 0), (High, 0)]);
+}
+
 #[test]
 fn hostile_track_settings_never_panic_and_media_goes_on() {
     let mut world = World::new(config());

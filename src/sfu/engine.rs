@@ -20,7 +20,7 @@ use prost::Message;
 use str0m::bwe::BweKind;
 use str0m::media::Direction;
 use str0m::net::{Protocol, Receive};
-use str0m::{Event, IceConnectionState, Input, Output as RtcOutput};
+use str0m::{Event, IceConnectionState, Input, Output as RtcOutput, PacerReason, Reason};
 
 use super::room::Rooms;
 use super::{ParticipantKey, Pc};
@@ -38,6 +38,22 @@ pub use super::room::{
 
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(500);
 const QUALITY_PERIOD: Duration = Duration::from_secs(5);
+
+/// How far back a peer connection's timer is replayed. str0m's pacer (with bandwidth
+/// estimation on) lets one packet out per `handle_timeout` and asks for the next one a
+/// microsecond later; the driver's timer (tokio) wakes at millisecond granularity, so
+/// fed the wall-clock `now` every time a connection sent about one packet per
+/// millisecond. Instead a due connection is fed the instant it asked for, and then each
+/// microsecond step its pacer asks for, up to `now`: what a microsecond-precise timer
+/// would have done, caught up in one engine call. Bounded so that a connection that last
+/// asked long ago (an idle subscriber getting a frame) does not stamp what it sends far
+/// in the past: the TWCC send times its bandwidth estimate reads are off by at most this.
+const TIMER_CATCH_UP: Duration = Duration::from_millis(1);
+/// Pacer steps replayed at most per poll of one peer connection. The pacer's own burst
+/// budget (40 ms of its rate, 63 kB at most) ends a run first, and one-microsecond steps
+/// within [`TIMER_CATCH_UP`] cannot exceed this either: a guard against a str0m that
+/// stops advancing its clock, counted in `tchap_visio_sfu_pacer_steps_capped_total`.
+const PACER_STEPS_MAX: usize = 1_000;
 
 /// Which role an event of a single peer connection plays: keyframe requests and the
 /// bandwidth estimate concern what the participant receives, everything else what it
@@ -380,7 +396,13 @@ impl Engine {
             for &pc in roles {
                 let peer = connection.peer(pc);
                 if peer.timeout <= now {
-                    let _ = peer.rtc.handle_input(Input::Timeout(now));
+                    // The instant it asked for (see `TIMER_CATCH_UP`); never earlier
+                    // than its own clock, since str0m reports a timeout no earlier than
+                    // the last time it was given.
+                    let at = peer
+                        .timeout
+                        .max(now.checked_sub(TIMER_CATCH_UP).unwrap_or(now));
+                    let _ = peer.rtc.handle_input(Input::Timeout(at));
                     due.push((key, pc));
                 }
             }
@@ -412,7 +434,7 @@ impl Engine {
         loop {
             self.update_routing();
             while let Some((key, pc)) = self.rooms.net.peers.dirty.pop() {
-                self.poll_peer(key, pc);
+                self.poll_peer(now, key, pc);
             }
             let Some((key, pc, event)) = self.events.pop_front() else {
                 break;
@@ -435,12 +457,14 @@ impl Engine {
         }
     }
 
-    fn poll_peer(&mut self, key: ParticipantKey, pc: Pc) {
+    /// Takes everything a peer connection has to say, and runs its pacer up to `now`.
+    fn poll_peer(&mut self, now: Instant, key: ParticipantKey, pc: Pc) {
         let Some(connection) = self.rooms.net.connection(key) else {
             return;
         };
         let single = connection.is_single();
         let peer = connection.peer(pc);
+        let mut pacer_steps = 0;
         loop {
             match peer.rtc.poll_output() {
                 Ok(RtcOutput::Transmit(t)) => self.rooms.outputs.push_back(Output::Transmit {
@@ -449,6 +473,22 @@ impl Engine {
                     contents: t.contents.into(),
                 }),
                 Ok(RtcOutput::Timeout(t)) => {
+                    // The pacer sent a packet and wants time to move on before the
+                    // next: give it its own next microsecond while that is not past
+                    // `now` (see `TIMER_CATCH_UP`), until it says wait (its burst
+                    // budget) or has nothing left. The same instant again would
+                    // stamp a whole burst with one send time.
+                    if t <= now
+                        && peer.rtc.last_timeout_reason() == Reason::Pacer(PacerReason::Immediate)
+                    {
+                        if pacer_steps < PACER_STEPS_MAX {
+                            pacer_steps += 1;
+                            let at = t.max(now.checked_sub(TIMER_CATCH_UP).unwrap_or(now));
+                            let _ = peer.rtc.handle_input(Input::Timeout(at));
+                            continue;
+                        }
+                        metrics::counter!("tchap_visio_sfu_pacer_steps_capped_total").increment(1);
+                    }
                     peer.timeout = t;
                     self.peers_due = self.peers_due.min(t);
                     break;
@@ -465,6 +505,21 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The str0m connection playing `role` for `key`, for tests that look inside it.
+    #[cfg(test)]
+    pub(crate) fn rtc_mut(&mut self, key: ParticipantKey, role: Pc) -> Option<&mut str0m::Rtc> {
+        self.rooms
+            .net
+            .connection(key)
+            .map(|c| &mut c.peer(role).rtc)
+    }
+
+    /// The last bandwidth estimate of what `key` receives, for tests.
+    #[cfg(test)]
+    pub(crate) fn bandwidth_estimate(&self, key: ParticipantKey) -> Option<u64> {
+        self.rooms.net.media.bandwidth_estimate(key)
     }
 
     fn on_rtc_event(&mut self, now: Instant, key: ParticipantKey, pc: Pc, event: Event) {

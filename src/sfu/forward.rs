@@ -289,6 +289,12 @@ impl Forwarder {
         {
             return None;
         }
+        tracing::debug!(
+            owner,
+            cid,
+            layers = ?layers.iter().map(|l| (l.quality, l.width, l.height, l.bitrate)).collect::<Vec<_>>(),
+            "track announced (layers: quality, width, height, bit rate)"
+        );
         let key = TrackKey(self.tracks.insert(UpTrack {
             owner,
             sid: info.sid.clone(),
@@ -698,6 +704,11 @@ impl Forwarder {
         }
         member.bandwidth_bps = Some(bps);
         self.allocate_bandwidth(subscriber, peers);
+    }
+
+    /// The last bandwidth estimate of what `subscriber` receives (TWCC), if any came.
+    pub fn bandwidth_estimate(&self, subscriber: ParticipantKey) -> Option<u64> {
+        self.members.get(subscriber).and_then(|m| m.bandwidth_bps)
     }
 
     /// Caps each simulcast subscription of `subscriber` at the layer its share of the

@@ -182,6 +182,17 @@ pub struct Camera {
     pub channel: bool,
 }
 
+/// One simulcast layer a publisher announces (`AddTrack`) and offers: its RID, the
+/// quality the announcement gives it, its size as a divisor of the camera's, and the bit
+/// rate announced (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct Layer {
+    pub rid: &'static str,
+    pub quality: lk::VideoQuality,
+    pub divisor: u32,
+    pub bitrate: u32,
+}
+
 /// The engine and its clients in virtual time, with no sockets: the world carries
 /// datagrams and signalling between them. Clients are indices into `clients`.
 pub struct World<P: Probe = ()> {
@@ -317,21 +328,41 @@ impl<P: Probe> World<P> {
     /// Announces `camera` (`AddTrack`), adds its m-line (and the data channel) to client
     /// `index`'s publisher connection, and offers them.
     pub fn publish_camera(&mut self, index: usize, camera: Camera) {
-        let key = self.clients[index].key;
-        let layers = camera.simulcast.map(|bitrates| {
-            let layer = |quality: lk::VideoQuality, divisor: u32| lk::VideoLayer {
-                quality: quality as i32,
-                width: camera.width / divisor,
-                height: camera.height / divisor,
-                bitrate: bitrates[quality as usize],
-                ..Default::default()
-            };
-            vec![
-                layer(lk::VideoQuality::Low, 4),
-                layer(lk::VideoQuality::Medium, 2),
-                layer(lk::VideoQuality::High, 1),
+        let layers: Vec<Layer> = match camera.simulcast {
+            None => Vec::new(),
+            Some(bitrates) => [
+                ("q", lk::VideoQuality::Low, 4),
+                ("h", lk::VideoQuality::Medium, 2),
+                ("f", lk::VideoQuality::High, 1),
             ]
-        });
+            .into_iter()
+            .zip(bitrates)
+            .map(|((rid, quality, divisor), bitrate)| Layer {
+                rid,
+                quality,
+                divisor,
+                bitrate,
+            })
+            .collect(),
+        };
+        self.publish_layers(index, camera, &layers);
+    }
+
+    /// Announces `camera` with the simulcast `layers` given (none: one layer; its own
+    /// `simulcast` field is not read), adds its m-line (and the data channel) to client
+    /// `index`'s publisher connection, and offers them.
+    pub fn publish_layers(&mut self, index: usize, camera: Camera, layers: &[Layer]) {
+        let key = self.clients[index].key;
+        let announced = layers
+            .iter()
+            .map(|layer| lk::VideoLayer {
+                quality: layer.quality as i32,
+                width: camera.width / layer.divisor,
+                height: camera.height / layer.divisor,
+                bitrate: layer.bitrate,
+                ..Default::default()
+            })
+            .collect();
         self.engine.signal(
             self.now,
             key,
@@ -341,14 +372,14 @@ impl<P: Probe> World<P> {
                 source: lk::TrackSource::Camera as i32,
                 width: camera.width,
                 height: camera.height,
-                layers: layers.unwrap_or_default(),
+                layers: announced,
                 ..Default::default()
             }),
         );
-        let simulcast = camera.simulcast.map(|_| {
+        let simulcast = (!layers.is_empty()).then(|| {
             let mut simulcast = Simulcast::new();
-            for rid in ["q", "h", "f"] {
-                simulcast.add_send_layer(SimulcastLayer::new(rid));
+            for layer in layers {
+                simulcast.add_send_layer(SimulcastLayer::new(layer.rid));
             }
             simulcast
         });
@@ -554,6 +585,13 @@ impl<P: Probe> World<P> {
                         contents,
                         ..
                     } => {
+                        let subscriber = self
+                            .by_addr
+                            .get(&destination)
+                            .and_then(|&i| self.clients.get(i))
+                            .is_some_and(|c| c.subscriber_addr == destination);
+                        // What the engine sends, whether or not a narrow link then loses it.
+                        self.probe.transmit(destination, subscriber, &contents);
                         if let Some(b) = &mut self.bottleneck
                             && b.destination == destination
                         {
@@ -567,12 +605,10 @@ impl<P: Probe> World<P> {
                             }
                             continue;
                         }
-                        let Some((rtc, subscriber)) =
-                            peer(&mut self.clients, &self.by_addr, destination)
+                        let Some((rtc, _)) = peer(&mut self.clients, &self.by_addr, destination)
                         else {
                             continue;
                         };
-                        self.probe.transmit(destination, subscriber, &contents);
                         let _ = rtc.handle_input(from_server(now, destination, &contents));
                     }
                     Output::Signal { key, message } => self.deliver(key, *message),

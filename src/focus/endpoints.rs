@@ -24,7 +24,7 @@ use crate::auth::membership::Joined;
 use crate::auth::openid::{OpenIdError, OpenIdToken};
 use crate::auth::token::{Claims, VideoGrant};
 use crate::http::AppState;
-use crate::http::appservice::read_body;
+use crate::http::appservice::{parse_json_body, read_body};
 use crate::http::error::MatrixError;
 use crate::meeting::Meeting;
 use crate::meeting::access::Via;
@@ -125,6 +125,28 @@ struct TokenRequest {
     delay_timeout: Option<u64>,
 }
 
+impl TokenRequest {
+    /// Its member, once the room, the slot and every member field are there (400
+    /// `M_BAD_JSON` naming what is missing otherwise).
+    fn checked_member(&mut self) -> Result<Member, MatrixError> {
+        if self.room_id.is_empty() || self.slot_id.is_empty() {
+            return Err(MatrixError::bad_json(
+                "the body is missing `room_id` or `slot_id`",
+            ));
+        }
+        self.member
+            .take()
+            .filter(|m| {
+                !m.id.is_empty() && !m.claimed_user_id.is_empty() && !m.claimed_device_id.is_empty()
+            })
+            .ok_or_else(|| {
+                MatrixError::bad_json(
+                    "the body's `member` is missing `id`, `claimed_user_id` or `claimed_device_id`",
+                )
+            })
+    }
+}
+
 /// `/sfu/get` (the legacy shape).
 #[derive(Debug, Deserialize)]
 struct LegacyRequest {
@@ -144,17 +166,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     shape: &str,
 ) -> Result<T, MatrixError> {
     let bytes = read_body(headers, body, state.max_body_bytes).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_data() {
-            MatrixError::bad_json(format!("the body does not fit {shape}: {e}"))
-        } else {
-            MatrixError::new(
-                StatusCode::BAD_REQUEST,
-                "M_NOT_JSON",
-                "the body is not valid JSON",
-            )
-        }
-    })
+    parse_json_body(&bytes, shape)
 }
 
 fn refused(reason: &'static str) {
@@ -371,28 +383,14 @@ async fn get_token_inner(
     body: Body,
 ) -> Result<Response, MatrixError> {
     let focus = focus(state)?.clone();
-    let req: TokenRequest = json_body(
+    let mut req: TokenRequest = json_body(
         state,
         headers,
         body,
         "{room_id, slot_id, openid_token, member: {id, claimed_user_id, claimed_device_id}}",
     )
     .await?;
-    if req.room_id.is_empty() || req.slot_id.is_empty() {
-        return Err(MatrixError::bad_json(
-            "the body is missing `room_id` or `slot_id`",
-        ));
-    }
-    let member = req
-        .member
-        .filter(|m| {
-            !m.id.is_empty() && !m.claimed_user_id.is_empty() && !m.claimed_device_id.is_empty()
-        })
-        .ok_or_else(|| {
-            MatrixError::bad_json(
-                "the body's `member` is missing `id`, `claimed_user_id` or `claimed_device_id`",
-            )
-        })?;
+    let member = req.checked_member()?;
     let delay = delay_of(req.delay_id, req.delay_timeout)?;
     let user = openid_user(state, req.openid_token).await?;
     if member.claimed_user_id != user {
@@ -484,28 +482,14 @@ async fn delegate_inner(
     body: Body,
 ) -> Result<(), MatrixError> {
     let focus = focus(state)?.clone();
-    let req: TokenRequest = json_body(
+    let mut req: TokenRequest = json_body(
         state,
         headers,
         body,
         "{room_id, slot_id, openid_token, member, delay_id, delay_timeout}",
     )
     .await?;
-    if req.room_id.is_empty() || req.slot_id.is_empty() {
-        return Err(MatrixError::bad_json(
-            "the body is missing `room_id` or `slot_id`",
-        ));
-    }
-    let member = req
-        .member
-        .filter(|m| {
-            !m.id.is_empty() && !m.claimed_user_id.is_empty() && !m.claimed_device_id.is_empty()
-        })
-        .ok_or_else(|| {
-            MatrixError::bad_json(
-                "the body's `member` is missing `id`, `claimed_user_id` or `claimed_device_id`",
-            )
-        })?;
+    let member = req.checked_member()?;
     let Some((delay_id, timeout)) = delay_of(req.delay_id, req.delay_timeout)? else {
         return Err(MatrixError::bad_json(
             "the body is missing `delay_id` or `delay_timeout`",

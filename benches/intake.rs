@@ -83,6 +83,7 @@ async fn signal_state(store: Store, shutdown: CancellationToken) -> SignalState 
         SocketAddr::from(([127, 0, 0, 1], 0)),
         None,
         config,
+        1,
         shutdown,
     )
     .await

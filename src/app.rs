@@ -374,9 +374,10 @@ async fn start_sfu(
     // ICE over TCP on the same addresses, for networks that block UDP.
     let (bind, tcp_bind) = config.media_bind_addrs();
     let candidates = format!("{:?}", engine_config.candidates);
+    let shards = config.sfu.shard_count();
     let (handle, events, task) =
-        SfuHandle::start(bind, Some(tcp_bind), engine_config, shutdown).await?;
-    tracing::info!(%bind, %tcp_bind, %candidates, "media server listening");
+        SfuHandle::start(bind, Some(tcp_bind), engine_config, shards, shutdown).await?;
+    tracing::info!(%bind, %tcp_bind, %candidates, shards, "media server listening");
     Ok((handle, events, task))
 }
 

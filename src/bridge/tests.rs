@@ -605,7 +605,7 @@ both_dialects!(
             ice_servers: Vec::new(),
         };
         let bind = "127.0.0.1:0".parse().expect("address");
-        let (sfu, events, _driver) = SfuHandle::start(bind, None, config, shutdown.clone())
+        let (sfu, events, _driver) = SfuHandle::start(bind, None, config, 1, shutdown.clone())
             .await
             .expect("the SFU starts");
         let mut meetings_made = Vec::new();

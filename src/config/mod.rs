@@ -457,6 +457,22 @@ pub struct SfuConfig {
     pub signing_key: String,
     #[serde(default = "default_node_participants")]
     pub max_participants: u32,
+    /// Media engines, each a thread with its own UDP port (`udp_port`, `udp_port + 1`,
+    /// ...); absent: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+}
+
+impl SfuConfig {
+    /// The shards to run: the configured number, or one per core.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(crate::sfu::shards::MAX_SHARDS),
+        }
+    }
 }
 
 impl Default for SfuConfig {
@@ -470,6 +486,7 @@ impl Default for SfuConfig {
             keys: BTreeMap::new(),
             signing_key: String::new(),
             max_participants: default_node_participants(),
+            shards: None,
         }
     }
 }

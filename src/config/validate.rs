@@ -237,6 +237,27 @@ impl Config {
                 "sfu.udp_port and sfu.tcp_port must be between 1 and 65535",
             ));
         }
+        if let Some(shards) = self.sfu.shards
+            && !(1..=crate::sfu::shards::MAX_SHARDS as u32).contains(&shards)
+        {
+            return Err(invalid(
+                "sfu.shards",
+                format!(
+                    "must be between 1 and {} (or absent: one per core)",
+                    crate::sfu::shards::MAX_SHARDS
+                ),
+            ));
+        }
+        if usize::from(self.sfu.udp_port) + self.sfu.shard_count() - 1 > usize::from(u16::MAX) {
+            return Err(invalid(
+                "sfu.udp_port",
+                format!(
+                    "each shard listens on its own UDP port from sfu.udp_port up: {} + {} shards runs past 65535; lower sfu.udp_port or sfu.shards",
+                    self.sfu.udp_port,
+                    self.sfu.shard_count()
+                ),
+            ));
+        }
         for server in &self.sfu.ice_servers {
             if server.urls.is_empty()
                 || server.urls.iter().any(|u| {

@@ -54,6 +54,7 @@ pub(super) async fn signal_state(store: Store) -> SignalState {
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         None,
         config,
+        1,
         tokio_util::sync::CancellationToken::new(),
     )
     .await

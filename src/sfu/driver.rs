@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use livekit_protocol as lk;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, EngineConfig, JoinError, JoinRequest, Output};
 use super::gso;
+use super::shards::{self, Placement};
 use super::tcp::{self, TcpEvent};
 use super::{EngineEvent, ParticipantKey};
 
@@ -126,12 +128,19 @@ enum Command {
         identity: String,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
+    /// Whether this shard made the local ICE ufrag (to hand it an ICE-TCP connection).
+    OwnsUfrag {
+        ufrag: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
-/// A cloneable handle to the running SFU.
+/// A cloneable handle to the running SFU: it routes each command to the shard that
+/// holds the room or the participant concerned.
 #[derive(Clone)]
 pub struct SfuHandle {
-    commands: mpsc::UnboundedSender<Command>,
+    shards: Arc<[mpsc::UnboundedSender<Command>]>,
+    placement: Arc<Mutex<Placement>>,
 }
 
 /// Why the SFU could not start.
@@ -149,21 +158,55 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the media thread for shard {shard}: {source}")]
+    Thread {
+        shard: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Locks the placement; a shard that panicked while holding it left it consistent (every
+/// change is one call), so a poisoned lock is used as is.
+fn lock(placement: &Mutex<Placement>) -> MutexGuard<'_, Placement> {
+    placement
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl SfuHandle {
-    /// Binds the media socket (and the ICE-TCP listener when `tcp_bind` is set) and
-    /// starts the driver task. The room events come out of the one [`EngineEvents`]
-    /// returned, from the first join on.
+    /// Binds the media sockets (one UDP port per shard: `bind`'s port for shard 0, the
+    /// next ports for the next shards; any free ports when `bind`'s port is 0) and the
+    /// ICE-TCP listener when `tcp_bind` is set, and starts one thread per shard, each
+    /// with its own engine. The room events of every shard come out of the one
+    /// [`EngineEvents`] returned, from the first join on; the task returned ends when
+    /// every shard has stopped.
     pub async fn start(
         bind: SocketAddr,
         tcp_bind: Option<SocketAddr>,
         config: EngineConfig,
+        shard_count: usize,
         shutdown: CancellationToken,
     ) -> Result<(Self, EngineEvents, tokio::task::JoinHandle<()>), DriverError> {
-        let socket = UdpSocket::bind(bind)
-            .await
-            .map_err(|source| DriverError::Bind { addr: bind, source })?;
+        let shard_count = shard_count.clamp(1, shards::MAX_SHARDS);
+        let mut sockets = Vec::with_capacity(shard_count);
+        for shard in 0..shard_count {
+            let addr = if bind.port() == 0 {
+                bind
+            } else {
+                let port = u16::try_from(usize::from(bind.port()) + shard).map_err(|_| {
+                    DriverError::Bind {
+                        addr: bind,
+                        source: std::io::Error::other("the shards' ports run past 65535"),
+                    }
+                })?;
+                SocketAddr::new(bind.ip(), port)
+            };
+            let socket = std::net::UdpSocket::bind(addr)
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .map_err(|source| DriverError::Bind { addr, source })?;
+            sockets.push(socket);
+        }
         let listener = match tcp_bind {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -172,11 +215,87 @@ impl SfuHandle {
             ),
             None => None,
         };
-        let (commands, rx) = mpsc::unbounded_channel();
+        let tcp_port = listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
+        let placement = Arc::new(Mutex::new(Placement::new(
+            shard_count,
+            config.max_participants,
+        )));
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let handle = Self { commands };
-        let task = tokio::spawn(run(socket, listener, config, rx, events, shutdown));
+        let mut senders = Vec::with_capacity(shard_count);
+        let mut tcp_senders = Vec::with_capacity(shard_count);
+        let mut stopped = Vec::with_capacity(shard_count);
+        for (shard, socket) in sockets.into_iter().enumerate() {
+            let (commands, rx) = mpsc::unbounded_channel();
+            let (tcp_events, tcp_rx) = mpsc::channel::<TcpEvent>(1024);
+            let (done, stopped_rx) = oneshot::channel::<()>();
+            let mut shard_config = config.clone();
+            // Each shard's candidates name its own port.
+            let port = socket.local_addr().map(|a| a.port()).unwrap_or(bind.port());
+            for candidate in &mut shard_config.candidates {
+                if bind.port() == 0 {
+                    candidate.set_port(port);
+                } else {
+                    candidate.set_port(candidate.port().saturating_add(port - bind.port()));
+                }
+            }
+            let context = ShardContext {
+                index: shard,
+                placement: placement.clone(),
+            };
+            let io = ShardIo {
+                socket,
+                tcp_port,
+                tcp_frames: tcp_rx,
+            };
+            let events = events.clone();
+            let shutdown = shutdown.clone();
+            std::thread::Builder::new()
+                .name(format!("sfu-shard-{shard}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a current-thread runtime builds (it needs no threads)");
+                    runtime.block_on(run(io, shard_config, rx, events, shutdown, context));
+                    let _ = done.send(());
+                })
+                .map_err(|source| DriverError::Thread { shard, source })?;
+            senders.push(commands);
+            tcp_senders.push(tcp_events);
+            stopped.push(stopped_rx);
+        }
+        let handle = Self {
+            shards: senders.into(),
+            placement,
+        };
+        if let Some(listener) = listener {
+            let (tcp_events, tcp_rx) = mpsc::channel::<TcpEvent>(1024);
+            tokio::spawn(tcp::serve(
+                listener,
+                tcp_events,
+                tcp::Limits::default(),
+                shutdown.child_token(),
+            ));
+            tokio::spawn(dispatch_tcp(tcp_rx, tcp_senders, handle.shards.clone()));
+        }
+        let task = tokio::spawn(async move {
+            for shard in stopped {
+                let _ = shard.await;
+            }
+        });
         Ok((handle, events_rx, task))
+    }
+
+    fn send(&self, shard: usize, command: Command) {
+        let _ = self.shards[shard].send(command);
+    }
+
+    /// The shard holding `room`, if it is open.
+    fn shard_of(&self, room: &str) -> Option<usize> {
+        lock(&self.placement).shard_of(room)
     }
 
     /// Joins a room; the participant's signalling arrives on `sink`. `session` names the
@@ -187,14 +306,19 @@ impl SfuHandle {
         sink: SignalSink,
         session: u64,
     ) -> Result<ParticipantKey, JoinError> {
+        let shard = lock(&self.placement).route_join(&request.room)?;
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::Join {
-            request: Box::new(request),
-            sink,
-            session,
-            reply,
-        });
-        answer.await.unwrap_or(Err(JoinError::Stopped))
+        self.send(
+            shard,
+            Command::Join {
+                request: Box::new(request),
+                sink,
+                session,
+                reply,
+            },
+        );
+        let local = answer.await.unwrap_or(Err(JoinError::Stopped))?;
+        Ok(shards::global_key(self.shards.len(), shard, local))
     }
 
     /// Reattaches signalling to a participant of `room` whose WebSocket dropped.
@@ -206,28 +330,40 @@ impl SfuHandle {
         sink: SignalSink,
         session: u64,
     ) -> Result<ParticipantKey, JoinError> {
+        let Some(shard) = self.shard_of(&room) else {
+            return Err(JoinError::UnknownSession);
+        };
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::Resume {
-            room,
-            sid,
-            identity,
-            sink,
-            session,
-            reply,
-        });
-        answer.await.unwrap_or(Err(JoinError::Stopped))
+        self.send(
+            shard,
+            Command::Resume {
+                room,
+                sid,
+                identity,
+                sink,
+                session,
+                reply,
+            },
+        );
+        let local = answer.await.unwrap_or(Err(JoinError::Stopped))?;
+        Ok(shards::global_key(self.shards.len(), shard, local))
     }
 
     pub fn signal(&self, key: ParticipantKey, message: signal_request::Message) {
-        let _ = self.commands.send(Command::Signal {
-            key,
-            message: Box::new(message),
-        });
+        let (shard, key) = shards::split_key(self.shards.len(), key);
+        self.send(
+            shard,
+            Command::Signal {
+                key,
+                message: Box::new(message),
+            },
+        );
     }
 
     /// The WebSocket `session` closed.
     pub fn signal_lost(&self, key: ParticipantKey, session: u64) {
-        let _ = self.commands.send(Command::SignalLost { key, session });
+        let (shard, key) = shards::split_key(self.shards.len(), key);
+        self.send(shard, Command::SignalLost { key, session });
     }
 
     /// Sends chat into a room as the server participant; false if the room is empty.
@@ -238,60 +374,85 @@ impl SfuHandle {
         author: String,
         text: String,
     ) -> bool {
+        let Some(shard) = self.shard_of(&room) else {
+            return false;
+        };
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::InjectChat {
-            room,
-            id,
-            author,
-            text,
-            reply,
-        });
+        self.send(
+            shard,
+            Command::InjectChat {
+                room,
+                id,
+                author,
+                text,
+                reply,
+            },
+        );
         answer.await.unwrap_or(false)
     }
 
     /// Whether a join would be admitted now (room and server limits), without joining.
     pub async fn admit(&self, room: String, identity: String) -> Result<(), JoinError> {
+        // The same checks as a join's, without counting one on its way.
+        let shard = lock(&self.placement).route_admit(&room)?;
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::Admit {
-            room,
-            identity,
-            reply,
-        });
+        self.send(
+            shard,
+            Command::Admit {
+                room,
+                identity,
+                reply,
+            },
+        );
         answer.await.unwrap_or(Err(JoinError::Stopped))
     }
 
     /// Ends a room: its participants are told the meeting is over and removed, and the
     /// room cannot be joined again. Returns how many were in it.
     pub async fn close_room(&self, room: String) -> usize {
+        let Some(shard) = lock(&self.placement).close(&room) else {
+            return 0;
+        };
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::CloseRoom { room, reply });
+        self.send(shard, Command::CloseRoom { room, reply });
         answer.await.unwrap_or(0)
     }
 
     /// Removes `identity` from `room`, telling it why LiveKit's way; false when it is
     /// not there.
     pub async fn remove_identity(&self, room: String, identity: String, why: String) -> bool {
+        let Some(shard) = self.shard_of(&room) else {
+            return false;
+        };
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::RemoveIdentity {
-            room,
-            identity,
-            why,
-            reply,
-        });
+        self.send(
+            shard,
+            Command::RemoveIdentity {
+                room,
+                identity,
+                why,
+                reply,
+            },
+        );
         answer.await.unwrap_or(false)
     }
 
     /// The open rooms (empty when the SFU stopped).
     pub async fn list_rooms(&self) -> Vec<lk::Room> {
-        let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::ListRooms { reply });
-        answer.await.unwrap_or_default()
+        let mut rooms = Vec::new();
+        for shard in 0..self.shards.len() {
+            let (reply, answer) = oneshot::channel();
+            self.send(shard, Command::ListRooms { reply });
+            rooms.extend(answer.await.unwrap_or_default());
+        }
+        rooms
     }
 
     /// A room's participants; `None` when it is not open.
     pub async fn participants(&self, room: String) -> Option<Vec<lk::ParticipantInfo>> {
+        let shard = self.shard_of(&room)?;
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::Participants { room, reply });
+        self.send(shard, Command::Participants { room, reply });
         answer.await.ok().flatten()
     }
 
@@ -305,15 +466,19 @@ impl SfuHandle {
         source: Option<i32>,
         muted: bool,
     ) -> Option<lk::TrackInfo> {
+        let shard = self.shard_of(&room)?;
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::MuteTrack {
-            room,
-            identity,
-            track_sid,
-            source,
-            muted,
-            reply,
-        });
+        self.send(
+            shard,
+            Command::MuteTrack {
+                room,
+                identity,
+                track_sid,
+                source,
+                muted,
+                reply,
+            },
+        );
         answer.await.ok().flatten()
     }
 
@@ -324,37 +489,241 @@ impl SfuHandle {
         identity: String,
         change: super::room::ParticipantChange,
     ) -> Option<lk::ParticipantInfo> {
+        let shard = self.shard_of(&room)?;
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::UpdateParticipant {
-            room,
-            identity,
-            change,
-            reply,
-        });
+        self.send(
+            shard,
+            Command::UpdateParticipant {
+                room,
+                identity,
+                change,
+                reply,
+            },
+        );
         answer.await.ok().flatten()
     }
 
     pub async fn participant_count(&self) -> usize {
+        let mut count = 0;
+        for shard in 0..self.shards.len() {
+            let (reply, answer) = oneshot::channel();
+            self.send(shard, Command::Stats { reply });
+            count += answer.await.unwrap_or(0);
+        }
+        count
+    }
+
+    /// How many shards (engines, threads, UDP ports) the SFU runs.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard holding `room`, if it is open (for tests and diagnostics).
+    pub fn room_shard(&self, room: &str) -> Option<usize> {
+        self.shard_of(room)
+    }
+}
+
+/// What a shard is, beside its engine: its index and the shared placement.
+struct ShardContext {
+    index: usize,
+    placement: Arc<Mutex<Placement>>,
+}
+
+/// A shard's sockets: its own UDP port, and the ICE-TCP connections handed to it.
+struct ShardIo {
+    socket: std::net::UdpSocket,
+    /// The shared ICE-TCP listener's port, if there is one.
+    tcp_port: Option<u16>,
+    tcp_frames: mpsc::Receiver<TcpEvent>,
+}
+
+/// Hands each ICE-TCP connection to the shard that made the local ufrag its first STUN
+/// request names (every shard shares the one TCP port), then carries its frames there.
+/// Frames that arrive before a shard claims the connection are dropped: ICE
+/// retransmits its checks.
+async fn dispatch_tcp(
+    mut events: mpsc::Receiver<TcpEvent>,
+    shards: Vec<mpsc::Sender<TcpEvent>>,
+    commands: Arc<[mpsc::UnboundedSender<Command>]>,
+) {
+    // Opened, not yet claimed: remote → (id, writer).
+    let mut unclaimed: HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)> = HashMap::new();
+    // Claimed: remote → shard, and id → shard for the close.
+    let mut by_remote: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut by_id: HashMap<u64, usize> = HashMap::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            TcpEvent::Opened { id, remote, writer } => {
+                if shards.len() == 1 {
+                    by_id.insert(id, 0);
+                    by_remote.insert(remote, 0);
+                    let _ = shards[0]
+                        .send(TcpEvent::Opened { id, remote, writer })
+                        .await;
+                } else {
+                    // A new connection from the same address supersedes the old one.
+                    by_remote.remove(&remote);
+                    unclaimed.insert(remote, (id, writer));
+                }
+            }
+            TcpEvent::Frame { remote, frame } => {
+                if let Some(&shard) = by_remote.get(&remote) {
+                    let _ = shards[shard].send(TcpEvent::Frame { remote, frame }).await;
+                    continue;
+                }
+                let Some(ufrag) = super::stun::local_ufrag(&frame) else {
+                    continue;
+                };
+                let Some(shard) = owner_of(&commands, ufrag).await else {
+                    continue;
+                };
+                let Some((id, writer)) = unclaimed.remove(&remote) else {
+                    continue;
+                };
+                by_remote.insert(remote, shard);
+                by_id.insert(id, shard);
+                let _ = shards[shard]
+                    .send(TcpEvent::Opened { id, remote, writer })
+                    .await;
+                let _ = shards[shard].send(TcpEvent::Frame { remote, frame }).await;
+            }
+            TcpEvent::Closed { id, remote } => {
+                if unclaimed.get(&remote).is_some_and(|(open, _)| *open == id) {
+                    unclaimed.remove(&remote);
+                }
+                if let Some(shard) = by_id.remove(&id) {
+                    if by_remote.get(&remote) == Some(&shard) {
+                        by_remote.remove(&remote);
+                    }
+                    let _ = shards[shard].send(TcpEvent::Closed { id, remote }).await;
+                }
+            }
+        }
+    }
+}
+
+/// The shard whose engine made local ufrag `ufrag`.
+async fn owner_of(commands: &[mpsc::UnboundedSender<Command>], ufrag: &str) -> Option<usize> {
+    for (shard, commands) in commands.iter().enumerate() {
         let (reply, answer) = oneshot::channel();
-        let _ = self.commands.send(Command::Stats { reply });
-        answer.await.unwrap_or(0)
+        let _ = commands.send(Command::OwnsUfrag {
+            ufrag: ufrag.to_owned(),
+            reply,
+        });
+        if answer.await.unwrap_or(false) {
+            return Some(shard);
+        }
+    }
+    None
+}
+
+/// Datagrams read in one batch at most (recvmmsg); every readable one is read before
+/// the engine's timers run, within [`RECV_BATCHES`] batches per wake-up so that timers
+/// and commands are never starved under a flood.
+const RECV_BATCHES: usize = 8;
+/// A receive buffer: one datagram, or with GRO up to 64 segments of one sender.
+const RECV_BUFFER: usize = 64 * 1024;
+
+/// A shard's receive buffers, reused for every read.
+struct Receiver {
+    state: Option<quinn_udp::UdpSocketState>,
+    buffers: Vec<Vec<u8>>,
+    meta: Vec<quinn_udp::RecvMeta>,
+}
+
+impl Receiver {
+    fn new(state: Option<quinn_udp::UdpSocketState>) -> Self {
+        // Without the socket state (no GRO, no recvmmsg), one datagram per read.
+        let (count, size) = match &state {
+            Some(state) if state.gro_segments() > 1 => (quinn_udp::BATCH_SIZE, RECV_BUFFER),
+            Some(_) => (quinn_udp::BATCH_SIZE, 2048),
+            None => (1, 2048),
+        };
+        Self {
+            state,
+            buffers: vec![vec![0; size]; count],
+            meta: vec![quinn_udp::RecvMeta::default(); count],
+        }
+    }
+
+    /// Reads what is readable now, without waiting, into the engine: up to
+    /// [`RECV_BATCHES`] batches. Returns how many datagrams were handled.
+    fn drain(&mut self, socket: &UdpSocket, engine: &mut Engine) -> usize {
+        let mut handled = 0;
+        for _ in 0..RECV_BATCHES {
+            let read = match &self.state {
+                Some(state) => {
+                    let mut slices: Vec<std::io::IoSliceMut<'_>> = self
+                        .buffers
+                        .iter_mut()
+                        .map(|b| std::io::IoSliceMut::new(b))
+                        .collect();
+                    let meta = &mut self.meta;
+                    socket.try_io(tokio::io::Interest::READABLE, || {
+                        state.recv(socket.into(), &mut slices, meta)
+                    })
+                }
+                None => socket
+                    .try_recv_from(&mut self.buffers[0])
+                    .map(|(len, addr)| {
+                        self.meta[0].addr = addr;
+                        self.meta[0].len = len;
+                        self.meta[0].stride = len;
+                        1
+                    }),
+            };
+            let count = match read {
+                Ok(count) => count,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return handled,
+                Err(e) => {
+                    tracing::debug!(error = %e, "media socket receive error");
+                    return handled;
+                }
+            };
+            let now = Instant::now();
+            for (meta, buffer) in self.meta.iter().zip(&self.buffers).take(count) {
+                // IPv4-mapped senders (a dual-stack socket) are routed as IPv4.
+                let source = SocketAddr::new(meta.addr.ip().to_canonical(), meta.addr.port());
+                let destination = engine.destination_for(source);
+                let stride = meta.stride.max(1);
+                for datagram in buffer[..meta.len].chunks(stride) {
+                    engine.handle_packet(now, source, destination, datagram);
+                    handled += 1;
+                }
+            }
+        }
+        handled
     }
 }
 
 async fn run(
-    socket: UdpSocket,
-    listener: Option<TcpListener>,
+    io: ShardIo,
     config: EngineConfig,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::Sender<EngineEvent>,
     shutdown: CancellationToken,
+    shard: ShardContext,
 ) {
-    let mut backlog = EventBacklog::default();
+    let ShardIo {
+        socket,
+        tcp_port,
+        mut tcp_frames,
+    } = io;
+    let socket = match UdpSocket::from_std(socket) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!(shard = shard.index, error = %e, "media socket unusable; shard stopped");
+            return;
+        }
+    };
+    let mut backlog = EventBacklog::new(shard.index);
     let mut engine = Engine::new(config, Instant::now());
     let mut sinks: HashMap<ParticipantKey, (SignalSink, u64)> = HashMap::new();
-    let mut buf = vec![0u8; 2048];
     let mut participants = usize::MAX;
-    // Datagrams of one poll go out in GSO batches where the kernel supports it.
+    let mut layers_received = None;
+    // Datagrams of one poll go out in GSO batches where the kernel supports it, and
+    // come in by recvmmsg (with GRO) where it does.
     let gso_state = match quinn_udp::UdpSocketState::new((&socket).into()) {
         Ok(state) => Some(state),
         Err(e) => {
@@ -363,31 +732,23 @@ async fn run(
         }
     };
     let mut batch = gso::Batch::new(gso_state.as_ref().map_or(1, |s| s.max_gso_segments()));
-    // ICE-TCP: connections run in tasks of their own and hand frames over this channel;
-    // without a listener it stays empty (its sender lives on, so `recv` just waits).
-    let (tcp_events, mut tcp_frames) = mpsc::channel::<TcpEvent>(1024);
+    let mut receiver = Receiver::new(quinn_udp::UdpSocketState::new((&socket).into()).ok());
     let mut connections = tcp::Connections::default();
-    if let Some(listener) = listener {
-        match listener.local_addr() {
-            Ok(addr) => {
-                engine.enable_tcp(addr.port());
-                tokio::spawn(tcp::serve(
-                    listener,
-                    tcp_events.clone(),
-                    tcp::Limits::default(),
-                    shutdown.child_token(),
-                ));
-            }
-            Err(e) => tracing::warn!(error = %e, "ICE-TCP listener unusable; UDP only"),
-        }
+    if let Some(port) = tcp_port {
+        engine.enable_tcp(port);
     }
+    // One timer, moved rather than made anew on every turn of the loop.
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(engine.next_timeout()));
+    tokio::pin!(sleep);
     loop {
         let deadline = tokio::time::Instant::from_std(engine.next_timeout());
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
         tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, source)) => {
-                    let destination = engine.destination_for(source);
-                    engine.handle_packet(Instant::now(), source, destination, &buf[..n]);
+            readable = socket.readable() => match readable {
+                Ok(()) => {
+                    receiver.drain(&socket, &mut engine);
                 }
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
             },
@@ -402,15 +763,19 @@ async fn run(
             },
             command = commands.recv() => {
                 let Some(command) = command else { return };
-                handle_command(&mut engine, &mut sinks, command);
+                handle_command(&mut engine, &mut sinks, command, &shard);
             }
-            _ = tokio::time::sleep_until(deadline) => engine.handle_timeout(Instant::now()),
+            () = &mut sleep => {
+                // What arrived meanwhile goes to its peers before their timers run.
+                receiver.drain(&socket, &mut engine);
+                engine.handle_timeout(Instant::now());
+            }
             room = events.reserve(), if !backlog.is_empty() => match room {
                 Ok(permit) => backlog.hand_over(permit, &events),
                 // The bridge stopped: nobody is left to tell.
                 Err(_) => backlog.clear(),
             },
-            _ = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
         }
         while let Some(output) = engine.poll_output() {
             match output {
@@ -464,6 +829,9 @@ async fn run(
                 }
                 Output::Event(event) => {
                     record(&event);
+                    if let EngineEvent::RoomEmpty { room } = &event {
+                        lock(&shard.placement).room_empty(room, shard.index);
+                    }
                     backlog.send(&events, event);
                 }
             }
@@ -474,7 +842,22 @@ async fn run(
         // Only on change: a metrics lookup per packet costs more than the comparison.
         if engine.participant_count() != participants {
             participants = engine.participant_count();
-            metrics::gauge!("tchap_visio_sfu_participants").set(participants as f64);
+            let total = lock(&shard.placement).report(shard.index, participants);
+            metrics::gauge!("tchap_visio_sfu_participants").set(total as f64);
+            metrics::gauge!("tchap_visio_sfu_shard_participants", "shard" => shard.index.to_string())
+                .set(participants as f64);
+        }
+        if layers_received != Some(engine.layers_received()) {
+            let counts = engine.layers_received();
+            layers_received = Some(counts);
+            for (rid, count) in super::simulcast::LAYER_RIDS.iter().zip(counts) {
+                metrics::gauge!(
+                    "tchap_visio_sfu_simulcast_layers_received",
+                    "rid" => *rid,
+                    "shard" => shard.index.to_string()
+                )
+                .set(f64::from(count));
+            }
         }
     }
 }
@@ -484,9 +867,23 @@ async fn run(
 #[derive(Default)]
 struct EventBacklog {
     waiting: VecDeque<EngineEvent>,
+    /// The shard's index, the gauge's label.
+    shard: String,
 }
 
 impl EventBacklog {
+    fn new(shard: usize) -> Self {
+        Self {
+            waiting: VecDeque::new(),
+            shard: shard.to_string(),
+        }
+    }
+
+    fn publish_depth(&self) {
+        metrics::gauge!("tchap_visio_sfu_events_backlog", "shard" => self.shard.clone())
+            .set(self.waiting.len() as f64);
+    }
+
     fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
@@ -503,7 +900,7 @@ impl EventBacklog {
         } else {
             self.waiting.push_back(event);
         }
-        metrics::gauge!("tchap_visio_sfu_events_backlog").set(self.waiting.len() as f64);
+        self.publish_depth();
     }
 
     /// Moves waiting events into the channel, the first into the slot `permit` holds,
@@ -526,12 +923,12 @@ impl EventBacklog {
                 break;
             }
         }
-        metrics::gauge!("tchap_visio_sfu_events_backlog").set(self.waiting.len() as f64);
+        self.publish_depth();
     }
 
     fn clear(&mut self) {
         self.waiting.clear();
-        metrics::gauge!("tchap_visio_sfu_events_backlog").set(0.0);
+        self.publish_depth();
     }
 }
 
@@ -546,6 +943,7 @@ fn handle_command(
     engine: &mut Engine,
     sinks: &mut HashMap<ParticipantKey, (SignalSink, u64)>,
     command: Command,
+    shard: &ShardContext,
 ) {
     let now = Instant::now();
     match command {
@@ -557,9 +955,15 @@ fn handle_command(
         } => {
             // Outputs stay queued in the engine until this returns, so registering the
             // sink afterwards still delivers the join response to it.
+            let room = request.room.clone();
             let result = engine.join(now, *request);
             if let Ok(key) = result {
                 sinks.insert(key, (sink, session));
+            }
+            {
+                let mut placement = lock(&shard.placement);
+                placement.join_done(&room, shard.index, engine.has_room(&room));
+                placement.report(shard.index, engine.participant_count());
             }
             let _ = reply.send(result);
         }
@@ -648,6 +1052,9 @@ fn handle_command(
         }
         Command::Stats { reply } => {
             let _ = reply.send(engine.participant_count());
+        }
+        Command::OwnsUfrag { ufrag, reply } => {
+            let _ = reply.send(engine.owns_ufrag(&ufrag));
         }
     }
 }

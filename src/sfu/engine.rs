@@ -159,6 +159,21 @@ impl Engine {
         self.rooms.participant_count()
     }
 
+    /// How many tracks send each simulcast layer (q, h, f), as last measured.
+    pub fn layers_received(&self) -> [u32; super::simulcast::LAYERS] {
+        self.rooms.layers_received()
+    }
+
+    /// Whether `room` has anyone in it.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.has_room(room)
+    }
+
+    /// Whether a peer connection of this engine uses local ICE ufrag `ufrag`.
+    pub fn owns_ufrag(&self, ufrag: &str) -> bool {
+        self.ufrags.contains_key(ufrag)
+    }
+
     pub fn room_of(&self, key: ParticipantKey) -> Option<&str> {
         self.rooms.room_of(key)
     }

@@ -757,9 +757,9 @@ impl Forwarder {
     }
 
     /// Measures what each layer costs (bits per second over the `period` since the last
-    /// call), for bandwidth-driven layer choice, and publishes how many tracks send each
-    /// simulcast layer.
-    pub fn measure_layers(&mut self, now: Instant, period: Duration) {
+    /// call), for bandwidth-driven layer choice. Returns how many tracks send each
+    /// simulcast layer (the driver publishes it, labelled with its shard).
+    pub fn measure_layers(&mut self, now: Instant, period: Duration) -> [u32; LAYERS] {
         let period = period.as_millis() as u64;
         let mut sending = [0u32; LAYERS];
         for (_, track) in &mut self.tracks {
@@ -777,9 +777,6 @@ impl Forwarder {
                 }
             }
         }
-        for (layer, count) in sending.iter().enumerate() {
-            metrics::gauge!("tchap_visio_sfu_simulcast_layers_received", "rid" => LAYER_RIDS[layer])
-                .set(f64::from(*count));
-        }
+        sending
     }
 }

@@ -16,6 +16,7 @@ pub mod participant;
 pub mod rewrite;
 pub mod room;
 pub mod sdp;
+pub mod shards;
 pub mod simulcast;
 pub mod speakers;
 pub mod stun;

@@ -92,6 +92,8 @@ pub struct Rooms {
     participants: Slab<Participant>,
     rooms: HashMap<String, Room>,
     closed: ClosedRooms,
+    /// How many tracks send each simulcast layer, as last measured.
+    layers_received: [u32; super::simulcast::LAYERS],
     pub net: Negotiator,
     pub outputs: VecDeque<Output>,
     /// Participants removed since the engine last looked: its routes forget them.
@@ -115,6 +117,7 @@ impl Rooms {
             participants: Slab::new(),
             rooms: HashMap::new(),
             closed: ClosedRooms::default(),
+            layers_received: [0; super::simulcast::LAYERS],
             outputs: VecDeque::new(),
             removed: Vec::new(),
         }
@@ -122,6 +125,15 @@ impl Rooms {
 
     pub fn participant_count(&self) -> usize {
         self.participants.len()
+    }
+
+    /// How many tracks send each simulcast layer (q, h, f), as last measured.
+    pub fn layers_received(&self) -> [u32; super::simulcast::LAYERS] {
+        self.layers_received
+    }
+
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
     }
 
     pub fn room_of(&self, key: ParticipantKey) -> Option<&str> {
@@ -835,7 +847,7 @@ impl Rooms {
         for key in silent {
             self.remove(key, "silent");
         }
-        self.net.media.measure_layers(now, period);
+        self.layers_received = self.net.media.measure_layers(now, period);
         let keys: Vec<ParticipantKey> = self.participants.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.net.allocate_bandwidth(key);

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 
 import pytest
 
 from harness.service import binary
-from harness.util import ROOT, free_port
+from harness.util import ROOT, free_port, free_udp_ports
 
 LINK = re.compile(r"^  (http://127\.0\.0\.1:\d+/m/[A-Za-z0-9]+)$", re.MULTILINE)
 
@@ -42,7 +41,8 @@ def test_demo_twice_on_kept_state_answers_both_times(tmp_path):
         "DEMO_DIR": str(state),
         "DEMO_HS_PORT": str(free_port()),
         "DEMO_AS_PORT": str(as_port),
-        "DEMO_UDP_PORT": str(free_port(socket.SOCK_DGRAM)),
+        # One UDP port per shard, and the demo runs one shard per core.
+        "DEMO_UDP_PORT": str(free_udp_ports(min(os.cpu_count() or 1, 64))),
         "DEMO_TCP_PORT": str(free_port()),
     }
     links = []

@@ -156,6 +156,32 @@ def test_single_peer_connection_three_participants_see_each_other(env, peers):
     assert "join_request=" not in log and "access_token=" not in log, "a query string reached the log"
 
 
+def test_meetings_spread_over_the_shards_and_media_flows_on_each(env, peers):
+    """The service runs two shards (engines with a UDP port each, `sfu.shards: 2`): a
+    second meeting opens on the shard the first left idle, its participants reach that
+    shard's port, and each pair decodes the other on its own engine."""
+    svc = env.service
+    wait_no_participants(env)
+
+    def on_shard(i: int) -> float:
+        return svc.metric("tchap_visio_sfu_shard_participants", shard=str(i))
+
+    rooms = room_name("shard-a"), room_name("shard-b")
+    first = {n: peers(n, rooms[0]) for n in ("anna", "basile")}
+    wait_for(lambda: on_shard(0) + on_shard(1) == 2, 30, "the first pair joined")
+    busy = 0 if on_shard(0) == 2 else 1
+    assert on_shard(busy) == 2, "both of the first meeting on one shard"
+    second = {n: peers(n, rooms[1]) for n in ("chloe", "denis")}
+    wait_full_mesh(first, video=15, audio_loud=10, timeout=FIRST_MEDIA_S)
+    wait_full_mesh(second, video=15, audio_loud=10, timeout=FIRST_MEDIA_S)
+    assert on_shard(busy) == 2 and on_shard(1 - busy) == 2, (
+        f"one meeting per shard: {on_shard(0)} and {on_shard(1)} participants"
+    )
+    # Media keeps flowing on both engines at once.
+    wait_media_grows(first, video=15, audio_loud=10, timeout=MORE_MEDIA_S)
+    wait_media_grows(second, video=15, audio_loud=10, timeout=MORE_MEDIA_S)
+
+
 def test_late_joiner_decodes_each_remote_video(env, peers):
     """(b) A participant joining a running meeting decodes each remote video; the time is printed."""
     room = room_name("b")

@@ -111,6 +111,10 @@ export async function waitFor(condition, { timeout = 15_000, interval = 50, what
 // Ports, work directories
 // ---------------------------------------------------------------------------------------
 
+/** The SFU's shards in the servers the tests start: more than one, so that rooms on
+ * different engines and ICE-TCP handed to the right one are always exercised. */
+export const SHARDS = 2;
+
 export function freeTcpPort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
@@ -131,6 +135,32 @@ export function freeUdpPort() {
       sock.close(() => resolve(port));
     });
   });
+}
+
+/** Binds a UDP port on 127.0.0.1; resolves with the socket, or null if it is taken. */
+function bindUdp(port) {
+  return new Promise((resolve) => {
+    const sock = dgram.createSocket('udp4');
+    sock.once('error', () => resolve(null));
+    sock.bind(port, '127.0.0.1', () => resolve(sock));
+  });
+}
+
+/** The first of `count` consecutive free UDP ports (the SFU's shards listen on one each). */
+export async function freeUdpPorts(count) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const first = await freeUdpPort();
+    if (first + count - 1 > 65535) continue;
+    const held = [];
+    for (let i = 0; i < count; i++) {
+      const sock = await bindUdp(first + i);
+      if (!sock) break;
+      held.push(sock);
+    }
+    await Promise.all(held.map((sock) => new Promise((resolve) => sock.close(resolve))));
+    if (held.length === count) return first;
+  }
+  throw new Error(`no ${count} consecutive free UDP ports`);
 }
 
 export function makeWorkdir(name) {
@@ -220,7 +250,8 @@ export class Server {
 
   async writeConfig(extra, language) {
     this.port = await freeTcpPort();
-    this.udpPort = await freeUdpPort();
+    // Two shards (two engines, two UDP ports) whatever this machine's cores.
+    this.udpPort = await freeUdpPorts(SHARDS);
     const closedPort = await freeTcpPort();
     this.url = `http://127.0.0.1:${this.port}`;
     this.host = `127.0.0.1:${this.port}`;
@@ -237,6 +268,7 @@ export class Server {
       'appservice.public_address': this.url,
       'database.uri': `sqlite://${path.join(this.dir, 'tchap-visio.db')}`,
       'sfu.udp_port': this.udpPort,
+      'sfu.shards': SHARDS,
       'sfu.tcp_port': await freeTcpPort(),
       // Empty: this host's primary address and 127.0.0.1 (Chromium uses loopback with
       // --allow-loopback-in-peer-connection; the Python SDK ignores loopback candidates).

@@ -16,9 +16,11 @@ import requests
 import yaml
 
 from .synapse import Synapse
-from .util import ACTIVE, ROOT, free_port, log_tail, spawn, terminate, wait_for
+from .util import ACTIVE, ROOT, free_port, free_udp_ports, log_tail, spawn, terminate, wait_for
 
 EXAMPLE_CONFIG = ROOT / "config" / "example-config.yaml"
+# The SFU's shards in the services the tests start (`sfu.shards`).
+SFU_SHARDS = 2
 
 
 def binary() -> Path:
@@ -101,7 +103,10 @@ class Service:
         # Most tests join as guests with the link; the access tests set their levels.
         cfg["meetings"]["default_access"] = "public"
         if "sfu" in cfg:
-            cfg["sfu"]["udp_port"] = free_port(socket.SOCK_DGRAM)
+            # Two shards (two engines, two UDP ports) whatever this machine's cores, so
+            # that rooms on different engines are always exercised.
+            cfg["sfu"]["shards"] = SFU_SHARDS
+            cfg["sfu"]["udp_port"] = free_udp_ports(SFU_SHARDS)
             cfg["sfu"]["tcp_port"] = free_port()
             # No advertised IP: the SFU offers this host's primary address and loopback
             # (traffic never leaves the host), as a production set-up without NAT does;

@@ -36,6 +36,28 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def free_udp_ports(count: int) -> int:
+    """The first of `count` consecutive UDP ports free on 127.0.0.1 right now (the SFU's
+    shards listen on one each)."""
+    for _ in range(50):
+        first = free_port(socket.SOCK_DGRAM)
+        if first + count - 1 > 65535:
+            continue
+        held = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free UDP ports")
+
+
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll `condition` until it returns something truthy, and return that.
 

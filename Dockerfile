@@ -1,7 +1,8 @@
 # tchap-visio container image.
 #   docker build -t tchap-visio .
 #   docker run -v "$PWD/data:/data" -e TCHAP_VISIO_APPSERVICE__HOSTNAME=0.0.0.0 \
-#     -p 29330:29330 -p 7881:7881 -p 7882:7882/udp tchap-visio
+#     -e TCHAP_VISIO_SFU__SHARDS=2 -p 29330:29330 -p 7881:7881 -p 7882-7883:7882-7883/udp tchap-visio
+# (one UDP port per media shard, from sfu.udp_port up)
 # docker-compose.yml runs it next to Synapse and PostgreSQL; docs/admin.md explains both.
 
 # ---- Build the meeting page (web/, TypeScript on livekit-client) ----
@@ -53,8 +54,9 @@ USER tchapvisio
 WORKDIR /
 VOLUME /data
 
-# HTTP (appservice API, join page, /rtc, /health, /metrics); ICE over TCP; media (UDP).
-EXPOSE 29330 7881 7882/udp
+# HTTP (appservice API, join page, /rtc, /health, /metrics); ICE over TCP; media (UDP,
+# one port per shard: two here, as docker-compose.yml sets sfu.shards).
+EXPOSE 29330 7881 7882/udp 7883/udp
 
 ENTRYPOINT ["tchap-visio"]
 CMD ["run", "-c", "/data/config.yaml"]

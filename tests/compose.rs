@@ -558,6 +558,23 @@ fn compose_publishes_the_configured_ports() {
             path.join(".")
         );
     }
+    // Each shard listens on its own UDP port, from sfu.udp_port up.
+    let udp = effective_port(&files, &["sfu", "udp_port"]);
+    let shards: u16 = effective(&files, &["sfu", "shards"])
+        .parse()
+        .expect("sfu.shards is a number");
+    assert!(
+        shards > 0,
+        "service `{SERVICE}` must set sfu.shards (0 means one per core, and the ports to publish depend on it)"
+    );
+    for port in udp..udp + shards {
+        assert!(
+            published
+                .iter()
+                .any(|p| p.container == port && p.host == Some(port) && p.protocol == "udp"),
+            "service `{SERVICE}` runs {shards} shards: it must publish {port}/udp on the same host port; it publishes {published:?}"
+        );
+    }
 }
 
 #[test]

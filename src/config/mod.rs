@@ -458,19 +458,19 @@ pub struct SfuConfig {
     #[serde(default = "default_node_participants")]
     pub max_participants: u32,
     /// Media engines, each a thread with its own UDP port (`udp_port`, `udp_port + 1`,
-    /// ...); absent: one per core.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shards: Option<u32>,
+    /// ...); 0: one per core.
+    #[serde(default)]
+    pub shards: u32,
 }
 
 impl SfuConfig {
     /// The shards to run: the configured number, or one per core.
     pub fn shard_count(&self) -> usize {
         match self.shards {
-            Some(n) => n as usize,
-            None => std::thread::available_parallelism()
+            0 => std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(crate::sfu::shards::MAX_SHARDS),
+            n => n as usize,
         }
     }
 }
@@ -486,7 +486,7 @@ impl Default for SfuConfig {
             keys: BTreeMap::new(),
             signing_key: String::new(),
             max_participants: default_node_participants(),
-            shards: None,
+            shards: 0,
         }
     }
 }

@@ -321,3 +321,19 @@ fn metrics_get_a_listener_of_their_own() {
     config.metrics.enabled = false;
     config.validate().expect("no listener, no clash");
 }
+
+#[test]
+fn shards_are_bounded_and_their_ports_fit() {
+    let mut config = with_tokens(example());
+    assert_eq!(config.sfu.shards, 0, "the example runs one shard per core");
+    assert!(config.sfu.shard_count() >= 1);
+    config.sfu.shards = 65;
+    let err = config.validate().expect_err("too many shards").to_string();
+    assert!(err.contains("sfu.shards") && err.contains("64"), "{err}");
+    config.sfu.shards = 4;
+    config.sfu.udp_port = 65_534;
+    let err = config.validate().expect_err("ports past 65535").to_string();
+    assert!(err.contains("sfu.udp_port") && err.contains("65535"), "{err}");
+    config.sfu.udp_port = 65_532;
+    config.validate().expect("65532..=65535 for four shards");
+}

@@ -237,13 +237,11 @@ impl Config {
                 "sfu.udp_port and sfu.tcp_port must be between 1 and 65535",
             ));
         }
-        if let Some(shards) = self.sfu.shards
-            && !(1..=crate::sfu::shards::MAX_SHARDS as u32).contains(&shards)
-        {
+        if self.sfu.shards as usize > crate::sfu::shards::MAX_SHARDS {
             return Err(invalid(
                 "sfu.shards",
                 format!(
-                    "must be between 1 and {} (or absent: one per core)",
+                    "must be between 1 and {} (or 0: one per core)",
                     crate::sfu::shards::MAX_SHARDS
                 ),
             ));

@@ -1091,3 +1091,96 @@ fn record(event: &EngineEvent) {
         EngineEvent::RoomEmpty { .. } => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::testing::join_request;
+
+    fn request(room: &str, identity: &str) -> JoinRequest {
+        JoinRequest {
+            room: room.into(),
+            ..join_request(identity)
+        }
+    }
+
+    /// Two shards behind one handle: rooms on different engines, keys that reach the
+    /// right one, a server-wide limit, ended rooms refused wherever they were.
+    #[tokio::test]
+    async fn rooms_spread_over_shards_behind_one_handle() {
+        let config = EngineConfig {
+            candidates: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+            max_participants_per_room: 10,
+            max_participants: 3,
+            ice_servers: Vec::new(),
+        };
+        let shutdown = CancellationToken::new();
+        let (sfu, _events, task) = SfuHandle::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            None,
+            config,
+            2,
+            shutdown.clone(),
+        )
+        .await
+        .expect("two shards on loopback ports");
+        assert_eq!(sfu.shard_count(), 2);
+        let (sink, _signals) = signal_channel();
+        let a = sfu
+            .join(request("a", "ana"), sink.clone(), 1)
+            .await
+            .expect("ana joins");
+        let b = sfu
+            .join(request("b", "bea"), sink.clone(), 2)
+            .await
+            .expect("bea joins");
+        let (shard_a, shard_b) = (sfu.room_shard("a"), sfu.room_shard("b"));
+        assert!(
+            shard_a.is_some() && shard_b.is_some() && shard_a != shard_b,
+            "{shard_a:?} {shard_b:?}"
+        );
+        assert_eq!(shards::split_key(2, a).0, shard_a.expect("placed"));
+        assert_eq!(shards::split_key(2, b).0, shard_b.expect("placed"));
+        // Joining a room stays on its shard; the third participant fills the server.
+        sfu.join(request("a", "ali"), sink.clone(), 3)
+            .await
+            .expect("ali joins");
+        assert_eq!(sfu.room_shard("a"), shard_a);
+        assert_eq!(sfu.participant_count().await, 3);
+        assert_eq!(
+            sfu.join(request("c", "cyd"), sink.clone(), 4).await,
+            Err(JoinError::ServerFull),
+            "the limit counts both shards"
+        );
+        assert_eq!(
+            sfu.admit("c".into(), "cyd".into()).await,
+            Err(JoinError::ServerFull)
+        );
+        // Commands by room and by key reach the shard that holds them.
+        let names = |rooms: Vec<lk::Room>| {
+            let mut names: Vec<String> = rooms.into_iter().map(|r| r.name).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(sfu.list_rooms().await), ["a", "b"]);
+        assert_eq!(sfu.participants("b".into()).await.map(|p| p.len()), Some(1));
+        assert!(
+            sfu.remove_identity("b".into(), "bea".into(), "test".into())
+                .await
+        );
+        // Emptied, "b" is forgotten; ending "a" removes its two and keeps it closed.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while sfu.room_shard("b").is_some() {
+            assert!(Instant::now() < deadline, "room b still placed");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sfu.close_room("a".into()).await, 2);
+        assert_eq!(
+            sfu.join(request("a", "ana"), sink.clone(), 5).await,
+            Err(JoinError::RoomClosed)
+        );
+        sfu.signal_lost(a, 1);
+        shutdown.cancel();
+        task.await.expect("every shard stops");
+    }
+}

@@ -333,7 +333,10 @@ fn shards_are_bounded_and_their_ports_fit() {
     config.sfu.shards = 4;
     config.sfu.udp_port = 65_534;
     let err = config.validate().expect_err("ports past 65535").to_string();
-    assert!(err.contains("sfu.udp_port") && err.contains("65535"), "{err}");
+    assert!(
+        err.contains("sfu.udp_port") && err.contains("65535"),
+        "{err}"
+    );
     config.sfu.udp_port = 65_532;
     config.validate().expect("65532..=65535 for four shards");
 }

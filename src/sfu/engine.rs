@@ -10,7 +10,8 @@
 //! connections that have output and hands their events to the layer they concern, and
 //! runs the timers.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -82,10 +83,12 @@ pub struct Engine {
     events: VecDeque<(ParticipantKey, Pc, Event)>,
     next_housekeeping: Instant,
     next_quality: Instant,
-    /// No peer's timer is due before this (a lower bound, exact after each
-    /// `handle_timeout`): the driver asks [`Engine::next_timeout`] after every packet,
-    /// and scanning every peer each time cost O(peers) per packet.
-    peers_due: Instant,
+    /// The peers' timers, earliest first: each peer has one live entry (the one its
+    /// `scheduled` names) at or before its `timeout`; entries it no longer names are
+    /// skipped when they come up. A timeout then costs O(log peers) per due peer instead
+    /// of a scan of every peer, and [`Engine::next_timeout`] (asked after every packet)
+    /// is a peek.
+    timers: BinaryHeap<Reverse<(Instant, ParticipantKey, Pc)>>,
 }
 
 impl Engine {
@@ -140,7 +143,7 @@ impl Engine {
             events: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING_PERIOD,
             next_quality: now + QUALITY_PERIOD,
-            peers_due: now,
+            timers: BinaryHeap::new(),
         }
     }
 
@@ -150,9 +153,11 @@ impl Engine {
 
     /// When the engine next needs [`Engine::handle_timeout`].
     pub fn next_timeout(&self) -> Instant {
-        self.next_housekeeping
-            .min(self.next_quality)
-            .min(self.peers_due)
+        let peers = self
+            .timers
+            .peek()
+            .map_or(self.next_housekeeping, |Reverse((at, _, _))| *at);
+        self.next_housekeeping.min(self.next_quality).min(peers)
     }
 
     pub fn participant_count(&self) -> usize {
@@ -197,7 +202,15 @@ impl Engine {
     ) -> Result<ParticipantKey, JoinError> {
         let key = self.rooms.join(now, request)?;
         // The new peers' timers start now.
-        self.peers_due = self.peers_due.min(now);
+        self.schedule(key, Pc::Publisher, now);
+        if self
+            .rooms
+            .net
+            .connection(key)
+            .is_some_and(|c| !c.is_single())
+        {
+            self.schedule(key, Pc::Subscriber, now);
+        }
         self.drain(now);
         self.rooms.announce_joined(key);
         Ok(key)
@@ -398,41 +411,38 @@ impl Engine {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        // Peers whose timer is due go straight to the dirty list (reused, no allocation).
         let net = &mut self.rooms.net;
-        let mut due = Vec::new();
-        for (key, connection) in net.connections() {
-            // A single peer connection has no second `Rtc` to wake.
-            let roles: &[Pc] = if connection.is_single() {
-                &[Pc::Publisher]
-            } else {
-                &[Pc::Publisher, Pc::Subscriber]
+        while let Some(&Reverse((at, key, pc))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            // A participant that left (or a later one that got its key) is skipped by
+            // the stale-entry check: its entry is not the one its peer names.
+            let Some(connection) = net.connection(key) else {
+                continue;
             };
-            for &pc in roles {
-                let peer = connection.peer(pc);
-                if peer.timeout <= now {
-                    // The instant it asked for (see `TIMER_CATCH_UP`); never earlier
-                    // than its own clock, since str0m reports a timeout no earlier than
-                    // the last time it was given.
-                    let at = peer
-                        .timeout
-                        .max(now.checked_sub(TIMER_CATCH_UP).unwrap_or(now));
-                    let _ = peer.rtc.handle_input(Input::Timeout(at));
-                    due.push((key, pc));
-                }
+            let peer = connection.peer(pc);
+            if peer.scheduled != Some(at) {
+                continue;
+            }
+            peer.scheduled = None;
+            if peer.timeout <= now {
+                // The instant it asked for (see `TIMER_CATCH_UP`); never earlier than
+                // its own clock, since str0m reports a timeout no earlier than the last
+                // time it was given. Polling it schedules its next timeout.
+                let at = peer
+                    .timeout
+                    .max(now.checked_sub(TIMER_CATCH_UP).unwrap_or(now));
+                let _ = peer.rtc.handle_input(Input::Timeout(at));
+                net.peers.dirty.push((key, pc));
+            } else {
+                // Its timer moved later since this entry was made.
+                peer.scheduled = Some(peer.timeout);
+                self.timers.push(Reverse((peer.timeout, key, pc)));
             }
         }
-        net.peers.dirty.extend(due);
         self.drain(now);
-        // Every peer was just looked at: the bound is exact again (a removed or idle
-        // peer no longer holds it early).
-        self.peers_due = self
-            .rooms
-            .net
-            .connections()
-            .map(|(_, c)| c.publisher.timeout.min(c.subscriber.timeout))
-            .min()
-            .unwrap_or(now + HOUSEKEEPING_PERIOD);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING_PERIOD;
             self.rooms.housekeeping(now, HOUSEKEEPING_PERIOD);
@@ -472,6 +482,17 @@ impl Engine {
         }
     }
 
+    /// Makes sure the timer heap wakes `key`'s `pc` peer at `at` or earlier.
+    fn schedule(&mut self, key: ParticipantKey, pc: Pc, at: Instant) {
+        if let Some(connection) = self.rooms.net.connection(key) {
+            let peer = connection.peer(pc);
+            if peer.scheduled.is_none_or(|s| at < s) {
+                peer.scheduled = Some(at);
+                self.timers.push(Reverse((at, key, pc)));
+            }
+        }
+    }
+
     /// Takes everything a peer connection has to say, and runs its pacer up to `now`.
     fn poll_peer(&mut self, now: Instant, key: ParticipantKey, pc: Pc) {
         let Some(connection) = self.rooms.net.connection(key) else {
@@ -505,7 +526,10 @@ impl Engine {
                         metrics::counter!("tchap_visio_sfu_pacer_steps_capped_total").increment(1);
                     }
                     peer.timeout = t;
-                    self.peers_due = self.peers_due.min(t);
+                    if peer.scheduled.is_none_or(|s| t < s) {
+                        peer.scheduled = Some(t);
+                        self.timers.push(Reverse((t, key, pc)));
+                    }
                     break;
                 }
                 Ok(RtcOutput::Event(e)) => {

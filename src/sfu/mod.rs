@@ -34,7 +34,7 @@ pub type ParticipantKey = usize;
 
 /// Which of a participant's two peer connections, or which role of its only one in
 /// single peer connection mode (`/rtc/v1`), where both roles share the publisher's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Pc {
     /// The client offers; carries its published media and data.
     Publisher,

@@ -43,6 +43,9 @@ pub struct Peer {
     offer_id: u32,
     /// When str0m next needs time.
     pub timeout: Instant,
+    /// The earliest entry the engine's timer heap holds for this peer (others for it
+    /// are stale and skipped).
+    pub scheduled: Option<Instant>,
     /// Set when the subscriber needs a new offer once the pending one is answered.
     renegotiate: bool,
     /// The next subscriber offer restarts ICE (after a resume).
@@ -190,6 +193,7 @@ fn new_peer(
         pending_offer: None,
         offer_id: 0,
         timeout: now,
+        scheduled: None,
         renegotiate: false,
         ice_restart: false,
         last_offer: None,

@@ -132,6 +132,97 @@ pub fn allocate(
     (caps, desired)
 }
 
+/// The lowest budget above what `current` (each simulcast track's allowed layer, in
+/// order) needs at which [`allocate`] would give some track one layer more, without
+/// going above what it asks for; `None` when every track has what it asks for. A
+/// receiver-side estimate (REMB) grows only with what it receives, so going up a layer
+/// is a trial at this budget rather than something the estimate shows first.
+pub fn step_up_budget(
+    fixed_bps: u64,
+    tracks: &[([u64; LAYERS], Option<usize>)],
+    current: &[usize],
+) -> Option<u64> {
+    let next = tracks
+        .iter()
+        .zip(current)
+        .filter_map(|((cost, wanted), &now)| {
+            let wanted = (*wanted)?;
+            (now + 1..=wanted).map(|l| cost[l]).find(|&c| c > 0)
+        })
+        .min()?;
+    Some(fixed_bps.saturating_add(next.saturating_mul(tracks.len() as u64)))
+}
+
+/// How long after a bandwidth-driven down-switch a subscriber may go up again; each
+/// up-switch rolled back doubles it, up to [`UP_BACKOFF_MAX`].
+pub const UP_BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// The longest wait between two up-switch trials on a link that keeps failing them.
+pub const UP_BACKOFF_MAX: Duration = Duration::from_secs(40);
+/// An up-switch undone within this long failed: the link could not carry the new layer.
+pub const UP_TRIAL: Duration = Duration::from_secs(3);
+
+/// A measured estimate (TWCC) may raise a layer only with this share of it, i.e. with a
+/// 25 % margin over the new layer's cost: without it, an estimate that overshoots a
+/// little after a probe switches up onto a link that cannot carry the layer, and the
+/// picture freezes until the switch back down.
+pub fn up_margin(estimate_bps: u64) -> u64 {
+    estimate_bps / 5 * 4
+}
+
+/// One subscriber's up-switch trials and their rollback: after a bandwidth-driven
+/// down-switch, no up-switch for a backoff; an up-switch followed by a down-switch
+/// within [`UP_TRIAL`] failed and doubles the backoff; one that holds resets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpSwitch {
+    /// The last up-switch, while it is on trial.
+    trial_since: Option<Instant>,
+    /// No up-switch before this.
+    not_before: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Default for UpSwitch {
+    fn default() -> Self {
+        Self {
+            trial_since: None,
+            not_before: None,
+            backoff: UP_BACKOFF_BASE,
+        }
+    }
+}
+
+impl UpSwitch {
+    /// Whether a layer may go up now (not while one is on trial, nor during a backoff).
+    pub fn may_go_up(&mut self, now: Instant) -> bool {
+        if self
+            .trial_since
+            .is_some_and(|t| now.duration_since(t) >= UP_TRIAL)
+        {
+            self.trial_since = None;
+            self.backoff = UP_BACKOFF_BASE;
+        }
+        self.trial_since.is_none() && self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// A layer went up for lack of bandwidth no longer.
+    pub fn went_up(&mut self, now: Instant) {
+        self.trial_since = Some(now);
+    }
+
+    /// A layer went down for lack of bandwidth; returns whether it rolled back a trial.
+    pub fn went_down(&mut self, now: Instant) -> bool {
+        let failed = self
+            .trial_since
+            .take()
+            .is_some_and(|t| now.duration_since(t) < UP_TRIAL);
+        if failed {
+            self.backoff = (self.backoff * 2).min(UP_BACKOFF_MAX);
+        }
+        self.not_before = Some(now + self.backoff);
+        failed
+    }
+}
+
 /// What to do with one frame of one layer for one subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

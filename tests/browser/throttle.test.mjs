@@ -56,7 +56,7 @@ exec "${process.execPath}" "${script}" --pc ${pc}`;
   assert.ok(line, `no RESULT line:\n${stdout}`);
   const result = JSON.parse(line.slice('RESULT '.length));
   console.log(`throttled link (${pc}): ${JSON.stringify(result)}`);
-  assert.ok(result.held.width < result.held.unthrottledWidth);
+  assert.ok(result.held.widest < result.held.unthrottledWidest);
   assert.ok(result.held.fps > 0);
 }
 

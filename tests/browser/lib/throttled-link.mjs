@@ -15,19 +15,23 @@
 
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import { promisify } from 'node:util';
 
-import { expectDecoding, waitFor, withFixture } from './harness.mjs';
+import { expectDecoding, joinFromPrejoin, openPrejoin, waitFor, withFixture } from './harness.mjs';
 
 const execFileP = promisify(execFile);
 
 /** The throttled downstream, kbit/s: room for the lowest layer and audio, not the middle one. */
-const RATE_KBIT = Number(process.env.THROTTLE_KBIT || 500);
+const RATE_KBIT = Number(process.env.THROTTLE_KBIT || 400);
 /** The bottleneck's queue, bytes: about 250 ms at RATE_KBIT, then tail drop. */
 const QUEUE_BYTES = Math.round((RATE_KBIT * 1000) / 8 / 4);
 /** How long the picture must keep moving on the lower layer, and the frames it must show. */
 const WINDOW_MS = 10_000;
 const MIN_FPS = 5;
+
+/** The publisher's identity (its token's `sub`). */
+const ALICE = 'alice';
 
 const pcMode = process.argv.includes('--pc') ? process.argv[process.argv.indexOf('--pc') + 1] : 'dual';
 assert.ok(['dual', 'single'].includes(pcMode), `--pc dual|single, not ${pcMode}`);
@@ -61,8 +65,9 @@ async function shaped() {
  */
 function receiveStats(page, identity) {
   return page.evaluate(async (identity) => {
-    const track = window.tchapVisio.room.remoteParticipants.get(identity)?.getTrackPublication('camera')?.track;
-    if (!track?.receiver) return null;
+    const participant = window.tchapVisio.room.remoteParticipants.get(identity);
+    const track = participant?.getTrackPublication('camera')?.track;
+    if (!track?.receiver) return { missing: participant ? [...participant.trackPublications.values()].map((p) => [p.source, !!p.track, !!p.track?.receiver]) : [...window.tchapVisio.room.remoteParticipants.keys()] };
     const stats = [...(await track.receiver.getStats()).values()];
     const inbound = stats.find((s) => s.type === 'inbound-rtp' && s.kind === 'video');
     const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
@@ -86,14 +91,39 @@ function waitWidth(page, identity, accept, { timeout, what }) {
   return waitFor(
     async () => {
       last = await receiveStats(page, identity);
-      return last && last.width > 0 && accept(last.width) ? last : null;
+      return last && !last.missing && last.width > 0 && accept(last.width) ? last : null;
     },
-    { timeout, interval: 250, what: `${what} (last: ${JSON.stringify(last)})` },
-  );
+    { timeout, interval: 250, what },
+  ).catch((error) => {
+    throw new Error(`${error.message}; last seen: ${JSON.stringify(last)}`);
+  });
+}
+
+/**
+ * A viewer: a large window (its tile of the publisher asks for more than the lowest
+ * layer), camera and microphone off before joining (two cores cannot also encode two
+ * more cameras).
+ */
+async function joinViewer(fx, link, name) {
+  const page = await fx.newPage({ label: name, viewport: { width: 1920, height: 1080 } });
+  await openPrejoin(page, link);
+  await page.locator('[data-testid=prejoin-camera-toggle]').click();
+  await page.locator('[data-testid=prejoin-mic-toggle]').click();
+  return { page, name, ...(await joinFromPrejoin(page, name)) };
+}
+
+/** The server's latest layer switches and bandwidth estimates (debug log), for the record. */
+function switches(server) {
+  return fs
+    .readFileSync(server.logPath, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('simulcast layer switch') || l.includes('bandwidth estimate'))
+    .slice(-40);
 }
 
 await withFixture(`throttled-${pcMode}`, async (fx) => {
-  const server = await fx.startServer();
+  // Layer switches and estimates are logged at debug level: the result reports them.
+  const server = await fx.startServer({ config: { 'logging.level': 'info,tchap_visio::sfu::forward=debug' } });
   await fx.launchBrowser();
   const meeting = await server.createMeeting('Lien lent');
   const link = pcMode === 'dual' ? `${meeting.link}?pc=dual` : meeting.link;
@@ -103,21 +133,20 @@ await withFixture(`throttled-${pcMode}`, async (fx) => {
   const alice = await fx.startPeer({
     name: 'alice',
     url: server.livekitUrl,
-    token: server.token('alice', meeting.id, { name: 'Alice' }),
+    token: server.token(ALICE, meeting.id, { name: 'Alice' }),
     extraArgs: ['--simulcast', '--size', '1280x720', '--dynacast', '--pc', pcMode],
   });
-  // Large windows: both viewers' tiles ask for the top layer.
-  const bruno = await fx.join(link, 'Bruno', { viewport: { width: 1600, height: 900 } });
-  const chloe = await fx.join(link, 'Chloé', { viewport: { width: 1600, height: 900 } });
-  const camera = [{ identity: alice.identity, source: 'camera' }];
+  const bruno = await joinViewer(fx, link, 'Bruno');
+  const chloe = await joinViewer(fx, link, 'Chloé');
+  const camera = [{ identity: ALICE, source: 'camera' }];
   await expectDecoding(bruno.page, camera, { newFrames: 10, timeout: 45_000 });
   await expectDecoding(chloe.page, camera, { newFrames: 10, timeout: 45_000 });
 
-  // Both start on the top layer (the estimate starts at 1.5 Mbit/s and probes up).
-  const open = (w) => w >= 1280;
+  // Both start above the lowest layer (the estimate starts at 1.5 Mbit/s and probes up).
+  const open = (w) => w > 320;
   const before = {
-    bruno: await waitWidth(bruno.page, alice.identity, open, { timeout: 45_000, what: 'Bruno above the lowest layer' }),
-    chloe: await waitWidth(chloe.page, alice.identity, open, { timeout: 45_000, what: 'Chloé above the lowest layer' }),
+    bruno: await waitWidth(bruno.page, ALICE, open, { timeout: 45_000, what: 'Bruno above the lowest layer' }),
+    chloe: await waitWidth(chloe.page, ALICE, open, { timeout: 45_000, what: 'Chloé above the lowest layer' }),
   };
   assert.equal(before.chloe.protocol, 'udp', 'the throttle shapes UDP: the pair must be UDP');
   console.error(`before the throttle: ${JSON.stringify(before)}`);
@@ -125,7 +154,7 @@ await withFixture(`throttled-${pcMode}`, async (fx) => {
   await throttle(before.chloe.port);
   const t0 = performance.now();
   // The layer drops below what the unthrottled viewer gets.
-  const lowered = await waitWidth(chloe.page, alice.identity, (w) => w < before.chloe.width, {
+  const lowered = await waitWidth(chloe.page, ALICE, (w) => w < before.chloe.width, {
     timeout: 45_000,
     what: `Chloé's layer to drop below ${before.chloe.width} wide over ${RATE_KBIT} kbit/s`,
   });
@@ -133,41 +162,56 @@ await withFixture(`throttled-${pcMode}`, async (fx) => {
 
   // No frozen picture: frames keep being decoded, and at the lower layer, for a whole
   // window (waited on per second, each with a deadline).
-  const start = await receiveStats(chloe.page, alice.identity);
+  const start = await receiveStats(chloe.page, ALICE);
+  const brunoStart = await receiveStats(bruno.page, ALICE);
   const seconds = [];
+  // The best layer each viewer decoded in the window: on two loaded cores the
+  // unthrottled viewer's own estimate dips at times, so one instant proves little.
+  let widest = start.width;
+  let brunoWidest = brunoStart.width;
   let previous = start;
   for (let i = 0; i < WINDOW_MS / 1000; i++) {
     const deadline = performance.now() + 1000;
     await waitFor(() => performance.now() >= deadline, { timeout: 2_000, interval: 100, what: 'a second to pass' });
-    const now = await receiveStats(chloe.page, alice.identity);
+    const now = await receiveStats(chloe.page, ALICE);
     seconds.push(now.framesDecoded - previous.framesDecoded);
+    widest = Math.max(widest, now.width);
+    brunoWidest = Math.max(brunoWidest, (await receiveStats(bruno.page, ALICE)).width);
     previous = now;
   }
   const end = previous;
-  const brunoNow = await receiveStats(bruno.page, alice.identity);
+  const brunoNow = await receiveStats(bruno.page, ALICE);
   const link_ = await shaped();
   const held = {
     fps: ((end.framesDecoded - start.framesDecoded) * 1000) / WINDOW_MS,
     perSecond: seconds,
     kbps: Math.round(((end.bytes - start.bytes) * 8) / WINDOW_MS),
     width: end.width,
+    widest,
+    unthrottledWidest: brunoWidest,
     freezes: end.freezeCount - start.freezeCount,
     freezeSeconds: Number((end.freezeSeconds - start.freezeSeconds).toFixed(2)),
     unthrottledWidth: brunoNow.width,
+    // Two loaded cores freeze an unthrottled picture too: the baseline for the above.
+    unthrottledFreezeSeconds: Number((brunoNow.freezeSeconds - brunoStart.freezeSeconds).toFixed(2)),
     shaped: link_,
   };
+  console.error(`server log:\n${switches(server).join('\n')}`);
   console.error(`throttled: lowered to ${lowered.width} in ${switchedMs} ms; then ${JSON.stringify(held)}`);
-  assert.ok(held.width < brunoNow.width, `throttled ${held.width} wide, unthrottled ${brunoNow.width}: no lower layer`);
+  assert.ok(held.widest < held.unthrottledWidest, `throttled at most ${held.widest} wide, unthrottled up to ${held.unthrottledWidest}: no lower layer`);
   assert.ok(held.fps >= MIN_FPS, `${held.fps} frames/s decoded over ${WINDOW_MS} ms on the throttled link`);
   assert.ok(Math.min(...seconds) > 0, `a second without a decoded frame: ${seconds}`);
-  assert.ok(held.freezeSeconds < 1, `${held.freezeSeconds} s frozen in ${WINDOW_MS} ms`);
+  assert.ok(
+    held.freezeSeconds <= held.unthrottledFreezeSeconds + 1,
+    `${held.freezeSeconds} s frozen in ${WINDOW_MS} ms (unthrottled: ${held.unthrottledFreezeSeconds} s)`,
+  );
 
   // Lifted: the estimate grows back and so does the layer.
   await lift();
   const t1 = performance.now();
-  const climbed = await waitWidth(chloe.page, alice.identity, (w) => w > held.width, {
+  const climbed = await waitWidth(chloe.page, ALICE, (w) => w > held.widest, {
     timeout: 60_000,
-    what: `Chloé's layer to climb above ${held.width} once the throttle is lifted`,
+    what: `Chloé's layer to climb above ${held.widest} once the throttle is lifted`,
   });
   const climbedMs = Math.round(performance.now() - t1);
   console.log(`RESULT ${JSON.stringify({ pc: pcMode, rateKbit: RATE_KBIT, before, lowered: lowered.width, switchedMs, held, climbed: climbed.width, climbedMs })}`);

@@ -548,9 +548,6 @@ impl Engine {
             (Pc::Subscriber, Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })) => {
                 self.rooms.net.estimate(now, key, estimate.as_u64());
             }
-            (Pc::Subscriber, Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. })) => {
-                self.rooms.net.remb(now, key, estimate.as_u64());
-            }
             (Pc::Subscriber, Event::KeyframeRequest(request)) => {
                 self.rooms.net.keyframe_asked(now, key, request.mid);
             }

@@ -154,31 +154,10 @@ struct Member {
     tracks: Vec<TrackKey>,
     downs: Vec<DownTrackKey>,
     voice: Voice,
-    /// The subscriber connection's bandwidth estimate (TWCC or REMB), once there is one.
+    /// The subscriber connection's bandwidth estimate (TWCC), once there is one.
     bandwidth_bps: Option<u64>,
-    /// Its up-switch trials.
+    /// Its bandwidth-driven up-switches, on trial or rolled back.
     up: UpSwitch,
-    /// Set once its estimate comes from REMB.
-    remb: Option<Remb>,
-}
-
-/// A REMB subscriber's up-switch trial.
-#[derive(Debug, Default)]
-struct Remb {
-    /// The budget of the trial on now or held since (0: none): what the layers are
-    /// allocated from while the receiver's estimate has not grown to it.
-    floor: u64,
-}
-
-/// A REMB that falls by more than 1/REMB_FALL of the last one says the link is overused
-/// (libwebrtc cuts to 85 % of what arrives; smaller moves are its rounding).
-const REMB_FALL: u64 = 20;
-
-/// Logs big moves of an estimate only: they come several times a second.
-fn log_estimate(subscriber: ParticipantKey, old: Option<u64>, bps: u64, kind: &str) {
-    if old.is_none_or(|old| bps.abs_diff(old) > old / 5) {
-        tracing::debug!(subscriber, kbps = bps / 1000, kind, "subscriber bandwidth estimate");
-    }
 }
 
 /// A publisher must be told which layers of a simulcast track to send.
@@ -709,8 +688,7 @@ impl Forwarder {
         changes
     }
 
-    /// A new bandwidth estimate for what `subscriber` receives, from its transport-wide
-    /// congestion control feedback (TWCC, str0m's estimator).
+    /// A new bandwidth estimate for what `subscriber` receives (TWCC, str0m's estimator).
     pub fn estimate(
         &mut self,
         now: Instant,
@@ -721,48 +699,30 @@ impl Forwarder {
         let Some(member) = self.members.get_mut(subscriber) else {
             return;
         };
-        log_estimate(subscriber, member.bandwidth_bps, bps, "TWCC");
-        member.bandwidth_bps = Some(bps);
-        self.allocate_bandwidth(now, subscriber, peers);
-    }
-
-    /// A receiver's own estimate of what it can receive (REMB), on a connection without
-    /// TWCC. It only grows with what arrives (up to about 1.5 times that, in libwebrtc),
-    /// so it cannot show room for a higher layer: going up is a trial (see
-    /// [`simulcast::UpSwitch`]), held while the estimate does not fall.
-    pub fn remb(
-        &mut self,
-        now: Instant,
-        subscriber: ParticipantKey,
-        bps: u64,
-        peers: &mut impl Connections,
-    ) {
-        let Some(member) = self.members.get_mut(subscriber) else {
-            return;
-        };
-        log_estimate(subscriber, member.bandwidth_bps, bps, "REMB");
-        let remb = member.remb.get_or_insert_with(Remb::default);
-        // libwebrtc lowers its estimate only when it sees the link overused: the trial's
-        // budget no longer holds.
+        // Log big moves only: estimates come several times a second.
         if member
             .bandwidth_bps
-            .is_some_and(|last| bps.saturating_add(bps / REMB_FALL) < last)
+            .is_none_or(|old| bps.abs_diff(old) > old / 5)
         {
-            remb.floor = 0;
+            tracing::debug!(
+                subscriber,
+                kbps = bps / 1000,
+                "subscriber bandwidth estimate"
+            );
         }
         member.bandwidth_bps = Some(bps);
         self.allocate_bandwidth(now, subscriber, peers);
     }
 
-    /// The last bandwidth estimate of what `subscriber` receives (TWCC or REMB), if any came.
+    /// The last bandwidth estimate of what `subscriber` receives (TWCC), if any came.
     pub fn bandwidth_estimate(&self, subscriber: ParticipantKey) -> Option<u64> {
         self.members.get(subscriber).and_then(|m| m.bandwidth_bps)
     }
 
     /// Caps each simulcast subscription of `subscriber` at the layer its share of the
     /// bandwidth estimate carries, and asks str0m's estimator to probe for what the
-    /// subscriber wants. Caps go down at once; they go up only as [`simulcast::UpSwitch`]
-    /// allows, with a margin over a measured estimate, as a trial over a REMB one.
+    /// subscriber wants. Caps go down at once; they go up only with a margin over the
+    /// estimate, and as [`simulcast::UpSwitch`] allows.
     pub fn allocate_bandwidth(
         &mut self,
         now: Instant,
@@ -797,37 +757,17 @@ impl Forwarder {
             }
         }
         let member = &mut self.members[subscriber];
-        let may_go_up = member.up.may_go_up(now);
-        let mut trial = false;
-        let budget = match &mut member.remb {
-            None => estimate,
-            Some(remb) => {
-                if may_go_up && remb.floor == 0 {
-                    let effective: Vec<usize> = costs
-                        .iter()
-                        .zip(&current)
-                        .map(|((_, wanted), &cap)| wanted.map_or(0, |w| cap.min(w)))
-                        .collect();
-                    if let Some(step) = simulcast::step_up_budget(fixed, &costs, &effective)
-                        && step > estimate
-                    {
-                        remb.floor = step;
-                        trial = true;
-                    }
-                }
-                estimate.max(remb.floor)
-            }
-        };
-        let (caps, desired) = simulcast::allocate(budget, fixed, &costs);
-        let up_caps = match (may_go_up, member.remb.is_some()) {
-            (false, _) => current.clone(),
-            (true, true) => caps.clone(),
-            (true, false) => simulcast::allocate(simulcast::up_margin(budget), fixed, &costs).0,
+        let (caps, desired) = simulcast::allocate(estimate, fixed, &costs);
+        let up_caps = if member.up.may_go_up(now) {
+            simulcast::allocate(simulcast::up_margin(estimate), fixed, &costs).0
+        } else {
+            current.clone()
         };
         let (mut up, mut down) = (false, false);
         for (i, d) in simulcast_downs.into_iter().enumerate() {
             let old = current[i];
             let new = caps[i].min(old.max(up_caps[i]));
+            // Only what the subscriber would receive counts: a cap above its wish is none.
             let wanted = costs[i].1.unwrap_or(0);
             up |= new.min(wanted) > old.min(wanted);
             down |= new.min(wanted) < old.min(wanted);
@@ -837,19 +777,14 @@ impl Forwarder {
             if member.up.went_down(now) {
                 tracing::debug!(subscriber, "simulcast up-switch rolled back");
             }
-            if let Some(remb) = &mut member.remb {
-                remb.floor = 0;
-            }
         } else if up {
             member.up.went_up(now);
-        } else if trial && let Some(remb) = &mut member.remb {
-            // Nothing went up at the trial's budget (a layer paused, a wish changed).
-            remb.floor = 0;
         }
-        // Probe a little above the need, so the estimate does not sit just under it.
+        // Probe above the need and the up-switch margin, so that the estimate can show
+        // room for the layers wanted rather than sit just under it.
         let desired = Bitrate::bps(
             desired
-                .saturating_add(desired / 4)
+                .saturating_add(desired / 2)
                 .max(INITIAL_BANDWIDTH_BPS),
         );
         if let Some(rtc) = peers.rtc(subscriber, Pc::Subscriber) {

@@ -23,10 +23,8 @@ use livekit_protocol as lk;
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
-use str0m::format::CodecConfig;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::TcpType;
-use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc, RtcConfig};
 
 use super::forward::{self, Connections, DownState, Forwarder, Stopped};
@@ -148,53 +146,11 @@ pub struct Negotiator {
     ufrags: Vec<(String, ParticipantKey, Pc)>,
 }
 
-/// How the SFU learns what a peer connection it sends media on can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Estimation {
-    /// It sends no media: nothing to estimate.
-    None,
-    /// TWCC feedback into str0m's estimator, which also paces and probes: a single peer
-    /// connection, whose publisher side needs our TWCC feedback anyway.
-    Twcc,
-    /// The receiver's own estimate (REMB), no transport-wide sequence numbers and no
-    /// pacer (str0m's `NullPacer`): a dual-connection client's subscriber connection,
-    /// where this saves the pacer's and the estimator's work on every packet.
-    Remb,
-}
-
-/// `codecs` with REMB and without TWCC feedback on every video payload type.
-fn remb_only(codecs: &CodecConfig) -> CodecConfig {
-    let params = codecs
-        .params()
-        .iter()
-        .map(|p| {
-            let mut p = *p;
-            p.set_fb_transport_cc(false);
-            p.set_fb_remb(p.spec().codec.is_video());
-            p
-        })
-        .collect();
-    CodecConfig::new_from_payload_params(params)
-}
-
-/// str0m's standard header extensions without the transport-wide sequence number (which
-/// would make a libwebrtc receiver send TWCC feedback instead of REMB); the absolute send
-/// time stays, the timing libwebrtc's REMB estimator reads.
-fn without_twcc(exts: &ExtensionMap) -> ExtensionMap {
-    let mut out = ExtensionMap::empty();
-    for (id, ext) in exts.iter() {
-        if *ext != Extension::TransportSequenceNumber {
-            out.set(id, ext.clone());
-        }
-    }
-    out
-}
-
 fn new_peer(
     candidates: &[SocketAddr],
     tcp_candidates: &[SocketAddr],
     now: Instant,
-    estimation: Estimation,
+    bwe: bool,
 ) -> Peer {
     let ufrag = random_id("", 16);
     let creds = str0m::IceCreds {
@@ -204,18 +160,10 @@ fn new_peer(
     let mut rtc = RtcConfig::new()
         .set_ice_lite(true)
         .set_local_ice_credentials(creds);
-    match estimation {
-        Estimation::None => {}
-        // TWCC bandwidth estimation drives simulcast layer choice and paces the sending.
-        Estimation::Twcc => {
-            rtc = rtc.enable_bwe(Some(Bitrate::bps(forward::INITIAL_BANDWIDTH_BPS)));
-        }
-        Estimation::Remb => {
-            let codecs = remb_only(rtc.codec_config());
-            *rtc.codec_config() = codecs;
-            let exts = without_twcc(rtc.extension_map());
-            rtc = rtc.set_extension_map(exts);
-        }
+    if bwe {
+        // On the connection the SFU sends media on: TWCC bandwidth estimation drives
+        // simulcast layer choice and paces the sending.
+        rtc = rtc.enable_bwe(Some(Bitrate::bps(forward::INITIAL_BANDWIDTH_BPS)));
     }
     let mut rtc = rtc.build(now);
     for &addr in candidates {
@@ -298,27 +246,12 @@ impl Negotiator {
 
     /// Creates a participant's connections (its media starts empty).
     pub fn open(&mut self, now: Instant, key: ParticipantKey, sid: &str, single_pc: bool) {
-        let (publisher_estimation, subscriber_estimation) = if single_pc {
-            (Estimation::Twcc, Estimation::None)
-        } else {
-            (Estimation::None, Estimation::Remb)
-        };
-        let mut subscriber = new_peer(
-            &self.candidates,
-            &self.tcp_candidates,
-            now,
-            subscriber_estimation,
-        );
+        let mut subscriber = new_peer(&self.candidates, &self.tcp_candidates, now, !single_pc);
         if single_pc {
             // Never used in this mode: keep it from waking the engine.
             subscriber.timeout = now + Duration::from_secs(365 * 24 * 3600);
         }
-        let publisher = new_peer(
-            &self.candidates,
-            &self.tcp_candidates,
-            now,
-            publisher_estimation,
-        );
+        let publisher = new_peer(&self.candidates, &self.tcp_candidates, now, single_pc);
         self.ufrags
             .push((publisher.ufrag.clone(), key, Pc::Publisher));
         if !single_pc {
@@ -782,10 +715,6 @@ impl Negotiator {
 
     pub fn estimate(&mut self, now: Instant, key: ParticipantKey, bps: u64) {
         self.media.estimate(now, key, bps, &mut self.peers);
-    }
-
-    pub fn remb(&mut self, now: Instant, key: ParticipantKey, bps: u64) {
-        self.media.remb(now, key, bps, &mut self.peers);
     }
 
     pub fn allocate_bandwidth(&mut self, now: Instant, key: ParticipantKey) {

@@ -766,11 +766,28 @@ impl Forwarder {
         let (mut up, mut down) = (false, false);
         for (i, d) in simulcast_downs.into_iter().enumerate() {
             let old = current[i];
-            let new = caps[i].min(old.max(up_caps[i]));
+            let (cost, wanted) = costs[i];
+            // A layer not measured yet (a new track, a layer resumed) costs 0 and is
+            // passed over; losing it is no sign of a narrow link, nor is getting it back.
+            let measured = cost[old] > 0;
+            let new = if measured {
+                caps[i].min(old.max(up_caps[i]))
+            } else {
+                caps[i]
+            };
             // Only what the subscriber would receive counts: a cap above its wish is none.
-            let wanted = costs[i].1.unwrap_or(0);
-            up |= new.min(wanted) > old.min(wanted);
-            down |= new.min(wanted) < old.min(wanted);
+            let wanted = wanted.unwrap_or(0);
+            up |= measured && new.min(wanted) > old.min(wanted);
+            down |= measured && new.min(wanted) < old.min(wanted);
+            tracing::trace!(
+                subscriber,
+                estimate,
+                old,
+                new,
+                cap = caps[i],
+                up_cap = up_caps[i],
+                "bandwidth cap"
+            );
             self.downs[d.0].layers.bandwidth_max = new;
         }
         if down {

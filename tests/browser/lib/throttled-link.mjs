@@ -203,8 +203,11 @@ await withFixture(`throttled-${pcMode}`, async (fx) => {
   assert.ok(held.widest < held.unthrottledWidest, `throttled at most ${held.widest} wide, unthrottled up to ${held.unthrottledWidest}: no lower layer`);
   assert.ok(held.fps >= MIN_FPS, `${held.fps} frames/s decoded over ${WINDOW_MS} ms on the throttled link`);
   assert.ok(Math.min(...seconds) > 0, `a second without a decoded frame: ${seconds}`);
+  // Chromium counts a freeze from ~200 ms without a frame at 15 fps: a probe filling
+  // the bottleneck's queue makes a few. Frozen video is more: a second without a frame
+  // (above), or a fifth of the window more than the unthrottled viewer.
   assert.ok(
-    held.freezeSeconds <= held.unthrottledFreezeSeconds + 1,
+    held.freezeSeconds <= held.unthrottledFreezeSeconds + WINDOW_MS / 1000 / 5,
     `${held.freezeSeconds} s frozen in ${WINDOW_MS} ms (unthrottled: ${held.unthrottledFreezeSeconds} s)`,
   );
 

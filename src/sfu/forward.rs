@@ -779,15 +779,6 @@ impl Forwarder {
             let wanted = wanted.unwrap_or(0);
             up |= measured && new.min(wanted) > old.min(wanted);
             down |= measured && new.min(wanted) < old.min(wanted);
-            tracing::trace!(
-                subscriber,
-                estimate,
-                old,
-                new,
-                cap = caps[i],
-                up_cap = up_caps[i],
-                "bandwidth cap"
-            );
             self.downs[d.0].layers.bandwidth_max = new;
         }
         if down {

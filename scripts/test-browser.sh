@@ -38,7 +38,8 @@ if [[ ! -x /usr/bin/chromium ]]; then
 fi
 
 # tcp.test.mjs blocks UDP with an nftables rule inside a network namespace of its own
-# (unshare from util-linux, ip from iproute2, nft from Debian's nftables).
+# (unshare from util-linux, ip from iproute2, nft from Debian's nftables);
+# throttle.test.mjs shapes one page's downstream there with tc (iproute2, HTB and u32).
 if ! command -v nft >/dev/null 2>&1; then
     echo "test-browser: installing Debian's nftables" >&2
     SUDO=""

@@ -585,7 +585,7 @@ impl Engine {
             }
             (Pc::Publisher, Event::MediaData(data)) => self.rooms.net.forward(now, key, data),
             (Pc::Subscriber, Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })) => {
-                self.rooms.net.estimate(key, estimate.as_u64());
+                self.rooms.net.estimate(now, key, estimate.as_u64());
             }
             (Pc::Subscriber, Event::KeyframeRequest(request)) => {
                 self.rooms.net.keyframe_asked(now, key, request.mid);

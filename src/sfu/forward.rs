@@ -20,7 +20,7 @@ use str0m::bwe::Bitrate;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 
 use super::rewrite::TimestampRewriter;
-use super::simulcast::{self, Dynacast, LAYER_RIDS, LAYERS, LayerSelector, Verdict};
+use super::simulcast::{self, Dynacast, LAYER_RIDS, LAYERS, LayerSelector, UpSwitch, Verdict};
 use super::speakers::Voice;
 use super::{ParticipantKey, Pc};
 
@@ -156,6 +156,8 @@ struct Member {
     voice: Voice,
     /// The subscriber connection's bandwidth estimate (TWCC), once there is one.
     bandwidth_bps: Option<u64>,
+    /// Its bandwidth-driven up-switches, on trial or rolled back.
+    up: UpSwitch,
 }
 
 /// A publisher must be told which layers of a simulcast track to send.
@@ -686,8 +688,14 @@ impl Forwarder {
         changes
     }
 
-    /// A new bandwidth estimate for what `subscriber` receives.
-    pub fn estimate(&mut self, subscriber: ParticipantKey, bps: u64, peers: &mut impl Connections) {
+    /// A new bandwidth estimate for what `subscriber` receives (TWCC, str0m's estimator).
+    pub fn estimate(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantKey,
+        bps: u64,
+        peers: &mut impl Connections,
+    ) {
         let Some(member) = self.members.get_mut(subscriber) else {
             return;
         };
@@ -703,7 +711,7 @@ impl Forwarder {
             );
         }
         member.bandwidth_bps = Some(bps);
-        self.allocate_bandwidth(subscriber, peers);
+        self.allocate_bandwidth(now, subscriber, peers);
     }
 
     /// The last bandwidth estimate of what `subscriber` receives (TWCC), if any came.
@@ -713,8 +721,14 @@ impl Forwarder {
 
     /// Caps each simulcast subscription of `subscriber` at the layer its share of the
     /// bandwidth estimate carries, and asks str0m's estimator to probe for what the
-    /// subscriber wants.
-    pub fn allocate_bandwidth(&mut self, subscriber: ParticipantKey, peers: &mut impl Connections) {
+    /// subscriber wants. Caps go down at once; they go up only with a margin over the
+    /// estimate, and as [`simulcast::UpSwitch`] allows.
+    pub fn allocate_bandwidth(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantKey,
+        peers: &mut impl Connections,
+    ) {
         let Some(member) = self.members.get(subscriber) else {
             return;
         };
@@ -724,6 +738,7 @@ impl Forwarder {
         let mut fixed = 0u64;
         let mut simulcast_downs = Vec::new();
         let mut costs = Vec::new();
+        let mut current = Vec::new();
         for &d in &member.downs {
             let down = &self.downs[d.0];
             if !down.enabled || !matches!(down.state, DownState::Open(_)) {
@@ -736,18 +751,48 @@ impl Forwarder {
             if track.simulcast {
                 simulcast_downs.push(d);
                 costs.push((track.layer_cost(), down.layers.max));
+                current.push(down.layers.bandwidth_max);
             } else {
                 fixed = fixed.saturating_add(track.layer_bps[0]);
             }
         }
+        let member = &mut self.members[subscriber];
         let (caps, desired) = simulcast::allocate(estimate, fixed, &costs);
-        for (d, cap) in simulcast_downs.into_iter().zip(caps) {
-            self.downs[d.0].layers.bandwidth_max = cap;
+        let up_caps = if member.up.may_go_up(now) {
+            simulcast::allocate(simulcast::up_margin(estimate), fixed, &costs).0
+        } else {
+            current.clone()
+        };
+        let (mut up, mut down) = (false, false);
+        for (i, d) in simulcast_downs.into_iter().enumerate() {
+            let old = current[i];
+            let (cost, wanted) = costs[i];
+            // A layer not measured yet (a new track, a layer resumed) costs 0 and is
+            // passed over; losing it is no sign of a narrow link, nor is getting it back.
+            let measured = cost[old] > 0;
+            let new = if measured {
+                caps[i].min(old.max(up_caps[i]))
+            } else {
+                caps[i]
+            };
+            // Only what the subscriber would receive counts: a cap above its wish is none.
+            let wanted = wanted.unwrap_or(0);
+            up |= measured && new.min(wanted) > old.min(wanted);
+            down |= measured && new.min(wanted) < old.min(wanted);
+            self.downs[d.0].layers.bandwidth_max = new;
         }
-        // Probe a little above the need, so the estimate does not sit just under it.
+        if down {
+            if member.up.went_down(now) {
+                tracing::debug!(subscriber, "simulcast up-switch rolled back");
+            }
+        } else if up {
+            member.up.went_up(now);
+        }
+        // Probe above the need and the up-switch margin, so that the estimate can show
+        // room for the layers wanted rather than sit just under it.
         let desired = Bitrate::bps(
             desired
-                .saturating_add(desired / 4)
+                .saturating_add(desired / 2)
                 .max(INITIAL_BANDWIDTH_BPS),
         );
         if let Some(rtc) = peers.rtc(subscriber, Pc::Subscriber) {

@@ -717,12 +717,12 @@ impl Negotiator {
         self.media.keyframe_asked(now, key, mid, &mut self.peers);
     }
 
-    pub fn estimate(&mut self, key: ParticipantKey, bps: u64) {
-        self.media.estimate(key, bps, &mut self.peers);
+    pub fn estimate(&mut self, now: Instant, key: ParticipantKey, bps: u64) {
+        self.media.estimate(now, key, bps, &mut self.peers);
     }
 
-    pub fn allocate_bandwidth(&mut self, key: ParticipantKey) {
-        self.media.allocate_bandwidth(key, &mut self.peers);
+    pub fn allocate_bandwidth(&mut self, now: Instant, key: ParticipantKey) {
+        self.media.allocate_bandwidth(now, key, &mut self.peers);
     }
 
     pub fn set_enabled(

@@ -850,7 +850,7 @@ impl Rooms {
         self.layers_received = self.net.media.measure_layers(now, period);
         let keys: Vec<ParticipantKey> = self.participants.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.net.allocate_bandwidth(key);
+            self.net.allocate_bandwidth(now, key);
         }
         self.update_dynacast(now);
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();

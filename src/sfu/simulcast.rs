@@ -132,6 +132,85 @@ pub fn allocate(
     (caps, desired)
 }
 
+/// How long after a bandwidth-driven down-switch a layer may go up again: long enough
+/// for the estimate to settle after what made it fall.
+pub const UP_HOLD: Duration = Duration::from_secs(2);
+/// How long after a rolled-back up-switch the next may come; each further rollback
+/// doubles it, up to [`UP_BACKOFF_MAX`].
+pub const UP_BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// The longest wait between two up-switches on a link that keeps failing them.
+pub const UP_BACKOFF_MAX: Duration = Duration::from_secs(40);
+/// An up-switch undone within this long failed: the link could not carry the new layer.
+pub const UP_TRIAL: Duration = Duration::from_secs(3);
+
+/// The share of a bandwidth estimate that may raise a layer: a 25 % margin over the new
+/// layer's cost. Without it, an estimate that overshoots a little after a probe switches
+/// up onto a link that cannot carry the layer, and the picture freezes until the switch
+/// back down (seen over a throttled link: `tests/browser/throttle.test.mjs`).
+pub fn up_margin(estimate_bps: u64) -> u64 {
+    estimate_bps / 5 * 4
+}
+
+/// One subscriber's bandwidth-driven up-switches, each a trial: one followed by a
+/// down-switch within [`UP_TRIAL`] failed, and the next waits a backoff, doubled by each
+/// failure, reset by an up-switch that holds. After any down-switch, [`UP_HOLD`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpSwitch {
+    /// The last up-switch, while it is on trial.
+    trial_since: Option<Instant>,
+    /// The last down-switch.
+    down_at: Option<Instant>,
+    /// After a failed up-switch: none before this.
+    not_before: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Default for UpSwitch {
+    fn default() -> Self {
+        Self {
+            trial_since: None,
+            down_at: None,
+            not_before: None,
+            backoff: UP_BACKOFF_BASE,
+        }
+    }
+}
+
+impl UpSwitch {
+    /// Whether a layer may go up now (never while an up-switch is on trial).
+    pub fn may_go_up(&mut self, now: Instant) -> bool {
+        if self
+            .trial_since
+            .is_some_and(|t| now.duration_since(t) >= UP_TRIAL)
+        {
+            self.trial_since = None;
+            self.backoff = UP_BACKOFF_BASE;
+        }
+        self.trial_since.is_none()
+            && self.not_before.is_none_or(|t| now >= t)
+            && self.down_at.is_none_or(|t| now >= t + UP_HOLD)
+    }
+
+    /// A layer went up: the bandwidth allows it again.
+    pub fn went_up(&mut self, now: Instant) {
+        self.trial_since = Some(now);
+    }
+
+    /// A layer went down for lack of bandwidth; returns whether it rolled back a trial.
+    pub fn went_down(&mut self, now: Instant) -> bool {
+        let failed = self
+            .trial_since
+            .take()
+            .is_some_and(|t| now.duration_since(t) < UP_TRIAL);
+        if failed {
+            self.not_before = Some(now + self.backoff);
+            self.backoff = (self.backoff * 2).min(UP_BACKOFF_MAX);
+        }
+        self.down_at = Some(now);
+        failed
+    }
+}
+
 /// What to do with one frame of one layer for one subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -387,6 +466,48 @@ mod tests {
             allocate(u64::MAX, u64::MAX, &[([u64::MAX; 3], Some(2))]).1,
             u64::MAX
         );
+    }
+
+    #[test]
+    fn up_switches_wait_after_a_down_switch_and_back_off_when_rolled_back() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut up = UpSwitch::default();
+        assert!(up.may_go_up(t0));
+        // A down-switch: up again after UP_HOLD.
+        assert!(!up.went_down(t0));
+        assert!(!up.may_go_up(t0 + UP_HOLD - Duration::from_millis(1)));
+        assert!(up.may_go_up(t0 + UP_HOLD));
+        // An up-switch rolled back within UP_TRIAL: the next waits the backoff.
+        up.went_up(s(10));
+        assert!(!up.may_go_up(s(11)), "one trial at a time");
+        assert!(up.went_down(s(11)));
+        assert!(!up.may_go_up(s(11) + UP_BACKOFF_BASE - Duration::from_millis(1)));
+        assert!(up.may_go_up(s(11) + UP_BACKOFF_BASE));
+        // Each failure doubles it up to the cap; an up-switch that holds resets it.
+        let mut t = s(100);
+        for _ in 0..5 {
+            up.went_up(t);
+            assert!(up.went_down(t + Duration::from_secs(1)));
+            t += Duration::from_secs(1) + UP_BACKOFF_MAX;
+        }
+        assert_eq!(up.backoff, UP_BACKOFF_MAX);
+        up.went_up(t);
+        assert!(up.may_go_up(t + UP_TRIAL));
+        assert_eq!(up.backoff, UP_BACKOFF_BASE);
+        assert!(
+            !up.went_down(t + UP_TRIAL * 2),
+            "a later down-switch is no rollback"
+        );
+    }
+
+    #[test]
+    fn a_measured_estimate_raises_a_layer_only_with_a_margin() {
+        let cost = [150_000, 500_000, 1_500_000];
+        // 600 kb/s carries `h` (500 kb/s) but not with a 25 % margin.
+        assert_eq!(allocate(600_000, 0, &[(cost, Some(2))]).0, [1]);
+        assert_eq!(allocate(up_margin(600_000), 0, &[(cost, Some(2))]).0, [0]);
+        assert_eq!(allocate(up_margin(625_000), 0, &[(cost, Some(2))]).0, [1]);
     }
 
     #[test]

@@ -385,12 +385,16 @@ export function mintToken(key, secret, { identity, room, name, ttlSeconds = 3600
 // ---------------------------------------------------------------------------------------
 
 export class PythonPeer {
-  /** Starts `python -m harness.lkpeer … --publish` and waits until it has joined. */
-  static async start(dir, { url, token, name, publish = true, timeout = 30_000 }) {
+  /**
+   * Starts `python -m harness.lkpeer … --publish` and waits until it has joined;
+   * `extraArgs` go to lkpeer as they are (e.g. `--simulcast --size 1280x720`).
+   */
+  static async start(dir, { url, token, name, publish = true, timeout = 30_000, extraArgs = [] }) {
     if (!fs.existsSync(PYTHON)) throw new Error(`${PYTHON} not found: run scripts/setup-venv.sh (scripts/test.sh does)`);
     const peer = new PythonPeer(dir, name);
     const args = ['-m', 'harness.lkpeer', '--url', url, '--token', token, '--state', peer.statePath, '--connect-timeout', String(timeout / 1000)];
     if (publish) args.push('--publish');
+    args.push(...extraArgs);
     const log = fs.openSync(peer.logPath, 'a');
     peer.proc = track(
       spawn(PYTHON, args, {

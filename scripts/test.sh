@@ -105,6 +105,17 @@ export TCHAP_VISIO_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/post
 echo "PostgreSQL on 127.0.0.1:$PGPORT"
 phase_end
 
+if want pytest; then
+    # Janus, for the load test's side-by-side leg (test_load_smoke.py).
+    phase_start janus
+    if ! command -v janus >/dev/null; then
+        echo "Janus is missing: installing it"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends janus >/dev/null ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends janus >/dev/null; }
+    fi
+    phase_end
+fi
+
 phase_start build
 if want rust; then
     cargo build --all-targets

@@ -16,7 +16,9 @@ use prost::Message;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::media::{
+    Direction, MediaData, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 
@@ -156,6 +158,16 @@ pub trait Probe {
     /// The engine's output was drained (once per round of [`World::exchange`]).
     #[inline]
     fn drained(&mut self) {}
+
+    /// A datagram from a client's `source` to the engine at `now`, before the engine
+    /// handles it (the forwarding bench times each packet from here).
+    #[inline]
+    fn receive(&mut self, _now: Instant, _source: SocketAddr, _contents: &[u8]) {}
+
+    /// Media (a whole video frame, or an audio packet) that the client connection at
+    /// `destination` assembled at `now`, as str0m hands it over.
+    #[inline]
+    fn media(&mut self, _now: Instant, _destination: SocketAddr, _data: &MediaData) {}
 }
 
 impl Probe for () {}
@@ -437,6 +449,58 @@ impl<P: Probe> World<P> {
         true
     }
 
+    /// Announces a microphone (`AddTrack`, Opus) on client `index`, adds a send-only
+    /// audio m-line to its publisher connection and offers it: the m-line, for
+    /// [`World::write_audio`]. Call it once the client's previous offer is answered.
+    pub fn publish_microphone(&mut self, index: usize, cid: &'static str) -> Mid {
+        let key = self.clients[index].key;
+        self.engine.signal(
+            self.now,
+            key,
+            signal_request::Message::AddTrack(lk::AddTrackRequest {
+                cid: cid.into(),
+                r#type: lk::TrackType::Audio as i32,
+                source: lk::TrackSource::Microphone as i32,
+                ..Default::default()
+            }),
+        );
+        let client = &mut self.clients[index];
+        assert!(client.pending.is_none(), "an offer is still pending");
+        let mut api = client.publisher.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("stream".into()),
+            Some(cid.into()),
+            None,
+        );
+        let (offer, pending) = api.apply().expect("changes to offer");
+        client.pending = Some(pending);
+        self.engine.signal(
+            self.now,
+            key,
+            signal_request::Message::Offer(description("offer", offer.to_sdp_string(), 1)),
+        );
+        mid
+    }
+
+    /// Writes `data`, an Opus packet at `time` (48 kHz), on client `index`'s audio
+    /// m-line `mid`. False when it cannot send yet (not negotiated).
+    pub fn write_audio(&mut self, index: usize, mid: Mid, time: MediaTime, data: Vec<u8>) -> bool {
+        let now = self.now;
+        let Some(writer) = self.clients[index].publisher.writer(mid) else {
+            return false;
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+        else {
+            return false;
+        };
+        writer.write(pt, now, time, data).is_ok()
+    }
+
     /// Keyframe `frame` of client `index`'s single-layer camera (15 frames/s of RTP
     /// time): a VP8 header then 800 bytes of filler.
     pub fn send_frame(&mut self, index: usize, frame: u32) {
@@ -546,6 +610,7 @@ impl<P: Probe> World<P> {
                         match rtc.poll_output() {
                             Ok(RtcOutput::Transmit(t)) => {
                                 moved = true;
+                                self.probe.receive(now, source, &t.contents);
                                 // As the driver does: a packet in, then the next timeout.
                                 self.probe.call(&mut self.engine, |e| {
                                     e.handle_packet(now, source, t.destination, &t.contents);
@@ -553,6 +618,7 @@ impl<P: Probe> World<P> {
                                 });
                             }
                             Ok(RtcOutput::Event(Event::MediaData(data))) => {
+                                self.probe.media(now, source, &data);
                                 client.frames_received += 1;
                                 if let Some(&marker) = data.data.get(10) {
                                     client.video.push((

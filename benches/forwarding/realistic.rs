@@ -555,7 +555,18 @@ impl Bench {
     pub fn finish(&mut self, elapsed: Duration) -> Round {
         let probe = &mut self.world.probe;
         probe.measuring = false;
-        let undelivered = probe.sent.drain().map(|(_, v)| v.len() as u64).sum();
+        // What left in the last 100 ms may still be on its way (the rest of its frame
+        // held by the pacer): not counted as lost.
+        let now = self.world.now;
+        let undelivered = probe
+            .sent
+            .drain()
+            .filter(|(_, v)| {
+                v.first()
+                    .is_some_and(|&at| now.duration_since(at) > Duration::from_millis(100))
+            })
+            .map(|(_, v)| v.len() as u64)
+            .sum();
         Round {
             media: probe.media,
             not_media: probe.not_media,
@@ -644,11 +655,13 @@ pub fn main(seconds: u64, rounds: usize) {
     let total_layers: u64 = layers.iter().sum::<u64>().max(1);
     println!(
         "      video frames delivered by layer q/h/f: {:.0}% / {:.0}% / {:.0}%; \
-         {not_media} non-media RTP packets (padding, probes, RTX) not counted; \
+         {not_media} non-media RTP packets (padding, probes, RTX: payload types {:?}) not \
+         counted; \
          max delay {:.1} ms",
         layers[0] as f64 * 100.0 / total_layers as f64,
         layers[1] as f64 * 100.0 / total_layers as f64,
         layers[2] as f64 * 100.0 / total_layers as f64,
+        bench.world.probe.rtx_pts,
         ms(all.last().copied().unwrap_or(0)),
     );
     let worst = (0..n)

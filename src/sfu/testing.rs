@@ -776,3 +776,80 @@ fn peer<'a>(
         None
     }
 }
+
+/// The helpers the realistic forwarding bench (`benches/forwarding/realistic.rs`) is
+/// made of, in one short run: a microphone and a simulcast camera published, and the
+/// probe's view of the datagrams in and the media assembled.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts RTP datagrams from clients and the media each client assembled.
+    #[derive(Default)]
+    struct Seen {
+        rtp_in: usize,
+        audio: HashMap<SocketAddr, usize>,
+        video: HashMap<SocketAddr, usize>,
+    }
+
+    impl Probe for Seen {
+        fn receive(&mut self, _now: Instant, _source: SocketAddr, contents: &[u8]) {
+            self.rtp_in += usize::from(contents.len() >= 12 && (128..=191).contains(&contents[0]));
+        }
+
+        fn media(&mut self, _now: Instant, destination: SocketAddr, data: &MediaData) {
+            let seen = if data.params.spec().codec == Codec::Opus {
+                &mut self.audio
+            } else {
+                &mut self.video
+            };
+            *seen.entry(destination).or_default() += 1;
+        }
+    }
+
+    #[test]
+    fn a_microphone_and_a_simulcast_camera_reach_every_subscriber() {
+        let config = EngineConfig {
+            candidates: vec![server()],
+            max_participants_per_room: 3,
+            max_participants: 3,
+            ice_servers: vec![],
+        };
+        let mut world = World::with_probe(config, Seen::default());
+        // A step a millisecond, as the bench.
+        world.tick = Duration::from_millis(1);
+        let alice = world.join("alice");
+        let subscribers = [world.join("bob"), world.join("carol")];
+        world.exchange();
+        world.publish_simulcast_announcing(alice, [150_000, 500_000, 1_500_000]);
+        world.exchange();
+        let mic = world.publish_microphone(alice, "microphone");
+        let mut step = 0u64;
+        world.run(Duration::from_secs(2), |w| {
+            step += 1;
+            if step.is_multiple_of(20) {
+                let time = MediaTime::new(step * 48, str0m::media::Frequency::FORTY_EIGHT_KHZ);
+                w.write_audio(alice, mic, time, vec![0xa0; 80]);
+            }
+            if step.is_multiple_of(33) {
+                w.send_layers(alice, (step / 33) as u32, &[0, 1, 2]);
+            }
+        });
+        assert!(
+            world.probe.rtp_in > 100,
+            "{} RTP datagrams in",
+            world.probe.rtp_in
+        );
+        for index in subscribers {
+            let addr = world.clients[index].subscriber_addr;
+            let audio = world.probe.audio.get(&addr).copied().unwrap_or(0);
+            let video = world.probe.video.get(&addr).copied().unwrap_or(0);
+            // 100 audio packets and 60 frames were written; the first wait for the
+            // connections.
+            assert!(
+                audio > 50 && video > 30,
+                "client {index}: {audio} audio, {video} video"
+            );
+        }
+    }
+}

@@ -19,6 +19,12 @@
 //! made while measuring: they all go through [`measured`] then, and through [`warm_up`]
 //! before (DTLS handshakes and negotiation are not forwarding).
 //!
+//! `FORWARDING_PROFILE=realistic` runs a meeting instead (10 of 50 participants publish
+//! Opus and VP8 simulcast, everyone subscribes, layers from the engine's allocation),
+//! counts media packets only and reports each packet's delay through the engine: see
+//! [`realistic`]. `FORWARDING_SHARDS=K` runs the profile chosen on K threads, a world and
+//! an engine each, against one alone: see [`shards`].
+//!
 //! The clients and the loop that carries their traffic are the engine tests' own
 //! ([`tchap_visio::sfu::testing::World`]); the bench adds a [`Meter`] (the world's
 //! probe: it times the engine's calls and counts what they forward) and the [`Load`]
@@ -37,6 +43,11 @@ use tchap_visio::sfu::gso;
 use tchap_visio::sfu::testing::{Camera, Probe, SERVER, World, join_request, vp8_frame};
 use tchap_visio::sfu::{Engine, EngineConfig, JoinRequest, ParticipantKey};
 
+#[path = "forwarding/realistic.rs"]
+mod realistic;
+#[path = "forwarding/shards.rs"]
+mod shards;
+
 /// Virtual-time step: the driver wakes at least this often under load.
 const STEP: Duration = Duration::from_millis(1);
 /// Publisher load: 60 frames/s of 12 kB, about 660 RTP packets/s (≈ 5.8 Mbit/s, a
@@ -45,13 +56,41 @@ const FPS: u32 = 60;
 const FRAME_BYTES: usize = 12_000;
 
 fn main() {
+    let seconds: u64 = env_or("FORWARDING_SECONDS", 3);
+    let rounds: usize = env_or("FORWARDING_ROUNDS", 5);
+    let idle: usize = env_or("FORWARDING_IDLE", 0);
+    let realistic = match std::env::var("FORWARDING_PROFILE").as_deref() {
+        Ok("realistic") => true,
+        Ok("" | "one-publisher") | Err(_) => false,
+        Ok(other) => panic!("FORWARDING_PROFILE: realistic or one-publisher, not {other:?}"),
+    };
+    let shard_count: usize = env_or("FORWARDING_SHARDS", 0);
+    if shard_count > 0 {
+        if realistic {
+            let settings = realistic::Settings::from_env();
+            shards::run(shard_count, rounds, "media packets", || {
+                let mut bench = realistic::Bench::new(settings);
+                bench.connect();
+                bench
+            });
+        } else {
+            let n = env_or("FORWARDING_N", 50);
+            shards::run(shard_count, rounds, "forwarded RTP packets", || {
+                let mut bench = Bench::new(n, idle);
+                bench.connect();
+                bench
+            });
+        }
+        return;
+    }
+    if realistic {
+        realistic::main(seconds, rounds);
+        return;
+    }
     let sizes: Vec<usize> = match std::env::var("FORWARDING_N") {
         Ok(n) => vec![n.parse().expect("FORWARDING_N is a number")],
         Err(_) => vec![1, 10, 50],
     };
-    let seconds: u64 = env_or("FORWARDING_SECONDS", 3);
-    let rounds: usize = env_or("FORWARDING_ROUNDS", 5);
-    let idle: usize = env_or("FORWARDING_IDLE", 0);
     let socket = std::env::var("FORWARDING_SOCKET").is_ok_and(|v| v == "1");
     println!(
         "forwarding: 1 publisher → N subscribers, VP8 {FPS} fps × {FRAME_BYTES} B, DTLS-SRTP on, \
@@ -384,5 +423,39 @@ impl Bench {
             send_time: probe.send_time,
             gso_time: probe.gso_time,
         }
+    }
+}
+
+impl shards::Shard for Bench {
+    fn start(&mut self) {
+        self.world.probe = Meter {
+            measuring: true,
+            ..Meter::default()
+        };
+    }
+
+    fn step(&mut self) {
+        self.load.before_step(&mut self.world);
+        self.world.step();
+    }
+
+    fn stop(&mut self) -> (u64, Duration) {
+        self.world.probe.measuring = false;
+        (self.world.probe.forwarded, self.world.probe.engine_time)
+    }
+}
+
+impl shards::Shard for realistic::Bench {
+    fn start(&mut self) {
+        realistic::Bench::start(self);
+    }
+
+    fn step(&mut self) {
+        realistic::Bench::step(self);
+    }
+
+    fn stop(&mut self) -> (u64, Duration) {
+        let round = self.finish(Duration::ZERO);
+        (round.media, round.engine_time)
     }
 }

@@ -5,6 +5,11 @@
 # counts instructions exactly, whatever else runs on the machine.
 #
 #   scripts/bench-forwarding-callgrind.sh [N ...]     default: 1 10 50
+#   FORWARDING_PROFILE=realistic scripts/bench-forwarding-callgrind.sh [N ...]   default: 50
+#
+# The profile (FORWARDING_PROFILE) and its settings (FORWARDING_PUBLISHERS,
+# FORWARDING_WARMUP, FORWARDING_IDLE) pass through to the bench; the realistic profile
+# counts media packets only, so its figure is Ir per media packet.
 #
 # Runs benches/forwarding.rs (one round of 1 virtual second per N) under callgrind,
 # counting only inside the engine calls made while measuring (the bench routes them
@@ -39,20 +44,27 @@ for line in sys.stdin:
 OUT="$(mktemp -d -t forwarding-callgrind.XXXXXX)"
 [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$OUT"' EXIT
 
+PROFILE="${FORWARDING_PROFILE:-one-publisher}"
+WHAT="forwarded RTP packets"
+[[ "$PROFILE" == realistic ]] && WHAT="media packets"
 SIZES=("$@")
-[[ ${#SIZES[@]} -gt 0 ]] || SIZES=(1 10 50)
+if [[ ${#SIZES[@]} -eq 0 ]]; then
+    SIZES=(1 10 50)
+    [[ "$PROFILE" == realistic ]] && SIZES=(50)
+fi
 for n in "${SIZES[@]}"; do
-    FORWARDING_N="$n" FORWARDING_ROUNDS=1 FORWARDING_SECONDS=1 \
+    FORWARDING_PROFILE="$PROFILE" FORWARDING_N="$n" FORWARDING_ROUNDS=1 FORWARDING_SECONDS=1 \
         valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*forwarding*measured*' \
         --callgrind-out-file="$OUT/callgrind.$n" "$BIN" >"$OUT/bench.$n" 2>"$OUT/valgrind.$n"
     forwarded="$(awk -v n="$n" '$1 == n { print $2 }' "$OUT/bench.$n")"
     callgrind_annotate --inclusive=yes --threshold=100 "$OUT/callgrind.$n" >"$OUT/inclusive.$n"
     callgrind_annotate --threshold=100 "$OUT/callgrind.$n" >"$OUT/self.$n"
-    python3 - "$n" "$forwarded" "$OUT/inclusive.$n" "$OUT/self.$n" <<'EOF'
+    python3 - "$n" "$forwarded" "$OUT/inclusive.$n" "$OUT/self.$n" "$PROFILE" "$WHAT" <<'EOF'
 import re
 import sys
 
 n, forwarded, inclusive_path, self_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+profile, what = sys.argv[5], sys.argv[6]
 line_re = re.compile(r"^\s*([\d,]+)\s+\([^)]*\)\s+(?:\*\s+)?(\S.*?)(?:\s+\[[^\]]*\])?$")
 
 
@@ -81,7 +93,7 @@ for cost, fn in inclusive:
     if m and m.group(0) not in entries:
         entries[m.group(0)] = cost
 str0m = sum(entries.values())
-print(f"N={n}: {forwarded} forwarded RTP packets, {total:,} Ir in the engine: "
+print(f"{profile} N={n}: {forwarded} {what}, {total:,} Ir in the engine: "
       f"{total / max(forwarded, 1):,.0f} Ir/packet; str0m {str0m / max(total, 1):.0%} "
       f"({str0m / max(forwarded, 1):,.0f}/packet), ours {(total - str0m) / max(total, 1):.0%} "
       f"({(total - str0m) / max(forwarded, 1):,.0f}/packet)")

@@ -16,7 +16,9 @@ use prost::Message;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::media::{
+    Direction, MediaData, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc};
 
@@ -156,6 +158,16 @@ pub trait Probe {
     /// The engine's output was drained (once per round of [`World::exchange`]).
     #[inline]
     fn drained(&mut self) {}
+
+    /// A datagram from a client's `source` to the engine at `now`, before the engine
+    /// handles it (the forwarding bench times each packet from here).
+    #[inline]
+    fn receive(&mut self, _now: Instant, _source: SocketAddr, _contents: &[u8]) {}
+
+    /// Media (a whole video frame, or an audio packet) that the client connection at
+    /// `destination` assembled at `now`, as str0m hands it over.
+    #[inline]
+    fn media(&mut self, _now: Instant, _destination: SocketAddr, _data: &MediaData) {}
 }
 
 impl Probe for () {}
@@ -437,6 +449,58 @@ impl<P: Probe> World<P> {
         true
     }
 
+    /// Announces a microphone (`AddTrack`, Opus) on client `index`, adds a send-only
+    /// audio m-line to its publisher connection and offers it: the m-line, for
+    /// [`World::write_audio`]. Call it once the client's previous offer is answered.
+    pub fn publish_microphone(&mut self, index: usize, cid: &'static str) -> Mid {
+        let key = self.clients[index].key;
+        self.engine.signal(
+            self.now,
+            key,
+            signal_request::Message::AddTrack(lk::AddTrackRequest {
+                cid: cid.into(),
+                r#type: lk::TrackType::Audio as i32,
+                source: lk::TrackSource::Microphone as i32,
+                ..Default::default()
+            }),
+        );
+        let client = &mut self.clients[index];
+        assert!(client.pending.is_none(), "an offer is still pending");
+        let mut api = client.publisher.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("stream".into()),
+            Some(cid.into()),
+            None,
+        );
+        let (offer, pending) = api.apply().expect("changes to offer");
+        client.pending = Some(pending);
+        self.engine.signal(
+            self.now,
+            key,
+            signal_request::Message::Offer(description("offer", offer.to_sdp_string(), 1)),
+        );
+        mid
+    }
+
+    /// Writes `data`, an Opus packet at `time` (48 kHz), on client `index`'s audio
+    /// m-line `mid`. False when it cannot send yet (not negotiated).
+    pub fn write_audio(&mut self, index: usize, mid: Mid, time: MediaTime, data: Vec<u8>) -> bool {
+        let now = self.now;
+        let Some(writer) = self.clients[index].publisher.writer(mid) else {
+            return false;
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+        else {
+            return false;
+        };
+        writer.write(pt, now, time, data).is_ok()
+    }
+
     /// Keyframe `frame` of client `index`'s single-layer camera (15 frames/s of RTP
     /// time): a VP8 header then 800 bytes of filler.
     pub fn send_frame(&mut self, index: usize, frame: u32) {
@@ -546,6 +610,7 @@ impl<P: Probe> World<P> {
                         match rtc.poll_output() {
                             Ok(RtcOutput::Transmit(t)) => {
                                 moved = true;
+                                self.probe.receive(now, source, &t.contents);
                                 // As the driver does: a packet in, then the next timeout.
                                 self.probe.call(&mut self.engine, |e| {
                                     e.handle_packet(now, source, t.destination, &t.contents);
@@ -553,6 +618,7 @@ impl<P: Probe> World<P> {
                                 });
                             }
                             Ok(RtcOutput::Event(Event::MediaData(data))) => {
+                                self.probe.media(now, source, &data);
                                 client.frames_received += 1;
                                 if let Some(&marker) = data.data.get(10) {
                                     client.video.push((
@@ -708,5 +774,82 @@ fn peer<'a>(
         Some((&mut client.publisher, false))
     } else {
         None
+    }
+}
+
+/// The helpers the realistic forwarding bench (`benches/forwarding/realistic.rs`) is
+/// made of, in one short run: a microphone and a simulcast camera published, and the
+/// probe's view of the datagrams in and the media assembled.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts RTP datagrams from clients and the media each client assembled.
+    #[derive(Default)]
+    struct Seen {
+        rtp_in: usize,
+        audio: HashMap<SocketAddr, usize>,
+        video: HashMap<SocketAddr, usize>,
+    }
+
+    impl Probe for Seen {
+        fn receive(&mut self, _now: Instant, _source: SocketAddr, contents: &[u8]) {
+            self.rtp_in += usize::from(contents.len() >= 12 && (128..=191).contains(&contents[0]));
+        }
+
+        fn media(&mut self, _now: Instant, destination: SocketAddr, data: &MediaData) {
+            let seen = if data.params.spec().codec == Codec::Opus {
+                &mut self.audio
+            } else {
+                &mut self.video
+            };
+            *seen.entry(destination).or_default() += 1;
+        }
+    }
+
+    #[test]
+    fn a_microphone_and_a_simulcast_camera_reach_every_subscriber() {
+        let config = EngineConfig {
+            candidates: vec![server()],
+            max_participants_per_room: 3,
+            max_participants: 3,
+            ice_servers: vec![],
+        };
+        let mut world = World::with_probe(config, Seen::default());
+        // A step a millisecond, as the bench.
+        world.tick = Duration::from_millis(1);
+        let alice = world.join("alice");
+        let subscribers = [world.join("bob"), world.join("carol")];
+        world.exchange();
+        world.publish_simulcast_announcing(alice, [150_000, 500_000, 1_500_000]);
+        world.exchange();
+        let mic = world.publish_microphone(alice, "microphone");
+        let mut step = 0u64;
+        world.run(Duration::from_secs(2), |w| {
+            step += 1;
+            if step.is_multiple_of(20) {
+                let time = MediaTime::new(step * 48, str0m::media::Frequency::FORTY_EIGHT_KHZ);
+                w.write_audio(alice, mic, time, vec![0xa0; 80]);
+            }
+            if step.is_multiple_of(33) {
+                w.send_layers(alice, (step / 33) as u32, &[0, 1, 2]);
+            }
+        });
+        assert!(
+            world.probe.rtp_in > 100,
+            "{} RTP datagrams in",
+            world.probe.rtp_in
+        );
+        for index in subscribers {
+            let addr = world.clients[index].subscriber_addr;
+            let audio = world.probe.audio.get(&addr).copied().unwrap_or(0);
+            let video = world.probe.video.get(&addr).copied().unwrap_or(0);
+            // 100 audio packets and 60 frames were written; the first wait for the
+            // connections.
+            assert!(
+                audio > 50 && video > 30,
+                "client {index}: {audio} audio, {video} video"
+            );
+        }
     }
 }

@@ -12,6 +12,8 @@
 //! from Janus with `configure` (substream).
 //!
 //! Prints a readable summary on stderr and one line of JSON on stdout (docs/benchmarks.md).
+//! `TCHAP_VISIO_LOAD_DEBUG=1` also prints Janus's SDP exchanges and each connection's
+//! datagram counts.
 #![forbid(unsafe_code)]
 
 mod janus;

@@ -14,10 +14,15 @@
 #   SCENARIOS        scenario:n pairs (default "large:10 livestream:50 audio:50")
 #   SECONDS_PER_RUN  measured window of each run, after the warm-up (default 30)
 #   LAYER            the simulcast layer every subscriber asks for: q, h or f (default h)
+#   DYNACAST         1 (default): a third run per video scenario, on our SFU with the
+#                    publishers obeying dynacast (only the layers watched are sent, as
+#                    LiveKit's SDKs do; Janus has no such signal); 0: none
 #   MEMORY           participant counts for the memory runs, livestream with layer q
 #                    (default "50 200"; empty: none)
 #   MEMORY_SECONDS   measured window of each memory run (default 10)
 #   PROFILE          release (default) or debug: which build to run
+#   BUILD=0          run the binaries already built (while web/dist/index.html is
+#                    missing, cargo rebuilds the crate every time: minutes on 2 cores)
 #   RESULTS          a file to append every run's JSON line to (default: none)
 #   KEEP_TMP=1       keep the temporary directory (configs, logs, JSON lines)
 set -euo pipefail
@@ -28,6 +33,7 @@ cd "$ROOT"
 SCENARIOS="${SCENARIOS:-large:10 livestream:50 audio:50}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-30}"
 LAYER="${LAYER:-h}"
+DYNACAST="${DYNACAST:-1}"
 MEMORY="${MEMORY-50 200}"
 MEMORY_SECONDS="${MEMORY_SECONDS:-10}"
 PROFILE="${PROFILE:-release}"
@@ -36,10 +42,10 @@ RESULTS="${RESULTS:-}"
 # The page is not needed to forward media.
 export TCHAP_VISIO_ALLOW_MISSING_WEB="${TCHAP_VISIO_ALLOW_MISSING_WEB:-1}"
 if [[ "$PROFILE" == release ]]; then
-    cargo build --release --bin tchap-visio --bin tchap-visio-load
+    [[ "${BUILD:-1}" == 0 ]] || cargo build --release --bin tchap-visio --bin tchap-visio-load
     BIN="$ROOT/target/release"
 else
-    cargo build --bin tchap-visio --bin tchap-visio-load
+    [[ "${BUILD:-1}" == 0 ]] || cargo build --bin tchap-visio --bin tchap-visio-load
     BIN="$ROOT/target/debug"
 fi
 
@@ -198,16 +204,17 @@ EOF
 }
 
 # One run: a fresh server, the load, the JSON line in $TMP/<name>.json.
-run_one() { # target scenario n seconds layer name
+run_one() { # target scenario n seconds layer name [more tchap-visio-load arguments]
     local target="$1" scenario="$2" n="$3" seconds="$4" layer="$5" name="$6"
+    shift 6
     local dir="$TMP/$name"
     "start_$target" "$dir"
     sleep 1 # the server settles (its idle RSS is read first)
-    echo "==> $target $scenario n=$n ($seconds s, layer $layer)" >&2
+    echo "==> $target $scenario n=$n ($seconds s, layer $layer) $*" >&2
     local rc=0
     "$BIN/tchap-visio-load" --target "$target" --url "$URL" --scenario "$scenario" -n "$n" \
         --seconds "$seconds" --layer "$layer" --server-pid "$SERVER_PID" \
-        --key "$KEY" --secret "$SECRET" >"$TMP/$name.json" || rc=$?
+        --key "$KEY" --secret "$SECRET" "$@" >"$TMP/$name.json" || rc=$?
     stop_server
     if [[ $rc -ne 0 ]]; then
         echo "tchap-visio-load failed ($rc) on $target; the server's log:" >&2
@@ -217,17 +224,18 @@ run_one() { # target scenario n seconds layer name
     if [[ -n "$RESULTS" ]]; then cat "$TMP/$name.json" >>"$RESULTS"; fi
 }
 
-report() { # name-of-tchap-run name-of-janus-run
-    python3 - "$TMP/$1.json" "$TMP/$2.json" <<'EOF'
+report() { # name-of-tchap-run name-of-janus-run [name-of-tchap-dynacast-run]
+    python3 - "$TMP/$1.json" "$TMP/$2.json" ${3:+"$TMP/$3.json"} <<'EOF'
 import json, sys
-ours, janus = (json.loads(open(p).read().strip().splitlines()[-1]) for p in sys.argv[1:3])
+ours, janus, *more = (json.loads(open(p).read().strip().splitlines()[-1]) for p in sys.argv[1:])
+dyn = more[0] if more else None
 def f(v, spec):
     return "-" if v is None else format(v, spec)
 print(f"{ours['scenario']} n={ours['n']} ({ours['participants']} participants, layer {ours['layer']}, {ours['seconds']:.0f} s)")
-print(f"  {'':8} {'packets/s':>10} {'CPU s':>7} {'pkts/CPU-s':>11} {'loss %':>7} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'kB/part.':>9}")
-for name, r in (("tchap", ours), ("janus", janus)):
+print(f"  {'':9} {'packets/s':>10} {'CPU s':>7} {'pkts/CPU-s':>11} {'loss %':>7} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'kB/part.':>9}")
+for name, r in (("tchap", ours), ("janus", janus)) + ((("tchap+dyn", dyn),) if dyn else ()):
     rss = r.get("server_rss_kb")
-    print(f"  {name:8} {r['packets_per_s']:>10.0f} {f(r['server_cpu_s'], '.2f'):>7} {f(r['packets_per_cpu_s'], '.0f'):>11} "
+    print(f"  {name:9} {r['packets_per_s']:>10.0f} {f(r['server_cpu_s'], '.2f'):>7} {f(r['packets_per_cpu_s'], '.0f'):>11} "
           f"{r['loss_pct']:>7.2f} {f(r['delay_ms_p50'], '.2f'):>7} {f(r['delay_ms_p99'], '.2f'):>7} "
           f"{f(rss and rss / 1024, '.1f'):>7} {f(r['rss_per_participant_kb'], '.0f'):>9}")
 a, b = ours.get("packets_per_cpu_s"), janus.get("packets_per_cpu_s")
@@ -235,6 +243,8 @@ if a and b:
     ratio = a / b
     verdict = "goal met (>= 2x)" if ratio >= 2 else "gate met (>= 1.5x)" if ratio >= 1.5 else "below the gate (1.5x)"
     print(f"  ratio (tchap / janus packets per server CPU-second): {ratio:.2f}  {verdict}")
+if dyn and dyn.get("packets_per_cpu_s") and b:
+    print(f"  with dynacast (tchap+dyn / janus): {dyn['packets_per_cpu_s'] / b:.2f}")
 print(f"  load average at the end: tchap {ours['load_average']}, janus {janus['load_average']}")
 EOF
 }
@@ -247,7 +257,12 @@ for pair in $SCENARIOS; do
     n="${pair##*:}"
     run_one tchap "$scenario" "$n" "$SECONDS_PER_RUN" "$LAYER" "tchap-$scenario-$n"
     run_one janus "$scenario" "$n" "$SECONDS_PER_RUN" "$LAYER" "janus-$scenario-$n"
-    report "tchap-$scenario-$n" "janus-$scenario-$n" | tee -a "$SUMMARY"
+    dyn=""
+    if [[ "$DYNACAST" == 1 && "$scenario" != audio ]]; then
+        run_one tchap "$scenario" "$n" "$SECONDS_PER_RUN" "$LAYER" "tchap-dyn-$scenario-$n" --dynacast
+        dyn="tchap-dyn-$scenario-$n"
+    fi
+    report "tchap-$scenario-$n" "janus-$scenario-$n" $dyn | tee -a "$SUMMARY"
 done
 for participants in $MEMORY; do
     n=$((participants - 1)) # one publisher

@@ -214,7 +214,10 @@ async fn poll(janus: Arc<Janus>, stop: CancellationToken) {
         let events: Value = match events {
             Ok(r) => match r.json().await {
                 Ok(v) => v,
-                Err(_) => continue,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
             Err(e) => {
                 if stop.is_cancelled() {

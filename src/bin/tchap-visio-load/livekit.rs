@@ -33,6 +33,9 @@ pub struct Config {
     pub room: String,
     /// The quality asked for every video track subscribed to.
     pub quality: lk::VideoQuality,
+    /// Publishers send only the layers the server says someone watches
+    /// (`SubscribedQualityUpdate`), as LiveKit's SDKs do with dynacast on.
+    pub dynacast: bool,
 }
 
 #[derive(Serialize)]
@@ -205,6 +208,7 @@ pub async fn join(
     }
 
     let quality = config.quality;
+    let dynacast = config.dynacast;
     let identity = identity.to_owned();
     let sub = subscriber.clone();
     let publ = publisher.clone();
@@ -296,6 +300,17 @@ pub async fn join(
                     signal_response::Message::Trickle(trickle) => {
                         add_trickle(&sub, publ.as_ref(), &trickle);
                     }
+                    signal_response::Message::SubscribedQualityUpdate(update) if dynacast => {
+                        if let Some(peer) = &publ {
+                            peer.with(|st| {
+                                if let Some(video) = &mut st.video {
+                                    for q in subscribed_qualities(&update) {
+                                        video.set_enabled(q.quality as usize, q.enabled);
+                                    }
+                                }
+                            });
+                        }
+                    }
                     signal_response::Message::Leave(_) => bail!("the server asked to leave"),
                     _ => {}
                 }
@@ -327,6 +342,17 @@ pub async fn join(
         }
     });
     Ok((publisher, subscriber))
+}
+
+/// The layers a `SubscribedQualityUpdate` asks for: per codec (VP8, the only one sent),
+/// else the deprecated codec-less list older servers fill.
+#[allow(deprecated)]
+fn subscribed_qualities(update: &lk::SubscribedQualityUpdate) -> &[lk::SubscribedQuality] {
+    update
+        .subscribed_codecs
+        .first()
+        .map(|c| c.qualities.as_slice())
+        .unwrap_or(&update.subscribed_qualities)
 }
 
 fn add_trickle(subscriber: &Peer, publisher: Option<&Peer>, trickle: &lk::TrickleRequest) {

@@ -12,6 +12,8 @@
 //! from Janus with `configure` (substream).
 //!
 //! Prints a readable summary on stderr and one line of JSON on stdout (docs/benchmarks.md).
+//! `TCHAP_VISIO_LOAD_DEBUG=1` also prints Janus's SDP exchanges and each connection's
+//! datagram counts.
 #![forbid(unsafe_code)]
 
 mod janus;
@@ -96,6 +98,10 @@ struct Args {
     /// Longest wait for every subscriber to receive every source at that layer.
     #[arg(long, default_value_t = 30)]
     warmup: u64,
+    /// tchap: publishers send only the layers the server asks for (LiveKit's dynacast);
+    /// Janus has no such signal, its publishers always send every layer.
+    #[arg(long)]
+    dynacast: bool,
     /// Joins in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -202,6 +208,7 @@ async fn join_tchap(
             Layer::H => lk::VideoQuality::Medium,
             Layer::F => lk::VideoQuality::High,
         },
+        dynacast: args.dynacast,
     };
     // Publishers first, as in the Janus run (where subscribers need their feeds).
     let mut order: Vec<&Role> = roles.iter().filter(|r| r.video || r.audio).collect();
@@ -509,6 +516,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "publishers": joined.publishers.len(),
         "subscribers": joined.watchers.len(),
         "layer": layer,
+        "dynacast": args.dynacast && args.target == Target::Tchap,
         "ready": ready,
         "join_s": round(joined_s, 2),
         "warmup_s": round(warmup_s, 2),

@@ -127,6 +127,8 @@ pub struct VideoSource {
     frame: u32,
     want_key: [bool; 3],
     last_key: [Option<Instant>; 3],
+    /// Layers sent (dynacast turns them off and on).
+    enabled: [bool; 3],
 }
 
 impl VideoSource {
@@ -150,6 +152,18 @@ impl VideoSource {
             frame: 0,
             want_key: [true; 3],
             last_key: [None; 3],
+            enabled: [true; 3],
+        }
+    }
+
+    /// Sends layer `layer` (0 q, 1 h, 2 f) or not: a layer turned on starts with a
+    /// keyframe.
+    pub fn set_enabled(&mut self, layer: usize, on: bool) {
+        if let Some(enabled) = self.enabled.get_mut(layer) {
+            if on && !*enabled {
+                self.want_key[layer] = true;
+            }
+            *enabled = on;
         }
     }
 
@@ -167,6 +181,9 @@ impl VideoSource {
         let sent_us = micros(now);
         let mut packets = 0;
         for (l, layer) in LAYERS.iter().enumerate() {
+            if !self.enabled[l] {
+                continue;
+            }
             let key = self.want_key[l]
                 && self.last_key[l]
                     .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_MIN_INTERVAL);

@@ -14,7 +14,7 @@
 //! server cost the forwarding path. `FORWARDING_SOCKET=1` also sends every forwarded
 //! packet with one `send_to` on a real loopback UDP socket, as the driver does, and
 //! prints what that syscall costs per packet next to the engine's time, and what the
-//! driver's GSO batches ([`tchap_visio::sfu::gso`], from a second socket) cost instead. Instructions per packet come from running it under callgrind
+//! driver's GSO and sendmmsg batches ([`tchap_visio::sfu::gso`], from a second socket) cost instead. Instructions per packet come from running it under callgrind
 //! (`scripts/bench-forwarding-callgrind.sh`), which counts only inside the engine's calls
 //! made while measuring: they all go through [`measured`] then, and through [`warm_up`]
 //! before (DTLS handshakes and negotiation are not forwarding).
@@ -116,7 +116,7 @@ fn main() {
             if n == 1 {
                 println!(
                     "      (GSO: up to {} segments per send)",
-                    sink.gso_state.max_gso_segments()
+                    sink.max_gso_segments
                 );
             }
             bench.world.probe.socket = Some(sink);
@@ -177,8 +177,8 @@ struct Round {
 struct Sink {
     socket: std::net::UdpSocket,
     gso_socket: std::net::UdpSocket,
-    gso_state: quinn_udp::UdpSocketState,
-    batch: gso::Batch,
+    max_gso_segments: usize,
+    outgoing: gso::Outgoing,
     /// Subscriber address → (its receiving socket, that socket's address).
     receivers: HashMap<SocketAddr, (std::net::UdpSocket, SocketAddr)>,
 }
@@ -190,12 +190,13 @@ impl Sink {
         let gso_socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         gso_socket.set_nonblocking(true).expect("non-blocking");
         let gso_state = quinn_udp::UdpSocketState::new((&gso_socket).into()).expect("state");
-        let batch = gso::Batch::new(gso_state.max_gso_segments());
+        let max_gso_segments = gso_state.max_gso_segments();
+        let outgoing = gso::Outgoing::new(&gso_socket, Some(gso_state), usize::MAX);
         Self {
             socket,
             gso_socket,
-            gso_state,
-            batch,
+            max_gso_segments,
+            outgoing,
             receivers: HashMap::new(),
         }
     }
@@ -255,10 +256,7 @@ impl Probe for Meter {
             // The driver's way: batched while consecutive packets go to the same
             // subscriber, flushed when a poll is drained.
             let started = Instant::now();
-            if !sink.batch.push(to, contents) {
-                let _ = sink.batch.flush(&sink.gso_state, &sink.gso_socket);
-                sink.batch.push(to, contents);
-            }
+            sink.outgoing.push(&sink.gso_socket, to, contents);
             self.gso_time += started.elapsed();
         }
     }
@@ -266,7 +264,7 @@ impl Probe for Meter {
     fn drained(&mut self) {
         if let Some(sink) = &mut self.socket {
             let started = Instant::now();
-            let _ = sink.batch.flush(&sink.gso_state, &sink.gso_socket);
+            sink.outgoing.flush(&sink.gso_socket);
             self.gso_time += started.elapsed();
         }
     }

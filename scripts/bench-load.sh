@@ -23,6 +23,7 @@
 #   PROFILE          release (default) or debug: which build to run
 #   BUILD=0          run the binaries already built (while web/dist/index.html is
 #                    missing, cargo rebuilds the crate every time: minutes on 2 cores)
+#   SERVER_BIN       the tchap-visio executable to measure (default: the one built)
 #   RESULTS          a file to append every run's JSON line to (default: none)
 #   KEEP_TMP=1       keep the temporary directory (configs, logs, JSON lines)
 set -euo pipefail
@@ -48,6 +49,8 @@ else
     [[ "${BUILD:-1}" == 0 ]] || cargo build --bin tchap-visio --bin tchap-visio-load
     BIN="$ROOT/target/debug"
 fi
+
+SERVER_BIN="${SERVER_BIN:-$BIN/tchap-visio}"
 
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
@@ -143,8 +146,8 @@ metrics:
 logging:
   level: warn
 EOF
-    "$BIN/tchap-visio" generate-registration -q -c "$dir/config.yaml" -r "$dir/registration.yaml"
-    (cd "$dir" && exec "$BIN/tchap-visio" run -c "$dir/config.yaml") >"$dir/log" 2>&1 &
+    "$SERVER_BIN" generate-registration -q -c "$dir/config.yaml" -r "$dir/registration.yaml"
+    (cd "$dir" && exec "$SERVER_BIN" run -c "$dir/config.yaml") >"$dir/log" 2>&1 &
     SERVER_PID=$!
     URL="ws://127.0.0.1:$port"
     wait_http "http://127.0.0.1:$port/health" tchap-visio

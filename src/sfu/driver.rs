@@ -205,6 +205,7 @@ impl SfuHandle {
             let socket = std::net::UdpSocket::bind(addr)
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
                 .map_err(|source| DriverError::Bind { addr, source })?;
+            enlarge_buffers(&socket, shard);
             sockets.push(socket);
         }
         let listener = match tcp_bind {
@@ -618,6 +619,36 @@ async fn owner_of(commands: &[mpsc::UnboundedSender<Command>], ufrag: &str) -> O
     None
 }
 
+/// What a media socket asks the kernel for each way. The default (about 208 KiB) holds
+/// ~150 full-size datagrams: at 200 participants a shard busy for a few milliseconds
+/// lost 0.5–1.25 % of the audio it was sent there (docs/benchmarks.md).
+const MEDIA_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Asks for [`MEDIA_SOCKET_BUFFER`] each way; the kernel caps it at
+/// `net.core.rmem_max`/`wmem_max`, which the log names when it does.
+fn enlarge_buffers(socket: &std::net::UdpSocket, shard: usize) {
+    let socket = socket2::SockRef::from(socket);
+    // Linux reports twice what it grants (the other half is its bookkeeping).
+    let granted = |size: std::io::Result<usize>| size.map(|s| s / 2).unwrap_or(0);
+    let receive = socket
+        .set_recv_buffer_size(MEDIA_SOCKET_BUFFER)
+        .and_then(|()| socket.recv_buffer_size());
+    let send = socket
+        .set_send_buffer_size(MEDIA_SOCKET_BUFFER)
+        .and_then(|()| socket.send_buffer_size());
+    let (receive, send) = (granted(receive), granted(send));
+    if receive < MEDIA_SOCKET_BUFFER || send < MEDIA_SOCKET_BUFFER {
+        tracing::info!(
+            shard,
+            receive_bytes = receive,
+            send_bytes = send,
+            wanted_bytes = MEDIA_SOCKET_BUFFER,
+            "media socket buffers capped by the kernel: raise net.core.rmem_max and \
+             net.core.wmem_max (sysctl) to {MEDIA_SOCKET_BUFFER} to absorb bursts"
+        );
+    }
+}
+
 /// Datagrams read in one batch at most (recvmmsg); every readable one is read before
 /// the engine's timers run, within [`RECV_BATCHES`] batches per wake-up so that timers
 /// and commands are never starved under a flood.
@@ -722,16 +753,16 @@ async fn run(
     let mut sinks: HashMap<ParticipantKey, (SignalSink, u64)> = HashMap::new();
     let mut participants = usize::MAX;
     let mut layers_received = None;
-    // Datagrams of one poll go out in GSO batches where the kernel supports it, and
-    // come in by recvmmsg (with GRO) where it does.
+    // Datagrams of one turn go out together (GSO and sendmmsg) where the kernel
+    // supports it, and come in by recvmmsg (with GRO) where it does.
     let gso_state = match quinn_udp::UdpSocketState::new((&socket).into()) {
         Ok(state) => Some(state),
         Err(e) => {
-            tracing::warn!(error = %e, "media socket without GSO; one send per packet");
+            tracing::warn!(error = %e, "media socket without GSO; one datagram per message");
             None
         }
     };
-    let mut batch = gso::Batch::new(gso_state.as_ref().map_or(1, |s| s.max_gso_segments()));
+    let mut outgoing = gso::Outgoing::new(&socket, gso_state, usize::MAX);
     let mut receiver = Receiver::new(quinn_udp::UdpSocketState::new((&socket).into()).ok());
     let mut connections = tcp::Connections::default();
     if let Some(port) = tcp_port {
@@ -788,20 +819,7 @@ async fn run(
                     destination,
                     contents,
                     ..
-                } => match &gso_state {
-                    Some(state) => {
-                        if !batch.push(destination, &contents) {
-                            flush(&mut batch, state, &socket);
-                            batch.push(destination, &contents);
-                        }
-                    }
-                    None => {
-                        // A full socket buffer drops the packet, as the network would.
-                        if let Err(e) = socket.try_send_to(&contents, destination) {
-                            tracing::trace!(error = %e, "media send dropped");
-                        }
-                    }
-                },
+                } => outgoing.push(&socket, destination, &contents),
                 Output::Signal { key, message } => {
                     // Only the kind: SDPs carry ICE passwords, which stay out of logs.
                     tracing::trace!(key, kind = signal_kind(&message), "signal out");
@@ -836,9 +854,7 @@ async fn run(
                 }
             }
         }
-        if let Some(state) = &gso_state {
-            flush(&mut batch, state, &socket);
-        }
+        outgoing.flush(&socket);
         // Only on change: a metrics lookup per packet costs more than the comparison.
         if engine.participant_count() != participants {
             participants = engine.participant_count();
@@ -933,12 +949,6 @@ impl EventBacklog {
 }
 
 /// Sends the batched datagrams; a full socket buffer drops them, as the network would.
-fn flush(batch: &mut gso::Batch, state: &quinn_udp::UdpSocketState, socket: &UdpSocket) {
-    if let Err(e) = batch.flush(state, socket) {
-        tracing::trace!(error = %e, "media send dropped");
-    }
-}
-
 fn handle_command(
     engine: &mut Engine,
     sinks: &mut HashMap<ParticipantKey, (SignalSink, u64)>,
@@ -1102,6 +1112,26 @@ mod tests {
             room: room.into(),
             ..join_request(identity)
         }
+    }
+
+    /// The media socket gets the larger buffers up to what the kernel allows
+    /// (`net.core.rmem_max`), not the ~208 KiB default that lost audio at 200.
+    #[test]
+    fn media_sockets_get_the_larger_buffers_the_kernel_allows() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let default = socket2::SockRef::from(&socket)
+            .recv_buffer_size()
+            .expect("size");
+        enlarge_buffers(&socket, 0);
+        let limit: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let granted = socket2::SockRef::from(&socket)
+            .recv_buffer_size()
+            .expect("size");
+        let expected = (2 * limit.min(MEDIA_SOCKET_BUFFER)).max(default);
+        assert_eq!(granted, expected, "default {default}, rmem_max {limit}");
     }
 
     /// Two shards behind one handle: rooms on different engines, keys that reach the

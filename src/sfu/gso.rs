@@ -1,125 +1,247 @@
-//! Sending the engine's datagrams in batches with UDP GSO (generic segmentation
-//! offload): consecutive datagrams to the same address, all of one size but the last,
-//! go out in one `sendmsg` that the kernel cuts into datagrams. A subscriber gets a
-//! video frame as a run of such packets, and one syscall per packet cost the driver
-//! 35–55 % on top of the engine (docs/benchmarks.md). Where GSO is unavailable the
-//! socket state reports one segment and every datagram goes alone, as before.
-//! `quinn-udp` makes the `sendmsg` with its control message, since the crate forbids
-//! `unsafe`. Depends on nothing else in the crate.
+//! Sending the engine's datagrams with as few syscalls as the kernel allows. Within
+//! one turn of the driver, consecutive datagrams to the same address, all of one size
+//! but the last, make one message that UDP GSO (generic segmentation offload) cuts into
+//! datagrams; the messages of one datagram each (a publisher's packet to each of its
+//! subscribers) go out together in one `sendmmsg`. A subscriber gets a video frame as a
+//! run of packets, and one syscall per packet cost the driver 35–55 % on top of the
+//! engine (docs/benchmarks.md); on loopback each return from a send is also where the
+//! woken receiver preempts the sender. Messages leave in the order they were queued.
+//! Where GSO is unavailable every message holds one datagram. `quinn-udp` makes the
+//! GSO `sendmsg` with its control message and `nix` the `sendmmsg`, since the crate
+//! forbids `unsafe`. Depends on nothing else in the crate.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
 
-use std::os::fd::AsFd;
-
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
 use quinn_udp::{Transmit, UdpSocketState};
 
 /// What one `sendmsg` with GSO may carry: the kernel's limit is 64 KiB of payload.
 const MAX_BATCH_BYTES: usize = 65_000;
 /// Linux accepts at most 64 segments per call (`UDP_MAX_SEGMENTS`).
 const MAX_SEGMENTS: usize = 64;
+/// Messages queued before they are sent, whatever the turn still holds: one
+/// `sendmmsg` each (the kernel takes up to 1024).
+pub const MAX_MESSAGES: usize = 64;
 
-/// Datagrams waiting to go out together.
-#[derive(Debug)]
-pub struct Batch {
-    buf: Vec<u8>,
-    destination: Option<SocketAddr>,
+/// One message: `segments` datagrams of `segment` bytes (the last may be shorter),
+/// `buf[start..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    destination: SocketAddr,
+    start: usize,
+    end: usize,
     segment: usize,
     segments: usize,
-    max_segments: usize,
-    /// A datagram shorter than the segment size ended the batch.
+    /// A datagram shorter than the segment size ended the message.
     closed: bool,
 }
 
-impl Batch {
-    /// A batch of at most `max_segments` datagrams (1: no batching).
-    pub fn new(max_segments: usize) -> Self {
+/// The datagrams of one turn, waiting to be sent.
+pub struct Outgoing {
+    /// `None`: no GSO (one datagram per message).
+    state: Option<UdpSocketState>,
+    max_segments: usize,
+    buf: Vec<u8>,
+    messages: Vec<Message>,
+    headers: MultiHeaders<SockaddrStorage>,
+    addresses: Vec<Option<SockaddrStorage>>,
+    /// The socket is IPv6 (dual stack): IPv4 destinations are written IPv4-mapped.
+    ipv6: bool,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("max_segments", &self.max_segments)
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outgoing {
+    /// Datagrams for `socket`, in GSO messages of up to what `state` reports (none
+    /// without it, or with `max_segments` 1).
+    pub fn new(socket: &impl AsRawFd, state: Option<UdpSocketState>, max_segments: usize) -> Self {
+        let max_segments = state
+            .as_ref()
+            .map_or(1, |s| s.max_gso_segments())
+            .min(max_segments)
+            .clamp(1, MAX_SEGMENTS);
+        let ipv6 = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd())
+            .ok()
+            .is_some_and(|a| a.as_sockaddr_in6().is_some());
         Self {
+            state,
+            max_segments,
             buf: Vec::with_capacity(MAX_BATCH_BYTES),
-            destination: None,
-            segment: 0,
-            segments: 0,
-            max_segments: max_segments.clamp(1, MAX_SEGMENTS),
-            closed: false,
+            messages: Vec::with_capacity(MAX_MESSAGES),
+            headers: MultiHeaders::preallocate(MAX_MESSAGES, None),
+            addresses: Vec::with_capacity(MAX_MESSAGES),
+            ipv6,
         }
     }
 
-    /// Adds a datagram if it can join the batch; `false` means: flush, then push again
-    /// (an empty batch always takes it).
-    pub fn push(&mut self, destination: SocketAddr, contents: &[u8]) -> bool {
-        if self.segments == 0 {
-            self.buf.clear();
-            self.buf.extend_from_slice(contents);
-            self.destination = Some(destination);
-            self.segment = contents.len();
-            self.segments = 1;
-            self.closed = false;
-            return true;
+    /// Queues a datagram, sending what is queued first when it is full.
+    pub fn push<S: AsFd + AsRawFd>(
+        &mut self,
+        socket: &S,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        if contents.is_empty() {
+            return;
         }
-        if self.closed
-            || self.destination != Some(destination)
-            || self.segments >= self.max_segments
-            || contents.len() > self.segment
-            || contents.is_empty()
-            || self.buf.len() + contents.len() > MAX_BATCH_BYTES
+        if let Some(last) = self.messages.last_mut()
+            && !last.closed
+            && last.destination == destination
+            && last.segments < self.max_segments
+            && contents.len() <= last.segment
+            && last.end - last.start + contents.len() <= MAX_BATCH_BYTES
+            && last.end == self.buf.len()
         {
-            return false;
+            self.buf.extend_from_slice(contents);
+            last.end = self.buf.len();
+            last.segments += 1;
+            // Only the last segment may be shorter.
+            last.closed = contents.len() < last.segment;
+            return;
         }
+        if self.messages.len() >= MAX_MESSAGES {
+            self.flush(socket);
+        }
+        let start = self.buf.len();
         self.buf.extend_from_slice(contents);
-        self.segments += 1;
-        // Only the last segment may be shorter.
-        self.closed = contents.len() < self.segment;
-        true
+        self.messages.push(Message {
+            destination,
+            start,
+            end: self.buf.len(),
+            segment: contents.len(),
+            segments: 1,
+            closed: false,
+        });
     }
 
-    /// The batch as one transmit, leaving the batch empty; `None` if it was empty.
-    pub fn take(&mut self) -> Option<(SocketAddr, &[u8], Option<usize>)> {
-        let destination = self.destination.take()?;
-        let segments = std::mem::take(&mut self.segments);
-        let segment_size = (segments > 1).then_some(self.segment);
-        Some((destination, &self.buf, segment_size))
+    /// How many messages wait.
+    pub fn len(&self) -> usize {
+        self.messages.len()
     }
 
-    /// Sends what is batched on `socket` (non-blocking). A full socket buffer drops the
-    /// batch, as the network would; if the kernel refuses GSO, `state` falls back to
-    /// one segment and the datagrams are sent again one by one.
-    pub fn flush<S: AsFd>(&mut self, state: &UdpSocketState, socket: &S) -> io::Result<()> {
-        let Some((destination, contents, segment_size)) = self.take() else {
-            return Ok(());
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Sends everything queued (non-blocking), in order. A full socket buffer drops
+    /// what it has no room for, as the network would.
+    pub fn flush<S: AsFd + AsRawFd>(&mut self, socket: &S) {
+        let messages = std::mem::take(&mut self.messages);
+        let mut index = 0;
+        while index < messages.len() {
+            if messages[index].segments > 1 {
+                if let Err(e) = self.send_segmented(socket, &messages[index]) {
+                    tracing::trace!(error = %e, "media send dropped");
+                }
+                index += 1;
+                continue;
+            }
+            // The run of one-datagram messages from here, in one `sendmmsg`.
+            let run = messages[index..]
+                .iter()
+                .take_while(|m| m.segments == 1)
+                .count();
+            self.send_singles(socket, &messages[index..index + run]);
+            index += run;
+        }
+        self.messages = messages;
+        self.messages.clear();
+        self.buf.clear();
+    }
+
+    fn send_singles<S: AsRawFd>(&mut self, socket: &S, run: &[Message]) {
+        let mut sent = 0;
+        // Each round sends at least one message or skips the one refused.
+        while sent < run.len() {
+            let rest = &run[sent..];
+            self.addresses.clear();
+            let ipv6 = self.ipv6;
+            self.addresses
+                .extend(rest.iter().map(|m| Some(sockaddr(m.destination, ipv6))));
+            let slices: Vec<[io::IoSlice<'_>; 1]> = rest
+                .iter()
+                .map(|m| [io::IoSlice::new(&self.buf[m.start..m.end])])
+                .collect();
+            let result = nix::sys::socket::sendmmsg(
+                socket.as_raw_fd(),
+                &mut self.headers,
+                &slices,
+                &self.addresses,
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map(|results| results.count());
+            match result {
+                Ok(0) => return,
+                Ok(count) => sent += count,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    tracing::trace!(dropped = rest.len(), "media socket full: datagrams dropped");
+                    return;
+                }
+                Err(e) => {
+                    // The first message was refused (an unreachable address): the
+                    // others may still go.
+                    tracing::trace!(error = %e, destination = %rest[0].destination, "media send dropped");
+                    sent += 1;
+                }
+            }
+        }
+    }
+
+    fn send_segmented<S: AsFd>(&mut self, socket: &S, message: &Message) -> io::Result<()> {
+        let contents = &self.buf[message.start..message.end];
+        let Some(state) = &self.state else {
+            return Err(io::Error::other("segmented message without GSO"));
         };
         let transmit = Transmit {
-            destination,
+            destination: message.destination,
             ecn: None,
             contents,
-            segment_size,
+            segment_size: Some(message.segment),
             src_ip: None,
         };
         match state.try_send(socket.into(), &transmit) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
-            Err(e) => match segment_size {
-                Some(size) if state.max_gso_segments() == 1 => {
-                    for datagram in contents.chunks(size) {
-                        let single = Transmit {
-                            destination,
-                            ecn: None,
-                            contents: datagram,
-                            segment_size: None,
-                            src_ip: None,
-                        };
-                        state.try_send(socket.into(), &single)?;
-                    }
-                    self.max_segments = 1;
-                    Ok(())
+            Err(_) if state.max_gso_segments() == 1 => {
+                // The kernel refused GSO: quinn-udp fell back to one segment; so do
+                // later turns, and this message goes one datagram at a time.
+                self.max_segments = 1;
+                for datagram in contents.chunks(message.segment) {
+                    let single = Transmit {
+                        destination: message.destination,
+                        ecn: None,
+                        contents: datagram,
+                        segment_size: None,
+                        src_ip: None,
+                    };
+                    state.try_send(socket.into(), &single)?;
                 }
-                _ => Err(e),
-            },
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.segments == 0
-    }
+/// `destination` as the socket takes it: IPv4-mapped on an IPv6 socket.
+fn sockaddr(destination: SocketAddr, ipv6: bool) -> SockaddrStorage {
+    let destination = match destination {
+        SocketAddr::V4(v4) if ipv6 => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        other => other,
+    };
+    SockaddrStorage::from(destination)
 }
 
 #[cfg(test)]
@@ -130,69 +252,139 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    fn socket() -> std::net::UdpSocket {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("non-blocking");
+        socket
+    }
+
+    /// (destination, bytes, segment size, segments) of each queued message.
+    fn shape(outgoing: &Outgoing) -> Vec<(SocketAddr, usize, usize, usize)> {
+        outgoing
+            .messages
+            .iter()
+            .map(|m| (m.destination, m.end - m.start, m.segment, m.segments))
+            .collect()
+    }
+
+    fn gso_outgoing(socket: &std::net::UdpSocket, max_segments: usize) -> Outgoing {
+        let mut outgoing = Outgoing::new(socket, None, max_segments);
+        // The rules of batching, whatever this kernel's GSO support.
+        outgoing.max_segments = max_segments;
+        outgoing
+    }
+
     #[test]
-    fn a_run_of_equal_datagrams_to_one_address_makes_one_batch() {
-        let mut batch = Batch::new(64);
-        assert!(batch.push(addr(1), &[1; 100]));
-        assert!(batch.push(addr(1), &[2; 100]));
-        assert!(batch.push(addr(1), &[3; 60])); // shorter: the last of the batch
-        assert!(
-            !batch.push(addr(1), &[4; 60]),
-            "nothing after a shorter one"
-        );
-        let (destination, contents, segment) = batch.take().expect("a batch");
+    fn a_run_of_equal_datagrams_to_one_address_makes_one_message() {
+        let socket = socket();
+        let mut outgoing = gso_outgoing(&socket, 64);
+        outgoing.push(&socket, addr(1), &[1; 100]);
+        outgoing.push(&socket, addr(1), &[2; 100]);
+        outgoing.push(&socket, addr(1), &[3; 60]); // shorter: the last of the message
+        outgoing.push(&socket, addr(1), &[4; 60]); // nothing after a shorter one
         assert_eq!(
-            (destination, contents.len(), segment),
-            (addr(1), 260, Some(100))
+            shape(&outgoing),
+            vec![(addr(1), 260, 100, 3), (addr(1), 60, 60, 1)]
         );
-        assert!(batch.is_empty());
-        assert!(batch.take().is_none());
     }
 
     #[test]
-    fn a_new_address_a_longer_datagram_or_the_limit_ends_a_batch() {
-        let mut batch = Batch::new(3);
-        assert!(batch.push(addr(1), &[0; 100]));
-        assert!(!batch.push(addr(2), &[0; 100]), "another address");
-        assert!(!batch.push(addr(1), &[0; 101]), "longer than the segment");
-        assert!(batch.push(addr(1), &[0; 100]));
-        assert!(batch.push(addr(1), &[0; 100]));
-        assert!(!batch.push(addr(1), &[0; 100]), "three segments at most");
-        let (_, contents, segment) = batch.take().expect("a batch");
-        assert_eq!((contents.len(), segment), (300, Some(100)));
-        // A lone datagram goes without a segment size.
-        assert!(batch.push(addr(2), &[0; 50]));
-        let (destination, contents, segment) = batch.take().expect("a batch");
-        assert_eq!((destination, contents.len(), segment), (addr(2), 50, None));
-        // Without GSO every datagram is a batch of its own.
-        let mut single = Batch::new(1);
-        assert!(single.push(addr(1), &[0; 10]));
-        assert!(!single.push(addr(1), &[0; 10]));
+    fn a_new_address_a_longer_datagram_or_the_limit_ends_a_message() {
+        let socket = socket();
+        let mut outgoing = gso_outgoing(&socket, 3);
+        outgoing.push(&socket, addr(1), &[0; 100]);
+        outgoing.push(&socket, addr(2), &[0; 100]); // another address
+        outgoing.push(&socket, addr(2), &[0; 101]); // longer than the segment
+        outgoing.push(&socket, addr(2), &[0; 101]);
+        outgoing.push(&socket, addr(2), &[0; 101]);
+        outgoing.push(&socket, addr(2), &[0; 101]); // three segments at most
+        assert_eq!(
+            shape(&outgoing),
+            vec![
+                (addr(1), 100, 100, 1),
+                (addr(2), 100, 100, 1),
+                (addr(2), 303, 101, 3),
+                (addr(2), 101, 101, 1),
+            ]
+        );
+        // Without GSO every datagram is a message of its own.
+        let mut single = gso_outgoing(&socket, 1);
+        single.push(&socket, addr(1), &[0; 10]);
+        single.push(&socket, addr(1), &[0; 10]);
+        assert_eq!(single.len(), 2);
     }
 
+    /// Runs of one datagram (`sendmmsg`) and GSO messages, to two receivers and
+    /// past the queue's limit: every datagram arrives whole, in the order queued.
     #[test]
-    fn batches_arrive_as_separate_datagrams() {
+    fn every_datagram_arrives_whole_and_in_order() {
+        let receivers: Vec<std::net::UdpSocket> = (0..2)
+            .map(|_| {
+                let r = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                r.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .expect("timeout");
+                r
+            })
+            .collect();
+        let sender = socket();
+        let state = UdpSocketState::new((&sender).into()).expect("socket state");
+        let mut outgoing = Outgoing::new(&sender, Some(state), MAX_SEGMENTS);
+        let mut expected: Vec<Vec<Vec<u8>>> = vec![Vec::new(), Vec::new()];
+        let mut counter = 0u8;
+        for round in 0..(MAX_MESSAGES + 10) {
+            // A frame of three packets to one, a lone packet to the other.
+            let (frame_to, lone_to) = (round % 2, (round + 1) % 2);
+            // Small: nobody reads until the end, and the receive buffers must hold it all.
+            for size in [120, 120, 70] {
+                counter = counter.wrapping_add(1);
+                let datagram = vec![counter; size];
+                outgoing.push(
+                    &sender,
+                    receivers[frame_to].local_addr().expect("addr"),
+                    &datagram,
+                );
+                expected[frame_to].push(datagram);
+            }
+            counter = counter.wrapping_add(1);
+            let datagram = vec![counter; 30];
+            outgoing.push(
+                &sender,
+                receivers[lone_to].local_addr().expect("addr"),
+                &datagram,
+            );
+            expected[lone_to].push(datagram);
+            if round % 7 == 0 {
+                outgoing.flush(&sender);
+            }
+        }
+        outgoing.flush(&sender);
+        assert!(outgoing.is_empty());
+        let mut buf = [0u8; 2048];
+        for (receiver, datagrams) in receivers.iter().zip(&expected) {
+            for datagram in datagrams {
+                let n = receiver.recv(&mut buf).expect("a datagram");
+                assert_eq!(&buf[..n], datagram.as_slice());
+            }
+        }
+    }
+
+    /// A dual-stack socket takes IPv4 destinations as IPv4-mapped addresses.
+    #[test]
+    fn an_ipv6_socket_reaches_ipv4_destinations() {
+        let Ok(sender) = std::net::UdpSocket::bind("[::]:0") else {
+            return; // no IPv6 here
+        };
+        sender.set_nonblocking(true).expect("non-blocking");
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         receiver
             .set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .expect("timeout");
-        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sender.set_nonblocking(true).expect("non-blocking");
-        let state = UdpSocketState::new((&sender).into()).expect("socket state");
-        let mut batch = Batch::new(state.max_gso_segments());
-        let to = receiver.local_addr().expect("addr");
-        let sent: Vec<Vec<u8>> = vec![vec![1; 1200], vec![2; 1200], vec![3; 1200], vec![4; 700]];
-        for datagram in &sent {
-            if !batch.push(to, datagram) {
-                batch.flush(&state, &sender).expect("send");
-                assert!(batch.push(to, datagram));
-            }
-        }
-        batch.flush(&state, &sender).expect("send");
-        let mut buf = [0u8; 2048];
-        for datagram in &sent {
-            let n = receiver.recv(&mut buf).expect("a datagram");
-            assert_eq!(&buf[..n], datagram.as_slice());
-        }
+        let mut outgoing = Outgoing::new(&sender, None, 1);
+        assert!(outgoing.ipv6);
+        outgoing.push(&sender, receiver.local_addr().expect("addr"), b"hello");
+        outgoing.flush(&sender);
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).expect("a datagram");
+        assert_eq!(&buf[..n], b"hello");
     }
 }

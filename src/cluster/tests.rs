@@ -1,0 +1,1 @@
+//! Leadership, heartbeats and fencing against a real PostgreSQL.

@@ -174,11 +174,19 @@ impl Candidate {
         }
     }
 
-    /// Gives the leadership up: closing the connection frees the lock at once.
+    /// Gives the leadership up and closes the connection. The lock is released first,
+    /// explicitly: the server frees a closed session's locks only once its backend
+    /// has exited, a moment later.
     pub async fn resign(&mut self) {
         self.fence = None;
-        if let Some(conn) = self.conn.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+        if let Some(mut conn) = self.conn.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+            })
+            .await;
         }
     }
 }

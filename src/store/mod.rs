@@ -272,6 +272,8 @@ pub(crate) mod testing {
 
     pub struct TestDb {
         pub store: Store,
+        /// Where `store` points: for tests that open connections of their own.
+        pub uri: String,
         _dir: Option<tempfile::TempDir>,
     }
 
@@ -287,6 +289,7 @@ pub(crate) mod testing {
         let store = Store::connect(&uri, 5).await.expect("open sqlite");
         TestDb {
             store,
+            uri,
             _dir: Some(dir),
         }
     }
@@ -317,7 +320,11 @@ pub(crate) mod testing {
         let store = Store::connect(url.as_str(), 5)
             .await
             .expect("open postgres");
-        TestDb { store, _dir: None }
+        TestDb {
+            store,
+            uri: url.to_string(),
+            _dir: None,
+        }
     }
 
     /// Runs the same test body against SQLite and PostgreSQL.

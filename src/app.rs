@@ -63,6 +63,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("database.uri {}", redact_uri(&config.database.uri)))?,
     };
+    if config.cluster.is_some() {
+        crate::cluster::check_server(&store).await?;
+    }
     let metrics = observability::metrics_handle();
     let bot_mode = config.mode == crate::config::Mode::Bot;
     let (client, account_device) = if bot_mode {
@@ -355,7 +358,9 @@ impl LeaderWorkers {
         stop: CancellationToken,
         fence: Option<crate::cluster::Fence>,
     ) {
-        set.spawn(self.webhooks.worker(self.store.clone(), stop.clone()).run());
+        let mut webhooks = self.webhooks.worker(self.store.clone(), stop.clone());
+        webhooks.fence = fence;
+        set.spawn(webhooks.run());
         set.spawn(
             OutboundWorker {
                 store: self.store.clone(),
@@ -369,7 +374,8 @@ impl LeaderWorkers {
             }
             .run(),
         );
-        if let Some(effects) = self.bridge.effects_worker(self.store.clone(), stop.clone()) {
+        if let Some(mut effects) = self.bridge.effects_worker(self.store.clone(), stop.clone()) {
+            effects.fence = fence;
             set.spawn(effects.run());
         }
         if let Some(period) = self.sweep_period {

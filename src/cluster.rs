@@ -35,6 +35,24 @@ pub enum ClusterError {
     /// A query through the pool failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The server cannot end a stalled leader's session.
+    #[error(
+        "PostgreSQL {0} cannot run a cluster: version 14 or later is needed (its idle_session_timeout ends a stalled leader's session); upgrade it, or remove the cluster section to run a single node"
+    )]
+    ServerTooOld(String),
+}
+
+/// Refuses a server older than PostgreSQL 14, on which a stalled leader would keep
+/// the lock forever.
+pub async fn check_server(store: &Store) -> Result<(), ClusterError> {
+    let version: String = sqlx::query_scalar("SELECT current_setting('server_version_num')")
+        .fetch_one(store.pool())
+        .await
+        .map_err(StoreError::from)?;
+    match version.parse::<u32>() {
+        Ok(number) if number >= 140_000 => Ok(()),
+        _ => Err(ClusterError::ServerTooOld(version)),
+    }
 }
 
 /// One node's bid for the leadership: a dedicated connection, and the term it leads, if

@@ -2,11 +2,13 @@
 //! connections of their own to one test database.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::bridge::effects;
 use crate::matrix::client::MatrixClient;
 use crate::matrix::inbox::{EventHandler, InboxWorker};
 use crate::matrix::queue::{self, OutboundRequest, OutboundWorker};
@@ -417,4 +419,95 @@ fn cpu_is_read_from_proc() {
     assert!(x != 1);
     let permille = meter.permille().expect("Linux has /proc/self/stat");
     assert!((0..=100_000).contains(&permille), "{permille}");
+}
+
+#[tokio::test]
+async fn webhooks_and_sfu_effects_under_a_stale_epoch_do_nothing() {
+    let db = testing::postgres().await;
+    let store = db.store.clone();
+    let (receiver, seen) = fake_homeserver().await;
+    let mut a = Candidate::new(&db.uri, "a", HEARTBEAT);
+    let mut b = Candidate::new(&db.uri, "b", HEARTBEAT);
+    let stale = a.try_lead().await.expect("bid").expect("a leads");
+    kill_backend(&store, stale.lock_pid).await;
+    let current = b.try_lead().await.expect("bid").expect("b leads");
+
+    let webhooks = crate::webhooks::Webhooks::from_config(&[crate::config::WebhookConfig {
+        url: format!("{receiver}/hooks"),
+        secret: "s".repeat(40),
+    }]);
+    let mut tx = store.begin().await.expect("begin");
+    webhooks.enqueue_ping(&mut tx).await.expect("queued");
+    tx.commit().await.expect("commit");
+
+    let term = CancellationToken::new();
+    let mut worker = webhooks.worker(store.clone(), term.clone());
+    worker.fence = Some(stale);
+    let running = tokio::spawn(worker.run());
+    wait_until(Duration::from_secs(10), "a's webhook worker stops", || {
+        let term = term.clone();
+        async move { term.is_cancelled() }
+    })
+    .await;
+    running.await.expect("worker ends");
+    assert!(
+        seen.lock().expect("not poisoned").is_empty(),
+        "nothing delivered"
+    );
+
+    let stop = CancellationToken::new();
+    let mut worker = webhooks.worker(store.clone(), stop.clone());
+    worker.fence = Some(current);
+    let running = tokio::spawn(worker.run());
+    wait_until(Duration::from_secs(10), "b delivers", || {
+        let seen = seen.clone();
+        async move { !seen.lock().expect("not poisoned").is_empty() }
+    })
+    .await;
+    stop.cancel();
+    running.await.expect("worker ends");
+
+    let mut tx = store.begin().await.expect("begin");
+    effects::enqueue(
+        &mut tx,
+        &effects::SfuEffect::CloseRoom {
+            meeting: "m1".into(),
+        },
+    )
+    .await
+    .expect("queued");
+    tx.commit().await.expect("commit");
+    let rooms = Arc::new(CountingRooms::default());
+    let mut worker = effects::SfuEffectsWorker::new(
+        store.clone(),
+        rooms.clone(),
+        Arc::new(Notify::new()),
+        CancellationToken::new(),
+    );
+    worker.fence = Some(stale);
+    assert_eq!(worker.apply_pending().await.expect("round"), 0);
+    assert!(worker.shutdown.is_cancelled(), "a's term ends");
+    assert_eq!(rooms.0.load(Ordering::SeqCst), 0, "nothing applied");
+    worker.fence = Some(current);
+    assert_eq!(worker.apply_pending().await.expect("round"), 1);
+    assert_eq!(rooms.0.load(Ordering::SeqCst), 1, "b applies it");
+}
+
+/// An SFU that counts the effects it receives.
+#[derive(Default)]
+struct CountingRooms(AtomicUsize);
+
+impl effects::MeetingRooms for Arc<CountingRooms> {
+    async fn inject_chat(&self, _: String, _: String, _: String, _: String) -> bool {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+    async fn close_room(&self, _: String) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        0
+    }
+    async fn remove_identity(&self, _: String, _: String, _: String) -> bool {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        true
+    }
 }

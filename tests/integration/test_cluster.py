@@ -4,12 +4,16 @@ other node takes over within 10 s and carries on from the database."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 
+import pytest
 import yaml
 
 from harness import Env, scenarios
+from harness.postgres import fresh_database
 from harness.service import Service
 from harness.util import free_port, free_udp_ports, wait_for
 
@@ -41,22 +45,30 @@ def second_node(env: Env, workdir) -> Service:
     return node
 
 
+@pytest.fixture
+def cluster_db(postgres_url):
+    """A database of this test's own: each test starts a Synapse of its own too."""
+    with fresh_database(postgres_url) as url:
+        yield url
+
+
 def leads(node: Service) -> bool:
     return node.metric("tchap_visio_cluster_leader") == 1
 
 
 def help_count(alice, room: str, bot: str) -> int:
-    """Help notices in the room once every earlier command has its answer."""
+    """Help notices in the room once every earlier command has its answer (once per
+    room: the marker opens a meeting)."""
     return sum(scenarios.is_help(n) for n in scenarios.marker(alice, room, bot))
 
 
-def test_the_leader_handles_what_any_node_takes_once_and_a_killed_leader_is_replaced(tmp_path_factory, pg_database):
+def test_the_leader_handles_what_any_node_takes_once_and_a_killed_leader_is_replaced(tmp_path_factory, cluster_db):
     workdir = tmp_path_factory.mktemp("cluster")
     # Node 1, which the homeserver's registration points at, starts alone and leads.
     # Its node_url is read by nothing yet (placement is later work).
     env = Env(
         workdir / "env",
-        database_uri=pg_database,
+        database_uri=cluster_db,
         overrides={**OVERRIDES, "cluster": {"node_id": "n1", "node_url": "http://localhost"}},
     )
     n2 = None
@@ -93,6 +105,62 @@ def test_the_leader_handles_what_any_node_takes_once_and_a_killed_leader_is_repl
         assert n2.metric("tchap_visio_events_processed_total") >= 4
         assert leads(n2) and not leads(n1)
     finally:
+        if n2 is not None:
+            n2.close()
+        env.close()
+
+
+def test_a_stalled_leader_hands_over_and_posts_nothing_when_it_wakes(tmp_path_factory, cluster_db):
+    workdir = tmp_path_factory.mktemp("cluster-stop")
+    env = Env(
+        workdir / "env",
+        database_uri=cluster_db,
+        overrides={**OVERRIDES, "cluster": {"node_id": "n1", "node_url": "http://localhost"}},
+    )
+    n2 = None
+    stopped = False
+    try:
+        n1 = env.service
+        wait_for(lambda: leads(n1), 10, "node 1 leads")
+        n2 = second_node(env, workdir / "n2")
+        n2.start()
+        alice, room = env.room_with_bot("alice", name="Cluster stop")
+        alice.send_text(room, "!visio aide")
+        scenarios.wait_help(alice, room, env.bot, 1)
+
+        # The leader stalls: its lock connection falls silent, PostgreSQL ends it after
+        # three heartbeats (6 s), and node 2 takes over within 10 s.
+        os.kill(n1.proc.pid, signal.SIGSTOP)
+        stopped = True
+        stalled = time.monotonic()
+        wait_for(lambda: leads(n2), 10, "node 2 takes over from the stalled leader")
+        assert time.monotonic() - stalled < 10
+        # Meanwhile the homeserver's transactions reach node 2 (a load balancer skips
+        # a node that does not answer).
+        body = {"events": [scenarios.fake_message(room, alice.user_id, "!visio aide", f"$stop-{uuid.uuid4().hex}")]}
+        assert n2.put_transaction(f"stop-{uuid.uuid4().hex}", body).status_code == 200
+        scenarios.wait_help(alice, room, env.bot, 2)
+
+        # The stalled leader wakes: it finds it no longer leads and stops its workers.
+        os.kill(n1.proc.pid, signal.SIGCONT)
+        stopped = False
+        wait_for(lambda: not leads(n1), 10, "node 1 steps down")
+        wait_for(lambda: "no longer leads" in n1.logs(), 10, "node 1 says it stepped down")
+        assert leads(n2)
+        # (A commit node 1 had sent before it stopped is counted only now that it
+        # reads the answer; the server applied it before node 2's term began.)
+        handled_by_n1 = n1.metric("tchap_visio_events_processed_total")
+        sent_by_n1 = n1.metric("tchap_visio_outbound_send_seconds_count")
+        # The homeserver's transactions reach node 1 again; node 2 handles them.
+        alice.send_text(room, "!visio aide")
+        scenarios.wait_help(alice, room, env.bot, 3)
+        # Every command answered once: nothing posted twice by the woken node.
+        assert help_count(alice, room, env.bot) == 3
+        assert n1.metric("tchap_visio_events_processed_total") == handled_by_n1, "node 1 handles nothing more"
+        assert n1.metric("tchap_visio_outbound_send_seconds_count") == sent_by_n1, "node 1 sends nothing more"
+    finally:
+        if stopped:
+            os.kill(n1.proc.pid, signal.SIGCONT)
         if n2 is not None:
             n2.close()
         env.close()

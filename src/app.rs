@@ -227,23 +227,23 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     };
     match &config.cluster {
         None => leader.spawn(&mut workers, shutdown.clone(), None),
-        Some(cluster) => {
-            spawn_cluster(
-                &mut workers,
-                &config,
-                cluster,
-                &store,
+        Some(cluster) => spawn_cluster(
+            &mut workers,
+            &config,
+            cluster,
+            ClusterParts {
+                store: store.clone(),
                 leader,
-                &sfu,
-                [
+                sfu: sfu.clone(),
+                wakes: [
                     inbox_wake.clone(),
                     outbound_wake.clone(),
                     inbox_run,
                     outbound_run,
                 ],
-                &shutdown,
-            );
-        }
+            },
+            &shutdown,
+        ),
     }
 
     // One set of keys: the join endpoint signs with it, the SFU's /rtc checks with it.
@@ -412,26 +412,39 @@ impl LeaderWorkers {
     }
 }
 
+/// What a cluster node's own tasks are built from.
+struct ClusterParts {
+    store: Store,
+    leader: LeaderWorkers,
+    /// Whose load the heartbeat reports.
+    sfu: SfuHandle,
+    /// Inbox and outbound wake-ups: as the intake and the bridge signal them, then as
+    /// the leader's workers wait for them.
+    wakes: [Arc<Notify>; 4],
+}
+
 /// A cluster node's own tasks: its heartbeat, the relay of wake-ups between nodes, and
 /// its bid for the leadership, whose terms run the [`LeaderWorkers`].
-#[allow(clippy::too_many_arguments)]
 fn spawn_cluster(
     workers: &mut tokio::task::JoinSet<()>,
     config: &Config,
     cluster: &crate::config::ClusterConfig,
-    store: &Store,
-    leader: LeaderWorkers,
-    sfu: &SfuHandle,
-    [inbox_produced, outbound_produced, inbox_run, outbound_run]: [Arc<Notify>; 4],
+    parts: ClusterParts,
     shutdown: &CancellationToken,
 ) {
+    let ClusterParts {
+        store,
+        leader,
+        sfu,
+        wakes: [inbox_produced, outbound_produced, inbox_run, outbound_run],
+    } = parts;
     let node_url = cluster
         .node_url
         .as_ref()
         .map(|u| u.to_string())
         .expect("validate() requires cluster.node_url");
     tracing::info!(node = %cluster.node_id, %node_url, "cluster node: bidding for the leadership");
-    let load_of = sfu.clone();
+    let load_of = sfu;
     workers.spawn(
         crate::cluster::Heartbeat {
             store: store.clone(),

@@ -135,7 +135,10 @@ impl Candidate {
                 .await?;
             Ok(Some(Fence { epoch, lock_pid }))
         };
-        match tokio::time::timeout(patience, attempt).await {
+        // Twice the patience: the increment may wait as long as a stalled leader's
+        // open transaction lives (the same three heartbeats), and giving up just then
+        // would cost a poll.
+        match tokio::time::timeout(patience * 2, attempt).await {
             Ok(Ok(fence)) => {
                 self.fence = fence;
                 Ok(fence)
@@ -147,7 +150,7 @@ impl Candidate {
             }
             Err(_) => {
                 self.conn = None;
-                Err(ClusterError::Timeout(patience))
+                Err(ClusterError::Timeout(patience * 2))
             }
         }
     }

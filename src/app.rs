@@ -765,11 +765,20 @@ pub async fn check_config(
     let store = Store::connect(&config.database.uri, 1)
         .await
         .with_context(|| format!("database.uri {}", redact_uri(&config.database.uri)))?;
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::describe(&store, &cluster.node_id).await),
+        None => None,
+    };
     store.close().await;
     report.push(format!(
         "database: reachable ({})",
         redact_uri(&config.database.uri)
     ));
+    match cluster {
+        Some(Ok(line)) => report.push(line),
+        Some(Err(e)) => bail!("{}\n{e}", report.join("\n")),
+        None => {}
+    }
 
     // When the service is not running, answer the homeserver's ping ourselves.
     let addr = config.listen_addr();

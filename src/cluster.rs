@@ -55,6 +55,31 @@ pub async fn check_server(store: &Store) -> Result<(), ClusterError> {
     }
 }
 
+/// `check-config`'s line on the cluster: the server's version, who leads, which nodes
+/// live. Tables not there yet (no node started) are said so, not an error.
+pub async fn describe(store: &Store, node_id: &str) -> Result<String, ClusterError> {
+    check_server(store).await?;
+    let (Ok((epoch, leader)), Ok(nodes)) = (store.leadership().await, store.live_nodes().await)
+    else {
+        return Ok(format!(
+            "cluster: node {node_id}; no cluster tables yet (the first node's start creates them)"
+        ));
+    };
+    let live: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{} ({} participants)", n.node_id, n.participants))
+        .collect();
+    Ok(format!(
+        "cluster: node {node_id}; leader: {} (epoch {epoch}); live nodes: {}",
+        leader.as_deref().unwrap_or("none yet"),
+        if live.is_empty() {
+            "none".to_owned()
+        } else {
+            live.join(", ")
+        }
+    ))
+}
+
 /// One node's bid for the leadership: a dedicated connection, and the term it leads, if
 /// any.
 pub struct Candidate {

@@ -511,3 +511,34 @@ impl effects::MeetingRooms for Arc<CountingRooms> {
         true
     }
 }
+
+#[tokio::test]
+async fn check_config_describes_the_cluster() {
+    let db = testing::postgres_unmigrated().await;
+    let line = describe(&db.store, "n1").await.expect("describe");
+    assert!(line.contains("no cluster tables yet"), "{line}");
+    db.store.migrate().await.expect("migrate");
+    let line = describe(&db.store, "n1").await.expect("describe");
+    assert!(
+        line.contains("leader: none yet") && line.contains("live nodes: none"),
+        "{line}"
+    );
+    let mut n2 = Candidate::new(&db.uri, "n2", HEARTBEAT);
+    n2.try_lead().await.expect("bid").expect("n2 leads");
+    db.store
+        .node_started(&crate::store::cluster::NodeBeat {
+            node_id: "n2".into(),
+            node_url: "http://n2:29330".into(),
+            heartbeat_ms: 2000,
+            participants: 7,
+            rooms: 2,
+            cpu_permille: Some(120),
+        })
+        .await
+        .expect("beat");
+    let line = describe(&db.store, "n1").await.expect("describe");
+    assert_eq!(
+        line,
+        "cluster: node n1; leader: n2 (epoch 1); live nodes: n2 (7 participants)"
+    );
+}

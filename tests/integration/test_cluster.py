@@ -112,10 +112,12 @@ def test_the_leader_handles_what_any_node_takes_once_and_a_killed_leader_is_repl
 
 def test_a_stalled_leader_hands_over_and_posts_nothing_when_it_wakes(tmp_path_factory, cluster_db):
     workdir = tmp_path_factory.mktemp("cluster-stop")
+    # This node's part of the config from its environment, as a container would have it.
     env = Env(
         workdir / "env",
         database_uri=cluster_db,
-        overrides={**OVERRIDES, "cluster": {"node_id": "n1", "node_url": "http://localhost"}},
+        overrides=OVERRIDES,
+        service_env={"TCHAP_VISIO_CLUSTER__NODE_ID": "n1", "TCHAP_VISIO_CLUSTER__NODE_URL": "http://localhost"},
     )
     n2 = None
     stopped = False

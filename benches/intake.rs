@@ -113,6 +113,7 @@ async fn run(label: &str, uri: &str) {
             handler: bot,
             wake: inbox_wake.clone(),
             outbound_wake: Arc::new(Notify::new()),
+            fence: None,
             shutdown: shutdown.clone(),
         }
         .run(),

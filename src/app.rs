@@ -53,7 +53,19 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let store = open_store(&config).await?;
+    let store = match &config.cluster {
+        None => open_store(&config).await?,
+        Some(cluster) => Store::open_for_cluster(
+            &config.database.uri,
+            config.database.max_connections,
+            cluster.heartbeat() * crate::store::cluster::MISSED_HEARTBEATS as u32,
+        )
+        .await
+        .with_context(|| format!("database.uri {}", redact_uri(&config.database.uri)))?,
+    };
+    if config.cluster.is_some() {
+        crate::cluster::check_server(&store).await?;
+    }
     let metrics = observability::metrics_handle();
     let bot_mode = config.mode == crate::config::Mode::Bot;
     let (client, account_device) = if bot_mode {
@@ -78,8 +90,15 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let bot_ready = Arc::new(AtomicBool::new(bot_registered(&config, &store).await?));
     let bot = Bot::from_config(&config);
     let shutdown = CancellationToken::new();
+    // What the intake and the bridge signal, and what wakes the leader's workers: the
+    // same on a single node; in a cluster, `cluster::WakeRelay` carries one to the
+    // other across nodes.
     let inbox_wake = Arc::new(Notify::new());
     let outbound_wake = Arc::new(Notify::new());
+    let (inbox_run, outbound_run) = match config.cluster {
+        None => (inbox_wake.clone(), outbound_wake.clone()),
+        Some(_) => (Arc::new(Notify::new()), Arc::new(Notify::new())),
+    };
     let device_slot: Option<DeviceSlot> = config
         .encryption
         .enabled
@@ -144,7 +163,6 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     // Webhook deliveries have their own worker: a slow receiver delays nothing else.
     // The bridge queues events through clones of `webhooks`, which share its wake-up.
     let webhooks = Webhooks::from_config(&config.webhooks);
-    workers.spawn(webhooks.worker(store.clone(), shutdown.clone()).run());
     let (sfu, sfu_events, sfu_task) = start_sfu(&config, shutdown.clone()).await?;
     workers.spawn(async move {
         let _ = sfu_task.await;
@@ -154,7 +172,9 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             .with_webhooks(webhooks.clone())
             .with_store(store.clone()),
     );
-    {
+    // A single node's open sessions are the previous run's. In a cluster they may be
+    // another node's live ones: a dead node's meetings are not recovered yet.
+    if config.cluster.is_none() {
         let mut conn = store.pool().acquire().await?;
         bridge::recover(&mut conn, crate::clock::now_ms()).await?;
     }
@@ -162,21 +182,6 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         outbound_wake: outbound_wake.clone(),
         bridge: bridge.clone(),
     };
-    workers.spawn(
-        OutboundWorker {
-            store: store.clone(),
-            client,
-            device: device_slot.clone(),
-            relay_only: bot_mode,
-            bot_ready: bot_ready.clone(),
-            wake: outbound_wake.clone(),
-            shutdown: shutdown.clone(),
-        }
-        .run(),
-    );
-    if let Some(effects) = bridge.effects_worker(store.clone(), shutdown.clone()) {
-        workers.spawn(effects.run());
-    }
     let focus = config.element_call.enabled.then(|| {
         let delayed = crate::focus::delayed::DelayedLeaves::new(
             sfu.clone(),
@@ -191,19 +196,6 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         );
         Arc::new(crate::focus::Focus::from_config(&config, delayed))
     });
-    if focus.is_some() {
-        workers.spawn(
-            crate::focus::sweep::MembershipSweep {
-                store: store.clone(),
-                view: bridge.access.view.clone(),
-                ctx: bridge.clone(),
-                outbound_wake: outbound_wake.clone(),
-                period: Duration::from_secs(config.element_call.membership_check_secs),
-                shutdown: shutdown.clone(),
-            }
-            .run(),
-        );
-    }
     workers.spawn(
         SfuEventWorker {
             ctx: bridge.clone(),
@@ -217,22 +209,41 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     );
     if options.hold_inbox {
         tracing::warn!("--hold-inbox: transactions are stored but not processed");
-    } else {
-        workers.spawn(
-            InboxWorker {
+    }
+    let leader = LeaderWorkers {
+        store: store.clone(),
+        client,
+        device: device_slot.clone(),
+        relay_only: bot_mode,
+        bot_ready: bot_ready.clone(),
+        webhooks: webhooks.clone(),
+        bridge: bridge.clone(),
+        sweep_period: focus
+            .is_some()
+            .then(|| Duration::from_secs(config.element_call.membership_check_secs)),
+        hold_inbox: options.hold_inbox,
+        inbox_run: inbox_run.clone(),
+        outbound_run: outbound_run.clone(),
+    };
+    match &config.cluster {
+        None => leader.spawn(&mut workers, shutdown.clone(), None),
+        Some(cluster) => spawn_cluster(
+            &mut workers,
+            &config,
+            cluster,
+            ClusterParts {
                 store: store.clone(),
-                handler: Decrypting::new(
-                    Bridge {
-                        ctx: bridge.clone(),
-                    },
-                    device_slot.clone(),
-                ),
-                wake: inbox_wake.clone(),
-                outbound_wake,
-                shutdown: shutdown.clone(),
-            }
-            .run(),
-        );
+                leader,
+                sfu: sfu.clone(),
+                wakes: [
+                    inbox_wake.clone(),
+                    outbound_wake.clone(),
+                    inbox_run,
+                    outbound_run,
+                ],
+            },
+            &shutdown,
+        ),
     }
 
     // One set of keys: the join endpoint signs with it, the SFU's /rtc checks with it.
@@ -318,6 +329,162 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The workers only the leader runs (on a single node: always): the inbox worker, the
+/// outbound queue, the webhooks, and the bridge's SFU effects and membership sweep.
+#[derive(Clone)]
+struct LeaderWorkers {
+    store: Store,
+    client: MatrixClient,
+    device: Option<DeviceSlot>,
+    relay_only: bool,
+    bot_ready: Arc<AtomicBool>,
+    webhooks: Webhooks,
+    bridge: Arc<BridgeContext>,
+    /// The Element Call membership sweep's period, when the focus is on.
+    sweep_period: Option<Duration>,
+    hold_inbox: bool,
+    inbox_run: Arc<Notify>,
+    outbound_run: Arc<Notify>,
+}
+
+impl LeaderWorkers {
+    /// Spawns them into `set`; they stop when `stop` is cancelled. `fence`: the
+    /// cluster term they act for, checked before each claim and send.
+    fn spawn(
+        &self,
+        set: &mut tokio::task::JoinSet<()>,
+        stop: CancellationToken,
+        fence: Option<crate::cluster::Fence>,
+    ) {
+        let mut webhooks = self.webhooks.worker(self.store.clone(), stop.clone());
+        webhooks.fence = fence;
+        set.spawn(webhooks.run());
+        set.spawn(
+            OutboundWorker {
+                store: self.store.clone(),
+                client: self.client.clone(),
+                device: self.device.clone(),
+                relay_only: self.relay_only,
+                bot_ready: self.bot_ready.clone(),
+                wake: self.outbound_run.clone(),
+                fence,
+                shutdown: stop.clone(),
+            }
+            .run(),
+        );
+        if let Some(mut effects) = self.bridge.effects_worker(self.store.clone(), stop.clone()) {
+            effects.fence = fence;
+            set.spawn(effects.run());
+        }
+        if let Some(period) = self.sweep_period {
+            set.spawn(
+                crate::focus::sweep::MembershipSweep {
+                    store: self.store.clone(),
+                    view: self.bridge.access.view.clone(),
+                    ctx: self.bridge.clone(),
+                    outbound_wake: self.outbound_run.clone(),
+                    period,
+                    shutdown: stop.clone(),
+                }
+                .run(),
+            );
+        }
+        if !self.hold_inbox {
+            set.spawn(
+                InboxWorker {
+                    store: self.store.clone(),
+                    handler: Decrypting::new(
+                        Bridge {
+                            ctx: self.bridge.clone(),
+                        },
+                        self.device.clone(),
+                    ),
+                    wake: self.inbox_run.clone(),
+                    outbound_wake: self.outbound_run.clone(),
+                    fence,
+                    shutdown: stop,
+                }
+                .run(),
+            );
+        }
+    }
+}
+
+/// What a cluster node's own tasks are built from.
+struct ClusterParts {
+    store: Store,
+    leader: LeaderWorkers,
+    /// Whose load the heartbeat reports.
+    sfu: SfuHandle,
+    /// Inbox and outbound wake-ups: as the intake and the bridge signal them, then as
+    /// the leader's workers wait for them.
+    wakes: [Arc<Notify>; 4],
+}
+
+/// A cluster node's own tasks: its heartbeat, the relay of wake-ups between nodes, and
+/// its bid for the leadership, whose terms run the [`LeaderWorkers`].
+fn spawn_cluster(
+    workers: &mut tokio::task::JoinSet<()>,
+    config: &Config,
+    cluster: &crate::config::ClusterConfig,
+    parts: ClusterParts,
+    shutdown: &CancellationToken,
+) {
+    let ClusterParts {
+        store,
+        leader,
+        sfu,
+        wakes: [inbox_produced, outbound_produced, inbox_run, outbound_run],
+    } = parts;
+    let node_url = cluster
+        .node_url
+        .as_ref()
+        .map(|u| u.to_string())
+        .expect("validate() requires cluster.node_url");
+    tracing::info!(node = %cluster.node_id, %node_url, "cluster node: bidding for the leadership");
+    let load_of = sfu;
+    workers.spawn(
+        crate::cluster::Heartbeat {
+            store: store.clone(),
+            node_id: cluster.node_id.clone(),
+            node_url,
+            interval: cluster.heartbeat(),
+            load: Box::new(move || load_of.load()),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+    workers.spawn(
+        crate::cluster::WakeRelay {
+            uri: config.database.uri.clone(),
+            store: store.clone(),
+            inbox_produced,
+            outbound_produced,
+            inbox_run,
+            outbound_run,
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+    let candidate =
+        crate::cluster::Candidate::new(&config.database.uri, &cluster.node_id, cluster.heartbeat());
+    workers.spawn(crate::cluster::run_elections(
+        candidate,
+        shutdown.clone(),
+        move |fence, term| {
+            let leader = leader.clone();
+            async move {
+                // Whatever earlier terms left undone is in the database: start from it.
+                leader.inbox_run.notify_one();
+                leader.outbound_run.notify_one();
+                let mut set = tokio::task::JoinSet::new();
+                leader.spawn(&mut set, term, Some(fence));
+                while set.join_next().await.is_some() {}
+            }
+        },
+    ));
 }
 
 /// The addresses media may be sent to: the advertised IP when set (NAT, a public
@@ -598,11 +765,20 @@ pub async fn check_config(
     let store = Store::connect(&config.database.uri, 1)
         .await
         .with_context(|| format!("database.uri {}", redact_uri(&config.database.uri)))?;
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::describe(&store, &cluster.node_id).await),
+        None => None,
+    };
     store.close().await;
     report.push(format!(
         "database: reachable ({})",
         redact_uri(&config.database.uri)
     ));
+    match cluster {
+        Some(Ok(line)) => report.push(line),
+        Some(Err(e)) => bail!("{}\n{e}", report.join("\n")),
+        None => {}
+    }
 
     // When the service is not running, answer the homeserver's ping ourselves.
     let addr = config.listen_addr();

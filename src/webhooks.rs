@@ -285,6 +285,7 @@ impl Webhooks {
             shutdown,
             first_retry: FIRST_RETRY,
             timeout: ATTEMPT_TIMEOUT,
+            fence: None,
         }
     }
 }
@@ -317,6 +318,9 @@ pub struct WebhookWorker {
     pub first_retry: Duration,
     /// [`ATTEMPT_TIMEOUT`], shorter in tests.
     pub timeout: Duration,
+    /// In a cluster, the leader's term: checked before each round of deliveries, and a
+    /// refusal ends the term (cancels `shutdown`). `None`: a single node.
+    pub fence: Option<crate::store::cluster::Fence>,
 }
 
 /// How one attempt went.
@@ -359,6 +363,26 @@ impl WebhookWorker {
         loop {
             if self.shutdown.is_cancelled() {
                 break;
+            }
+            if let Some(fence) = &self.fence {
+                match self.store.fence_holds(fence).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            epoch = fence.epoch,
+                            "another node leads now; this node delivers no more webhooks"
+                        );
+                        self.shutdown.cancel();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhooks: cannot check the leadership; retrying in 1 s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            _ = self.shutdown.cancelled() => break,
+                        }
+                    }
+                }
             }
             let now = now_ms();
             if tokio::time::Instant::now() >= next_prune {

@@ -94,6 +94,9 @@ pub struct SfuEffectsWorker<R> {
     /// Woken after a transaction that stored effects committed.
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
+    /// In a cluster, the leader's term: checked before each round of effects, and a
+    /// refusal ends the term (cancels `shutdown`). `None`: a single node.
+    pub fence: Option<crate::store::cluster::Fence>,
     /// Applied, but not yet recorded as done.
     applied: BTreeSet<i64>,
 }
@@ -105,6 +108,7 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
             rooms,
             wake,
             shutdown,
+            fence: None,
             applied: BTreeSet::new(),
         }
     }
@@ -130,6 +134,16 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
 
     /// Applies the effects waiting now, oldest first; returns how many it applied.
     pub async fn apply_pending(&mut self) -> Result<usize, StoreError> {
+        if let Some(fence) = &self.fence
+            && !self.store.fence_holds(fence).await?
+        {
+            tracing::warn!(
+                epoch = fence.epoch,
+                "another node leads now; this node applies no more SFU effects"
+            );
+            self.shutdown.cancel();
+            return Ok(0);
+        }
         let pending = self.store.pending_sfu_effects(100).await?;
         let mut applied = 0;
         for (id, json) in pending {

@@ -775,6 +775,7 @@ both_dialects!(
             },
             wake: Arc::new(Notify::new()),
             outbound_wake: Arc::new(Notify::new()),
+            fence: None,
             shutdown: CancellationToken::new(),
         };
         let rooms = Arc::new(FakeRooms::default());

@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "mode",
     "bot_account",
     "metrics",
+    "cluster",
 ];
 
 /// Value the example config holds until `generate-registration` writes real tokens.
@@ -97,6 +98,38 @@ pub struct Config {
     /// Element Call's focus: lk-jwt-service's endpoints and MSC4195's token endpoint.
     #[serde(default)]
     pub element_call: ElementCallConfig,
+    /// Several nodes on one PostgreSQL database; absent: one node, as always.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// This node's place in a cluster (docs/admin.md, "Clustering").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster and stable across restarts (a
+    /// container's hostname changes with each new container, so it is never guessed).
+    #[serde(default)]
+    pub node_id: String,
+    /// This node's own base URL for signalling and media, where the load balancer's
+    /// `appservice.public_address` is shared by all nodes.
+    #[serde(default)]
+    pub node_url: Option<HttpUrl>,
+    /// Seconds between two heartbeats; a node missing three is dead, and a leader whose
+    /// lock connection stays silent as long loses it.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+}
+
+fn default_heartbeat_secs() -> u64 {
+    2
+}
+
+impl ClusterConfig {
+    /// Time between two heartbeats.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.heartbeat_secs)
+    }
 }
 
 /// The service as a homeserver's MatrixRTC focus (docs/element-call.md).

@@ -340,3 +340,85 @@ fn shards_are_bounded_and_their_ports_fit() {
     config.sfu.udp_port = 65_532;
     config.validate().expect("65532..=65535 for four shards");
 }
+
+#[test]
+fn a_cluster_needs_postgresql_a_node_id_and_a_node_url() {
+    let yaml = "database: {uri: 'postgres://visio@db/visio'}\n\
+                cluster: {node_id: visio-1, node_url: 'http://10.0.0.11:29330/'}";
+    let config = with_tokens(load_example_with(yaml).expect("loads"));
+    config.validate().expect("a valid cluster node");
+    let cluster = config.cluster.clone().expect("cluster section");
+    assert_eq!(cluster.heartbeat_secs, 2, "the default");
+    assert_eq!(
+        cluster.node_url.map(|u| u.to_string()).as_deref(),
+        Some("http://10.0.0.11:29330")
+    );
+
+    // SQLite stays single-node.
+    let mut sqlite = config.clone();
+    sqlite.database.uri = "sqlite://data/tchap-visio.db".into();
+    let err = sqlite
+        .validate()
+        .expect_err("cluster on SQLite")
+        .to_string();
+    assert!(
+        err.contains("`cluster`") && err.contains("postgres://") && err.contains("remove"),
+        "{err}"
+    );
+    // Without the section, SQLite is fine as always.
+    sqlite.cluster = None;
+    sqlite.validate().expect("single node on SQLite");
+
+    let err = with_tokens(
+        load_example_with("database: {uri: 'postgres://db/v'}\ncluster: {node_url: 'http://n1'}")
+            .expect("loads"),
+    )
+    .validate()
+    .expect_err("no node_id")
+    .to_string();
+    assert!(
+        err.contains("cluster.node_id") && err.contains("required"),
+        "{err}"
+    );
+
+    let mut bad = config.clone();
+    if let Some(c) = bad.cluster.as_mut() {
+        c.node_id = "visio 1".into();
+    }
+    let err = bad.validate().expect_err("a space").to_string();
+    assert!(err.contains("cluster.node_id"), "{err}");
+
+    let mut bad = config.clone();
+    if let Some(c) = bad.cluster.as_mut() {
+        c.node_url = None;
+    }
+    let err = bad.validate().expect_err("no node_url").to_string();
+    assert!(err.contains("cluster.node_url"), "{err}");
+    if let Some(c) = bad.cluster.as_mut() {
+        c.node_url = Some(config.appservice.public_address.clone());
+    }
+    let err = bad.validate().expect_err("the load balancer").to_string();
+    assert!(
+        err.contains("cluster.node_url") && err.contains("load balancer"),
+        "{err}"
+    );
+
+    let mut bad = config.clone();
+    if let Some(c) = bad.cluster.as_mut() {
+        c.heartbeat_secs = 0;
+    }
+    let err = bad.validate().expect_err("no heartbeat").to_string();
+    assert!(err.contains("cluster.heartbeat_secs"), "{err}");
+
+    let mut bad = config.clone();
+    bad.mode = Mode::Bot;
+    bad.bot_account.user_id = format!("@visio:{}", bad.homeserver.domain);
+    bad.bot_account.password = "p".into();
+    let err = bad.validate().expect_err("bot mode").to_string();
+    assert!(err.contains("`cluster`") && err.contains("mode"), "{err}");
+
+    // A node_url that is not a URL fails the load, naming the key.
+    let err =
+        load_example_with("cluster: {node_id: a, node_url: 'n1:29330'}").expect_err("not a URL");
+    assert!(err.contains("node_url"), "{err}");
+}

@@ -104,6 +104,69 @@ impl Config {
         Ok(())
     }
 
+    /// `cluster`: PostgreSQL, a stable node name, this node's own URL.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        if self.database.uri.starts_with("sqlite:") {
+            return Err(invalid(
+                "cluster",
+                "needs PostgreSQL, but database.uri is SQLite, which serves one node only: set \
+                 database.uri to postgres://… (the same database for every node), or remove the \
+                 cluster section to run a single node",
+            ));
+        }
+        if self.mode == super::Mode::Bot {
+            return Err(invalid(
+                "cluster",
+                "works with mode: appservice only (every node takes the homeserver's \
+                 transactions); remove the cluster section to run mode: bot on a single node",
+            ));
+        }
+        let id = cluster.node_id.trim();
+        if id.is_empty() {
+            return Err(invalid(
+                "cluster.node_id",
+                "is required with cluster: a name unique to this node and the same at every \
+                 restart, e.g. visio-1 (not a container's hostname, which changes)",
+            ));
+        }
+        if id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(invalid(
+                "cluster.node_id",
+                format!(
+                    "`{id}` may hold only letters, digits, `.`, `_` and `-`, 64 at most, e.g. visio-1"
+                ),
+            ));
+        }
+        let Some(node_url) = &cluster.node_url else {
+            return Err(invalid(
+                "cluster.node_url",
+                "is required with cluster: this node's own base URL, e.g. http://10.0.0.11:29330 \
+                 (appservice.public_address stays the load balancer's, shared by all nodes)",
+            ));
+        };
+        if node_url == &self.appservice.public_address {
+            return Err(invalid(
+                "cluster.node_url",
+                "is appservice.public_address, the load balancer's address shared by all nodes; \
+                 give this node's own base URL, e.g. http://10.0.0.11:29330",
+            ));
+        }
+        if !(1..=30).contains(&cluster.heartbeat_secs) {
+            return Err(invalid(
+                "cluster.heartbeat_secs",
+                "must be between 1 and 30 seconds (2 is the default; a node missing three is dead)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Everything `validate` checks except the tokens, which `generate-registration` is
     /// about to write.
     pub fn validate_except_tokens(&self) -> Result<(), ConfigError> {
@@ -407,6 +470,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_cluster()?;
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(invalid(
                 "logging.level",

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::cluster::{Fence, fence_holds};
 use crate::store::inbox::{InboxEvent, mark_processed};
 use crate::store::{Connection, Store, StoreError};
 
@@ -39,6 +40,9 @@ pub struct InboxWorker<H> {
     pub wake: Arc<Notify>,
     /// Woken when handling queued requests for the homeserver.
     pub outbound_wake: Arc<Notify>,
+    /// In a cluster, the leader's term: each batch's transaction checks it first, and a
+    /// refusal ends the term (cancels `shutdown`). `None`: a single node.
+    pub fence: Option<Fence>,
     pub shutdown: CancellationToken,
 }
 
@@ -86,6 +90,18 @@ impl<H: EventHandler> InboxWorker<H> {
         }
         self.handler.prepare(&batch).await;
         let mut tx = self.store.begin().await?;
+        if let Some(fence) = &self.fence
+            && !fence_holds(&mut tx, fence).await?
+        {
+            // Another node leads: it handles these events; nothing of ours commits.
+            drop(tx);
+            tracing::warn!(
+                epoch = fence.epoch,
+                "another node leads now; this node handles no more events"
+            );
+            self.shutdown.cancel();
+            return Ok(0);
+        }
         for event in &batch {
             self.handler.handle(event, &mut tx).await?;
             mark_processed(&mut tx, event.seq).await?;

@@ -168,6 +168,9 @@ pub struct OutboundWorker {
     pub bot_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Woken whenever something is enqueued.
     pub wake: Arc<Notify>,
+    /// In a cluster, the leader's term: checked before each request leaves, and a
+    /// refusal ends the term (cancels `shutdown`). `None`: a single node.
+    pub fence: Option<crate::store::cluster::Fence>,
     pub shutdown: CancellationToken,
 }
 
@@ -227,6 +230,10 @@ impl OutboundWorker {
                 return;
             }
         };
+        // Resolving may create a room at the homeserver: fenced like the send.
+        if !self.may_send().await {
+            return;
+        }
         match self.resolve(request).await {
             Ok(resolved) => request = resolved,
             Err(error) => {
@@ -296,6 +303,12 @@ impl OutboundWorker {
                 }
             }
         }
+        // The request keeps its transaction id: should a stalled leader's send still
+        // go out after this check, the homeserver takes its repeat by the next leader
+        // as the same event.
+        if !self.may_send().await {
+            return;
+        }
         let started = Instant::now();
         tracing::trace!(id = row.id, kind = kind(&request), "sending");
         let mut result = execute(&self.client, &request, &row.txn_id).await;
@@ -348,6 +361,34 @@ impl OutboundWorker {
 }
 
 impl OutboundWorker {
+    /// Whether this node may still send: always on a single node; in a cluster while its
+    /// term's fence holds. A refused fence ends the term; the request stays pending for
+    /// the next leader.
+    async fn may_send(&self) -> bool {
+        let Some(fence) = &self.fence else {
+            return true;
+        };
+        match self.store.fence_holds(fence).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    epoch = fence.epoch,
+                    "another node leads now; this node sends nothing more"
+                );
+                self.shutdown.cancel();
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the leadership; the send waits 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.shutdown.cancelled() => {}
+                }
+                false
+            }
+        }
+    }
+
     /// Records a failed attempt: tried again after `retry_in`, or (`None`) given up.
     async fn failed(
         &self,

@@ -514,6 +514,12 @@ impl SfuHandle {
         count
     }
 
+    /// Participants connected and rooms open, without asking the shards (a cluster
+    /// node's heartbeat reads it every few seconds).
+    pub fn load(&self) -> (usize, usize) {
+        lock(&self.placement).load()
+    }
+
     /// How many shards (engines, threads, UDP ports) the SFU runs.
     pub fn shard_count(&self) -> usize {
         self.shards.len()

@@ -158,6 +158,12 @@ impl Placement {
     }
 
     /// Participants everywhere, and joins on their way.
+    /// Participants connected (as the shards last reported) and rooms open: the load a
+    /// cluster node reports.
+    pub fn load(&self) -> (usize, usize) {
+        (self.participants.iter().sum(), self.rooms.len())
+    }
+
     fn total(&self) -> usize {
         self.participants.iter().sum::<usize>() + self.in_flight.iter().sum::<usize>()
     }

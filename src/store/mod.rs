@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api_tokens;
 pub mod chat;
+pub mod cluster;
 pub mod crypto;
 pub mod ghosts;
 pub mod inbox;
@@ -97,6 +98,28 @@ pub struct Store {
 impl Store {
     /// Opens (and for SQLite creates) the database. Does not migrate.
     pub async fn connect(uri: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with(uri, max_connections, None).await
+    }
+
+    /// Opens a cluster node's PostgreSQL pool and applies pending migrations. Its
+    /// connections end a transaction left idle longer than `idle_in_transaction`: a
+    /// stalled node (SIGSTOP, a partition) must not hold the row locks that the next
+    /// leader waits for.
+    pub async fn open_for_cluster(
+        uri: &str,
+        max_connections: u32,
+        idle_in_transaction: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let store = Self::connect_with(uri, max_connections, Some(idle_in_transaction)).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn connect_with(
+        uri: &str,
+        max_connections: u32,
+        idle_in_transaction: Option<std::time::Duration>,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let open_err = |source| StoreError::Open {
             uri: redact_uri(uri),
@@ -141,6 +164,15 @@ impl Store {
                     if dialect == Dialect::Sqlite {
                         conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;")
                             .await?;
+                    }
+                    if let (Dialect::Postgres, Some(limit)) = (dialect, idle_in_transaction) {
+                        // A number we formatted, not outside input.
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "SET idle_in_transaction_session_timeout = {}",
+                            limit.as_millis()
+                        )))
+                        .execute(&mut *conn)
+                        .await?;
                     }
                     Ok(())
                 })
@@ -240,6 +272,8 @@ pub(crate) mod testing {
 
     pub struct TestDb {
         pub store: Store,
+        /// Where `store` points: for tests that open connections of their own.
+        pub uri: String,
         _dir: Option<tempfile::TempDir>,
     }
 
@@ -255,6 +289,7 @@ pub(crate) mod testing {
         let store = Store::connect(&uri, 5).await.expect("open sqlite");
         TestDb {
             store,
+            uri,
             _dir: Some(dir),
         }
     }
@@ -285,7 +320,11 @@ pub(crate) mod testing {
         let store = Store::connect(url.as_str(), 5)
             .await
             .expect("open postgres");
-        TestDb { store, _dir: None }
+        TestDb {
+            store,
+            uri: url.to_string(),
+            _dir: None,
+        }
     }
 
     /// Runs the same test body against SQLite and PostgreSQL.

@@ -768,7 +768,7 @@ async fn run(
             None
         }
     };
-    let mut outgoing = gso::Outgoing::new(&socket, gso_state, usize::MAX);
+    let mut outgoing = gso::Outgoing::new(&socket, gso_state.map_or(1, |s| s.max_gso_segments()));
     let mut receiver = Receiver::new(quinn_udp::UdpSocketState::new((&socket).into()).ok());
     let mut connections = tcp::Connections::default();
     if let Some(port) = tcp_port {
@@ -825,7 +825,7 @@ async fn run(
                     destination,
                     contents,
                     ..
-                } => outgoing.push(&socket, destination, &contents),
+                } => outgoing.push(&socket, destination, contents),
                 Output::Signal { key, message } => {
                     // Only the kind: SDPs carry ICE passwords, which stay out of logs.
                     tracing::trace!(key, kind = signal_kind(&message), "signal out");

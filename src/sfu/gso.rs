@@ -6,16 +6,17 @@
 //! run of packets, and one syscall per packet cost the driver 35–55 % on top of the
 //! engine (docs/benchmarks.md); on loopback each return from a send is also where the
 //! woken receiver preempts the sender. Messages leave in the order they were queued.
-//! Where GSO is unavailable every message holds one datagram. `quinn-udp` makes the
-//! GSO `sendmsg` with its control message and `nix` the `sendmmsg`, since the crate
-//! forbids `unsafe`. Depends on nothing else in the crate.
+//! The datagrams are not copied on the way: each is one I/O vector of its message.
+//! Where GSO is unavailable every message holds one datagram. `nix` makes the calls
+//! (`sendmsg` with the GSO control message, `sendmmsg`), since the crate forbids
+//! `unsafe`. Depends on nothing else in the crate.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
-use quinn_udp::{Transmit, UdpSocketState};
+use nix::errno::Errno;
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 
 /// What one `sendmsg` with GSO may carry: the kernel's limit is 64 KiB of payload.
 const MAX_BATCH_BYTES: usize = 65_000;
@@ -25,25 +26,24 @@ const MAX_SEGMENTS: usize = 64;
 /// `sendmmsg` each (the kernel takes up to 1024).
 pub const MAX_MESSAGES: usize = 64;
 
-/// One message: `segments` datagrams of `segment` bytes (the last may be shorter),
-/// `buf[start..end]`.
+/// One message: `count` datagrams from `first` in the queue, all `segment` bytes long
+/// but the last, which may be shorter.
 #[derive(Debug, Clone, Copy)]
 struct Message {
     destination: SocketAddr,
-    start: usize,
-    end: usize,
+    first: usize,
+    count: usize,
     segment: usize,
-    segments: usize,
+    bytes: usize,
     /// A datagram shorter than the segment size ended the message.
     closed: bool,
 }
 
-/// The datagrams of one turn, waiting to be sent.
+/// The datagrams of one turn, waiting to be sent. They are kept as the engine made
+/// them and handed to the kernel as they are (one I/O vector each): no copy here.
 pub struct Outgoing {
-    /// `None`: no GSO (one datagram per message).
-    state: Option<UdpSocketState>,
     max_segments: usize,
-    buf: Vec<u8>,
+    datagrams: Vec<Vec<u8>>,
     messages: Vec<Message>,
     headers: MultiHeaders<SockaddrStorage>,
     addresses: Vec<Option<SockaddrStorage>>,
@@ -61,21 +61,16 @@ impl std::fmt::Debug for Outgoing {
 }
 
 impl Outgoing {
-    /// Datagrams for `socket`, in GSO messages of up to what `state` reports (none
-    /// without it, or with `max_segments` 1).
-    pub fn new(socket: &impl AsRawFd, state: Option<UdpSocketState>, max_segments: usize) -> Self {
-        let max_segments = state
-            .as_ref()
-            .map_or(1, |s| s.max_gso_segments())
-            .min(max_segments)
-            .clamp(1, MAX_SEGMENTS);
+    /// Datagrams for `socket`, up to `max_segments` per GSO message (what the
+    /// kernel supports, as `quinn_udp::UdpSocketState::max_gso_segments` finds it;
+    /// 1: no GSO).
+    pub fn new(socket: &impl AsRawFd, max_segments: usize) -> Self {
         let ipv6 = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd())
             .ok()
             .is_some_and(|a| a.as_sockaddr_in6().is_some());
         Self {
-            state,
-            max_segments,
-            buf: Vec::with_capacity(MAX_BATCH_BYTES),
+            max_segments: max_segments.clamp(1, MAX_SEGMENTS),
+            datagrams: Vec::with_capacity(MAX_MESSAGES * 4),
             messages: Vec::with_capacity(MAX_MESSAGES),
             headers: MultiHeaders::preallocate(MAX_MESSAGES, None),
             addresses: Vec::with_capacity(MAX_MESSAGES),
@@ -84,43 +79,37 @@ impl Outgoing {
     }
 
     /// Queues a datagram, sending what is queued first when it is full.
-    pub fn push<S: AsFd + AsRawFd>(
-        &mut self,
-        socket: &S,
-        destination: SocketAddr,
-        contents: &[u8],
-    ) {
+    pub fn push<S: AsRawFd>(&mut self, socket: &S, destination: SocketAddr, contents: Vec<u8>) {
         if contents.is_empty() {
             return;
         }
+        let len = contents.len();
         if let Some(last) = self.messages.last_mut()
             && !last.closed
             && last.destination == destination
-            && last.segments < self.max_segments
-            && contents.len() <= last.segment
-            && last.end - last.start + contents.len() <= MAX_BATCH_BYTES
-            && last.end == self.buf.len()
+            && last.count < self.max_segments
+            && len <= last.segment
+            && last.bytes + len <= MAX_BATCH_BYTES
         {
-            self.buf.extend_from_slice(contents);
-            last.end = self.buf.len();
-            last.segments += 1;
+            self.datagrams.push(contents);
+            last.count += 1;
+            last.bytes += len;
             // Only the last segment may be shorter.
-            last.closed = contents.len() < last.segment;
+            last.closed = len < last.segment;
             return;
         }
         if self.messages.len() >= MAX_MESSAGES {
             self.flush(socket);
         }
-        let start = self.buf.len();
-        self.buf.extend_from_slice(contents);
         self.messages.push(Message {
             destination,
-            start,
-            end: self.buf.len(),
-            segment: contents.len(),
-            segments: 1,
+            first: self.datagrams.len(),
+            count: 1,
+            segment: len,
+            bytes: len,
             closed: false,
         });
+        self.datagrams.push(contents);
     }
 
     /// How many messages wait.
@@ -134,28 +123,26 @@ impl Outgoing {
 
     /// Sends everything queued (non-blocking), in order. A full socket buffer drops
     /// what it has no room for, as the network would.
-    pub fn flush<S: AsFd + AsRawFd>(&mut self, socket: &S) {
+    pub fn flush<S: AsRawFd>(&mut self, socket: &S) {
         let messages = std::mem::take(&mut self.messages);
         let mut index = 0;
         while index < messages.len() {
-            if messages[index].segments > 1 {
-                if let Err(e) = self.send_segmented(socket, &messages[index]) {
-                    tracing::trace!(error = %e, "media send dropped");
-                }
+            if messages[index].count > 1 {
+                self.send_segmented(socket, &messages[index]);
                 index += 1;
                 continue;
             }
             // The run of one-datagram messages from here, in one `sendmmsg`.
             let run = messages[index..]
                 .iter()
-                .take_while(|m| m.segments == 1)
+                .take_while(|m| m.count == 1)
                 .count();
             self.send_singles(socket, &messages[index..index + run]);
             index += run;
         }
         self.messages = messages;
         self.messages.clear();
-        self.buf.clear();
+        self.datagrams.clear();
     }
 
     fn send_singles<S: AsRawFd>(&mut self, socket: &S, run: &[Message]) {
@@ -163,13 +150,13 @@ impl Outgoing {
         // Each round sends at least one message or skips the one refused.
         while sent < run.len() {
             let rest = &run[sent..];
-            self.addresses.clear();
             let ipv6 = self.ipv6;
+            self.addresses.clear();
             self.addresses
                 .extend(rest.iter().map(|m| Some(sockaddr(m.destination, ipv6))));
             let slices: Vec<[io::IoSlice<'_>; 1]> = rest
                 .iter()
-                .map(|m| [io::IoSlice::new(&self.buf[m.start..m.end])])
+                .map(|m| [io::IoSlice::new(&self.datagrams[m.first])])
                 .collect();
             let result = nix::sys::socket::sendmmsg(
                 socket.as_raw_fd(),
@@ -183,7 +170,7 @@ impl Outgoing {
             match result {
                 Ok(0) => return,
                 Ok(count) => sent += count,
-                Err(nix::errno::Errno::EAGAIN) => {
+                Err(Errno::EAGAIN) => {
                     tracing::trace!(dropped = rest.len(), "media socket full: datagrams dropped");
                     return;
                 }
@@ -197,38 +184,44 @@ impl Outgoing {
         }
     }
 
-    fn send_segmented<S: AsFd>(&mut self, socket: &S, message: &Message) -> io::Result<()> {
-        let contents = &self.buf[message.start..message.end];
-        let Some(state) = &self.state else {
-            return Err(io::Error::other("segmented message without GSO"));
+    /// One `sendmsg` that the kernel cuts into `count` datagrams of `segment` bytes.
+    fn send_segmented<S: AsRawFd>(&mut self, socket: &S, message: &Message) {
+        let datagrams = &self.datagrams[message.first..message.first + message.count];
+        let slices: Vec<io::IoSlice<'_>> = datagrams.iter().map(|d| io::IoSlice::new(d)).collect();
+        let address = sockaddr(message.destination, self.ipv6);
+        let Ok(segment) = u16::try_from(message.segment) else {
+            return;
         };
-        let transmit = Transmit {
-            destination: message.destination,
-            ecn: None,
-            contents,
-            segment_size: Some(message.segment),
-            src_ip: None,
-        };
-        match state.try_send(socket.into(), &transmit) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
-            Err(_) if state.max_gso_segments() == 1 => {
-                // The kernel refused GSO: quinn-udp fell back to one segment; so do
-                // later turns, and this message goes one datagram at a time.
+        let result = nix::sys::socket::sendmsg(
+            socket.as_raw_fd(),
+            &slices,
+            &[ControlMessage::UdpGsoSegments(&segment)],
+            MsgFlags::MSG_DONTWAIT,
+            Some(&address),
+        );
+        match result {
+            Ok(_) => {}
+            Err(Errno::EAGAIN) => tracing::trace!("media socket full: datagrams dropped"),
+            // The device refuses segmentation offload: every later message holds one
+            // datagram, and this one goes one datagram at a time.
+            Err(e @ (Errno::EIO | Errno::EINVAL | Errno::EOPNOTSUPP)) => {
+                tracing::debug!(error = %e, "UDP GSO refused: one datagram per message from now on");
                 self.max_segments = 1;
-                for datagram in contents.chunks(message.segment) {
-                    let single = Transmit {
-                        destination: message.destination,
-                        ecn: None,
-                        contents: datagram,
-                        segment_size: None,
-                        src_ip: None,
-                    };
-                    state.try_send(socket.into(), &single)?;
+                for datagram in datagrams {
+                    let sent = nix::sys::socket::sendmsg(
+                        socket.as_raw_fd(),
+                        &[io::IoSlice::new(datagram)],
+                        &[],
+                        MsgFlags::MSG_DONTWAIT,
+                        Some(&address),
+                    );
+                    if let Err(e) = sent {
+                        tracing::trace!(error = %e, "media send dropped");
+                        break;
+                    }
                 }
-                Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => tracing::trace!(error = %e, "media send dropped"),
         }
     }
 }
@@ -263,25 +256,22 @@ mod tests {
         outgoing
             .messages
             .iter()
-            .map(|m| (m.destination, m.end - m.start, m.segment, m.segments))
+            .map(|m| (m.destination, m.bytes, m.segment, m.count))
             .collect()
     }
 
     fn gso_outgoing(socket: &std::net::UdpSocket, max_segments: usize) -> Outgoing {
-        let mut outgoing = Outgoing::new(socket, None, max_segments);
-        // The rules of batching, whatever this kernel's GSO support.
-        outgoing.max_segments = max_segments;
-        outgoing
+        Outgoing::new(socket, max_segments)
     }
 
     #[test]
     fn a_run_of_equal_datagrams_to_one_address_makes_one_message() {
         let socket = socket();
         let mut outgoing = gso_outgoing(&socket, 64);
-        outgoing.push(&socket, addr(1), &[1; 100]);
-        outgoing.push(&socket, addr(1), &[2; 100]);
-        outgoing.push(&socket, addr(1), &[3; 60]); // shorter: the last of the message
-        outgoing.push(&socket, addr(1), &[4; 60]); // nothing after a shorter one
+        outgoing.push(&socket, addr(1), vec![1; 100]);
+        outgoing.push(&socket, addr(1), vec![2; 100]);
+        outgoing.push(&socket, addr(1), vec![3; 60]); // shorter: the last of the message
+        outgoing.push(&socket, addr(1), vec![4; 60]); // nothing after a shorter one
         assert_eq!(
             shape(&outgoing),
             vec![(addr(1), 260, 100, 3), (addr(1), 60, 60, 1)]
@@ -292,12 +282,12 @@ mod tests {
     fn a_new_address_a_longer_datagram_or_the_limit_ends_a_message() {
         let socket = socket();
         let mut outgoing = gso_outgoing(&socket, 3);
-        outgoing.push(&socket, addr(1), &[0; 100]);
-        outgoing.push(&socket, addr(2), &[0; 100]); // another address
-        outgoing.push(&socket, addr(2), &[0; 101]); // longer than the segment
-        outgoing.push(&socket, addr(2), &[0; 101]);
-        outgoing.push(&socket, addr(2), &[0; 101]);
-        outgoing.push(&socket, addr(2), &[0; 101]); // three segments at most
+        outgoing.push(&socket, addr(1), vec![0; 100]);
+        outgoing.push(&socket, addr(2), vec![0; 100]); // another address
+        outgoing.push(&socket, addr(2), vec![0; 101]); // longer than the segment
+        outgoing.push(&socket, addr(2), vec![0; 101]);
+        outgoing.push(&socket, addr(2), vec![0; 101]);
+        outgoing.push(&socket, addr(2), vec![0; 101]); // three segments at most
         assert_eq!(
             shape(&outgoing),
             vec![
@@ -309,8 +299,8 @@ mod tests {
         );
         // Without GSO every datagram is a message of its own.
         let mut single = gso_outgoing(&socket, 1);
-        single.push(&socket, addr(1), &[0; 10]);
-        single.push(&socket, addr(1), &[0; 10]);
+        single.push(&socket, addr(1), vec![0; 10]);
+        single.push(&socket, addr(1), vec![0; 10]);
         assert_eq!(single.len(), 2);
     }
 
@@ -327,8 +317,8 @@ mod tests {
             })
             .collect();
         let sender = socket();
-        let state = UdpSocketState::new((&sender).into()).expect("socket state");
-        let mut outgoing = Outgoing::new(&sender, Some(state), MAX_SEGMENTS);
+        let state = quinn_udp::UdpSocketState::new((&sender).into()).expect("socket state");
+        let mut outgoing = Outgoing::new(&sender, state.max_gso_segments());
         let mut expected: Vec<Vec<Vec<u8>>> = vec![Vec::new(), Vec::new()];
         let mut counter = 0u8;
         for round in 0..(MAX_MESSAGES + 10) {
@@ -341,7 +331,7 @@ mod tests {
                 outgoing.push(
                     &sender,
                     receivers[frame_to].local_addr().expect("addr"),
-                    &datagram,
+                    datagram.clone(),
                 );
                 expected[frame_to].push(datagram);
             }
@@ -350,7 +340,7 @@ mod tests {
             outgoing.push(
                 &sender,
                 receivers[lone_to].local_addr().expect("addr"),
-                &datagram,
+                datagram.clone(),
             );
             expected[lone_to].push(datagram);
             if round % 7 == 0 {
@@ -379,12 +369,16 @@ mod tests {
         receiver
             .set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .expect("timeout");
-        let mut outgoing = Outgoing::new(&sender, None, 1);
+        let mut outgoing = Outgoing::new(&sender, 1);
         assert!(outgoing.ipv6);
-        outgoing.push(&sender, receiver.local_addr().expect("addr"), b"hello");
+        outgoing.push(
+            &sender,
+            receiver.local_addr().expect("addr"),
+            b"hello".to_vec(),
+        );
         outgoing.flush(&sender);
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).expect("a datagram");
-        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(&buf[..n], b"hello".to_vec());
     }
 }

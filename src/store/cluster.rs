@@ -9,7 +9,7 @@ use super::{Connection, Store, StoreError};
 
 /// The database's clock in milliseconds since the epoch (`clock_timestamp`, not `now()`,
 /// which stays at the transaction's start).
-const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+pub(super) const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// A node missing this many heartbeats is dead.
 pub const MISSED_HEARTBEATS: i64 = 3;

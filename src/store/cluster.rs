@@ -136,6 +136,16 @@ impl Store {
             .collect()
     }
 
+    /// The URLs of every node that ever registered, dead ones too (a node that comes
+    /// back keeps its rooms' clients), for the page's Content-Security-Policy.
+    pub async fn node_urls(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT node_url FROM nodes ORDER BY node_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// The current term: its epoch and its leader (`None` before the first one).
     pub async fn leadership(&self) -> Result<(i64, Option<String>), StoreError> {
         let row = sqlx::query("SELECT epoch, node_id FROM leadership WHERE id = 1")

@@ -152,11 +152,13 @@ mod tests {
 
     /// Makes `node` silent for ten intervals, without waiting for it.
     async fn silence(store: &Store, node: &str) {
-        sqlx::query("UPDATE nodes SET heartbeat_at = heartbeat_at - 10 * heartbeat_ms WHERE node_id = $1")
-            .bind(node)
-            .execute(store.pool())
-            .await
-            .expect("silence");
+        sqlx::query(
+            "UPDATE nodes SET heartbeat_at = heartbeat_at - 10 * heartbeat_ms WHERE node_id = $1",
+        )
+        .bind(node)
+        .execute(store.pool())
+        .await
+        .expect("silence");
     }
 
     async fn meeting(store: &Store, title: &str) -> String {
@@ -180,7 +182,11 @@ mod tests {
         let db = testing::postgres().await;
         let store = &db.store;
         let m = meeting(store, "Premier").await;
-        assert_eq!(store.place_room(&m).await.expect("place"), None, "no node yet");
+        assert_eq!(
+            store.place_room(&m).await.expect("place"),
+            None,
+            "no node yet"
+        );
         node(store, "busy", 40).await;
         node(store, "quiet", 3).await;
         node(store, "dead", 0).await;
@@ -227,12 +233,13 @@ mod tests {
         }
         for round in 0..5 {
             let m = meeting(store, &format!("Course {round}")).await;
-            let placing = (0..6).map(|_| {
-                let store = store.clone();
-                let m = m.clone();
-                tokio::spawn(async move { host(&store, &m).await })
-            })
-            .collect::<Vec<_>>();
+            let placing = (0..6)
+                .map(|_| {
+                    let store = store.clone();
+                    let m = m.clone();
+                    tokio::spawn(async move { host(&store, &m).await })
+                })
+                .collect::<Vec<_>>();
             let claiming = ["a", "b", "c"].map(|name| {
                 let store = store.clone();
                 let m = m.clone();
@@ -257,7 +264,11 @@ mod tests {
         assert_eq!(host(store, &m).await, "a");
         silence(store, "a").await;
         assert_eq!(
-            store.placement(&m).await.expect("read").map(|(p, live)| (p.node_id, live)),
+            store
+                .placement(&m)
+                .await
+                .expect("read")
+                .map(|(p, live)| (p.node_id, live)),
             Some(("a".into(), false))
         );
         assert_eq!(host(store, &m).await, "b");

@@ -91,7 +91,10 @@ async fn signal_state(store: Store, shutdown: CancellationToken) -> SignalState 
     SignalState {
         sfu,
         keys: Arc::new(SfuKeys::generate()),
-        rooms: Arc::new(tchap_visio::http::join::StoredMeetings { store }),
+        rooms: Arc::new(tchap_visio::http::join::StoredMeetings {
+            store,
+            node_id: None,
+        }),
     }
 }
 
@@ -138,6 +141,7 @@ async fn run(label: &str, uri: &str) {
         to_device_in_transactions: None,
         rate_limits: None,
         focus: None,
+        cluster_node: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

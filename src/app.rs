@@ -273,6 +273,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             keys: sfu_keys,
             rooms: Arc::new(http::join::StoredMeetings {
                 store: store.clone(),
+                node_id: config.cluster.as_ref().map(|c| c.node_id.clone()),
             }),
         },
         rate_limits: http::limits::RateLimits::new(&config.rate_limits),
@@ -280,6 +281,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             .clone()
             .filter(|_| config.encryption.to_device == crate::config::ToDeviceSource::Transactions),
         focus,
+        cluster_node: config.cluster.as_ref().map(|c| c.node_id.clone()),
     };
     tracing::info!(
         %addr,

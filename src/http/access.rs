@@ -436,6 +436,10 @@ pub(super) async fn issue_join(
             .attributes
             .insert(MODERATOR_ATTRIBUTE.to_owned(), "true".to_owned());
     }
+    let url = match &state.cluster_node {
+        None => state.public_ws_url.clone(),
+        Some(_) => super::join::ws_base_url(&placed_node(state, meeting).await?.node_url),
+    };
     let mut conn = state.conn().await?;
     stored::record_grant(
         &mut conn,
@@ -455,7 +459,7 @@ pub(super) async fn issue_join(
     metrics::counter!("tchap_visio_join_tokens_issued_total").increment(1);
     tracing::info!(meeting = %meeting.id, %identity, via = via.as_str(), identified = user_id.is_some(), "join token issued");
     Ok(JoinResponse {
-        url: state.public_ws_url.clone(),
+        url,
         token,
         identity: identity.as_str().to_owned(),
         meeting: MeetingSummary {
@@ -464,6 +468,33 @@ pub(super) async fn issue_join(
         },
         user_id: user_id.map(str::to_owned),
     })
+}
+
+/// The node the meeting's room is placed on (placing it now at its first join), or 503
+/// while no node is alive.
+async fn placed_node(
+    state: &AppState,
+    meeting: &Meeting,
+) -> Result<crate::store::placements::Placement, MatrixError> {
+    match state.store.place_room(meeting.id.as_str()).await {
+        Ok(Some(placement)) => Ok(placement),
+        Ok(None) => {
+            tracing::warn!(meeting = %meeting.id, "no live node to place the meeting on");
+            Err(MatrixError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "M_UNAVAILABLE",
+                match state.bot_api.bridge.lang {
+                    crate::config::Language::Fr => {
+                        "Aucun serveur de visio n’est disponible : réessayez dans un instant."
+                    }
+                    crate::config::Language::En => {
+                        "No video server is available: try again in a moment."
+                    }
+                },
+            ))
+        }
+        Err(e) => Err(MatrixError::internal(&e)),
+    }
 }
 
 /// Participant attribute holding an identified member's Matrix id (reserved: a page

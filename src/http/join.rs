@@ -346,6 +346,9 @@ pub(super) async fn joinable_meeting(
 /// while [`Meeting::is_joinable`], the rule the join endpoint and the chat history apply.
 pub struct StoredMeetings {
     pub store: Store,
+    /// In a cluster, this node's id: a meeting's room opens only on the node it is
+    /// placed on. `None` on a single node.
+    pub node_id: Option<String>,
 }
 
 impl RoomGate for StoredMeetings {
@@ -372,7 +375,10 @@ impl RoomGate for StoredMeetings {
             match (found.await, id.is_some()) {
                 (Ok((Some(meeting), _)), _) if !meeting.is_joinable() => RoomAccess::Ended,
                 (Ok((Some(_), Some(reason))), _) => RoomAccess::Removed(removal_text(&reason)),
-                (Ok((Some(_), None)), _) => RoomAccess::Open,
+                (Ok((Some(meeting), None)), _) => match &self.node_id {
+                    None => RoomAccess::Open,
+                    Some(node) => self.hosted_here(meeting.id.as_str(), node).await,
+                },
                 (Ok((None, _)), true) => RoomAccess::Unknown,
                 // A call that ended stays open to a token issued for it (its next token
                 // request starts the call's next record), as any other room.
@@ -383,6 +389,24 @@ impl RoomGate for StoredMeetings {
                 }
             }
         })
+    }
+}
+
+impl StoredMeetings {
+    /// Whether the meeting's room lives on this node (placing it here if it was placed
+    /// nowhere yet), so that a room never spans nodes.
+    async fn hosted_here(&self, meeting: &str, node: &str) -> RoomAccess {
+        match self.store.claim_room(meeting, node).await {
+            Ok(host) if host == node => RoomAccess::Open,
+            Ok(host) => {
+                tracing::info!(meeting, %host, "connection refused: the meeting is hosted on another node");
+                RoomAccess::Elsewhere
+            }
+            Err(e) => {
+                tracing::warn!(meeting, error = %e, "cannot read where the meeting is hosted");
+                RoomAccess::Unavailable
+            }
+        }
     }
 }
 

@@ -56,6 +56,9 @@ pub struct AppState {
     pub rate_limits: Option<limits::RateLimits>,
     /// Element Call's focus (`element_call.enabled`).
     pub focus: Option<Arc<crate::focus::Focus>>,
+    /// In a cluster, this node's `cluster.node_id`: joins are answered with the URL of
+    /// the node their room is placed on. `None` on a single node.
+    pub cluster_node: Option<String>,
 }
 
 impl AppState {

@@ -62,7 +62,10 @@ pub(super) async fn signal_state(store: Store) -> SignalState {
     SignalState {
         sfu,
         keys: Arc::new(sfu_keys()),
-        rooms: Arc::new(join::StoredMeetings { store }),
+        rooms: Arc::new(join::StoredMeetings {
+            store,
+            node_id: None,
+        }),
     }
 }
 
@@ -83,6 +86,7 @@ pub(super) async fn state(store: Store) -> AppState {
         to_device_in_transactions: None,
         rate_limits: None,
         focus: None,
+        cluster_node: None,
     }
 }
 

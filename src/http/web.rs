@@ -39,8 +39,28 @@ fn ws_origin(public_ws_url: &str) -> String {
     }
 }
 
+/// The origins the page may open WebSockets to: the SFU's public address, and in a
+/// cluster every node's own URL, since the join answer may send it to any of them.
+async fn ws_origins(state: &AppState) -> String {
+    let mut origins = vec![ws_origin(&state.public_ws_url)];
+    if state.cluster_node.is_some() {
+        match state.store.node_urls().await {
+            Ok(urls) => origins.extend(
+                urls.iter()
+                    .map(|url| ws_origin(&super::join::ws_base_url(url))),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the nodes' URLs: the page may reach the public address only");
+            }
+        }
+    }
+    origins.retain(|origin| !origin.is_empty());
+    origins.dedup();
+    origins.join(" ")
+}
+
 pub async fn page(State(state): State<AppState>, Path(_slug): Path<String>) -> Response {
-    let csp = content_security_policy(&ws_origin(&state.public_ws_url));
+    let csp = content_security_policy(&ws_origins(&state).await);
     let (status, body) = match WebAssets::get("index.html") {
         Some(file) => (StatusCode::OK, file.data.into_owned()),
         None => (

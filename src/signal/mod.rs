@@ -64,6 +64,9 @@ pub enum RoomAccess {
     /// room, or by a stricter level): its tokens open nothing any more. The reason is
     /// a stable name the page shows a sentence for.
     Removed(&'static str),
+    /// The meeting's room is placed on another node of the cluster: joining again
+    /// through the join endpoint gives that node's URL.
+    Elsewhere,
 }
 
 impl RoomAccess {
@@ -75,6 +78,10 @@ impl RoomAccess {
             RoomAccess::Ended => Err((StatusCode::FORBIDDEN, "the meeting has ended")),
             RoomAccess::Removed(reason) => Err((StatusCode::FORBIDDEN, reason)),
             RoomAccess::Unknown => Err((StatusCode::FORBIDDEN, "no such meeting")),
+            RoomAccess::Elsewhere => Err((
+                StatusCode::MISDIRECTED_REQUEST,
+                "the meeting is hosted on another node: join again for its address",
+            )),
             RoomAccess::Unavailable => Err((
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the meeting cannot be checked now; try again",
@@ -172,6 +179,7 @@ async fn authorize(
             RoomAccess::Ended => "ended",
             RoomAccess::Removed(_) => "removed",
             RoomAccess::Unknown => "unknown_meeting",
+            RoomAccess::Elsewhere => "elsewhere",
             _ => "unavailable",
         };
         metrics::counter!("tchap_visio_signal_refused_total", "reason" => reason).increment(1);

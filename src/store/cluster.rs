@@ -9,7 +9,7 @@ use super::{Connection, Store, StoreError};
 
 /// The database's clock in milliseconds since the epoch (`clock_timestamp`, not `now()`,
 /// which stays at the transaction's start).
-const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+pub(super) const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// A node missing this many heartbeats is dead.
 pub const MISSED_HEARTBEATS: i64 = 3;
@@ -134,6 +134,16 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The URLs of every node that ever registered, dead ones too (a node that comes
+    /// back keeps its rooms' clients), for the page's Content-Security-Policy.
+    pub async fn node_urls(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT node_url FROM nodes ORDER BY node_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// The current term: its epoch and its leader (`None` before the first one).

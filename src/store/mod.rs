@@ -11,6 +11,7 @@ pub mod ghosts;
 pub mod inbox;
 pub mod meetings;
 pub mod outbound;
+pub mod placements;
 pub mod rooms;
 pub mod sessions;
 pub mod sfu_effects;

@@ -1,6 +1,8 @@
 """Two nodes on one PostgreSQL and one Synapse: any node takes the homeserver's
 transactions, the one leader handles them, each once; when the leader is killed the
-other node takes over within 10 s and carries on from the database."""
+other node takes over within 10 s and carries on from the database. Three nodes: new
+meetings' rooms are placed on the least-loaded node, every node's join endpoint sends
+clients there, and the others refuse them."""
 
 from __future__ import annotations
 
@@ -9,10 +11,14 @@ import signal
 import time
 import uuid
 
+import psycopg
 import pytest
+import requests
 import yaml
 
 from harness import Env, scenarios
+from harness.lkpeer import Peer
+from harness.meetings import start_meeting
 from harness.postgres import fresh_database
 from harness.service import Service
 from harness.util import free_port, free_udp_ports, wait_for
@@ -27,7 +33,7 @@ def cluster_section(node_id: str, port: int) -> dict:
     return {"node_id": node_id, "node_url": f"http://localhost:{port}"}
 
 
-def second_node(env: Env, workdir) -> Service:
+def second_node(env: Env, workdir, node_id: str = "n2") -> Service:
     """Another node of the same deployment: node 1's config (tokens, keys, database)
     with its own ports and node id. The homeserver's registration stays node 1's."""
     node = Service(workdir, env.synapse, database_uri=env.service.config["database"]["uri"], overrides=OVERRIDES, appservice=False)
@@ -36,7 +42,7 @@ def second_node(env: Env, workdir) -> Service:
     cfg["metrics"]["port"] = node.metrics_port
     cfg["sfu"]["udp_port"] = free_udp_ports(cfg["sfu"].get("shards") or 1)
     cfg["sfu"]["tcp_port"] = free_port()
-    cfg["cluster"] = cluster_section("n2", node.port)
+    cfg["cluster"] = cluster_section(node_id, node.port)
     node.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     node.config = cfg
     node.hs_token = env.service.hs_token
@@ -165,4 +171,74 @@ def test_a_stalled_leader_hands_over_and_posts_nothing_when_it_wakes(tmp_path_fa
             os.kill(n1.proc.pid, signal.SIGCONT)
         if n2 is not None:
             n2.close()
+        env.close()
+
+
+def live_nodes(database_url: str) -> set[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT node_id FROM nodes WHERE heartbeat_at > "
+            "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - 3 * heartbeat_ms"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_meetings_spread_over_three_nodes_and_media_flows_on_each_meeting_s_node(tmp_path_factory, cluster_db, tmp_path):
+    workdir = tmp_path_factory.mktemp("placement")
+    env = Env(
+        workdir / "env",
+        database_uri=cluster_db,
+        overrides={**OVERRIDES, "cluster": {"node_id": "n1", "node_url": "http://localhost"}},
+    )
+    others: list[Service] = []
+    peers: list[Peer] = []
+    try:
+        n1 = env.service
+        # Node 1's own URL names its port, which the harness picks when it builds it.
+        n1.stop()
+        cfg = yaml.safe_load(n1.config_path.read_text())
+        cfg["cluster"] = cluster_section("n1", n1.port)
+        n1.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        n1.config = cfg
+        n1.start()
+        others = [second_node(env, workdir / name, name) for name in ("n2", "n3")]
+        for node in others:
+            node.start()
+        nodes = [n1, *others]
+        wait_for(lambda: live_nodes(cluster_db) == {"n1", "n2", "n3"}, 15, "three live nodes")
+        by_url = {f"ws://localhost:{node.port}": node for node in nodes}
+
+        hosts = []
+        for i in range(3):
+            alice, room = env.room_with_bot("alice", name=f"Salon {i}")
+            _, slug = start_meeting(env, alice, room, f"!visio Réunion {i}", f"Réunion {i}")
+            grants = []
+            # The two participants ask two different nodes, as a load balancer would.
+            for who, entry in ((f"agathe{i}", nodes[i]), (f"bruno{i}", nodes[(i + 1) % 3])):
+                r = requests.post(f"{entry.url}/api/v1/meetings/{slug}/join", json={"name": who}, timeout=10)
+                assert r.status_code == 200, r.text
+                grants.append((who, r.json()))
+            urls = {g["url"] for _, g in grants}
+            assert len(urls) == 1, f"one node per meeting: {urls}"
+            url = urls.pop()
+            assert url in by_url, f"{url} is no node's URL: {list(by_url)}"
+            hosts.append(url)
+            pair = [Peer(tmp_path, who, g["url"], g["token"], publish=True) for who, g in grants]
+            peers += pair
+            (a, ga), (b, gb) = zip(pair, (g for _, g in grants))
+            a.wait_media_from(gb["identity"], video=10, audio_loud=10, timeout=30)
+            b.wait_media_from(ga["identity"], video=10, audio_loud=10, timeout=30)
+
+            # Another node refuses the meeting's room, even with a valid token.
+            elsewhere = next(u for u in by_url if u != url)
+            stray = Peer(tmp_path, f"stray{i}", elsewhere, grants[0][1]["token"], once=True, wait_connected=False)
+            code, st = stray.wait_exit(30)
+            assert code != 0, f"a room never spans nodes: {st}"
+            assert by_url[elsewhere].metric("tchap_visio_signal_refused_total", reason="elsewhere") >= 1, st
+        assert len(set(hosts)) >= 2, f"meetings on at least two nodes: {hosts}"
+    finally:
+        for peer in peers:
+            peer.close()
+        for node in others:
+            node.close()
         env.close()

@@ -1,0 +1,289 @@
+//! Where each meeting's SFU room lives in a cluster (PostgreSQL only): the
+//! `room_placements` table. The first join places a room on the least-loaded live node;
+//! the row's primary key makes that the one placement, so a room never spans nodes. A
+//! trigger forgets the placement when the meeting ends. Knows nodes only as rows of
+//! `nodes` ([`super::cluster`]).
+
+use sqlx::Row;
+
+use super::cluster::{DB_NOW_MS, MISSED_HEARTBEATS};
+use super::{Store, StoreError};
+
+/// Where a room lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub node_id: String,
+    /// The hosting node's own base URL (`cluster.node_url`), where clients connect.
+    pub node_url: String,
+}
+
+/// How many times a placement on a dead node is moved before giving up: each try moves
+/// it once, and only a node dying between two statements makes another try needed.
+const PLACEMENT_TRIES: usize = 3;
+
+/// The least-loaded live node: connected participants first (as of its last heartbeat),
+/// then the rooms placed on it, which count at once where heartbeats lag a first join,
+/// then its CPU, ties by name. One row or none.
+fn least_loaded_live_node() -> String {
+    format!(
+        "SELECT n.node_id FROM nodes n \
+         WHERE n.heartbeat_at > {DB_NOW_MS} - {MISSED_HEARTBEATS} * n.heartbeat_ms \
+         ORDER BY n.participants, \
+                  (SELECT count(*) FROM room_placements p WHERE p.node_id = n.node_id), \
+                  n.rooms, n.cpu_permille NULLS LAST, n.node_id \
+         LIMIT 1"
+    )
+}
+
+impl Store {
+    /// The node that hosts `meeting_id`'s room, placing it on the least-loaded live node
+    /// if it has no placement yet, or if its node is dead (that node's participants are
+    /// gone with it). `None`: no node is alive. Concurrent callers get the same answer:
+    /// the insert does nothing where another placed the room first, and a move is
+    /// conditioned on the dead node still being the host.
+    pub async fn place_room(&self, meeting_id: &str) -> Result<Option<Placement>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO room_placements (meeting_id, node_id, placed_at) \
+             SELECT $1, l.node_id, {DB_NOW_MS} FROM ({}) l \
+             ON CONFLICT (meeting_id) DO NOTHING",
+            least_loaded_live_node(),
+        )))
+        .bind(meeting_id)
+        .execute(&self.pool)
+        .await?;
+        for _ in 0..PLACEMENT_TRIES {
+            let Some((placement, live)) = self.placement(meeting_id).await? else {
+                // No live node to place it on.
+                return Ok(None);
+            };
+            if live {
+                return Ok(Some(placement));
+            }
+            let moved = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE room_placements SET node_id = l.node_id, placed_at = {DB_NOW_MS} \
+                 FROM ({}) l \
+                 WHERE room_placements.meeting_id = $1 AND room_placements.node_id = $2",
+                least_loaded_live_node(),
+            )))
+            .bind(meeting_id)
+            .bind(&placement.node_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if moved == 1 {
+                tracing::info!(meeting = meeting_id, dead = %placement.node_id, "room moved off a dead node");
+            }
+        }
+        Ok(self
+            .placement(meeting_id)
+            .await?
+            .and_then(|(placement, live)| live.then_some(placement)))
+    }
+
+    /// The node `meeting_id`'s room is placed on, and whether that node is alive.
+    pub async fn placement(
+        &self,
+        meeting_id: &str,
+    ) -> Result<Option<(Placement, bool)>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT p.node_id, COALESCE(n.node_url, ''), \
+                    COALESCE(n.heartbeat_at > {DB_NOW_MS} - {MISSED_HEARTBEATS} * n.heartbeat_ms, FALSE) \
+             FROM room_placements p LEFT JOIN nodes n ON n.node_id = p.node_id \
+             WHERE p.meeting_id = $1"
+        )))
+        .bind(meeting_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok((
+                Placement {
+                    node_id: row.try_get(0)?,
+                    node_url: row.try_get(1)?,
+                },
+                row.try_get(2)?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// The node hosting `meeting_id`'s room, placing it on `node_id` if it has none: a
+    /// connection that reaches a node without a join (a token made with the API keys)
+    /// opens the room there, and nowhere else after.
+    pub async fn claim_room(&self, meeting_id: &str, node_id: &str) -> Result<String, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO room_placements (meeting_id, node_id, placed_at) \
+             VALUES ($1, $2, {DB_NOW_MS}) ON CONFLICT (meeting_id) DO NOTHING"
+        )))
+        .bind(meeting_id)
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
+        let host: Option<String> =
+            sqlx::query_scalar("SELECT node_id FROM room_placements WHERE meeting_id = $1")
+                .bind(meeting_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        // Only the meeting's end deletes the row, and a meeting that ended is refused
+        // before any claim; should it end in between, the claimant keeps the room.
+        Ok(host.unwrap_or_else(|| node_id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meeting::{Meeting, MeetingState};
+    use crate::store::cluster::NodeBeat;
+    use crate::store::{meetings, testing};
+
+    async fn node(store: &Store, node: &str, participants: i64) {
+        store
+            .node_started(&NodeBeat {
+                node_id: node.into(),
+                node_url: format!("http://{node}.internal:29330"),
+                heartbeat_ms: 60_000,
+                participants,
+                rooms: 0,
+                cpu_permille: None,
+            })
+            .await
+            .expect("start");
+    }
+
+    /// Makes `node` silent for ten intervals, without waiting for it.
+    async fn silence(store: &Store, node: &str) {
+        sqlx::query(
+            "UPDATE nodes SET heartbeat_at = heartbeat_at - 10 * heartbeat_ms WHERE node_id = $1",
+        )
+        .bind(node)
+        .execute(store.pool())
+        .await
+        .expect("silence");
+    }
+
+    async fn meeting(store: &Store, title: &str) -> String {
+        let m = Meeting::new(title, None, None, crate::clock::now_ms()).expect("valid title");
+        let mut conn = store.pool().acquire().await.expect("conn");
+        meetings::create(&mut conn, &m).await.expect("create");
+        m.id.as_str().to_owned()
+    }
+
+    async fn host(store: &Store, meeting: &str) -> String {
+        store
+            .place_room(meeting)
+            .await
+            .expect("place")
+            .expect("a live node")
+            .node_id
+    }
+
+    #[tokio::test]
+    async fn a_room_goes_to_the_least_loaded_live_node_and_stays_there() {
+        let db = testing::postgres().await;
+        let store = &db.store;
+        let m = meeting(store, "Premier").await;
+        assert_eq!(
+            store.place_room(&m).await.expect("place"),
+            None,
+            "no node yet"
+        );
+        node(store, "busy", 40).await;
+        node(store, "quiet", 3).await;
+        node(store, "dead", 0).await;
+        silence(store, "dead").await;
+        let placed = store.place_room(&m).await.expect("place").expect("placed");
+        assert_eq!(
+            placed,
+            Placement {
+                node_id: "quiet".into(),
+                node_url: "http://quiet.internal:29330".into(),
+            }
+        );
+        // Its load changes; the room does not move.
+        node(store, "quiet", 500).await;
+        assert_eq!(host(store, &m).await, "quiet");
+        assert_eq!(store.claim_room(&m, "busy").await.expect("claim"), "quiet");
+        // A second meeting goes where the load is least now.
+        let second = meeting(store, "Second").await;
+        assert_eq!(host(store, &second).await, "busy");
+    }
+
+    #[tokio::test]
+    async fn rooms_placed_at_once_spread_before_any_heartbeat_counts_them() {
+        let db = testing::postgres().await;
+        let store = &db.store;
+        for name in ["a", "b", "c"] {
+            node(store, name, 0).await;
+        }
+        let mut hosts = Vec::new();
+        for title in ["Un", "Deux", "Trois"] {
+            let m = meeting(store, title).await;
+            hosts.push(host(store, &m).await);
+        }
+        hosts.sort();
+        assert_eq!(hosts, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn nodes_racing_on_a_first_join_agree_on_one_node() {
+        let db = testing::postgres().await;
+        let store = &db.store;
+        for name in ["a", "b", "c"] {
+            node(store, name, 0).await;
+        }
+        for round in 0..5 {
+            let m = meeting(store, &format!("Course {round}")).await;
+            let placing = (0..6)
+                .map(|_| {
+                    let store = store.clone();
+                    let m = m.clone();
+                    tokio::spawn(async move { host(&store, &m).await })
+                })
+                .collect::<Vec<_>>();
+            let claiming = ["a", "b", "c"].map(|name| {
+                let store = store.clone();
+                let m = m.clone();
+                tokio::spawn(async move { store.claim_room(&m, name).await.expect("claim") })
+            });
+            let mut seen = Vec::new();
+            for task in placing.into_iter().chain(claiming) {
+                seen.push(task.await.expect("task"));
+            }
+            seen.dedup();
+            assert_eq!(seen.len(), 1, "round {round}: {seen:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_room_on_a_dead_node_moves_once_and_the_placement_ends_with_the_meeting() {
+        let db = testing::postgres().await;
+        let store = &db.store;
+        node(store, "a", 0).await;
+        node(store, "b", 5).await;
+        let m = meeting(store, "Panne").await;
+        assert_eq!(host(store, &m).await, "a");
+        silence(store, "a").await;
+        assert_eq!(
+            store
+                .placement(&m)
+                .await
+                .expect("read")
+                .map(|(p, live)| (p.node_id, live)),
+            Some(("a".into(), false))
+        );
+        assert_eq!(host(store, &m).await, "b");
+        // `a` comes back: the room stays on `b`, and `a` may not open it.
+        node(store, "a", 0).await;
+        assert_eq!(host(store, &m).await, "b");
+        assert_eq!(store.claim_room(&m, "a").await.expect("claim"), "b");
+
+        let mut conn = store.pool().acquire().await.expect("conn");
+        let id = crate::ids::MeetingId::parse(&m).expect("meeting id");
+        assert!(
+            meetings::set_state(&mut conn, &id, MeetingState::Ended, crate::clock::now_ms())
+                .await
+                .expect("end")
+        );
+        assert_eq!(store.placement(&m).await.expect("read"), None);
+    }
+}

@@ -11,7 +11,7 @@
 #   SCENARIOS="large:10" MEMORY="" scripts/bench-load.sh
 #
 # Environment:
-#   SCENARIOS        scenario:n pairs (default "large:10 livestream:50 audio:50")
+#   SCENARIOS        scenario:n pairs (default "large:10 livestream:50 audio:50"; empty: none)
 #   SECONDS_PER_RUN  measured window of each run, after the warm-up (default 30)
 #   LAYER            the simulcast layer every subscriber asks for: q, h or f (default h)
 #   DYNACAST         1 (default): a third run per video scenario, on our SFU with the
@@ -31,7 +31,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-SCENARIOS="${SCENARIOS:-large:10 livestream:50 audio:50}"
+SCENARIOS="${SCENARIOS-large:10 livestream:50 audio:50}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-30}"
 LAYER="${LAYER:-h}"
 DYNACAST="${DYNACAST:-1}"

@@ -19,6 +19,7 @@
 #     (Rtc::handle_input, Rtc::poll_output, Rtc::accepts, media writers, ...), crypto
 #     included (str0m calls it);
 #   - ours: the rest (engine bookkeeping, allocation and copies it asks for, routing).
+# FORWARDING_BIN=path runs that bench executable instead of building one.
 # KEEP=1 keeps the callgrind output files (open them with callgrind_annotate or kcachegrind).
 set -euo pipefail
 
@@ -33,7 +34,8 @@ if ! command -v valgrind >/dev/null 2>&1; then
 fi
 
 export TCHAP_VISIO_ALLOW_MISSING_WEB=1
-BIN="$(cargo bench --bench forwarding --no-run --message-format=json 2>/dev/null |
+BIN="${FORWARDING_BIN:-}"
+[[ -n "$BIN" ]] || BIN="$(cargo bench --bench forwarding --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

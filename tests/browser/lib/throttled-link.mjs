@@ -211,12 +211,20 @@ await withFixture(`throttled-${pcMode}`, async (fx) => {
     `${held.freezeSeconds} s frozen in ${WINDOW_MS} ms (unthrottled: ${held.unthrottledFreezeSeconds} s)`,
   );
 
-  // Lifted: the estimate grows back and so does the layer.
+  // Lifted: the estimate grows back and so does the layer, one step above the one
+  // Chloé receives now. An up-switch rolled back under the throttle makes the next
+  // wait (simulcast.rs: 10, 20, then 40 s at most), so a climb may start up to 40 s
+  // after the lift, then needs the estimate to carry it (a run in CI took over 60 s to
+  // reach two steps up).
+  const atLift = await waitWidth(chloe.page, ALICE, () => true, {
+    timeout: 10_000,
+    what: "Chloé's layer when the throttle is lifted",
+  });
   await lift();
   const t1 = performance.now();
-  const climbed = await waitWidth(chloe.page, ALICE, (w) => w > held.widest, {
-    timeout: 60_000,
-    what: `Chloé's layer to climb above ${held.widest} once the throttle is lifted`,
+  const climbed = await waitWidth(chloe.page, ALICE, (w) => w > atLift.width, {
+    timeout: 90_000,
+    what: `Chloé's layer to climb above ${atLift.width} once the throttle is lifted`,
   });
   const climbedMs = Math.round(performance.now() - t1);
   console.log(`RESULT ${JSON.stringify({ pc: pcMode, rateKbit: RATE_KBIT, before, lowered: lowered.width, switchedMs, held, climbed: climbed.width, climbedMs })}`);

@@ -759,7 +759,15 @@ impl Forwarder {
         let member = &mut self.members[subscriber];
         let (caps, desired) = simulcast::allocate(estimate, fixed, &costs);
         let up_caps = if member.up.may_go_up(now) {
-            simulcast::allocate(simulcast::up_margin(estimate), fixed, &costs).0
+            let margined = simulcast::up_margin(estimate);
+            let share = margined.saturating_sub(fixed) / (costs.len().max(1) as u64);
+            simulcast::allocate(margined, fixed, &costs)
+                .0
+                .into_iter()
+                .zip(&costs)
+                .zip(&current)
+                .map(|((cap, (cost, _)), &from)| simulcast::up_step(share, *cost, from, cap))
+                .collect()
         } else {
             current.clone()
         };

@@ -14,13 +14,12 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::Role;
-use crate::media::{AudioSource, LAYERS, VideoSource};
+use crate::media::LAYERS;
 use crate::peer::Peer;
 
 /// A Janus session and the task that long-polls its events.
@@ -305,23 +304,7 @@ pub async fn publish(
         eprintln!("offer:\n{}\nanswer:\n{sdp}", offer.to_sdp_string());
     }
     let answer = SdpAnswer::from_sdp_string(sdp)?;
-    peer.with(|st| -> anyhow::Result<()> {
-        st.rtc.sdp_api().accept_answer(pending, answer)?;
-        let pt = |codec| {
-            st.rtc
-                .codec_config()
-                .iter()
-                .find(|p| p.spec().codec == codec)
-                .map(|p| p.pt())
-        };
-        if let (Some(mid), Some(pt)) = (video_mid, pt(Codec::Vp8)) {
-            st.video = Some(VideoSource::new(mid, pt, role.source));
-        }
-        if let (Some(mid), Some(pt)) = (audio_mid, pt(Codec::Opus)) {
-            st.audio = Some(AudioSource::new(mid, pt, role.source));
-        }
-        Ok(())
-    })?;
+    peer.with(|st| st.accept_publisher_answer(pending, answer, video_mid, audio_mid, role.source))?;
     janus.candidates_done(handle).await?;
     Ok((peer, feed))
 }

@@ -14,12 +14,11 @@ use livekit_protocol::{signal_request, signal_response};
 use prost::Message as _;
 use serde::Serialize;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::media::{AudioSource, LAYERS, VideoSource};
+use crate::media::LAYERS;
 use crate::peer::Peer;
 use crate::{Role, now_ms};
 
@@ -277,23 +276,9 @@ pub async fn join(
                         let (Some(peer), Some(p)) = (&publ, pending.take()) else {
                             continue;
                         };
-                        peer.with(|st| -> anyhow::Result<()> {
-                            let answer = SdpAnswer::from_sdp_string(&answer.sdp)?;
-                            st.rtc.sdp_api().accept_answer(p, answer)?;
-                            let pt = |codec| {
-                                st.rtc
-                                    .codec_config()
-                                    .iter()
-                                    .find(|p| p.spec().codec == codec)
-                                    .map(|p| p.pt())
-                            };
-                            if let (Some(mid), Some(pt)) = (video_mid, pt(Codec::Vp8)) {
-                                st.video = Some(VideoSource::new(mid, pt, role.source));
-                            }
-                            if let (Some(mid), Some(pt)) = (audio_mid, pt(Codec::Opus)) {
-                                st.audio = Some(AudioSource::new(mid, pt, role.source));
-                            }
-                            Ok(())
+                        let answer = SdpAnswer::from_sdp_string(&answer.sdp)?;
+                        peer.with(|st| {
+                            st.accept_publisher_answer(p, answer, video_mid, audio_mid, role.source)
                         })
                         .context("accepting the publisher answer")?;
                     }

@@ -8,7 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use str0m::media::MediaKind;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -41,6 +43,34 @@ pub struct PeerState {
 }
 
 impl PeerState {
+    /// Accepts the server's answer to a publisher's offer and starts the sources on the
+    /// payload types the answer kept (the same for our server and Janus).
+    pub fn accept_publisher_answer(
+        &mut self,
+        pending: SdpPendingOffer,
+        answer: SdpAnswer,
+        video_mid: Option<Mid>,
+        audio_mid: Option<Mid>,
+        source: u16,
+    ) -> anyhow::Result<()> {
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        let pt = |codec| {
+            self.rtc
+                .codec_config()
+                .iter()
+                .find(|p| p.spec().codec == codec)
+                .map(|p| p.pt())
+        };
+        let (video_pt, audio_pt) = (pt(Codec::Vp8), pt(Codec::Opus));
+        if let (Some(mid), Some(pt)) = (video_mid, video_pt) {
+            self.video = Some(VideoSource::new(mid, pt, source));
+        }
+        if let (Some(mid), Some(pt)) = (audio_mid, audio_pt) {
+            self.audio = Some(AudioSource::new(mid, pt, source));
+        }
+        Ok(())
+    }
+
     fn receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.datagrams_in += 1;
         let Ok(receive) = Receive::new(Protocol::Udp, from, self.local, data) else {

@@ -772,6 +772,7 @@ impl Forwarder {
             current.clone()
         };
         let (mut up, mut down) = (false, false);
+        let mut lowered = Vec::new();
         for (i, d) in simulcast_downs.into_iter().enumerate() {
             let old = current[i];
             let (cost, wanted) = costs[i];
@@ -786,12 +787,18 @@ impl Forwarder {
             // Only what the subscriber would receive counts: a cap above its wish is none.
             let wanted = wanted.unwrap_or(0);
             up |= measured && new.min(wanted) > old.min(wanted);
-            down |= measured && new.min(wanted) < old.min(wanted);
+            if measured && new.min(wanted) < old.min(wanted) {
+                down = true;
+                lowered.push((d, new));
+            }
             self.downs[d.0].layers.bandwidth_max = new;
         }
         if down {
             if member.up.went_down(now) {
                 tracing::debug!(subscriber, "simulcast up-switch rolled back");
+                for (d, cap) in lowered {
+                    self.downs[d.0].layers.abandon_above(cap);
+                }
             }
         } else if up {
             member.up.went_up(now);

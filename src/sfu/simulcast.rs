@@ -294,6 +294,17 @@ impl LayerSelector {
         Verdict::Drop
     }
 
+    /// Stops forwarding the current layer if it is above `cap`, until the keyframe of the
+    /// layer to switch to. Only for a rolled-back up-switch trial: the link is dropping
+    /// that layer's packets already (its frames are lost), and what would still be sent of
+    /// it queues in front of the lower layer's keyframe at the bottleneck, lengthening the
+    /// freeze. An ordinary down-switch keeps the current layer until then, as usual.
+    pub fn abandon_above(&mut self, cap: usize) {
+        if self.current.is_some_and(|c| c > cap) {
+            self.current = None;
+        }
+    }
+
     /// The layer a keyframe should be asked for, when a switch is waiting for one.
     pub fn keyframe_wanted(&self, target: Option<usize>) -> Option<usize> {
         target.filter(|&t| self.current != Some(t))
@@ -525,6 +536,33 @@ mod tests {
         assert_eq!(allocate(600_000, 0, &[(cost, Some(2))]).0, [1]);
         assert_eq!(allocate(up_margin(600_000), 0, &[(cost, Some(2))]).0, [0]);
         assert_eq!(allocate(up_margin(625_000), 0, &[(cost, Some(2))]).0, [1]);
+    }
+
+    #[test]
+    fn a_rolled_back_trial_stops_the_higher_layer_until_the_lower_keyframe() {
+        let mut s = LayerSelector {
+            current: Some(1),
+            bandwidth_max: 0,
+            ..LayerSelector::default()
+        };
+        let available = [true; LAYERS];
+        s.abandon_above(1);
+        assert_eq!(s.current, Some(1), "not above the cap: kept");
+        s.abandon_above(0);
+        assert_eq!(s.current, None);
+        let target = s.target(available);
+        assert_eq!(
+            s.on_frame(1, true, target),
+            Verdict::Drop,
+            "the abandoned layer is not sent"
+        );
+        assert_eq!(
+            s.on_frame(0, false, target),
+            Verdict::Drop,
+            "waits for a keyframe"
+        );
+        assert_eq!(s.keyframe_wanted(target), Some(0));
+        assert_eq!(s.on_frame(0, true, target), Verdict::Switch);
     }
 
     #[test]

@@ -5,11 +5,10 @@
 // changes outside that namespace, and it disappears with its last process.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { ROOT, stopChild } from './lib/harness.mjs';
+import { ROOT, runInNetNamespace } from './lib/harness.mjs';
 
 // Everything UDP leaving any socket in the namespace is dropped (loopback is the only
 // interface, so this covers server and browser alike); TCP is untouched.
@@ -31,31 +30,9 @@ nft -f - <<'EOF'
 ${RULES}
 EOF
 exec "${process.execPath}" "${script}"`;
-  const child = spawn('unshare', ['--net', '--', 'bash', '-c', shell], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: process.env,
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d) => {
-    stdout += d;
-  });
-  child.stderr.on('data', (d) => {
-    stderr += d;
-    process.stderr.write(d);
-  });
-  const code = await new Promise((resolve) => {
-    // The scenario bounds its own waits; this only stops a hung namespace.
-    const timer = setTimeout(() => stopChild(child, 5_000), 220_000);
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve(code ?? signal);
-    });
-  });
+  const { code, stdout, stderr, result } = await runInNetNamespace(shell, 220_000);
   assert.equal(code, 0, `the UDP-blocked scenario failed (exit ${code}):\n${stdout}\n${stderr.slice(-4000)}`);
-  const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
-  assert.ok(line, `no RESULT line:\n${stdout}`);
-  const result = JSON.parse(line.slice('RESULT '.length));
+  assert.ok(result, `no RESULT line:\n${stdout}`);
   console.log(`over TCP: ${JSON.stringify(result.pairs)}; server counted ${result.tcpBytes} TCP bytes on ${result.connections} connections`);
   for (const who of ['alice', 'bruno']) {
     assert.equal(result.pairs[who].receive.local.protocol, 'tcp');

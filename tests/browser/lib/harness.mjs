@@ -89,6 +89,38 @@ export async function stopChild(child, timeoutMs = 10_000) {
  * Polls `condition` (sync or async) until it returns something truthy and returns that.
  * An exception from `condition` counts as "not yet" and is reported at the deadline.
  */
+/**
+ * Runs `shell` (bash) in a network namespace of its own (`unshare --net`), its output
+ * passed on as it comes; the scenario it starts bounds its own waits, `timeoutMs` only
+ * stops a hung namespace. Resolves to the exit code and the output, with the scenario's
+ * `RESULT {...}` line parsed (`result`, or null).
+ */
+export async function runInNetNamespace(shell, timeoutMs) {
+  const child = spawn('unshare', ['--net', '--', 'bash', '-c', shell], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: process.env,
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => {
+    stdout += d;
+  });
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    process.stderr.write(d);
+  });
+  const code = await new Promise((resolve) => {
+    const timer = setTimeout(() => stopChild(child, 5_000), timeoutMs);
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve(code ?? signal);
+    });
+  });
+  const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
+  const result = line ? JSON.parse(line.slice('RESULT '.length)) : null;
+  return { code, stdout, stderr, result };
+}
+
 export async function waitFor(condition, { timeout = 15_000, interval = 50, what = 'a condition' } = {}) {
   const deadline = performance.now() + timeout;
   let lastError;

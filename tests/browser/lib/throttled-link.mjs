@@ -29,6 +29,8 @@ const QUEUE_BYTES = Math.round((RATE_KBIT * 1000) / 8 / 4);
 /** How long the picture must keep moving on the lower layer, and the frames it must show. */
 const WINDOW_MS = 10_000;
 const MIN_FPS = 5;
+/** The lowest layer's width (the publisher sends 320x180, 640x360, 1280x720). */
+const LOWEST_WIDTH = 320;
 
 /** The publisher's identity (its token's `sub`). */
 const ALICE = 'alice';
@@ -164,43 +166,74 @@ await withFixture(`throttled-${pcMode}`, async (fx) => {
 
   // No frozen picture: frames keep being decoded, and at the lower layer, for a whole
   // window (waited on per second, each with a deadline).
-  const start = await receiveStats(chloe.page, ALICE);
-  const brunoStart = await receiveStats(bruno.page, ALICE);
-  const seconds = [];
-  // The best layer each viewer decoded in the window: on two loaded cores the
-  // unthrottled viewer's own estimate dips at times, so one instant proves little.
-  let widest = start.width;
-  let brunoWidest = brunoStart.width;
-  let previous = start;
-  for (let i = 0; i < WINDOW_MS / 1000; i++) {
-    const deadline = performance.now() + 1000;
-    await waitFor(() => performance.now() >= deadline, { timeout: 2_000, interval: 100, what: 'a second to pass' });
-    const now = await receiveStats(chloe.page, ALICE);
-    seconds.push(now.framesDecoded - previous.framesDecoded);
-    widest = Math.max(widest, now.width);
-    brunoWidest = Math.max(brunoWidest, (await receiveStats(bruno.page, ALICE)).width);
-    previous = now;
+  async function measureWindow() {
+    const start = await receiveStats(chloe.page, ALICE);
+    const brunoStart = await receiveStats(bruno.page, ALICE);
+    const seconds = [];
+    // Each second's decoded width, the throttled viewer's and the unthrottled one's.
+    const widths = [];
+    const brunoWidths = [];
+    // The best layer each viewer decoded in the window: on two loaded cores the
+    // unthrottled viewer's own estimate dips at times, so one instant proves little.
+    let widest = start.width;
+    let brunoWidest = brunoStart.width;
+    let previous = start;
+    for (let i = 0; i < WINDOW_MS / 1000; i++) {
+      const deadline = performance.now() + 1000;
+      await waitFor(() => performance.now() >= deadline, { timeout: 2_000, interval: 100, what: 'a second to pass' });
+      const now = await receiveStats(chloe.page, ALICE);
+      seconds.push(now.framesDecoded - previous.framesDecoded);
+      widths.push(now.width);
+      widest = Math.max(widest, now.width);
+      const brunoWidth = (await receiveStats(bruno.page, ALICE)).width;
+      brunoWidths.push(brunoWidth);
+      brunoWidest = Math.max(brunoWidest, brunoWidth);
+      previous = now;
+    }
+    const end = previous;
+    const brunoNow = await receiveStats(bruno.page, ALICE);
+    const link_ = await shaped();
+    const held = {
+      fps: ((end.framesDecoded - start.framesDecoded) * 1000) / WINDOW_MS,
+      perSecond: seconds,
+      widths,
+      unthrottledWidths: brunoWidths,
+      // Seconds on a layer below the best the unthrottled viewer decoded in the window.
+      lowerSeconds: widths.filter((w) => w < brunoWidest).length,
+      kbps: Math.round(((end.bytes - start.bytes) * 8) / WINDOW_MS),
+      width: end.width,
+      widest,
+      unthrottledWidest: brunoWidest,
+      freezes: end.freezeCount - start.freezeCount,
+      freezeSeconds: Number((end.freezeSeconds - start.freezeSeconds).toFixed(2)),
+      unthrottledWidth: brunoNow.width,
+      // Two loaded cores freeze an unthrottled picture too: the baseline for the above.
+      unthrottledFreezeSeconds: Number((brunoNow.freezeSeconds - brunoStart.freezeSeconds).toFixed(2)),
+      shaped: link_,
+    };
+    return held;
   }
-  const end = previous;
-  const brunoNow = await receiveStats(bruno.page, ALICE);
-  const link_ = await shaped();
-  const held = {
-    fps: ((end.framesDecoded - start.framesDecoded) * 1000) / WINDOW_MS,
-    perSecond: seconds,
-    kbps: Math.round(((end.bytes - start.bytes) * 8) / WINDOW_MS),
-    width: end.width,
-    widest,
-    unthrottledWidest: brunoWidest,
-    freezes: end.freezeCount - start.freezeCount,
-    freezeSeconds: Number((end.freezeSeconds - start.freezeSeconds).toFixed(2)),
-    unthrottledWidth: brunoNow.width,
-    // Two loaded cores freeze an unthrottled picture too: the baseline for the above.
-    unthrottledFreezeSeconds: Number((brunoNow.freezeSeconds - brunoStart.freezeSeconds).toFixed(2)),
-    shaped: link_,
-  };
+  // The unthrottled viewer is the reference: on two loaded cores its own estimate can
+  // keep it on the lowest layer for a whole window, which shows nothing about the
+  // throttle. Such a window is measured again (three at most).
+  let held;
+  for (let window = 1; window <= 3; window++) {
+    held = await measureWindow();
+    if (held.unthrottledWidest > LOWEST_WIDTH) break;
+    console.error(`window ${window}: the unthrottled viewer stayed on the lowest layer: ${JSON.stringify(held)}`);
+  }
+  const { widths, perSecond: seconds } = held;
   console.error(`server log:\n${switches(server).join('\n')}`);
   console.error(`throttled: lowered to ${lowered.width} in ${switchedMs} ms; then ${JSON.stringify(held)}`);
-  assert.ok(held.widest < held.unthrottledWidest, `throttled at most ${held.widest} wide, unthrottled up to ${held.unthrottledWidest}: no lower layer`);
+  // Most of the window on a lower layer: an up-switch trial (simulcast.rs `UpSwitch`,
+  // rolled back within a second or so) may show the higher one for a second or two; on
+  // two loaded cores the unthrottled viewer's own estimate dips at times, so its best
+  // layer in the window is the reference.
+  assert.ok(held.unthrottledWidest > LOWEST_WIDTH, 'the unthrottled viewer stayed on the lowest layer in three windows');
+  assert.ok(
+    held.lowerSeconds >= (WINDOW_MS / 1000) * 0.8,
+    `throttled widths ${widths} vs unthrottled ${held.unthrottledWidths}: only ${held.lowerSeconds} s below ${held.unthrottledWidest}`,
+  );
   assert.ok(held.fps >= MIN_FPS, `${held.fps} frames/s decoded over ${WINDOW_MS} ms on the throttled link`);
   assert.ok(Math.min(...seconds) > 0, `a second without a decoded frame: ${seconds}`);
   // Chromium counts a freeze from ~200 ms without a frame at 15 fps: a probe filling

@@ -554,4 +554,201 @@ mod tests {
             Some("TVDEF")
         );
     });
+
+    both_dialects!(
+        each_node_has_its_own_device_stream_and_input,
+        |store: Store| async move {
+            let mut tx = store.begin().await.expect("begin");
+            push_input(&mut tx, None, "single").await.expect("push");
+            push_input(&mut tx, Some("n1"), "one-a")
+                .await
+                .expect("push");
+            push_input(&mut tx, Some("n2"), "two").await.expect("push");
+            push_input(&mut tx, Some("n1"), "one-b")
+                .await
+                .expect("push");
+            for (node, device) in [(None, "TVSINGLE"), (Some("n1"), "TVONE")] {
+                set_state(&mut tx, &per_node(DEVICE_ID, node), device)
+                    .await
+                    .expect("device");
+            }
+            tx.commit().await.expect("commit");
+            let json = |node| {
+                let store = store.clone();
+                async move {
+                    store
+                        .pending_crypto_input(node, 10)
+                        .await
+                        .expect("pending")
+                        .into_iter()
+                        .map(|i| i.json)
+                        .collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(json(Some("n1")).await, ["one-a", "one-b"]);
+            assert_eq!(json(Some("n2")).await, ["two"]);
+            assert_eq!(json(None).await, ["single"]);
+            let first = store
+                .pending_crypto_input(Some("n1"), 1)
+                .await
+                .expect("pending");
+            store.crypto_input_fed(first[0].seq).await.expect("fed");
+            assert_eq!(json(Some("n1")).await, ["one-b"]);
+            assert_eq!(
+                json(Some("n2")).await,
+                ["two"],
+                "another node's input stays"
+            );
+            let mut conn = store.pool().acquire().await.expect("conn");
+            assert_eq!(
+                state(&mut conn, &per_node(DEVICE_ID, Some("n1")))
+                    .await
+                    .expect("get")
+                    .as_deref(),
+                Some("TVONE")
+            );
+            assert_eq!(
+                state(&mut conn, DEVICE_ID).await.expect("get").as_deref(),
+                Some("TVSINGLE"),
+                "a single node's names are unchanged"
+            );
+            assert_eq!(
+                state(&mut conn, &per_node(DEVICE_ID, Some("n2")))
+                    .await
+                    .expect("get"),
+                None
+            );
+        }
+    );
+
+    both_dialects!(
+        a_former_single_node_s_device_goes_to_one_cluster_node,
+        |store: Store| async move {
+            assert_eq!(
+                store.adopt_single_node_device("n1").await.expect("adopt"),
+                None,
+                "no single node's device"
+            );
+            let mut tx = store.begin().await.expect("begin");
+            set_state(&mut tx, DEVICE_ID, "TVOLD")
+                .await
+                .expect("device");
+            set_state(&mut tx, SYNC_TOKEN, "s42").await.expect("token");
+            push_input(&mut tx, None, "waiting").await.expect("push");
+            tx.commit().await.expect("commit");
+
+            assert_eq!(
+                store.adopt_single_node_device("n1").await.expect("adopt"),
+                Some("TVOLD".to_owned())
+            );
+            assert_eq!(
+                store.adopt_single_node_device("n2").await.expect("adopt"),
+                None,
+                "taken by node 1"
+            );
+            assert_eq!(
+                store.adopt_single_node_device("n1").await.expect("again"),
+                None,
+                "node 1 has its device"
+            );
+            let mut conn = store.pool().acquire().await.expect("conn");
+            assert_eq!(
+                state(&mut conn, &per_node(DEVICE_ID, Some("n1")))
+                    .await
+                    .expect("get")
+                    .as_deref(),
+                Some("TVOLD")
+            );
+            assert_eq!(
+                state(&mut conn, &per_node(SYNC_TOKEN, Some("n1")))
+                    .await
+                    .expect("get")
+                    .as_deref(),
+                Some("s42")
+            );
+            assert_eq!(state(&mut conn, DEVICE_ID).await.expect("get"), None);
+            assert_eq!(state(&mut conn, SYNC_TOKEN).await.expect("get"), None);
+            drop(conn);
+            let moved = store
+                .pending_crypto_input(Some("n1"), 10)
+                .await
+                .expect("pending");
+            assert_eq!(moved.len(), 1);
+            assert_eq!(moved[0].json, "waiting");
+            assert!(
+                store
+                    .pending_crypto_input(None, 10)
+                    .await
+                    .expect("pending")
+                    .is_empty()
+            );
+        }
+    );
+
+    /// Whether another session can take the cross-signing lock now (and gives it back).
+    async fn lock_is_free(uri: &str) -> bool {
+        use sqlx::Connection as _;
+        let mut other = sqlx::AnyConnection::connect(uri).await.expect("connect");
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(CROSS_SIGNING_LOCK_KEY)
+            .fetch_one(&mut other)
+            .await
+            .expect("try");
+        if free {
+            let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+                .bind(CROSS_SIGNING_LOCK_KEY)
+                .fetch_one(&mut other)
+                .await
+                .expect("unlock");
+        }
+        other.close().await.expect("close");
+        free
+    }
+
+    #[tokio::test]
+    async fn nodes_take_turns_with_the_cross_signing_identity() {
+        let db = crate::store::testing::postgres().await;
+        let store = db.store.clone();
+        let held = store.lock_cross_signing().await.expect("lock");
+        assert!(!lock_is_free(&db.uri).await, "held by the first node");
+        // A second node waits for it, and gets it once the first releases it.
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.lock_cross_signing().await.expect("second lock") }
+        });
+        held.release().await.expect("release");
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the second node gets the lock")
+            .expect("task");
+        assert!(!lock_is_free(&db.uri).await, "now held by the second");
+        // Dropped on an error path: the connection goes, and the lock with it.
+        drop(second);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !lock_is_free(&db.uri).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock outlived its dropped connection"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The pool still works, and the lock is free for the next.
+        store
+            .lock_cross_signing()
+            .await
+            .expect("lock again")
+            .release()
+            .await
+            .expect("release");
+        assert!(lock_is_free(&db.uri).await);
+    }
+
+    #[tokio::test]
+    async fn sqlite_has_one_node_and_nothing_to_lock() {
+        let db = crate::store::testing::sqlite().await;
+        let first = db.store.lock_cross_signing().await.expect("lock");
+        let second = db.store.lock_cross_signing().await.expect("no wait");
+        first.release().await.expect("release");
+        second.release().await.expect("release");
+    }
 }

@@ -178,8 +178,13 @@ def test_a_burst_in_an_encrypted_room_survives_the_leader_s_sigkill_with_no_devi
         others = [second_node(env, workdir / name, name) for name in ("n2", "n3")]
         for node in others:
             proxy.backends.append(node.port)
-            node.start()
-        nodes = [n1, *others]
+        # Together: their devices take turns signing themselves with the kept identity.
+        starts = [threading.Thread(target=node.start) for node in others]
+        for t in starts:
+            t.start()
+        for t in starts:
+            t.join(60)
+        assert all(node.proc is not None and node.proc.poll() is None for node in others)
 
         # One device per node, each cross-signed with the one identity.
         devices = wait_for(lambda: (d := cross_signed_devices(n1)) and len(d) == 3 and d, 30, "three cross-signed bot devices")
@@ -245,11 +250,17 @@ def test_a_burst_in_an_encrypted_room_survives_the_leader_s_sigkill_with_no_devi
         survivors = [n for n in others if n.config["cluster"]["node_id"] == new_leader]
         assert survivors[0].metric("tchap_visio_events_decrypted_total") > 0, "the new leader decrypts with its own device"
 
+        # The killed node comes back with its crypto store: it keeps its device.
+        n1.start()
+        wait_for(lambda: n1.metric("tchap_visio_device_keys_on_server") == 1, 30, "node 1's device checked on the homeserver")
+        assert not leads(n1)
+
         # No device added: the same three, the same keys, the same identity.
         assert cross_signed_devices(others[0]) == devices
         assert identity(others[0])["master"] == master_before
         assert node_devices(cluster_db) == per_node
-        print(f"new leader {new_leader} after {after_s:.2f} s; devices {sorted(devices)}; nodes {len(nodes)}")
+        parked = survivors[0].metric("tchap_visio_events_parked_total")
+        print(f"new leader {new_leader} after {after_s:.2f} s, {parked:g} events waited for a key there; devices {sorted(devices)}")
     finally:
         for node in others:
             node.close()

@@ -709,8 +709,26 @@ async fn bring_up_device(
     if let Err(e) = device.flush().await {
         tracing::warn!(error = %e, "cannot upload the device's keys yet; retrying in the background");
     }
-    if let Err(e) = device.cross_sign(&config.encryption.passphrase).await {
-        tracing::error!(error = %e, "cannot cross-sign the bot's device; clients show it as not verified by its owner");
+    // Tried again while the database or the homeserver is away (in a cluster, the other
+    // nodes wait for this one's turn to end first).
+    let mut attempts = 0;
+    loop {
+        match device.cross_sign(&config.encryption.passphrase).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && attempts < 5 => {
+                attempts += 1;
+                let wait = queue::backoff(attempts);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot cross-sign the bot's device yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot cross-sign the bot's device; clients show it as not verified by its owner");
+                break;
+            }
+        }
     }
     match device.keys_on_server().await {
         Ok(true) => {

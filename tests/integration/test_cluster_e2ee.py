@@ -19,6 +19,7 @@ from signedjson.sign import SignatureVerifyException, verify_signed_json
 
 from harness import Env, wait_for
 from harness.meetings import encrypted_room_with_bot, events
+from harness.postgres import fresh_database
 from test_cluster import leads, second_node
 
 BURST = 200
@@ -76,8 +77,6 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 @pytest.fixture
 def cluster_db(postgres_url):
-    from harness.postgres import fresh_database
-
     with fresh_database(postgres_url) as url:
         yield url
 

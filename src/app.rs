@@ -103,6 +103,12 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         .encryption
         .enabled
         .then(|| Arc::new(std::sync::OnceLock::new()));
+    // Whether this cluster node leads now, for its device's worker (the leader's workers
+    // run per term and know it already).
+    let leading = config
+        .cluster
+        .as_ref()
+        .map(|_| Arc::new(AtomicBool::new(false)));
 
     metrics::gauge!("tchap_visio_inbox_pending").set(store.inbox_pending_count().await? as f64);
     queue_bot_profile(&store, &config).await?;
@@ -121,10 +127,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             client.clone(),
             account_device.clone(),
         );
-        let (slot, ready, inbox_wake, shutdown) = (
+        let (slot, ready, inbox_wake, leading, shutdown) = (
             device_slot.clone(),
             bot_ready.clone(),
             inbox_wake.clone(),
+            leading.clone(),
             shutdown.clone(),
         );
         workers.spawn(async move {
@@ -139,8 +146,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                     store,
                     client,
                     account_device,
-                    slot,
-                    inbox_wake,
+                    DeviceWiring {
+                        slot,
+                        inbox_wake,
+                        leading,
+                    },
                     shutdown,
                 )
                 .await;
@@ -234,6 +244,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             ClusterParts {
                 store: store.clone(),
                 leader,
+                leading: leading.expect("made when cluster is configured"),
                 sfu: sfu.clone(),
                 wakes: [
                     inbox_wake.clone(),
@@ -418,6 +429,8 @@ impl LeaderWorkers {
 struct ClusterParts {
     store: Store,
     leader: LeaderWorkers,
+    /// Set while this node leads.
+    leading: Arc<AtomicBool>,
     /// Whose load the heartbeat reports.
     sfu: SfuHandle,
     /// Inbox and outbound wake-ups: as the intake and the bridge signal them, then as
@@ -437,6 +450,7 @@ fn spawn_cluster(
     let ClusterParts {
         store,
         leader,
+        leading,
         sfu,
         wakes: [inbox_produced, outbound_produced, inbox_run, outbound_run],
     } = parts;
@@ -476,17 +490,40 @@ fn spawn_cluster(
         candidate,
         shutdown.clone(),
         move |fence, term| {
-            let leader = leader.clone();
+            let (leader, leading) = (leader.clone(), leading.clone());
             async move {
                 // Whatever earlier terms left undone is in the database: start from it.
                 leader.inbox_run.notify_one();
                 leader.outbound_run.notify_one();
+                let _leading = LeadingFlag::raise(leading);
+                // Events an earlier leader parked may wait for keys this node's device
+                // already holds: its worker looks at once.
+                if let Some(device) = leader.device.as_ref().and_then(|slot| slot.get()) {
+                    device.input_wake.notify_one();
+                }
                 let mut set = tokio::task::JoinSet::new();
                 leader.spawn(&mut set, term, Some(fence));
                 while set.join_next().await.is_some() {}
             }
         },
     ));
+}
+
+/// Says that this node leads for as long as it lives: lowered when the term ends, even
+/// when its workers are aborted.
+struct LeadingFlag(Arc<AtomicBool>);
+
+impl LeadingFlag {
+    fn raise(flag: Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Release);
+        Self(flag)
+    }
+}
+
+impl Drop for LeadingFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// The addresses media may be sent to: the advertised IP when set (NAT, a public
@@ -622,18 +659,31 @@ async fn register_bot(
     }
 }
 
+/// Where the bot's device is published and whom its worker wakes.
+struct DeviceWiring {
+    slot: DeviceSlot,
+    inbox_wake: Arc<Notify>,
+    /// Set while this cluster node leads (`None`: a single node).
+    leading: Option<Arc<AtomicBool>>,
+}
+
 /// Opens or creates the bot's device (retrying while the homeserver is away), checks
 /// that its keys are on the server, then runs its workers: the one that feeds it and,
-/// with `encryption.to_device: sync`, its `/sync`.
+/// with `encryption.to_device: sync`, its `/sync`. In a cluster every node runs this for
+/// its own device, leader or not, so that a new leader already holds the room keys.
 async fn bring_up_device(
     config: Config,
     store: Store,
     client: MatrixClient,
     account_device: Option<String>,
-    slot: DeviceSlot,
-    inbox_wake: Arc<Notify>,
+    wiring: DeviceWiring,
     shutdown: CancellationToken,
 ) {
+    let DeviceWiring {
+        slot,
+        inbox_wake,
+        leading,
+    } = wiring;
     let mut failures = 0;
     let device = loop {
         match BotDevice::start(
@@ -659,8 +709,26 @@ async fn bring_up_device(
     if let Err(e) = device.flush().await {
         tracing::warn!(error = %e, "cannot upload the device's keys yet; retrying in the background");
     }
-    if let Err(e) = device.cross_sign(&config.encryption.passphrase).await {
-        tracing::error!(error = %e, "cannot cross-sign the bot's device; clients show it as not verified by its owner");
+    // Tried again while the database or the homeserver is away (in a cluster, the other
+    // nodes wait for this one's turn to end first).
+    let mut attempts = 0;
+    loop {
+        match device.cross_sign(&config.encryption.passphrase).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && attempts < 5 => {
+                attempts += 1;
+                let wait = queue::backoff(attempts);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot cross-sign the bot's device yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot cross-sign the bot's device; clients show it as not verified by its owner");
+                break;
+            }
+        }
     }
     match device.keys_on_server().await {
         Ok(true) => {
@@ -678,6 +746,7 @@ async fn bring_up_device(
     let worker = CryptoWorker {
         device: device.clone(),
         inbox_wake,
+        leading,
         shutdown: shutdown.clone(),
     };
     // In `mode: bot` the account's one sync brings the device's input.

@@ -422,3 +422,32 @@ fn a_cluster_needs_postgresql_a_node_id_and_a_node_url() {
         load_example_with("cluster: {node_id: a, node_url: 'n1:29330'}").expect_err("not a URL");
     assert!(err.contains("node_url"), "{err}");
 }
+
+#[test]
+fn a_cluster_takes_each_node_s_to_device_messages_from_its_own_sync() {
+    let yaml = "database: {uri: 'postgres://visio@db/visio'}\n\
+                cluster: {node_id: visio-1, node_url: 'http://10.0.0.11:29330/'}\n\
+                encryption: {to_device: transactions}";
+    let config = with_tokens(load_example_with(yaml).expect("loads"));
+    let err = config
+        .validate()
+        .expect_err("transactions with cluster")
+        .to_string();
+    assert!(
+        err.contains("encryption.to_device")
+            && err.contains("to_device: sync")
+            && err.contains("cluster"),
+        "{err}"
+    );
+    // Either fix is accepted: the node's own sync, or no encryption at all.
+    let mut synced = config.clone();
+    synced.encryption.to_device = ToDeviceSource::Sync;
+    synced.validate().expect("sync with cluster");
+    let mut clear = config.clone();
+    clear.encryption.enabled = false;
+    clear.validate().expect("no encryption, nothing to receive");
+    // A single node may take them from transactions.
+    let mut single = config;
+    single.cluster = None;
+    single.validate().expect("transactions on a single node");
+}

@@ -158,6 +158,16 @@ impl Config {
                  give this node's own base URL, e.g. http://10.0.0.11:29330",
             ));
         }
+        if self.encryption.enabled && self.encryption.to_device != super::ToDeviceSource::Sync {
+            return Err(invalid(
+                "encryption.to_device",
+                "must be `sync` with cluster: each node has a bot device of its own (its crypto \
+                 store is local), and only its own /sync brings that device's room keys; \
+                 appservice transactions reach whichever node the load balancer picks. Set \
+                 encryption.to_device: sync (docs/admin.md, \"Clustering\"), or \
+                 encryption.enabled: false to stay out of encrypted rooms",
+            ));
+        }
         if !(1..=30).contains(&cluster.heartbeat_secs) {
             return Err(invalid(
                 "cluster.heartbeat_secs",

@@ -1,9 +1,14 @@
 //! What end-to-end encryption keeps in our database (the crypto store is a second
 //! database, owned by matrix-sdk-crypto): our device, where the to-device stream stands,
 //! encryption input not yet fed to the crypto store, events parked until their room key
-//! arrives, and rooms' members and settings for encrypting.
+//! arrives, and rooms' members and settings for encrypting. In a cluster each node keeps
+//! its own device, to-device stream and input (named by its node id); the cross-signing
+//! keys are shared, and the lock that serialises their creation lives here too.
+
+use std::borrow::Cow;
 
 use sqlx::Row;
+use sqlx::pool::PoolConnection;
 
 use super::{Connection, Store, StoreError};
 use crate::clock::now_ms;
@@ -12,6 +17,21 @@ use crate::clock::now_ms;
 pub const DEVICE_ID: &str = "device_id";
 pub const SYNC_TOKEN: &str = "sync_token";
 pub const CROSS_SIGNING: &str = "cross_signing";
+
+/// The name of a per-device value (`DEVICE_ID`, `SYNC_TOKEN`) for `node`: a single node
+/// (`None`) keeps the names it had before clustering; a cluster node's carry its id
+/// (which the config limits to letters, digits, `.`, `_` and `-`).
+pub fn per_node<'a>(name: &'a str, node: Option<&str>) -> Cow<'a, str> {
+    match node {
+        None => Cow::Borrowed(name),
+        Some(node) => Cow::Owned(format!("{name}:{node}")),
+    }
+}
+
+/// The `crypto_inbox.node_id` of `node`'s input.
+fn inbox_node(node: Option<&str>) -> &str {
+    node.unwrap_or("")
+}
 
 pub async fn state(conn: &mut Connection, name: &str) -> Result<Option<String>, StoreError> {
     Ok(
@@ -34,12 +54,17 @@ pub async fn set_state(conn: &mut Connection, name: &str, value: &str) -> Result
     Ok(())
 }
 
-/// Stores encryption input, inside the caller's transaction (with the events or the sync
-/// token it came with).
-pub async fn push_input(conn: &mut Connection, input_json: &str) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO crypto_inbox (input_json, received_at) VALUES ($1, $2)")
+/// Stores encryption input for `node`'s device (`None`: a single node's), inside the
+/// caller's transaction (with the events or the sync token it came with).
+pub async fn push_input(
+    conn: &mut Connection,
+    node: Option<&str>,
+    input_json: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO crypto_inbox (input_json, received_at, node_id) VALUES ($1, $2, $3)")
         .bind(input_json)
         .bind(now_ms())
+        .bind(inbox_node(node))
         .execute(conn)
         .await?;
     Ok(())
@@ -60,12 +85,19 @@ pub struct Parked {
 }
 
 impl Store {
-    /// The oldest encryption input not yet fed, in arrival order.
-    pub async fn pending_crypto_input(&self, limit: i64) -> Result<Vec<StoredInput>, StoreError> {
-        let rows = sqlx::query("SELECT seq, input_json FROM crypto_inbox ORDER BY seq LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+    /// The oldest encryption input for `node`'s device not yet fed, in arrival order.
+    pub async fn pending_crypto_input(
+        &self,
+        node: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<StoredInput>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, input_json FROM crypto_inbox WHERE node_id = $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(inbox_node(node))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(StoredInput {
@@ -147,6 +179,102 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM parked_events")
             .fetch_one(&self.pool)
             .await?)
+    }
+}
+
+/// The advisory lock key of the cross-signing identity's creation ("tvxs"): one node at a
+/// time decides whether to create it or to sign its device with the kept one.
+pub const CROSS_SIGNING_LOCK_KEY: i64 = 0x7476_7873;
+
+/// Held while a node creates the cross-signing identity or signs its device with it, so
+/// that nodes starting together on a new database make one identity, not one each. On
+/// PostgreSQL a session advisory lock on a pooled connection: it outlives the HTTP calls
+/// made under it without holding a transaction open, and goes with the connection if
+/// the process dies. SQLite serves one node only: nothing to lock.
+pub struct CrossSigningLock {
+    conn: Option<PoolConnection<sqlx::Any>>,
+}
+
+impl CrossSigningLock {
+    /// Releases the lock and gives the connection back to the pool.
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+                .bind(CROSS_SIGNING_LOCK_KEY)
+                .fetch_one(&mut *conn)
+                .await?;
+            if !unlocked {
+                return Err(StoreError::Corrupt {
+                    table: "pg_locks",
+                    detail: "the cross-signing lock was not held by its connection".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CrossSigningLock {
+    /// Not released (an error on the way): the connection is closed rather than given
+    /// back to the pool with the lock still held; the server frees the lock with it.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+impl Store {
+    /// Waits for the cross-signing lock (see [`CrossSigningLock`]).
+    pub async fn lock_cross_signing(&self) -> Result<CrossSigningLock, StoreError> {
+        if self.dialect == super::Dialect::Sqlite {
+            return Ok(CrossSigningLock { conn: None });
+        }
+        let mut conn = self.pool.acquire().await?;
+        // `pg_advisory_lock` returns void, which the Any driver cannot decode.
+        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_lock($1)) AS l")
+            .bind(CROSS_SIGNING_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(CrossSigningLock { conn: Some(conn) })
+    }
+
+    /// A single node's device becomes cluster node `node`'s (the first start of a former
+    /// single node with `cluster` configured), with its to-device stream and pending
+    /// input, so that its crypto store is used, not set aside. Returns the device id, or
+    /// `None` when there is no single node's device or `node` has one already. Once
+    /// only: the single node's rows are moved, not copied, so no other node takes it too.
+    pub async fn adopt_single_node_device(&self, node: &str) -> Result<Option<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        if state(&mut tx, &per_node(DEVICE_ID, Some(node)))
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let device: Option<String> =
+            sqlx::query_scalar("DELETE FROM crypto_state WHERE name = $1 RETURNING value")
+                .bind(DEVICE_ID)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(device) = device else {
+            return Ok(None);
+        };
+        set_state(&mut tx, &per_node(DEVICE_ID, Some(node)), &device).await?;
+        let token: Option<String> =
+            sqlx::query_scalar("DELETE FROM crypto_state WHERE name = $1 RETURNING value")
+                .bind(SYNC_TOKEN)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(token) = token {
+            set_state(&mut tx, &per_node(SYNC_TOKEN, Some(node)), &token).await?;
+        }
+        sqlx::query("UPDATE crypto_inbox SET node_id = $1 WHERE node_id = ''")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(device))
     }
 }
 
@@ -426,4 +554,201 @@ mod tests {
             Some("TVDEF")
         );
     });
+
+    both_dialects!(
+        each_node_has_its_own_device_stream_and_input,
+        |store: Store| async move {
+            let mut tx = store.begin().await.expect("begin");
+            push_input(&mut tx, None, "single").await.expect("push");
+            push_input(&mut tx, Some("n1"), "one-a")
+                .await
+                .expect("push");
+            push_input(&mut tx, Some("n2"), "two").await.expect("push");
+            push_input(&mut tx, Some("n1"), "one-b")
+                .await
+                .expect("push");
+            for (node, device) in [(None, "TVSINGLE"), (Some("n1"), "TVONE")] {
+                set_state(&mut tx, &per_node(DEVICE_ID, node), device)
+                    .await
+                    .expect("device");
+            }
+            tx.commit().await.expect("commit");
+            let json = |node| {
+                let store = store.clone();
+                async move {
+                    store
+                        .pending_crypto_input(node, 10)
+                        .await
+                        .expect("pending")
+                        .into_iter()
+                        .map(|i| i.json)
+                        .collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(json(Some("n1")).await, ["one-a", "one-b"]);
+            assert_eq!(json(Some("n2")).await, ["two"]);
+            assert_eq!(json(None).await, ["single"]);
+            let first = store
+                .pending_crypto_input(Some("n1"), 1)
+                .await
+                .expect("pending");
+            store.crypto_input_fed(first[0].seq).await.expect("fed");
+            assert_eq!(json(Some("n1")).await, ["one-b"]);
+            assert_eq!(
+                json(Some("n2")).await,
+                ["two"],
+                "another node's input stays"
+            );
+            let mut conn = store.pool().acquire().await.expect("conn");
+            assert_eq!(
+                state(&mut conn, &per_node(DEVICE_ID, Some("n1")))
+                    .await
+                    .expect("get")
+                    .as_deref(),
+                Some("TVONE")
+            );
+            assert_eq!(
+                state(&mut conn, DEVICE_ID).await.expect("get").as_deref(),
+                Some("TVSINGLE"),
+                "a single node's names are unchanged"
+            );
+            assert_eq!(
+                state(&mut conn, &per_node(DEVICE_ID, Some("n2")))
+                    .await
+                    .expect("get"),
+                None
+            );
+        }
+    );
+
+    both_dialects!(
+        a_former_single_node_s_device_goes_to_one_cluster_node,
+        |store: Store| async move {
+            assert_eq!(
+                store.adopt_single_node_device("n1").await.expect("adopt"),
+                None,
+                "no single node's device"
+            );
+            let mut tx = store.begin().await.expect("begin");
+            set_state(&mut tx, DEVICE_ID, "TVOLD")
+                .await
+                .expect("device");
+            set_state(&mut tx, SYNC_TOKEN, "s42").await.expect("token");
+            push_input(&mut tx, None, "waiting").await.expect("push");
+            tx.commit().await.expect("commit");
+
+            assert_eq!(
+                store.adopt_single_node_device("n1").await.expect("adopt"),
+                Some("TVOLD".to_owned())
+            );
+            assert_eq!(
+                store.adopt_single_node_device("n2").await.expect("adopt"),
+                None,
+                "taken by node 1"
+            );
+            assert_eq!(
+                store.adopt_single_node_device("n1").await.expect("again"),
+                None,
+                "node 1 has its device"
+            );
+            let mut conn = store.pool().acquire().await.expect("conn");
+            assert_eq!(
+                state(&mut conn, &per_node(DEVICE_ID, Some("n1")))
+                    .await
+                    .expect("get")
+                    .as_deref(),
+                Some("TVOLD")
+            );
+            assert_eq!(
+                state(&mut conn, &per_node(SYNC_TOKEN, Some("n1")))
+                    .await
+                    .expect("get")
+                    .as_deref(),
+                Some("s42")
+            );
+            assert_eq!(state(&mut conn, DEVICE_ID).await.expect("get"), None);
+            assert_eq!(state(&mut conn, SYNC_TOKEN).await.expect("get"), None);
+            drop(conn);
+            let moved = store
+                .pending_crypto_input(Some("n1"), 10)
+                .await
+                .expect("pending");
+            assert_eq!(moved.len(), 1);
+            assert_eq!(moved[0].json, "waiting");
+            assert!(
+                store
+                    .pending_crypto_input(None, 10)
+                    .await
+                    .expect("pending")
+                    .is_empty()
+            );
+        }
+    );
+
+    /// Whether another session can take the cross-signing lock now (and gives it back).
+    async fn lock_is_free(uri: &str) -> bool {
+        use sqlx::Connection as _;
+        let mut other = sqlx::AnyConnection::connect(uri).await.expect("connect");
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(CROSS_SIGNING_LOCK_KEY)
+            .fetch_one(&mut other)
+            .await
+            .expect("try");
+        if free {
+            let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+                .bind(CROSS_SIGNING_LOCK_KEY)
+                .fetch_one(&mut other)
+                .await
+                .expect("unlock");
+        }
+        other.close().await.expect("close");
+        free
+    }
+
+    #[tokio::test]
+    async fn nodes_take_turns_with_the_cross_signing_identity() {
+        let db = crate::store::testing::postgres().await;
+        let store = db.store.clone();
+        let held = store.lock_cross_signing().await.expect("lock");
+        assert!(!lock_is_free(&db.uri).await, "held by the first node");
+        // A second node waits for it, and gets it once the first releases it.
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.lock_cross_signing().await.expect("second lock") }
+        });
+        held.release().await.expect("release");
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the second node gets the lock")
+            .expect("task");
+        assert!(!lock_is_free(&db.uri).await, "now held by the second");
+        // Dropped on an error path: the connection goes, and the lock with it.
+        drop(second);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !lock_is_free(&db.uri).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock outlived its dropped connection"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The pool still works, and the lock is free for the next.
+        store
+            .lock_cross_signing()
+            .await
+            .expect("lock again")
+            .release()
+            .await
+            .expect("release");
+        assert!(lock_is_free(&db.uri).await);
+    }
+
+    #[tokio::test]
+    async fn sqlite_has_one_node_and_nothing_to_lock() {
+        let db = crate::store::testing::sqlite().await;
+        let first = db.store.lock_cross_signing().await.expect("lock");
+        let second = db.store.lock_cross_signing().await.expect("no wait");
+        first.release().await.expect("release");
+        second.release().await.expect("release");
+    }
 }

@@ -106,7 +106,7 @@ impl Store {
         };
         let new_events = insert_events(&mut tx, txn_id, events, now).await?;
         if let Some(input) = crypto_input {
-            super::crypto::push_input(&mut tx, input).await?;
+            super::crypto::push_input(&mut tx, None, input).await?;
         }
         tx.commit().await?;
         Ok(if reused {
@@ -130,7 +130,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let new_events = insert_events(&mut tx, &txn_id, events, now).await?;
         if let Some(input) = crypto_input {
-            super::crypto::push_input(&mut tx, input).await?;
+            super::crypto::push_input(&mut tx, None, input).await?;
         }
         super::crypto::set_state(&mut tx, super::crypto::SYNC_TOKEN, next_batch).await?;
         tx.commit().await?;

@@ -23,7 +23,7 @@ from harness.postgres import fresh_database
 from harness.service import Service
 from harness.util import free_port, free_udp_ports, wait_for
 
-# No encryption: a bot device per node is later work (docs/admin.md, "Clustering").
+# Clear rooms here; encrypted rooms on several nodes: test_cluster_e2ee.py.
 OVERRIDES = {"encryption": {"enabled": False}}
 
 

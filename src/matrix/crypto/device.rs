@@ -1,7 +1,8 @@
 //! The bot's device: created at first start (MSC4190, no login), its id kept in our
 //! database, its keys in the crypto store. Makes the calls the crypto core asks for, as
 //! that device, and feeds the core the encryption input stored by the sync loop or the
-//! transaction intake.
+//! transaction intake. In a cluster every node has a device of its own (its crypto store
+//! is local), all signed by the one cross-signing identity kept in the database.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct BotDevice {
     pub store: Store,
     pub bot: OwnedUserId,
     pub device_id: String,
+    /// The cluster node whose device this is (`None`: a single node): names its rows.
+    pub node: Option<String>,
     pub recipients: Recipients,
     /// One caller at a time sends the core's requests: two would send a key query or a
     /// room key twice.
@@ -90,9 +93,19 @@ impl BotDevice {
     ) -> Result<Arc<Self>, DeviceError> {
         let bot = config.bot_user_id();
         let path = PathBuf::from(&config.encryption.store_path);
+        let node = config.cluster.as_ref().map(|c| c.node_id.clone());
+        let device_key = stored::per_node(stored::DEVICE_ID, node.as_deref());
         let mut conn = store.pool().acquire().await?;
-        let known = stored::state(&mut conn, stored::DEVICE_ID).await?;
+        let mut known = stored::state(&mut conn, &device_key).await?;
         drop(conn);
+        if let (None, Some(node)) = (&known, &node)
+            && path.exists()
+        {
+            known = store.adopt_single_node_device(node).await?;
+            if let Some(device) = &known {
+                tracing::info!(device = %device, node = %node, "the single node's device is now this cluster node's");
+            }
+        }
         let (device_id, crypto) = match (account_device, known) {
             (Some(device), known) => {
                 if known.as_deref() != Some(device) && path.exists() {
@@ -110,7 +123,7 @@ impl BotDevice {
                     Crypto::open(bot.as_str(), device, &path, &config.encryption.passphrase)
                         .await?;
                 let mut conn = store.pool().acquire().await?;
-                stored::set_state(&mut conn, stored::DEVICE_ID, device).await?;
+                stored::set_state(&mut conn, &device_key, device).await?;
                 (device.to_owned(), crypto)
             }
             (None, known) => match known {
@@ -122,21 +135,39 @@ impl BotDevice {
                         Err(e) => {
                             tracing::error!(device = %device, error = %e, "the crypto store cannot be opened for our device; setting it aside and starting a new device");
                             set_aside(&path);
-                            replace_device(config, &store, &client, &bot, Some(device), &path)
-                                .await?
+                            replace_device(
+                                config,
+                                &store,
+                                &client,
+                                &bot,
+                                node.as_deref(),
+                                Some(device),
+                                &path,
+                            )
+                            .await?
                         }
                     }
                 }
                 Some(device) => {
                     tracing::warn!(device = %device, store = %path.display(), "the crypto store is missing: its keys are lost; a new device replaces the old one");
-                    replace_device(config, &store, &client, &bot, Some(device), &path).await?
+                    replace_device(
+                        config,
+                        &store,
+                        &client,
+                        &bot,
+                        node.as_deref(),
+                        Some(device),
+                        &path,
+                    )
+                    .await?
                 }
                 None => {
                     if path.exists() {
                         tracing::warn!(store = %path.display(), "a crypto store without a device in the database; setting it aside");
                         set_aside(&path);
                     }
-                    replace_device(config, &store, &client, &bot, None, &path).await?
+                    replace_device(config, &store, &client, &bot, node.as_deref(), None, &path)
+                        .await?
                 }
             },
         };
@@ -146,6 +177,7 @@ impl BotDevice {
             store,
             bot,
             device_id,
+            node,
             recipients: if config.encryption.exclude_insecure_devices {
                 Recipients::CrossSignedOnly
             } else {
@@ -227,7 +259,10 @@ impl BotDevice {
     pub async fn feed_stored_input(&self) -> Result<Vec<String>, DeviceError> {
         let mut sessions = Vec::new();
         loop {
-            let pending = self.store.pending_crypto_input(50).await?;
+            let pending = self
+                .store
+                .pending_crypto_input(self.node.as_deref(), 50)
+                .await?;
             if pending.is_empty() {
                 return Ok(sessions);
             }
@@ -251,7 +286,17 @@ impl BotDevice {
     /// and keeps its private keys in our database, sealed with `passphrase`; a new
     /// device (the crypto store was lost) is signed with the kept keys, so the identity
     /// stays the same.
+    ///
+    /// In a cluster, nodes take turns (a lock in the database): the first creates the
+    /// identity, the others find it kept and sign their own device with it.
     pub async fn cross_sign(&self, passphrase: &str) -> Result<(), DeviceError> {
+        let lock = self.store.lock_cross_signing().await?;
+        let signed = self.cross_sign_in_turn(passphrase).await;
+        lock.release().await?;
+        signed
+    }
+
+    async fn cross_sign_in_turn(&self, passphrase: &str) -> Result<(), DeviceError> {
         let mut conn = self.store.pool().acquire().await?;
         let kept = stored::state(&mut conn, stored::CROSS_SIGNING).await?;
         drop(conn);
@@ -347,6 +392,7 @@ async fn replace_device(
     store: &Store,
     client: &MatrixClient,
     bot: &OwnedUserId,
+    node: Option<&str>,
     old: Option<String>,
     path: &Path,
 ) -> Result<(String, Crypto), DeviceError> {
@@ -375,9 +421,14 @@ async fn replace_device(
         )
         .await?;
     let mut conn = store.pool().acquire().await?;
-    stored::set_state(&mut conn, stored::DEVICE_ID, &device_id).await?;
+    stored::set_state(
+        &mut conn,
+        &stored::per_node(stored::DEVICE_ID, node),
+        &device_id,
+    )
+    .await?;
     drop(conn);
-    tracing::info!(device = %device_id, "created the bot's device");
+    tracing::info!(device = %device_id, node, "created the bot's device");
     if let Some(old) = old {
         match client
             .call_json(
@@ -491,25 +542,31 @@ impl CryptoInput {
     }
 }
 
-/// Stores a sync response's encryption input together with its `next_batch`, in one
-/// database transaction: either both are kept or neither.
+/// Stores a sync response's encryption input for `node`'s device together with its
+/// `next_batch`, in one database transaction: either both are kept or neither.
 pub async fn store_sync_batch(
     store: &Store,
+    node: Option<&str>,
     next_batch: &str,
     input: &CryptoInput,
 ) -> Result<(), StoreError> {
     let mut tx = store.begin().await?;
     if *input != CryptoInput::default() {
         let json = serde_json::to_string(input).expect("crypto input always serialises");
-        stored::push_input(&mut tx, &json).await?;
+        stored::push_input(&mut tx, node, &json).await?;
     }
-    stored::set_state(&mut tx, stored::SYNC_TOKEN, next_batch).await?;
+    stored::set_state(
+        &mut tx,
+        &stored::per_node(stored::SYNC_TOKEN, node),
+        next_batch,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// The sync token where the to-device stream stands.
-pub async fn sync_token(store: &Store) -> Result<Option<String>, StoreError> {
+/// The sync token where `node`'s device's to-device stream stands.
+pub async fn sync_token(store: &Store, node: Option<&str>) -> Result<Option<String>, StoreError> {
     let mut conn = store.pool().acquire().await?;
-    store::crypto::state(&mut conn, stored::SYNC_TOKEN).await
+    store::crypto::state(&mut conn, &stored::per_node(stored::SYNC_TOKEN, node)).await
 }

@@ -1,9 +1,11 @@
 //! The workers of the bot's device: one feeds stored encryption input to the crypto
 //! core and sends what it asks for, making parked events pending again when their room
 //! key arrives; the other (`encryption.to_device: sync`) long-polls the device's
-//! `/sync` and stores what it returns.
+//! `/sync` and stores what it returns. In a cluster both run on every node, each for its
+//! own device, so that room keys reach a node's device before it leads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -19,6 +21,10 @@ pub struct CryptoWorker {
     pub device: Arc<BotDevice>,
     /// Woken when parked events became pending again.
     pub inbox_wake: Arc<Notify>,
+    /// In a cluster, whether this node leads now: only the leader decrypts, so only its
+    /// keys decide when parked events are tried again or given up. `None`: a single
+    /// node, which always does.
+    pub leading: Option<Arc<AtomicBool>>,
     pub shutdown: CancellationToken,
 }
 
@@ -53,6 +59,15 @@ impl CryptoWorker {
     /// gives up events that waited too long.
     pub async fn step(&self) -> Result<(), DeviceError> {
         let mut sessions = self.device.feed_stored_input().await?;
+        if self
+            .leading
+            .as_ref()
+            .is_some_and(|leading| !leading.load(Ordering::Acquire))
+        {
+            // The keys are in this node's crypto store; when it leads, the scan below
+            // finds them for the events that wait.
+            return self.device.flush().await;
+        }
         // A key may have arrived while its event was being parked (or before a crash):
         // those are found by asking the core.
         for (room, session) in self.device.store.parked_sessions().await? {
@@ -97,7 +112,8 @@ impl SyncLoop {
     pub async fn run(self) {
         let mut failures: u32 = 0;
         loop {
-            let since = match sync_token(&self.device.store).await {
+            let node = self.device.node.as_deref();
+            let since = match sync_token(&self.device.store, node).await {
                 Ok(since) => since,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the sync token");
@@ -112,7 +128,7 @@ impl SyncLoop {
                 _ = self.shutdown.cancelled() => return,
             };
             let stored = match result {
-                Ok((next, input)) => store_sync_batch(&self.device.store, &next, &input)
+                Ok((next, input)) => store_sync_batch(&self.device.store, node, &next, &input)
                     .await
                     .map_err(DeviceError::from),
                 Err(e) => Err(e),

@@ -1173,7 +1173,9 @@ pub async fn set_node_draining(
         ),
     };
     if !config.database.uri.starts_with("postgres") {
-        bail!("nodes share a PostgreSQL database; database.uri is not one (SQLite runs a single node)");
+        bail!(
+            "nodes share a PostgreSQL database; database.uri is not one (SQLite runs a single node)"
+        );
     }
     let store = open_store(config).await?;
     let rooms = store.set_draining(&node_id, draining).await;

@@ -423,9 +423,13 @@ impl Heartbeat {
 
 impl Heartbeat {
     fn follow_drain_mark(&self, draining: bool) {
-        let changed = self.draining.send_if_modified(|d| std::mem::replace(d, draining) != draining);
+        let changed = self
+            .draining
+            .send_if_modified(|d| std::mem::replace(d, draining) != draining);
         if changed && draining {
-            tracing::warn!("this node is marked draining: no new meetings are placed here; those here run until they end");
+            tracing::warn!(
+                "this node is marked draining: no new meetings are placed here; those here run until they end"
+            );
         } else if changed {
             tracing::info!("this node's drain is cleared: new meetings may be placed here again");
         }

@@ -223,9 +223,15 @@ mod tests {
             Some(1),
             "one room still placed on a"
         );
-        assert_eq!(store.set_draining("ghost", true).await.expect("drain"), None);
+        assert_eq!(
+            store.set_draining("ghost", true).await.expect("drain"),
+            None
+        );
         let live = store.live_nodes().await.expect("live");
-        assert!(live.iter().any(|n| n.node_id == "a" && n.draining), "{live:?}");
+        assert!(
+            live.iter().any(|n| n.node_id == "a" && n.draining),
+            "{live:?}"
+        );
 
         // A new meeting goes to b, though a is less loaded.
         let new = meeting(store, "Nouvelle").await;

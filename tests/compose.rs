@@ -861,9 +861,12 @@ fn with_default(value: &str) -> String {
     }
 }
 
+/// `(listen port, upstream)` pairs, and `(upstream, servers)` pairs.
+type NginxRoutes = (Vec<(u16, String)>, Vec<(String, Vec<String>)>);
+
 /// The nginx upstream each `listen` port of the load balancer proxies to, and each
 /// upstream's servers. A light reading of the one file we write, not an nginx parser.
-fn nginx_routes(conf: &str) -> (Vec<(u16, String)>, Vec<(String, Vec<String>)>) {
+fn nginx_routes(conf: &str) -> NginxRoutes {
     let words: Vec<&str> = conf
         .lines()
         .map(|line| line.split('#').next().unwrap_or(""))

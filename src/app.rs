@@ -604,22 +604,34 @@ struct Drain {
 }
 
 impl Drain {
+    /// Marks the node draining in the database, for placement and for its own
+    /// heartbeat (which would otherwise read the mark back as cleared); false when the
+    /// database did not take it (retried at each check, said once).
+    async fn mark(&self, first: bool) -> bool {
+        match self.store.set_draining(&self.node_id, true).await {
+            Ok(rooms) => {
+                tracing::info!(
+                    rooms = rooms.unwrap_or(0),
+                    "draining: no new meetings are placed here and another node leads; waiting for this node's participants to leave"
+                );
+                true
+            }
+            Err(e) => {
+                if first {
+                    tracing::warn!(error = %e, "cannot mark this node draining yet; retrying");
+                }
+                false
+            }
+        }
+    }
+
     /// Drains the node: marks it so that placement skips it and its elections resign at
     /// once, then waits until none of its participants is left, `timeout` has passed,
     /// or a second signal comes. The HTTP server serves on meanwhile: its meetings go
     /// on, and joins for other meetings are sent to other nodes.
     async fn run(self) {
         self.flag.send_replace(true);
-        match self.store.set_draining(&self.node_id, true).await {
-            Ok(rooms) => tracing::info!(
-                rooms = rooms.unwrap_or(0),
-                "draining: no new meetings are placed here and another node leads; waiting for this node's participants to leave"
-            ),
-            // Placement still sees the node until it stops; its own elections resigned.
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot mark this node draining; waiting for its participants anyway")
-            }
-        }
+        let mut marked = self.mark(true).await;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let again = wait_for_signal();
@@ -631,6 +643,9 @@ impl Drain {
                     tracing::warn!("a second signal: stopping without waiting for this node's participants");
                     return;
                 }
+            }
+            if !marked {
+                marked = self.mark(false).await;
             }
             let (participants, _) = self.sfu.load();
             if participants == 0 {

@@ -235,6 +235,14 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         inbox_run: inbox_run.clone(),
         outbound_run: outbound_run.clone(),
     };
+    let drain_flag = crate::cluster::drain_flag();
+    let drain = config.cluster.as_ref().map(|cluster| Drain {
+        store: store.clone(),
+        node_id: cluster.node_id.clone(),
+        flag: drain_flag.clone(),
+        sfu: sfu.clone(),
+        timeout: cluster.drain_timeout(),
+    });
     match &config.cluster {
         None => leader.spawn(&mut workers, shutdown.clone(), None),
         Some(cluster) => spawn_cluster(
@@ -246,6 +254,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 leader,
                 leading: leading.expect("made when cluster is configured"),
                 sfu: sfu.clone(),
+                draining: drain_flag,
                 wakes: [
                     inbox_wake.clone(),
                     outbound_wake.clone(),
@@ -329,7 +338,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     // The peer's address is what the rate limits count by.
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, service).with_graceful_shutdown(async move {
-        wait_for_signal().await;
+        if wait_for_signal().await == StopSignal::Terminate
+            && let Some(drain) = drain
+        {
+            drain.run().await;
+        }
         server_shutdown.cancel();
     });
     server.await.context("HTTP server failed")?;
@@ -339,6 +352,11 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         while workers.join_next().await.is_some() {}
     })
     .await;
+    if let Some(cluster) = &config.cluster
+        && let Err(e) = store.node_stopped(&cluster.node_id).await
+    {
+        tracing::warn!(error = %e, "cannot record this node's stop; the others count it dead after three heartbeats");
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -433,6 +451,8 @@ struct ClusterParts {
     leading: Arc<AtomicBool>,
     /// Whose load the heartbeat reports.
     sfu: SfuHandle,
+    /// The drain mark the heartbeat reads and the elections follow.
+    draining: crate::cluster::DrainFlag,
     /// Inbox and outbound wake-ups: as the intake and the bridge signal them, then as
     /// the leader's workers wait for them.
     wakes: [Arc<Notify>; 4],
@@ -452,6 +472,7 @@ fn spawn_cluster(
         leader,
         leading,
         sfu,
+        draining,
         wakes: [inbox_produced, outbound_produced, inbox_run, outbound_run],
     } = parts;
     let node_url = cluster
@@ -468,6 +489,7 @@ fn spawn_cluster(
             node_url,
             interval: cluster.heartbeat(),
             load: Box::new(move || load_of.load()),
+            draining: draining.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -485,7 +507,8 @@ fn spawn_cluster(
         .run(),
     );
     let candidate =
-        crate::cluster::Candidate::new(&config.database.uri, &cluster.node_id, cluster.heartbeat());
+        crate::cluster::Candidate::new(&config.database.uri, &cluster.node_id, cluster.heartbeat())
+            .with_drain(&draining);
     workers.spawn(crate::cluster::run_elections(
         candidate,
         shutdown.clone(),
@@ -587,15 +610,95 @@ async fn start_sfu(
     Ok((handle, events, task))
 }
 
-async fn wait_for_signal() {
+/// The signal that asks the service to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    /// Ctrl-C, a person at a terminal: stop now.
+    Interrupt,
+    /// A supervisor's stop (docker, systemd, Kubernetes): a cluster node drains first.
+    Terminate,
+}
+
+async fn wait_for_signal() -> StopSignal {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler only fails outside a runtime");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+    let signal = tokio::select! {
+        _ = ctrl_c => StopSignal::Interrupt,
+        _ = term.recv() => StopSignal::Terminate,
+    };
+    tracing::info!(?signal, "shutting down");
+    signal
+}
+
+/// What a cluster node's SIGTERM needs to drain it.
+struct Drain {
+    store: Store,
+    node_id: String,
+    flag: crate::cluster::DrainFlag,
+    sfu: SfuHandle,
+    timeout: Duration,
+}
+
+impl Drain {
+    /// Marks the node draining in the database, for placement and for its own
+    /// heartbeat (which would otherwise read the mark back as cleared); false when the
+    /// database did not take it (retried at each check, said once).
+    async fn mark(&self, first: bool) -> bool {
+        match self.store.set_draining(&self.node_id, true).await {
+            Ok(rooms) => {
+                tracing::info!(
+                    rooms = rooms.unwrap_or(0),
+                    "draining: no new meetings are placed here and another node leads; waiting for this node's participants to leave"
+                );
+                true
+            }
+            Err(e) => {
+                if first {
+                    tracing::warn!(error = %e, "cannot mark this node draining yet; retrying");
+                }
+                false
+            }
+        }
     }
-    tracing::info!("shutting down");
+
+    /// Drains the node: marks it so that placement skips it and its elections resign at
+    /// once, then waits until none of its participants is left, `timeout` has passed,
+    /// or a second signal comes. The HTTP server serves on meanwhile: its meetings go
+    /// on, and joins for other meetings are sent to other nodes.
+    async fn run(self) {
+        self.flag.send_replace(true);
+        let mut marked = self.mark(true).await;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let again = wait_for_signal();
+        tokio::pin!(again);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut again => {
+                    tracing::warn!("a second signal: stopping without waiting for this node's participants");
+                    return;
+                }
+            }
+            if !marked {
+                marked = self.mark(false).await;
+            }
+            let (participants, _) = self.sfu.load();
+            if participants == 0 {
+                tracing::info!("drained: no participant left on this node");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    participants,
+                    timeout_secs = self.timeout.as_secs(),
+                    "cluster.drain_timeout_secs passed: stopping; the participants left rejoin on another node"
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// Whether calls as the bot may be made now: it is the registration's sender, or it was
@@ -1134,6 +1237,39 @@ pub async fn webhook_test(config: &Config) -> anyhow::Result<(String, Vec<String
         event,
         config.webhooks.iter().map(|w| w.url.clone()).collect(),
     ))
+}
+
+/// `node drain` and `node undrain`: marks a cluster node draining or not in the
+/// database. The running node reads the mark at its next heartbeat; placement, which
+/// reads the table, follows it at once. `node`: this config's `cluster.node_id` unless
+/// given. Returns the node's name and the rooms still placed on it.
+pub async fn set_node_draining(
+    config: &Config,
+    node: Option<&str>,
+    draining: bool,
+) -> anyhow::Result<(String, i64)> {
+    let node_id = match (node, &config.cluster) {
+        (Some(node), _) => node.to_owned(),
+        (None, Some(cluster)) => cluster.node_id.clone(),
+        (None, None) => bail!(
+            "this config has no cluster section: give the node's name with --node, or run the \
+             command with that node's config"
+        ),
+    };
+    if !config.database.uri.starts_with("postgres") {
+        bail!(
+            "nodes share a PostgreSQL database; database.uri is not one (SQLite runs a single node)"
+        );
+    }
+    let store = open_store(config).await?;
+    let rooms = store.set_draining(&node_id, draining).await;
+    store.close().await;
+    match rooms? {
+        Some(rooms) => Ok((node_id, rooms)),
+        None => bail!(
+            "no node `{node_id}` has ever run on this database: check the name (check-config lists the live nodes) and database.uri"
+        ),
+    }
 }
 
 #[cfg(test)]

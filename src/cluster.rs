@@ -8,6 +8,9 @@
 //! PostgreSQL 14+), so a stalled leader loses it too. Each new leader increments the
 //! epoch of the `leadership` row; its workers check that epoch (the [`Fence`]) before each
 //! claim and send, so a leader that wakes after another took over acts no more.
+//!
+//! A draining node (`node drain`, read from its row at each heartbeat, or SIGTERM) gives
+//! up the leadership at once and bids no more until the drain ends.
 //! Depends on the store; `app.rs` decides which workers a term runs.
 
 use std::future::Future;
@@ -16,7 +19,7 @@ use std::time::Duration;
 
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnection, PgListener};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::store::cluster::Fence;
@@ -67,7 +70,14 @@ pub async fn describe(store: &Store, node_id: &str) -> Result<String, ClusterErr
     };
     let live: Vec<String> = nodes
         .iter()
-        .map(|n| format!("{} ({} participants)", n.node_id, n.participants))
+        .map(|n| {
+            format!(
+                "{} ({} participants{})",
+                n.node_id,
+                n.participants,
+                if n.draining { ", draining" } else { "" }
+            )
+        })
         .collect();
     Ok(format!(
         "cluster: node {node_id}; leader: {} (epoch {epoch}); live nodes: {}",
@@ -88,6 +98,28 @@ pub struct Candidate {
     heartbeat: Duration,
     conn: Option<PgConnection>,
     fence: Option<Fence>,
+    draining: Option<watch::Receiver<bool>>,
+}
+
+/// Whether this node drains: the heartbeat copies the mark of its `nodes` row in, and
+/// SIGTERM sets it; the elections read it.
+pub type DrainFlag = Arc<watch::Sender<bool>>;
+
+/// A flag that is not draining.
+pub fn drain_flag() -> DrainFlag {
+    Arc::new(watch::channel(false).0)
+}
+
+/// Resolves once the flag equals `wanted`; never, without a flag.
+async fn until_drain_is(flag: &mut Option<watch::Receiver<bool>>, wanted: bool) {
+    match flag {
+        Some(rx) => {
+            if rx.wait_for(|d| *d == wanted).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 impl Candidate {
@@ -98,7 +130,15 @@ impl Candidate {
             heartbeat,
             conn: None,
             fence: None,
+            draining: None,
         }
+    }
+
+    /// Makes the candidate follow `flag`: it resigns when the node starts draining and
+    /// bids again only once the drain ends.
+    pub fn with_drain(mut self, flag: &DrainFlag) -> Self {
+        self.draining = Some(flag.subscribe());
+        self
     }
 
     /// How long a query may take, and how long the lock connection may stay silent
@@ -250,8 +290,18 @@ pub async fn run_elections<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let poll = candidate.poll_interval();
+    let mut draining = candidate.draining.take();
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
+        if draining.as_ref().is_some_and(|d| *d.borrow()) {
+            tokio::select! {
+                _ = until_drain_is(&mut draining, false) => {
+                    tracing::info!("this node no longer drains: it bids for the leadership again");
+                }
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
         match candidate.try_lead().await {
             Ok(Some(fence)) => {
                 failures = 0;
@@ -268,6 +318,10 @@ pub async fn run_elections<F, Fut>(
                             }
                         }
                         _ = term.cancelled() => break,
+                        _ = until_drain_is(&mut draining, true) => {
+                            tracing::info!(epoch = fence.epoch, "this node drains: it gives up the leadership");
+                            break;
+                        }
                         _ = &mut workers => {
                             ended = true;
                             break;
@@ -317,6 +371,8 @@ pub struct Heartbeat {
     pub interval: Duration,
     /// Participants connected and rooms open on this node.
     pub load: Box<dyn Fn() -> (usize, usize) + Send + Sync>,
+    /// Set from the node's row at each heartbeat (`node drain`, `node undrain`).
+    pub draining: DrainFlag,
     pub shutdown: CancellationToken,
 }
 
@@ -348,17 +404,34 @@ impl Heartbeat {
                 _ = self.shutdown.cancelled() => return,
             }
             match self.store.node_heartbeat(&self.beat(cpu.permille())).await {
-                Ok(()) if failing => {
-                    failing = false;
-                    tracing::info!("heartbeats recorded again");
+                Ok(draining) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("heartbeats recorded again");
+                    }
+                    self.follow_drain_mark(draining);
                 }
-                Ok(()) => {}
                 Err(e) if !failing => {
                     failing = true;
                     tracing::warn!(error = %e, "cannot record this node's heartbeat; others will count it dead");
                 }
                 Err(_) => {}
             }
+        }
+    }
+}
+
+impl Heartbeat {
+    fn follow_drain_mark(&self, draining: bool) {
+        let changed = self
+            .draining
+            .send_if_modified(|d| std::mem::replace(d, draining) != draining);
+        if changed && draining {
+            tracing::warn!(
+                "this node is marked draining: no new meetings are placed here; those here run until they end"
+            );
+        } else if changed {
+            tracing::info!("this node's drain is cleared: new meetings may be placed here again");
         }
     }
 }

@@ -72,6 +72,33 @@ enum Command {
         #[command(subcommand)]
         command: WebhookCommand,
     },
+    /// Manage the nodes of a cluster.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Stop placing new meetings on a node, for a rolling upgrade: its meetings run until
+    /// they end, and it hands the leadership over at its next heartbeat. Its next start
+    /// ends the drain.
+    Drain {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// The node to drain; by default this config's cluster.node_id.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// End a node's drain without restarting it: new meetings may be placed there again.
+    Undrain {
+        #[arg(short, long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// The node; by default this config's cluster.node_id.
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +340,27 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 receivers.len(),
                 receivers.join(", ")
             );
+            Ok(())
+        }
+        Command::Node {
+            command: NodeCommand::Drain { config, node },
+        } => {
+            let (node, rooms) =
+                app::set_node_draining(&load_for_admin(&config)?, node.as_deref(), true).await?;
+            println!(
+                "Node {node} drains: new meetings go to other nodes, and it hands the leadership \
+                 over within a heartbeat. {rooms} meeting(s) still run on it until they end.\n\
+                 Stop it when none is left (check-config lists the nodes), or send it SIGTERM, \
+                 which waits for them up to cluster.drain_timeout_secs."
+            );
+            Ok(())
+        }
+        Command::Node {
+            command: NodeCommand::Undrain { config, node },
+        } => {
+            let (node, _) =
+                app::set_node_draining(&load_for_admin(&config)?, node.as_deref(), false).await?;
+            println!("Node {node} takes new meetings again.");
             Ok(())
         }
     }

@@ -844,3 +844,174 @@ fn dockerfile_exposes_the_configured_ports() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The two-node variant: docker-compose.cluster.yml and docker/nginx/cluster.conf
+
+/// A compose value with its `${VAR:-default}` replaced by the default.
+fn with_default(value: &str) -> String {
+    match value.find("${") {
+        Some(start) => {
+            let end = value[start..].find('}').expect("a closed ${…}") + start;
+            let inner = &value[start + 2..end];
+            let default = inner.split_once(":-").map_or("", |(_, d)| d);
+            format!("{}{default}{}", &value[..start], &value[end + 1..])
+        }
+        None => value.to_owned(),
+    }
+}
+
+/// `(listen port, upstream)` pairs, and `(upstream, servers)` pairs.
+type NginxRoutes = (Vec<(u16, String)>, Vec<(String, Vec<String>)>);
+
+/// The nginx upstream each `listen` port of the load balancer proxies to, and each
+/// upstream's servers. A light reading of the one file we write, not an nginx parser.
+fn nginx_routes(conf: &str) -> NginxRoutes {
+    let words: Vec<&str> = conf
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .flat_map(|line| line.split_whitespace())
+        .collect();
+    let mut listens = Vec::new();
+    let mut upstreams = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        match words[i] {
+            "listen" => {
+                let port = words[i + 1].trim_end_matches(';').parse().expect("a port");
+                let pass = words[i..]
+                    .iter()
+                    .position(|w| *w == "proxy_pass")
+                    .map(|p| words[i + p + 1].trim_end_matches(';'))
+                    .expect("a proxy_pass after each listen");
+                listens.push((port, pass.trim_start_matches("http://").to_owned()));
+            }
+            "upstream" => {
+                let name = words[i + 1].to_owned();
+                let end = words[i..].iter().position(|w| *w == "}").expect("closed") + i;
+                let servers = (i..end)
+                    .filter(|&j| words[j] == "server")
+                    .map(|j| words[j + 1].trim_end_matches(';').to_owned())
+                    .collect();
+                upstreams.push((name, servers));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (listens, upstreams)
+}
+
+#[test]
+fn the_cluster_variant_gives_each_node_its_own_id_url_ports_and_store_behind_the_balancer() {
+    let mut compose = yaml("docker-compose.cluster.yml");
+    compose.apply_merge().expect("the YAML merge keys resolve");
+    let config = yaml("config/example-config.yaml");
+    let (listens, upstreams) = nginx_routes(&read("docker/nginx/cluster.conf"));
+    let upstream = |name: &str| -> Vec<String> {
+        upstreams
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| panic!("no upstream {name} in docker/nginx/cluster.conf"))
+    };
+    let http_port = config_port(&config, &["appservice", "port"]);
+    let nodes = ["visio-1", "visio-2"];
+    let shared = |key: &str| -> Vec<String> {
+        nodes
+            .iter()
+            .map(|n| require_env(service(&compose, n), n, key))
+            .collect()
+    };
+    for key in [
+        "TCHAP_VISIO_DATABASE__URI",
+        "TCHAP_VISIO_APPSERVICE__PUBLIC_ADDRESS",
+        "TCHAP_VISIO_APPSERVICE__ADDRESS",
+    ] {
+        let values = shared(key);
+        assert!(
+            values.windows(2).all(|w| w[0] == w[1]),
+            "{key} differs between nodes: {values:?}"
+        );
+    }
+    // The homeserver sends to the balancer's shared port, which reaches every node.
+    let address = parse_url(
+        &shared("TCHAP_VISIO_APPSERVICE__ADDRESS")[0],
+        "appservice.address",
+    );
+    assert_eq!(address.host, "lb");
+    let port = address.port.expect("appservice.address names a port");
+    let pass = &listens
+        .iter()
+        .find(|(p, _)| *p == port)
+        .expect("the balancer listens there")
+        .1;
+    let mut servers = upstream(pass);
+    servers.sort();
+    assert_eq!(servers, nodes.map(|n| format!("{n}:{http_port}")));
+
+    let mut seen_ports = Vec::new();
+    let mut seen = Vec::new();
+    for node in nodes {
+        let svc = service(&compose, node);
+        let id = require_env(svc, node, "TCHAP_VISIO_CLUSTER__NODE_ID");
+        let store = require_env(svc, node, "TCHAP_VISIO_ENCRYPTION__STORE_PATH");
+        let url = with_default(&require_env(svc, node, "TCHAP_VISIO_CLUSTER__NODE_URL"));
+        seen.push((id.clone(), store.clone(), url.clone()));
+        assert_eq!(id, node, "node_id is the service's name");
+        // The node's own URL reaches that node alone, through the balancer.
+        let own = parse_url(&url, "cluster.node_url")
+            .port
+            .expect("node_url names a port");
+        let pass = &listens
+            .iter()
+            .find(|(p, _)| *p == own)
+            .unwrap_or_else(|| panic!("{node}: the balancer does not listen on {own}"))
+            .1;
+        assert_eq!(
+            upstream(pass),
+            [format!("{node}:{http_port}")],
+            "{node}'s node_url"
+        );
+        let lb = published_ports(service(&compose, "lb"), "lb");
+        assert!(
+            lb.iter().any(|p| p.container == own),
+            "the balancer publishes {own}"
+        );
+        // Media ports of its own, published with their number.
+        let published = published_ports(svc, node);
+        let shards: u16 = require_env(svc, node, "TCHAP_VISIO_SFU__SHARDS")
+            .parse()
+            .expect("shards");
+        let udp: u16 = require_env(svc, node, "TCHAP_VISIO_SFU__UDP_PORT")
+            .parse()
+            .expect("udp");
+        let tcp: u16 = require_env(svc, node, "TCHAP_VISIO_SFU__TCP_PORT")
+            .parse()
+            .expect("tcp");
+        for (port, protocol) in (udp..udp + shards)
+            .map(|p| (p, "udp"))
+            .chain([(tcp, "tcp")])
+        {
+            assert!(
+                published
+                    .iter()
+                    .any(|p| p.container == port && p.host == Some(port) && p.protocol == protocol),
+                "{node} must publish {port}/{protocol} on the same host port: {published:?}"
+            );
+            assert!(
+                !seen_ports.contains(&(port, protocol)),
+                "{port}/{protocol} used twice"
+            );
+            seen_ports.push((port, protocol));
+        }
+        // SIGTERM drains for up to 600 s: compose must wait longer before SIGKILL.
+        let grace = scalar(svc.get("stop_grace_period").expect("stop_grace_period")).unwrap();
+        let minutes: u64 = grace.trim_end_matches('m').parse().expect("minutes");
+        assert!(minutes * 60 > 600, "{node}: stop_grace_period {grace}");
+    }
+    assert!(
+        seen[0].0 != seen[1].0 && seen[0].1 != seen[1].1 && seen[0].2 != seen[1].2,
+        "{seen:?}"
+    );
+}

@@ -165,6 +165,78 @@ async fn when_the_leader_dies_the_other_node_takes_over_within_10_s_in_a_new_epo
     let _ = tokio::time::timeout(Duration::from_secs(5), b).await;
 }
 
+/// The next term any node starts, within 10 s.
+async fn next_term(
+    started: &mut mpsc::UnboundedReceiver<(&'static str, Fence, CancellationToken)>,
+) -> (&'static str, Fence, CancellationToken) {
+    tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("a term within 10 s")
+        .expect("a term")
+}
+
+#[tokio::test]
+async fn a_draining_leader_hands_over_at_once_and_bids_again_once_the_drain_ends() {
+    let db = testing::postgres().await;
+    let (terms, mut started) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let drain_a = drain_flag();
+    let a = {
+        let terms: Terms = terms.clone();
+        tokio::spawn(run_elections(
+            Candidate::new(&db.uri, "a", HEARTBEAT).with_drain(&drain_a),
+            shutdown.clone(),
+            move |fence, term| {
+                let terms = terms.clone();
+                async move {
+                    let _ = terms.send(("a", fence, term.clone()));
+                    term.cancelled().await;
+                }
+            },
+        ))
+    };
+    let first = next_term(&mut started).await;
+    assert_eq!(first.0, "a");
+    let b_stop = shutdown.child_token();
+    let b = node(&db.uri, "b", terms.clone(), b_stop.clone());
+
+    drain_a.send_replace(true);
+    let drained = Instant::now();
+    wait_until(Duration::from_secs(1), "a's term ends", || {
+        let term = first.2.clone();
+        async move { term.is_cancelled() }
+    })
+    .await;
+    // b's next bid, half a heartbeat later, wins.
+    let second = next_term(&mut started).await;
+    assert_eq!(second.0, "b");
+    assert!(
+        drained.elapsed() < HEARTBEAT * 2,
+        "b leads {:?} after a drains",
+        drained.elapsed()
+    );
+    assert!(!db.store.fence_holds(&first.1).await.expect("check"));
+
+    // b stops; a drains still and does not bid.
+    b_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), b).await;
+    assert!(
+        tokio::time::timeout(HEARTBEAT * 2, started.recv())
+            .await
+            .is_err(),
+        "a draining node never leads"
+    );
+    assert_eq!(db.store.leadership().await.expect("read").0, second.1.epoch);
+
+    // The drain ends: a bids again and leads.
+    drain_a.send_replace(false);
+    let third = next_term(&mut started).await;
+    assert_eq!(third.0, "a");
+    assert!(third.1.epoch > second.1.epoch);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+}
+
 #[tokio::test]
 async fn a_stalled_leader_loses_the_lock_and_its_fence_once_another_took_over() {
     let db = testing::postgres().await;

@@ -119,16 +119,29 @@ pub struct ClusterConfig {
     /// lock connection stays silent as long loses it.
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_secs: u64,
+    /// Seconds SIGTERM waits for this node's participants to leave once it drains,
+    /// before it stops anyway (they then rejoin on another node).
+    #[serde(default = "default_drain_timeout_secs")]
+    pub drain_timeout_secs: u64,
 }
 
 fn default_heartbeat_secs() -> u64 {
     2
 }
 
+fn default_drain_timeout_secs() -> u64 {
+    600
+}
+
 impl ClusterConfig {
     /// Time between two heartbeats.
     pub fn heartbeat(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.heartbeat_secs)
+    }
+
+    /// How long SIGTERM waits for this node's meetings.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.drain_timeout_secs)
     }
 }
 

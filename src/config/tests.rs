@@ -410,6 +410,18 @@ fn a_cluster_needs_postgresql_a_node_id_and_a_node_url() {
     let err = bad.validate().expect_err("no heartbeat").to_string();
     assert!(err.contains("cluster.heartbeat_secs"), "{err}");
 
+    assert_eq!(
+        config.cluster.as_ref().map(|c| c.drain_timeout_secs),
+        Some(600),
+        "the default"
+    );
+    let mut bad = config.clone();
+    if let Some(c) = bad.cluster.as_mut() {
+        c.drain_timeout_secs = 86_401;
+    }
+    let err = bad.validate().expect_err("a drain past a day").to_string();
+    assert!(err.contains("cluster.drain_timeout_secs"), "{err}");
+
     let mut bad = config.clone();
     bad.mode = Mode::Bot;
     bad.bot_account.user_id = format!("@visio:{}", bad.homeserver.domain);

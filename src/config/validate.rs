@@ -174,6 +174,13 @@ impl Config {
                 "must be between 1 and 30 seconds (2 is the default; a node missing three is dead)",
             ));
         }
+        if cluster.drain_timeout_secs > 86_400 {
+            return Err(invalid(
+                "cluster.drain_timeout_secs",
+                "must be at most 86400 seconds (one day; 600 is the default, 0 stops at once): \
+                 how long SIGTERM waits for this node's meetings",
+            ));
+        }
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Cluster rows (PostgreSQL only; SQLite stays single-node): the `nodes` table with its
-//! heartbeats and load, the `leadership` row with its epoch, and the fence that every
-//! claim and send of a leader checks. Times are the database's clock, so that nodes
+//! heartbeats, load and drain mark, the `leadership` row with its epoch, and the fence
+//! that every claim and send of a leader checks. Times are the database's clock, so that nodes
 //! whose clocks disagree still judge each other alike.
 
 use sqlx::Row;
@@ -37,6 +37,8 @@ pub struct LiveNode {
     pub cpu_permille: Option<i64>,
     /// Milliseconds since its last heartbeat, by the database's clock.
     pub silent_ms: i64,
+    /// Drained: no new room is placed on it; those placed stay until they end.
+    pub draining: bool,
 }
 
 /// The proof a leader carries: its term's epoch and the backend that holds the advisory
@@ -76,16 +78,19 @@ pub async fn fence_holds(conn: &mut Connection, fence: &Fence) -> Result<bool, S
 }
 
 impl Store {
-    /// Registers the node or records its heartbeat and load.
-    pub async fn node_heartbeat(&self, beat: &NodeBeat) -> Result<(), StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+    /// Registers the node or records its heartbeat and load. Returns whether the node
+    /// is marked draining: `node drain` run elsewhere reaches the node this way, at its
+    /// next heartbeat, with no endpoint of its own.
+    pub async fn node_heartbeat(&self, beat: &NodeBeat) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "INSERT INTO nodes (node_id, node_url, started_at, heartbeat_at, heartbeat_ms, \
                                 participants, rooms, cpu_permille) \
              VALUES ($1, $2, {DB_NOW_MS}, {DB_NOW_MS}, $3, $4, $5, $6) \
              ON CONFLICT (node_id) DO UPDATE SET node_url = EXCLUDED.node_url, \
                  heartbeat_at = EXCLUDED.heartbeat_at, heartbeat_ms = EXCLUDED.heartbeat_ms, \
                  participants = EXCLUDED.participants, rooms = EXCLUDED.rooms, \
-                 cpu_permille = EXCLUDED.cpu_permille"
+                 cpu_permille = EXCLUDED.cpu_permille \
+             RETURNING draining"
         )))
         .bind(&beat.node_id)
         .bind(&beat.node_url)
@@ -93,16 +98,17 @@ impl Store {
         .bind(beat.participants)
         .bind(beat.rooms)
         .bind(beat.cpu_permille)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .fetch_one(&self.pool)
+        .await?)
     }
 
-    /// Records that the node starts afresh (its `started_at`), before its first heartbeat.
+    /// Records that the node starts afresh (its `started_at`), before its first
+    /// heartbeat. A start ends a drain: in a rolling upgrade the node that comes back is
+    /// the upgraded one, and an operator expects it to take meetings again.
     pub async fn node_started(&self, beat: &NodeBeat) -> Result<(), StoreError> {
         self.node_heartbeat(beat).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE nodes SET started_at = {DB_NOW_MS} WHERE node_id = $1"
+            "UPDATE nodes SET started_at = {DB_NOW_MS}, draining = FALSE WHERE node_id = $1"
         )))
         .bind(&beat.node_id)
         .execute(&self.pool)
@@ -110,12 +116,47 @@ impl Store {
         Ok(())
     }
 
+    /// Records a clean stop: the node counts as dead at once, so that the rejoins of
+    /// its meetings' participants are placed on a live node without waiting for three
+    /// missed heartbeats.
+    pub async fn node_stopped(&self, node_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET heartbeat_at = 0 WHERE node_id = $1")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks `node_id` draining or not. Returns the number of rooms still placed on it,
+    /// or `None` when no such node ever registered.
+    pub async fn set_draining(
+        &self,
+        node_id: &str,
+        draining: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        let updated = sqlx::query("UPDATE nodes SET draining = $2 WHERE node_id = $1")
+            .bind(node_id)
+            .bind(draining)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            sqlx::query_scalar("SELECT count(*) FROM room_placements WHERE node_id = $1")
+                .bind(node_id)
+                .fetch_one(&self.pool)
+                .await?,
+        ))
+    }
+
     /// The nodes that missed fewer than [`MISSED_HEARTBEATS`] heartbeats, least loaded
     /// first (participants, then rooms, then CPU), ties by name.
     pub async fn live_nodes(&self) -> Result<Vec<LiveNode>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT node_id, node_url, participants, rooms, cpu_permille, \
-                    {DB_NOW_MS} - heartbeat_at AS silent_ms \
+                    {DB_NOW_MS} - heartbeat_at AS silent_ms, draining \
              FROM nodes WHERE heartbeat_at > {DB_NOW_MS} - $1 * heartbeat_ms \
              ORDER BY participants, rooms, cpu_permille NULLS LAST, node_id"
         )))
@@ -131,6 +172,7 @@ impl Store {
                     rooms: row.try_get(3)?,
                     cpu_permille: row.try_get(4)?,
                     silent_ms: row.try_get(5)?,
+                    draining: row.try_get(6)?,
                 })
             })
             .collect()

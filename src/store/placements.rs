@@ -1,7 +1,8 @@
 //! Where each meeting's SFU room lives in a cluster (PostgreSQL only): the
 //! `room_placements` table. The first join places a room on the least-loaded live node;
 //! the row's primary key makes that the one placement, so a room never spans nodes. A
-//! trigger forgets the placement when the meeting ends. Knows nodes only as rows of
+//! draining node gets no new room but keeps those placed on it. A trigger forgets the
+//! placement when the meeting ends. Knows nodes only as rows of
 //! `nodes` ([`super::cluster`]).
 
 use sqlx::Row;
@@ -21,13 +22,14 @@ pub struct Placement {
 /// it once, and only a node dying between two statements makes another try needed.
 const PLACEMENT_TRIES: usize = 3;
 
-/// The least-loaded live node: connected participants first (as of its last heartbeat),
+/// The least-loaded live node that does not drain: connected participants first (as of its last heartbeat),
 /// then the rooms placed on it, which count at once where heartbeats lag a first join,
 /// then its CPU, ties by name. One row or none.
 fn least_loaded_live_node() -> String {
     format!(
         "SELECT n.node_id FROM nodes n \
          WHERE n.heartbeat_at > {DB_NOW_MS} - {MISSED_HEARTBEATS} * n.heartbeat_ms \
+           AND NOT n.draining \
          ORDER BY n.participants, \
                   (SELECT count(*) FROM room_placements p WHERE p.node_id = n.node_id), \
                   n.rooms, n.cpu_permille NULLS LAST, n.node_id \
@@ -206,6 +208,80 @@ mod tests {
         // A second meeting goes where the load is least now.
         let second = meeting(store, "Second").await;
         assert_eq!(host(store, &second).await, "busy");
+    }
+
+    #[tokio::test]
+    async fn a_draining_node_gets_no_new_room_and_keeps_those_placed_on_it() {
+        let db = testing::postgres().await;
+        let store = &db.store;
+        node(store, "a", 0).await;
+        node(store, "b", 30).await;
+        let running = meeting(store, "En cours").await;
+        assert_eq!(host(store, &running).await, "a");
+        assert_eq!(
+            store.set_draining("a", true).await.expect("drain"),
+            Some(1),
+            "one room still placed on a"
+        );
+        assert_eq!(
+            store.set_draining("ghost", true).await.expect("drain"),
+            None
+        );
+        let live = store.live_nodes().await.expect("live");
+        assert!(
+            live.iter().any(|n| n.node_id == "a" && n.draining),
+            "{live:?}"
+        );
+
+        // A new meeting goes to b, though a is less loaded.
+        let new = meeting(store, "Nouvelle").await;
+        assert_eq!(host(store, &new).await, "b");
+        // The meeting already on a stays there, for every later join.
+        assert_eq!(host(store, &running).await, "a");
+        assert_eq!(
+            store
+                .placement(&running)
+                .await
+                .expect("read")
+                .map(|(p, live)| (p.node_id, live)),
+            Some(("a".into(), true))
+        );
+        // Heartbeats keep the mark and report it to the node.
+        let beat = NodeBeat {
+            node_id: "a".into(),
+            node_url: "http://a.internal:29330".into(),
+            heartbeat_ms: 60_000,
+            participants: 0,
+            rooms: 1,
+            cpu_permille: None,
+        };
+        assert!(store.node_heartbeat(&beat).await.expect("beat"));
+
+        // Every node draining: nowhere to place a new room.
+        store.set_draining("b", true).await.expect("drain");
+        let third = meeting(store, "Troisième").await;
+        assert_eq!(store.place_room(&third).await.expect("place"), None);
+        // `node undrain` on b, and a's restart (a rolling upgrade), end the drains.
+        store.set_draining("b", false).await.expect("undrain");
+        assert_eq!(host(store, &third).await, "b");
+        node(store, "a", 0).await;
+        assert!(!store.node_heartbeat(&beat).await.expect("beat"));
+        let fourth = meeting(store, "Quatrième").await;
+        assert_eq!(host(store, &fourth).await, "a");
+    }
+
+    #[tokio::test]
+    async fn a_node_stopped_cleanly_is_dead_at_once_and_its_rooms_move_at_the_next_join() {
+        let db = testing::postgres().await;
+        let store = &db.store;
+        node(store, "a", 0).await;
+        node(store, "b", 30).await;
+        let m = meeting(store, "Mise à jour").await;
+        assert_eq!(host(store, &m).await, "a");
+        store.node_stopped("a").await.expect("stop");
+        let live = store.live_nodes().await.expect("live");
+        assert_eq!(live.len(), 1, "{live:?}");
+        assert_eq!(host(store, &m).await, "b");
     }
 
     #[tokio::test]

@@ -9,6 +9,10 @@
 //! applied but not yet marked done (the database failed in between) is remembered by id
 //! in memory, so the worker does not apply it twice; after a restart the SFU has no
 //! rooms, so applying it again does nothing either.
+//!
+//! In a cluster each node runs a worker for the rooms it hosts (the row names the node,
+//! [`crate::store::sfu_effects`]) and the leader one for rooms placed nowhere; the
+//! insert's trigger wakes the right one through `LISTEN/NOTIFY` (`cluster::WakeRelay`).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -20,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::sfu::SfuHandle;
+pub use crate::store::sfu_effects::EffectTarget;
 use crate::store::{self, Connection, Store, StoreError};
 
 /// An effect on a meeting's SFU room, as stored.
@@ -46,10 +51,33 @@ pub enum SfuEffect {
     },
 }
 
-/// Stores an effect, inside the caller's database transaction.
+impl SfuEffect {
+    /// The SFU room it acts on: a meeting's id, or a call's LiveKit room name.
+    pub fn room(&self) -> &str {
+        match self {
+            Self::InjectChat { meeting, .. }
+            | Self::CloseRoom { meeting }
+            | Self::RemoveParticipant { meeting, .. } => meeting,
+        }
+    }
+}
+
+/// Stores an effect for the node hosting its room now, inside the caller's database
+/// transaction.
 pub async fn enqueue(conn: &mut Connection, effect: &SfuEffect) -> Result<i64, StoreError> {
+    let host = store::sfu_effects::host(conn, effect.room()).await?;
+    enqueue_on(conn, host.as_deref(), effect).await
+}
+
+/// Stores an effect for `node`'s SFU: for a caller that read the host before the
+/// transaction forgot it (a meeting's end drops its placement).
+pub async fn enqueue_on(
+    conn: &mut Connection,
+    node: Option<&str>,
+    effect: &SfuEffect,
+) -> Result<i64, StoreError> {
     let json = serde_json::to_string(effect).expect("SfuEffect always serialises");
-    store::sfu_effects::enqueue(conn, &json).await
+    store::sfu_effects::enqueue(conn, node, &json).await
 }
 
 /// Where effects land: the SFU, or a fake in tests.
@@ -95,8 +123,11 @@ pub struct SfuEffectsWorker<R> {
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
     /// In a cluster, the leader's term: checked before each round of effects, and a
-    /// refusal ends the term (cancels `shutdown`). `None`: a single node.
+    /// refusal ends the term (cancels `shutdown`). `None`: a single node, or a node's
+    /// own rooms (only that node applies them, whoever leads).
     pub fence: Option<crate::store::cluster::Fence>,
+    /// Which rows this worker applies.
+    pub target: EffectTarget,
     /// Applied, but not yet recorded as done.
     applied: BTreeSet<i64>,
 }
@@ -109,6 +140,7 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
             wake,
             shutdown,
             fence: None,
+            target: EffectTarget::All,
             applied: BTreeSet::new(),
         }
     }
@@ -144,7 +176,7 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
             self.shutdown.cancel();
             return Ok(0);
         }
-        let pending = self.store.pending_sfu_effects(100).await?;
+        let pending = self.store.pending_sfu_effects(&self.target, 100).await?;
         let mut applied = 0;
         for (id, json) in pending {
             if self.applied.insert(id) {

@@ -96,6 +96,28 @@ async fn end(state: &AppState, room: &str) -> Result<(), MatrixError> {
     Ok(())
 }
 
+/// Whether `room` is a meeting whose SFU room another cluster node hosts.
+async fn hosted_elsewhere(state: &AppState, room: &str) -> Result<bool, MatrixError> {
+    let Some(node) = &state.cluster_node else {
+        return Ok(false);
+    };
+    let placed = state
+        .store
+        .placement(room)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    Ok(placed.is_some_and(|(p, _)| &p.node_id != node))
+}
+
+/// Whether `identity` holds an unrevoked join grant for the meeting `room`.
+async fn has_live_grant(state: &AppState, room: &str, identity: &str) -> Result<bool, MatrixError> {
+    let mut conn = state.conn().await?;
+    let grants = stored::live_grants(&mut conn, room)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    Ok(grants.iter().any(|g| g.identity == identity))
+}
+
 // ----- the page -----------------------------------------------------------------------
 
 /// The identified member this browser is connected to `meeting` as, if they may
@@ -466,6 +488,11 @@ async fn room_service_call(
                 .unwrap_or_default()
                 .iter()
                 .any(|p| p.identity == request.identity);
+            // In a cluster the room may live on another node: that node removes them
+            // (the effect names it), and here only their live grant says they may be in.
+            let present = present
+                || (hosted_elsewhere(state, &request.room).await?
+                    && has_live_grant(state, &request.room, &request.identity).await?);
             if !present {
                 return Err(not_found("participant"));
             }

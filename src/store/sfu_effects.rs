@@ -125,4 +125,32 @@ mod tests {
             assert_eq!(pending, vec![(second, "{\"b\":2}".to_owned())]);
         }
     );
+
+    both_dialects!(
+        each_worker_reads_its_targets_rows,
+        |store: Store| async move {
+            let mut tx = store.begin().await.expect("begin");
+            let on_a = enqueue(&mut tx, Some("a"), "{}").await.expect("enqueue");
+            let nowhere = enqueue(&mut tx, None, "{}").await.expect("enqueue");
+            let on_b = enqueue(&mut tx, Some("b"), "{}").await.expect("enqueue");
+            assert_eq!(host(&mut tx, "no-such-meeting").await.expect("host"), None);
+            tx.commit().await.expect("commit");
+            let ids = |target: EffectTarget| {
+                let store = store.clone();
+                async move {
+                    store
+                        .pending_sfu_effects(&target, 10)
+                        .await
+                        .expect("pending")
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(ids(EffectTarget::All).await, [on_a, nowhere, on_b]);
+            assert_eq!(ids(EffectTarget::Node("a".into())).await, [on_a]);
+            assert_eq!(ids(EffectTarget::Node("b".into())).await, [on_b]);
+            assert_eq!(ids(EffectTarget::Unplaced).await, [nowhere]);
+        }
+    );
 }

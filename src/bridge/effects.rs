@@ -49,6 +49,13 @@ pub enum SfuEffect {
         identity: String,
         why: String,
     },
+    /// Mute one participant's track of a source (`lk::TrackSource` as a number): a
+    /// moderator's mute asked of a node that does not host the room.
+    MuteSource {
+        meeting: String,
+        identity: String,
+        source: i32,
+    },
 }
 
 impl SfuEffect {
@@ -57,7 +64,8 @@ impl SfuEffect {
         match self {
             Self::InjectChat { meeting, .. }
             | Self::CloseRoom { meeting }
-            | Self::RemoveParticipant { meeting, .. } => meeting,
+            | Self::RemoveParticipant { meeting, .. }
+            | Self::MuteSource { meeting, .. } => meeting,
         }
     }
 }
@@ -99,6 +107,15 @@ pub trait MeetingRooms: Send + Sync + 'static {
         identity: String,
         why: String,
     ) -> impl Future<Output = bool> + Send;
+    /// Mutes one participant's track of `source`; false when there was none.
+    fn mute_source(
+        &self,
+        _room: String,
+        _identity: String,
+        _source: i32,
+    ) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
 }
 
 impl MeetingRooms for SfuHandle {
@@ -112,6 +129,12 @@ impl MeetingRooms for SfuHandle {
 
     async fn remove_identity(&self, room: String, identity: String, why: String) -> bool {
         SfuHandle::remove_identity(self, room, identity, why).await
+    }
+
+    async fn mute_source(&self, room: String, identity: String, source: i32) -> bool {
+        SfuHandle::mute_track(self, room, identity, None, Some(source), true)
+            .await
+            .is_some()
     }
 }
 
@@ -233,6 +256,17 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
                     .remove_identity(meeting.clone(), identity.clone(), why.clone())
                     .await;
                 tracing::info!(meeting, identity, why, removed, "participant removed");
+            }
+            SfuEffect::MuteSource {
+                meeting,
+                identity,
+                source,
+            } => {
+                let muted = self
+                    .rooms
+                    .mute_source(meeting.clone(), identity.clone(), *source)
+                    .await;
+                tracing::info!(meeting, identity, source, muted, "track muted");
             }
         }
     }

@@ -673,7 +673,8 @@ async fn effects_reach_the_node_hosting_the_room_once_in_order_woken_by_notify()
         let store = store.clone();
         async move {
             sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%tchap_visio_access%'",
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%tchap_visio_access%'",
             )
             .fetch_one(store.pool())
             .await

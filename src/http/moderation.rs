@@ -9,6 +9,11 @@
 //! Removing someone from a meeting revokes their tokens (so a rejoin with an old one
 //! fails) and ending a meeting ends it as `!visio fin` does; both are stored first and
 //! reach the SFU after commit.
+//!
+//! In a cluster the meeting's room may live on another node than the one asked: the
+//! stored effects name the hosting node, which applies them (`bridge::effects`), so
+//! removals, ends, lobby decisions and mutes act there; only reads of the SFU's live
+//! state (listing participants) answer for this node's rooms.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -249,14 +254,31 @@ pub async fn act(
                     ));
                 }
             };
-            let muted = state
-                .signal
-                .sfu
-                .mute_track(room.to_owned(), identity, None, Some(source as i32), true)
+            if hosted_elsewhere(&state, room).await? {
+                // The hosting node mutes it (the effect names that node); whether the
+                // track was there is known only there.
+                let mut tx = state.begin().await?;
+                crate::bridge::effects::enqueue(
+                    &mut tx,
+                    &crate::bridge::effects::SfuEffect::MuteSource {
+                        meeting: room.to_owned(),
+                        identity,
+                        source: source as i32,
+                    },
+                )
                 .await
-                .is_some();
-            if !muted {
-                return Err(MatrixError::not_found("Track"));
+                .map_err(|e| MatrixError::internal(&e))?;
+                tx.commit().await.map_err(|e| MatrixError::internal(&e))?;
+            } else {
+                let muted = state
+                    .signal
+                    .sfu
+                    .mute_track(room.to_owned(), identity, None, Some(source as i32), true)
+                    .await
+                    .is_some();
+                if !muted {
+                    return Err(MatrixError::not_found("Track"));
+                }
             }
         }
         PageAction::Remove { identity } => remove(&state, room, &identity).await?,

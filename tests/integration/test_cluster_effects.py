@@ -46,7 +46,7 @@ def live_nodes(database_url: str) -> set[str]:
 
 def query(database_url: str, sql: str, *args) -> list[tuple]:
     with psycopg.connect(database_url) as conn:
-        return conn.execute(sql, args).fetchall()
+        return conn.execute(sql, args or None).fetchall()
 
 
 def two_nodes(workdir, cluster_db) -> tuple[Env, Service]:

@@ -7,6 +7,7 @@
 import {
   ConnectionState,
   DisconnectReason,
+  LocalTrack,
   LocalVideoTrack,
   Participant,
   RemoteParticipant,
@@ -419,6 +420,11 @@ export class Meeting {
     if (this.rejoining || this.phase !== 'connected') return;
     this.rejoining = true;
     const room = this.room;
+    // What was published before the loss: should livekit-client give up first, it
+    // stops the tracks and forgets them.
+    const published = [...room.localParticipant.trackPublications.values()]
+      .filter((pub) => pub.track)
+      .map((pub) => ({ track: pub.track!, source: pub.source, muted: pub.isMuted }));
     const outcome = await rejoinLoop({
       join: async () => {
         const outcome = await joinMeeting(this.joined.slug, this.joined.name, undefined, true);
@@ -427,7 +433,7 @@ export class Meeting {
       currentUrl: () => this.url,
       recovered: () => this.phase !== 'connected' || room.state === ConnectionState.Connected,
       gaveUp: () => room.state === ConnectionState.Disconnected,
-      move: (url, token) => this.moveTo(url, token),
+      move: (url, token) => this.moveTo(url, token, published),
       wait: (ms) => new Promise((resolve) => window.setTimeout(resolve, ms)),
       now: () => Date.now(),
     }).catch(() => 'timed-out' as const);
@@ -440,12 +446,12 @@ export class Meeting {
     if (room.state !== ConnectionState.Connected) this.finish('connection-lost');
   }
 
-  /** Leaves the lost node for `url`, then publishes again what was published. */
-  private async moveTo(url: string, token: string): Promise<void> {
+  /**
+   * Leaves the lost node for `url`, then publishes again what was published: the same
+   * tracks while they live, a new microphone or camera where livekit-client stopped them.
+   */
+  private async moveTo(url: string, token: string, published: { track: LocalTrack; source: Track.Source; muted: boolean }[]): Promise<void> {
     const lp = this.room.localParticipant;
-    const published = [...lp.trackPublications.values()]
-      .filter((pub) => pub.track)
-      .map((pub) => ({ track: pub.track!, source: pub.source }));
     this.moving = true;
     try {
       // The tracks stay live: they go to the new node.
@@ -458,9 +464,15 @@ export class Meeting {
     this.token = token;
     this.watchToken();
     this.publishing = Promise.allSettled(
-      published
-        .filter(({ track }) => track.mediaStreamTrack.readyState !== 'ended')
-        .map(({ track, source }) => lp.publishTrack(track, { source, simulcast: source === Track.Source.Camera })),
+      published.map(({ track, source, muted }) => {
+        if (track.mediaStreamTrack.readyState !== 'ended') {
+          return lp.publishTrack(track, { source, simulcast: source === Track.Source.Camera });
+        }
+        if (muted) return Promise.resolve();
+        if (source === Track.Source.Microphone) return lp.setMicrophoneEnabled(true, audioCaptureOptions(this.devices.audioinput));
+        if (source === Track.Source.Camera) return lp.setCameraEnabled(true, videoCaptureOptions(this.devices.videoinput), { simulcast: true });
+        return Promise.resolve();
+      }),
     );
     await this.publishing;
     // Whatever was said during the gap is stored: the panel shows each id once.

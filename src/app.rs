@@ -182,11 +182,25 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
             .with_webhooks(webhooks.clone())
             .with_store(store.clone()),
     );
-    // A single node's open sessions are the previous run's. In a cluster they may be
-    // another node's live ones: a dead node's meetings are not recovered yet.
-    if config.cluster.is_none() {
-        let mut conn = store.pool().acquire().await?;
-        bridge::recover(&mut conn, crate::clock::now_ms()).await?;
+    // A single node's open sessions are the previous run's. In a cluster, only those
+    // this node's previous run reported: the others may be other nodes' live ones, and
+    // a dead node's are the leader's (`cluster::DeadNodeSweep`).
+    match &config.cluster {
+        None => {
+            let mut conn = store.pool().acquire().await?;
+            bridge::recover(&mut conn, crate::clock::now_ms()).await?;
+        }
+        Some(cluster) => {
+            let mut conn = store.pool().acquire().await?;
+            let closed =
+                crate::store::sessions::close_stale_of_node(&mut conn, &cluster.node_id).await?;
+            if closed > 0 {
+                tracing::info!(
+                    sessions = closed,
+                    "closed the sessions this node's previous run left open"
+                );
+            }
+        }
     }
     let bot_api = BotApiContext {
         outbound_wake: outbound_wake.clone(),
@@ -234,6 +248,8 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         hold_inbox: options.hold_inbox,
         inbox_run: inbox_run.clone(),
         outbound_run: outbound_run.clone(),
+        unplaced_effects_run: Arc::new(Notify::new()),
+        dead_node_sweep: config.cluster.as_ref().map(|c| c.heartbeat()),
     };
     let drain_flag = crate::cluster::drain_flag();
     let drain = config.cluster.as_ref().map(|cluster| Drain {
@@ -255,6 +271,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 leading: leading.expect("made when cluster is configured"),
                 sfu: sfu.clone(),
                 draining: drain_flag,
+                bridge: bridge.clone(),
                 wakes: [
                     inbox_wake.clone(),
                     outbound_wake.clone(),
@@ -378,6 +395,10 @@ struct LeaderWorkers {
     hold_inbox: bool,
     inbox_run: Arc<Notify>,
     outbound_run: Arc<Notify>,
+    /// In a cluster: what wakes the leader's effects worker (rooms placed nowhere).
+    unplaced_effects_run: Arc<Notify>,
+    /// In a cluster: how often the leader sweeps dead nodes' meetings.
+    dead_node_sweep: Option<Duration>,
 }
 
 impl LeaderWorkers {
@@ -406,8 +427,25 @@ impl LeaderWorkers {
             .run(),
         );
         if let Some(mut effects) = self.bridge.effects_worker(self.store.clone(), stop.clone()) {
-            effects.fence = fence;
+            if let Some(fence) = fence {
+                // A cluster's leader applies the effects for rooms placed nowhere; each
+                // node applies those for its own rooms (`spawn_cluster`).
+                effects.fence = Some(fence);
+                effects.target = crate::bridge::effects::EffectTarget::Unplaced;
+                effects.wake = self.unplaced_effects_run.clone();
+            }
             set.spawn(effects.run());
+        }
+        if let (Some(fence), Some(period)) = (fence, self.dead_node_sweep) {
+            set.spawn(
+                crate::cluster::DeadNodeSweep {
+                    store: self.store.clone(),
+                    period,
+                    fence,
+                    shutdown: stop.clone(),
+                }
+                .run(),
+            );
         }
         if let Some(period) = self.sweep_period {
             set.spawn(
@@ -453,6 +491,8 @@ struct ClusterParts {
     sfu: SfuHandle,
     /// The drain mark the heartbeat reads and the elections follow.
     draining: crate::cluster::DrainFlag,
+    /// Whose effects worker applies this node's rooms' effects.
+    bridge: Arc<BridgeContext>,
     /// Inbox and outbound wake-ups: as the intake and the bridge signal them, then as
     /// the leader's workers wait for them.
     wakes: [Arc<Notify>; 4],
@@ -473,8 +513,17 @@ fn spawn_cluster(
         leading,
         sfu,
         draining,
+        bridge,
         wakes: [inbox_produced, outbound_produced, inbox_run, outbound_run],
     } = parts;
+    // This node's rooms' effects, whoever leads: the rows name the node, so no other
+    // worker takes them, and no fence is needed.
+    let effects_run = Arc::new(Notify::new());
+    if let Some(mut effects) = bridge.effects_worker(store.clone(), shutdown.clone()) {
+        effects.target = crate::bridge::effects::EffectTarget::Node(cluster.node_id.clone());
+        effects.wake = effects_run.clone();
+        workers.spawn(effects.run());
+    }
     let node_url = cluster
         .node_url
         .as_ref()
@@ -498,10 +547,14 @@ fn spawn_cluster(
         crate::cluster::WakeRelay {
             uri: config.database.uri.clone(),
             store: store.clone(),
+            node_id: cluster.node_id.clone(),
             inbox_produced,
             outbound_produced,
             inbox_run,
             outbound_run,
+            effects_run,
+            unplaced_effects_run: leader.unplaced_effects_run.clone(),
+            access_changed: bridge.access.changed.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -524,6 +577,7 @@ fn spawn_cluster(
                 if let Some(device) = leader.device.as_ref().and_then(|slot| slot.get()) {
                     device.input_wake.notify_one();
                 }
+                leader.unplaced_effects_run.notify_one();
                 let mut set = tokio::task::JoinSet::new();
                 leader.spawn(&mut set, term, Some(fence));
                 while set.join_next().await.is_some() {}

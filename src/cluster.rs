@@ -477,18 +477,32 @@ fn cpu_ticks() -> Option<u64> {
 /// The channels of the cross-node wake-ups.
 const INBOX_CHANNEL: &str = "tchap_visio_inbox";
 const OUTBOUND_CHANNEL: &str = "tchap_visio_outbound";
+/// Sent by `sfu_effects`' insert trigger at commit; the payload names the node the
+/// effect is for, '' for the leader (migration 0015).
+const EFFECTS_CHANNEL: &str = "tchap_visio_effects";
+/// Sent by the lobby's, the identity codes' and the meetings' triggers at commit.
+const ACCESS_CHANNEL: &str = "tchap_visio_access";
 
 /// Carries wake-ups between nodes: what this node's intake and bridge signal locally
 /// (`inbox_produced`, `outbound_produced`) is sent with `NOTIFY`, and every node's
 /// `NOTIFY` wakes the leader's workers here (`inbox_run`, `outbound_run`). A lost
 /// notification costs only latency: the workers also poll.
+///
+/// The SFU effects and access decisions need no producer side: their tables' triggers
+/// notify at commit. An effect wakes the worker of the node it names (`effects_run`),
+/// or the leader's (`unplaced_effects_run`); an access change wakes this node's long
+/// polls (`access_changed`).
 pub struct WakeRelay {
     pub uri: String,
     pub store: Store,
+    pub node_id: String,
     pub inbox_produced: Arc<Notify>,
     pub outbound_produced: Arc<Notify>,
     pub inbox_run: Arc<Notify>,
     pub outbound_run: Arc<Notify>,
+    pub effects_run: Arc<Notify>,
+    pub unplaced_effects_run: Arc<Notify>,
+    pub access_changed: Arc<Notify>,
     pub shutdown: CancellationToken,
 }
 
@@ -505,6 +519,9 @@ impl WakeRelay {
             // Anything may have been missed while the listener was away.
             self.inbox_run.notify_one();
             self.outbound_run.notify_one();
+            self.effects_run.notify_one();
+            self.unplaced_effects_run.notify_one();
+            self.access_changed.notify_waiters();
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = self.shutdown.cancelled() => return,
@@ -515,16 +532,29 @@ impl WakeRelay {
     async fn relay(&self) -> Result<(), ClusterError> {
         let mut listener = PgListener::connect(&self.uri).await?;
         listener
-            .listen_all([INBOX_CHANNEL, OUTBOUND_CHANNEL])
+            .listen_all([
+                INBOX_CHANNEL,
+                OUTBOUND_CHANNEL,
+                EFFECTS_CHANNEL,
+                ACCESS_CHANNEL,
+            ])
             .await?;
         loop {
             tokio::select! {
                 _ = self.inbox_produced.notified() => self.notify(INBOX_CHANNEL).await?,
                 _ = self.outbound_produced.notified() => self.notify(OUTBOUND_CHANNEL).await?,
                 received = listener.recv() => {
-                    match received?.channel() {
+                    let received = received?;
+                    match received.channel() {
                         INBOX_CHANNEL => self.inbox_run.notify_one(),
                         OUTBOUND_CHANNEL => self.outbound_run.notify_one(),
+                        EFFECTS_CHANNEL if received.payload().is_empty() => {
+                            self.unplaced_effects_run.notify_one()
+                        }
+                        EFFECTS_CHANNEL if received.payload() == self.node_id => {
+                            self.effects_run.notify_one()
+                        }
+                        ACCESS_CHANNEL => self.access_changed.notify_waiters(),
                         _ => {}
                     }
                 }
@@ -539,6 +569,52 @@ impl WakeRelay {
             .execute(self.store.pool())
             .await
             .map_err(StoreError::from)?;
+        Ok(())
+    }
+}
+
+/// The leader's sweep of dead nodes' meetings, every heartbeat: their open sessions
+/// close when the node was last alive, and a meeting left empty starts its grace period
+/// (its participants' pages rejoin on a live node meanwhile).
+pub struct DeadNodeSweep {
+    pub store: Store,
+    pub period: Duration,
+    pub fence: Fence,
+    pub shutdown: CancellationToken,
+}
+
+impl DeadNodeSweep {
+    pub async fn run(self) {
+        let mut ticker = tokio::time::interval(self.period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            match self.sweep().await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot sweep dead nodes' meetings; retrying"),
+            }
+        }
+    }
+
+    async fn sweep(&self) -> Result<(), StoreError> {
+        if !self.store.fence_holds(&self.fence).await? {
+            self.shutdown.cancel();
+            return Ok(());
+        }
+        let orphaned = self
+            .store
+            .orphan_dead_nodes_meetings(crate::clock::now_ms())
+            .await?;
+        for meeting in orphaned {
+            metrics::counter!("tchap_visio_cluster_meetings_orphaned_total").increment(1);
+            tracing::warn!(
+                meeting,
+                "meeting orphaned by a dead node: its sessions closed"
+            );
+        }
         Ok(())
     }
 }

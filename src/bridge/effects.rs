@@ -9,6 +9,10 @@
 //! applied but not yet marked done (the database failed in between) is remembered by id
 //! in memory, so the worker does not apply it twice; after a restart the SFU has no
 //! rooms, so applying it again does nothing either.
+//!
+//! In a cluster each node runs a worker for the rooms it hosts (the row names the node,
+//! [`crate::store::sfu_effects`]) and the leader one for rooms placed nowhere; the
+//! insert's trigger wakes the right one through `LISTEN/NOTIFY` (`cluster::WakeRelay`).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -20,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::sfu::SfuHandle;
+pub use crate::store::sfu_effects::EffectTarget;
 use crate::store::{self, Connection, Store, StoreError};
 
 /// An effect on a meeting's SFU room, as stored.
@@ -44,12 +49,43 @@ pub enum SfuEffect {
         identity: String,
         why: String,
     },
+    /// Mute one participant's track of a source (`lk::TrackSource` as a number): a
+    /// moderator's mute asked of a node that does not host the room.
+    MuteSource {
+        meeting: String,
+        identity: String,
+        source: i32,
+    },
 }
 
-/// Stores an effect, inside the caller's database transaction.
+impl SfuEffect {
+    /// The SFU room it acts on: a meeting's id, or a call's LiveKit room name.
+    pub fn room(&self) -> &str {
+        match self {
+            Self::InjectChat { meeting, .. }
+            | Self::CloseRoom { meeting }
+            | Self::RemoveParticipant { meeting, .. }
+            | Self::MuteSource { meeting, .. } => meeting,
+        }
+    }
+}
+
+/// Stores an effect for the node hosting its room now, inside the caller's database
+/// transaction.
 pub async fn enqueue(conn: &mut Connection, effect: &SfuEffect) -> Result<i64, StoreError> {
+    let host = store::sfu_effects::host(conn, effect.room()).await?;
+    enqueue_on(conn, host.as_deref(), effect).await
+}
+
+/// Stores an effect for `node`'s SFU: for a caller that read the host before the
+/// transaction forgot it (a meeting's end drops its placement).
+pub async fn enqueue_on(
+    conn: &mut Connection,
+    node: Option<&str>,
+    effect: &SfuEffect,
+) -> Result<i64, StoreError> {
     let json = serde_json::to_string(effect).expect("SfuEffect always serialises");
-    store::sfu_effects::enqueue(conn, &json).await
+    store::sfu_effects::enqueue(conn, node, &json).await
 }
 
 /// Where effects land: the SFU, or a fake in tests.
@@ -71,6 +107,15 @@ pub trait MeetingRooms: Send + Sync + 'static {
         identity: String,
         why: String,
     ) -> impl Future<Output = bool> + Send;
+    /// Mutes one participant's track of `source`; false when there was none.
+    fn mute_source(
+        &self,
+        _room: String,
+        _identity: String,
+        _source: i32,
+    ) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
 }
 
 impl MeetingRooms for SfuHandle {
@@ -85,6 +130,12 @@ impl MeetingRooms for SfuHandle {
     async fn remove_identity(&self, room: String, identity: String, why: String) -> bool {
         SfuHandle::remove_identity(self, room, identity, why).await
     }
+
+    async fn mute_source(&self, room: String, identity: String, source: i32) -> bool {
+        SfuHandle::mute_track(self, room, identity, None, Some(source), true)
+            .await
+            .is_some()
+    }
 }
 
 /// Applies stored effects in order, after their transactions committed.
@@ -95,8 +146,11 @@ pub struct SfuEffectsWorker<R> {
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
     /// In a cluster, the leader's term: checked before each round of effects, and a
-    /// refusal ends the term (cancels `shutdown`). `None`: a single node.
+    /// refusal ends the term (cancels `shutdown`). `None`: a single node, or a node's
+    /// own rooms (only that node applies them, whoever leads).
     pub fence: Option<crate::store::cluster::Fence>,
+    /// Which rows this worker applies.
+    pub target: EffectTarget,
     /// Applied, but not yet recorded as done.
     applied: BTreeSet<i64>,
 }
@@ -109,6 +163,7 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
             wake,
             shutdown,
             fence: None,
+            target: EffectTarget::All,
             applied: BTreeSet::new(),
         }
     }
@@ -144,7 +199,7 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
             self.shutdown.cancel();
             return Ok(0);
         }
-        let pending = self.store.pending_sfu_effects(100).await?;
+        let pending = self.store.pending_sfu_effects(&self.target, 100).await?;
         let mut applied = 0;
         for (id, json) in pending {
             if self.applied.insert(id) {
@@ -201,6 +256,17 @@ impl<R: MeetingRooms> SfuEffectsWorker<R> {
                     .remove_identity(meeting.clone(), identity.clone(), why.clone())
                     .await;
                 tracing::info!(meeting, identity, why, removed, "participant removed");
+            }
+            SfuEffect::MuteSource {
+                meeting,
+                identity,
+                source,
+            } => {
+                let muted = self
+                    .rooms
+                    .mute_source(meeting.clone(), identity.clone(), *source)
+                    .await;
+                tracing::info!(meeting, identity, source, muted, "track muted");
             }
         }
     }

@@ -92,6 +92,9 @@ pub struct BridgeContext {
     pub access: access::AccessRuntime,
     /// For what the lookups before a batch must read (an identity code's meeting).
     pub store: Option<Store>,
+    /// In a cluster, this node (`cluster.node_id`): the sessions its SFU reports are
+    /// its own. `None`: a single node.
+    pub node_id: Option<String>,
 }
 
 /// Meeting chat mirrored into the room: messages per second, and how many go at once.
@@ -168,6 +171,7 @@ impl BridgeContext {
             ),
             client,
             store: None,
+            node_id: config.cluster.as_ref().map(|c| c.node_id.clone()),
         }
         .with_join_token_ttl(config.meetings.join_token_ttl_secs)
     }
@@ -844,6 +848,8 @@ pub async fn end_meeting(
     meeting: &Meeting,
     now: i64,
 ) -> Result<bool, StoreError> {
+    // Read before the end forgets the room's placement.
+    let host = crate::store::sfu_effects::host(conn, meeting.sfu_room_name()).await?;
     if !meetings::set_state(conn, &meeting.id, MeetingState::Ended, now).await? {
         return Ok(false);
     }
@@ -895,8 +901,9 @@ pub async fn end_meeting(
         )
         .await?;
     ctx.webhooks.wake();
-    effects::enqueue(
+    effects::enqueue_on(
         conn,
+        host.as_deref(),
         &SfuEffect::CloseRoom {
             meeting: meeting.sfu_room_name().to_owned(),
         },

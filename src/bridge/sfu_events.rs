@@ -101,11 +101,15 @@ impl SfuEventWorker {
         Ok(())
     }
 
+    /// Keeps this node's sessions alive and ends the meetings whose time is up. On
+    /// several nodes at once each meeting still ends once: `end_meeting` is conditioned
+    /// on the meeting's state, and the second node's update waits on the first's row
+    /// lock, then finds it ended and does nothing (`tests::two_nodes_end_a_meeting_once`).
     async fn periodic(&self, touch: bool) -> Result<(), StoreError> {
         let now = now_ms();
         let mut conn = self.store.pool().acquire().await?;
         if touch {
-            sessions::touch_open(&mut conn, now).await?;
+            sessions::touch_open_on(&mut conn, now, self.ctx.node_id.as_deref()).await?;
         }
         let due = super::due_for_end(&mut conn, &self.ctx, now).await?;
         drop(conn);
@@ -168,7 +172,7 @@ pub async fn handle_event(
                 left_at: None,
                 last_seen_at: now,
             };
-            if !sessions::open(conn, &session).await? {
+            if !sessions::open_on(conn, &session, ctx.node_id.as_deref()).await? {
                 return Ok(());
             }
             meetings::set_empty_since(conn, &meeting.id, None).await?;

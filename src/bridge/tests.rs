@@ -908,3 +908,91 @@ both_dialects!(
         );
     }
 );
+
+/// Two cluster nodes' meeting timers finding the same meeting due at once: it ends once
+/// (one summary), and its room is closed on the node that hosted it, although the end
+/// forgets the placement.
+#[tokio::test]
+async fn two_nodes_end_a_meeting_once_and_close_its_room_on_its_host() {
+    let db = crate::store::testing::postgres().await;
+    let store = db.store.clone();
+    let mut hosting = ctx();
+    hosting.node_id = Some("a".into());
+    let ctx = Arc::new(hosting);
+    let bridge = Bridge { ctx: ctx.clone() };
+    feed(&store, &bridge, text("$1", "@alice:localhost", "!visio")).await;
+    let meeting = active(&store).await.expect("meeting");
+    store
+        .node_started(&crate::store::cluster::NodeBeat {
+            node_id: "a".into(),
+            node_url: "http://a.internal".into(),
+            heartbeat_ms: 60_000,
+            participants: 0,
+            rooms: 0,
+            cpu_permille: None,
+        })
+        .await
+        .expect("node");
+    let placed = store
+        .place_room(meeting.id.as_str())
+        .await
+        .expect("place")
+        .expect("a live node");
+    assert_eq!(placed.node_id, "a");
+    let room = meeting.id.to_string();
+    sfu(
+        &store,
+        &ctx,
+        EngineEvent::ParticipantJoined {
+            room: room.clone(),
+            sid: "PA_a".into(),
+            identity: "b-1".into(),
+            name: "A".into(),
+        },
+        1_000,
+    )
+    .await;
+    let node: Option<String> =
+        sqlx::query_scalar("SELECT node_id FROM participant_sessions WHERE sid = 'PA_a'")
+            .fetch_one(store.pool())
+            .await
+            .expect("session");
+    assert_eq!(node.as_deref(), Some("a"), "the session is a's");
+    queued(&store).await;
+    let ends = (0..2)
+        .map(|_| {
+            let (store, ctx, meeting) = (store.clone(), ctx.clone(), meeting.clone());
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.expect("begin");
+                let ended = end_meeting(&ctx, &mut tx, &meeting, 90_000)
+                    .await
+                    .expect("end");
+                tx.commit().await.expect("commit");
+                ended
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut ended = Vec::new();
+    for end in ends {
+        ended.push(end.await.expect("task"));
+    }
+    ended.sort();
+    assert_eq!(ended, [false, true], "one of the two ends it");
+    let summaries = bodies(&queued(&store).await)
+        .into_iter()
+        .filter(|b| b.contains("Compte rendu dans le fil"))
+        .count();
+    assert_eq!(summaries, 1, "one summary line in the room");
+    let closes: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT effect_json, node_id FROM sfu_effects WHERE effect_json LIKE '%close_room%'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("effects");
+    assert_eq!(closes.len(), 1, "one close: {closes:?}");
+    assert_eq!(
+        closes[0].1.as_deref(),
+        Some("a"),
+        "for the node that hosted it"
+    );
+}

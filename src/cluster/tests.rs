@@ -614,3 +614,296 @@ async fn check_config_describes_the_cluster() {
         "cluster: node n1; leader: n2 (epoch 1); live nodes: n2 (7 participants)"
     );
 }
+
+/// An SFU that records what each effect asked, in order.
+#[derive(Default)]
+struct RecordingRooms(Mutex<Vec<String>>);
+
+impl effects::MeetingRooms for Arc<RecordingRooms> {
+    async fn inject_chat(&self, room: String, id: String, _: String, _: String) -> bool {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .push(format!("{room} chat {id}"));
+        true
+    }
+    async fn close_room(&self, room: String) -> usize {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .push(format!("{room} close"));
+        0
+    }
+    async fn remove_identity(&self, room: String, identity: String, _: String) -> bool {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .push(format!("{room} remove {identity}"));
+        true
+    }
+}
+
+async fn register(store: &Store, node: &str, participants: i64) {
+    store
+        .node_started(&crate::store::cluster::NodeBeat {
+            node_id: node.into(),
+            node_url: format!("http://{node}.internal"),
+            heartbeat_ms: HEARTBEAT.as_millis() as i64,
+            participants,
+            rooms: 0,
+            cpu_permille: None,
+        })
+        .await
+        .expect("node");
+}
+
+async fn new_meeting(store: &Store, title: &str) -> String {
+    let m = crate::meeting::Meeting::new(title, None, None, crate::clock::now_ms())
+        .expect("valid title");
+    let mut conn = store.pool().acquire().await.expect("conn");
+    crate::store::meetings::create(&mut conn, &m)
+        .await
+        .expect("create");
+    m.id.as_str().to_owned()
+}
+
+/// One node's effects worker and its relay, as `app::spawn_cluster` wires them; the
+/// worker's own poll is 30 s, so effects applied sooner came through `NOTIFY`.
+fn effects_node(
+    db: &testing::TestDb,
+    node: &str,
+    target: effects::EffectTarget,
+    shutdown: &CancellationToken,
+) -> Arc<RecordingRooms> {
+    let rooms = Arc::new(RecordingRooms::default());
+    let (effects_run, unplaced_effects_run) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let mut worker = effects::SfuEffectsWorker::new(
+        db.store.clone(),
+        rooms.clone(),
+        match target {
+            effects::EffectTarget::Unplaced => unplaced_effects_run.clone(),
+            _ => effects_run.clone(),
+        },
+        shutdown.clone(),
+    );
+    worker.target = target;
+    tokio::spawn(worker.run());
+    tokio::spawn(
+        WakeRelay {
+            uri: db.uri.clone(),
+            store: db.store.clone(),
+            node_id: node.into(),
+            inbox_produced: Arc::new(Notify::new()),
+            outbound_produced: Arc::new(Notify::new()),
+            inbox_run: Arc::new(Notify::new()),
+            outbound_run: Arc::new(Notify::new()),
+            effects_run,
+            unplaced_effects_run,
+            access_changed: Arc::new(Notify::new()),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+    rooms
+}
+
+#[tokio::test]
+async fn effects_reach_the_node_hosting_the_room_once_in_order_woken_by_notify() {
+    let db = testing::postgres().await;
+    let store = db.store.clone();
+    register(&store, "a", 0).await;
+    register(&store, "b", 10).await;
+    let on_a = new_meeting(&store, "Sur A").await;
+    assert_eq!(
+        store
+            .place_room(&on_a)
+            .await
+            .expect("place")
+            .expect("node")
+            .node_id,
+        "a"
+    );
+    register(&store, "a", 20).await;
+    let on_b = new_meeting(&store, "Sur B").await;
+    assert_eq!(
+        store
+            .place_room(&on_b)
+            .await
+            .expect("place")
+            .expect("node")
+            .node_id,
+        "b"
+    );
+    let nowhere = new_meeting(&store, "Nulle part").await;
+
+    let shutdown = CancellationToken::new();
+    let a = effects_node(&db, "a", effects::EffectTarget::Node("a".into()), &shutdown);
+    let b = effects_node(&db, "b", effects::EffectTarget::Node("b".into()), &shutdown);
+    // The leader's worker, on b.
+    let leader = effects_node(&db, "b", effects::EffectTarget::Unplaced, &shutdown);
+    wait_until(Duration::from_secs(10), "three relays listen", || {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%tchap_visio_access%'",
+            )
+            .fetch_one(store.pool())
+            .await
+            .expect("activity")
+                >= 3
+        }
+    })
+    .await;
+
+    let mut expected = std::collections::HashMap::new();
+    for round in 0..4 {
+        let mut tx = store.begin().await.expect("begin");
+        for meeting in [&on_a, &on_b, &nowhere] {
+            let effect = if round < 3 {
+                effects::SfuEffect::InjectChat {
+                    meeting: meeting.clone(),
+                    message_id: format!("$m{round}"),
+                    author: "Alice".into(),
+                    text: "bonjour".into(),
+                }
+            } else {
+                effects::SfuEffect::RemoveParticipant {
+                    meeting: meeting.clone(),
+                    identity: "guest-1".into(),
+                    why: "removed".into(),
+                }
+            };
+            effects::enqueue(&mut tx, &effect).await.expect("queued");
+            let line = match round {
+                3 => format!("{meeting} remove guest-1"),
+                _ => format!("{meeting} chat $m{round}"),
+            };
+            expected
+                .entry(meeting.clone())
+                .or_insert_with(Vec::new)
+                .push(line);
+        }
+        tx.commit().await.expect("commit");
+    }
+    let took = wait_until(Duration::from_secs(10), "every effect applied", || {
+        let (a, b, leader) = (a.clone(), b.clone(), leader.clone());
+        async move {
+            [a, b, leader]
+                .iter()
+                .all(|r| r.0.lock().expect("not poisoned").len() >= 4)
+        }
+    })
+    .await;
+    assert!(took < Duration::from_secs(5), "woken, not polled: {took:?}");
+    for (rooms, meeting) in [(&a, &on_a), (&b, &on_b), (&leader, &nowhere)] {
+        assert_eq!(
+            *rooms.0.lock().expect("not poisoned"),
+            expected[meeting],
+            "{meeting}: its effects only, once each, in order"
+        );
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_dead_nodes_sessions_close_when_it_was_last_alive_and_its_meeting_waits_for_a_rejoin() {
+    use crate::store::sessions;
+    let db = testing::postgres().await;
+    let store = db.store.clone();
+    register(&store, "a", 0).await;
+    register(&store, "b", 10).await;
+    let orphan = new_meeting(&store, "Orpheline").await;
+    let alive = new_meeting(&store, "Vivante").await;
+    let mut conn = store.pool().acquire().await.expect("conn");
+    for (meeting, sid, node) in [
+        (&orphan, "PA_1", "a"),
+        (&orphan, "PA_2", "a"),
+        (&alive, "PA_3", "b"),
+    ] {
+        let id = crate::ids::MeetingId::parse(meeting).expect("id");
+        let session = crate::meeting::Session {
+            meeting_id: id.clone(),
+            sid: sid.into(),
+            identity: format!("{sid}-x"),
+            attendee_key: sid.into(),
+            display_name: sid.into(),
+            matrix_user_id: None,
+            joined_at: 1_000,
+            left_at: None,
+            last_seen_at: 1_000,
+        };
+        assert!(
+            sessions::open_on(&mut conn, &session, Some(node))
+                .await
+                .expect("open")
+        );
+        crate::store::meetings::set_state(
+            &mut conn,
+            &id,
+            crate::meeting::MeetingState::Running,
+            1_000,
+        )
+        .await
+        .expect("running");
+    }
+    // A live node touches its own sessions only.
+    assert_eq!(
+        sessions::touch_open_on(&mut conn, 2_000, Some("b"))
+            .await
+            .expect("touch"),
+        1
+    );
+    assert_eq!(
+        store
+            .orphan_dead_nodes_meetings(3_000)
+            .await
+            .expect("sweep"),
+        Vec::<String>::new()
+    );
+    let last_alive: i64 = sqlx::query_scalar(
+        "UPDATE nodes SET heartbeat_at = heartbeat_at - 10 * heartbeat_ms \
+         WHERE node_id = 'a' RETURNING heartbeat_at",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("silence a");
+    assert_eq!(
+        store
+            .orphan_dead_nodes_meetings(4_000)
+            .await
+            .expect("sweep"),
+        vec![orphan.clone()]
+    );
+    assert_eq!(
+        store
+            .orphan_dead_nodes_meetings(5_000)
+            .await
+            .expect("sweep"),
+        Vec::<String>::new(),
+        "once"
+    );
+    let rows: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT sid, left_at FROM participant_sessions ORDER BY sid")
+            .fetch_all(store.pool())
+            .await
+            .expect("sessions");
+    assert_eq!(
+        rows,
+        vec![
+            ("PA_1".into(), Some(last_alive)),
+            ("PA_2".into(), Some(last_alive)),
+            ("PA_3".into(), None),
+        ]
+    );
+    let empty: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT id, empty_since FROM meetings ORDER BY empty_since NULLS LAST")
+            .fetch_all(store.pool())
+            .await
+            .expect("meetings");
+    assert_eq!(
+        empty,
+        vec![(orphan, Some(4_000)), (alive, None)],
+        "grace for the orphan"
+    );
+}

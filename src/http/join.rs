@@ -40,6 +40,11 @@ pub struct JoinRequest {
     /// the user's homeserver instead of a code.
     #[serde(default)]
     pub openid_token: Option<crate::auth::openid::OpenIdToken>,
+    /// The page lost its connection (its node died) and joins again: a browser that
+    /// holds a live grant in the meeting gets the same access (member, admitted) without
+    /// a new code or a new wait in the lobby.
+    #[serde(default)]
+    pub rejoin: bool,
 }
 
 /// What the page gets back: enough for `room.connect(url, token)` in livekit-client.
@@ -139,6 +144,12 @@ pub async fn join(
             return Ok(refusal(Refusal::Removed, lang));
         }
     }
+    if request.rejoin
+        && user_id.is_none()
+        && let Some(joined) = rejoin(&state, &meeting, &browser, &identity).await?
+    {
+        return Ok((browser.set_cookie(), Json(joined)).into_response());
+    }
     let Some(room) = meeting.matrix_room_id.clone() else {
         // A meeting an admin made has no room to be a member of: its link is the key.
         let joined =
@@ -205,6 +216,57 @@ pub async fn join(
             Ok((StatusCode::ACCEPTED, browser.set_cookie(), Json(lobby)).into_response())
         }
     }
+}
+
+/// A join again from a browser already let in: its latest live grant in the meeting (the
+/// identity's prefix is the browser's pseudonym, which only its HttpOnly cookie gives)
+/// says who it was and how it got in. `None`: no such grant, the usual rules apply. The
+/// page asks this when its node died; the removal check above still holds.
+async fn rejoin(
+    state: &AppState,
+    meeting: &Meeting,
+    browser: &Browser,
+    identity: &ParticipantIdentity,
+) -> Result<Option<JoinResponse>, MatrixError> {
+    let prefix = format!("{}-", browser.pseudonym.as_str());
+    let mut conn = state.conn().await?;
+    let grants = stored::live_grants(&mut conn, meeting.id.as_str())
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    drop(conn);
+    let Some(grant) = grants
+        .into_iter()
+        .filter(|g| g.identity.starts_with(&prefix) && g.via != Via::Public)
+        .max_by_key(|g| g.issued_at)
+    else {
+        return Ok(None);
+    };
+    let bridge = &state.bot_api.bridge;
+    let moderator = match (&grant.user_id, grant.via, &meeting.matrix_room_id) {
+        (Some(user), Via::Member, Some(room)) => {
+            meeting.creator.as_deref() == Some(user.as_str())
+                || bridge
+                    .access
+                    .view
+                    .power_level(room, user)
+                    .await
+                    .map_err(|e| homeserver_unavailable(&e))?
+                    >= bridge.end_power_level
+        }
+        _ => false,
+    };
+    tracing::info!(meeting = %meeting.id, via = grant.via.as_str(), "a browser joins again after losing its connection");
+    issue_join(
+        state,
+        meeting,
+        identity,
+        &grant.name,
+        grant.user_id.as_deref(),
+        grant.via,
+        moderator,
+    )
+    .await
+    .map(Some)
 }
 
 /// How recently someone who may let guests in must have been seen for a guest to wait.

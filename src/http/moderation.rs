@@ -9,6 +9,11 @@
 //! Removing someone from a meeting revokes their tokens (so a rejoin with an old one
 //! fails) and ending a meeting ends it as `!visio fin` does; both are stored first and
 //! reach the SFU after commit.
+//!
+//! In a cluster the meeting's room may live on another node than the one asked: the
+//! stored effects name the hosting node, which applies them (`bridge::effects`), so
+//! removals, ends, lobby decisions and mutes act there; only reads of the SFU's live
+//! state (listing participants) answer for this node's rooms.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -94,6 +99,28 @@ async fn end(state: &AppState, room: &str) -> Result<(), MatrixError> {
         }
     }
     Ok(())
+}
+
+/// Whether `room` is a meeting whose SFU room another cluster node hosts.
+async fn hosted_elsewhere(state: &AppState, room: &str) -> Result<bool, MatrixError> {
+    let Some(node) = &state.cluster_node else {
+        return Ok(false);
+    };
+    let placed = state
+        .store
+        .placement(room)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    Ok(placed.is_some_and(|(p, _)| &p.node_id != node))
+}
+
+/// Whether `identity` holds an unrevoked join grant for the meeting `room`.
+async fn has_live_grant(state: &AppState, room: &str, identity: &str) -> Result<bool, MatrixError> {
+    let mut conn = state.conn().await?;
+    let grants = stored::live_grants(&mut conn, room)
+        .await
+        .map_err(|e| MatrixError::internal(&e))?;
+    Ok(grants.iter().any(|g| g.identity == identity))
 }
 
 // ----- the page -----------------------------------------------------------------------
@@ -227,14 +254,31 @@ pub async fn act(
                     ));
                 }
             };
-            let muted = state
-                .signal
-                .sfu
-                .mute_track(room.to_owned(), identity, None, Some(source as i32), true)
+            if hosted_elsewhere(&state, room).await? {
+                // The hosting node mutes it (the effect names that node); whether the
+                // track was there is known only there.
+                let mut tx = state.begin().await?;
+                crate::bridge::effects::enqueue(
+                    &mut tx,
+                    &crate::bridge::effects::SfuEffect::MuteSource {
+                        meeting: room.to_owned(),
+                        identity,
+                        source: source as i32,
+                    },
+                )
                 .await
-                .is_some();
-            if !muted {
-                return Err(MatrixError::not_found("Track"));
+                .map_err(|e| MatrixError::internal(&e))?;
+                tx.commit().await.map_err(|e| MatrixError::internal(&e))?;
+            } else {
+                let muted = state
+                    .signal
+                    .sfu
+                    .mute_track(room.to_owned(), identity, None, Some(source as i32), true)
+                    .await
+                    .is_some();
+                if !muted {
+                    return Err(MatrixError::not_found("Track"));
+                }
             }
         }
         PageAction::Remove { identity } => remove(&state, room, &identity).await?,
@@ -466,6 +510,11 @@ async fn room_service_call(
                 .unwrap_or_default()
                 .iter()
                 .any(|p| p.identity == request.identity);
+            // In a cluster the room may live on another node: that node removes them
+            // (the effect names it), and here only their live grant says they may be in.
+            let present = present
+                || (hosted_elsewhere(state, &request.room).await?
+                    && has_live_grant(state, &request.room, &request.identity).await?);
             if !present {
                 return Err(not_found("participant"));
             }

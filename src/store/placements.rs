@@ -4,6 +4,10 @@
 //! draining node gets no new room but keeps those placed on it. A trigger forgets the
 //! placement when the meeting ends. Knows nodes only as rows of
 //! `nodes` ([`super::cluster`]).
+//!
+//! A dead node's meetings are orphaned: their open sessions end when the node was last
+//! alive, the attendance showing the gap until their participants rejoin elsewhere, and
+//! a meeting left with nobody gets its grace period to be rejoined.
 
 use sqlx::Row;
 
@@ -128,6 +132,61 @@ impl Store {
         // Only the meeting's end deletes the row, and a meeting that ended is refused
         // before any claim; should it end in between, the claimant keeps the room.
         Ok(host.unwrap_or_else(|| node_id.to_owned()))
+    }
+}
+
+/// The sessions reported by dead nodes' SFUs that are still open: closed when the
+/// node was last seen alive, each row once (the update is its own claim).
+fn close_dead_nodes_sessions() -> String {
+    format!(
+        "UPDATE participant_sessions s \
+         SET left_at = GREATEST(s.last_seen_at, n.heartbeat_at), \
+             last_seen_at = GREATEST(s.last_seen_at, n.heartbeat_at) \
+         FROM nodes n \
+         WHERE s.node_id = n.node_id AND s.left_at IS NULL \
+           AND n.heartbeat_at <= {DB_NOW_MS} - {MISSED_HEARTBEATS} * n.heartbeat_ms \
+         RETURNING s.meeting_id"
+    )
+}
+
+impl Store {
+    /// Orphans dead nodes' meetings: closes the sessions their SFUs reported, and starts
+    /// the grace period of each running meeting nobody is left in. Returns the meetings
+    /// touched. Safe on several nodes at once (each session closes once), though only
+    /// the leader calls it.
+    pub async fn orphan_dead_nodes_meetings(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut meetings: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(close_dead_nodes_sessions()))
+                .fetch_all(&mut *tx)
+                .await?;
+        meetings.sort();
+        meetings.dedup();
+        for meeting in &meetings {
+            // The meeting's row first: a join elsewhere that opens a session clears
+            // `empty_since` under the same lock, so either it sees ours and clears it,
+            // or the count below sees its session.
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM meetings WHERE id = $1 FOR UPDATE")
+                    .bind(meeting)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if state.as_deref() != Some("running") {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE meetings SET empty_since = $2 \
+                 WHERE id = $1 AND empty_since IS NULL AND NOT EXISTS \
+                   (SELECT 1 FROM participant_sessions \
+                    WHERE meeting_id = $1 AND left_at IS NULL)",
+            )
+            .bind(meeting)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(meetings)
     }
 }
 

@@ -39,10 +39,20 @@ fn from_row(row: &AnyRow) -> Result<Session, StoreError> {
 
 /// Records a session; false if it was recorded already (an event seen twice).
 pub async fn open(conn: &mut Connection, session: &Session) -> Result<bool, StoreError> {
+    open_on(conn, session, None).await
+}
+
+/// Records a session reported by `node`'s SFU (in a cluster; `None`: a single node).
+pub async fn open_on(
+    conn: &mut Connection,
+    session: &Session,
+    node: Option<&str>,
+) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO participant_sessions (meeting_id, sid, identity, attendee_key, \
-         display_name, matrix_user_id, joined_at, left_at, last_seen_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (meeting_id, sid) DO NOTHING",
+         display_name, matrix_user_id, joined_at, left_at, last_seen_at, node_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (meeting_id, sid) DO NOTHING",
     )
     .bind(session.meeting_id.as_str())
     .bind(&session.sid)
@@ -53,6 +63,7 @@ pub async fn open(conn: &mut Connection, session: &Session) -> Result<bool, Stor
     .bind(session.joined_at)
     .bind(session.left_at)
     .bind(session.last_seen_at)
+    .bind(node)
     .execute(conn)
     .await?
     .rows_affected();
@@ -110,13 +121,42 @@ pub async fn close_stale_at_last_seen(conn: &mut Connection) -> Result<u64, Stor
 /// Marks every open session as alive at `at` (called periodically while running, so a
 /// crash loses at most one period of attendance).
 pub async fn touch_open(conn: &mut Connection, at: i64) -> Result<u64, StoreError> {
-    Ok(
-        sqlx::query("UPDATE participant_sessions SET last_seen_at = $1 WHERE left_at IS NULL")
-            .bind(at)
-            .execute(conn)
-            .await?
-            .rows_affected(),
+    touch_open_on(conn, at, None).await
+}
+
+/// As [`touch_open`], for the sessions `node`'s SFU reported (`None`: all of them, a
+/// single node). A cluster node touches only its own: a dead node's sessions must age.
+pub async fn touch_open_on(
+    conn: &mut Connection,
+    at: i64,
+    node: Option<&str>,
+) -> Result<u64, StoreError> {
+    let query = match node {
+        None => {
+            sqlx::query("UPDATE participant_sessions SET last_seen_at = $1 WHERE left_at IS NULL")
+                .bind(at)
+        }
+        Some(node) => sqlx::query(
+            "UPDATE participant_sessions SET last_seen_at = $1 \
+             WHERE left_at IS NULL AND node_id = $2",
+        )
+        .bind(at)
+        .bind(node),
+    };
+    Ok(query.execute(conn).await?.rows_affected())
+}
+
+/// A cluster node's start: the sessions its previous run left open end when they were
+/// last seen alive (its SFU starts empty). Returns how many were closed.
+pub async fn close_stale_of_node(conn: &mut Connection, node: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE participant_sessions SET left_at = last_seen_at \
+         WHERE left_at IS NULL AND node_id = $1",
     )
+    .bind(node)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 /// How many sessions of the meeting are open.

@@ -324,6 +324,13 @@ def test_trusted_lobby_decided_from_the_room(env, tmp_path):
     host_peer.wait_media_from(admitted["identity"], video=3, audio_loud=3)
     wait_event(alice, room, lambda e: "admis·e par alice" in e.get("content", {}).get("m.new_content", {}).get("body", ""), "the notice records who admitted")
 
+    # Her page loses its node and joins again: the same browser keeps its admission, with
+    # no new wait in the lobby.
+    again = zoe.http.post(api(env, slug, "/join"), json={"name": "Zoé", "rejoin": True}, timeout=10)
+    assert again.status_code == 200, again.text
+    assert claims(again.json()["token"])["attributes"]["tchap.access"] == "admitted"
+    assert again.json()["identity"].rsplit("-", 1)[0] == admitted["identity"].rsplit("-", 1)[0], "the same browser"
+
     # Two guests at once, decided by number.
     marc, lea = Page(env, slug), Page(env, slug)
     m = marc.join("Marc").json()["lobby"]
@@ -345,6 +352,11 @@ def test_trusted_lobby_decided_from_the_room(env, tmp_path):
     assert quentin.http.delete(api(env, slug, f"/lobby/{q['id']}"), timeout=10).status_code == 204
     assert quentin.lobby(q["id"])["state"] == "left"
     wait_event(alice, room, lambda e: "Quentin (invité·e) — 🚪 est parti·e" in e.get("content", {}).get("m.new_content", {}).get("body", ""), "the notice says he left")
+    # Another browser saying it rejoins has no admission to keep: it waits in the lobby.
+    stranger = Page(env, slug)
+    r = stranger.http.post(api(env, slug, "/join"), json={"name": "Zoé", "rejoin": True}, timeout=10)
+    assert r.status_code == 202, r.text
+    assert stranger.http.delete(api(env, slug, f"/lobby/{r.json()['lobby']['id']}"), timeout=10).status_code == 204
     host_peer.close()
     zoe_peer.close()
 

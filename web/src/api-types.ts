@@ -514,6 +514,8 @@ export interface operations {
                         token_type?: string;
                         expires_in?: number;
                     };
+                    /** @description The page lost its connection (its node died) and joins again: a browser that holds a live grant in the meeting gets the same access (member, admitted) without a new code or a new wait in the lobby. */
+                    rejoin?: boolean;
                 };
             };
         };

@@ -123,9 +123,12 @@ export function getChatHistory(slug: string, token: string): Promise<ChatHistory
  * Joins with a display name, and a confirmed verification for an identified member. The
  * browser's stable id travels in an HttpOnly cookie the server sets (same origin, sent by
  * fetch by default); the page never sees it. 200: a token; 202: a place in the lobby.
+ * `rejoin`: the page lost its node (rejoin.ts).
  */
-export async function joinMeeting(slug: string, name: string, verification?: string): Promise<JoinOutcome> {
+export async function joinMeeting(slug: string, name: string, verification?: string, rejoin = false): Promise<JoinOutcome> {
   const body: JoinRequest = verification ? { name, verification } : { name };
+  // A page that lost its node: the same access again (the server checks this browser's grant).
+  if (rejoin) body.rejoin = true;
   const { status, json } = await request<JoinResponse & { lobby?: LobbyTicket }>('POST', `/api/v1/meetings/${enc(slug)}/join`, { body });
   if (status === 202 && json.lobby) return { kind: 'lobby', lobby: json.lobby };
   return { kind: 'granted', join: json };

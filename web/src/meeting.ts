@@ -7,6 +7,7 @@
 import {
   ConnectionState,
   DisconnectReason,
+  LocalTrack,
   LocalVideoTrack,
   Participant,
   RemoteParticipant,
@@ -18,7 +19,7 @@ import {
   type RemoteTrackPublication,
   type VideoTrack,
 } from 'livekit-client';
-import { probeSignal } from './api';
+import { joinMeeting, probeSignal } from './api';
 import { RemoteAudio } from './audio';
 import { SERVER_IDENTITY } from './chat';
 import { ControlButtons } from './controls';
@@ -32,6 +33,7 @@ import { isModerator, matrixIdOf, Moderation } from './moderation';
 import { Notices } from './notices';
 import { audioCaptureOptions, videoCaptureOptions, type Joined, type LocalMedia } from './prejoin';
 import { REACTION_TOPIC, Reactions } from './reactions';
+import { rejoinLoop } from './rejoin';
 import { createRoom } from './room';
 import { SettingsDialog } from './settings';
 import { SidePanels } from './side';
@@ -58,6 +60,11 @@ export class Meeting {
   /** The latest access token (the join's, or a fresh one the server sent): asks /rtc/validate why we were removed. */
   private token: string;
   private readonly watchedEngines = new WeakSet<object>();
+  /** The signalling URL of the node hosting the meeting: the join's, or a later rejoin's. */
+  private url: string;
+  /** A rejoin is under way (rejoin.ts); `moving`: its disconnect and connect, whose events are its own. */
+  private rejoining = false;
+  private moving = false;
   private readonly resizeObserver: ResizeObserver;
 
   // DOM
@@ -84,6 +91,7 @@ export class Meeting {
     this.devices = { ...joined.devices };
     this.identity = joined.join.identity;
     this.token = joined.join.token;
+    this.url = joined.join.url;
     this.moderation = new Moderation(joined.slug, this.notices);
     void joined.media.then((media) => {
       this.media = media;
@@ -364,8 +372,8 @@ export class Meeting {
       .on(RoomEvent.DataReceived, (payload: Uint8Array, p?: RemoteParticipant, _kind?: DataPacket_Kind, topic?: string) => {
         if (topic === REACTION_TOPIC && p) this.reactions.receive(payload, p);
       })
-      .on(RoomEvent.Reconnecting, () => this.setReconnecting(true))
-      .on(RoomEvent.SignalReconnecting, () => this.setReconnecting(true))
+      .on(RoomEvent.Reconnecting, () => { this.setReconnecting(true); void this.rejoin(); })
+      .on(RoomEvent.SignalReconnecting, () => { this.setReconnecting(true); void this.rejoin(); })
       .on(RoomEvent.Reconnected, () => {
         this.setReconnecting(false);
         this.watchToken();
@@ -387,13 +395,90 @@ export class Meeting {
       .on(RoomEvent.MediaDevicesChanged, () => { if (this.settings.isOpen) void this.settings.fill(); })
       .on(RoomEvent.Disconnected, (reason?: DisconnectReason) => {
         if (this.phase !== 'connected') return; // a failed connect is reported by start()
+        if (this.moving) return; // the rejoin's own disconnect
         if (reason === DisconnectReason.PARTICIPANT_REMOVED) {
           void this.finishRemoved();
+          return;
+        }
+        if (reason !== DisconnectReason.CLIENT_INITIATED && kindOfDisconnect(reason) === 'connection-lost') {
+          // livekit-client gave up on the node: join again through the shared address.
+          this.setReconnecting(true);
+          void this.rejoin();
           return;
         }
         this.finish(reason === DisconnectReason.CLIENT_INITIATED ? 'left' : kindOfDisconnect(reason));
       });
 
+  }
+
+  /**
+   * The node may be gone (rejoin.ts): asks the shared address to join again, and moves
+   * to the node it names, taking the local tracks along. Ends the meeting view only when
+   * the server refuses or after a minute.
+   */
+  private async rejoin(): Promise<void> {
+    if (this.rejoining || this.phase !== 'connected') return;
+    this.rejoining = true;
+    const room = this.room;
+    // What was published before the loss: should livekit-client give up first, it
+    // stops the tracks and forgets them.
+    const published = [...room.localParticipant.trackPublications.values()]
+      .filter((pub) => pub.track)
+      .map((pub) => ({ track: pub.track!, source: pub.source, muted: pub.isMuted }));
+    const outcome = await rejoinLoop({
+      join: async () => {
+        const outcome = await joinMeeting(this.joined.slug, this.joined.name, undefined, true);
+        return outcome.kind === 'granted' ? { url: outcome.join.url, token: outcome.join.token } : null;
+      },
+      currentUrl: () => this.url,
+      recovered: () => this.phase !== 'connected' || room.state === ConnectionState.Connected,
+      gaveUp: () => room.state === ConnectionState.Disconnected,
+      move: (url, token) => this.moveTo(url, token, published),
+      wait: (ms) => new Promise((resolve) => window.setTimeout(resolve, ms)),
+      now: () => Date.now(),
+    }).catch(() => 'timed-out' as const);
+    this.rejoining = false;
+    if (this.phase !== 'connected') return;
+    if (outcome === 'moved' || outcome === 'recovered') {
+      if (room.state === ConnectionState.Connected) this.setReconnecting(false);
+      return;
+    }
+    if (room.state !== ConnectionState.Connected) this.finish('connection-lost');
+  }
+
+  /**
+   * Leaves the lost node for `url`, then publishes again what was published: the same
+   * tracks while they live, a new microphone or camera where livekit-client stopped them.
+   */
+  private async moveTo(url: string, token: string, published: { track: LocalTrack; source: Track.Source; muted: boolean }[]): Promise<void> {
+    const lp = this.room.localParticipant;
+    this.moving = true;
+    try {
+      // The tracks stay live: they go to the new node.
+      await this.room.disconnect(false);
+      await this.room.connect(url, token, { autoSubscribe: true });
+    } finally {
+      this.moving = false;
+    }
+    this.url = url;
+    this.token = token;
+    this.watchToken();
+    this.publishing = Promise.allSettled(
+      published.map(({ track, source, muted }) => {
+        if (track.mediaStreamTrack.readyState !== 'ended') {
+          return lp.publishTrack(track, { source, simulcast: source === Track.Source.Camera });
+        }
+        if (muted) return Promise.resolve();
+        if (source === Track.Source.Microphone) return lp.setMicrophoneEnabled(true, audioCaptureOptions(this.devices.audioinput));
+        if (source === Track.Source.Camera) return lp.setCameraEnabled(true, videoCaptureOptions(this.devices.videoinput), { simulcast: true });
+        return Promise.resolve();
+      }),
+    );
+    await this.publishing;
+    // Whatever was said during the gap is stored: the panel shows each id once.
+    void this.side.chat.loadHistory(this.joined.slug, token);
+    this.setReconnecting(false);
+    this.scheduleRender();
   }
 
   private setReconnecting(on: boolean): void {

@@ -78,9 +78,13 @@ def test_a_drained_node_takes_no_new_meeting_keeps_its_own_and_sigterm_hands_ove
         wait_for(lambda: live_nodes(cluster_db) == {"n1", "n2"}, 15, "two live nodes")
         url = {n1: f"ws://localhost:{n1.port}", n2: f"ws://localhost:{n2.port}"}
 
-        # One meeting on each node, two participants each: the nodes' loads are equal.
+        # One meeting on each node, two participants each: the nodes' loads are equal. With
+        # equal loads, placement may pick either node: each meeting is placed beforehand.
         before = create_meeting(n1, "Avant la mise à jour")
         other = create_meeting(n1, "Sur le second nœud")
+        with psycopg.connect(cluster_db) as conn:
+            for slug, node in ((before, "n1"), (other, "n2")):
+                conn.execute("INSERT INTO room_placements (meeting_id, node_id, placed_at) SELECT id, %s, 0 FROM meetings WHERE slug = %s", (node, slug))
         pair1, grants1 = pair(tmp_path, n2, before, ("agathe", "bruno"))
         assert {g["url"] for g in grants1} == {url[n1]}, grants1
         pair2, grants2 = pair(tmp_path, n1, other, ("chloe", "denis"))

@@ -3,7 +3,8 @@ leader's bridge decides for a meeting (chat from the thread, a removal, the end)
 applied by the node hosting its room, once; what each node's SFU reports (chat) reaches
 the thread once. A node killed under a meeting: its participants join again through the
 shared address, land on the live node, the attendance shows the gap, and nothing is
-mirrored twice."""
+mirrored twice; the meeting page in Chromium does so by itself, under its « reconnexion »
+banner (tests/browser/rejoin-page.mjs)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ import yaml
 
 from harness import Env
 from harness.lkpeer import Peer, token
+from harness.page import PageScript, require_browser
 from harness.meetings import body, events, in_thread, send_in_thread, start_meeting, wait_event
 from harness.postgres import fresh_database
 from harness.service import Service
 from harness.util import free_port, free_udp_ports, wait_for
 
 GRACE_S = 30
+# Each wait of the page script (Chromium on 2 loaded cores).
+PAGE_S = 60
 OVERRIDES = {"encryption": {"enabled": False}, "meetings": {"grace_period_secs": GRACE_S}}
 
 
@@ -218,6 +222,72 @@ def test_a_killed_node_s_participants_rejoin_on_the_live_node_and_attendance_sho
         assert "Participant·e·s : 2 (" in summary, summary
         assert "Messages dans la discussion : 2" in summary, summary
     finally:
+        for peer in peers:
+            peer.close()
+        n2.close()
+        env.close()
+
+
+def test_a_page_on_a_killed_node_rejoins_the_live_node_by_itself(tmp_path_factory, cluster_db, tmp_path):
+    require_browser()
+    workdir = tmp_path_factory.mktemp("page-rejoin")
+    env, n2 = two_nodes(workdir, cluster_db)
+    n1 = env.service
+    peers: list[Peer] = []
+    page = None
+    try:
+        alice, room = env.room_with_bot("alice", name="Panne vue")
+        notice, slug = start_meeting(env, alice, room, "!visio Panne vue", "Panne vue")
+        root = notice["event_id"]
+        # Node 1 is the shared address (the page's origin, the homeserver's); the meeting
+        # goes to node 2, the one killed.
+        with psycopg.connect(cluster_db) as conn:
+            conn.execute("INSERT INTO room_placements (meeting_id, node_id, placed_at) SELECT id, 'n2', 0 FROM meetings WHERE state != 'ended'")
+        agathe = requests.Session()
+        r = agathe.post(f"{n1.url}/api/v1/meetings/{slug}/join", json={"name": "Agathe"}, timeout=10)
+        assert r.status_code == 200, r.text
+        grant = r.json()
+        assert grant["url"] == f"ws://localhost:{n2.port}"
+        peers.append(Peer(tmp_path, "agathe-1", grant["url"], grant["token"], publish=True))
+        page = PageScript(n1.bin, "rejoin-page.mjs", "--link", f"{n1.url}/m/{slug}", "--name", "Chloé", "--source", grant["identity"], timeout=PAGE_S)
+        page.reached("decoding")
+        peers[0].chat("avant la panne")
+        wait_event(alice, room, lambda e: in_thread(e, root) and body(e) == "avant la panne", "chat before the failure")
+
+        n2.kill()
+        page.tell("killed")
+        killed = time.monotonic()
+
+        # Agathe's SDK client does what the page does by itself.
+        def placed():
+            r = agathe.post(f"{n1.url}/api/v1/meetings/{slug}/join", json={"name": "Agathe", "rejoin": True}, timeout=10)
+            return r.json() if r.status_code == 200 and r.json()["url"] == f"ws://localhost:{n1.port}" else None
+
+        again = wait_for(placed, 15, "Agathe placed on the live node", interval=1.5)
+        peers.append(Peer(tmp_path, "agathe-2", again["url"], again["token"], publish=True))
+        page.tell(f"source {again['identity']}")
+        banner = page.reached("banner")
+        rejoined = page.reached("rejoined")
+        took_s = time.monotonic() - killed
+        print(f"page rejoin after SIGKILL: banner at {banner['ms']} ms, media again at {rejoined['ms']} ms ({took_s:.1f} s here)")
+        assert banner["text"] == "Connexion perdue. Reconnexion en cours…", banner
+        assert rejoined["ms"] < 15_000, f"the page back on the live node with media within 15 s: {rejoined}"
+        page.finish()
+
+        # The page's and Agathe's sessions on the dead node closed, their new ones on node 1.
+        wait_for(lambda: query(cluster_db, "SELECT count(*) FROM participant_sessions WHERE node_id = 'n2' AND left_at IS NULL") == [(0,)], 15, "the dead node's sessions closed")
+        nodes = sorted(r[0] for r in query(cluster_db, "SELECT node_id FROM participant_sessions"))
+        assert nodes == ["n1", "n1", "n2", "n2"], nodes
+
+        alice.send_text(room, "!visio fin")
+        wait_event(alice, room, lambda e: e.get("sender") == env.bot and "Compte rendu" in body(e), "the summary line")
+        bodies = thread_bodies(alice, room, root)
+        assert bodies.count("avant la panne") == 1, bodies
+        summary = next(b for b in reversed(bodies) if "Compte rendu de la visio" in b)
+        assert "Participant·e·s : 2 (" in summary, summary
+    finally:
+        if page is not None:
+            page.close()
         for peer in peers:
             peer.close()
         n2.close()

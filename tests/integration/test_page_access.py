@@ -18,31 +18,20 @@ Screenshots: target/browser-screenshots/access-*.png.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
-import threading
 
 import pytest
 
 from harness import Env, wait_for
+from harness.page import PageScript as BrowserPage
+from harness.page import require_browser
 from harness.meetings import NOTICE_S, body, in_thread, send_in_thread, start_meeting, wait_event
-from harness.util import ROOT
 
 # Each wait of the page script, and of the test for the page (Chromium on 2 loaded cores).
 PAGE_S = 90
 
 
-def _browser_available() -> bool:
-    return bool(shutil.which("node") and os.path.exists("/usr/bin/chromium") and (ROOT / "tests/browser/node_modules").is_dir())
-
-
-if not _browser_available():
-    if os.environ.get("CI"):
-        pytest.fail("Chromium, node or tests/browser/node_modules missing (scripts/test.sh prepares them)", pytrace=False)
-    pytest.skip("Chromium, node or tests/browser/node_modules missing: run scripts/test-browser.sh once", allow_module_level=True)
+require_browser()
 
 
 @pytest.fixture(scope="module")
@@ -52,61 +41,9 @@ def env(tmp_path_factory):
     e.close()
 
 
-class PageScript:
+def access_page(env, *args: str) -> BrowserPage:
     """tests/browser/access-page.mjs running in the background; its JSON progress lines."""
-
-    def __init__(self, env, *args: str):
-        self.proc = subprocess.Popen(
-            ["node", str(ROOT / "tests/browser/access-page.mjs"), "--timeout", str(PAGE_S), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "TCHAP_VISIO_BIN": str(env.service.bin)},
-        )
-        pidfile = os.environ.get("TCHAP_VISIO_TEST_PIDFILE")
-        if pidfile:
-            with open(pidfile, "a") as f:
-                f.write(f"{self.proc.pid}\n")
-        self.progress: list[dict] = []
-        self.stderr = ""
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_stdout(self) -> None:
-        for line in self.proc.stdout:
-            self.progress.append(json.loads(line))
-
-    def _read_stderr(self) -> None:
-        self.stderr = self.proc.stderr.read()
-
-    def reached(self, event: str, timeout: float = PAGE_S) -> dict:
-        """The script's `event` line, once printed; fails at once if the script failed."""
-
-        def found():
-            hit = next((p for p in self.progress if p["event"] == event), None)
-            if hit is None and self.proc.poll() not in (None, 0):
-                wait_for(lambda: self.stderr, 5, "the page script's error output")
-                raise RuntimeError(f"the page script failed before {event!r}:\n{self.stderr}")
-            return hit
-
-        try:
-            return wait_for(found, timeout, f"the page's {event!r}", interval=0.1)
-        except RuntimeError as e:
-            raise AssertionError(str(e)) from None
-
-    def tell(self, line: str) -> None:
-        """One line to the script (it waits for some before going on)."""
-        self.proc.stdin.write(f"{line}\n")
-        self.proc.stdin.flush()
-
-    def finish(self) -> None:
-        assert self.proc.wait(60) == 0, self.stderr
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+    return BrowserPage(env.service.bin, "access-page.mjs", *args, timeout=PAGE_S)
 
 
 def shown_text(e: dict) -> str:
@@ -161,7 +98,7 @@ def test_a_member_identifies_with_a_code_and_enters_a_members_only_meeting(env):
     link = f"{env.service.url}/m/{slug}"
     set_access(env, amelie, room, "membres", "membres")
 
-    page = PageScript(env, "--scenario", "identify", "--link", link, "--name", "Amélie", "--start", "guest")
+    page = access_page(env, "--scenario", "identify", "--link", link, "--name", "Amélie", "--start", "guest")
     try:
         # As a guest first: the server's sentence, and a way to identify from there.
         refusal = page.reached("refusal")
@@ -214,7 +151,7 @@ def test_a_member_identified_from_the_thread_who_leaves_the_room_leaves_the_meet
     link = f"{env.service.url}/m/{slug}"
     set_access(env, gabriel, room, "membres", "membres")
 
-    page = PageScript(env, "--scenario", "identify", "--link", link, "--name", "Fanny", "--then", "removed")
+    page = access_page(env, "--scenario", "identify", "--link", link, "--name", "Fanny", "--then", "removed")
     try:
         code = page.reached("code")
         send_in_thread(fanny, room, notice["event_id"], code["command"])
@@ -239,7 +176,7 @@ def test_a_guest_waits_is_let_in_with_a_reaction_then_removed(env):
     link = f"{env.service.url}/m/{slug}"
     set_access(env, bruno, room, "confiance", "confiance")
 
-    page = PageScript(env, "--scenario", "lobby", "--link", link, "--name", "Gaston", "--expect", "admitted", "--then", "removed")
+    page = access_page(env, "--scenario", "lobby", "--link", link, "--name", "Gaston", "--expect", "admitted", "--then", "removed")
     try:
         waiting = page.reached("lobby")
         assert waiting["number"] >= 1 and waiting["focused"], waiting
@@ -275,7 +212,7 @@ def test_a_stricter_access_level_sends_an_admitted_guest_out_and_the_page_says_w
     link = f"{env.service.url}/m/{slug}"
     set_access(env, denise, room, "confiance", "confiance")
 
-    page = PageScript(env, "--scenario", "lobby", "--link", link, "--name", "Irène", "--expect", "admitted", "--then", "removed")
+    page = access_page(env, "--scenario", "lobby", "--link", link, "--name", "Irène", "--expect", "admitted", "--then", "removed")
     try:
         number = page.reached("lobby")["number"]
         denise.send_text(room, f"!visio admettre {number}")
@@ -295,7 +232,7 @@ def test_a_guest_refused_from_the_lobby_sees_why(env):
     link = f"{env.service.url}/m/{slug}"
     set_access(env, chloe, room, "confiance", "confiance")
 
-    page = PageScript(env, "--scenario", "lobby", "--link", link, "--name", "Hector", "--expect", "refused")
+    page = access_page(env, "--scenario", "lobby", "--link", link, "--name", "Hector", "--expect", "refused")
     try:
         number = page.reached("lobby")["number"]
         chloe.send_text(room, f"!visio refuser {number}")
@@ -322,7 +259,7 @@ def test_a_moderator_lets_in_mutes_and_removes_a_guest_then_ends_the_meeting_fro
     link = f"{env.service.url}/m/{slug}"
     set_access(env, emma, room, "confiance", "confiance")
 
-    moderator = PageScript(env, "--scenario", "identify", "--link", link, "--name", "Emma", "--moderate", "Jules")
+    moderator = access_page(env, "--scenario", "identify", "--link", link, "--name", "Emma", "--moderate", "Jules")
     guest = None
     try:
         code = moderator.reached("code")
@@ -342,7 +279,7 @@ def test_a_moderator_lets_in_mutes_and_removes_a_guest_then_ends_the_meeting_fro
             moderator.finish()
             pytest.skip("the server has no moderation API for the page yet (GET .../lobby is 404)")
 
-        guest = PageScript(env, "--scenario", "lobby", "--link", link, "--name", "Jules", "--expect", "admitted", "--then", "removed")
+        guest = access_page(env, "--scenario", "lobby", "--link", link, "--name", "Jules", "--expect", "admitted", "--then", "removed")
         guest.reached("lobby")
         moderator.reached("guest-waiting")
         guest.reached("joined")

@@ -242,6 +242,21 @@ async fn rejoin(
         return Ok(None);
     };
     let bridge = &state.bot_api.bridge;
+    // A member's access follows the room: asked of the homeserver again, as at every
+    // join, not taken from the earlier grant (they may have left since).
+    if let (Some(user), Via::Member, Some(room)) =
+        (&grant.user_id, grant.via, &meeting.matrix_room_id)
+    {
+        let joined = bridge
+            .access
+            .view
+            .joined(room, user)
+            .await
+            .map_err(|e| homeserver_unavailable(&e))?;
+        if !matches!(joined, crate::auth::membership::Joined::Yes { .. }) {
+            return Ok(None);
+        }
+    }
     let moderator = match (&grant.user_id, grant.via, &meeting.matrix_room_id) {
         (Some(user), Via::Member, Some(room)) => {
             meeting.creator.as_deref() == Some(user.as_str())

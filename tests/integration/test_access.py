@@ -250,10 +250,25 @@ def test_an_openid_token_identifies_a_member_without_a_code(env, tmp_path):
     alice.send_text(room, "!visio accès membres")
     bot_reply(env, alice, room, "Accès à « Élément » : membres")
     token = openid_token(env, bob)
-    joined = Page(env, slug).http.post(api(env, slug, "/join"), json={"name": "x", "openid_token": token}, timeout=20)
+    bob_page = Page(env, slug)
+    joined = bob_page.http.post(api(env, slug, "/join"), json={"name": "x", "openid_token": token}, timeout=20)
     assert joined.status_code == 200, joined.text
     assert joined.json()["user_id"] == bob.user_id
     assert claims(joined.json()["token"])["attributes"]["tchap.matrix_id"] == bob.user_id
+    # His page loses its node and joins again: the same browser stays bob, as a member.
+    again = bob_page.http.post(api(env, slug, "/join"), json={"name": "x", "rejoin": True}, timeout=20)
+    assert again.status_code == 200, again.text
+    assert claims(again.json()["token"])["attributes"]["tchap.access"] == "member"
+    assert again.json()["user_id"] == bob.user_id
+    # Once he has left the room, a rejoin is asked of the homeserver, not of his old grant.
+    bob.leave(room)
+
+    def refused_after_leaving():
+        r = bob_page.http.post(api(env, slug, "/join"), json={"name": "x", "rejoin": True}, timeout=20)
+        assert r.status_code in (200, 403), r.text
+        return r.status_code == 403 and r.json()
+
+    assert wait_for(refused_after_leaving, 10, "the rejoin refused once bob left")["reason"] == "members_only"
     forged = dict(token, access_token="not-a-real-token")
     refused = requests.post(api(env, slug, "/join"), json={"name": "x", "openid_token": forged}, timeout=20)
     assert refused.status_code == 403, refused.text

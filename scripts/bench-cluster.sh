@@ -227,9 +227,9 @@ for path in sorted(glob.glob(os.path.join(tmp, "r*-*-n*-m*.json"))):
 print(f"build: {profile}; per node: media packets its subscribers received / its CPU seconds")
 print("a round counts only if every meeting's subscribers all received every source before the window (ready) and lost under 1 %")
 print(f"{'round':>5} {'nodes':>5} {'node':>4} {'meetings':>8} {'packets':>9} {'CPU s':>7} {'pkts/CPU-s':>10} {'vs 1 node':>9} {'loss %':>6} {'ready':>5} {'load avg':>16}")
-ratios = []
+ratios, singles, pairs = [], [], []
 for rnd in range(1, rounds + 1):
-    single, valid, round_ratios = None, True, []
+    single, valid, round_ratios, round_pers = None, True, [], []
     for nodes in (1, 2):
         for node in sorted({k[2] for k in runs if k[:2] == (rnd, nodes)}):
             rs = runs[(rnd, nodes, node)]
@@ -243,6 +243,7 @@ for rnd in range(1, rounds + 1):
                 single = per
                 rel = "-"
             else:
+                round_pers.append(per)
                 round_ratios.append(per / single)
                 rel = f"{per / single:.3f}"
             load = rs[0]["load_average"]
@@ -250,12 +251,22 @@ for rnd in range(1, rounds + 1):
             print(f"{rnd:>5} {nodes:>5} {node:>4} {len(rs):>8} {packets:>9} {cpu:>7.2f} {per:>10.0f} {rel:>9} {loss:>6.2f} {'yes' if ready else 'NO':>5} {load:>16}")
     if valid:
         ratios += round_ratios
+        singles.append(single)
+        pairs += round_pers
     else:
         print(f"round {rnd} does not count: the load did not flow in full (machine too busy)")
 if ratios:
     worst = max(abs(1 - r) for r in ratios)
     print(f"two-node / one-node packets per CPU-second, rounds that count: {', '.join(f'{r:.3f}' for r in ratios)}; "
           f"largest gap {100 * worst:.1f} % ({'within' if worst <= 0.10 else 'outside'} 10 %)")
+    # A round's ratio carries the single node's own round-to-round spread; the means over
+    # the rounds that count compare the two set-ups with that spread averaged out.
+    mean_single, mean_pair = statistics.mean(singles), statistics.mean(pairs)
+    spread = (max(singles) - min(singles)) / mean_single if len(singles) > 1 else 0
+    gap = mean_pair / mean_single
+    print(f"means: one node {mean_single:.0f}, each node of two {mean_pair:.0f} packets per CPU-second; "
+          f"ratio {gap:.3f} ({'within' if abs(1 - gap) <= 0.10 else 'outside'} 10 %); "
+          f"the single node's own spread over the rounds {100 * spread:.1f} %")
 else:
     print("no round counts")
 EOF

@@ -260,7 +260,8 @@ def test_an_openid_token_identifies_a_member_without_a_code(env, tmp_path):
     assert again.status_code == 200, again.text
     assert claims(again.json()["token"])["attributes"]["tchap.access"] == "member"
     assert again.json()["user_id"] == bob.user_id
-    # Once he has left the room, a rejoin is asked of the homeserver, not of his old grant.
+    # Once he has left the room his rejoin is refused: the bridge revokes his grant when it
+    # sees the leave, and until then the join asks the homeserver about him again.
     bob.leave(room)
 
     def refused_after_leaving():
